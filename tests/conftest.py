@@ -1,0 +1,58 @@
+"""Shared test set-up.
+
+- Without CUDA, Triton kernels run in the CPU interpreter: TRITON_INTERPRET=1 must be set before any kernel module
+  is imported (Triton reads it when a kernel is decorated), so it is set here, first.
+- XLMRXL_POISON=1 makes every kernel output start as NaN, so an element a kernel forgets to write fails the test.
+- Markers: `gpu` tests are skipped without CUDA; `ext` tests are skipped without the compiled extension unless
+  XLMRXL_REQUIRE_EXT=1 (CI), where its absence is a failure.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("XLMRXL_POISON", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def device():
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_config_kwargs(**overrides):
+    """The tiny XLM-RoBERTa-XL shape used across tests: hidden 64, 4 heads (head dim 16), 3 layers,
+    intermediate 91 (not a multiple of 8)."""
+    kw = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=91,
+              max_position_embeddings=66, type_vocab_size=1, hidden_dropout_prob=0.1,
+              attention_probs_dropout_prob=0.1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    kw.update(overrides)
+    return kw
+
+
+@pytest.fixture(scope="session")
+def spm_dir(tmp_path_factory):
+    """A directory holding a tiny SentencePiece model (`sentencepiece.bpe.model`) trained on the shipped corpus."""
+    from xlmrxl.tokenizer import train_sentencepiece
+
+    d = tmp_path_factory.mktemp("spm")
+    train_sentencepiece(d, vocab_size=1000)
+    return d

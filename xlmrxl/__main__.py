@@ -1,0 +1,3 @@
+from xlmrxl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The one place that decides, per op, whether a Triton kernel or the PyTorch reference runs.
+
+Choice, in order of precedence: ``backend=`` (``from_pretrained``, ``Backend(...)``), then the environment variable
+``XLMRXL_BACKEND``, then ``"auto"``.
+
+- ``"reference"``: always the PyTorch reference (``xlmrxl_kernels.reference``).
+- ``"auto"``: the kernel when the tensors are on a CUDA device and Triton imports; otherwise the reference.
+- ``"triton"``: the kernel; on CPU tensors only under ``TRITON_INTERPRET=1`` (how CI tests the kernels), an error
+  otherwise. A call using a feature a kernel lacks (``output_attentions``, relative positions, ...) still falls back.
+
+Every fallback logs one line (once per op and reason) on the ``xlmrxl`` logger saying why.
+``XLMRXL_DISABLE_KERNELS=op1,op2`` turns single ops off (for bisecting or benchmarking).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Callable, Optional
+
+import torch
+
+logger = logging.getLogger("xlmrxl")
+
+BACKENDS = ("auto", "triton", "reference")
+_LOGGED: set = set()
+
+
+class BackendError(RuntimeError):
+    """An explicitly requested backend cannot run here."""
+
+
+def resolve_backend(backend: Optional[str] = None) -> str:
+    """Return the effective backend name from the argument, else ``XLMRXL_BACKEND``, else ``"auto"``."""
+    name = backend if backend is not None else os.environ.get("XLMRXL_BACKEND", "auto")
+    name = str(name).strip().lower()
+    if name not in BACKENDS:
+        src = "backend=" if backend is not None else "XLMRXL_BACKEND="
+        raise ValueError(f"unknown backend {src}{name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def log_once(message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` once per process (fallback reasons would otherwise repeat every layer and call)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logger.log(level, message)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_TRITON_REASON: Optional[str] = "unchecked"
+
+
+def triton_unavailable_reason() -> Optional[str]:
+    """None when Triton imports, else why it does not."""
+    global _TRITON_REASON
+    if _TRITON_REASON == "unchecked":
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_REASON = None
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            _TRITON_REASON = f"Triton is not importable ({type(exc).__name__}: {exc})"
+    return _TRITON_REASON
+
+
+def _kernel(module: str, name: str) -> Callable:
+    return getattr(importlib.import_module(f"xlmrxl_kernels.{module}"), name)
+
+
+def _ref(name: str) -> Callable:
+    return getattr(importlib.import_module("xlmrxl_kernels.reference"), f"{name}_ref")
+
+
+# op name -> kernel module (the kernel function has the op's name; the reference is `<op>_ref`)
+KERNEL_MODULES = {
+    "add_layernorm": "add_layernorm",
+    "attention": "attention",
+    "attention_varlen": "attention",
+    "linear_gelu": "linear_gelu",
+    "linear_residual": "linear_gelu",
+    "int4_matmul": "int4",
+}
+
+
+class Backend:
+    """Per-model op dispatcher. ``Backend("auto").add_layernorm(...)`` runs the kernel or the reference."""
+
+    def __init__(self, name: Optional[str] = None):
+        self.name = resolve_backend(name)
+        disabled = os.environ.get("XLMRXL_DISABLE_KERNELS", "")
+        self.disabled = {s.strip() for s in disabled.split(",") if s.strip()}
+        if self.name == "triton":
+            reason = triton_unavailable_reason()
+            if reason is not None:
+                raise BackendError(f"backend='triton' was requested but {reason}; use backend='auto' or 'reference'")
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    # -- the decision -------------------------------------------------------------------------------------------
+    def kernel_reason(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> Optional[str]:
+        """None if ``op`` should run its kernel on ``device``; else the reason it runs the reference."""
+        if self.name == "reference":
+            return "backend='reference'"
+        if op in self.disabled:
+            return f"{op} is disabled by XLMRXL_DISABLE_KERNELS"
+        if unsupported:
+            return unsupported
+        reason = triton_unavailable_reason()
+        if reason is not None:
+            return reason
+        if device.type == "cuda":
+            return None
+        if self.name == "triton":
+            if _interpreting():
+                return None
+            raise BackendError(
+                f"backend='triton' asked to run {op} on {device.type} tensors, but the Triton kernels need CUDA tensors "
+                "(or TRITON_INTERPRET=1 to run them in the CPU interpreter, for testing only). "
+                "Move the model to a GPU, or use backend='auto' / 'reference'."
+            )
+        return f"tensors are on {device.type}; the Triton kernels need a CUDA device"
+
+    def use_kernel(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> bool:
+        """Decide for one call, logging the reason once when it falls back (except for backend='reference')."""
+        reason = self.kernel_reason(op, device, unsupported)
+        if reason is None:
+            return True
+        if self.name != "reference":
+            level = logging.WARNING if self.name == "triton" else logging.INFO
+            log_once(f"xlmrxl: {op} runs the PyTorch reference: {reason}", level)
+        return False
+
+    def op(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> Callable:
+        """The function (kernel or reference, same signature) to run ``op`` with."""
+        if op not in KERNEL_MODULES:
+            raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(KERNEL_MODULES))}")
+        if self.use_kernel(op, device, unsupported):
+            kern_mod = importlib.import_module(f"xlmrxl_kernels.{KERNEL_MODULES[op]}")
+            not_supported = getattr(kern_mod, f"{op}_not_supported", None)
+            if not_supported is None:
+                return getattr(kern_mod, op)
+            return _GuardedKernel(self, op, getattr(kern_mod, op), not_supported)
+        return _ref(op)
+
+    # -- convenience wrappers (same signatures as the kernels) ---------------------------------------------------
+    def add_layernorm(self, x, residual, weight, bias, eps=1e-5):
+        return self.op("add_layernorm", x.device)(x, residual, weight, bias, eps)
+
+    def attention(self, q, k, v, attention_mask=None, *, scale=None, causal=False):
+        return self.op("attention", q.device)(q, k, v, attention_mask, scale=scale, causal=causal)
+
+    def attention_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None,
+                         causal=False):
+        return self.op("attention_varlen", q.device)(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal)
+
+    def linear_gelu(self, x, weight, bias):
+        return self.op("linear_gelu", x.device)(x, weight, bias)
+
+    def linear_residual(self, x, weight, bias, residual):
+        return self.op("linear_residual", x.device)(x, weight, bias, residual)
+
+    def int4_matmul(self, x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
+        return self.op("int4_matmul", x.device)(
+            x, qweight, scales, zeros, group_size=group_size, bias=bias, activation=activation)
+
+
+class _GuardedKernel:
+    """A kernel whose module declares ``<op>_not_supported(*args, **kw) -> list[str]``: the reasons, if any, the
+    kernel cannot take this call (head dim, dtype, ...). The call then runs the reference, with the reason logged."""
+
+    def __init__(self, backend: Backend, op: str, fn: Callable, not_supported: Callable):
+        self.backend, self.op, self.fn, self.not_supported = backend, op, fn, not_supported
+
+    def __call__(self, *args, **kwargs):
+        reasons = self.not_supported(*args, **kwargs)
+        if reasons:
+            level = logging.WARNING if self.backend.name == "triton" else logging.INFO
+            log_once(f"xlmrxl: {self.op} runs the PyTorch reference: {'; '.join(reasons)}", level)
+            return _ref(self.op)(*args, **kwargs)
+        return self.fn(*args, **kwargs)
