@@ -1,0 +1,131 @@
+"""Shared benchmark harness: environment facts, timing, result rows, and the results directory.
+
+Every benchmark script builds rows with `row(...)` and hands them to `write_results(name, rows)`, which writes
+`benchmarks/results/<device>/<name>.json` and `<name>.md`. On a machine without a GPU, GPU benchmarks call
+`require_gpu()` which prints why and exits 0.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def device_slug() -> str:
+    return "".join(c if c.isalnum() else "-" for c in device_name().lower()).strip("-")
+
+
+def environment() -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except Exception:
+        transformers_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception:
+        commit = None
+    return {
+        "device": device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "transformers": transformers_version,
+        "python": sys.version.split()[0],
+        "commit": commit,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def require_gpu(what: str) -> None:
+    """Exit 0 with a message when there is no CUDA device (benchmarks never fail for lack of a GPU)."""
+    if not torch.cuda.is_available():
+        print(f"{what}: no CUDA GPU on this machine ({device_name()}); skipped. Run it on an H100/H200.")
+        raise SystemExit(0)
+
+
+def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
+    """Median / p20 / p80 time of `fn` in milliseconds. GPU: triton.testing.do_bench (device events, L2 flushed);
+    CPU: wall clock."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        q = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8], return_mode="median")
+        return {"ms": q[0], "ms_p20": q[1], "ms_p80": q[2]}
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"ms": statistics.median(times), "ms_p20": times[len(times) // 5], "ms_p80": times[(4 * len(times)) // 5]}
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth (bytes read + written) in GB/s: the ceiling for memory-bound ops."""
+    n = nbytes // 2
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda" if torch.cuda.is_available() else "cpu")
+    dst = torch.empty_like(src)
+    t = bench(lambda: dst.copy_(src))["ms"]
+    return 2 * src.numel() * src.element_size() / (t * 1e-3) / 1e9
+
+
+def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
+    """Measured dense GEMM throughput in TFLOP/s: the ceiling for compute-bound ops."""
+    a = torch.randn(n, n, dtype=dtype, device="cuda")
+    b = torch.randn(n, n, dtype=dtype, device="cuda")
+    t = bench(lambda: a @ b)["ms"]
+    return 2 * n ** 3 / (t * 1e-3) / 1e12
+
+
+def write_results(name: str, rows: Iterable[dict], *, columns: list[str] | None = None, extra: dict | None = None,
+                  out_dir: Path | None = None) -> Path:
+    """Write rows as JSON (with the environment) and as a markdown table; return the directory."""
+    rows = list(rows)
+    out = Path(out_dir) if out_dir is not None else RESULTS / device_slug()
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    payload = {"benchmark": name, "environment": env, "rows": rows, **(extra or {})}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    cols = columns or (list(rows[0].keys()) if rows else [])
+    lines = [f"### {name}", "", f"{env['device']} · torch {env['torch']} · triton {env['triton']} · "
+             f"commit {env['commit']} · {env['date']}", ""]
+    if cols:
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
