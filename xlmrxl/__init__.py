@@ -28,7 +28,7 @@ _EXPORTS = {
     "pipeline": "pipelines",
     "quantize": "quantization",
     "DynamicCache": "cache",
-    "StaticCache": "cache",
+    "StaticCache": "static_cache",
     "EncoderDecoderCache": "cache",
     "accelerate": "accelerate",
     "from_transformers": "accelerate",
