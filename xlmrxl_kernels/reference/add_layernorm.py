@@ -1,0 +1,34 @@
+"""Reference for ``xlmrxl_kernels.add_layernorm``: residual add fused with the next LayerNorm (pre-LN layer).
+
+    h = x + residual            (in the input dtype, as transformers adds residuals; h is x itself if residual is None)
+    y = (h - mean(h)) / sqrt(var(h) + eps) * weight + bias      (over the last dim, biased variance)
+
+Shapes ``(..., N)``; ``weight``/``bias`` ``(N,)`` (either may be None: scale 1 / shift 0). Returns ``(y, h)``, both in
+the input dtype. ``upcast=True`` (default) computes the LayerNorm in fp32 and casts the result (what the kernel
+does); ``upcast=False`` runs it in the input dtype, as ``nn.LayerNorm`` would in a half-precision model.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def add_layernorm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor], eps: float = 1e-5, *,
+                      upcast: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)} but x has shape {tuple(x.shape)}; "
+                         "they must match")
+    h = x if residual is None else x + residual.to(x.dtype)
+    n = x.shape[-1]
+    if upcast:
+        w = None if weight is None else weight.float()
+        b = None if bias is None else bias.float()
+        y = F.layer_norm(h.float(), (n,), w, b, eps).to(x.dtype)
+    else:
+        w = None if weight is None else weight.to(x.dtype)
+        b = None if bias is None else bias.to(x.dtype)
+        y = F.layer_norm(h, (n,), w, b, eps)
+    return y, h
