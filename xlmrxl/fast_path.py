@@ -3,26 +3,469 @@
 Contract with the model layer (``xlmrxl.modeling``), which calls, at the top of its encoder's forward:
 
     reason = fast_path.unsupported_reason(encoder, attention_mask=..., head_mask=..., output_attentions=...,
-                                          encoder_hidden_states=..., past_key_values=..., use_cache=...)
+                                          encoder_hidden_states=..., past_key_values=..., use_cache=...,
+                                          training=..., causal=...)
     if reason is None:
         last_hidden_state, all_hidden_states = fast_path.encoder_forward(
-            encoder, hidden_states, attention_mask, backend, output_hidden_states=...)
+            encoder, hidden_states, attention_mask, backend, output_hidden_states=..., causal=...)
 
 ``encoder`` is any module laid out like transformers' ``XLMRobertaXLEncoder`` (``encoder.layer[i].attention.self.query``,
-..., ``encoder.LayerNorm``): ours or transformers' own, which is how ``xlmrxl.accelerate`` reuses this file.
-``hidden_states`` is the embeddings output (B, S, H); ``attention_mask`` the 2D (B, S) mask (1 = real) or None.
-It returns ``last_hidden_state`` (B, S, H) after the final LayerNorm (padded positions are zeros) and, when asked,
-the tuple of hidden states with transformers' semantics; otherwise None.
+..., ``encoder.LayerNorm``): ours or transformers' own (4.56.x and 5.x keep these names), which is how
+``xlmrxl.accelerate`` reuses this file. ``hidden_states`` is the embeddings output (B, S, H); ``attention_mask`` the
+2D (B, S) mask (nonzero = real token) or None. It returns ``last_hidden_state`` (B, S, H) after the final LayerNorm
+(**padded positions are zeros**) and, when asked, the tuple of hidden states with transformers' semantics (entry 0 is
+the embeddings exactly as given, entries 1..L-1 the residual stream after layers 0..L-2, the last entry the final
+LayerNorm output; all (B, S, H), zeros at padded positions except entry 0); otherwise None.
+``unsupported_reason`` logs its reason once itself (``xlmrxl.backend.log_once``): callers need not log it.
+
+What one forward does (``T`` = number of real tokens):
+
+1. **Pack once.** With padding, the real tokens are gathered into a ``(T, H)`` tensor (indices from the mask,
+   ``cu_seqlens`` int32 ``(B+1,)``, ``max_seqlen``); the lengths are read on the host once per forward (one sync),
+   never per layer. Without padding (mask None or all ones) nothing is gathered: ``(B*S, H)`` is a view.
+2. **Per layer**, on ``(T, H)`` tensors only:
+   ``h = LN_attn(x)`` -> one QKV GEMM ``(T, 3H)`` against a fused ``(3H, H)`` weight -> ``attention_varlen`` on strided
+   q/k/v views of it -> ``x = x + a @ Wo^T + bo`` (``linear_residual``) -> ``h = LN_ffn(x)`` ->
+   ``u = gelu(h @ Wi^T + bi)`` (``linear_gelu``) -> ``x = x + u @ Wd^T + bd`` (``linear_residual``).
+   Residual adds live in the GEMM epilogues: per projection that is read x + write x' there and read x' + write h
+   in the LayerNorm (4 passes over ``T x H``), against 5 for "bias GEMM, then ``add_layernorm``" (write y, read y,
+   read x, write x', write h). int4 ``QuantLinear`` projections (``backend.int4_matmul``: bias and GELU in its
+   epilogue, no residual) take the other route: their output stays pending and the next ``add_layernorm`` fuses the
+   residual add with the following LayerNorm, across the layer boundary too.
+3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output.
+
+The fused QKV weight: the first fast forward of a layer concatenates q/k/v weights (and biases) into one contiguous
+``(3H, H)`` buffer and re-points the three ``nn.Linear`` parameters at views of it (``param.data = view``), so no
+memory is doubled, the Parameter objects stay the same, and ``state_dict`` keys and values are unchanged. A later
+``model.to(...)``/``half()`` replaces the storages; the next forward sees the views broken (data_ptr check) and fuses
+again. int4 q/k/v layers are concatenated along N once and cached on the attention module (int4 weights are small).
+
+Inference only: with autograd recording (grad mode on and parameters or inputs requiring grad) the call is
+unsupported (the kernels have no backward and the fused buffer is not a graph node), as are training mode with
+dropout, ``output_attentions``, relative positions, ``head_mask``, cross-attention, a KV cache, non-exact-GELU
+activations and forward hooks on encoder submodules. Decoder (causal) self-attention without a cache is supported.
+``chunk_size_feed_forward`` is ignored (the same maths).
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backend import Backend, log_once
+
+logger = logging.getLogger("xlmrxl")
+
+__all__ = ["unsupported_reason", "encoder_forward", "pack", "Packing", "PackedEncoderOutput", "fuse_qkv"]
+
+# transformers 5.x installs these on layers once hidden states are first requested; they are inert unless a
+# collection is active, which the caller (xlmrxl.accelerate) checks itself.
+_IGNORED_HOOK_NAMES = ("output_capturing_hook",)
 
 
-def unsupported_reason(encoder, **call) -> Optional[str]:
-    """None when this call can take the fast path, else a one-line reason (logged once by the caller)."""
-    return "the fast path is not built yet"
+# ---------------------------------------------------------------------------------------------------------------
+# eligibility
+# ---------------------------------------------------------------------------------------------------------------
+def unsupported_reason(encoder, *, attention_mask=None, head_mask=None, output_attentions=False,
+                       encoder_hidden_states=None, past_key_values=None, use_cache=False, training=None,
+                       causal=False, hidden_states=None, **_ignored) -> Optional[str]:
+    """None when this call can take the fast path, else a one-line reason (logged once here, at INFO)."""
+    reason = _reason(encoder, attention_mask=attention_mask, head_mask=head_mask,
+                     output_attentions=output_attentions, encoder_hidden_states=encoder_hidden_states,
+                     past_key_values=past_key_values, use_cache=use_cache, training=training,
+                     hidden_states=hidden_states)
+    if reason is not None:
+        log_once(f"xlmrxl: the encoder runs the exact (unfused) path: {reason}")
+    return reason
 
 
-def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False):
-    raise NotImplementedError("the fast path is not built yet")
+def _reason(encoder, *, attention_mask, head_mask, output_attentions, encoder_hidden_states, past_key_values,
+            use_cache, training, hidden_states) -> Optional[str]:
+    if output_attentions:
+        return "output_attentions=True needs the attention probabilities, which the fused attention never forms"
+    if head_mask is not None and not (isinstance(head_mask, (list, tuple)) and all(h is None for h in head_mask)):
+        return "head_mask is set (the fused attention has no per-head probability scaling)"
+    if encoder_hidden_states is not None:
+        return "cross-attention (encoder_hidden_states) is not fused"
+    if past_key_values is not None or use_cache:
+        return "a KV cache (past_key_values / use_cache) is in use: decoding runs the exact path"
+    if attention_mask is not None and attention_mask.dim() != 2:
+        return f"attention_mask has {attention_mask.dim()} dims; the fast path takes the 2D (batch, seq) padding mask"
+    layers = getattr(encoder, "layer", None)
+    if layers is None or len(layers) == 0:
+        return f"{type(encoder).__name__} has no .layer list laid out like XLMRobertaXLEncoder"
+    training = encoder.training if training is None else training
+    if training:
+        for m in encoder.modules():
+            if isinstance(m, nn.Dropout) and m.p > 0:
+                return f"training mode with dropout p={m.p} (call model.eval() for inference)"
+        p = getattr(layers[0].attention.self, "dropout_prob", 0.0)
+        if p:
+            return f"training mode with attention dropout p={p} (call model.eval() for inference)"
+    if torch.is_grad_enabled():
+        if hidden_states is not None and hidden_states.requires_grad:
+            return ("autograd is recording (the inputs require grad) and the fast path is inference-only; "
+                    "run under torch.inference_mode() / torch.no_grad()")
+        if any(p.requires_grad for p in encoder.parameters()):
+            return ("autograd is recording (grad mode on and parameters require grad) and the fast path is "
+                    "inference-only; run under torch.inference_mode() / torch.no_grad(), or call "
+                    "model.requires_grad_(False)")
+    g = nn.modules.module
+    if getattr(g, "_global_forward_hooks", None) or getattr(g, "_global_forward_pre_hooks", None):
+        return "global module forward hooks are registered; the fused path would skip them"
+    for m in encoder.modules():
+        if m is not encoder and (m._forward_hooks or m._forward_pre_hooks):
+            hooks = list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values())
+            if any(getattr(h, "__name__", "") not in _IGNORED_HOOK_NAMES for h in hooks):
+                return (f"{type(m).__name__} has forward hooks that the fused path would skip; remove them "
+                        "to take the fast path")
+    for i, layer in enumerate(layers):
+        r = _layer_reason(layer)
+        if r is not None:
+            return f"layer {i}: {r}"
+    ln = getattr(encoder, "LayerNorm", None)
+    if not isinstance(ln, nn.LayerNorm):
+        return "the encoder has no final LayerNorm (encoder.LayerNorm)"
+    return None
+
+
+def _layer_reason(layer) -> Optional[str]:
+    try:
+        attn = layer.attention
+        sa = attn.self
+        mods = dict(q=sa.query, k=sa.key, v=sa.value, o=attn.output.dense, up=layer.intermediate.dense,
+                    down=layer.output.dense)
+        lns = dict(attn_ln=attn.self_attn_layer_norm, ffn_ln=layer.LayerNorm)
+    except AttributeError as exc:
+        return f"not laid out like XLMRobertaXLLayer ({exc})"
+    pe = getattr(sa, "position_embedding_type", "absolute") or "absolute"
+    if pe != "absolute":
+        return f"position_embedding_type={pe!r} (relative positions are not fused)"
+    for name, ln in lns.items():
+        if not isinstance(ln, nn.LayerNorm) or ln.weight is None or len(ln.normalized_shape) != 1:
+            return f"{name} is not an affine 1-D nn.LayerNorm"
+    for name, m in mods.items():
+        if not (isinstance(m, nn.Linear) or _is_int4(m)):
+            return f"{name} is a {type(m).__name__}, neither nn.Linear nor an int4 QuantLinear"
+        w = _weight_of(m)
+        if w.is_meta:
+            return f"{name} weights are on the meta device (not loaded yet)"
+    if not _is_exact_gelu(layer.intermediate):
+        return "the FFN activation is not exact (erf) GELU"
+    heads = _num_heads(sa)
+    if heads is None or _out_features(mods["q"]) % heads:
+        return "cannot tell the number of attention heads"
+    if not (_out_features(mods["q"]) == _out_features(mods["k"]) == _out_features(mods["v"])):
+        return "q, k and v have different widths"
+    return None
+
+
+def _is_int4(m) -> bool:
+    return all(hasattr(m, a) for a in ("qweight", "scales", "zeros", "group_size"))
+
+
+def _weight_of(m) -> torch.Tensor:
+    return m.qweight if _is_int4(m) else m.weight
+
+
+def _out_features(m) -> int:
+    return int(getattr(m, "out_features", None) or _weight_of(m).shape[0])
+
+
+def _num_heads(sa) -> Optional[int]:
+    n = getattr(sa, "num_attention_heads", None)
+    if n is None:
+        cfg = getattr(sa, "config", None)
+        n = getattr(cfg, "num_attention_heads", None)
+    return int(n) if n else None
+
+
+def _is_exact_gelu(intermediate) -> bool:
+    act = getattr(intermediate, "intermediate_act_fn", None)
+    if act is None:
+        act = getattr(intermediate, "act_fn", None)
+    if act is None:
+        return False
+    if act is F.gelu:
+        return True
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    name = type(act).__name__
+    if name == "GELUActivation":  # transformers: self.act is F.gelu, or its own exact erf formula
+        inner = getattr(act, "act", None)
+        return inner is F.gelu or getattr(inner, "__name__", "") == "_gelu_python"
+    return bool(getattr(act, "xlmrxl_exact_gelu", False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# packing
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Packing:
+    """Where the packed rows come from. ``indices`` (T,) int64 into the flattened (B*S) positions, or None when
+    nothing was dropped (no padding); ``cu_seqlens`` int32 (B+1,); ``max_seqlen`` the longest row."""
+
+    batch: int
+    seqlen: int
+    indices: Optional[torch.Tensor]
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.batch * self.seqlen if self.indices is None else int(self.indices.shape[0])
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, ...) -> (T, ...)."""
+        flat = x.reshape(self.batch * self.seqlen, *x.shape[2:])
+        return flat if self.indices is None else flat.index_select(0, self.indices)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, ...) -> (B, S, ...), zeros at padded positions."""
+        if self.indices is None:
+            return x.reshape(self.batch, self.seqlen, *x.shape[1:])
+        out = x.new_zeros((self.batch * self.seqlen, *x.shape[1:]))
+        out.index_copy_(0, self.indices, x)
+        return out.reshape(self.batch, self.seqlen, *x.shape[1:])
+
+
+def pack(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Packing]:
+    """Gather the real tokens of ``hidden_states`` (B, S, H) per the 2D ``attention_mask`` (nonzero = real).
+
+    One host sync (the per-row lengths) when a mask is given; none without one."""
+    B, S = hidden_states.shape[:2]
+    dev = hidden_states.device
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
+        raise ValueError(f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
+                         f"got {tuple(attention_mask.shape)}")
+    if attention_mask is None:
+        cu = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=dev)
+        p = Packing(B, S, None, cu, S)
+        return p.pack(hidden_states), p
+    keep = attention_mask.to(device=dev) != 0
+    lengths = keep.sum(dim=1, dtype=torch.int32)
+    lens = lengths.tolist()  # the one host sync of the forward
+    total = sum(lens)
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    torch.cumsum(lengths, dim=0, out=cu[1:])
+    if total == B * S:
+        p = Packing(B, S, None, cu, S)
+    else:
+        # Stable sort puts real positions first, in order: their indices without a second sync (nonzero would sync).
+        order = torch.argsort((~keep).reshape(-1).to(torch.int8), stable=True)
+        p = Packing(B, S, order[:total], cu, max(lens) if lens else 0)
+    return p.pack(hidden_states), p
+
+
+@dataclass
+class PackedEncoderOutput:
+    """``encoder_forward(..., return_packed=True)``: outputs on the real tokens only (T, H) and how to unpack them."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: Optional[Tuple[torch.Tensor, ...]]
+    packing: Packing
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fused QKV
+# ---------------------------------------------------------------------------------------------------------------
+def _views_intact(parts, fused: torch.Tensor) -> bool:
+    off = 0
+    for p in parts:
+        n = p.shape[0]
+        if (p.dtype != fused.dtype or p.device != fused.device or p.data_ptr() != fused[off:off + n].data_ptr()
+                or p.shape[1:] != fused.shape[1:] or not p.is_contiguous()):
+            return False
+        off += n
+    return off == fused.shape[0]
+
+
+def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The fused ``(3H, H)`` weight and ``(3H,)`` bias of ``self_attn.{query,key,value}`` (nn.Linear), making the
+    three parameters views of it on first use (or after ``.to()`` broke the views). Memory is not doubled."""
+    q, k, v = self_attn.query, self_attn.key, self_attn.value
+    cached = getattr(self_attn, "_xlmrxl_qkv", None)
+    ws = [q.weight, k.weight, v.weight]
+    bs = [q.bias, k.bias, v.bias]
+    if cached is not None:
+        W, b = cached
+        if _views_intact(ws, W) and (b is None or all(x is None for x in bs) or _views_intact(bs, b)):
+            return W, b
+    # Never create the buffer as an inference tensor: the parameters become views of it and must stay usable
+    # outside torch.inference_mode() (autograd, optimizers).
+    with torch.no_grad(), torch.inference_mode(False):
+        W = torch.cat([w.detach() for w in ws], dim=0)
+        for i, w in enumerate(ws):
+            off = sum(x.shape[0] for x in ws[:i])
+            w.data = W[off:off + w.shape[0]]
+        if all(x is None for x in bs):
+            b = None
+        else:
+            b = torch.cat([x.detach() if x is not None else W.new_zeros(w.shape[0]) for x, w in zip(bs, ws)])
+            for i, x in enumerate(bs):
+                if x is not None:
+                    off = sum(w.shape[0] for w in ws[:i])
+                    x.data = b[off:off + x.shape[0]]
+    self_attn._xlmrxl_qkv = (W, b)
+    logger.debug("xlmrxl: fused q/k/v of %s into one (%d, %d) buffer", type(self_attn).__name__, *W.shape)
+    return W, b
+
+
+class _Int4Cat:
+    """Three int4 QuantLinears concatenated along N (their groups run along K, so rows simply stack)."""
+
+    def __init__(self, mods):
+        self.srcs = tuple((m.qweight, m.scales, m.zeros, m.bias) for m in mods)
+        self.qweight = torch.cat([m.qweight for m in mods], dim=0)
+        self.scales = torch.cat([m.scales for m in mods], dim=1)
+        self.zeros = torch.cat([m.zeros for m in mods], dim=1)
+        bs = [m.bias for m in mods]
+        self.bias = None if all(b is None for b in bs) else torch.cat(
+            [b if b is not None else self.scales.new_zeros(m.qweight.shape[0]) for b, m in zip(bs, mods)])
+        self.group_size = mods[0].group_size
+
+    def valid_for(self, mods) -> bool:
+        return all(a[0] is m.qweight and a[1] is m.scales and a[2] is m.zeros and a[3] is m.bias
+                   for a, m in zip(self.srcs, mods))
+
+
+def _fused_qkv_module(sa):
+    """What to run the QKV GEMM with: ("dense", W, b) or ("int4", _Int4Cat) or ("split", None)."""
+    mods = (sa.query, sa.key, sa.value)
+    if all(isinstance(m, nn.Linear) for m in mods):
+        W, b = fuse_qkv(sa)
+        return ("dense", W, b)
+    if all(_is_int4(m) for m in mods) and len({m.group_size for m in mods}) == 1:
+        cat = getattr(sa, "_xlmrxl_qkv_int4", None)
+        if cat is None or not cat.valid_for(mods):
+            with torch.no_grad(), torch.inference_mode(False):
+                cat = _Int4Cat(mods)
+            sa._xlmrxl_qkv_int4 = cat
+        return ("int4", cat)
+    return ("split", None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the forward
+# ---------------------------------------------------------------------------------------------------------------
+class _Stream:
+    """The residual stream of one forward; holds a pending (y, residual) pair when an int4 projection left its
+    residual add to the next LayerNorm."""
+
+    def __init__(self, x: torch.Tensor, backend: Backend):
+        self.x = x
+        self.pending: Optional[torch.Tensor] = None
+        self.be = backend
+
+    def norm(self, ln: nn.LayerNorm) -> torch.Tensor:
+        if self.pending is not None:
+            h, self.x = self.be.add_layernorm(self.pending, self.x, ln.weight, ln.bias, ln.eps)
+            self.pending = None
+        else:
+            h, _ = self.be.add_layernorm(self.x, None, ln.weight, ln.bias, ln.eps)
+        return h
+
+    def add_projection(self, inp: torch.Tensor, lin) -> None:
+        """x <- x + lin(inp)."""
+        if self.pending is not None:
+            self.materialize()
+        if _is_int4(lin):
+            self.pending = _int4(self.be, inp, lin, lin.bias)
+        else:
+            self.x = self.be.linear_residual(inp, lin.weight, lin.bias, self.x)
+
+    def materialize(self) -> torch.Tensor:
+        if self.pending is not None:
+            self.x = self.pending + self.x
+            self.pending = None
+        return self.x
+
+
+def _int4(be: Backend, x, m, bias, activation=None):
+    return be.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
+
+
+def _is_causal(encoder) -> bool:
+    cfg = getattr(encoder, "config", None)
+    if cfg is not None and getattr(cfg, "is_decoder", False):
+        return True
+    layer0 = encoder.layer[0]
+    return bool(getattr(layer0, "is_decoder", False))
+
+
+def _layer(layer, st: _Stream, packing: Packing, causal: bool) -> None:
+    attn = layer.attention
+    sa = attn.self
+    be = st.be
+    T = st.x.shape[0]
+    h = st.norm(attn.self_attn_layer_norm)
+    kind, *what = _fused_qkv_module(sa)
+    if kind == "dense":
+        W, b = what
+        qkv = F.linear(h, W, b)
+    elif kind == "int4":
+        cat = what[0]
+        qkv = _int4(be, h, cat, cat.bias)
+    else:
+        outs = []
+        for m in (sa.query, sa.key, sa.value):
+            outs.append(_int4(be, h, m, m.bias) if _is_int4(m) else F.linear(h, m.weight, m.bias))
+        qkv = torch.cat(outs, dim=-1)
+    heads = _num_heads(sa)
+    width = qkv.shape[-1] // 3
+    d = width // heads
+    qkv = qkv.view(T, 3, heads, d)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    scale = getattr(sa, "scaling", None) or d ** -0.5
+    a = be.attention_varlen(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen,
+                            packing.max_seqlen, scale=scale, causal=causal)
+    st.add_projection(a.reshape(T, width), attn.output.dense)
+    h = st.norm(layer.LayerNorm)
+    up = layer.intermediate.dense
+    u = _int4(be, h, up, up.bias, "gelu") if _is_int4(up) else be.linear_gelu(h, up.weight, up.bias)
+    st.add_projection(u, layer.output.dense)
+
+
+def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False,
+                    return_packed=False, causal=None):
+    """Run ``encoder``'s layer stack and final LayerNorm on the packed real tokens (see the module docstring).
+
+    ``backend``: an ``xlmrxl.backend.Backend`` or a backend name (None: the default). ``causal``: decoder
+    self-attention; None reads ``encoder.config.is_decoder`` (or ``encoder.layer[0].is_decoder``).
+    Returns ``(last_hidden_state, all_hidden_states_or_None)`` in (B, S, H), or with ``return_packed=True`` a
+    ``PackedEncoderOutput`` with (T, H) tensors and the ``Packing`` to unpack them."""
+    if hidden_states.dim() != 3:
+        raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
+    be = backend if isinstance(backend, Backend) else Backend(backend)
+    causal = _is_causal(encoder) if causal is None else bool(causal)
+    x, packing = pack(hidden_states, attention_mask)
+    layers = encoder.layer
+    if packing.num_tokens == 0:  # every row fully padded: nothing to compute
+        zeros = x.new_zeros((0, hidden_states.shape[-1]))
+        collected = [zeros] * len(layers) + [zeros] if output_hidden_states else None
+        return _finish(hidden_states, zeros, collected, packing, return_packed)
+    st = _Stream(x, be)
+    collected = [x] if output_hidden_states else None
+    for i, layer in enumerate(layers):
+        _layer(layer, st, packing, causal)
+        if output_hidden_states and i < len(layers) - 1:
+            collected.append(st.materialize())
+    out = st.norm(encoder.LayerNorm)
+    if output_hidden_states:
+        collected.append(out)
+    return _finish(hidden_states, out, collected, packing, return_packed)
+
+
+def _finish(hidden_states, out, collected, packing: Packing, return_packed: bool):
+    if return_packed:
+        return PackedEncoderOutput(out, tuple(collected) if collected is not None else None, packing)
+    last = packing.unpack(out)
+    if collected is None:
+        return last, None
+    # entry 0 is the embeddings exactly as given (padded positions included), as transformers returns it
+    all_hs = (hidden_states,) + tuple(packing.unpack(t) for t in collected[1:-1]) + (last,)
+    return last, all_hs
