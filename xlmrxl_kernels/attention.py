@@ -1,0 +1,518 @@
+"""Flash attention forward in Triton: padded ``(B, H, S, D)`` with a key padding mask, and packed varlen ``(T, H, D)``.
+
+    out = softmax(q kᵀ · scale + mask) v         online softmax over key blocks, in exp2 with log2(e) folded into
+                                                 the scale; fp32 statistics and accumulators
+
+``attention(q, k, v, attention_mask=None, *, scale=None, causal=False) -> out``
+    q ``(B, H, S_q, D)``, k / v ``(B, H, S_k, D)``, one dtype (fp32 / fp16 / bf16), any strides whose last dim is
+    contiguous (views into a fused QKV output need no copy; other layouts are copied first). S_k may exceed S_q
+    (KV cache, cross-attention). ``attention_mask`` ``(B, S_k)`` bool / int / float is a *keep* mask: nonzero = attend.
+    ``scale`` defaults to ``D ** -0.5``. ``causal=True`` aligns the queries to the end of the keys: query i sees key j
+    iff ``j <= i + S_k - S_q``. A query with no visible key returns zeros, never NaN.
+    ``out`` has shape ``(B, H, S_q, D)`` and q's dtype; it is a transposed view of a contiguous ``(B, S_q, H, D)``
+    buffer, so ``out.transpose(1, 2).reshape(B, S_q, H * D)`` (merging heads) costs nothing.
+
+``attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False)``
+    packed q ``(T_q, H, D)``, k / v ``(T_k, H, D)`` (last dim contiguous); sequence b owns rows
+    ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32 ``(B+1,)`` on q's device, nondecreasing; lengths 0 and 1 are fine);
+    ``max_seqlen_*`` are host ints >= every length (as in flash-attn; too small a value leaves query rows unwritten).
+    Output ``(T_q, H, D)``; rows past ``cu_seqlens_q[-1]`` are not written. Causal aligns each sequence's queries to
+    the end of its keys. cu_seqlens are only validated on the host when they live on the CPU (or with
+    ``XLMRXL_DEBUG_CHECKS=1``): checking CUDA tensors would cost a device sync on every call.
+
+Head dims: any D in 1..256 (at least 16, 32, 64, 80, 128 are tested). D is split into a power-of-two part and a
+remainder block (80 = 64 + 16, 96 = 64 + 32), each its own ``tl.dot``, so D = 80 does not pay for 128.
+Decode (S_q <= 16): 16-row query tiles, and when that leaves the GPU under-filled (few batch x heads) the keys are
+split across programs (flash-decoding) and a small kernel merges the partial results by their log-sum-exp.
+fp32 inputs use exact (IEEE) dots, so they match the fp32 reference to ~1e-6.
+Oracles: ``xlmrxl_kernels.reference.attention_ref`` / ``attention_varlen_ref`` (``upcast=True``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from typing import List, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import autotune_configs, check, check_dtype, check_same_device, empty, interpreting
+
+logger = logging.getLogger("xlmrxl")
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 256
+DECODE_MAX_SQ = 16  # queries per sequence at or below which the decode configuration (16-row tiles, split-KV) runs
+_LOG2E = 1.4426950408889634
+
+
+def _cfg(bm, bn, w, s):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+
+
+# Interpreter: one small config so tiny test shapes still cross several query and key blocks.
+_PREFILL_CONFIGS = autotune_configs(
+    [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3),
+     _cfg(64, 32, 4, 4), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 3)],
+    interpret_config=_cfg(16, 16, 4, 1))
+_DECODE_CONFIGS = autotune_configs(
+    [_cfg(16, 64, 4, 3), _cfg(16, 128, 4, 3), _cfg(16, 64, 2, 3), _cfg(16, 32, 2, 4), _cfg(16, 128, 8, 2)],
+    interpret_config=_cfg(16, 16, 4, 1))
+
+_KEY = ["SEQ_Q_KEY", "SEQ_K_KEY", "HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "IS_VARLEN", "NUM_SPLITS"]
+
+
+def _prune_prefill(configs, named_args, **kwargs):
+    """Drop query tiles much taller than the (bucketed) query length; keep at least one config."""
+    seq_q = kwargs.get("SEQ_Q_KEY", named_args.get("SEQ_Q_KEY", 1 << 30))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, seq_q)]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+
+
+@triton.jit
+def _load_2d(ptrs, mask_a, mask_b, CHECK_A: tl.constexpr, CHECK_B: tl.constexpr):
+    """Load a tile, masking only the axes that can run out of bounds (unmasked loads vectorise best)."""
+    if CHECK_A:
+        if CHECK_B:
+            x = tl.load(ptrs, mask=mask_a & mask_b, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=mask_a, other=0.0)
+    else:
+        if CHECK_B:
+            x = tl.load(ptrs, mask=mask_b, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _attn_inner(
+    acc0, acc1, l_i, m_i, q0, q1,
+    K_base, V_base, Mask_base, stride_kn, stride_vn, stride_mn,
+    offs_m, offs_d0, offs_d1, start, end, len_k, causal_off, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, PAD_D0: tl.constexpr,
+    PAD_D1: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    BOUNDARY: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """Online-softmax sweep over key blocks [start, end). BOUNDARY: the blocks may cross len_k or the causal
+    diagonal, so key bounds and the causal condition are applied; interior blocks skip that work."""
+    d0_ok = offs_d0 < HEAD_DIM
+    d1_ok = (BLOCK_D0 + offs_d1) < HEAD_DIM
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < len_k
+        # k is loaded transposed, (D, BLOCK_N), so q @ kT needs no in-register transpose
+        k0 = _load_2d(K_base + offs_n[None, :] * stride_kn + offs_d0[:, None], d0_ok[:, None], n_ok[None, :],
+                      PAD_D0, BOUNDARY)
+        if DOT_F32:
+            qk = tl.dot(q0.to(tl.float32), k0.to(tl.float32), input_precision=DOT_PRECISION)
+        else:
+            qk = tl.dot(q0, k0, input_precision=DOT_PRECISION)
+        if BLOCK_D1 > 0:
+            # the head-dim remainder (16 of D = 80) as its own narrow dot instead of padding D to 128
+            k1 = _load_2d(K_base + offs_n[None, :] * stride_kn + (BLOCK_D0 + offs_d1)[:, None], d1_ok[:, None],
+                          n_ok[None, :], PAD_D1, BOUNDARY)
+            if DOT_F32:
+                qk = tl.dot(q1.to(tl.float32), k1.to(tl.float32), qk, input_precision=DOT_PRECISION)
+            else:
+                qk = tl.dot(q1, k1, qk, input_precision=DOT_PRECISION)
+        qk = qk * qk_scale  # log2(e) is folded into qk_scale: exp2 below is exp of the true logits
+        if BOUNDARY:
+            valid = n_ok[None, :]
+            if IS_CAUSAL:
+                valid = valid & (offs_n[None, :] <= offs_m[:, None] + causal_off)
+            qk = tl.where(valid, qk, float("-inf"))
+        if HAS_MASK:
+            if BOUNDARY:
+                keep = tl.load(Mask_base + offs_n * stride_mn, mask=n_ok, other=0)
+            else:
+                keep = tl.load(Mask_base + offs_n * stride_mn)
+            qk = tl.where(keep[None, :] != 0, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # a row that has seen no visible key yet keeps m = -inf; shift it by 0 so exp2 gives 0, not NaN
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        v0 = _load_2d(V_base + offs_n[:, None] * stride_vn + offs_d0[None, :], n_ok[:, None], d0_ok[None, :],
+                      BOUNDARY, PAD_D0)
+        if DOT_F32:
+            acc0 = tl.dot(p, v0.to(tl.float32), acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        else:
+            acc0 = tl.dot(p.to(v0.dtype), v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        if BLOCK_D1 > 0:
+            v1 = _load_2d(V_base + offs_n[:, None] * stride_vn + (BLOCK_D0 + offs_d1)[None, :], n_ok[:, None],
+                          d1_ok[None, :], BOUNDARY, PAD_D1)
+            if DOT_F32:
+                acc1 = tl.dot(p, v1.to(tl.float32), acc1 * alpha[:, None], input_precision=DOT_PRECISION)
+            else:
+                acc1 = tl.dot(p.to(v1.dtype), v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
+    return acc0, acc1, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    # pointers: q/k/v, output, key mask, split-KV partial outputs / log-sum-exps, varlen offsets
+    Q, K, V, Out, Mask, OPart, LPart, CuQ, CuK,
+    # sizes (S_q / S_k: padded lengths; T_q / T_k: packed row counts, varlen only)
+    H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
+    # strides (b: batch, h: head, m / n: query / key rows; the head dim is contiguous). Varlen passes b strides 0.
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_mb, stride_mn,
+    stride_ps, stride_ls, stride_lb, stride_lh, stride_lm,
+    # autotune keys only (bucketed lengths)
+    SEQ_Q_KEY, SEQ_K_KEY,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, PAD_D0: tl.constexpr,
+    PAD_D1: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One (query block, batch x head, key split) per program."""
+    num_m = tl.cdiv(max_seqlen_q, BLOCK_M)
+    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    pid_m = pid % num_m  # query blocks of one (b, h) are adjacent: they share K/V in L2
+    bh = pid // num_m
+    b = bh // H
+    h = bh % H
+    if IS_VARLEN:
+        q_start = tl.load(CuQ + b).to(tl.int64)
+        k_start = tl.load(CuK + b).to(tl.int64)
+        # clamp to the tensors, so that bad offsets cannot read or write out of bounds
+        len_q = tl.minimum(tl.load(CuQ + b + 1).to(tl.int64), T_q) - q_start
+        len_k = tl.minimum(tl.load(CuK + b + 1).to(tl.int64), T_k) - k_start
+    else:
+        q_start = 0
+        k_start = 0
+        len_q = S_q
+        len_k = S_k
+    if pid_m * BLOCK_M >= len_q:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < len_q
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = tl.arange(0, BLOCK_D1 if BLOCK_D1 > 0 else 16)
+    d0_ok = offs_d0 < HEAD_DIM
+    d1_ok = (BLOCK_D0 + offs_d1) < HEAD_DIM
+
+    Q_base = Q + b * stride_qb + h * stride_qh + q_start * stride_qm
+    K_base = K + b * stride_kb + h * stride_kh + k_start * stride_kn
+    V_base = V + b * stride_vb + h * stride_vh + k_start * stride_vn
+    Mask_base = Mask + b * stride_mb
+    q_ptrs = Q_base + offs_m[:, None] * stride_qm
+    q0 = _load_2d(q_ptrs + offs_d0[None, :], m_ok[:, None], d0_ok[None, :], True, PAD_D0)
+    if BLOCK_D1 > 0:
+        q1 = _load_2d(q_ptrs + (BLOCK_D0 + offs_d1)[None, :], m_ok[:, None], d1_ok[None, :], True, PAD_D1)
+    else:
+        q1 = q0
+
+    # key range of this query block: [0, hi); blocks below hi_full need no bounds / causal masking
+    causal_off = len_k - len_q
+    hi = len_k
+    hi_full = (len_k // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        last_row = tl.minimum((pid_m + 1) * BLOCK_M, len_q)  # one past the block's last real query row
+        hi = tl.maximum(tl.minimum(hi, last_row + causal_off), 0)
+        first_vis = tl.maximum(pid_m * BLOCK_M + causal_off + 1, 0)  # keys the block's first row can see
+        hi_full = tl.minimum(hi_full, (first_vis // BLOCK_N) * BLOCK_N)
+    lo = 0
+    if NUM_SPLITS > 1:
+        # flash-decoding: this program takes one BLOCK_N-aligned chunk of the keys
+        chunk = tl.cdiv(tl.cdiv(len_k, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * chunk
+        hi = tl.minimum(hi, lo + chunk)
+        hi_full = tl.minimum(hi_full, lo + chunk)
+    hi_full = tl.maximum(hi_full, lo)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_M, BLOCK_D1 if BLOCK_D1 > 0 else 16], dtype=tl.float32)
+    acc0, acc1, l_i, m_i = _attn_inner(
+        acc0, acc1, l_i, m_i, q0, q1, K_base, V_base, Mask_base, stride_kn, stride_vn, stride_mn,
+        offs_m, offs_d0, offs_d1, lo, hi_full, len_k, causal_off, qk_scale,
+        HEAD_DIM, BLOCK_D0, BLOCK_D1, PAD_D0, PAD_D1, BLOCK_N, HAS_MASK, IS_CAUSAL, False, DOT_PRECISION, DOT_F32)
+    acc0, acc1, l_i, m_i = _attn_inner(
+        acc0, acc1, l_i, m_i, q0, q1, K_base, V_base, Mask_base, stride_kn, stride_vn, stride_mn,
+        offs_m, offs_d0, offs_d1, hi_full, hi, len_k, causal_off, qk_scale,
+        HEAD_DIM, BLOCK_D0, BLOCK_D1, PAD_D0, PAD_D1, BLOCK_N, HAS_MASK, IS_CAUSAL, True, DOT_PRECISION, DOT_F32)
+
+    # rows that saw no key (all masked, or causal with S_q > S_k) have l = 0 and acc = 0: they come out as zeros
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out0 = acc0 / l_safe[:, None]
+    out1 = acc1 / l_safe[:, None]
+    row_off = b * stride_ob + h * stride_oh + (q_start + offs_m)[:, None] * stride_om
+    if NUM_SPLITS > 1:
+        # partial results in fp32, merged by _attn_combine_kernel; lse in log2 units (-inf for an empty split)
+        P_base = OPart + split * stride_ps + row_off
+        tl.store(P_base + offs_d0[None, :], out0, mask=m_ok[:, None] & d0_ok[None, :])
+        if BLOCK_D1 > 0:
+            tl.store(P_base + (BLOCK_D0 + offs_d1)[None, :], out1, mask=m_ok[:, None] & d1_ok[None, :])
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+        tl.store(LPart + split * stride_ls + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_lm, lse,
+                 mask=m_ok)
+    else:
+        O_base = Out + row_off
+        tl.store(O_base + offs_d0[None, :], out0.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
+                 mask=m_ok[:, None] & d0_ok[None, :])
+        if BLOCK_D1 > 0:
+            tl.store(O_base + (BLOCK_D0 + offs_d1)[None, :],
+                     out1.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
+                     mask=m_ok[:, None] & d1_ok[None, :])
+
+
+@triton.jit
+def _attn_combine_kernel(
+    OPart, LPart, Out,
+    H, R,
+    stride_ps, stride_pr, stride_ls, stride_lr, stride_or,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    """Merge the NUM_SPLITS partial outputs of one (row, head): weights 2^(lse_s - max lse), normalised."""
+    pid = tl.program_id(0).to(tl.int64)
+    r = pid // H
+    h = pid % H
+    offs_s = tl.arange(0, NUM_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    lse = tl.load(LPart + offs_s * stride_ls + r * stride_lr + h)
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: all weights 0, output zeros
+    w = tl.math.exp2(lse - m)
+    denom = tl.sum(w, 0)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    o = tl.load(OPart + offs_s[:, None] * stride_ps + r * stride_pr + h * HEAD_DIM + offs_d[None, :],
+                mask=d_ok[None, :], other=0.0)
+    out = tl.sum(o * w[:, None], 0) / denom
+    tl.store(Out + r * stride_or + h * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
+             mask=d_ok)
+
+
+_fwd_prefill = triton.autotune(configs=_PREFILL_CONFIGS, key=_KEY,
+                               prune_configs_by={"early_config_prune": _prune_prefill})(_attn_fwd_kernel)
+_fwd_decode = triton.autotune(configs=_DECODE_CONFIGS, key=_KEY)(_attn_fwd_kernel)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# launchers
+
+
+def _head_dim_blocks(d: int):
+    """(BLOCK_D0, BLOCK_D1): a power-of-two block plus a remainder block (0 if none), each >= 16 for tl.dot."""
+    if d <= 16:
+        return 16, 0
+    d0 = 1 << (d.bit_length() - 1)
+    rem = d - d0
+    return d0, (0 if rem == 0 else max(16, triton.next_power_of_2(rem)))
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_splits(device: torch.device, programs: int, max_seqlen_k: int) -> int:
+    """Key splits for decode: enough programs to fill the GPU about twice, each split >= 64 keys; a power of 2."""
+    if device.type != "cuda":
+        return 1
+    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    if programs >= sms:
+        return 1
+    want = min(-(-2 * sms // programs), max(1, max_seqlen_k // 64), 16)
+    return 1 << (want.bit_length() - 1) if want > 1 else 1
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    # a copy (one extra read + write) only for layouts the kernel cannot address directly
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _bucket(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen_k, S_q, S_k, T_q, T_k,
+            q_strides, k_strides, v_strides, o_strides, m_strides, scale, causal, varlen, num_splits=None):
+    """Pick prefill / decode, allocate split-KV buffers when needed, launch. Rows of ``out`` are (R, H, D)
+    contiguous: R = B * S_q padded (row = b * S_q + i), R = T_q varlen."""
+    BLOCK_D0, BLOCK_D1 = _head_dim_blocks(D)
+    decode = max_seqlen_q <= DECODE_MAX_SQ
+    fwd = _fwd_decode if decode else _fwd_prefill
+    if num_splits is None:
+        num_splits = _num_splits(q.device, B * H * triton.cdiv(max_seqlen_q, 16), max_seqlen_k) if decode else 1
+    check(num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
+          f"num_splits must be a power of two >= 1, got {num_splits}")
+    R = out.shape[0] * (out.shape[1] if not varlen else 1)
+    if num_splits > 1:
+        opart = torch.empty((num_splits, R, H, D), dtype=torch.float32, device=q.device)
+        lpart = torch.empty((num_splits, R, H), dtype=torch.float32, device=q.device)
+        ps, ls = opart.stride(0), lpart.stride(0)
+        lb, lh, lm = (0 if varlen else S_q * H), 1, H
+    else:
+        opart, lpart, ps, ls, lb, lh, lm = out, out, 0, 0, 0, 0, 0
+    qk_scale = float(scale) * _LOG2E
+    dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
+    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
+    fwd[grid](
+        q, k, v, out, mask, opart, lpart, cu_q, cu_k,
+        H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
+        *q_strides, *k_strides, *v_strides, *o_strides, *m_strides,
+        ps, ls, lb, lh, lm,
+        _bucket(max_seqlen_q), _bucket(max_seqlen_k),
+        HEAD_DIM=D, BLOCK_D0=BLOCK_D0, BLOCK_D1=BLOCK_D1, PAD_D0=BLOCK_D0 > D,
+        PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D, IS_VARLEN=varlen, HAS_MASK=mask is not None and not varlen,
+        IS_CAUSAL=bool(causal), NUM_SPLITS=num_splits,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", DOT_F32=dot_f32,
+    )
+    if num_splits > 1:
+        out_rows = out.view(R, H, D)
+        _attn_combine_kernel[(R * H,)](
+            opart, lpart, out_rows, H, R, opart.stride(0), opart.stride(1), lpart.stride(0), lpart.stride(1),
+            out_rows.stride(0), HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D), NUM_SPLITS=num_splits, num_warps=4)
+
+
+def _common_reasons(q, k, v) -> List[str]:
+    reasons = []
+    if q.dtype not in _DTYPES:
+        reasons.append(f"attention kernel takes fp32/fp16/bf16, got q of dtype {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        reasons.append(f"attention kernel needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    d = q.shape[-1] if q.dim() else 0
+    if not 1 <= d <= MAX_HEAD_DIM:
+        reasons.append(f"attention kernel supports head dims 1..{MAX_HEAD_DIM}, got {d}")
+    return reasons
+
+
+def attention_not_supported(q, k, v, attention_mask=None, *, scale=None, causal=False) -> List[str]:
+    """Reasons (possibly none) this call cannot take the kernel; the dispatcher then runs the reference."""
+    reasons = _common_reasons(q, k, v)
+    if attention_mask is not None and attention_mask.is_complex():
+        reasons.append(f"attention_mask of dtype {attention_mask.dtype} is not supported")
+    return reasons
+
+
+def attention_varlen_not_supported(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None,
+                                   causal=False) -> List[str]:
+    """Reasons (possibly none) this call cannot take the kernel; the dispatcher then runs the reference."""
+    return _common_reasons(q, k, v)
+
+
+def _check_qkv(q, k, v, ndim: int, layout: str) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(t.dim() == ndim, f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
+    check(k.shape == v.shape, f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    check(q.shape[-1] == k.shape[-1],
+          f"q has head dim {q.shape[-1]} but k/v have {k.shape[-1]}; they must match")
+    check(1 <= q.shape[-1] <= MAX_HEAD_DIM,
+          f"head dim {q.shape[-1]} is outside the kernel's 1..{MAX_HEAD_DIM}; use attention_ref for it")
+    check_dtype("q", q, _DTYPES)
+    check_dtype("k", k, (q.dtype,))
+    check_dtype("v", v, (q.dtype,))
+    check_same_device(q=q, k=k, v=v)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
+              scale: Optional[float] = None, causal: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention on (B, H, S, D) tensors; see the module docstring."""
+    return _attention(q, k, v, attention_mask, scale=scale, causal=causal)
+
+
+def _attention(q, k, v, attention_mask=None, *, scale=None, causal=False, num_splits=None):
+    """The launcher; ``num_splits`` (a power of two) overrides the split-KV heuristic, for tests."""
+    _check_qkv(q, k, v, 4, "(B, H, S, D)")
+    B, H, S_q, D = q.shape
+    S_k = k.shape[2]
+    check(k.shape[:2] == (B, H),
+          f"q is (B={B}, H={H}, S_q, D) but k/v are {tuple(k.shape)}; batch and head counts must match")
+    if scale is None:
+        scale = D ** -0.5
+    check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
+    mask = attention_mask
+    if mask is not None:
+        check(tuple(mask.shape) == (B, S_k),
+              f"attention_mask must have shape (B, S_k) = ({B}, {S_k}), got {tuple(mask.shape)}; "
+              "pass the 2-D keep mask (1 = attend), not a 4-D additive bias")
+        check_same_device(q=q, attention_mask=mask)
+        if mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)  # same bytes; Triton reads it as an integer
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    # (B, S_q, H, D) buffer: merging heads afterwards is free
+    out = empty((B, S_q, H, D), dtype=q.dtype, device=q.device)
+    if B * H * S_q > 0:
+        _launch(q, k, v, out, mask if mask is not None else q, q, q, B=B, H=H, D=D, max_seqlen_q=S_q,
+                max_seqlen_k=S_k, S_q=S_q, S_k=S_k, T_q=0, T_k=0,
+                q_strides=(q.stride(0), q.stride(1), q.stride(2)), k_strides=(k.stride(0), k.stride(1), k.stride(2)),
+                v_strides=(v.stride(0), v.stride(1), v.stride(2)), o_strides=(out.stride(0), out.stride(2),
+                                                                                 out.stride(1)),
+                m_strides=(mask.stride(0), mask.stride(1)) if mask is not None else (0, 0),
+                scale=scale, causal=causal, varlen=False, num_splits=num_splits)
+    return out.transpose(1, 2)
+
+
+def _debug_checks() -> bool:
+    return os.environ.get("XLMRXL_DEBUG_CHECKS", "0") not in ("", "0")
+
+
+def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int) -> None:
+    """Host-side validation of cu_seqlens values (a device sync when cu is on a GPU, hence only on request)."""
+    vals = cu.tolist()
+    check(vals[0] == 0, f"{name}[0] must be 0, got {vals[0]}")
+    lens = [b - a for a, b in zip(vals[:-1], vals[1:])]
+    bad = [i for i, n in enumerate(lens) if n < 0]
+    check(not bad, f"{name} must be nondecreasing, but it decreases after index {bad[0] if bad else -1}: {vals}")
+    check(vals[-1] <= total, f"{name}[-1] = {vals[-1]} exceeds the {total} packed rows of the tensor")
+    longest = max(lens, default=0)
+    check(longest <= max_seqlen, f"a sequence has {longest} rows but max_seqlen for {name} is {max_seqlen}; "
+          "pass the true maximum length")
+
+
+def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
+                     scale: Optional[float] = None, causal: bool = False) -> torch.Tensor:
+    """Attention over packed variable-length sequences (flash-attn's varlen layout); see the module docstring."""
+    return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
+                             causal=causal)
+
+
+def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False,
+                      num_splits=None):
+    _check_qkv(q, k, v, 3, "(T, H, D)")
+    T_q, H, D = q.shape
+    T_k = k.shape[0]
+    check(k.shape[1] == H, f"q has {H} heads but k/v have {k.shape[1]}; they must match")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        check(isinstance(cu, torch.Tensor) and cu.dim() == 1 and cu.shape[0] >= 2,
+              f"{name} must be a 1-D tensor of B+1 >= 2 offsets, got "
+              f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
+        check(cu.dtype == torch.int32, f"{name} must be int32 (flash-attn's convention), got {cu.dtype}")
+        check(cu.device == q.device, f"{name} is on {cu.device} but q is on {q.device}; move it to q's device")
+    check(cu_seqlens_q.shape == cu_seqlens_k.shape,
+          f"cu_seqlens_q and cu_seqlens_k must both have B+1 entries, got {cu_seqlens_q.shape[0]} and "
+          f"{cu_seqlens_k.shape[0]}")
+    check(int(max_seqlen_q) >= 0 and int(max_seqlen_k) >= 0,
+          f"max_seqlen_q / max_seqlen_k must be >= 0, got {max_seqlen_q} / {max_seqlen_k}")
+    max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
+    if q.device.type == "cpu" or _debug_checks():
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, T_q, max_seqlen_q)
+        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, T_k, max_seqlen_k)
+    if scale is None:
+        scale = D ** -0.5
+    check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
+    B = cu_seqlens_q.shape[0] - 1
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out = empty((T_q, H, D), dtype=q.dtype, device=q.device)
+    if max_seqlen_q > 0 and T_q > 0:
+        _launch(q, k, v, out, q, cu_seqlens_q, cu_seqlens_k, B=B, H=H, D=D, max_seqlen_q=max_seqlen_q,
+                max_seqlen_k=max_seqlen_k, S_q=0, S_k=0, T_q=T_q, T_k=T_k,
+                q_strides=(0, q.stride(1), q.stride(0)), k_strides=(0, k.stride(1), k.stride(0)),
+                v_strides=(0, v.stride(1), v.stride(0)), o_strides=(0, out.stride(1), out.stride(0)),
+                m_strides=(0, 0), scale=scale, causal=causal, varlen=True, num_splits=num_splits)
+    return out
