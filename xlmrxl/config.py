@@ -1,0 +1,298 @@
+"""``XLMRobertaXLConfig``: the model configuration, a plain Python object that reads and writes transformers' config.json.
+
+Contract:
+- Same fields, defaults and ``model_type`` (``"xlm-roberta-xl"``) as transformers 4.56.2's ``XLMRobertaXLConfig``
+  (the defaults are the XL sizes), plus the inherited ``PretrainedConfig`` fields the model uses
+  (``is_decoder``, ``add_cross_attention``, ``tie_word_embeddings``, ``chunk_size_feed_forward``, labels,
+  ``problem_type``, ``output_*``, ``return_dict``, ``architectures``, ``dtype``/``torch_dtype``, ...).
+- Unknown keyword arguments (and unknown config.json keys) are kept as attributes and written back on save.
+- ``save_pretrained(dir)`` writes a ``config.json`` that transformers 4.56.2 and 5.x load; ``from_pretrained``
+  reads a directory or a json file, ours or transformers'. ``torch_dtype`` is accepted as an alias of ``dtype``.
+- ``hidden_size % num_attention_heads != 0`` raises ``ValueError`` at construction.
+- transformers is never imported.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from typing import Any, Dict, Optional, Union
+
+logger = logging.getLogger("xlmrxl")
+
+CONFIG_NAME = "config.json"
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+# runtime-only attributes: never serialised
+_NOT_SERIALISED = ("_attn_implementation", "_commit_hash", "_name_or_path_internal")
+
+
+def _dtype_to_str(dtype) -> Optional[str]:
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    return str(dtype).replace("torch.", "")
+
+
+class XLMRobertaXLConfig:
+    """Configuration of an XLM-RoBERTa-XL / XXL model (defaults: facebook/xlm-roberta-xl)."""
+
+    model_type = "xlm-roberta-xl"
+
+    def __init__(
+        self,
+        vocab_size: int = 250880,
+        hidden_size: int = 2560,
+        num_hidden_layers: int = 36,
+        num_attention_heads: int = 32,
+        intermediate_size: int = 10240,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 514,
+        type_vocab_size: int = 1,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-5,
+        pad_token_id: Optional[int] = 1,
+        bos_token_id: Optional[int] = 0,
+        eos_token_id: Optional[int] = 2,
+        position_embedding_type: str = "absolute",
+        use_cache: bool = True,
+        classifier_dropout: Optional[float] = None,
+        *,
+        is_decoder: bool = False,
+        add_cross_attention: bool = False,
+        is_encoder_decoder: bool = False,
+        tie_word_embeddings: bool = True,
+        chunk_size_feed_forward: int = 0,
+        num_labels: Optional[int] = None,
+        id2label: Optional[Dict[int, str]] = None,
+        label2id: Optional[Dict[str, int]] = None,
+        problem_type: Optional[str] = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        architectures: Optional[list] = None,
+        dtype=None,
+        quantization_config: Optional[dict] = None,
+        attn_implementation: Optional[str] = None,
+        **kwargs,
+    ):
+        if num_attention_heads <= 0 or hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads}); "
+                f"head_dim = hidden_size / num_attention_heads would be {hidden_size / max(num_attention_heads, 1):g}. "
+                "Choose sizes that divide evenly (XL: 2560 / 32 = 80, XXL: 4096 / 32 = 128).")
+        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(f"position_embedding_type={position_embedding_type!r} is not supported; choose one of "
+                             f"{', '.join(POSITION_EMBEDDING_TYPES)}")
+        if problem_type is not None and problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={problem_type!r} is not understood; choose one of "
+                             f"{', '.join(PROBLEM_TYPES)} (or None to infer it from the labels)")
+        if id2label is not None and not isinstance(id2label, dict):
+            raise ValueError(f"id2label must be a dict, got {type(id2label).__name__}")
+        if label2id is not None and not isinstance(label2id, dict):
+            raise ValueError(f"label2id must be a dict, got {type(label2id).__name__}")
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if dtype is None:
+            dtype = torch_dtype
+
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.position_embedding_type = position_embedding_type
+        self.use_cache = use_cache
+        self.classifier_dropout = classifier_dropout
+
+        self.is_decoder = is_decoder
+        self.add_cross_attention = add_cross_attention
+        self.is_encoder_decoder = is_encoder_decoder
+        self.tie_word_embeddings = tie_word_embeddings
+        self.chunk_size_feed_forward = chunk_size_feed_forward
+        self.problem_type = problem_type
+        self.output_attentions = output_attentions
+        self.output_hidden_states = output_hidden_states
+        self.return_dict = return_dict
+        self.architectures = architectures
+        self.dtype = _dtype_to_str(dtype)
+        if quantization_config is not None:
+            self.quantization_config = quantization_config
+
+        if id2label is None:
+            if num_labels is not None and label2id is not None and len(label2id) == num_labels:
+                id2label = {int(v): k for k, v in label2id.items()}
+            else:
+                id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+                label2id = None
+        elif num_labels is not None and len(id2label) != num_labels:
+            logger.warning("num_labels=%d does not match the id2label map of length %d; id2label wins",
+                           num_labels, len(id2label))
+        self.id2label = {int(k): v for k, v in id2label.items()}
+        self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
+
+        self._name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
+        kwargs.pop("model_type", None)
+        kwargs.pop("transformers_version", None)
+        kwargs.pop("_commit_hash", None)
+        self.attn_implementation = attn_implementation or kwargs.pop("_attn_implementation", None)
+        # Unknown keys are kept (and written back on save), as transformers does
+        for key, value in kwargs.items():
+            try:
+                setattr(self, key, value)
+            except AttributeError as exc:  # pragma: no cover - a property without setter
+                raise ValueError(f"cannot set config attribute {key!r}={value!r}: {exc}") from exc
+
+    # -- derived / aliased attributes ---------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if self.num_labels != value:
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def torch_dtype(self):
+        """Alias of ``dtype`` (the name transformers < 4.56 and the hub config.json files use)."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value) -> None:
+        self.dtype = _dtype_to_str(value)
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
+
+    @property
+    def attn_implementation(self) -> str:
+        """``"sdpa"`` (default) or ``"eager"``: which exact-path attention transformers would run (see modeling)."""
+        return self._attn_implementation
+
+    @attn_implementation.setter
+    def attn_implementation(self, value: Optional[str]) -> None:
+        value = value or "sdpa"
+        if value not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={value!r} is not supported; choose one of "
+                             f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+        self._attn_implementation = value
+
+    def get_text_config(self, *args, **kwargs) -> "XLMRobertaXLConfig":
+        return self
+
+    # -- (de)serialisation --------------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """Every attribute (known and unknown) as JSON-ready values, plus ``model_type``."""
+        out: Dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key in _NOT_SERIALISED:
+                continue
+            out[key] = copy.deepcopy(value)
+        out["dtype"] = _dtype_to_str(self.dtype)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        qc = out.get("quantization_config")
+        if qc is not None and not isinstance(qc, dict) and hasattr(qc, "to_dict"):
+            out["quantization_config"] = qc.to_dict()
+        out["model_type"] = self.model_type
+        return out
+
+    def to_json_string(self, use_diff: bool = False) -> str:
+        d = self.to_dict()
+        if use_diff:
+            default = XLMRobertaXLConfig(hidden_size=self.hidden_size,
+                                         num_attention_heads=self.num_attention_heads).to_dict()
+            keep = {"model_type", "architectures", "hidden_size", "num_attention_heads", "vocab_size",
+                    "num_hidden_layers", "intermediate_size", "max_position_embeddings", "dtype"}
+            d = {k: v for k, v in d.items() if k in keep or k not in default or default[k] != v}
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: Union[str, os.PathLike]) -> None:
+        with open(json_file_path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, config_dict: Dict[str, Any], **kwargs) -> "XLMRobertaXLConfig":
+        """Build from a dict (``to_dict()`` output or a transformers config.json); ``kwargs`` override keys."""
+        d = dict(config_dict)
+        model_type = d.get("model_type")
+        if model_type is not None and model_type not in (cls.model_type, "xlm-roberta-xl"):
+            logger.warning("config has model_type=%r; loading it as %r", model_type, cls.model_type)
+        if "torch_dtype" in d and d.get("dtype") is None:
+            d["dtype"] = d.pop("torch_dtype")
+        else:
+            d.pop("torch_dtype", None)
+        d.update(kwargs)
+        if "torch_dtype" in kwargs:
+            d["dtype"] = d.pop("torch_dtype")
+        return cls(**d)
+
+    @classmethod
+    def from_json_file(cls, json_file: Union[str, os.PathLike]) -> "XLMRobertaXLConfig":
+        with open(json_file, "r", encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs) -> "XLMRobertaXLConfig":
+        """Read ``<dir>/config.json`` (or the json file itself); ``kwargs`` override its values."""
+        path = os.fspath(pretrained_model_name_or_path)
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(
+                f"no config found at {path!r} (looked for {file!r}); pass a local directory holding config.json "
+                "or the path of a json file (xlmrxl does not download from the Hub)")
+        with open(file, "r", encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file!r} is not valid JSON: {exc}") from exc
+        d.setdefault("_name_or_path", path)
+        return cls.from_dict(d, **kwargs)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> str:
+        """Write ``<save_directory>/config.json`` (loadable by transformers 4.56.2 and 5.x); returns its path."""
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory={save_directory!r} is a file; give a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        d = self.to_dict()
+        d.pop("_name_or_path", None)
+        if d.get("quantization_config") is None:
+            d.pop("quantization_config", None)
+        file = os.path.join(save_directory, CONFIG_NAME)
+        with open(file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        return file
+
+    # -- misc ---------------------------------------------------------------------------------------------------
+    def __eq__(self, other) -> bool:
+        return isinstance(other, XLMRobertaXLConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def copy(self) -> "XLMRobertaXLConfig":
+        return copy.deepcopy(self)
+
+    def update(self, config_dict: Dict[str, Any]) -> None:
+        for key, value in config_dict.items():
+            setattr(self, key, value)

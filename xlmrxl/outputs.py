@@ -1,0 +1,146 @@
+"""Model output containers, behaving like transformers' ``ModelOutput`` (4.56.2).
+
+An output is a dataclass and an ordered dict at once: ``out.logits``, ``out["logits"]``, ``out[0]``, ``out.to_tuple()``,
+``"logits" in out``, ``out.keys()``. Fields that are ``None`` are not keys and are skipped by integer indexing and
+``to_tuple()``. Field names and order are transformers' own, so code written against transformers reads ours unchanged.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Tuple
+
+import torch
+
+
+class ModelOutput(OrderedDict):
+    """Base class: subclasses are ``@dataclass`` with every field defaulting to ``None``."""
+
+    def __post_init__(self):
+        # The dataclass __init__ sets attributes through __setattr__ below, which also fills the dict.
+        # Re-sync in field order in case a subclass assigned attributes directly.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name not in self:
+                OrderedDict.__setitem__(self, f.name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if value is not None or name in self.keys():
+            OrderedDict.__setitem__(self, name, value)
+        object.__setattr__(self, name, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        OrderedDict.__setitem__(self, key, value)
+        object.__setattr__(self, key, value)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return OrderedDict.__getitem__(self, key)
+        return self.to_tuple()[key]
+
+    def __delitem__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not support item deletion")
+
+    def setdefault(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not support setdefault")
+
+    def pop(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not support pop")
+
+    def update(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not support update")
+
+    def to_tuple(self) -> Tuple[Any, ...]:
+        """The non-None fields, in field order."""
+        return tuple(OrderedDict.__getitem__(self, k) for k in self.keys())
+
+    def __reduce__(self):
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        return (_rebuild, (type(self), state))
+
+
+def _rebuild(cls, state):
+    return cls(**state)
+
+
+@dataclass(eq=False)
+class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):
+    last_hidden_state: Optional[torch.Tensor] = None
+    past_key_values: Optional[Any] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    cross_attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
+    last_hidden_state: Optional[torch.Tensor] = None
+    pooler_output: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    past_key_values: Optional[Any] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    cross_attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class CausalLMOutputWithCrossAttentions(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    past_key_values: Optional[Any] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    cross_attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class MaskedLMOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class SequenceClassifierOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class MultipleChoiceModelOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class TokenClassifierOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(eq=False)
+class QuestionAnsweringModelOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    start_logits: Optional[torch.Tensor] = None
+    end_logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+__all__ = [
+    "ModelOutput",
+    "BaseModelOutputWithPastAndCrossAttentions",
+    "BaseModelOutputWithPoolingAndCrossAttentions",
+    "CausalLMOutputWithCrossAttentions",
+    "MaskedLMOutput",
+    "SequenceClassifierOutput",
+    "MultipleChoiceModelOutput",
+    "TokenClassifierOutput",
+    "QuestionAnsweringModelOutput",
+]
