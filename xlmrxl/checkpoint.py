@@ -579,7 +579,9 @@ class _Plan:
                 self.source[tid] = None
                 continue
             self.source[tid] = ck
-        self.unexpected = sorted(ck for ck, mk in mapping.items() if mk not in expected)
+        # reported under the name the key got here (as transformers does): a base checkpoint's pooler read into a
+        # classifier is "roberta.pooler.dense.weight"
+        self.unexpected = sorted(mk for mk in mapping.values() if mk not in expected)
         ignore_missing = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
         ignore_unexpected = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()
         self.missing = sorted(k for k in missing if not any(re.search(p, k) for p in ignore_missing))

@@ -1,0 +1,552 @@
+"""Checkpoint IO (xlmrxl.checkpoint): transformers <-> xlmrxl checkpoints both ways, key fixes, dtypes, sharding,
+atomic saves, every error message, and the peak memory of a load (in a subprocess)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import tiny_config_kwargs
+
+transformers = pytest.importorskip("transformers")
+
+import xlmrxl  # noqa: E402
+from xlmrxl import checkpoint as ckpt_mod  # noqa: E402
+from xlmrxl.checkpoint import CheckpointError, UnsafeCheckpointError, load_pretrained, save_pretrained  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIED = ("lm_head.decoder.weight", "lm_head.decoder.bias")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------------
+def _randomise(model):
+    """Fresh random values everywhere (LayerNorms and biases too, which init leaves at 1 / 0)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _hf_model(cls_name="XLMRobertaXLForMaskedLM", **overrides):
+    cfg = transformers.XLMRobertaXLConfig(**tiny_config_kwargs(**overrides))
+    model = getattr(transformers, cls_name)(cfg)
+    model.set_attn_implementation("eager") if hasattr(model, "set_attn_implementation") else None
+    return _randomise(model).eval()
+
+
+def _hf_load(cls_name, path):
+    return getattr(transformers, cls_name).from_pretrained(path, output_loading_info=True, attn_implementation="eager")
+
+
+def _ids(batch=2, seq=9, vocab=300):
+    ids = torch.randint(3, vocab, (batch, seq))
+    ids[:, 0], ids[:, -1] = 0, 2
+    return ids
+
+
+def _assert_same_weights(ours, theirs_sd, dtype=None):
+    ours_sd = ours.state_dict()
+    for k, v in ours_sd.items():
+        ref = theirs_sd[k]
+        if dtype is not None:
+            ref = ref.to(dtype)
+        assert v.shape == ref.shape and v.dtype == ref.dtype, f"{k}: {v.shape}/{v.dtype} vs {ref.shape}/{ref.dtype}"
+        assert torch.equal(v, ref), f"{k}: max diff {(v.float() - ref.float()).abs().max().item():.3g}"
+
+
+def _assert_close(out, ref, what, atol=1e-5):
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} vs {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} vs {ref.dtype}"
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= atol, f"{what}: max abs error {err:.3g} > {atol}"
+
+
+def _no_info(info):
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == [], info
+
+
+def _dir_snapshot(path):
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = fh.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_mlm():
+    torch.manual_seed(1)
+    return _hf_model()
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(hf_mlm, tmp_path_factory):
+    """transformers' own saves of one tiny MLM: single file, sharded, .bin."""
+    root = tmp_path_factory.mktemp("hf")
+    hf_mlm.save_pretrained(root / "single")
+    hf_mlm.save_pretrained(root / "sharded", max_shard_size="40KB")
+    hf_mlm.save_pretrained(root / "bin", safe_serialization=False)
+    assert len([f for f in os.listdir(root / "sharded") if f.endswith(".safetensors")]) > 2
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# transformers -> ours, ours -> transformers
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["single", "sharded", "bin"])
+def test_transformers_checkpoint_loads_with_identical_outputs(hf_mlm, hf_dirs, layout):
+    model, info = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(hf_dirs / layout, output_loading_info=True)
+    _no_info(info)
+    assert not model.training
+    _assert_same_weights(model, hf_mlm.state_dict())
+    assert model.lm_head.decoder.weight is model.roberta.embeddings.word_embeddings.weight
+    ids = _ids()
+    with torch.no_grad():
+        _assert_close(model(input_ids=ids).logits, hf_mlm(input_ids=ids).logits, f"logits ({layout})")
+
+
+@pytest.mark.parametrize("shard", [None, "30KB"])
+def test_our_checkpoint_loads_in_transformers(hf_mlm, hf_dirs, tmp_path, shard):
+    ours = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
+    kw = {} if shard is None else {"max_shard_size": shard}
+    ours.save_pretrained(tmp_path / "ours", **kw)
+    files = sorted(os.listdir(tmp_path / "ours"))
+    if shard is None:
+        assert files == ["config.json", "model.safetensors"], files
+    else:
+        assert "model.safetensors.index.json" in files and "model-00001-of-" in files[1], files
+    with open(tmp_path / "ours" / "config.json") as fh:
+        cfg = json.load(fh)
+    assert cfg["architectures"] == ["XLMRobertaXLForMaskedLM"] and cfg["torch_dtype"] == "float32", cfg
+    from safetensors import safe_open
+
+    first = sorted(f for f in files if f.endswith(".safetensors"))[0]
+    with safe_open(str(tmp_path / "ours" / first), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    theirs, info = _hf_load("XLMRobertaXLForMaskedLM", tmp_path / "ours")
+    _no_info(info)
+    _assert_same_weights(ours, theirs.state_dict())
+    ids = _ids()
+    with torch.no_grad():
+        _assert_close(theirs(input_ids=ids).logits, hf_mlm(input_ids=ids).logits, "transformers logits", atol=1e-6)
+        _assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, "ours vs transformers")
+
+
+def test_tied_aliases_are_not_saved(hf_dirs, tmp_path):
+    from safetensors import safe_open
+
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
+    save_pretrained(model, tmp_path / "s")
+    with safe_open(str(tmp_path / "s" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert not keys & set(TIED), sorted(keys & set(TIED))
+    assert {"lm_head.bias", "roberta.embeddings.word_embeddings.weight"} <= keys
+    assert len(keys) == len(set(model.state_dict())) - 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# key fixes
+# ---------------------------------------------------------------------------------------------------------------------
+def _write_state(path, state, config_src):
+    """A checkpoint directory holding ``state`` as written by another tool (clones: no shared storage)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, os.path.join(path, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(config_src, "config.json")) as src, open(os.path.join(path, "config.json"), "w") as dst:
+        dst.write(src.read())
+
+
+def test_old_style_checkpoint_position_ids_and_both_aliases(hf_mlm, hf_dirs, tmp_path):
+    state = dict(hf_mlm.state_dict())                    # holds both decoder aliases
+    assert set(TIED) <= set(state)
+    state["roberta.embeddings.position_ids"] = torch.arange(66).unsqueeze(0)
+    _write_state(tmp_path / "old", state, hf_dirs / "single")
+    model, info = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "old", output_loading_info=True)
+    _no_info(info)
+    _assert_same_weights(model, hf_mlm.state_dict())
+
+
+def test_bias_taken_from_decoder_alias(hf_mlm, hf_dirs, tmp_path):
+    state = {k: v for k, v in hf_mlm.state_dict().items() if k not in ("lm_head.bias", "lm_head.decoder.weight")}
+    _write_state(tmp_path / "alias", state, hf_dirs / "single")
+    model, info = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "alias", output_loading_info=True)
+    _no_info(info)
+    _assert_close(model.lm_head.bias, hf_mlm.lm_head.bias.detach(), "lm_head.bias", atol=0)
+
+
+def test_mlm_checkpoint_into_base_model(hf_mlm, hf_dirs, caplog):
+    model, info = xlmrxl.XLMRobertaXLModel.from_pretrained(hf_dirs / "single", output_loading_info=True)
+    assert set(info["unexpected_keys"]) == {k for k in hf_mlm.state_dict() if k.startswith("lm_head.")} - set(TIED)
+    assert info["missing_keys"] == ["pooler.dense.bias", "pooler.dense.weight"], info
+    theirs, their_info = _hf_load("XLMRobertaXLModel", hf_dirs / "single")
+    assert sorted(their_info["missing_keys"]) == info["missing_keys"]
+    assert sorted(their_info["unexpected_keys"]) == info["unexpected_keys"]
+    ref = {k[len("roberta."):]: v for k, v in hf_mlm.state_dict().items() if k.startswith("roberta.")}
+    for k, v in model.state_dict().items():
+        if not k.startswith("pooler."):
+            assert torch.equal(v, ref[k]), k
+    w = model.pooler.dense.weight
+    assert w.is_meta is False and w.std().item() == pytest.approx(0.02, rel=0.3), "pooler not initialised by init"
+    ids = _ids()
+    with torch.no_grad():
+        _assert_close(model(input_ids=ids).last_hidden_state, theirs(input_ids=ids).last_hidden_state,
+                      "last_hidden_state")
+
+
+def test_base_checkpoint_into_head_model_and_config_overrides(tmp_path, caplog):
+    torch.manual_seed(2)
+    base = _hf_model("XLMRobertaXLModel")
+    base.save_pretrained(tmp_path / "base")
+    model, info = xlmrxl.XLMRobertaXLForSequenceClassification.from_pretrained(
+        tmp_path / "base", num_labels=3, output_loading_info=True)
+    assert model.config.num_labels == 3
+    assert info["unexpected_keys"] == ["roberta.pooler.dense.bias", "roberta.pooler.dense.weight"], info
+    assert info["missing_keys"] == sorted(k for k, _ in model.named_parameters() if k.startswith("classifier.")), info
+    _, their_info = _hf_load("XLMRobertaXLForSequenceClassification", tmp_path / "base")
+    assert sorted(their_info["unexpected_keys"]) == info["unexpected_keys"], their_info
+    assert sorted(their_info["missing_keys"]) == info["missing_keys"], their_info
+    assert any("newly initialized" in r.message and "classifier.out_proj.weight" in r.message
+               for r in caplog.records if r.levelname == "WARNING"), "missing keys were not reported in a warning"
+    for k, v in base.state_dict().items():
+        if not k.startswith("pooler."):
+            assert torch.equal(model.state_dict()["roberta." + k], v), k
+    with torch.no_grad():
+        logits = model(input_ids=_ids()).logits
+    assert logits.shape == (2, 3)
+
+
+def test_add_pooling_layer_goes_to_the_constructor(hf_dirs):
+    model, info = xlmrxl.XLMRobertaXLModel.from_pretrained(hf_dirs / "single", add_pooling_layer=False,
+                                                           output_loading_info=True)
+    assert model.pooler is None and info["missing_keys"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dtype, device, progress, quantization seam
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "bf16"])
+def test_low_precision_load(hf_mlm, hf_dirs, dtype):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", dtype=dtype)
+    target = ckpt_mod._parse_dtype(dtype)
+    assert {p.dtype for p in model.parameters()} == {target}
+    _assert_same_weights(model, hf_mlm.state_dict(), dtype=target)
+    assert model.config.dtype in (target, ckpt_mod.dtype_name(target))
+    ids = _ids()
+    with torch.no_grad():
+        truth = hf_mlm(input_ids=ids).logits
+        ours = model(input_ids=ids).logits
+        plain = _hf_model().to(target).eval()
+        plain.load_state_dict(hf_mlm.state_dict())
+        plain_err = (plain(input_ids=ids).logits.float() - truth).abs().max().item()
+    assert ours.dtype == target and ours.shape == truth.shape
+    err = (ours.float() - truth).abs().max().item()
+    assert err <= 2 * plain_err + 1e-6, f"{target}: error {err:.3g} vs plain PyTorch {plain_err:.3g}"
+
+
+def test_dtype_auto_and_torch_dtype_alias(hf_dirs, tmp_path):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", dtype=torch.bfloat16)
+    save_pretrained(model, tmp_path / "bf16")
+    with open(tmp_path / "bf16" / "config.json") as fh:
+        assert json.load(fh)["torch_dtype"] == "bfloat16"
+    auto = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "bf16", dtype="auto")
+    assert auto.lm_head.bias.dtype == torch.bfloat16
+    default = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "bf16")
+    assert default.lm_head.bias.dtype == torch.float32, "dtype=None must give float32 (transformers 4.56 default)"
+    alias = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "bf16", torch_dtype="float16")
+    assert alias.lm_head.bias.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"dtype='float17'.*bfloat16"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "bf16", dtype="float17")
+
+
+def test_progress_bar_and_backend(hf_dirs, capsys):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", progress=True, backend="reference")
+    assert "Loading weights" in capsys.readouterr().err
+    assert "reference" in repr(getattr(model, "backend", "reference"))
+    load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", progress=False)
+    assert "Loading weights" not in capsys.readouterr().err
+
+
+def test_quantization_hook_seam(hf_dirs, monkeypatch):
+    import types
+
+    seen = []
+
+    def load_hook(model, quantization, *, dtype, device):
+        assert quantization == "int4-test" and dtype == torch.float32 and device == torch.device("cpu")
+
+        def hook(name, module):
+            if isinstance(module, torch.nn.Linear):
+                assert not module.weight.is_meta, f"{name}: hook ran before the weights arrived"
+                seen.append(name)
+            return None
+        return hook
+
+    monkeypatch.setitem(sys.modules, "xlmrxl.quantization", types.SimpleNamespace(load_hook=load_hook))
+    load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", quantization="int4-test")
+    assert "roberta.encoder.layer.0.attention.self.query" in seen and "lm_head.decoder" in seen, seen
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# saving: sharding, shared storage, .bin, atomicity
+# ---------------------------------------------------------------------------------------------------------------------
+def test_sharded_round_trip_keeps_other_files_and_drops_stale_shards(hf_dirs, tmp_path):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
+    out = tmp_path / "rt"
+    save_pretrained(model, out, max_shard_size="20KB")
+    n_small = len([f for f in os.listdir(out) if f.endswith(".safetensors")])
+    (out / "tokenizer_config.json").write_text("{}")
+    (out / "sentencepiece.bpe.model").write_bytes(b"spm")
+    with open(out / "model.safetensors.index.json") as fh:
+        index = json.load(fh)
+    total = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k not in TIED)
+    assert index["metadata"]["total_size"] == total
+    assert set(index["weight_map"]) == set(model.state_dict()) - set(TIED)
+    again = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out)
+    _assert_same_weights(again, model.state_dict())
+    save_pretrained(model, out, max_shard_size=60_000)      # fewer shards: the old ones must go
+    files = sorted(os.listdir(out))
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert 1 < len(shards) < n_small and all(f"-of-{len(shards):05d}" in f for f in shards), files
+    assert "tokenizer_config.json" in files and (out / "sentencepiece.bpe.model").read_bytes() == b"spm"
+    save_pretrained(model, out)                              # one file: index and shards gone
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "sentencepiece.bpe.model",
+                                       "tokenizer_config.json"]
+    _assert_same_weights(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out), model.state_dict())
+
+
+def test_shared_storage_views_save_fine(hf_mlm, hf_dirs, tmp_path):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
+    from xlmrxl.fast_path import fuse_qkv
+
+    sa = model.roberta.encoder.layer[0].attention.self
+    W, _ = fuse_qkv(sa)
+    assert sa.key.weight.untyped_storage().data_ptr() == W.untyped_storage().data_ptr(), "views were not made"
+    for safe in (True, False):
+        out = tmp_path / f"fused-{safe}"
+        save_pretrained(model, out, safe_serialization=safe, max_shard_size="25KB")
+        again, info = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out, output_loading_info=True)
+        _no_info(info)
+        _assert_same_weights(again, hf_mlm.state_dict())
+    theirs, info = _hf_load("XLMRobertaXLForMaskedLM", tmp_path / "fused-False")
+    _no_info(info)
+
+
+def test_bin_save_loads_in_transformers(hf_mlm, hf_dirs, tmp_path):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "bin")
+    save_pretrained(model, tmp_path / "b", safe_serialization=False)
+    assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "pytorch_model.bin"]
+    theirs, info = _hf_load("XLMRobertaXLForMaskedLM", tmp_path / "b")
+    _no_info(info)
+    _assert_same_weights(model, theirs.state_dict())
+
+
+def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
+    out = tmp_path / "atomic"
+    save_pretrained(model, out)
+    (out / "tokenizer.json").write_text('{"keep": true}')
+    before = _dir_snapshot(out)
+    with torch.no_grad():
+        model.lm_head.bias.add_(1.0)
+    calls = []
+    real = ckpt_mod._write_safetensors
+
+    def failing(path, state, names):
+        calls.append(path)
+        if len(calls) == 2:
+            real(path, state, names[: len(names) // 2])      # a half-written shard, then the crash
+            raise OSError(28, "No space left on device (simulated)")
+        real(path, state, names)
+
+    monkeypatch.setattr(ckpt_mod, "_write_safetensors", failing)
+    with pytest.raises(OSError, match="simulated"):
+        save_pretrained(model, out, max_shard_size="20KB")
+    assert len(calls) == 2
+    assert _dir_snapshot(out) == before, "a failed save changed the target directory"
+    assert sorted(os.listdir(tmp_path)) == ["atomic"], f"temporary files left behind: {os.listdir(tmp_path)}"
+    # a failure in a brand-new directory leaves nothing at all
+    calls.clear()
+    with pytest.raises(OSError, match="simulated"):
+        save_pretrained(model, tmp_path / "fresh", max_shard_size="20KB")
+    assert sorted(os.listdir(tmp_path)) == ["atomic"]
+    monkeypatch.setattr(ckpt_mod, "_write_safetensors", real)
+    save_pretrained(model, out)
+    assert (out / "tokenizer.json").read_text() == '{"keep": true}'
+    assert torch.equal(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out).lm_head.bias, model.lm_head.bias)
+
+
+def test_parse_size():
+    assert ckpt_mod.parse_size("5GB") == 5 * 10**9 and ckpt_mod.parse_size("100KB") == 100_000
+    assert ckpt_mod.parse_size("2GiB") == 2 << 30 and ckpt_mod.parse_size(123) == 123
+    with pytest.raises(ValueError, match=r"max_shard_size='5 parsecs'"):
+        ckpt_mod.parse_size("5 parsecs")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------------------------------
+def _copy_dir(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_error_missing_directory_and_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(tiny_config_kwargs()))
+    with pytest.raises(FileNotFoundError, match=r"no weights file.*model\.safetensors, model\.safetensors\.index\.json, "
+                                                r"pytorch_model\.bin, pytorch_model\.bin\.index\.json"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "empty")
+
+
+def test_error_shape_mismatch(hf_dirs, tmp_path):
+    torch.manual_seed(3)
+    clf = _hf_model("XLMRobertaXLForSequenceClassification", num_labels=3)
+    clf.save_pretrained(tmp_path / "clf")
+    with pytest.raises(CheckpointError, match=r"classifier\.out_proj\.weight: checkpoint shape \(3, 64\), model shape "
+                                              r"\(2, 64\)[\s\S]*num_labels=3"):
+        load_pretrained(xlmrxl.XLMRobertaXLForSequenceClassification, tmp_path / "clf", num_labels=2)
+    model, info = load_pretrained(xlmrxl.XLMRobertaXLForSequenceClassification, tmp_path / "clf", num_labels=5,
+                                  ignore_mismatched_sizes=True, output_loading_info=True)
+    assert [k for k, _, _ in info["mismatched_keys"]] == ["classifier.out_proj.bias", "classifier.out_proj.weight"] \
+        or [k for k, _, _ in info["mismatched_keys"]] == ["classifier.out_proj.weight", "classifier.out_proj.bias"]
+    assert model.classifier.out_proj.weight.shape == (5, 64)
+    with pytest.raises(CheckpointError, match=r"embeddings\.word_embeddings\.weight: checkpoint shape \(300, 64\), "
+                                              r"model shape \(300, 128\)[\s\S]*wrong model size"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", hidden_size=128)
+
+
+def test_error_truncated_and_corrupted_safetensors(hf_dirs, tmp_path):
+    d = _copy_dir(hf_dirs / "single", tmp_path / "trunc")
+    path = d / "model.safetensors"
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(size - 1000)
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors is truncated or corrupted: .*{size} bytes.*"
+                                              rf"only {size - 1000} bytes"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    with open(path, "r+b") as fh:                   # header length beyond the end of the file
+        fh.write((10**9).to_bytes(8, "little"))
+    with pytest.raises(CheckpointError, match=rf"truncated or corrupted: .*{8 + 10**9}.*{size - 1000}"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    d2 = _copy_dir(hf_dirs / "single", tmp_path / "badjson")
+    with open(d2 / "model.safetensors", "r+b") as fh:
+        fh.seek(8)
+        fh.write(b"{]not json")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: the safetensors header .* is not valid JSON"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d2)
+
+
+def test_error_index_names_missing_shard(hf_dirs, tmp_path):
+    d = _copy_dir(hf_dirs / "sharded", tmp_path / "sh")
+    shards = sorted(f for f in os.listdir(d) if f.startswith("model-"))
+    os.remove(d / shards[1])
+    with pytest.raises(FileNotFoundError, match=rf"names shard\(s\) that are not in .*{shards[1]}"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    (d / "model.safetensors.index.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json is not valid JSON"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+
+
+class _Payload:
+    """Pickles to a call that would create a marker file if it were ever executed."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_error_bin_with_arbitrary_objects_is_refused(hf_dirs, tmp_path):
+    d = _copy_dir(hf_dirs / "bin", tmp_path / "evil")
+    marker = tmp_path / "EXECUTED"
+    state = torch.load(d / "pytorch_model.bin", weights_only=True)
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, d / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match=r"pytorch_model\.bin holds non-tensor .* refused for safety"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    assert not marker.exists(), "the pickled payload was executed"
+
+
+def test_safetensors_preferred_over_bin(hf_mlm, hf_dirs, tmp_path):
+    d = _copy_dir(hf_dirs / "single", tmp_path / "both")
+    (d / "pytorch_model.bin").write_bytes(b"not a checkpoint at all")
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    _assert_same_weights(model, hf_mlm.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# peak memory while loading (in a fresh process)
+# ---------------------------------------------------------------------------------------------------------------------
+_MEM_SCRIPT = textwrap.dedent("""
+    import json, os, sys, gc
+    import torch
+    import xlmrxl
+    path, fmt, dtype, warmup = sys.argv[1:5]
+
+    def status(field):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    cls = xlmrxl.XLMRobertaXLForMaskedLM
+    cls.from_pretrained(warmup, dtype=getattr(torch, dtype), progress=False)   # every lazy import done before
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")                                  # reset the peak (VmHWM) to the current RSS
+    before = status("VmRSS:")
+    model = cls.from_pretrained(path, dtype=getattr(torch, dtype), progress=False)
+    peak = status("VmHWM:")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(json.dumps({"increase": peak - before, "weights": weights}))
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize("fmt,dtype", [("safetensors", "float32"), ("bin", "float32"), ("safetensors", "bfloat16")])
+def test_peak_memory_of_a_load(hf_dirs, tmp_path_factory, fmt, dtype):
+    root = tmp_path_factory.getbasetemp() / "mem"
+    if not (root / fmt).exists():
+        torch.manual_seed(4)
+        cfg = xlmrxl.XLMRobertaXLConfig(**tiny_config_kwargs(
+            vocab_size=8000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
+            max_position_embeddings=514))
+        model = xlmrxl.XLMRobertaXLForMaskedLM(cfg)
+        save_pretrained(model, root / fmt, safe_serialization=(fmt == "safetensors"))
+        del model
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(root / fmt), fmt, dtype,
+                          str(hf_dirs / ("single" if fmt == "safetensors" else "bin"))], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["weights"] > 50e6 if dtype == "bfloat16" else out["weights"] > 100e6, out
+    ratio = out["increase"] / out["weights"]
+    assert ratio <= 1.3, (f"{fmt} -> {dtype}: peak RSS rose by {out['increase'] / 1e6:.1f} MB for "
+                          f"{out['weights'] / 1e6:.1f} MB of weights ({ratio:.2f}x > 1.3x)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU: straight onto the device
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["single", "bin"])
+def test_load_onto_cuda(hf_mlm, hf_dirs, layout):
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / layout, dtype=torch.bfloat16, device="cuda")
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    ref = {k: v.to(torch.bfloat16) for k, v in hf_mlm.state_dict().items()}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.cpu(), ref[k]), k
