@@ -1,0 +1,207 @@
+"""GEMM with a fused epilogue: ``linear_gelu`` (bias + exact GELU) and ``linear_residual`` (bias + residual add).
+
+    linear_gelu(x, weight, bias)               = gelu(x @ weight.T + bias)          (exact erf GELU)
+    linear_residual(x, weight, bias, residual) = residual + x @ weight.T + bias
+
+``x`` ``(..., K)``; ``weight`` ``(N, K)`` as ``nn.Linear`` stores it; ``bias`` ``(N,)`` or None; ``residual``
+``(..., N)``; any strides. ``x`` and ``weight`` share one dtype (float16, bfloat16, float32); the output has it too.
+The product accumulates in fp32, bias / GELU / residual run in fp32 on the accumulator, and the result is rounded
+once to the output dtype (PyTorch's unfused ``F.gelu(F.linear(...))`` rounds twice). fp32 inputs use IEEE fp32
+products (no TF32), so fp32 results match PyTorch's to accumulation order.
+
+Used for the FFN up projection + GELU (``intermediate.dense``), the attention output projection and the FFN down
+projection (``+ residual``). Tiles are visited in super-grouped order (``GROUP_M`` row tiles per column band) so a
+band of ``weight`` stays in L2 while several row tiles use it. Oracles: ``xlmrxl_kernels.reference.linear_gelu``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import autotune_configs, check, check_same_device, empty
+
+logger = logging.getLogger("xlmrxl")
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_EPI_NONE, _EPI_GELU, _EPI_RESIDUAL = 0, 1, 2
+
+
+def _config(bm, bn, bk, warps, stages, group_m=8):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_warps=warps, num_stages=stages)
+
+
+# Hopper-sized tiles for large M, then narrower ones for few tokens (one short sequence: M ~ 128).
+_CONFIGS = [
+    _config(128, 256, 64, 8, 3),
+    _config(256, 128, 64, 8, 3),
+    _config(128, 128, 64, 8, 4),
+    _config(128, 128, 64, 4, 4),
+    _config(128, 64, 64, 4, 4),
+    _config(64, 128, 64, 4, 4),
+    # small M: a short row tile, deep K steps
+    _config(32, 128, 128, 4, 4),
+    _config(16, 64, 128, 4, 4),
+    _config(16, 128, 64, 4, 5),
+]
+# Under the interpreter: one small config so that K, N and M all cross block edges at tiny test shapes.
+_INTERPRET_CONFIG = _config(32, 32, 32, 4, 1, group_m=2)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles that cannot fit in shared memory for fp32 operands, and row tiles far taller than M."""
+    m = named_args["M"]
+    elt = named_args["x_ptr"].element_size()
+    kept = []
+    for c in configs:
+        kw = c.kwargs
+        smem = (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * elt * c.num_stages
+        if smem > 200 * 1024:
+            continue
+        if m <= 64 and kw["BLOCK_M"] > 64:
+            continue
+        kept.append(c)
+    return kept or [configs[-1]]
+
+
+@triton.autotune(configs=autotune_configs(_CONFIGS, _INTERPRET_CONFIG), key=["M_BUCKET", "N", "K", "EPILOGUE"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _linear_epilogue_kernel(
+    # pointers
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    # sizes (M_BUCKET only keys the autotune cache, so every new token count does not re-tune)
+    M, N, K, M_BUCKET,
+    # strides
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_ym, stride_yn,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # super-grouped tile order: GROUP_M row tiles walk one band of BLOCK_N weight rows before moving on
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (pid // num_in_group) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % num_in_group) % group_rows
+    pid_n = (pid % num_in_group) // group_rows
+
+    # 64-bit scalar tile origins, 32-bit offsets inside the tile (fewer registers than 64-bit pointer tensors)
+    m0 = pid_m.to(tl.int64) * BLOCK_M
+    n0 = pid_n.to(tl.int64) * BLOCK_N
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_mask = rm < M - m0
+    n_mask = rn < N - n0
+    x_ptrs = x_ptr + m0 * stride_xm + rm[:, None] * stride_xm + rk[None, :] * stride_xk
+    w_ptrs = w_ptr + n0 * stride_wn + rn[None, :] * stride_wn + rk[:, None] * stride_wk  # (BLOCK_K, BLOCK_N) of W^T
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        # rows past M / columns past N load zeros (their results are never stored)
+        if EVEN_K:
+            a = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
+        else:
+            # the last K step runs past K: zeros there add nothing to the dot
+            k_left = K - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=m_mask[:, None] & (rk[None, :] < k_left), other=0.0)
+            b = tl.load(w_ptrs, mask=n_mask[None, :] & (rk[:, None] < k_left), other=0.0)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")  # fp32 inputs: exact products, no TF32
+        else:
+            acc = tl.dot(a, b, acc)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # epilogue, all in fp32 on the accumulator; one rounding at the store
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n0 + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if EPILOGUE == 1:
+        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))  # exact GELU: x * Phi(x)
+    if EPILOGUE == 2:
+        r_ptrs = r_ptr + m0 * stride_rm + n0 * stride_rn + rm[:, None] * stride_rm + rn[None, :] * stride_rn
+        acc += tl.load(r_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+    y_ptrs = y_ptr + m0 * stride_ym + n0 * stride_yn + rm[:, None] * stride_ym + rn[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _not_supported(x, weight, bias, residual=None) -> List[str]:
+    reasons = []
+    if x.dtype not in _DTYPES:
+        reasons.append(f"x has dtype {x.dtype}; the kernel takes float16, bfloat16 or float32")
+    if weight.dtype != x.dtype:
+        reasons.append(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    if weight.dim() == 2 and x.shape[-1] == weight.shape[1] and weight.shape[1] == 0:
+        reasons.append("K=0 (empty reduction)")
+    return reasons
+
+
+def linear_gelu_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> List[str]:
+    """Reasons (possibly none) the kernel cannot take this call; the dispatcher then runs the reference."""
+    return _not_supported(x, weight, bias)
+
+
+def linear_residual_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                  residual: torch.Tensor) -> List[str]:
+    """Reasons (possibly none) the kernel cannot take this call; the dispatcher then runs the reference."""
+    return _not_supported(x, weight, bias, residual)
+
+
+def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
+    check(weight.dim() == 2, f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
+    N, K = weight.shape
+    check(x.dim() >= 1 and x.shape[-1] == K,
+          f"x has {x.shape[-1] if x.dim() else 0} features in its last dim but weight is ({N}, {K}) (N, K); "
+          "they must agree on K")
+    check(bias is None or tuple(bias.shape) == (N,), f"bias must have shape ({N},), got "
+          f"{None if bias is None else tuple(bias.shape)}")
+    reasons = _not_supported(x, weight, bias)
+    check(not reasons, "; ".join(reasons) + " (use the reference, or cast the inputs)")
+    check_same_device(x=x, weight=weight, bias=bias, residual=residual)
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    y = empty((M, N), dtype=x.dtype, device=x.device)
+    if residual is not None:
+        check(tuple(residual.shape) == lead + (N,),
+              f"residual must have shape {lead + (N,)} (x's leading dims, N), got {tuple(residual.shape)}")
+        r2 = residual.reshape(M, N)
+    else:
+        r2 = y  # never read (EPILOGUE != 2)
+    if M == 0 or N == 0:
+        return y.reshape(lead + (N,))
+    b = bias if bias is not None else y  # never read (HAS_BIAS=False)
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    m_bucket = min(triton.next_power_of_2(M), 4096)
+    _linear_epilogue_kernel[grid](
+        x2, weight, b, r2, y,
+        M, N, K, m_bucket,
+        x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), r2.stride(0), r2.stride(1),
+        y.stride(0), y.stride(1),
+        HAS_BIAS=bias is not None, EPILOGUE=epilogue, IEEE=x.dtype == torch.float32,
+        EVEN_K=K % 128 == 0,  # every BLOCK_K in the configs divides 128
+    )
+    return y.reshape(lead + (N,))
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias)`` with exact erf GELU, fused into the GEMM epilogue."""
+    return _launch(x, weight, bias, None, _EPI_GELU)
+
+
+def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    residual: torch.Tensor) -> torch.Tensor:
+    """``residual + x @ weight.T + bias``, fused into the GEMM epilogue (a new tensor; ``residual`` is not written)."""
+    return _launch(x, weight, bias, residual, _EPI_RESIDUAL)
