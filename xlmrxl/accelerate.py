@@ -246,8 +246,9 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
 # ---------------------------------------------------------------------------------------------------------------
 # conversions
 # ---------------------------------------------------------------------------------------------------------------
-def _share_into(src: nn.Module, dst: nn.Module) -> None:
-    """Make ``dst`` use ``src``'s parameter (and buffer) objects by name; int4 modules are shared whole."""
+def _share_into(src: nn.Module, dst: nn.Module) -> list:
+    """Make ``dst`` use ``src``'s parameter (and buffer) objects by name; int4 modules are shared whole.
+    Returns the names of ``dst``'s buffers still on the meta device (``src`` has no such buffer)."""
     for name, mod in list(src.named_modules()):
         if name and fast_path._is_int4(mod):
             parent, _, leaf = name.rpartition(".")
@@ -259,7 +260,7 @@ def _share_into(src: nn.Module, dst: nn.Module) -> None:
                 setattr(holder, leaf, mod)
     src_params = dict(src.named_parameters(remove_duplicate=False))
     src_bufs = dict(src.named_buffers(remove_duplicate=False))
-    missing = []
+    missing, meta_buffers = [], []
     for name, _ in list(dst.named_parameters(remove_duplicate=False)):
         parent, _, leaf = name.rpartition(".")
         holder = dst.get_submodule(parent) if parent else dst
@@ -273,12 +274,13 @@ def _share_into(src: nn.Module, dst: nn.Module) -> None:
         if name in src_bufs:
             holder._buffers[leaf] = src_bufs[name]
         elif buf.is_meta:
-            missing.append(name)
+            meta_buffers.append(name)
     extra = sorted(set(src_params) - {n for n, _ in dst.named_parameters(remove_duplicate=False)})
     if missing or extra:
         raise ValueError(f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: "
                          f"missing in the source {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                          f"not in the target {extra[:8]}{'...' if len(extra) > 8 else ''}")
+    return meta_buffers
 
 
 def _model_kwargs(model) -> dict:
@@ -299,7 +301,9 @@ def from_transformers(hf_model, backend="auto"):
     cfg = XLMRobertaXLConfig.from_dict(hf_model.config.to_dict())
     with torch.device("meta"):
         ours = cls(cfg, **_model_kwargs(hf_model))
-    _share_into(hf_model, ours)
+    left = _share_into(hf_model, ours)
+    if left:
+        raise ValueError(f"from_transformers: xlmrxl's {name} has buffers {left} that transformers' model lacks")
     ours.train(hf_model.training)
     if hasattr(ours, "set_backend"):
         ours.set_backend(backend.name if isinstance(backend, Backend) else backend)

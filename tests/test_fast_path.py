@@ -1,0 +1,408 @@
+"""The padding-free fast path (``xlmrxl.fast_path``) against the exact path and transformers 4.56.2.
+
+fp32 on real tokens (attention_mask == 1): fast path vs exact path vs transformers <= 1e-5, for every head, with
+padding, a fully padded row, length-1 rows and no padding; with the references (backend "reference") and with the
+Triton kernels under the interpreter (marked ``triton``, tiny shapes). Also: packing, the fused QKV views (shared
+storage, state_dict unchanged, re-fused after ``.to()``), ``output_hidden_states`` semantics, ``return_packed``, and
+every fallback reason choosing the exact path with one log line.
+"""
+import logging
+
+import pytest
+import torch
+
+import xlmrxl
+import xlmrxl.backend as xbackend
+from xlmrxl import fast_path
+from conftest import tiny_config_kwargs
+
+transformers = pytest.importorskip("transformers")
+
+HEADS = ["XLMRobertaXLModel", "XLMRobertaXLForMaskedLM", "XLMRobertaXLForCausalLM",
+         "XLMRobertaXLForSequenceClassification", "XLMRobertaXLForMultipleChoice",
+         "XLMRobertaXLForTokenClassification", "XLMRobertaXLForQuestionAnswering"]
+TOL = 1e-5
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def _randomize(model):
+    """Non-trivial weights everywhere (LayerNorm scales/shifts and biases included), fresh per test."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _ours(head, backend="reference", **overrides):
+    kw = tiny_config_kwargs(**overrides)
+    if head == "XLMRobertaXLForCausalLM":
+        kw.setdefault("is_decoder", True)
+    cfg = xlmrxl.XLMRobertaXLConfig(**kw)
+    model = _randomize(getattr(xlmrxl, head)(cfg)).eval()
+    model.set_backend(backend)
+    return model
+
+
+def _hf_twin(ours):
+    """transformers 4.56.2's model of the same class with identical weights (built independently of xlmrxl)."""
+    d = {k: v for k, v in ours.config.to_dict().items() if not k.startswith("_")}
+    cfg = transformers.XLMRobertaXLConfig(**d)
+    cls = getattr(transformers, type(ours).__name__)
+    kw = {"add_pooling_layer": ours.pooler is not None} if type(ours).__name__ == "XLMRobertaXLModel" else {}
+    hf = cls(cfg, **kw).eval()
+    missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and all("position_ids" in k or "token_type_ids" in k for k in missing), (missing, unexpected)
+    return hf
+
+
+def _inputs(case, vocab=300, pad=1, batch=4, seq=9):
+    ids = torch.randint(3, vocab, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if case == "padded":  # right padding, a fully padded row, a length-1 row, a full row
+        mask[0, 6:] = 0
+        mask[1, :] = 0
+        mask[2, 1:] = 0
+    elif case == "left":
+        mask[0, :3] = 0
+        mask[3, :8] = 0
+    ids[mask == 0] = pad
+    return ids, mask
+
+
+def _head_inputs(head, ids, mask):
+    if head == "XLMRobertaXLForMultipleChoice":  # (B, C, S): two choices per example
+        return ids.view(2, 2, -1), mask.view(2, 2, -1)
+    return ids, mask
+
+
+def _extra(head):
+    return {"use_cache": False} if head == "XLMRobertaXLForCausalLM" else {}
+
+
+def _first(out):
+    return out[0]
+
+
+def _real_max_err(a, b, mask):
+    """Max |a - b| where the answer depends on real tokens only: token-level outputs (B, S, ...) at mask == 1;
+    sequence-level outputs (read at the first token, like every classification head) on rows whose first token is
+    real. ``mask`` is the model's input mask ((B, S), or (B, C, S) for multiple choice)."""
+    assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    if tuple(a.shape[:mask.dim()]) == tuple(mask.shape):
+        keep = mask.bool()
+    else:
+        first = mask[..., 0].bool()
+        keep = first.reshape(first.shape + (1,) * (a.dim() - first.dim())).expand(a.shape) if a.dim() >= first.dim() \
+            else first
+    return (a - b)[keep].abs().max().item() if keep.any() else 0.0
+
+
+class _Spy:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = fast_path.encoder_forward
+
+        def spy(*a, **k):
+            self.calls += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(fast_path, "encoder_forward", spy)
+
+
+def _force_exact(monkeypatch):
+    monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
+
+
+@pytest.fixture
+def fresh_log(monkeypatch):
+    monkeypatch.setattr(xbackend, "_LOGGED", set())
+
+
+# -- packing ------------------------------------------------------------------------------------------------------
+def test_pack_unpack_roundtrip():
+    B, S, H = 4, 7, 5
+    x = torch.randn(B, S, H)
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[1] = 0
+    mask[2, 1:] = 0
+    mask[3, :2] = 0  # left padding
+    packed, p = fast_path.pack(x, mask)
+    T = int(mask.sum())
+    assert packed.shape == (T, H) and packed.dtype == x.dtype, f"packed {tuple(packed.shape)} {packed.dtype}"
+    assert p.cu_seqlens.dtype == torch.int32 and p.cu_seqlens.tolist() == [0, 4, 4, 5, 10]
+    assert p.max_seqlen == 5 and p.num_tokens == T
+    assert torch.equal(packed, x[mask.bool()]), "packed rows must be the real tokens in order"
+    back = p.unpack(packed)
+    assert back.shape == x.shape
+    assert torch.equal(back[mask.bool()], x[mask.bool()]) and back[~mask.bool()].abs().max() == 0
+
+
+def test_pack_no_padding_is_a_view():
+    x = torch.randn(3, 5, 8)
+    for mask in (None, torch.ones(3, 5)):
+        packed, p = fast_path.pack(x, mask)
+        assert p.indices is None and p.max_seqlen == 5 and p.cu_seqlens.tolist() == [0, 5, 10, 15]
+        assert packed.data_ptr() == x.data_ptr(), "no padding: packing must not copy"
+
+
+def test_pack_rejects_bad_mask_shape():
+    with pytest.raises(ValueError, match=r"\(3, 5\)"):
+        fast_path.pack(torch.randn(3, 5, 8), torch.ones(3, 6))
+
+
+# -- parity: every head, references ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("case", ["padded", "none"])
+def test_fast_vs_exact_vs_transformers(head, case, monkeypatch):
+    torch.manual_seed(hash((head, case)) % 1000)
+    ours = _ours(head)
+    hf = _hf_twin(ours)
+    ids, mask = _inputs(case)
+    ids_h, mask_h = _head_inputs(head, ids, mask)
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        fast = ours(ids_h, attention_mask=mask_h, **_extra(head))
+        assert spy.calls == 1, "the fast path was not taken"
+        ref = hf(ids_h, attention_mask=mask_h, **_extra(head))
+        _force_exact(monkeypatch)
+        exact = ours(ids_h, attention_mask=mask_h, **_extra(head))
+    assert spy.calls == 1, "forcing the exact path still ran the fast path"
+    a, b, c = _first(fast), _first(exact), _first(ref)
+    assert a.shape == c.shape and a.dtype == c.dtype == torch.float32, f"{tuple(a.shape)} {a.dtype} vs {tuple(c.shape)}"
+    err_hf, err_exact = _real_max_err(a, c, mask_h), _real_max_err(a, b, mask_h)
+    assert err_hf <= TOL, f"{head}/{case}: fast vs transformers max err {err_hf:.3g}"
+    assert err_exact <= TOL, f"{head}/{case}: fast vs exact max err {err_exact:.3g}"
+
+
+def test_padded_positions_are_zero_and_rows_independent():
+    torch.manual_seed(1)
+    model = _ours("XLMRobertaXLModel")
+    ids, mask = _inputs("padded")
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask).last_hidden_state
+        solo = model(ids[0:1, :6], attention_mask=mask[0:1, :6]).last_hidden_state
+    assert out.shape == (4, 9, 64)
+    assert out[~mask.bool()].abs().max().item() == 0.0, "padded positions must be zeros"
+    assert torch.isfinite(out).all()
+    err = (out[0, :6] - solo[0]).abs().max().item()
+    assert err <= TOL, f"a right-padded row must equal its unpadded run; max err {err:.3g}"
+
+
+def test_output_hidden_states_semantics(monkeypatch):
+    torch.manual_seed(2)
+    ours = _ours("XLMRobertaXLModel")
+    hf = _hf_twin(ours)
+    ids, mask = _inputs("left")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        out = ours(ids, attention_mask=mask, output_hidden_states=True)
+        ref = hf(ids, attention_mask=mask, output_hidden_states=True)
+        emb = ours.embeddings(input_ids=ids)
+    assert spy.calls == 1
+    hs = out.hidden_states
+    assert len(hs) == ours.config.num_hidden_layers + 1 == len(ref.hidden_states)
+    assert all(h.shape == (4, 9, 64) and h.dtype == torch.float32 for h in hs)
+    assert torch.equal(hs[0], emb), "entry 0 is the embeddings output, padded positions included"
+    assert torch.equal(hs[-1], out.last_hidden_state), "the last entry is the final LayerNorm output"
+    for i, (a, b) in enumerate(zip(hs, ref.hidden_states)):
+        err = _real_max_err(a, b, mask)
+        assert err <= TOL, f"hidden_states[{i}] max err {err:.3g}"
+    for h in hs[1:]:
+        assert h[~mask.bool()].abs().max().item() == 0.0
+
+
+def test_return_packed():
+    torch.manual_seed(3)
+    model = _ours("XLMRobertaXLModel")
+    ids, mask = _inputs("padded")
+    enc = model.roberta.encoder if hasattr(model, "roberta") else model.encoder
+    with torch.no_grad():
+        emb = model.embeddings(input_ids=ids)
+        padded, _ = fast_path.encoder_forward(enc, emb, mask, "reference")
+        res = fast_path.encoder_forward(enc, emb, mask, "reference", return_packed=True, output_hidden_states=True)
+    T = int(mask.sum())
+    assert res.last_hidden_state.shape == (T, 64) and len(res.hidden_states) == 4
+    assert torch.equal(res.packing.unpack(res.last_hidden_state), padded)
+    assert torch.equal(res.hidden_states[0], emb[mask.bool()])
+
+
+def test_all_rows_fully_padded():
+    model = _ours("XLMRobertaXLModel")
+    ids = torch.full((2, 5), 1)
+    mask = torch.zeros(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 5, 64) and out.last_hidden_state.abs().max().item() == 0.0
+    assert len(out.hidden_states) == 4
+
+
+# -- the fused QKV buffer -------------------------------------------------------------------------------------------
+def test_fused_qkv_shares_storage_and_keeps_state_dict():
+    torch.manual_seed(4)
+    model = _ours("XLMRobertaXLForMaskedLM")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params_before = {n: p for n, p in model.named_parameters()}
+    ids, mask = _inputs("padded")
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    after = model.state_dict()
+    assert list(after) == list(before), "state_dict keys changed"
+    assert all(torch.equal(after[k], before[k]) for k in before), "state_dict values changed"
+    assert {n: p for n, p in model.named_parameters()} == params_before, "Parameter objects were replaced"
+    for layer in model.roberta.encoder.layer:
+        sa = layer.attention.self
+        W, b = sa._xlmrxl_qkv
+        H = sa.query.weight.shape[0]
+        assert W.shape == (3 * H, 64) and W.is_contiguous()
+        for i, lin in enumerate((sa.query, sa.key, sa.value)):
+            assert lin.weight.data_ptr() == W[i * H].data_ptr(), "q/k/v weights must be views of the fused buffer"
+            assert lin.bias.data_ptr() == b[i * H:].data_ptr()
+            assert lin.weight.untyped_storage().data_ptr() == W.untyped_storage().data_ptr()
+    # in-place weight updates (fine-tuning, load_state_dict) reach the fused buffer
+    with torch.no_grad():
+        model.load_state_dict({k: v * 1.5 if "attention.self.key.weight" in k else v for k, v in before.items()})
+        assert torch.equal(model.roberta.encoder.layer[0].attention.self._xlmrxl_qkv[0][H:2 * H],
+                           before["roberta.encoder.layer.0.attention.self.key.weight"] * 1.5)
+
+
+def test_fused_qkv_refuses_after_to(monkeypatch):
+    torch.manual_seed(5)
+    model = _ours("XLMRobertaXLModel")
+    ids, mask = _inputs("padded")
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+        model.double().float()  # new storages: the views are gone
+        sa = model.encoder.layer[0].attention.self
+        assert sa.query.weight.data_ptr() != sa._xlmrxl_qkv[0].data_ptr()
+        fast = model(ids, attention_mask=mask).last_hidden_state
+        assert sa.query.weight.data_ptr() == sa._xlmrxl_qkv[0].data_ptr(), "the next forward must fuse again"
+        _force_exact(monkeypatch)
+        exact = model(ids, attention_mask=mask).last_hidden_state
+    err = _real_max_err(fast, exact, mask)
+    assert err <= TOL, f"after .to(): max err {err:.3g}"
+
+
+def test_fusing_under_inference_mode_keeps_parameters_normal():
+    model = _ours("XLMRobertaXLModel")
+    ids, mask = _inputs("none")
+    with torch.inference_mode():
+        model(ids, attention_mask=mask)
+    w = model.encoder.layer[0].attention.self.query.weight
+    assert not w.is_inference(), "fused views must not turn parameters into inference tensors"
+    # autograd still works afterwards (exact path, since grad is recording)
+    model.encoder.layer[0].attention.self.query.weight.grad = None
+    model(ids, attention_mask=mask).last_hidden_state.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+# -- decoder (causal) -----------------------------------------------------------------------------------------------
+def test_causal_decoder_fast_path(monkeypatch):
+    torch.manual_seed(6)
+    ours = _ours("XLMRobertaXLForCausalLM")
+    hf = _hf_twin(ours)
+    ids, mask = _inputs("padded")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, use_cache=False).logits
+        b = hf(ids, attention_mask=mask, use_cache=False).logits
+        ours(ids, attention_mask=mask, use_cache=True)  # decoding with a cache: exact path
+    assert spy.calls == 1
+    err = _real_max_err(a, b, mask)
+    assert err <= TOL, f"causal fast path vs transformers max err {err:.3g}"
+
+
+# -- fallbacks ------------------------------------------------------------------------------------------------------
+FALLBACKS = {
+    "output_attentions": (dict(), dict(output_attentions=True), "output_attentions"),
+    "head_mask": (dict(), dict(head_mask=torch.tensor([1.0, 0.0, 1.0, 1.0])), "head_mask"),
+    "relative_key": (dict(position_embedding_type="relative_key"), dict(), "relative_key"),
+    "training_dropout": (dict(), dict(), "dropout"),
+    "autograd": (dict(), dict(), "autograd"),
+    "hook": (dict(), dict(), "hooks"),
+    "gelu_new": (dict(hidden_act="gelu_new"), dict(), "GELU"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FALLBACKS))
+def test_fallback_reasons(case, monkeypatch, caplog, fresh_log):
+    cfg_kw, call_kw, needle = FALLBACKS[case]
+    torch.manual_seed(7)
+    model = _ours("XLMRobertaXLModel", **cfg_kw)
+    ids, mask = _inputs("padded")
+    ctx = torch.no_grad()
+    if case == "training_dropout":
+        model.train()
+    if case == "autograd":
+        ctx = torch.enable_grad()
+    if case == "hook":
+        model.encoder.layer[1].intermediate.register_forward_hook(lambda m, i, o: None)
+    spy = _Spy(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="xlmrxl"), ctx:
+        torch.manual_seed(0)
+        a = model(ids, attention_mask=mask, **call_kw)
+        torch.manual_seed(0)
+        model(ids, attention_mask=mask, **call_kw)
+    assert spy.calls == 0, f"{case}: the fast path must not run"
+    lines = [r.getMessage() for r in caplog.records if "exact (unfused) path" in r.getMessage()]
+    assert len(lines) == 1, f"{case}: expected the reason logged once, got {lines}"
+    assert needle in lines[0], f"{case}: reason {lines[0]!r} does not mention {needle!r}"
+    # and the exact path's answer is the exact path's answer
+    _force_exact(monkeypatch)
+    with ctx:
+        torch.manual_seed(0)
+        b = model(ids, attention_mask=mask, **call_kw)
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+
+
+def test_unsupported_reason_direct():
+    model = _ours("XLMRobertaXLModel")
+    enc = model.encoder
+    with torch.no_grad():
+        assert fast_path.unsupported_reason(enc, attention_mask=None) is None
+        assert fast_path.unsupported_reason(enc, head_mask=[None, None, None]) is None  # 4.56.2's get_head_mask
+        assert "cross-attention" in fast_path.unsupported_reason(enc, encoder_hidden_states=torch.randn(1, 2, 64))
+        assert "cache" in fast_path.unsupported_reason(enc, past_key_values=object())
+        assert "2D" in fast_path.unsupported_reason(enc, attention_mask=torch.ones(1, 1, 3, 3))
+
+
+# -- int4 layers ----------------------------------------------------------------------------------------------------
+def test_int4_layers_take_the_fast_path(monkeypatch):
+    q = pytest.importorskip("xlmrxl.quantization")
+    torch.manual_seed(8)
+    model = _ours("XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4)
+    q.quantize(model, group_size=64)
+    ids, mask = _inputs("padded")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        fast = model(ids, attention_mask=mask).last_hidden_state
+        assert spy.calls == 1
+        _force_exact(monkeypatch)
+        exact = model(ids, attention_mask=mask).last_hidden_state
+    err = _real_max_err(fast, exact, mask)
+    assert err <= 1e-4, f"int4 fast vs exact path (both dequantized references) max err {err:.3g}"
+
+
+# -- the Triton kernels under the interpreter -------------------------------------------------------------------------
+@pytest.mark.triton
+@pytest.mark.parametrize("head", ["XLMRobertaXLForMaskedLM", "XLMRobertaXLForSequenceClassification"])
+def test_triton_kernels_through_the_model(head, monkeypatch, caplog, fresh_log):
+    pytest.importorskip("triton")
+    torch.manual_seed(9)
+    ours = _ours(head, backend="triton", num_hidden_layers=2)
+    hf = _hf_twin(ours)
+    ids, mask = _inputs("padded", batch=4, seq=7)
+    spy = _Spy(monkeypatch)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
+        a = _first(ours(ids, attention_mask=mask))
+        b = _first(hf(ids, attention_mask=mask))
+    assert spy.calls == 1
+    fallbacks = [r.getMessage() for r in caplog.records if "runs the PyTorch reference" in r.getMessage()]
+    assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
+    assert a.shape == b.shape and a.dtype == torch.float32
+    assert torch.isfinite(a).all()
+    err = _real_max_err(a, b, mask)
+    assert err <= TOL, f"{head} with the Triton kernels (interpreter) vs transformers max err {err:.3g}"
