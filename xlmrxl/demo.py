@@ -1,0 +1,260 @@
+"""``xlmrxl demo``: a two-minute, offline tour on a small random-weight model of the XLM-RoBERTa-XL architecture.
+
+Contract
+--------
+- Builds **once and deterministically** (fixed seeds, single-threaded SentencePiece training) a demo checkpoint in
+  ``$XLMRXL_CACHE/demo-v1`` (default ``~/.cache/xlmrxl/demo-v1``): the tokenizer trained from the shipped corpus,
+  and an ``XLMRobertaXLForMaskedLM`` with the XL head dim (hidden 320 = 4 heads of 80, 4 layers, intermediate 1280,
+  vocabulary = tokenizer size rounded up to a multiple of 128, as the real 250880 is) saved with our
+  ``save_pretrained``. The build is written to a temporary directory and renamed into place, so an interrupted
+  build is never mistaken for a finished one. ``quick=True`` (tests) builds an even smaller model in ``demo-quick``.
+- Runs fill-mask on a few multilingual sentences, then a **self-check** of every backend available here against an
+  fp32 reference run (``reference`` always; ``triton`` on CUDA, or on CPU under ``TRITON_INTERPRET=1``;
+  transformers' own model when transformers is installed): max abs difference of the last hidden state on real
+  tokens, then a **timing table** (median forward latency per backend, and transformers').
+- Says plainly that the weights are random, and how to point the CLI at a real checkpoint.
+- ``run_demo(...)`` returns a dict with the results (the self-check diffs, timings) and writes the report to
+  ``out`` (stdout by default); a failing backend is reported, not raised, and marks the check as failed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TextIO
+
+import torch
+
+logger = logging.getLogger("xlmrxl")
+
+DEMO_VERSION = "demo-v1"
+DEMO_SHAPE = dict(hidden_size=320, num_attention_heads=4, num_hidden_layers=4, intermediate_size=1280)
+QUICK_SHAPE = dict(hidden_size=160, num_attention_heads=2, num_hidden_layers=2, intermediate_size=640)
+_DONE = ".complete"
+
+SENTENCES = [
+    "The bakery on the corner opens at <mask>.",
+    "Le marché du samedi déborde de <mask>.",
+    "Утром над рекой висел густой <mask>.",
+    "我们明天下午在<mask>见面。",
+    "يفتح السوق القديم أبوابه كل <mask>.",
+]
+CHECK_TEXTS = [
+    "Die Straßenbahn fährt alle zehn Minuten bis zum Hauptbahnhof.",
+    "Το πλοίο για τη Νάξο φεύγει κάθε πρωί.",
+    "Pizza tonight? 🍕 or sushi?",
+    "मेरी दादी हर सुबह बगीचे में फूलों को पानी देती हैं।",
+]
+
+
+def cache_root() -> Path:
+    """``$XLMRXL_CACHE`` if set, else ``~/.cache/xlmrxl``."""
+    env = os.environ.get("XLMRXL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "xlmrxl"
+
+
+def demo_dir(quick: bool = False) -> Path:
+    return cache_root() / ("demo-quick" if quick else DEMO_VERSION)
+
+
+def build_demo_checkpoint(directory: Optional[Path] = None, *, quick: bool = False) -> Path:
+    """Build the demo checkpoint (tokenizer + random-weight MLM) unless it is already there; return its path."""
+    from .config import XLMRobertaXLConfig
+    from .modeling import XLMRobertaXLForMaskedLM
+    from .tokenizer import XLMRobertaTokenizer, train_sentencepiece
+
+    target = Path(directory) if directory is not None else demo_dir(quick)
+    if (target / _DONE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        train_sentencepiece(staging, vocab_size=1000, seed=0)
+        tok = XLMRobertaTokenizer.from_pretrained(staging, model_max_length=512)
+        tok.save_pretrained(staging)
+        vocab = -(-len(tok) // 128) * 128  # round up to a multiple of 128, like the real 250002 -> 250880
+        shape = QUICK_SHAPE if quick else DEMO_SHAPE
+        config = XLMRobertaXLConfig(vocab_size=vocab, max_position_embeddings=514, type_vocab_size=1,
+                                    pad_token_id=1, bos_token_id=0, eos_token_id=2, **shape)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = XLMRobertaXLForMaskedLM(config)
+        model.save_pretrained(staging)
+        (staging / _DONE).write_text(f"xlmrxl {DEMO_VERSION} quick={quick}\n")
+        if target.exists():  # a stale, unfinished build
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("xlmrxl: built the demo checkpoint at %s", target)
+    return target
+
+
+def available_backends() -> List[str]:
+    """``reference`` always; ``triton`` when CUDA is present or the Triton CPU interpreter is on."""
+    names = ["reference"]
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if torch.cuda.is_available() or interpreting:
+        from .backend import triton_unavailable_reason
+
+        if triton_unavailable_reason() is None:
+            names.append("triton")
+    return names
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, caches)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optional[str] = None,
+             dtype: Optional[str] = None, repeats: Optional[int] = None, backends: Optional[List[str]] = None,
+             compare_transformers: bool = True) -> Dict[str, Any]:
+    """Build (once) and run the demo; write the report to ``out``. Returns the results as a dict.
+
+    ``backends`` limits the self-check to these (default: all available); ``compare_transformers=False`` skips
+    transformers' model; ``repeats`` is the number of timed forwards (default 5, 2 when ``quick``)."""
+    from . import pipelines
+    from .modeling import XLMRobertaXLForMaskedLM
+    from .tokenizer import XLMRobertaTokenizer
+
+    out = out if out is not None else sys.stdout
+    w = out.write
+    dev = pipelines.parse_device(device)
+    run_dtype = pipelines.parse_dtype(dtype) or torch.float32
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    repeats = repeats if repeats is not None else (2 if quick else 5)
+
+    t0 = time.perf_counter()
+    built = not (demo_dir(quick) / _DONE).is_file()
+    path = build_demo_checkpoint(quick=quick)
+    w(f"xlmrxl demo: {'built' if built else 'reusing'} the demo checkpoint at {path} "
+      f"({time.perf_counter() - t0:.1f} s)\n")
+    w("NOTE: this model has RANDOM weights (XLM-RoBERTa-XL architecture, shrunk), so its predictions are "
+      "meaningless.\n      For real predictions, download a checkpoint (e.g. facebook/xlm-roberta-xl) and run:\n"
+      "      xlmrxl fill-mask \"Paris is the <mask> of France.\" --model /path/to/xlm-roberta-xl\n\n")
+
+    tok = XLMRobertaTokenizer.from_pretrained(path)
+    model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=run_dtype, device=dev, backend="reference")
+    cfg = model.config
+    w(f"model: hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
+      f"{cfg.hidden_size // cfg.num_attention_heads}, {cfg.num_hidden_layers} layers, intermediate "
+      f"{cfg.intermediate_size}, vocab {cfg.vocab_size} (tokenizer {len(tok)}), "
+      f"{model.num_parameters() / 1e6:.2f} M parameters, {str(run_dtype).replace('torch.', '')} on {dev}\n\n")
+
+    # -- fill-mask --------------------------------------------------------------------------------------------
+    fill = pipelines.pipeline("fill-mask", model=model, tokenizer=tok, backend=None, top_k=3)
+    sentences = SENTENCES[:2] if quick else SENTENCES
+    w("fill-mask (top 3):\n")
+    for text, preds in zip(sentences, fill(sentences)):
+        shown = ", ".join(f"{p['token_str']!r} {p['score']:.4f}" for p in preds)
+        w(f"  {text}\n      -> {shown}\n")
+    w("\n")
+
+    # -- self-check -------------------------------------------------------------------------------------------
+    texts = CHECK_TEXTS[:2] if quick else CHECK_TEXTS
+    enc = tok(texts, padding=True, return_tensors="pt")
+    real = enc["attention_mask"].bool()
+
+    def hidden(m, e):
+        with torch.inference_mode():
+            o = m.roberta(input_ids=e["input_ids"], attention_mask=e["attention_mask"])
+            return (o.last_hidden_state if hasattr(o, "last_hidden_state") else o[0]).float().cpu()
+
+    truth_model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=torch.float32, device="cpu",
+                                                          backend="reference")
+    truth = hidden(truth_model, enc)[real]
+    tol = 1e-4 if run_dtype == torch.float32 else 5e-2
+    rows: List[Dict[str, Any]] = []
+    runners = {}
+    have = available_backends()
+    if backends is not None:
+        unknown = [b for b in backends if b not in ("reference", "triton")]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)} for the demo; choose from reference, triton")
+        missing = [b for b in backends if b not in have]
+        for b in missing:
+            w(f"(backend {b!r} is not available here: it needs CUDA, or TRITON_INTERPRET=1 on CPU)\n")
+        have = [b for b in have if b in backends]
+    for name in have:
+        row: Dict[str, Any] = {"backend": name}
+        try:
+            model.set_backend(name)
+            e = {k: v.to(dev) for k, v in enc.items()}
+            got = hidden(model, e)[real]
+            row["max_abs_diff"] = float((got - truth).abs().max())
+            row["ok"] = row["max_abs_diff"] <= tol
+            runners[name] = (lambda n=name, e=e: (model.set_backend(n), hidden(model, e)))
+        except Exception as exc:  # report, do not crash the demo
+            row["ok"], row["error"] = False, f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    hf = _transformers_model(path, run_dtype, dev) if compare_transformers else None
+    if hf is not None:
+        row = {"backend": "transformers"}
+        try:
+            e = {k: v.to(dev) for k, v in enc.items()}
+            got = hidden(hf, e)[real]
+            row["max_abs_diff"] = float((got - truth).abs().max())
+            row["ok"] = row["max_abs_diff"] <= tol
+            runners["transformers"] = (lambda e=e: hidden(hf, e))
+        except Exception as exc:
+            row["ok"], row["error"] = False, f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    w(f"self-check: last hidden state on {int(real.sum())} real tokens vs an fp32 reference run "
+      f"(tolerance {tol:g}):\n")
+    for row in rows:
+        status = "ok" if row["ok"] else "FAILED"
+        detail = f"max |diff| = {row['max_abs_diff']:.3e}" if "max_abs_diff" in row else row["error"]
+        note = " (Triton CPU interpreter)" if row["backend"] == "triton" and dev.type == "cpu" and interpreting else ""
+        w(f"  {row['backend']:<13} {status:<7} {detail}{note}\n")
+    w("\n")
+
+    # -- timing -----------------------------------------------------------------------------------------------
+    timings: Dict[str, float] = {}
+    w(f"forward latency, batch of {len(texts)} ({enc['input_ids'].shape[1]} tokens padded), median of {repeats}:\n")
+    for name, fn in runners.items():
+        if name == "triton" and dev.type == "cpu":
+            w(f"  {name:<13}       n/a     (Triton's CPU interpreter checks correctness; time it on a GPU)\n")
+            continue
+        timings[name] = _median_ms(fn, repeats)
+        w(f"  {name:<13} {timings[name]:9.2f} ms\n")
+    if hf is None and compare_transformers:
+        w("  (install transformers to time it here too)\n")
+    model.set_backend("auto")
+    ok = all(r["ok"] for r in rows)
+    w(f"\nself-check {'passed' if ok else 'FAILED'}; total demo time {time.perf_counter() - t0:.1f} s\n")
+    return {"path": str(path), "checks": rows, "timings_ms": timings, "ok": ok}
+
+
+def _transformers_model(path: Path, dtype: torch.dtype, device: torch.device):
+    """transformers' own model from the demo checkpoint, or None when transformers is not installed."""
+    try:
+        import transformers
+    except Exception:
+        return None
+    prev = logging.getLogger("transformers").level
+    try:
+        transformers.logging.set_verbosity_error()
+        kw = {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
+        model = transformers.XLMRobertaXLForMaskedLM.from_pretrained(str(path), **kw)
+        return model.to(device).eval()
+    except Exception as exc:
+        logger.info("xlmrxl: could not load the demo checkpoint in transformers (%s)", exc)
+        return None
+    finally:
+        logging.getLogger("transformers").setLevel(prev)
