@@ -186,13 +186,14 @@ class XLMRobertaXLEmbeddings(nn.Module):
 
     def __init__(self, config: XLMRobertaXLConfig):
         super().__init__()
+        self.padding_idx = config.pad_token_id
+        # registration order as transformers (state_dict order): word, position, token_type
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
+                                                padding_idx=self.padding_idx)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
-        self.padding_idx = config.pad_token_id
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
-                                                padding_idx=self.padding_idx)
 
     def create_position_ids_from_inputs_embeds(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         input_shape = inputs_embeds.size()[:-1]
