@@ -1,0 +1,258 @@
+"""int4 group-wise weight-only quantization and the int4-weight matmul kernel.
+
+    quantize_int4(weight, group_size=128)             -> (qweight, scales, zeros)
+    dequantize_int4(qweight, scales, zeros, group_size=128) -> weight  (N, K)
+    int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activation=None)
+        = act(x @ dequantize_int4(qweight, scales, zeros).T + bias),  act in {None, "gelu" (exact erf)}
+
+Maths: torchao's int4 weight-only (tinygemm) convention, zero point in the float domain:
+``w_hat = (q - 8) * scale + zero`` with ``scale = (max - min) / 15`` and ``zero = min + 8 * scale`` per group of
+``group_size`` consecutive ``k``. Packed layout (``xlmrxl_kernels.reference.int4`` has the full statement):
+``qweight`` uint8 ``(N, K // 2)`` where byte ``j`` of group ``g`` holds ``k = g*G + j`` (low nibble) and
+``k = g*G + G/2 + j`` (high nibble); ``scales`` / ``zeros`` ``(K // G, N)`` in the weight's dtype. Unpacking a
+group's ``G/2`` bytes therefore yields its two K-halves as two dense tiles, each met by a contiguous slice of ``x``.
+
+The kernel streams packed weights, dequantizes inside the K loop in registers (mask / shift, the exponent trick
+``bits(0x4B000000 | q) - (2**23 + 8) = q - 8`` instead of int->float conversions, one FMA with the group's scale and
+zero), and computes ``y.T = W_hat @ x.T`` so the dequantized tile is the MMA's register operand and a few tokens
+fill the MMA's narrow side. Two launch shapes:
+
+- ``M <= 64`` (latency): narrow token tile, ``BLOCK_N = 64`` output features per program, and split-K across
+  whole groups when the output tiles alone cannot fill the GPU (fp32 atomics into a workspace, then a small
+  kernel adds the bias, applies GELU and rounds; with no split the epilogue is fused).
+- ``M > 64`` (throughput): autotuned 2-D tiles in super-grouped order, fused epilogue.
+
+Accumulation in fp32; one rounding to ``x.dtype``. With split-K the fp32 summation order varies from run to run
+(atomics), so results can differ in the last bit between runs. Kernel limits: ``group_size`` a power of two >= 32;
+``x`` float16 / bfloat16 (float32 only under the interpreter, where it checks the kernel's logic exactly);
+``int4_matmul_not_supported`` says why a call cannot take the kernel, and the dispatcher then runs the reference. ``quantize_int4`` / ``dequantize_int4`` are plain PyTorch (they run once per weight, on any device).
+Oracle: ``xlmrxl_kernels.reference.int4.int4_matmul_ref``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import List, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import autotune_configs, check, check_same_device, empty, interpreting
+from .reference.int4 import (check_int4_args, dequantize_int4_ref, export_torchao_int4, import_torchao_int4,
+                             pack_int4, quantize_int4_ref, unpack_int4)
+
+logger = logging.getLogger("xlmrxl")
+
+__all__ = ["quantize_int4", "dequantize_int4", "int4_matmul", "int4_matmul_not_supported", "pack_int4",
+           "unpack_int4", "import_torchao_int4", "export_torchao_int4"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SMALL_M = 64  # at or below: the latency launch (narrow token tile, split-K)
+
+quantize_int4 = quantize_int4_ref
+dequantize_int4 = dequantize_int4_ref
+
+
+def _cfg(bm, bn, warps, stages, group_m=8):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
+
+
+# throughput tiles (token tile BLOCK_M x feature tile BLOCK_N); BLOCK_N is the MMA's tall side
+_TILED_CONFIGS = [
+    _cfg(128, 128, 8, 3),
+    _cfg(64, 128, 4, 4),
+    _cfg(128, 64, 4, 4),
+    _cfg(64, 64, 4, 4),
+    _cfg(32, 128, 4, 4),
+]
+_TILED_INTERPRET = _cfg(32, 32, 4, 1, group_m=2)
+# latency launch: tiles are fixed by the launcher (they decide the split); only the pipeline depth is tuned
+_SMALL_CONFIGS = [triton.Config({}, num_warps=4, num_stages=s) for s in (2, 3, 4, 5)]
+_SMALL_BLOCK_N = 64
+_SMALL_BLOCK_N_INTERPRET = 32
+
+
+@triton.jit
+def _int4_matmul_kernel(
+    # pointers: activations, packed weight, group scales / zeros, bias, output, fp32 split-K workspace
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr,
+    # sizes (M_BUCKET only keys the autotune cache)
+    M, N, K, M_BUCKET,
+    # strides
+    stride_xm, stride_xk, stride_qn, stride_qk, stride_sg, stride_sn, stride_ym, stride_yn,
+    # meta-parameters
+    GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, SPLIT_K: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    HALF: tl.constexpr = GROUP_SIZE // 2  # bytes per group; also the k-width of each nibble half
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    # super-grouped order: GROUP_M token tiles share one band of BLOCK_N weight rows while it is in L2
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (pid // num_in_group) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % num_in_group) % group_rows
+    pid_n = (pid % num_in_group) // group_rows
+
+    m0 = pid_m.to(tl.int64) * BLOCK_M
+    n0 = pid_n.to(tl.int64) * BLOCK_N
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rj = tl.arange(0, BLOCK_KP)
+    m_mask = rm < M - m0
+    n_mask = rn < N - n0
+    q_base = q_ptr + n0 * stride_qn + rn[:, None] * stride_qn + rj[None, :] * stride_qk  # (BLOCK_N, BLOCK_KP) bytes
+    x_base = x_ptr + m0 * stride_xm + rm[:, None] * stride_xm + rj[None, :] * stride_xk  # (BLOCK_M, BLOCK_KP)
+    s_base = s_ptr + (n0 + rn) * stride_sn
+    z_base = z_ptr + (n0 + rn) * stride_sn
+
+    # this program's share of whole groups along K
+    num_groups = K // GROUP_SIZE
+    per_split = tl.cdiv(num_groups, SPLIT_K)
+    g_begin = pid_k * per_split
+    g_end = tl.minimum(g_begin + per_split, num_groups)
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # y^T tile
+    for g in range(g_begin, g_end):
+        scale = tl.load(s_base + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        zero = tl.load(z_base + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        for step in tl.static_range(HALF // BLOCK_KP):
+            k_lo = g * GROUP_SIZE + step * BLOCK_KP
+            p = tl.load(q_base + (g * HALF + step * BLOCK_KP) * stride_qk, mask=n_mask[:, None], other=0)
+            p = p.to(tl.int32)
+            # 0x4B000000 | q is the float 2**23 + q: subtracting 2**23 + 8 gives q - 8 exactly, without I2F
+            w_lo = (((p & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0) * scale + zero
+            w_hi = (((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0) * scale + zero
+            xa = tl.load(x_base + k_lo * stride_xk, mask=m_mask[:, None], other=0.0)
+            xb = tl.load(x_base + (k_lo + HALF) * stride_xk, mask=m_mask[:, None], other=0.0)
+            if IEEE:
+                acc = tl.dot(w_lo, tl.trans(xa), acc, input_precision="ieee")
+                acc = tl.dot(w_hi, tl.trans(xb), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w_lo.to(xa.dtype), tl.trans(xa), acc)
+                acc = tl.dot(w_hi.to(xb.dtype), tl.trans(xb), acc)
+
+    out_mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + n0 + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        if GELU:
+            acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))  # exact GELU
+        y_ptrs = y_ptr + m0 * stride_ym + n0 * stride_yn + rn[:, None] * stride_yn + rm[None, :] * stride_ym
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # partial sums over this program's groups; _int4_finalize_kernel applies bias / GELU / rounding
+        ws_ptrs = ws_ptr + m0 * N + n0 + rn[:, None] + rm[None, :] * N
+        tl.atomic_add(ws_ptrs, acc, mask=out_mask)
+
+
+_int4_tiled = triton.autotune(configs=autotune_configs(_TILED_CONFIGS, _TILED_INTERPRET),
+                              key=["M_BUCKET", "N", "K", "GROUP_SIZE", "HAS_BIAS", "GELU"])(_int4_matmul_kernel)
+# the workspace is accumulated into: restore it after every timing run of the autotuner
+_int4_small = triton.autotune(configs=autotune_configs(_SMALL_CONFIGS), key=["M_BUCKET", "N", "K", "GROUP_SIZE",
+                              "SPLIT_K", "HAS_BIAS", "GELU", "BLOCK_M"], restore_value=["ws_ptr"])(_int4_matmul_kernel)
+
+
+@triton.jit
+def _int4_finalize_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn,
+                          HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    m = offs // N
+    n = offs % N
+    acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+    tl.store(y_ptr + m * stride_ym + n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: small, so the tests exercise split-K at tiny shapes
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def int4_matmul_not_supported(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                              group_size: int = 128, bias: Optional[torch.Tensor] = None,
+                              activation: Optional[str] = None) -> List[str]:
+    """Reasons (possibly none) the kernel cannot take this call; the dispatcher then runs the reference."""
+    reasons = []
+    if x.dtype not in _DTYPES:
+        reasons.append(f"x has dtype {x.dtype}; the kernel takes float16, bfloat16 or float32")
+    elif x.dtype == torch.float32 and x.device.type == "cuda":
+        # exact fp32 products run on FMA units and the dequantized tiles spill: the reference is faster
+        reasons.append("float32 activations on a GPU: the int4 kernel is built for float16 / bfloat16 (cast x)")
+    if not isinstance(group_size, int) or group_size < 32 or group_size & (group_size - 1):
+        reasons.append(f"group_size={group_size!r}: the kernel needs a power of two >= 32")
+    return reasons
+
+
+def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                group_size: int = 128, bias: Optional[torch.Tensor] = None,
+                activation: Optional[str] = None) -> torch.Tensor:
+    """``act(x @ W_hat.T + bias)`` with ``W_hat`` dequantized from the int4 weight inside the kernel's K loop.
+
+    ``x`` ``(..., K)``; packed weight as ``quantize_int4`` returns it; ``bias`` ``(N,)`` or None; ``activation``
+    None or ``"gelu"``. Returns ``(..., N)`` in ``x.dtype``."""
+    N, K = check_int4_args(qweight, scales, zeros, group_size)
+    check(activation in (None, "gelu"), f"activation must be None or 'gelu', got {activation!r}")
+    check(x.dim() >= 1 and x.shape[-1] == K,
+          f"x has {x.shape[-1] if x.dim() else 0} features in its last dim but the int4 weight has K={K}")
+    check(bias is None or tuple(bias.shape) == (N,),
+          f"bias must have shape ({N},), got {None if bias is None else tuple(bias.shape)}")
+    reasons = int4_matmul_not_supported(x, qweight, scales, zeros, group_size, bias, activation)
+    check(not reasons, "; ".join(reasons) + " (use the reference int4_matmul_ref)")
+    check_same_device(x=x, qweight=qweight, scales=scales, zeros=zeros, bias=bias)
+
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    y = empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y.reshape(lead + (N,))
+    b = bias if bias is not None else y  # never read without HAS_BIAS
+    block_kp = min(group_size // 2, 64)
+    gelu = activation == "gelu"
+    m_bucket = min(triton.next_power_of_2(M), 8192)
+    common = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, GELU=gelu, IEEE=x.dtype == torch.float32,
+                  BLOCK_KP=block_kp)
+    strides = (x2.stride(0), x2.stride(1), qweight.stride(0), qweight.stride(1), scales.stride(0), scales.stride(1),
+               y.stride(0), y.stride(1))
+    if scales.stride() != zeros.stride():
+        zeros = zeros.contiguous()
+        scales = scales.contiguous()
+        strides = strides[:4] + (scales.stride(0), scales.stride(1)) + strides[6:]
+
+    if M > SMALL_M:
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
+
+        _int4_tiled[grid](x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides, SPLIT_K=1, **common)
+        return y.reshape(lead + (N,))
+
+    # latency launch: tiles fixed here so the split can fill the GPU
+    block_m = max(16, triton.next_power_of_2(M))
+    block_n = _SMALL_BLOCK_N_INTERPRET if interpreting() else _SMALL_BLOCK_N
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    num_groups = K // group_size
+    split = max(1, min(num_groups, (2 * _num_sms(x.device)) // tiles))
+    split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
+    ws = torch.zeros((M, N), dtype=torch.float32, device=x.device) if split > 1 else y
+    _int4_small[(tiles, split)](x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides, SPLIT_K=split,
+                                BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common)
+    if split > 1:
+        block = 1024
+        _int4_finalize_kernel[(triton.cdiv(M * N, block),)](ws, b, y, M, N, y.stride(0), y.stride(1),
+                                                             HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block)
+    return y.reshape(lead + (N,))
