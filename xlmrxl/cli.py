@@ -1,0 +1,407 @@
+"""The ``xlmrxl`` command line (also ``python -m xlmrxl``).
+
+    xlmrxl fill-mask "Paris is the <mask> of France." --model DIR [--top-k 5] [--targets a,b] [--json]
+    xlmrxl embed "some text" --model DIR [--pooling cls|mean|none] [--normalize] [--json]
+    xlmrxl info DIR [--json]
+    xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
+    xlmrxl quantize SRC DST [--group-size 128]
+
+Contract
+--------
+- ``fill-mask`` / ``embed`` take the text as an argument, or one input per line on stdin when it is omitted or
+  ``-`` (empty lines skipped). Plain output is for people; ``--json`` writes one JSON object per input (JSON Lines).
+  ``embed`` writes each embedding as a JSON array (one line per input; token states with ``--pooling none``).
+- ``info`` reads only ``config.json`` and the weights files' headers (no weights are loaded, so it is instant even
+  for XXL): the config summary, parameter count, stored dtypes, bytes on disk and in memory, and whether the
+  checkpoint is quantized; for an int4 checkpoint, the bytes of the quantized linear layers vs their bf16 size.
+- ``quantize`` = ``XLMRobertaXLForMaskedLM.from_pretrained(SRC, quantization="int4", dtype=--dtype)`` then
+  ``save_pretrained(DST)`` (tokenizer files copied along); ``--group-size`` other than 128 is passed as
+  ``quantization={"quant_method": "xlmrxl_int4", "bits": 4, "group_size": N}``.
+- ``--backend`` / ``--device`` / ``--dtype`` on the commands that run a model. Logs go to stderr: warnings by default,
+  ``-v`` INFO (shows why an op runs the PyTorch reference instead of a kernel), ``-vv`` DEBUG.
+- ``main(argv=None) -> int``: 0 on success, 1 on an error (one line on stderr, ``-v`` adds the traceback), 2 on a
+  usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+logger = logging.getLogger("xlmrxl")
+
+_SAFE_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_SAFE_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                     "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32",
+                     "U64": "uint64"}
+_TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# argument parsing
+# ---------------------------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xlmrxl", description="XLM-RoBERTa-XL / XXL with custom kernels.")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: INFO logs (backend fallback reasons), -vv: DEBUG")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def run_opts(sp, dtype_default=None):
+        sp.add_argument("--backend", default=None, choices=("auto", "triton", "reference"),
+                        help="kernel backend (default: $XLMRXL_BACKEND, else auto)")
+        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        sp.add_argument("--dtype", default=dtype_default, help="float32, bfloat16 or float16 "
+                        f"(default: {dtype_default or 'float32'})")
+
+    fm = sub.add_parser("fill-mask", help="predict the <mask> token(s) of each input")
+    fm.add_argument("text", nargs="?", default=None, help="input text with <mask>; omit (or -) to read stdin lines")
+    fm.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer)")
+    fm.add_argument("--top-k", type=int, default=5)
+    fm.add_argument("--targets", default=None, help="comma-separated candidate words to score instead")
+    fm.add_argument("--batch-size", type=int, default=8)
+    fm.add_argument("--json", action="store_true", help="one JSON object per input")
+    run_opts(fm)
+
+    em = sub.add_parser("embed", help="sentence embeddings (or token states) of each input")
+    em.add_argument("text", nargs="?", default=None, help="input text; omit (or -) to read stdin lines")
+    em.add_argument("--model", required=True, help="checkpoint directory")
+    em.add_argument("--pooling", default="mean", choices=("cls", "mean", "none"))
+    em.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    em.add_argument("--batch-size", type=int, default=8)
+    em.add_argument("--json", action="store_true", help="one JSON object per input, with the input text")
+    run_opts(em)
+
+    info = sub.add_parser("info", help="summarise a checkpoint directory without loading its weights")
+    info.add_argument("directory")
+    info.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="run the offline demo on a small random-weight model")
+    demo.add_argument("--quick", action="store_true", help="an even smaller model and fewer inputs (tests)")
+    demo.add_argument("--backends", default=None, help="comma-separated subset of reference,triton to check")
+    demo.add_argument("--no-transformers", action="store_true", help="do not compare with transformers")
+    demo.add_argument("--repeats", type=int, default=None, help="timed forwards per backend")
+    demo.add_argument("--device", default=None)
+    demo.add_argument("--dtype", default=None)
+
+    q = sub.add_parser("quantize", help="write an int4 (group-wise) copy of a masked-LM checkpoint")
+    q.add_argument("src")
+    q.add_argument("dst")
+    q.add_argument("--group-size", type=int, default=128)
+    q.add_argument("--dtype", default="bfloat16", help="dtype of the layers that stay unquantized")
+    q.add_argument("--device", default=None)
+    q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logging.DEBUG if args.verbose >= 2 else logging.INFO if args.verbose == 1 else logging.WARNING
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        sys.stderr.write("xlmrxl: interrupted\n")
+        return 130
+    except BrokenPipeError:  # e.g. `xlmrxl embed ... | head`
+        return 0
+    except Exception as exc:
+        if args.verbose:
+            logger.exception("xlmrxl: %s failed", args.command)
+        sys.stderr.write(f"xlmrxl {args.command}: error: {exc}\n")
+        return 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# commands that run a model
+# ---------------------------------------------------------------------------------------------------------------
+def _inputs(text: Optional[str]) -> List[str]:
+    if text is not None and text != "-":
+        return [text]
+    lines = [ln.rstrip("\r\n") for ln in sys.stdin]
+    texts = [ln for ln in lines if ln.strip()]
+    if not texts:
+        raise ValueError("no input: pass TEXT, or one input per line on stdin")
+    return texts
+
+
+def _cmd_fill_mask(args) -> int:
+    from .pipelines import pipeline
+
+    texts = _inputs(args.text)
+    pipe = pipeline("fill-mask", model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
+                    top_k=args.top_k, batch_size=args.batch_size)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    results = pipe(texts, targets=targets) if targets else pipe(texts)
+    out = sys.stdout
+    for text, res in zip(texts, results):
+        if args.json:
+            out.write(json.dumps({"input": text, "predictions": res}, ensure_ascii=False) + "\n")
+            continue
+        out.write(f"{text}\n")
+        groups = [res] if res and isinstance(res[0], dict) else res
+        for g, preds in enumerate(groups):
+            if len(groups) > 1:
+                out.write(f"  mask {g + 1}:\n")
+            for p in preds:
+                out.write(f"  {p['score']:.4f}  {p['token_str']!r:<16} {p['sequence']}\n")
+    out.flush()
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from .pipelines import pipeline
+
+    texts = _inputs(args.text)
+    pooling = None if args.pooling == "none" else args.pooling
+    pipe = pipeline("feature-extraction", model=args.model, device=args.device, dtype=args.dtype,
+                    backend=args.backend, pooling=pooling, normalize=args.normalize, batch_size=args.batch_size)
+    embs = pipe(texts)
+    out = sys.stdout
+    for text, e in zip(texts, embs):
+        values = [[round(float(v), 6) for v in row] for row in e.tolist()] if e.dim() == 2 \
+            else [round(float(v), 6) for v in e.tolist()]
+        if args.json:
+            out.write(json.dumps({"input": text, "pooling": args.pooling, "shape": list(e.shape),
+                                  "embedding": values}, ensure_ascii=False) + "\n")
+        else:
+            out.write(json.dumps(values) + "\n")
+    out.flush()
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    result = run_demo(sys.stdout, quick=args.quick, device=args.device, dtype=args.dtype, repeats=args.repeats,
+                      backends=backends, compare_transformers=not args.no_transformers)
+    return 0 if result["ok"] else 1
+
+
+def _cmd_quantize(args) -> int:
+    import xlmrxl
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"SRC {str(src)!r} is not a checkpoint directory")
+    if dst.resolve() == src.resolve():
+        raise ValueError("DST must differ from SRC (quantize writes a new checkpoint)")
+    if args.group_size < 1:
+        raise ValueError(f"--group-size {args.group_size} must be positive (128 is the usual choice)")
+    quant: Any = "int4" if args.group_size == 128 else {"quant_method": "xlmrxl_int4", "bits": 4,
+                                                        "group_size": args.group_size}
+    from .pipelines import parse_device, parse_dtype
+
+    model = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
+        str(src), quantization=quant, dtype=parse_dtype(args.dtype), device=parse_device(args.device),
+        backend=args.backend or "auto")
+    model.save_pretrained(str(dst))
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    sys.stdout.write(f"wrote the int4 (group size {args.group_size}) checkpoint to {dst}\n")
+    _print_info(checkpoint_info(dst))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# info: headers only
+# ---------------------------------------------------------------------------------------------------------------
+def _safetensors_entries(path: Path) -> Dict[str, Dict[str, Any]]:
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    out = {}
+    for key, meta in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        out[key] = {"dtype": _SAFE_DTYPE_NAMES.get(meta["dtype"], meta["dtype"].lower()),
+                    "shape": list(meta["shape"]), "nbytes": end - start}
+    return out
+
+
+def _bin_entries(path: Path) -> Dict[str, Dict[str, Any]]:
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    return {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape),
+                "nbytes": v.numel() * v.element_size()} for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _weights_files(d: Path) -> List[Path]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (d / single).is_file():
+            return [d / single]
+        if (d / index).is_file():
+            with open(d / index, encoding="utf-8") as fh:
+                weight_map = json.load(fh)["weight_map"]
+            return [d / f for f in sorted(set(weight_map.values()))]
+    return []
+
+
+def checkpoint_info(directory) -> Dict[str, Any]:
+    """What ``xlmrxl info`` reports, as a dict (no weights are loaded)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{str(d)!r} is not a directory; pass a checkpoint directory")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{str(d)!r} has no config.json; is it a checkpoint directory?")
+    with open(cfg_path, encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    files = _weights_files(d)
+    if not files:
+        raise FileNotFoundError(f"{str(d)!r} has no weights (model.safetensors, pytorch_model.bin or their "
+                                "sharded index)")
+    entries: Dict[str, Dict[str, Any]] = {}
+    for f in files:
+        entries.update(_safetensors_entries(f) if f.suffix == ".safetensors" else _bin_entries(f))
+
+    # drop tied aliases and legacy buffers: they are not separate tensors once loaded
+    def present(k):
+        return k in entries
+    skip = {k for k in entries if k.endswith(("embeddings.position_ids", "embeddings.token_type_ids"))}
+    if cfg.get("tie_word_embeddings", True) and present("lm_head.decoder.weight") and \
+            any(k.endswith("embeddings.word_embeddings.weight") for k in entries):
+        skip.add("lm_head.decoder.weight")
+    if present("lm_head.decoder.bias") and present("lm_head.bias"):
+        skip.add("lm_head.decoder.bias")
+    live = {k: v for k, v in entries.items() if k not in skip}
+
+    qcfg = cfg.get("quantization_config")
+    group = int((qcfg or {}).get("group_size", 128))
+    qprefixes = sorted(k[: -len(".qweight")] for k in live if k.endswith(".qweight"))
+    quant_bytes = quant_bf16 = 0
+    quant_keys = set()
+    params = 0
+    for p in qprefixes:
+        names = [f"{p}.{s}" for s in ("qweight", "scales", "zeros") if f"{p}.{s}" in live]
+        quant_keys.update(names)
+        quant_bytes += sum(live[n]["nbytes"] for n in names)
+        if f"{p}.scales" in live:
+            n_weights = _numel(live[f"{p}.scales"]["shape"]) * group
+        else:  # 4-bit values packed into the qweight bytes
+            n_weights = live[f"{p}.qweight"]["nbytes"] * 2
+        quant_bf16 += 2 * n_weights
+        params += n_weights
+    for k, v in live.items():
+        if k not in quant_keys:
+            params += _numel(v["shape"])
+    dtypes: Dict[str, int] = {}
+    for k, v in live.items():
+        dtypes[v["dtype"]] = dtypes.get(v["dtype"], 0) + v["nbytes"]
+    heads = cfg.get("num_attention_heads")
+    hidden = cfg.get("hidden_size")
+    info = {
+        "directory": str(d),
+        "model_type": cfg.get("model_type"),
+        "architectures": cfg.get("architectures"),
+        "hidden_size": hidden,
+        "num_hidden_layers": cfg.get("num_hidden_layers"),
+        "num_attention_heads": heads,
+        "head_dim": hidden // heads if hidden and heads else None,
+        "intermediate_size": cfg.get("intermediate_size"),
+        "vocab_size": cfg.get("vocab_size"),
+        "max_position_embeddings": cfg.get("max_position_embeddings"),
+        "config_dtype": cfg.get("torch_dtype", cfg.get("dtype")),
+        "parameters": params,
+        "tensors": len(live),
+        "stored_dtypes": dtypes,
+        "weights_files": [f.name for f in files],
+        "bytes_on_disk": sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
+        "weights_bytes_on_disk": sum(f.stat().st_size for f in files),
+        "bytes_in_memory": sum(v["nbytes"] for v in live.values()),
+        "quantized": bool(qprefixes) or qcfg is not None,
+        "quantization_config": qcfg,
+        "tokenizer": (d / "sentencepiece.bpe.model").is_file(),
+    }
+    if qprefixes:
+        info["quantized_linear_layers"] = len(qprefixes)
+        info["quantized_linear_bytes"] = quant_bytes
+        info["quantized_linear_bf16_bytes"] = quant_bf16
+    return info
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return str(n)
+
+
+def _print_info(info: Dict[str, Any]) -> None:
+    w = sys.stdout.write
+    arch = ", ".join(info["architectures"] or []) or "?"
+    w(f"{info['directory']}\n")
+    w(f"  model        {info['model_type']} ({arch})\n")
+    w(f"  shape        hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
+      f"{info['num_attention_heads']} heads of {info['head_dim']}, intermediate {info['intermediate_size']}, "
+      f"vocab {info['vocab_size']}, max positions {info['max_position_embeddings']}\n")
+    n = info["parameters"]
+    w(f"  parameters   {n:,} ({n / 1e9:.3f} B)\n" if n >= 1e9 else f"  parameters   {n:,} ({n / 1e6:.2f} M)\n")
+    dt = ", ".join(f"{k} {_human(v)}" for k, v in sorted(info["stored_dtypes"].items(), key=lambda kv: -kv[1]))
+    w(f"  dtype        config {info['config_dtype']}; stored {dt}\n")
+    w(f"  on disk      {_human(info['bytes_on_disk'])} (weights {_human(info['weights_bytes_on_disk'])} in "
+      f"{', '.join(info['weights_files'])})\n")
+    w(f"  in memory    {_human(info['bytes_in_memory'])} at the stored dtypes (tied weights counted once; "
+      f"from_pretrained's dtype= changes it)\n")
+    if info["quantized"]:
+        q = info.get("quantization_config") or {}
+        w(f"  quantized    yes: {q.get('quant_method', 'int4')}, {q.get('bits', 4)} bits, group size "
+          f"{q.get('group_size', 128)}\n")
+        if "quantized_linear_bytes" in info:
+            qb, bf = info["quantized_linear_bytes"], info["quantized_linear_bf16_bytes"]
+            w(f"  int4 linears {info['quantized_linear_layers']} layers: {_human(qb)} vs {_human(bf)} in bf16 "
+              f"({100.0 * qb / max(bf, 1):.1f}%)\n")
+    else:
+        w("  quantized    no (xlmrxl quantize SRC DST writes an int4 copy)\n")
+    w(f"  tokenizer    {'sentencepiece.bpe.model present' if info['tokenizer'] else 'none in this directory'}\n")
+
+
+def _cmd_info(args) -> int:
+    info = checkpoint_info(args.directory)
+    if args.json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    else:
+        _print_info(info)
+    return 0
+
+
+_COMMANDS = {"fill-mask": _cmd_fill_mask, "embed": _cmd_embed, "info": _cmd_info, "demo": _cmd_demo,
+             "quantize": _cmd_quantize}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
