@@ -1,0 +1,334 @@
+"""``xlmrxl.accelerate`` on transformers 4.56.2 models, and the ``from_transformers`` / ``to_transformers`` bridge.
+
+For every head: the accelerated model is the same object, returns transformers' output types, takes the fast path,
+and gives the outputs it gave before acceleration (fp32, real tokens, <= 1e-5) with the references and (marked
+``triton``) with the kernels under the interpreter. ``pipeline("fill-mask")`` gives the same top-k. Fallbacks run
+transformers' own code (bit-identical results) with one logged reason. The conversions share storage both ways.
+"""
+import logging
+import sys
+
+import pytest
+import torch
+
+import xlmrxl
+import xlmrxl.backend as xbackend
+from xlmrxl import fast_path
+from xlmrxl.accelerate import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
+from conftest import tiny_config_kwargs
+
+transformers = pytest.importorskip("transformers")
+
+HEADS = ["XLMRobertaXLModel", "XLMRobertaXLForMaskedLM", "XLMRobertaXLForCausalLM",
+         "XLMRobertaXLForSequenceClassification", "XLMRobertaXLForMultipleChoice",
+         "XLMRobertaXLForTokenClassification", "XLMRobertaXLForQuestionAnswering"]
+TOL = 1e-5
+
+
+def _hf(head, attn="sdpa", **overrides):
+    kw = tiny_config_kwargs(**overrides)
+    if head == "XLMRobertaXLForCausalLM":
+        kw.setdefault("is_decoder", True)
+    cfg = transformers.XLMRobertaXLConfig(**kw)
+    cfg._attn_implementation = attn
+    model = getattr(transformers, head)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _inputs(head, batch=4, seq=9, vocab=300):
+    ids = torch.randint(3, vocab, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, 6:] = 0   # right padding
+    mask[1, :] = 0    # fully padded row
+    mask[2, 1:] = 0   # length 1
+    mask[3, :2] = 0   # left padding
+    ids[mask == 0] = 1
+    if head == "XLMRobertaXLForMultipleChoice":
+        return ids.view(2, 2, seq), mask.view(2, 2, seq)
+    return ids, mask
+
+
+def _extra(head):
+    return {"use_cache": False} if head == "XLMRobertaXLForCausalLM" else {}
+
+
+def _keep(t, mask):
+    """Where ``t`` depends on real tokens only (see tests/test_fast_path.py)."""
+    if tuple(t.shape[:mask.dim()]) == tuple(mask.shape):
+        return mask.bool()
+    flat = mask.reshape(-1, mask.shape[-1])  # multiple choice runs the backbone on (B*C, S)
+    if t.dim() >= 2 and tuple(t.shape[:2]) == tuple(flat.shape):
+        return flat.bool()
+    first = mask[..., 0].bool()
+    return first.reshape(first.shape + (1,) * (t.dim() - first.dim())).expand(t.shape)
+
+
+def _compare(before, after, mask):
+    assert type(before) is type(after), f"output type {type(after).__name__} != {type(before).__name__}"
+    assert list(before.keys()) == list(after.keys()), f"fields {list(after.keys())} != {list(before.keys())}"
+    worst = 0.0
+    for k in before.keys():
+        a, b = before[k], after[k]
+        pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
+        for x, y in pairs:
+            assert x.shape == y.shape and x.dtype == y.dtype, f"{k}: {tuple(y.shape)} {y.dtype} vs {tuple(x.shape)}"
+            keep = _keep(x, mask)
+            if keep.any():
+                worst = max(worst, (x - y)[keep].abs().max().item())
+    return worst
+
+
+class _Spy:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = fast_path.encoder_forward
+
+        def spy(*a, **k):
+            self.calls += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(fast_path, "encoder_forward", spy)
+
+
+@pytest.fixture
+def fresh_log(monkeypatch):
+    monkeypatch.setattr(xbackend, "_LOGGED", set())
+
+
+# -- every head, references ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("head", HEADS)
+def test_accelerate_every_head(head, monkeypatch):
+    torch.manual_seed(HEADS.index(head))
+    hf = _hf(head)
+    ids, mask = _inputs(head)
+    with torch.no_grad():
+        before = hf(ids, attention_mask=mask, output_hidden_states=True, **_extra(head))
+    out = accelerate(hf, backend="reference")
+    assert out is hf, "accelerate must return the same object"
+    assert is_accelerated(hf)
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        after = hf(ids, attention_mask=mask, output_hidden_states=True, **_extra(head))
+        plain = hf(ids, attention_mask=mask, return_dict=False, **_extra(head))
+    assert spy.calls == 2, "the accelerated model did not take the fast path"
+    err = _compare(before, after, mask)
+    assert err <= TOL, f"{head}: accelerated vs original max err {err:.3g}"
+    assert isinstance(plain, tuple) and torch.equal(plain[0], after[0]), "return_dict=False must give the tuple"
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_accelerate_attn_implementations_and_no_padding(attn, monkeypatch):
+    torch.manual_seed(11)
+    hf = _hf("XLMRobertaXLForMaskedLM", attn=attn)
+    ids, mask = _inputs("XLMRobertaXLForMaskedLM")
+    full = torch.ones_like(mask)
+    with torch.no_grad():
+        before = [hf(ids, attention_mask=mask).logits, hf(ids, attention_mask=full).logits, hf(ids).logits]
+    accelerate(hf, backend="reference")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        after = [hf(ids, attention_mask=mask).logits, hf(ids, attention_mask=full).logits, hf(ids).logits]
+    assert spy.calls == 3
+    for b, a, m in zip(before, after, (mask, full, full)):
+        err = (a - b)[m.bool()].abs().max().item()
+        assert err <= TOL, f"{attn}: max err {err:.3g}"
+
+
+def test_encoder_called_directly_with_4d_masks(monkeypatch):
+    """Without the model-level 2D mask, the padding mask is read back from transformers' expanded 4D masks."""
+    torch.manual_seed(12)
+    hf = _hf("XLMRobertaXLModel", attn="eager")
+    ids, mask = _inputs("XLMRobertaXLModel")
+    enc = hf.encoder
+    with torch.no_grad():
+        emb = hf.embeddings(input_ids=ids)
+        additive = hf.get_extended_attention_mask(mask, ids.shape)  # (B, 1, 1, S) 0 / dtype-min
+        square = additive.expand(4, 1, 9, 9)
+        ref = enc(emb, attention_mask=additive).last_hidden_state
+        accelerate(hf, backend="reference")
+        spy = _Spy(monkeypatch)
+        outs = [enc(emb, attention_mask=m).last_hidden_state for m in (additive, square, square == 0, mask)]
+        assert spy.calls == 4
+        custom = square.clone()
+        custom[0, 0, 0, 0] = torch.finfo(custom.dtype).min  # not a padding mask any more
+        enc(emb, attention_mask=custom)
+        assert spy.calls == 4, "a custom 4D mask must run transformers' code"
+    for o in outs:
+        err = (o - ref)[mask.bool()].abs().max().item()
+        assert err <= TOL, f"direct encoder call max err {err:.3g}"
+
+
+# -- fill-mask pipeline ------------------------------------------------------------------------------------------------
+def test_fill_mask_pipeline_same_topk(spm_dir, monkeypatch):
+    tok = transformers.XLMRobertaTokenizer(vocab_file=str(spm_dir / "sentencepiece.bpe.model"))
+    torch.manual_seed(13)
+    hf = _hf("XLMRobertaXLForMaskedLM", vocab_size=len(tok) + 6)
+    texts = [f"the weather is {tok.mask_token} today", f"{tok.mask_token} is a word", "a longer sentence that has "
+             f"more words in it and a {tok.mask_token} near the end"]
+    pipe = transformers.pipeline("fill-mask", model=hf, tokenizer=tok, top_k=5)
+    before = pipe(texts, batch_size=3)
+    accelerate(hf, backend="reference")
+    spy = _Spy(monkeypatch)
+    after = transformers.pipeline("fill-mask", model=hf, tokenizer=tok, top_k=5)(texts, batch_size=3)
+    assert spy.calls >= 1, "the pipeline did not take the fast path"
+    for b, a in zip(before, after):
+        assert [r["token"] for r in a] == [r["token"] for r in b], f"top-k changed: {a} vs {b}"
+        err = max(abs(x["score"] - y["score"]) for x, y in zip(a, b))
+        assert err <= 1e-5, f"scores moved by {err:.3g}"
+
+
+# -- fallbacks -------------------------------------------------------------------------------------------------------
+FALLBACKS = {
+    "output_attentions": (dict(), dict(output_attentions=True), "output_attentions"),
+    "head_mask": (dict(), dict(head_mask=torch.tensor([1.0, 0.0, 1.0, 1.0])), "head_mask"),
+    "relative_key_query": (dict(position_embedding_type="relative_key_query"), dict(), "relative_key_query"),
+    "training_dropout": (dict(), dict(), "dropout"),
+    "autograd": (dict(), dict(), "autograd"),
+    "cache": (dict(), dict(use_cache=True), "cache"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FALLBACKS))
+def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
+    cfg_kw, call_kw, needle = FALLBACKS[case]
+    head = "XLMRobertaXLForCausalLM" if case == "cache" else "XLMRobertaXLForMaskedLM"
+    torch.manual_seed(14)
+    hf = _hf(head, **cfg_kw)
+    ids, mask = _inputs(head)
+    if case == "training_dropout":
+        hf.train()
+    ctx = torch.enable_grad if case == "autograd" else torch.no_grad
+
+    def run():
+        torch.manual_seed(0)
+        with ctx():
+            return hf(ids, attention_mask=mask, **call_kw)
+
+    before = run()
+    accelerate(hf, backend="reference")
+    spy = _Spy(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="xlmrxl"):
+        after = run()
+        run()
+    assert spy.calls == 0, f"{case}: the fast path must not run"
+    assert torch.equal(before.logits, after.logits), f"{case}: the fallback must be transformers' own result"
+    if case == "output_attentions":
+        assert len(after.attentions) == 3 and after.attentions[0].shape == (4, 4, 9, 9)
+    lines = [r.getMessage() for r in caplog.records if "exact (unfused) path" in r.getMessage()
+             or "runs transformers' code" in r.getMessage()]
+    assert len(lines) == 1, f"{case}: expected one logged reason, got {lines}"
+    assert needle in lines[0], f"{case}: reason {lines[0]!r} does not mention {needle!r}"
+
+
+def test_deaccelerate_and_reaccelerate(monkeypatch):
+    hf = _hf("XLMRobertaXLModel")
+    ids, mask = _inputs("XLMRobertaXLModel")
+    accelerate(hf, backend="reference")
+    accelerate(hf, backend="reference")  # idempotent
+    assert deaccelerate(hf) is hf and not is_accelerated(hf)
+    assert "forward" not in hf.encoder.__dict__ and not hf._forward_pre_hooks and not hf._forward_hooks
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        hf(ids, attention_mask=mask)
+    assert spy.calls == 0
+
+
+def test_accelerate_rejects_other_models():
+    with pytest.raises(TypeError, match="XLMRobertaXLModel"):
+        accelerate(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="quantization"):
+        accelerate(_hf("XLMRobertaXLModel"), quantization="int8")
+
+
+def test_module_and_function_names():
+    """``xlmrxl.accelerate`` stays callable even after ``import xlmrxl.accelerate`` bound the module there."""
+    mod = sys.modules["xlmrxl.accelerate"]
+    hf = _hf("XLMRobertaXLModel")
+    assert mod(hf, backend="reference") is hf
+    assert xlmrxl.accelerate(hf, backend="reference") is hf
+
+
+def test_save_pretrained_after_accelerate(tmp_path):
+    torch.manual_seed(15)
+    hf = _hf("XLMRobertaXLForMaskedLM")
+    ids, mask = _inputs("XLMRobertaXLForMaskedLM")
+    accelerate(hf, backend="reference")
+    with torch.no_grad():
+        a = hf(ids, attention_mask=mask).logits  # fuses q/k/v: the three weights now share one storage
+    hf.save_pretrained(tmp_path)
+    back = transformers.XLMRobertaXLForMaskedLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        b = back(ids, attention_mask=mask).logits
+    err = (a - b)[mask.bool()].abs().max().item()
+    assert err <= TOL, f"save/load after accelerate max err {err:.3g}"
+
+
+# -- int4 -----------------------------------------------------------------------------------------------------------
+def test_accelerate_int4(monkeypatch):
+    pytest.importorskip("xlmrxl.quantization")
+    torch.manual_seed(16)
+    hf = _hf("XLMRobertaXLForMaskedLM", hidden_size=128, intermediate_size=256)
+    ids, mask = _inputs("XLMRobertaXLForMaskedLM")
+    with torch.no_grad():
+        before = hf(ids, attention_mask=mask).logits
+    accelerate(hf, backend="reference", quantization="int4")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        after = hf(ids, attention_mask=mask).logits
+    assert spy.calls == 1
+    rel = ((after - before)[mask.bool()].norm() / before[mask.bool()].norm()).item()
+    assert rel < 0.1, f"int4 relative error {rel:.3g}"
+
+
+# -- conversions -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("head", ["XLMRobertaXLModel", "XLMRobertaXLForMaskedLM", "XLMRobertaXLForMultipleChoice"])
+def test_from_to_transformers_roundtrip(head):
+    torch.manual_seed(17)
+    hf = _hf(head)
+    ids, mask = _inputs(head)
+    ours = from_transformers(hf, backend="reference")
+    assert type(ours).__name__ == head and type(ours).__module__ == "xlmrxl.modeling"
+    back = to_transformers(ours)
+    assert type(back) is type(hf)
+    hf_params = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        assert p is hf_params[name], f"{name} is not shared with the transformers model"
+    for (n1, p1), (n2, p2) in zip(hf.named_parameters(), back.named_parameters()):
+        assert n1 == n2 and p1.data_ptr() == p2.data_ptr(), f"{n1} is not shared after the round trip"
+    with torch.no_grad():
+        a = hf(ids, attention_mask=mask)
+        b = ours(ids, attention_mask=mask)
+        c = back(ids, attention_mask=mask)
+    assert torch.equal(a[0], c[0]), "to_transformers(from_transformers(m)) must compute exactly what m computes"
+    keep = _keep(a[0], mask)
+    err = (a[0] - b[0])[keep].abs().max().item()
+    assert err <= TOL, f"{head}: xlmrxl vs transformers max err {err:.3g}"
+    if head == "XLMRobertaXLForMaskedLM":
+        assert ours.lm_head.decoder.weight is ours.roberta.embeddings.word_embeddings.weight, "tie lost"
+
+
+# -- the Triton kernels under the interpreter ------------------------------------------------------------------------
+@pytest.mark.triton
+@pytest.mark.parametrize("head", ["XLMRobertaXLForMaskedLM", "XLMRobertaXLForTokenClassification"])
+def test_accelerate_with_triton_kernels(head, monkeypatch, caplog, fresh_log):
+    pytest.importorskip("triton")
+    torch.manual_seed(18)
+    hf = _hf(head, num_hidden_layers=2)
+    ids, mask = _inputs(head, seq=7)
+    with torch.no_grad():
+        before = hf(ids, attention_mask=mask)
+    accelerate(hf, backend="triton")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
+        after = hf(ids, attention_mask=mask)
+    assert spy.calls == 1
+    fallbacks = [r.getMessage() for r in caplog.records if "runs the PyTorch reference" in r.getMessage()]
+    assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
+    err = _compare(before, after, mask)
+    assert err <= TOL, f"{head} with the Triton kernels (interpreter) max err {err:.3g}"
