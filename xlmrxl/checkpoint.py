@@ -678,6 +678,26 @@ def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, ho
                            "cannot come from a checkpoint; the model class must not create them on the meta device")
 
 
+class _NoRandomInitOnMeta(torch.overrides.TorchFunctionMode):
+    """Random in-place init (``normal_``, ``uniform_``, ...) on meta tensors becomes a no-op while the model is
+    built: it computes nothing there anyway, but the first meta ``normal_`` imports torch's decompositions
+    (seconds). Everything else runs unchanged."""
+
+    _OPS = {getattr(torch.Tensor, n) for n in ("normal_", "uniform_", "bernoulli_", "exponential_", "random_",
+                                               "log_normal_", "cauchy_", "geometric_") if hasattr(torch.Tensor, n)}
+    _OPS |= {getattr(nn.init, n) for n in ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_",
+                                           "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
+                                           "sparse_") if hasattr(nn.init, n)}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._OPS:
+            t = args[0] if args else kwargs.get("tensor", kwargs.get("self"))   # nn.init passes tensor=
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
+
+
 def _split_kwargs(cls, kwargs: dict):
     options = {k: kwargs.pop(k) for k in _LOADER_OPTIONS if k in kwargs}
     init_kwargs = {}
@@ -735,8 +755,8 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
         previous = torch.get_default_dtype()
         torch.set_default_dtype(target)          # modules create floating tensors in the target dtype ...
         try:
-            with torch.device("meta"):           # ... and nowhere: nothing is allocated until the file is read
-                model = cls(config, **init_kwargs)
+            with torch.device("meta"), _NoRandomInitOnMeta():   # ... and nowhere: nothing is allocated until
+                model = cls(config, **init_kwargs)                 # the file is read
         finally:
             torch.set_default_dtype(previous)
         if hasattr(model, "tie_weights"):
