@@ -184,7 +184,11 @@ def test_bias_taken_from_decoder_alias(hf_mlm, hf_dirs, tmp_path):
 
 
 def test_mlm_checkpoint_into_base_model(hf_mlm, hf_dirs, caplog):
+    caplog.set_level("INFO", logger="xlmrxl")
     model, info = xlmrxl.XLMRobertaXLModel.from_pretrained(hf_dirs / "single", output_loading_info=True)
+    logged = {r.levelname: r.getMessage() for r in caplog.records if "initializ" in r.getMessage()}
+    assert "pooler.dense.weight" in logged.get("WARNING", ""), logged
+    assert "lm_head.dense.weight" in logged.get("INFO", ""), logged
     assert set(info["unexpected_keys"]) == {k for k in hf_mlm.state_dict() if k.startswith("lm_head.")} - set(TIED)
     assert info["missing_keys"] == ["pooler.dense.bias", "pooler.dense.weight"], info
     theirs, their_info = _hf_load("XLMRobertaXLModel", hf_dirs / "single")
@@ -228,6 +232,49 @@ def test_add_pooling_layer_goes_to_the_constructor(hf_dirs):
     model, info = xlmrxl.XLMRobertaXLModel.from_pretrained(hf_dirs / "single", add_pooling_layer=False,
                                                            output_loading_info=True)
     assert model.pooler is None and info["missing_keys"] == []
+
+
+def test_persistent_buffers_round_trip(hf_dirs, tmp_path):
+    """Buffers (as int4 QuantLinear modules keep them) load and save through the same path as parameters: integer
+    ones keep their dtype, floating ones follow dtype=."""
+
+    class WithBuffers(xlmrxl.XLMRobertaXLForMaskedLM):
+        def __init__(self, config):
+            super().__init__(config)
+            self.lm_head.dense.register_buffer("qweight", torch.zeros(8, 16, dtype=torch.int32))
+            self.lm_head.dense.register_buffer("scales", torch.ones(8, 2))
+
+    class WithScratch(WithBuffers):
+        def __init__(self, config):
+            super().__init__(config)
+            self.lm_head.dense.register_buffer("scratch", torch.zeros(3), persistent=False)
+
+    src, info = load_pretrained(WithBuffers, hf_dirs / "single", output_loading_info=True)
+    assert info["missing_keys"] == ["lm_head.dense.qweight", "lm_head.dense.scales"], info
+    with torch.no_grad():
+        src.lm_head.dense.qweight.copy_(torch.randint(-2**31, 2**31 - 1, (8, 16), dtype=torch.int32))
+        src.lm_head.dense.scales.copy_(torch.rand(8, 2) + 0.5)
+    save_pretrained(src, tmp_path / "buf")
+    with pytest.raises(RuntimeError, match=r"meta device after loading: lm_head\.dense\.scratch"):
+        load_pretrained(WithScratch, tmp_path / "buf")
+
+    model, info = load_pretrained(WithBuffers, tmp_path / "buf", dtype=torch.bfloat16, output_loading_info=True)
+    _no_info(info)
+    qw, sc = model.lm_head.dense.qweight, model.lm_head.dense.scales
+    assert qw.dtype == torch.int32 and sc.dtype == torch.bfloat16, (qw.dtype, sc.dtype)
+    assert torch.equal(qw, src.lm_head.dense.qweight)
+    assert torch.equal(sc, src.lm_head.dense.scales.to(torch.bfloat16))
+
+
+def test_missing_config_and_config_argument(hf_mlm, hf_dirs, tmp_path):
+    d = _copy_dir(hf_dirs / "single", tmp_path / "nocfg")
+    os.remove(d / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"no config\.json in .*nocfg"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    cfg = xlmrxl.XLMRobertaXLConfig.from_pretrained(hf_dirs / "single")
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d, config=cfg, layer_norm_eps=1e-6)
+    assert model.config.layer_norm_eps == 1e-6 and cfg.layer_norm_eps == 1e-5, "config= must not be modified"
+    _assert_same_weights(model, hf_mlm.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -671,6 +671,9 @@ def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, ho
             if replacement is not None and replacement is not module:
                 parent_name, _, child = mod_name.rpartition(".")
                 setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+                for tid in fresh:  # drop our reference to the replaced tensors (quantize-while-loading frees them)
+                    if len(plan.groups[tid]) == 1:
+                        done[tid] = None
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
         raise RuntimeError(f"{type(model).__name__} still has tensors on the meta device after loading: "
@@ -712,16 +715,19 @@ def _split_kwargs(cls, kwargs: dict):
 
 
 def _load_config(cls, directory: str, options: dict, overrides: dict):
+    """``config.json`` (or ``config=``) with the overrides applied through the config's own constructor, so they
+    are validated (``hidden_size`` vs heads) and derived fields follow (``num_labels`` -> ``id2label``)."""
     config = options.get("config")
     if config is None:
         if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config "
-                                    "saved with the weights")
-        config = cls.config_class.from_pretrained(directory)
-    else:
-        import copy
+                                    "saved with its weights")
+        return cls.config_class.from_pretrained(directory, **overrides)
+    if hasattr(config, "to_dict") and hasattr(cls.config_class, "from_dict"):
+        return cls.config_class.from_dict(config.to_dict(), **overrides)
+    import copy
 
-        config = copy.deepcopy(config)
+    config = copy.deepcopy(config)
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -761,6 +767,10 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
             torch.set_default_dtype(previous)
         if hasattr(model, "tie_weights"):
             model.tie_weights()                  # on meta: makes the tied tensors one object, so one read feeds all
+        if getattr(config, "quantization_config", None) is not None:
+            from .quantization import prepare_quantized_model  # an int4 checkpoint: its QuantLinear modules, on meta
+
+            prepare_quantized_model(model, config.quantization_config)
         plan = _Plan(model, ckpt, bool(options.get("ignore_mismatched_sizes", False)))
         hook = _quantization_hook(model, quantization, dtype=target, device=device)
         bar = _progress_bar(progress, ckpt.total_bytes, plan.n_tensors())
@@ -902,7 +912,7 @@ def _save_config(model: nn.Module, directory: str, dtype: Optional[torch.dtype])
         data.setdefault("dtype", dtype_name(dtype))
         data["architectures"] = [type(model).__name__]
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
+            json.dump(data, fh, indent=2, sort_keys=True)
             fh.write("\n")
 
 
