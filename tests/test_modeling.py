@@ -91,6 +91,16 @@ def test_state_dict_and_parameters_match_transformers(cls):
     assert m.base_model_prefix == "roberta" and m.config_class is XLMRobertaXLConfig
 
 
+@pytest.mark.parametrize("cls", HEADS, ids=lambda c: c.__name__)
+def test_forward_signature_matches_transformers(cls):
+    """transformers' forward parameters, in its order (positional calls work the same); extras only at the end."""
+    import inspect
+
+    ours = list(inspect.signature(cls.forward).parameters)
+    theirs = [p for p in inspect.signature(getattr(transformers, cls.__name__).forward).parameters if p != "kwargs"]
+    assert ours[:len(theirs)] == theirs
+
+
 def test_meta_construction_and_xl_size():
     with torch.device("meta"):
         m = XLMRobertaXLForMaskedLM(XLMRobertaXLConfig())

@@ -1,4 +1,4 @@
-"""``XLMRobertaXLConfig``: the model configuration, a plain Python object that reads and writes transformers' config.json.
+"""``XLMRobertaXLConfig``: the model configuration, a plain object that reads and writes transformers' config.json.
 
 Contract:
 - Same fields, defaults and ``model_type`` (``"xlm-roberta-xl"``) as transformers 4.56.2's ``XLMRobertaXLConfig``

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
 from .backend import Backend, log_once
-from .cache import Cache, DynamicCache, EncoderDecoderCache
+from .cache import DynamicCache, EncoderDecoderCache
 from .config import XLMRobertaXLConfig
 from .outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
@@ -114,7 +114,7 @@ def _cached_layer(cache, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _expand_mask(mask: torch.Tensor, dtype: torch.dtype, tgt_len: int) -> torch.Tensor:
-    """transformers' ``AttentionMaskConverter._expand_mask``: (B, K) -> (B, 1, tgt_len, K), 0 kept / finfo.min masked."""
+    """transformers' ``AttentionMaskConverter._expand_mask``: (B, K) -> (B, 1, tgt_len, K); 0 kept, finfo.min masked."""
     bsz, src_len = mask.shape
     expanded = mask[:, None, None, :].expand(bsz, 1, tgt_len, src_len).to(dtype)
     inverted = torch.tensor(1.0, dtype=dtype) - expanded
@@ -802,8 +802,8 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         if c.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
             enc_mask = encoder_attention_mask
             if tuple(enc_mask.shape) != tuple(encoder_hidden_states.shape[:2]):
-                raise ValueError(f"encoder_attention_mask has shape {tuple(enc_mask.shape)} but "
-                                 f"encoder_hidden_states has (batch, seq_len) = {tuple(encoder_hidden_states.shape[:2])}")
+                raise ValueError(f"encoder_attention_mask has shape {tuple(enc_mask.shape)} but encoder_hidden_states "
+                                 f"has (batch, seq_len) = {tuple(encoder_hidden_states.shape[:2])}")
 
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None, None
@@ -969,9 +969,11 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, logits_to_keep: Union[int, torch.Tensor] = 0, **kwargs):
+                return_dict=None, logits_to_keep: Union[int, torch.Tensor] = 0, cache_position=None, **kwargs):
         """``logits_to_keep`` (an xlmrxl extension; transformers 4.56.2 ignores it here): 0 = logits for every
-        position; n > 0 = only the last n positions; a 1D tensor = those positions."""
+        position; n > 0 = only the last n positions; a 1D tensor = those positions. ``cache_position`` is handed to
+        ``cache.update`` in ``cache_kwargs``. Other ``kwargs`` go to the loss (``num_items_in_batch``,
+        ``ignore_index``, ``shift_labels``), as in transformers."""
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         if labels is not None:
             use_cache = False
@@ -980,7 +982,8 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
                                encoder_hidden_states=encoder_hidden_states,
                                encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
                                use_cache=use_cache, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states, return_dict=True)
+                               output_hidden_states=output_hidden_states, return_dict=True,
+                               cache_position=cache_position)
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
             if logits_to_keep > 0:
