@@ -132,7 +132,10 @@ class Backend:
             return True
         if self.name != "reference":
             level = logging.WARNING if self.name == "triton" else logging.INFO
-            log_once(f"xlmrxl: {op} runs the PyTorch reference: {reason}", level)
+            if unsupported or op in self.disabled:
+                log_once(f"xlmrxl: {op} runs the PyTorch reference: {reason}", level)
+            else:  # a reason shared by every op (device, Triton missing): one line, not one per op
+                log_once(f"xlmrxl: every op runs the PyTorch reference instead of its Triton kernel: {reason}", level)
         return False
 
     def op(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> Callable:
