@@ -168,6 +168,8 @@ def test_usage_errors(capsys):
     assert main(["fill-mask", "x <mask>"]) == 2  # --model is required
     assert "--model" in capsys.readouterr().err
     assert main(["--help"]) == 0
+    assert main(["--version"]) == 0
+    assert xlmrxl.__version__ in capsys.readouterr().out
 
 
 def test_python_dash_m(ckpt):

@@ -50,6 +50,9 @@ _TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special
 # ---------------------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlmrxl", description="XLM-RoBERTa-XL / XXL with custom kernels.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"xlmrxl {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: INFO logs (backend fallback reasons), -vv: DEBUG")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
