@@ -431,6 +431,23 @@ def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
     assert torch.equal(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out).lm_head.bias, model.lm_head.bias)
 
 
+def test_transformers_loader_options(hf_mlm, hf_dirs, tmp_path):
+    d = _copy_dir(hf_dirs / "bin", tmp_path / "opts" / "sub")
+    hf_mlm.save_pretrained(d)                                   # now both .safetensors and .bin
+    with open(d / "pytorch_model.bin", "r+b") as fh:            # the .bin must not be read unless asked for
+        fh.truncate(100)
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "opts", subfolder="sub", device_map="cpu",
+                            low_cpu_mem_usage=True, trust_remote_code=False)
+    _assert_same_weights(model, hf_mlm.state_dict())
+    assert not hasattr(model.config, "low_cpu_mem_usage") and not hasattr(model.config, "device_map")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin could not be read .* truncated or corrupted"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d, use_safetensors=False)
+    with pytest.raises(ValueError, match=r"device='gpu0' is not a device"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d, device="gpu0")
+    with pytest.raises(ValueError, match=r"device_map=.* several devices"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d, device_map={"roberta": 0, "lm_head": "cpu"})
+
+
 def test_parse_size():
     assert ckpt_mod.parse_size("5GB") == 5 * 10**9 and ckpt_mod.parse_size("100KB") == 100_000
     assert ckpt_mod.parse_size("2GiB") == 2 << 30 and ckpt_mod.parse_size(123) == 123

@@ -83,8 +83,12 @@ _LEGACY_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$"
 
 _PROGRESS_MIN_BYTES = 1 << 30       # progress bar on (when stderr is a tty) above 1 GB of weights
 _STAGING_BYTES = 16 << 20           # staging buffer for reads that convert dtype or change device
-_LOADER_OPTIONS = ("config", "torch_dtype", "ignore_mismatched_sizes", "low_cpu_mem_usage", "local_files_only",
-                   "revision", "cache_dir", "token")
+# transformers' from_pretrained keywords: used (config, torch_dtype, ignore_mismatched_sizes, device_map,
+# use_safetensors, subfolder, Hub options) or accepted and ignored (the rest); never written into the config
+_LOADER_OPTIONS = ("config", "torch_dtype", "ignore_mismatched_sizes", "device_map", "use_safetensors", "subfolder",
+                   "local_files_only", "revision", "cache_dir", "token", "low_cpu_mem_usage", "trust_remote_code",
+                   "force_download", "resume_download", "proxies", "use_auth_token", "offload_folder",
+                   "offload_state_dict", "variant", "_fast_init")
 
 
 class CheckpointError(ValueError):
@@ -316,6 +320,21 @@ def _libc():
     return _LIBC[0]
 
 
+def _little_endian_zip(path: str) -> bool:
+    """Memory-map only files whose bytes torch uses as they are (little-endian data on a little-endian machine):
+    a byte-swapped tensor would live in private dirty pages, which releasing them would lose."""
+    import zipfile
+
+    if sys.byteorder != "little":
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            rec = next((n for n in zf.namelist() if n.endswith("/byteorder") or n == "byteorder"), None)
+            return rec is None or zf.read(rec).strip() == b"little"
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 class _BinFile:
     """One ``pytorch_model*.bin`` file, loaded with ``weights_only=True`` and memory-mapped when it is a zip file."""
 
@@ -329,7 +348,7 @@ class _BinFile:
         except OSError:
             zipped = False
         try:
-            if zipped:
+            if zipped and _little_endian_zip(path):
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 self.mapped = True
             else:
@@ -378,14 +397,17 @@ class _BinFile:
 class _Checkpoint:
     """All weights files of one checkpoint directory: ``entries`` maps each stored key to where it lives."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, use_safetensors: Optional[bool] = None):
         self.directory = directory
-        found = [name for name in WEIGHTS_FILES if os.path.isfile(os.path.join(directory, name))]
+        names = WEIGHTS_FILES
+        if use_safetensors is not None:
+            names = tuple(n for n in WEIGHTS_FILES if (".safetensors" in n) == bool(use_safetensors))
+        found = [name for name in names if os.path.isfile(os.path.join(directory, name))]
         if not found:
             present = sorted(os.listdir(directory))
             shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") if present else "nothing"
             raise FileNotFoundError(
-                f"no weights file in {directory!r}: looked for {', '.join(WEIGHTS_FILES)} (in that order); the "
+                f"no weights file in {directory!r}: looked for {', '.join(names)} (in that order); the "
                 f"directory holds {shown}")
         self.kind = found[0]
         self.files: list = []
@@ -489,6 +511,26 @@ def _hub_download(repo_id: str, options: dict) -> str:
     elif weights == WEIGHTS_INDEX_NAME:
         patterns.append("pytorch_model-*.bin")
     return snapshot_download(repo_id, allow_patterns=patterns, **kw)
+
+
+def _resolve_device(device, device_map) -> torch.device:
+    if device is None and device_map is not None:
+        if isinstance(device_map, dict):
+            placed = set(device_map.values())
+            if len(placed) != 1:
+                raise ValueError(f"device_map={device_map!r} spreads the model over several devices, which xlmrxl does "
+                                 "not do; pass device='cuda' (or one device) instead")
+            device_map = placed.pop()
+        if device_map == "auto":
+            device_map = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device_map
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    try:
+        return torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device ({exc}); pass 'cpu', 'cuda', 'cuda:1' or a "
+                         "torch.device") from None
 
 
 def _resolve_dtype(dtype, config, ckpt: _Checkpoint) -> torch.dtype:
@@ -715,21 +757,23 @@ def _split_kwargs(cls, kwargs: dict):
 
 
 def _load_config(cls, directory: str, options: dict, overrides: dict):
-    """``config.json`` (or ``config=``) with the overrides applied through the config's own constructor, so they
-    are validated (``hidden_size`` vs heads) and derived fields follow (``num_labels`` -> ``id2label``)."""
+    """``config.json`` (or a copy of ``config=``), then each override set as an attribute, after the file's values,
+    as transformers does (so ``num_labels=5`` rebuilds ``id2label`` even when the file lists 3 labels)."""
     config = options.get("config")
     if config is None:
         if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config "
                                     "saved with its weights")
-        return cls.config_class.from_pretrained(directory, **overrides)
-    if hasattr(config, "to_dict") and hasattr(cls.config_class, "from_dict"):
-        return cls.config_class.from_dict(config.to_dict(), **overrides)
-    import copy
+        config = cls.config_class.from_pretrained(directory)
+    else:
+        import copy
 
-    config = copy.deepcopy(config)
+        config = copy.deepcopy(config)
     for key, value in overrides.items():
         setattr(config, key, value)
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if isinstance(heads, int) and isinstance(hidden, int) and heads > 0 and hidden % heads:
+        raise ValueError(f"hidden_size={hidden} is not a multiple of num_attention_heads={heads}; fix the overrides")
     return config
 
 
@@ -750,10 +794,18 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
     options, init_kwargs, overrides = _split_kwargs(cls, kwargs)
     if dtype is None and options.get("torch_dtype") is not None:
         dtype = options["torch_dtype"]
-    device = torch.device("cpu" if device is None else device)
+    device = _resolve_device(device, options.get("device_map"))
     directory = _resolve_directory(pretrained_model_name_or_path, options)
+    if options.get("subfolder"):
+        directory = os.path.join(directory, options["subfolder"])
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"subfolder {options['subfolder']!r} does not exist: no directory {directory!r}")
+    ignored = sorted(k for k in options if k not in ("config", "torch_dtype", "ignore_mismatched_sizes", "device_map",
+                                                     "use_safetensors", "subfolder"))
+    if ignored:
+        logger.debug("xlmrxl: from_pretrained ignores %s (transformers options with no effect here)", ignored)
     config = _load_config(cls, directory, options, overrides)
-    ckpt = _Checkpoint(directory)
+    ckpt = _Checkpoint(directory, options.get("use_safetensors"))
     try:
         target = _resolve_dtype(dtype, config, ckpt)
         if not target.is_floating_point:
@@ -781,6 +833,7 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
                 bar.close()
     finally:
         ckpt.close()
+        _STAGING.clear()
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     for attr in ("torch_dtype", "dtype"):
@@ -961,7 +1014,7 @@ def save_pretrained(model, save_directory, *, max_shard_size="50GB", safe_serial
     """Write ``config.json`` and the weights of ``model`` into ``save_directory`` atomically (see module docstring).
     Returns the list of weights files written."""
     max_bytes = parse_size(max_shard_size)
-    target = os.path.abspath(os.fspath(save_directory))
+    target = os.path.realpath(os.fspath(save_directory))    # a symlinked directory is updated where it lives
     if os.path.exists(target) and not os.path.isdir(target):
         raise NotADirectoryError(f"save_directory {target!r} is a file; pass a directory path")
     parent, base = os.path.split(target.rstrip(os.sep))
