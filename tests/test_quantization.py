@@ -205,3 +205,34 @@ def test_dequantize_matches_kernel_reference():
     model = quantize(_model())
     m = model.roberta.encoder.layer[1].intermediate.dense
     assert torch.equal(m.dequantize(), dequantize_int4_ref(m.qweight, m.scales, m.zeros, 128))
+
+
+def test_backend_follows_the_model(tmp_path):
+    model = quantize(_model())
+    model.set_backend("reference")
+    assert all(m.backend.name == "reference" for m in model.modules() if isinstance(m, QuantLinear))
+    model.save_pretrained(tmp_path)
+    loaded = XLMRobertaXLForMaskedLM.from_pretrained(tmp_path, backend="triton")
+    assert all(m.backend is loaded.backend for m in loaded.modules() if isinstance(m, QuantLinear))
+
+
+def test_quantize_while_loading_releases_each_weight(tmp_path, monkeypatch):
+    """At most one full-precision linear is alive at a time: when a linear is quantized, every weight quantized
+    before it has already been freed (nothing, the loader included, still references it)."""
+    import gc
+    import weakref
+
+    _model().save_pretrained(tmp_path)
+    seen, alive_at_call = [], []
+    original = QuantLinear.from_linear.__func__
+
+    def spy(cls, linear, group_size=128):
+        gc.collect()
+        alive_at_call.append(sum(r() is not None for r in seen))
+        seen.append(weakref.ref(linear.weight))
+        return original(cls, linear, group_size)
+
+    monkeypatch.setattr(QuantLinear, "from_linear", classmethod(spy))
+    XLMRobertaXLForMaskedLM.from_pretrained(tmp_path, quantization="int4")
+    assert len(seen) == N_LAYERS * LINEARS_PER_LAYER
+    assert max(alive_at_call) == 0, f"full-precision weights still alive while loading: {alive_at_call}"

@@ -696,7 +696,8 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         """Use ``Backend(name)`` (``"auto"``, ``"triton"``, ``"reference"``) for every part of the model."""
         backend = name if isinstance(name, Backend) else Backend(name)
         for module in self.modules():
-            if isinstance(module, (XLMRobertaXLPreTrainedModel, XLMRobertaXLEncoder)):
+            if (isinstance(module, (XLMRobertaXLPreTrainedModel, XLMRobertaXLEncoder))
+                    or getattr(module, "uses_backend", False)):  # e.g. xlmrxl.quantization.QuantLinear
                 module.backend = backend
         return self
 

@@ -45,6 +45,8 @@ _HEAD_LINEAR = re.compile(r"(^|\.)(lm_head|pooler|classifier|qa_outputs)(\.|$)")
 class QuantLinear(nn.Module):
     """``nn.Linear`` with an int4 group-wise weight: ``y = x @ dequantize(qweight, scales, zeros).T + bias``."""
 
+    uses_backend = True  # the model's set_backend() hands it the model's Backend
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  dtype: Optional[torch.dtype] = None, device=None):
         super().__init__()
