@@ -138,7 +138,18 @@ def test_quantize(spm_dir, tmp_path, capsys):
     ratio = info["quantized_linear_bytes"] / info["quantized_linear_bf16_bytes"]
     assert ratio <= 0.30, f"int4 linears take {ratio:.1%} of their bf16 bytes"
     assert (dst / "sentencepiece.bpe.model").is_file()
+    # the header-only numbers equal the int4 helper's own report on the loaded model
+    from xlmrxl.quantization import quantized_bytes_report
+
+    report = quantized_bytes_report(xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(str(dst)))
+    assert info["parameters"] == xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(str(src)).num_parameters()
+    for key in ("quantized_linear_layers", "quantized_linear_bytes", "quantized_linear_bf16_bytes"):
+        assert info[key] == report[key], key
     assert main(["fill-mask", "Hello <mask>!", "--model", str(dst), "--top-k", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    # a group size other than 128 goes through the dict form of quantization=
+    assert main(["quantize", str(src), str(tmp_path / "g64"), "--group-size", "64", "--dtype", "float32"]) == 0
+    assert checkpoint_info(tmp_path / "g64")["quantization_config"]["group_size"] == 64
 
 
 def test_demo_quick(tmp_path, monkeypatch, capsys):
