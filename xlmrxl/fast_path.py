@@ -214,6 +214,7 @@ class Packing:
     indices: Optional[torch.Tensor]
     cu_seqlens: torch.Tensor
     max_seqlen: int
+    lengths: Tuple[int, ...] = ()  # per-row lengths on the host (read once, in pack)
 
     @property
     def num_tokens(self) -> int:
@@ -244,7 +245,7 @@ def pack(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) ->
                          f"got {tuple(attention_mask.shape)}")
     if attention_mask is None:
         cu = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=dev)
-        p = Packing(B, S, None, cu, S)
+        p = Packing(B, S, None, cu, S, (S,) * B)
         return p.pack(hidden_states), p
     keep = attention_mask.to(device=dev) != 0
     lengths = keep.sum(dim=1, dtype=torch.int32)
@@ -253,11 +254,11 @@ def pack(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) ->
     cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
     torch.cumsum(lengths, dim=0, out=cu[1:])
     if total == B * S:
-        p = Packing(B, S, None, cu, S)
+        p = Packing(B, S, None, cu, S, tuple(lens))
     else:
         # Stable sort puts real positions first, in order: their indices without a second sync (nonzero would sync).
         order = torch.argsort((~keep).reshape(-1).to(torch.int8), stable=True)
-        p = Packing(B, S, order[:total], cu, max(lens) if lens else 0)
+        p = Packing(B, S, order[:total], cu, max(lens) if lens else 0, tuple(lens))
     return p.pack(hidden_states), p
 
 
@@ -389,6 +390,34 @@ def _int4(be: Backend, x, m, bias, activation=None):
     return be.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
 
 
+def _attention(be: Backend, q, k, v, packing: Packing, scale: float, causal: bool) -> torch.Tensor:
+    """Varlen attention on the packed (T, heads, D) views. Where the backend picks the PyTorch reference (CPU, or
+    backend='reference'), the same maths runs as torch SDPA per sequence instead: ``attention_varlen_ref`` is an
+    oracle (masks, fp32 copies, a host sync per call) and would cost more than all the GEMMs on a CPU."""
+    from xlmrxl_kernels.reference import attention_varlen_ref
+
+    fn = be.op("attention_varlen", q.device)
+    if fn is not attention_varlen_ref or not packing.lengths:
+        return fn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen,
+                  scale=scale, causal=causal)
+    T, nh, d = q.shape
+    if packing.indices is None:  # equal lengths: one batched call on (B, heads, S, D) views
+        B, S = packing.batch, packing.seqlen
+        qs, ks, vs = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and S > 1)
+        return o.transpose(1, 2).reshape(T, nh, d)
+    out = q.new_empty((T, nh, d))
+    start = 0
+    for n in packing.lengths:
+        if n:
+            sl = slice(start, start + n)
+            qs, ks, vs = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and n > 1)
+            out[sl] = o[0].transpose(0, 1)
+        start += n
+    return out
+
+
 def _is_causal(encoder) -> bool:
     cfg = getattr(encoder, "config", None)
     if cfg is not None and getattr(cfg, "is_decoder", False):
@@ -421,8 +450,7 @@ def _layer(layer, st: _Stream, packing: Packing, causal: bool) -> None:
     qkv = qkv.view(T, 3, heads, d)
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
     scale = getattr(sa, "scaling", None) or d ** -0.5
-    a = be.attention_varlen(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen,
-                            packing.max_seqlen, scale=scale, causal=causal)
+    a = _attention(be, q, k, v, packing, scale, causal)
     st.add_projection(a.reshape(T, width), attn.output.dense)
     h = st.norm(layer.LayerNorm)
     up = layer.intermediate.dense
