@@ -465,13 +465,16 @@ def _copy_dir(src, dst):
     return dst
 
 
-def test_error_missing_directory_and_weights(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+def test_error_missing_directory_and_weights(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint directory '.*nowhere' does not exist\. Pass a local"):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "nowhere")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                 # a repo id: only the local Hub cache is tried
+    with pytest.raises(FileNotFoundError, match=r"'no-such-owner/no-such-model' does not exist; as a Hub repo id"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, "no-such-owner/no-such-model")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(tiny_config_kwargs()))
-    with pytest.raises(FileNotFoundError, match=r"no weights file.*model\.safetensors, model\.safetensors\.index\.json, "
-                                                r"pytorch_model\.bin, pytorch_model\.bin\.index\.json"):
+    looked = r"model\.safetensors, model\.safetensors\.index\.json, pytorch_model\.bin, pytorch_model\.bin\.index\.json"
+    with pytest.raises(FileNotFoundError, match=r"no weights file.*" + looked):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "empty")
 
 

@@ -60,7 +60,7 @@ import shutil
 import sys
 import tempfile
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -482,14 +482,14 @@ def _resolve_directory(name_or_path, options: dict) -> str:
         raise NotADirectoryError(f"{path!r} is a file; pass the directory that holds config.json and the weights "
                                  f"({', '.join(WEIGHTS_FILES)})")
     hub_error = None
-    looks_like_repo = re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", path) is not None and not path.startswith((".", "/"))
-    if looks_like_repo and not options.get("local_files_only"):
+    if re.fullmatch(r"[\w\-]+(\.[\w\-]+)*/[\w\-.]+", path):        # looks like a Hub repo id: owner/name
         try:
             return _hub_download(path, options)
         except ImportError:
             hub_error = "huggingface_hub is not installed, so repo ids cannot be downloaded"
-        except Exception as exc:  # network, auth, missing repo: report below with the local-path error
-            hub_error = f"downloading it from the Hugging Face Hub failed ({type(exc).__name__}: {exc})"
+        except Exception as exc:  # network, auth, missing repo: reported with the local-path error below
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            hub_error = f"fetching it from the Hugging Face Hub failed ({type(exc).__name__}: {detail[:200]})"
     msg = f"checkpoint directory {path!r} does not exist"
     if hub_error:
         msg += f"; as a Hub repo id: {hub_error}"
@@ -498,13 +498,18 @@ def _resolve_directory(name_or_path, options: dict) -> str:
 
 
 def _hub_download(repo_id: str, options: dict) -> str:
+    """Optional convenience: a Hub repo id via ``huggingface_hub`` (config, tokenizer files and one weights layout,
+    safetensors first). Offline or with ``local_files_only=True`` only the local cache is used."""
     from huggingface_hub import HfApi, snapshot_download
 
     kw = {k: options[k] for k in ("revision", "cache_dir", "token") if options.get(k) is not None}
+    offline = options.get("local_files_only") or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    if offline:
+        return snapshot_download(repo_id, local_files_only=True, **kw)
     files = set(HfApi().list_repo_files(repo_id, revision=kw.get("revision"), token=kw.get("token")))
     weights = next((w for w in WEIGHTS_FILES if w in files), None)
     patterns = ["*.json", "*.model", "*.txt"]
-    if weights == SAFE_WEIGHTS_NAME or weights == WEIGHTS_NAME:
+    if weights in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
         patterns.append(weights)
     elif weights == SAFE_WEIGHTS_INDEX_NAME:
         patterns.append("model-*.safetensors")
