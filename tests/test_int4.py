@@ -94,6 +94,25 @@ def test_torchao_interop(device):
         assert torch.equal(q2, q) and torch.equal(s2, s) and torch.equal(z2, z)
 
 
+@pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
+                    reason="this torch has no CPU tinygemm op")
+def test_matches_torch_tinygemm_cpu():
+    """PyTorch's own tinygemm kernel (what torchao's int4 weight-only runs), fed our weights through
+    export_torchao_int4, computes with exactly our dequantized weights (identity input: each output is one product)."""
+    N, K, G = 48, 384, 128
+    q, s, z = quantize_int4(torch.randn(N, K, dtype=torch.bfloat16), G)
+    _, sz = export_torchao_int4(q, s, z, G)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(q, G).to(torch.int32), 2)
+    eye = torch.eye(K, dtype=torch.bfloat16)
+    w_tinygemm = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, G, sz).t()
+    w_ours = dequantize_int4(q, s, z, G)
+    assert torch.equal(w_tinygemm, w_ours), f"max diff {(w_tinygemm.float() - w_ours.float()).abs().max():.3e}"
+    x = torch.randn(5, K, dtype=torch.bfloat16)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, G, sz)
+    ref = int4_matmul_ref(x, q, s, z, G, upcast=True)
+    assert _mean_rel(y, ref) <= 4e-3, f"tinygemm vs our reference: mean rel {_mean_rel(y, ref):.2e}"
+
+
 def test_group_errors(device):
     w = torch.randn(4, 200, device=device)
     with pytest.raises(ValueError, match=r"K=200.*group_size=128"):
