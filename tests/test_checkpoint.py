@@ -181,6 +181,16 @@ def test_bias_taken_from_decoder_alias(hf_mlm, hf_dirs, tmp_path):
     model, info = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "alias", output_loading_info=True)
     _no_info(info)
     _assert_close(model.lm_head.bias, hf_mlm.lm_head.bias.detach(), "lm_head.bias", atol=0)
+    # only the decoder names stored (a conversion may keep either name of a tied pair)
+    state = {k: v for k, v in hf_mlm.state_dict().items()
+             if k not in ("lm_head.bias", "roberta.embeddings.word_embeddings.weight")}
+    _write_state(tmp_path / "decoder-only", state, hf_dirs / "single")
+    model, info = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "decoder-only", output_loading_info=True)
+    _no_info(info)
+    _assert_same_weights(model, hf_mlm.state_dict())
+    base, info = load_pretrained(xlmrxl.XLMRobertaXLModel, tmp_path / "decoder-only", output_loading_info=True)
+    assert info["missing_keys"] == ["pooler.dense.bias", "pooler.dense.weight"], info
+    assert torch.equal(base.embeddings.word_embeddings.weight, hf_mlm.roberta.embeddings.word_embeddings.weight)
 
 
 def test_mlm_checkpoint_into_base_model(hf_mlm, hf_dirs, caplog):

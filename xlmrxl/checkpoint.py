@@ -78,6 +78,10 @@ WEIGHTS_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGH
 _OWNED_FILE = re.compile(
     r"^(config\.json|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|"
     r"pytorch_model\.bin|pytorch_model\.bin\.index\.json|pytorch_model-\d{5}-of-\d{5}\.bin)$")
+# tied pairs of the XLM-R masked-LM layout (alias, source): a checkpoint that stored only the alias (a conversion
+# may keep either name) still feeds the source, so the base model and classifiers find their embeddings too
+_CHECKPOINT_TIES = (("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+                    ("lm_head.decoder.bias", "lm_head.bias"))
 # old persistent buffers of the embeddings, no longer part of the model: dropped without a word
 _LEGACY_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
@@ -420,6 +424,11 @@ class _Checkpoint:
         except BaseException:
             self.close()
             raise
+        self.aliased = set()
+        for alias, source in _CHECKPOINT_TIES:
+            if source not in self.entries and alias in self.entries:
+                self.entries[source] = self.entries[alias]
+                self.aliased.add(source)
 
     def _add(self, path: str, expected: Optional[Iterable[str]] = None):
         f = _SafetensorsFile(path) if path.endswith(".safetensors") else _BinFile(path)
@@ -459,7 +468,7 @@ class _Checkpoint:
 
     @property
     def total_bytes(self) -> int:
-        return sum(e.nbytes for e in self.entries.values())
+        return sum(e.nbytes for k, e in self.entries.items() if k not in self.aliased)
 
     def read_into(self, key: str, dest: torch.Tensor) -> None:
         entry = self.entries[key]
