@@ -169,6 +169,8 @@ CALL_CASES = [
     dict(padding=True, pad_to_multiple_of=8),
     dict(padding=True, return_attention_mask=False),
     dict(padding=True, return_special_tokens_mask=True),
+    dict(padding=True, return_length=True),
+    dict(truncation=True, max_length=5, padding="max_length", pad_to_multiple_of=5),
 ]
 
 

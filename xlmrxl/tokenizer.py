@@ -622,12 +622,13 @@ class XLMRobertaTokenizer:
             target = (target // pad_to_multiple_of + 1) * pad_to_multiple_of
         padded = []
         for e in encs:
+            n = len(e["input_ids"])  # "length" is the unpadded length, as transformers reports it
             if target is not None:
                 e = self._pad(e, target, want_mask)
             elif want_mask:
-                e = dict(e, attention_mask=[1] * len(e["input_ids"]))
+                e = dict(e, attention_mask=[1] * n)
             if return_length:
-                e["length"] = len(e["input_ids"])
+                e["length"] = n
             padded.append(e)
         keys = list(padded[0].keys()) if padded else ["input_ids"] + (["attention_mask"] if want_mask else [])
         if return_tensors == "pt":
