@@ -86,14 +86,24 @@ def quantize_int4_ref(weight: torch.Tensor, group_size: int = 128) -> Tuple[torc
         raise TypeError(f"weight has dtype {weight.dtype}; expected float16, bfloat16 or float32")
     N, K = weight.shape
     _check_group(K, group_size)
-    w = weight.detach().float().reshape(N, K // group_size, group_size)
+    rows = max(1, (1 << 24) // K)  # fp32 temporaries of at most 64 MB (an LM head is 250880 x 2560)
+    parts = [_quantize_rows(weight[i:i + rows].detach(), group_size) for i in range(0, N, rows)]
+    qweight = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    scales = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    zeros = torch.cat([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+    return qweight, scales.t().contiguous(), zeros.t().contiguous()
+
+
+def _quantize_rows(weight: torch.Tensor, group_size: int):
+    n, K = weight.shape
+    w = weight.float().reshape(n, K // group_size, group_size)
     wmin, wmax = w.amin(dim=-1), w.amax(dim=-1)
     scales = ((wmax - wmin).clamp(min=1e-6) / 15).to(weight.dtype)
     zeros = (wmin + scales.float() * 8).to(weight.dtype)
     # quantize against the rounded (stored) parameters, so dequantization is as close as those allow
     s, z = scales.float().unsqueeze(-1), zeros.float().unsqueeze(-1)
-    q = torch.round((w - (z - 8 * s)) / s).clamp_(0, 15).to(torch.uint8).reshape(N, K)
-    return pack_int4(q, group_size), scales.t().contiguous(), zeros.t().contiguous()
+    q = torch.round((w - (z - 8 * s)) / s).clamp_(0, 15).to(torch.uint8).reshape(n, K)
+    return pack_int4(q, group_size), scales, zeros
 
 
 def dequantize_int4_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
