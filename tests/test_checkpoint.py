@@ -436,9 +436,15 @@ def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
         save_pretrained(model, tmp_path / "fresh", max_shard_size="20KB")
     assert sorted(os.listdir(tmp_path)) == ["atomic"]
     monkeypatch.setattr(ckpt_mod, "_write_safetensors", real)
-    save_pretrained(model, out)
-    assert (out / "tokenizer.json").read_text() == '{"keep": true}'
-    assert torch.equal(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out).lm_head.bias, model.lm_head.bias)
+    for exchange in (True, False):                      # renameat2 swap, and the two-rename fallback
+        if not exchange:
+            monkeypatch.setattr(ckpt_mod, "_exchange", lambda a, b: False)
+        with torch.no_grad():
+            model.lm_head.bias.add_(1.0)
+        save_pretrained(model, out)
+        assert (out / "tokenizer.json").read_text() == '{"keep": true}'
+        assert torch.equal(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out).lm_head.bias, model.lm_head.bias)
+        assert sorted(os.listdir(tmp_path)) == ["atomic"], os.listdir(tmp_path)
 
 
 def test_transformers_loader_options(hf_mlm, hf_dirs, tmp_path):
