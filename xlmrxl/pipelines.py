@@ -116,8 +116,9 @@ class Pipeline:
 
     def _batches(self, texts: List[str], batch_size: int, progress):
         """Yield (indices, encoding) batches, longest inputs first (less padding), with an optional progress bar."""
-        lengths = [len(self.tokenizer(t, return_attention_mask=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"]  # tokenized once
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        pad = self.tokenizer.pad_token_id
         show = progress if progress is not None else (len(texts) >= _PROGRESS_MIN_INPUTS and _stderr_is_tty())
         bar = None
         if show:
@@ -127,8 +128,13 @@ class Pipeline:
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, return_tensors="pt")
-                yield idx, enc.to(self.device)
+                width = len(ids[idx[0]])  # longest first, so the first is the widest
+                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for b, i in enumerate(idx):  # right padding, as the tokenizer does
+                    input_ids[b, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+                    mask[b, :len(ids[i])] = 1
+                yield idx, {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
                 if bar is not None:
                     bar.update(len(idx))
         finally:
