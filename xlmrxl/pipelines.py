@@ -276,7 +276,9 @@ class FeatureExtractionPipeline(Pipeline):
         if single:
             return results[0]
         if pooling is not None:
-            return torch.stack(results) if results else torch.empty(0)
+            if not results:
+                return torch.empty(0, getattr(getattr(self.model, "config", None), "hidden_size", 0))
+            return torch.stack(results)
         return results
 
 
