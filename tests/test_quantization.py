@@ -236,3 +236,26 @@ def test_quantize_while_loading_releases_each_weight(tmp_path, monkeypatch):
     XLMRobertaXLForMaskedLM.from_pretrained(tmp_path, quantization="int4")
     assert len(seen) == N_LAYERS * LINEARS_PER_LAYER
     assert max(alive_at_call) == 0, f"full-precision weights still alive while loading: {alive_at_call}"
+
+
+def test_concat_share_storage(device):
+    mods = [QuantLinear.from_linear(nn.Linear(256, n).to(device), 128) for n in (32, 32, 16)]
+    x = torch.randn(4, 256, device=device)
+    before = [m(x) for m in mods]
+    cat = QuantLinear.concat(mods, share_storage=True)
+    for m, y in zip(mods, before):
+        assert m.qweight.untyped_storage().data_ptr() == cat.qweight.untyped_storage().data_ptr()
+        assert m.scales.untyped_storage().data_ptr() == cat.scales.untyped_storage().data_ptr()
+        assert torch.equal(m(x), y), "a source layer changed its outputs after sharing storage"
+    assert torch.equal(cat(x), torch.cat(before, dim=-1))
+
+
+def test_quantize_drops_fused_dense_qkv():
+    from xlmrxl.fast_path import fuse_qkv
+
+    model = _model()
+    sa = model.roberta.encoder.layer[0].attention.self
+    fuse_qkv(sa)
+    assert getattr(sa, "_xlmrxl_qkv", None) is not None
+    quantize(model)
+    assert getattr(sa, "_xlmrxl_qkv", None) is None, "the full-precision fused q/k/v buffer must not outlive quantize"

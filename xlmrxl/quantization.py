@@ -81,8 +81,12 @@ class QuantLinear(nn.Module):
         return q
 
     @classmethod
-    def concat(cls, mods: Sequence["QuantLinear"]) -> "QuantLinear":
-        """One QuantLinear computing ``cat([m(x) for m in mods], -1)`` (e.g. fused q/k/v): rows stack along N."""
+    def concat(cls, mods: Sequence["QuantLinear"], share_storage: bool = False) -> "QuantLinear":
+        """One QuantLinear computing ``cat([m(x) for m in mods], -1)`` (e.g. fused q/k/v): rows stack along N.
+
+        ``share_storage=True`` then makes each source's ``qweight`` / ``scales`` / ``zeros`` / ``bias`` views of
+        the concatenated tensors, so the fused copy costs no memory (the scales / zeros views are column slices:
+        strided, which ``int4_matmul`` and the reference accept)."""
         if not mods or len({(m.in_features, m.group_size, m.scales.dtype) for m in mods}) != 1:
             raise ValueError("QuantLinear.concat needs QuantLinears with one in_features, group size and dtype")
         first = mods[0]
@@ -96,6 +100,16 @@ class QuantLinear(nn.Module):
             if has_bias:
                 out.bias = nn.Parameter(torch.cat([m.bias if m.bias is not None else m.scales.new_zeros(m.out_features)
                                                    for m in mods]), requires_grad=False)
+            if share_storage:
+                off = 0
+                for m in mods:
+                    n = m.out_features
+                    m.qweight = out.qweight[off:off + n]
+                    m.scales = out.scales[:, off:off + n]
+                    m.zeros = out.zeros[:, off:off + n]
+                    if m.bias is not None:
+                        m.bias.data = out.bias.data[off:off + n]
+                    off += n
         out.backend = first.backend
         return out
 
@@ -210,6 +224,10 @@ def quantize(model: nn.Module, group_size: int = 128, include_lm_head: bool = Fa
         q.backend = backend
         _replace(model, name, q)
     _record(model, names, group_size, include_lm_head)
+    for m in model.modules():
+        # the fast path's fused full-precision q/k/v buffer (the old weights were views of it): let it go
+        if getattr(m, "_xlmrxl_qkv", None) is not None:
+            del m._xlmrxl_qkv
     logger.info("xlmrxl: quantized %d linear layers to int4 (group size %d)", len(names), group_size)
     return model
 
