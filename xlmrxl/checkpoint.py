@@ -22,16 +22,19 @@ Loading (a local directory; a Hugging Face repo id only when ``huggingface_hub``
 - Key fixes, as transformers does them: the old persistent ``embeddings.position_ids`` / ``token_type_ids`` buffers
   are dropped silently; tensors the model ties (``lm_head.decoder.weight`` / ``.bias``) may be present or absent, and
   any present member of a tied group feeds the whole group (so ``lm_head.bias`` is taken from ``lm_head.decoder.bias``
-  when only that is stored); a task checkpoint loads into the base model (the ``roberta.`` prefix is stripped, head
+  when only that is stored, and a checkpoint holding only ``lm_head.decoder.weight`` still gives every class its word
+  embeddings); a task checkpoint loads into the base model (the ``roberta.`` prefix is stripped, head
   keys become *unexpected*) and a base checkpoint into a task model (the prefix is added). Missing tensors are
   initialised with ``model._init_weights(module)`` and listed in a warning; unexpected keys are listed as a warning
   when the checkpoint was saved from this very class, else at info level (an MLM checkpoint feeding a classifier
   is expected to leave ``lm_head.*`` unused). A shape mismatch is an error naming the key and both shapes, unless
   ``ignore_mismatched_sizes=True`` (then the tensor is initialised and reported under ``mismatched_keys``).
 - ``output_loading_info=True`` returns ``(model, {"missing_keys", "unexpected_keys", "mismatched_keys",
-  "error_msgs"})``. Keyword arguments that are neither loader options nor parameters of ``cls.__init__`` (such as
-  ``add_pooling_layer``) are config overrides (``num_labels=3``). ``torch_dtype=`` is accepted for ``dtype=``,
-  ``config=`` replaces ``config.json``, ``low_cpu_mem_usage`` is accepted and ignored (loading is always lean).
+  "error_msgs"})``. Keyword arguments that are parameters of ``cls.__init__`` (``add_pooling_layer``) go to the
+  constructor; transformers' loader keywords are used (``torch_dtype`` for ``dtype``, ``config=`` instead of
+  ``config.json``, ``device_map`` naming one device, ``subfolder``, ``use_safetensors``, ``ignore_mismatched_sizes``)
+  or ignored (``low_cpu_mem_usage``, Hub options); everything else is a config override (``num_labels=3``), set on
+  the config after the file's values as transformers does.
 - ``quantization=``: ``None`` loads as stored; anything else asks ``xlmrxl.quantization.load_hook`` for a per-module
   hook that runs right after each module's tensors have arrived (see :func:`_quantization_hook`).
 
