@@ -2,7 +2,6 @@
 (plain, int4 byte report), demo (quick, temp cache), quantize, usage errors, logging."""
 import io
 import json
-import os
 import struct
 import subprocess
 import sys

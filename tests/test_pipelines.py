@@ -51,6 +51,7 @@ def test_fill_mask_structure(fill):
     assert len(multi) == 2 and all(len(r) == 3 for r in multi)
     assert multi[0][0]["sequence"].startswith("<s>") and "<mask>" in multi[0][0]["sequence"]
     assert fill(["Hello <mask>!"]) == [fill("Hello <mask>!")]  # a list of one stays a list
+    assert fill([]) == []
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,7 @@ def test_normalize_and_errors(embed):
     v = embed(TEXTS, pooling="mean", normalize=True)
     norms = v.norm(dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), f"norms {norms}"
+    assert embed([], pooling="mean").shape == (0, embed.model.config.hidden_size) and embed([]) == []
     with pytest.raises(ValueError, match="pooling='max'"):
         embed("x", pooling="max")
     with pytest.raises(ValueError, match="batch_size"):
