@@ -246,7 +246,9 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     block_n = _SMALL_BLOCK_N_INTERPRET if interpreting() else _SMALL_BLOCK_N
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     num_groups = K // group_size
-    split = max(1, min(num_groups, (2 * _num_sms(x.device)) // tiles))
+    # enough programs for ~4 per SM (balance: a 1.2-wave launch idles most SMs for its last 0.2), but no more
+    # fp32 partial-sum traffic (split x M x N x 4 bytes) than half the packed weight (N x K / 2 bytes)
+    split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * M)))
     split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
     ws = torch.zeros((M, N), dtype=torch.float32, device=x.device) if split > 1 else y
     _int4_small[(tiles, split)](x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides, SPLIT_K=split,
