@@ -241,6 +241,11 @@ class XLMRobertaXLConfig:
             d["dtype"] = d.pop("torch_dtype")
         else:
             d.pop("torch_dtype", None)
+        if "num_labels" in kwargs and "id2label" not in kwargs and kwargs["num_labels"] is not None \
+                and len(d.get("id2label") or {}) != kwargs["num_labels"]:
+            # an explicit num_labels= overrides the file's label maps (as transformers does)
+            d.pop("id2label", None)
+            d.pop("label2id", None)
         d.update(kwargs)
         if "torch_dtype" in kwargs:
             d["dtype"] = d.pop("torch_dtype")
@@ -259,7 +264,7 @@ class XLMRobertaXLConfig:
         if not os.path.isfile(file):
             raise FileNotFoundError(
                 f"no config found at {path!r} (looked for {file!r}); pass a local directory holding config.json "
-                "or the path of a json file (xlmrxl does not download from the Hub)")
+                "or the path of a json file")
         with open(file, "r", encoding="utf-8") as f:
             try:
                 d = json.load(f)
