@@ -90,7 +90,7 @@ def test_odd_head_dims(d, device):
 @pytest.mark.parametrize("num_splits", [None, 1, 4])
 @pytest.mark.parametrize("d", [64, 80])
 def test_decode_single_query(num_splits, d, device):
-    """S_q = 1 against 40 keys: the decode tile, with and without split-KV (forced, as a CPU has no SM count)."""
+    """S_q = 1 against 40 keys: the decode kernel, with and without split-KV (forced, as a CPU has no SM count)."""
     q, k, v = _qkv(2, 3, 1, 40, d, torch.float32, device)
     mask = _padding_mask(2, 40, device, fully_padded_row=None)
     mask[1, :5] = False  # left padding too
@@ -100,19 +100,22 @@ def test_decode_single_query(num_splits, d, device):
     _check(out, q, k, v, None, causal=True)
 
 
-def test_split_kv_with_empty_splits(device):
-    """8 splits over 20 keys: some splits get no key at all; a fully padded row stays zero."""
-    q, k, v = _qkv(2, 2, 3, 20, 32, torch.float32, device)
+@pytest.mark.parametrize("s_q", [3, 9])
+def test_split_kv_with_empty_splits(s_q, device):
+    """8 splits over 20 keys: some splits get no key at all; a fully padded row stays zero. S_q = 3 runs the
+    one-row decode kernel, S_q = 9 the tiled kernel; both share the combine step."""
+    q, k, v = _qkv(2, 2, s_q, 20, 32, torch.float32, device)
     mask = _padding_mask(2, 20, device, fully_padded_row=0)
     out = ak._attention(q, k, v, mask, num_splits=8, causal=True)
     _check(out, q, k, v, mask, causal=True)
     assert out[0].abs().max().item() == 0.0
 
 
-@pytest.mark.parametrize("s_q,s_k", [(5, 37), (17, 40), (30, 12)])
+@pytest.mark.parametrize("s_q,s_k", [(4, 37), (5, 37), (17, 40), (30, 12)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_keys_longer_or_shorter_than_queries(s_q, s_k, causal, device):
-    """Causal aligns queries to the end of the keys; with S_q > S_k the first S_q - S_k queries see nothing."""
+    """Causal aligns queries to the end of the keys; with S_q > S_k the first S_q - S_k queries see nothing.
+    S_q = 4 takes the decode kernel, the others the tiled one."""
     q, k, v = _qkv(2, 2, s_q, s_k, 80, torch.float32, device)
     out = ak.attention(q, k, v, causal=causal)
     _check(out, q, k, v, causal=causal)

@@ -22,8 +22,9 @@
 
 Head dims: any D in 1..256 (at least 16, 32, 64, 80, 128 are tested). D is split into a power-of-two part and a
 remainder block (80 = 64 + 16, 96 = 64 + 32), each its own ``tl.dot``, so D = 80 does not pay for 128.
-Decode (S_q <= 16): 16-row query tiles, and when that leaves the GPU under-filled (few batch x heads) the keys are
-split across programs (flash-decoding) and a small kernel merges the partial results by their log-sum-exp.
+Decode (S_q <= 4 per sequence): one query row per program, dot products as multiply + reduce in fp32 (no 16-row
+MMA tile wasted on one query). Whenever batch x heads x query blocks leaves SMs idle (decode, short prefill), the keys
+are split across programs (flash-decoding) and a small kernel merges the partial results by their log-sum-exp.
 fp32 inputs use exact (IEEE) dots, so they match the fp32 reference to ~1e-6.
 Oracles: ``xlmrxl_kernels.reference.attention_ref`` / ``attention_varlen_ref`` (``upcast=True``).
 """
@@ -45,7 +46,7 @@ logger = logging.getLogger("xlmrxl")
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
-DECODE_MAX_SQ = 16  # queries per sequence at or below which the decode configuration (16-row tiles, split-KV) runs
+DECODE_MAX_SQ = 4  # queries per sequence at or below which the one-row-per-program decode kernel runs
 _LOG2E = 1.4426950408889634
 
 
@@ -53,22 +54,38 @@ def _cfg(bm, bn, w, s):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
 
 
+# Tiled kernel. Every GPU entry was compiled for sm_90 and checked free of register spills for the head dims it
+# serves (ptxas via cuobjdump -res-usage): "narrow" for padded head dims <= 96 (16 ... 80), "wide" for 128 and up.
+# BLOCK_M >= 16 x num_warps: the chained-dot layout puts every warp along M, so a shorter tile replicates work.
 # Interpreter: one small config so tiny test shapes still cross several query and key blocks.
-_PREFILL_CONFIGS = autotune_configs(
-    [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3),
-     _cfg(64, 32, 4, 4), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 3)],
-    interpret_config=_cfg(16, 16, 4, 1))
+_NARROW = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4),
+           _cfg(64, 128, 4, 3)]
+_WIDE = [_cfg(128, 64, 8, 3), _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 4), _cfg(64, 64, 4, 2)]
+_TILED_CONFIGS = autotune_configs(_NARROW + _WIDE[1:], interpret_config=_cfg(16, 16, 4, 1))
+# Decode kernel (one query row per program, no tl.dot): key-block width and warps.
 _DECODE_CONFIGS = autotune_configs(
-    [_cfg(16, 64, 4, 3), _cfg(16, 128, 4, 3), _cfg(16, 64, 2, 3), _cfg(16, 32, 2, 4), _cfg(16, 128, 8, 2)],
-    interpret_config=_cfg(16, 16, 4, 1))
+    [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
+     for bn, w, st in ((64, 4, 3), (128, 4, 3), (64, 2, 3), (128, 8, 2), (256, 8, 2), (32, 2, 4))],
+    interpret_config=triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1))
 
 _KEY = ["SEQ_Q_KEY", "SEQ_K_KEY", "HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "IS_VARLEN", "NUM_SPLITS"]
 
 
-def _prune_prefill(configs, named_args, **kwargs):
-    """Drop query tiles much taller than the (bucketed) query length; keep at least one config."""
-    seq_q = kwargs.get("SEQ_Q_KEY", named_args.get("SEQ_Q_KEY", 1 << 30))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, seq_q)]
+def _cfg_id(c):
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
+_NARROW_IDS = {_cfg_id(c) for c in _NARROW}
+_WIDE_IDS = {_cfg_id(c) for c in _WIDE}
+
+
+def _prune_tiled(configs, named_args, **kwargs):
+    """Keep the configs that fit the head dim without spilling and whose query tile is not much taller than the
+    (bucketed) query length; always keep at least one."""
+    get = lambda name, default: kwargs.get(name, named_args.get(name, default))  # noqa: E731
+    ids = _NARROW_IDS if get("BLOCK_D0", 64) + get("BLOCK_D1", 0) <= 96 else _WIDE_IDS
+    seq_q = get("SEQ_Q_KEY", 1 << 30)
+    kept = [c for c in configs if _cfg_id(c) in ids and c.kwargs["BLOCK_M"] <= max(64, seq_q)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
 
 
@@ -296,9 +313,91 @@ def _attn_combine_kernel(
              mask=d_ok)
 
 
-_fwd_prefill = triton.autotune(configs=_PREFILL_CONFIGS, key=_KEY,
-                               prune_configs_by={"early_config_prune": _prune_prefill})(_attn_fwd_kernel)
-_fwd_decode = triton.autotune(configs=_DECODE_CONFIGS, key=_KEY)(_attn_fwd_kernel)
+@triton.jit
+def _attn_decode_kernel(
+    # pointers and sizes: as _attn_fwd_kernel
+    Q, K, V, Out, Mask, OPart, LPart, CuQ, CuK,
+    H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_mb, stride_mn,
+    stride_ps, stride_ls, stride_lb, stride_lh, stride_lm,
+    SEQ_Q_KEY, SEQ_K_KEY,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Decode: one query row per program (no 16-row MMA tile for a single query), dot products as broadcast
+    multiply + reduce in fp32, keys optionally split across programs (flash-decoding). Memory-bound by design."""
+    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    i = pid % max_seqlen_q  # rows of one (b, h) are adjacent: they share K/V in L2
+    bh = pid // max_seqlen_q
+    b = bh // H
+    h = bh % H
+    if IS_VARLEN:
+        q_start = tl.load(CuQ + b).to(tl.int64)
+        k_start = tl.load(CuK + b).to(tl.int64)
+        len_q = tl.minimum(tl.load(CuQ + b + 1).to(tl.int64), T_q) - q_start
+        len_k = tl.minimum(tl.load(CuK + b + 1).to(tl.int64), T_k) - k_start
+    else:
+        q_start = 0
+        k_start = 0
+        len_q = S_q
+        len_k = S_k
+    if i >= len_q:
+        return
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM  # masked lanes fetch nothing: D = 80 reads 80 values, not 128
+    q = tl.load(Q + b * stride_qb + h * stride_qh + (q_start + i) * stride_qm + offs_d, mask=d_ok, other=0.0)
+    q = q.to(tl.float32) * qk_scale  # scale (with log2 e) folded into q once, not into every score
+    K_base = K + b * stride_kb + h * stride_kh + k_start * stride_kn
+    V_base = V + b * stride_vb + h * stride_vh + k_start * stride_vn
+    hi = len_k
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(hi, i + (len_k - len_q) + 1), 0)
+    lo = 0
+    if NUM_SPLITS > 1:
+        chunk = tl.cdiv(tl.cdiv(len_k, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * chunk
+        hi = tl.minimum(hi, lo + chunk)
+    m_i = tl.full([], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi  # key bound and causal limit in one compare
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(K_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+        qk = tl.sum(k.to(tl.float32) * q[None, :], 1)
+        valid = n_ok
+        if HAS_MASK:
+            keep = tl.load(Mask + b * stride_mb + offs_n * stride_mn, mask=n_ok, other=0)
+            valid = valid & (keep != 0)
+        qk = tl.where(valid, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: avoid (-inf) - (-inf)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        m_i = m_new
+        v = tl.load(V_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe
+    row_off = b * stride_ob + h * stride_oh + (q_start + i) * stride_om
+    if NUM_SPLITS > 1:
+        tl.store(OPart + split * stride_ps + row_off + offs_d, out, mask=d_ok)
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+        tl.store(LPart + split * stride_ls + b * stride_lb + h * stride_lh + (q_start + i) * stride_lm, lse)
+    else:
+        tl.store(Out + row_off + offs_d, out.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"), mask=d_ok)
+
+
+_fwd_tiled = triton.autotune(configs=_TILED_CONFIGS, key=_KEY,
+                             prune_configs_by={"early_config_prune": _prune_tiled})(_attn_fwd_kernel)
+_fwd_decode = triton.autotune(configs=_DECODE_CONFIGS, key=_KEY)(_attn_decode_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -320,7 +419,8 @@ def _num_sms(device_index: int) -> int:
 
 
 def _num_splits(device: torch.device, programs: int, max_seqlen_k: int) -> int:
-    """Key splits for decode: enough programs to fill the GPU about twice, each split >= 64 keys; a power of 2."""
+    """Key splits when (batch x heads x query blocks) leaves SMs idle: enough programs to fill the GPU about twice,
+    each split >= 64 keys; a power of 2 (few compiled variants)."""
     if device.type != "cuda":
         return 1
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
@@ -341,13 +441,14 @@ def _bucket(n: int) -> int:
 
 def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen_k, S_q, S_k, T_q, T_k,
             q_strides, k_strides, v_strides, o_strides, m_strides, scale, causal, varlen, num_splits=None):
-    """Pick prefill / decode, allocate split-KV buffers when needed, launch. Rows of ``out`` are (R, H, D)
-    contiguous: R = B * S_q padded (row = b * S_q + i), R = T_q varlen."""
+    """Pick the decode or the tiled kernel, allocate split-KV buffers when needed, launch. Rows of ``out`` are
+    (R, H, D) contiguous: R = B * S_q padded (row = b * S_q + i), R = T_q varlen."""
     BLOCK_D0, BLOCK_D1 = _head_dim_blocks(D)
     decode = max_seqlen_q <= DECODE_MAX_SQ
-    fwd = _fwd_decode if decode else _fwd_prefill
     if num_splits is None:
-        num_splits = _num_splits(q.device, B * H * triton.cdiv(max_seqlen_q, 16), max_seqlen_k) if decode else 1
+        rows_per_program = 1 if decode else 64
+        programs = B * H * triton.cdiv(max_seqlen_q, rows_per_program)
+        num_splits = _num_splits(q.device, programs, max_seqlen_k)
     check(num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
           f"num_splits must be a power of two >= 1, got {num_splits}")
     R = out.shape[0] * (out.shape[1] if not varlen else 1)
@@ -359,19 +460,22 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen
     else:
         opart, lpart, ps, ls, lb, lh, lm = out, out, 0, 0, 0, 0, 0
     qk_scale = float(scale) * _LOG2E
-    dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
-    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
-    fwd[grid](
-        q, k, v, out, mask, opart, lpart, cu_q, cu_k,
-        H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
-        *q_strides, *k_strides, *v_strides, *o_strides, *m_strides,
-        ps, ls, lb, lh, lm,
-        _bucket(max_seqlen_q), _bucket(max_seqlen_k),
-        HEAD_DIM=D, BLOCK_D0=BLOCK_D0, BLOCK_D1=BLOCK_D1, PAD_D0=BLOCK_D0 > D,
-        PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D, IS_VARLEN=varlen, HAS_MASK=mask is not None and not varlen,
-        IS_CAUSAL=bool(causal), NUM_SPLITS=num_splits,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", DOT_F32=dot_f32,
-    )
+    args = (q, k, v, out, mask, opart, lpart, cu_q, cu_k,
+            H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
+            *q_strides, *k_strides, *v_strides, *o_strides, *m_strides,
+            ps, ls, lb, lh, lm,
+            _bucket(max_seqlen_q), _bucket(max_seqlen_k))
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=mask is not None and not varlen, IS_CAUSAL=bool(causal),
+                 NUM_SPLITS=num_splits)
+    if decode:
+        _fwd_decode[(max_seqlen_q * B * H, num_splits)](*args, BLOCK_D=triton.next_power_of_2(D), **flags)
+    else:
+        dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
+        grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
+        _fwd_tiled[grid](
+            *args, BLOCK_D0=BLOCK_D0, BLOCK_D1=BLOCK_D1, PAD_D0=BLOCK_D0 > D,
+            PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", DOT_F32=dot_f32, **flags)
     if num_splits > 1:
         out_rows = out.view(R, H, D)
         _attn_combine_kernel[(R * H,)](
