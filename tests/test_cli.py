@@ -21,10 +21,10 @@ def ckpt(spm_dir, tmp_path_factory):
 
 
 def test_fill_mask_from_argument(ckpt, capsys):
-    assert main(["fill-mask", "Hello <mask>!", "--model", str(ckpt), "--top-k", "3"]) == 0
+    assert main(["fill-mask", "Hello <mask>!", "--model", str(ckpt), "--top-k", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "Hello <mask>!" and len(out) == 4, out
-    want = xlmrxl.pipeline("fill-mask", model=str(ckpt), top_k=3)("Hello <mask>!")
+    want = xlmrxl.pipeline("fill-mask", model=str(ckpt), top_k=3, device="cpu")("Hello <mask>!")
     assert out[1].split()[0] == f"{want[0]['score']:.4f}" and want[0]["sequence"] in out[1]
 
 
@@ -51,9 +51,9 @@ def test_fill_mask_error_and_verbose_logging(ckpt, capsys):
 
 def test_embed(ckpt, capsys, monkeypatch):
     h = xlmrxl.XLMRobertaXLConfig.from_pretrained(str(ckpt)).hidden_size
-    assert main(["embed", "Hello world", "--model", str(ckpt), "--pooling", "mean"]) == 0
+    assert main(["embed", "Hello world", "--model", str(ckpt), "--pooling", "mean", "--device", "cpu"]) == 0
     vec = json.loads(capsys.readouterr().out)
-    want = xlmrxl.pipeline("feature-extraction", model=str(ckpt), pooling="mean")("Hello world")
+    want = xlmrxl.pipeline("feature-extraction", model=str(ckpt), pooling="mean", device="cpu")("Hello world")
     assert len(vec) == h
     err = max(abs(a - b) for a, b in zip(vec, want.tolist()))
     assert err < 1e-5, f"embed output vs pipeline: max error {err:.3e}"
@@ -129,7 +129,8 @@ def test_quantize(spm_dir, tmp_path, capsys):
     src = make_checkpoint(tmp_path / "src", spm_dir, hidden_size=256, num_attention_heads=4,
                           intermediate_size=512)  # K a multiple of the group size
     dst = tmp_path / "int4"
-    assert main(["quantize", str(src), str(dst), "--group-size", "128", "--dtype", "float32"]) == 0
+    assert main(["quantize", str(src), str(dst), "--group-size", "128", "--dtype", "float32",
+                 "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "int4" in out and "quantized    yes" in out
     info = checkpoint_info(dst)
@@ -144,10 +145,11 @@ def test_quantize(spm_dir, tmp_path, capsys):
     assert info["parameters"] == xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(str(src)).num_parameters()
     for key in ("quantized_linear_layers", "quantized_linear_bytes", "quantized_linear_bf16_bytes"):
         assert info[key] == report[key], key
-    assert main(["fill-mask", "Hello <mask>!", "--model", str(dst), "--top-k", "2"]) == 0
+    assert main(["fill-mask", "Hello <mask>!", "--model", str(dst), "--top-k", "2", "--device", "cpu"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     # a group size other than 128 goes through the dict form of quantization=
-    assert main(["quantize", str(src), str(tmp_path / "g64"), "--group-size", "64", "--dtype", "float32"]) == 0
+    assert main(["quantize", str(src), str(tmp_path / "g64"), "--group-size", "64", "--dtype", "float32",
+                 "--device", "cpu"]) == 0
     assert checkpoint_info(tmp_path / "g64")["quantization_config"]["group_size"] == 64
 
 
