@@ -128,8 +128,14 @@ def test_group_errors(device):
         int4_matmul(torch.randn(2, 256, device=device), q, s.t().contiguous(), z, 128)
     with pytest.raises(ValueError, match="activation"):
         int4_matmul(torch.randn(2, 256, device=device), q, s, z, 128, activation="relu")
-    assert int4_matmul_not_supported(torch.randn(2, 256, device=device), q, s, z, 128) == []
-    assert int4_matmul_not_supported(torch.randn(2, 256, device=device), q, s, z, 256 // 16), "group 16 < 32"
+    x_ok = torch.randn(2, 256, device=device, dtype=_kernel_dtype(device))
+    assert int4_matmul_not_supported(x_ok, q, s, z, 128) == []
+    assert int4_matmul_not_supported(x_ok, q, s, z, 16), "group 16 < 32 must be reported"
+
+
+def _kernel_dtype(device):
+    """fp32 runs the kernel only under the interpreter (on a GPU fp32 int4 takes the reference)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def _mean_rel(out, ref):
@@ -180,6 +186,21 @@ def test_int4_matmul_bf16(M, device):
     ref = int4_matmul_ref(x, q, s, z, 128, upcast=True)
     assert out.dtype == torch.bfloat16
     assert _mean_rel(out, ref) <= 4e-3, f"bf16 M={M}: mean rel {_mean_rel(out, ref):.2e}"
+
+
+@pytest.mark.parametrize("M", [2, 80])
+def test_int4_matmul_strided_views(M, device):
+    """Column slices of concatenated scales / zeros (what fused q/k/v with shared storage hands the kernel)."""
+    dt = _kernel_dtype(device)
+    q, s, z = quantize_int4(torch.randn(96, 256, device=device, dtype=dt), 128)
+    rows = slice(32, 72)
+    qv, sv, zv = q[rows], s[:, rows], z[:, rows]
+    assert not sv.is_contiguous()
+    x = torch.randn(M, 256, device=device, dtype=dt)
+    out = int4_matmul(x, qv, sv, zv, 128)
+    ref = int4_matmul_ref(x, qv.contiguous(), sv.contiguous(), zv.contiguous(), 128, upcast=True)
+    assert out.shape == (M, 40) and out.dtype == dt
+    assert _mean_rel(out, ref) <= 1e-3, f"strided scales / zeros: mean rel {_mean_rel(out, ref):.2e}"
 
 
 def test_reference_matches_linear_on_dequantized(device):
