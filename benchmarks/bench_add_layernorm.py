@@ -88,7 +88,6 @@ def main(argv=None) -> int:
                     "x_vs_compile": None if None in (t_ours, t_comp) else t_comp / t_ours,
                     "note": comp_err or "",
                 })
-                del x, r, w, b
     cols = ["dtype", "N", "rows", "xlmrxl_GBps", "pct_of_copy", "eager_GBps", "compile_GBps", "x_vs_eager",
             "x_vs_compile", "xlmrxl_ms", "eager_ms", "compile_ms", "note"]
     name = "add_layernorm_tiny_cpu" if args.tiny else "add_layernorm"
