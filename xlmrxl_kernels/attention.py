@@ -16,7 +16,7 @@
     packed q ``(T_q, H, D)``, k / v ``(T_k, H, D)`` (last dim contiguous); sequence b owns rows
     ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32 ``(B+1,)`` on q's device, nondecreasing; lengths 0 and 1 are fine);
     ``max_seqlen_*`` are host ints >= every length (as in flash-attn; too small a value leaves query rows unwritten).
-    Output ``(T_q, H, D)``; rows past ``cu_seqlens_q[-1]`` are not written. Causal aligns each sequence's queries to
+    Output ``(T_q, H, D)``; rows past ``cu_seqlens_q[-1]`` are left undefined. Causal aligns each sequence's queries to
     the end of its keys. cu_seqlens are only validated on the host when they live on the CPU (or with
     ``XLMRXL_DEBUG_CHECKS=1``): checking CUDA tensors would cost a device sync on every call.
 
