@@ -117,20 +117,58 @@ def _reason(encoder, *, attention_mask, head_mask, output_attentions, encoder_hi
     g = nn.modules.module
     if getattr(g, "_global_forward_hooks", None) or getattr(g, "_global_forward_pre_hooks", None):
         return "global module forward hooks are registered; the fused path would skip them"
-    for m in encoder.modules():
+    reason, modules = _structure(encoder)
+    if reason is not None:
+        return reason
+    for m in modules:
         if m is not encoder and (m._forward_hooks or m._forward_pre_hooks):
             hooks = list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values())
             if any(getattr(h, "__name__", "") not in _IGNORED_HOOK_NAMES for h in hooks):
                 return (f"{type(m).__name__} has forward hooks that the fused path would skip; remove them "
                         "to take the fast path")
-    for i, layer in enumerate(layers):
+    return None
+
+
+def _fingerprint(encoder) -> Optional[tuple]:
+    """Identity of every module and weight the structural checks look at (dict reads only: this runs per call)."""
+    try:
+        fp = [id(encoder._modules["LayerNorm"])]
+        add = fp.append
+        for layer in encoder._modules["layer"]._modules.values():
+            lm = layer._modules
+            am = lm["attention"]._modules
+            sm = am["self"]._modules
+            inter = lm["intermediate"]
+            for m in (sm["query"], sm["key"], sm["value"], am["output"]._modules["dense"], inter._modules["dense"],
+                      lm["output"]._modules["dense"]):
+                add(id(m))
+                add(id(m._parameters.get("weight", None) if "weight" in m._parameters else m._buffers.get("qweight")))
+            add(id(am["self_attn_layer_norm"]))
+            add(id(lm["LayerNorm"]))
+            add(id(inter._modules.get("intermediate_act_fn") or inter.__dict__.get("intermediate_act_fn")))
+        return tuple(fp)
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+def _structure(encoder):
+    """(reason or None, flat module list), cached on the encoder until a checked module or weight is replaced."""
+    key = _fingerprint(encoder)
+    cached = encoder.__dict__.get("_xlmrxl_structure")
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    reason = None
+    for i, layer in enumerate(encoder.layer):
         r = _layer_reason(layer)
         if r is not None:
-            return f"layer {i}: {r}"
-    ln = getattr(encoder, "LayerNorm", None)
-    if not isinstance(ln, nn.LayerNorm):
-        return "the encoder has no final LayerNorm (encoder.LayerNorm)"
-    return None
+            reason = f"layer {i}: {r}"
+            break
+    if reason is None and not isinstance(getattr(encoder, "LayerNorm", None), nn.LayerNorm):
+        reason = "the encoder has no final LayerNorm (encoder.LayerNorm)"
+    modules = list(encoder.modules())
+    if key is not None and reason is None:  # only a pass is cached (a meta weight can be filled in place later)
+        encoder.__dict__["_xlmrxl_structure"] = (key, reason, modules)
+    return reason, modules
 
 
 def _layer_reason(layer) -> Optional[str]:
@@ -275,13 +313,13 @@ class PackedEncoderOutput:
 # fused QKV
 # ---------------------------------------------------------------------------------------------------------------
 def _views_intact(parts, fused: torch.Tensor) -> bool:
+    """Are ``parts`` still the consecutive row blocks of ``fused`` (pointer arithmetic only: runs per layer)?"""
+    ptr, row = fused.data_ptr(), fused[0].numel() * fused.element_size() if fused.dim() > 1 else fused.element_size()
     off = 0
     for p in parts:
-        n = p.shape[0]
-        if (p.dtype != fused.dtype or p.device != fused.device or p.data_ptr() != fused[off:off + n].data_ptr()
-                or p.shape[1:] != fused.shape[1:] or not p.is_contiguous()):
+        if p.data_ptr() != ptr + off * row or p.dtype != fused.dtype or not p.is_contiguous():
             return False
-        off += n
+        off += p.shape[0]
     return off == fused.shape[0]
 
 
@@ -353,31 +391,43 @@ def _fused_qkv_module(sa):
 # ---------------------------------------------------------------------------------------------------------------
 # the forward
 # ---------------------------------------------------------------------------------------------------------------
+class _Ops:
+    """The op functions of one forward, resolved through the backend once each (not once per layer and call)."""
+
+    def __init__(self, be: Backend, device: torch.device):
+        self.be, self.device = be, device
+
+    def __getattr__(self, name):
+        fn = self.be.op(name, self.device)
+        setattr(self, name, fn)
+        return fn
+
+
 class _Stream:
     """The residual stream of one forward; holds a pending (y, residual) pair when an int4 projection left its
     residual add to the next LayerNorm."""
 
-    def __init__(self, x: torch.Tensor, backend: Backend):
+    def __init__(self, x: torch.Tensor, ops: _Ops):
         self.x = x
         self.pending: Optional[torch.Tensor] = None
-        self.be = backend
+        self.ops = ops
 
     def norm(self, ln: nn.LayerNorm) -> torch.Tensor:
         if self.pending is not None:
-            h, self.x = self.be.add_layernorm(self.pending, self.x, ln.weight, ln.bias, ln.eps)
+            h, self.x = self.ops.add_layernorm(self.pending, self.x, ln.weight, ln.bias, ln.eps)
             self.pending = None
         else:
-            h, _ = self.be.add_layernorm(self.x, None, ln.weight, ln.bias, ln.eps)
+            h, _ = self.ops.add_layernorm(self.x, None, ln.weight, ln.bias, ln.eps)
         return h
 
-    def add_projection(self, inp: torch.Tensor, lin) -> None:
+    def add_projection(self, inp: torch.Tensor, lin, int4: bool) -> None:
         """x <- x + lin(inp)."""
         if self.pending is not None:
             self.materialize()
-        if _is_int4(lin):
-            self.pending = _int4(self.be, inp, lin, lin.bias)
+        if int4:
+            self.pending = _int4(self.ops, inp, lin, lin.bias)
         else:
-            self.x = self.be.linear_residual(inp, lin.weight, lin.bias, self.x)
+            self.x = self.ops.linear_residual(inp, lin.weight, lin.bias, self.x)
 
     def materialize(self) -> torch.Tensor:
         if self.pending is not None:
@@ -386,17 +436,18 @@ class _Stream:
         return self.x
 
 
-def _int4(be: Backend, x, m, bias, activation=None):
-    return be.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
+def _int4(ops: _Ops, x, m, bias, activation=None):
+    return ops.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias,
+                           activation=activation)
 
 
-def _attention(be: Backend, q, k, v, packing: Packing, scale: float, causal: bool) -> torch.Tensor:
+def _attention(ops: _Ops, q, k, v, packing: Packing, scale: float, causal: bool) -> torch.Tensor:
     """Varlen attention on the packed (T, heads, D) views. Where the backend picks the PyTorch reference (CPU, or
     backend='reference'), the same maths runs as torch SDPA per sequence instead: ``attention_varlen_ref`` is an
     oracle (masks, fp32 copies, a host sync per call) and would cost more than all the GEMMs on a CPU."""
     from xlmrxl_kernels.reference import attention_varlen_ref
 
-    fn = be.op("attention_varlen", q.device)
+    fn = ops.attention_varlen
     if fn is not attention_varlen_ref or not packing.lengths:
         return fn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen,
                   scale=scale, causal=causal)
@@ -426,36 +477,60 @@ def _is_causal(encoder) -> bool:
     return bool(getattr(layer0, "is_decoder", False))
 
 
-def _layer(layer, st: _Stream, packing: Packing, causal: bool) -> None:
-    attn = layer.attention
-    sa = attn.self
-    be = st.be
+class _LayerPlan:
+    """The modules one layer runs with, looked up once per structure (not per forward)."""
+
+    __slots__ = ("sa", "ln_attn", "ln_ffn", "o", "up", "down", "heads", "scale", "o_int4", "up_int4", "down_int4")
+
+    def __init__(self, layer):
+        attn = layer.attention
+        self.sa = attn.self
+        self.ln_attn, self.ln_ffn = attn.self_attn_layer_norm, layer.LayerNorm
+        self.o, self.up, self.down = attn.output.dense, layer.intermediate.dense, layer.output.dense
+        self.o_int4, self.up_int4, self.down_int4 = _is_int4(self.o), _is_int4(self.up), _is_int4(self.down)
+        self.heads = _num_heads(self.sa)
+        self.scale = getattr(self.sa, "scaling", None)
+
+
+def _plans(encoder):
+    """Per-layer plans, cached with the structure check (refreshed whenever ``unsupported_reason`` sees a module or
+    weight replaced)."""
+    cached = encoder.__dict__.get("_xlmrxl_plans")
+    st = encoder.__dict__.get("_xlmrxl_structure")
+    if cached is not None and st is not None and cached[0] is st:
+        return cached[1]
+    plans = [_LayerPlan(layer) for layer in encoder.layer]
+    if st is not None:
+        encoder.__dict__["_xlmrxl_plans"] = (st, plans)
+    return plans
+
+
+def _layer(plan: _LayerPlan, st: _Stream, packing: Packing, causal: bool) -> None:
+    ops = st.ops
     T = st.x.shape[0]
-    h = st.norm(attn.self_attn_layer_norm)
-    kind, *what = _fused_qkv_module(sa)
+    h = st.norm(plan.ln_attn)
+    kind, *what = _fused_qkv_module(plan.sa)
     if kind == "dense":
         W, b = what
         qkv = F.linear(h, W, b)
     elif kind == "int4":
         cat = what[0]
-        qkv = _int4(be, h, cat, cat.bias)
+        qkv = _int4(ops, h, cat, cat.bias)
     else:
+        sa = plan.sa
         outs = []
         for m in (sa.query, sa.key, sa.value):
-            outs.append(_int4(be, h, m, m.bias) if _is_int4(m) else F.linear(h, m.weight, m.bias))
+            outs.append(_int4(ops, h, m, m.bias) if _is_int4(m) else F.linear(h, m.weight, m.bias))
         qkv = torch.cat(outs, dim=-1)
-    heads = _num_heads(sa)
     width = qkv.shape[-1] // 3
-    d = width // heads
-    qkv = qkv.view(T, 3, heads, d)
-    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-    scale = getattr(sa, "scaling", None) or d ** -0.5
-    a = _attention(be, q, k, v, packing, scale, causal)
-    st.add_projection(a.reshape(T, width), attn.output.dense)
-    h = st.norm(layer.LayerNorm)
-    up = layer.intermediate.dense
-    u = _int4(be, h, up, up.bias, "gelu") if _is_int4(up) else be.linear_gelu(h, up.weight, up.bias)
-    st.add_projection(u, layer.output.dense)
+    d = width // plan.heads
+    qkv = qkv.view(T, 3, plan.heads, d)
+    a = _attention(ops, qkv[:, 0], qkv[:, 1], qkv[:, 2], packing, plan.scale or d ** -0.5, causal)
+    st.add_projection(a.reshape(T, width), plan.o, plan.o_int4)
+    h = st.norm(plan.ln_ffn)
+    up = plan.up
+    u = _int4(ops, h, up, up.bias, "gelu") if plan.up_int4 else ops.linear_gelu(h, up.weight, up.bias)
+    st.add_projection(u, plan.down, plan.down_int4)
 
 
 def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False,
@@ -476,10 +551,10 @@ def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_h
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * len(layers) + [zeros] if output_hidden_states else None
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    st = _Stream(x, be)
+    st = _Stream(x, _Ops(be, x.device))
     collected = [x] if output_hidden_states else None
-    for i, layer in enumerate(layers):
-        _layer(layer, st, packing, causal)
+    for i, plan in enumerate(_plans(encoder)):
+        _layer(plan, st, packing, causal)
         if output_hidden_states and i < len(layers) - 1:
             collected.append(st.materialize())
     out = st.norm(encoder.LayerNorm)
