@@ -26,9 +26,22 @@ def test_run_help(capsys):
     assert exc.value.code == 0
 
 
-def test_e2e_tiny_runs(tmp_path):
+TINY = [n for n in SCRIPTS if '"--tiny"' in (pathlib.Path(__file__).parents[1] / "benchmarks" / f"{n}.py").read_text()]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_benchmark_tiny_runs(name, tmp_path):
+    """Each GPU benchmark's `--tiny` mode runs its whole code path on CPU at toy sizes (numbers mean nothing)."""
+    mod = importlib.import_module(f"benchmarks.{name}")
+    code = mod.main(["--tiny", "--quick", "--out", str(tmp_path)])
+    assert code in (0, None)
+    assert list(tmp_path.glob("*.json")), f"{name} --tiny wrote no results"
+
+
+def test_e2e_tiny_has_every_peer(tmp_path):
     from benchmarks import bench_e2e
 
     assert bench_e2e.main(["--tiny", "--quick", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "e2e_tiny_cpu.md").read_text()
-    assert "xlmrxl" in text and "hf-sdpa" in text
+    for peer in ("hf-sdpa", "xlmrxl", "hf+xlmrxl.accelerate"):
+        assert peer in text
