@@ -19,8 +19,8 @@
 - Whatever cannot be accelerated runs the **original** encoder code for that call, with one logged reason
   (``xlmrxl`` logger, INFO, once per reason): training with dropout, autograd recording, ``output_attentions``,
   relative positions, ``head_mask``, cross-attention, KV cache decoding, custom 4D masks, forward hooks on encoder
-  submodules, and (5.x) outputs captured by transformers' hooks (``output_hidden_states``/``output_attentions``).
-  With 4.56.x, ``output_hidden_states`` is served by the fast path.
+  submodules, and (5.x) attentions captured by transformers' hooks. ``output_hidden_states`` is served by the fast
+  path in both versions (5.x: the hidden states are handed to transformers' output collector as its hooks would).
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
 - ``from_transformers(hf_model, backend="auto")`` builds xlmrxl's model of the same class **sharing** the parameter
   objects (no copy); ``to_transformers(model)`` builds transformers' model of the same class sharing ours.
@@ -184,20 +184,33 @@ def _padding_mask(state: _AccelState, mask, B: int, S: int):
     return row, None
 
 
-def _capture_reason() -> Optional[str]:
-    """transformers 5.x records hidden states / attentions with hooks on the layers while a collection is active."""
+def _capture_state(config):
+    """transformers 5.x records hidden states / attentions with hooks on the layers while a collection is active.
+    Returns (reason or None, the collected-outputs dict to fill with hidden states or None)."""
     try:
         from transformers.utils.output_capturing import _active_collector
     except Exception:
-        return None
+        return None, None
     try:
         collected = _active_collector.get()
     except Exception:  # pragma: no cover - private API changed
-        return "cannot tell whether transformers is capturing layer outputs"
+        return "cannot tell whether transformers is capturing layer outputs", None
     keys = [k for k in (collected or {}) if not k.startswith("_")]
-    if keys:
-        return f"transformers is capturing {', '.join(keys)} with layer hooks (output_hidden_states/output_attentions)"
-    return None
+    if not keys:
+        return None, None
+    tie = getattr(config, "tie_last_hidden_states", None)
+    if (keys == ["hidden_states"] and isinstance(collected["hidden_states"], list) and not collected["hidden_states"]
+            and tie in (None, True)):
+        return None, collected
+    return f"transformers is capturing {', '.join(keys)} with layer hooks (output_attentions)", None
+
+
+def _fill_hidden_states(collected: dict, all_hs) -> None:
+    """Append the hidden states the way transformers' capture hooks would (its selection of indices honoured)."""
+    out = collected["hidden_states"]
+    selection = collected.get("_hidden_states_layers")
+    for h in all_hs:
+        out.append(h if selection is None or len(out) in selection else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,7 +230,9 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
 
     out_hs = bool(get("output_hidden_states", False)) if state.legacy else False
     B, S = hidden_states.shape[:2]
-    reason = None if state.legacy else _capture_reason()
+    reason, collector = (None, None) if state.legacy else _capture_state(getattr(self, "config", None))
+    if collector is not None:
+        out_hs = True
     mask2d = None
     if reason is None:
         mask2d, reason = _padding_mask(state, get("attention_mask"), B, S)
@@ -233,6 +248,8 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
 
     last, all_hs = fast_path.encoder_forward(self, hidden_states, mask2d, state.backend, output_hidden_states=out_hs,
                                              causal=state.causal)
+    if collector is not None:
+        _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
     if state.legacy and not get("return_dict", True):
