@@ -10,6 +10,7 @@
 //       k_cache[:, :, :length] = k_cache[beam_idx, :, :length] in place (beam search), same for V.
 //   cache_reset(k_cache, v_cache, start=0)
 //       zero every slot at or after `start` (start=0: reset; start=n: crop to n tokens).
+//   _emulate_cuda_update(...)   test hook: the CUDA kernel's body (cache_update_kernel.h) run on the host.
 //
 // Caches are (B, H, max_len, D), new keys/values (B, H, T, D); float32, float16 or bfloat16, any strides. Every
 // argument is checked here, and a message names the tensor and the expected vs actual shape / dtype / device.
@@ -65,27 +66,27 @@ bool supported_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHal
 void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache) {
   TORCH_CHECK_VALUE(k_cache.dim() == 4, "k_cache must have 4 dims (B, H, max_len, D), got ", k_cache.dim());
   TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", shape_str(k_cache),
-              ", got ", shape_str(v_cache));
+                    ", got ", shape_str(v_cache));
   TORCH_CHECK_TYPE(supported_dtype(k_cache.scalar_type()), "k_cache must be float32, float16 or bfloat16, got ",
-              dtype_name(k_cache.scalar_type()));
+                   dtype_name(k_cache.scalar_type()));
   TORCH_CHECK_TYPE(v_cache.scalar_type() == k_cache.scalar_type(), "v_cache must have the dtype of k_cache (",
-              dtype_name(k_cache.scalar_type()), "), got ", dtype_name(v_cache.scalar_type()));
-  TORCH_CHECK_VALUE(v_cache.device() == k_cache.device(), "v_cache must be on the device of k_cache (", k_cache.device(),
-              "), got ", v_cache.device());
+                   dtype_name(k_cache.scalar_type()), "), got ", dtype_name(v_cache.scalar_type()));
+  TORCH_CHECK_VALUE(v_cache.device() == k_cache.device(), "v_cache must be on the device of k_cache (",
+                    k_cache.device(), "), got ", v_cache.device());
   // An expanded (stride 0) cache would have several slots share one address: writes would clobber each other.
   TORCH_CHECK_VALUE(at::has_internal_overlap(k_cache) != at::MemOverlap::Yes,
-              "k_cache has internally overlapping memory (an expanded view?); pass a real buffer, e.g. .clone()");
+                    "k_cache has internally overlapping memory (an expanded view?); pass a real buffer, e.g. .clone()");
   TORCH_CHECK_VALUE(at::has_internal_overlap(v_cache) != at::MemOverlap::Yes,
-              "v_cache has internally overlapping memory (an expanded view?); pass a real buffer, e.g. .clone()");
+                    "v_cache has internally overlapping memory (an expanded view?); pass a real buffer, e.g. .clone()");
   TORCH_CHECK_VALUE(!shares_memory(k_cache, v_cache),
-              "k_cache and v_cache share memory; they must be two separate buffers");
+                    "k_cache and v_cache share memory; they must be two separate buffers");
 }
 
 void check_new(const char* name, const at::Tensor& t, const at::Tensor& k_cache) {
   TORCH_CHECK_TYPE(t.scalar_type() == k_cache.scalar_type(), name, " must have the dtype of k_cache (",
-              dtype_name(k_cache.scalar_type()), "), got ", dtype_name(t.scalar_type()));
+                   dtype_name(k_cache.scalar_type()), "), got ", dtype_name(t.scalar_type()));
   TORCH_CHECK_VALUE(t.device() == k_cache.device(), name, " must be on the device of k_cache (", k_cache.device(),
-              "), got ", t.device());
+                    "), got ", t.device());
 }
 
 // An integer vector (B,) on the caches' device: positions, lengths, beam_idx.
@@ -158,28 +159,37 @@ void cache_update_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor
 
 }  // namespace
 
-void cache_update(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new, const at::Tensor& v_new,
-                  const at::Tensor& positions, const std::optional<at::Tensor>& lengths) {
+// Every check of cache_update (shapes, dtypes, devices, aliasing); returns the call's geometry.
+UpdateGeometry check_update(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new,
+                            const at::Tensor& v_new, const at::Tensor& positions,
+                            const std::optional<at::Tensor>& lengths) {
   check_caches(k_cache, v_cache);
   TORCH_CHECK_VALUE(k_new.dim() == 4, "k_new must have 4 dims (B, H, T, D), got ", k_new.dim());
   TORCH_CHECK_VALUE(v_new.sizes() == k_new.sizes(), "v_new must have the shape of k_new ", shape_str(k_new), ", got ",
-              shape_str(v_new));
+                    shape_str(v_new));
   const int64_t B = k_cache.size(0), H = k_cache.size(1), L = k_cache.size(2), D = k_cache.size(3);
   const int64_t T = k_new.size(2);
-  TORCH_CHECK_VALUE(k_new.size(0) == B && k_new.size(1) == H && k_new.size(3) == D, "k_new must have shape (B, H, T, D) = (",
-              B, ", ", H, ", T, ", D, ") to match k_cache ", shape_str(k_cache), ", got ", shape_str(k_new));
+  TORCH_CHECK_VALUE(k_new.size(0) == B && k_new.size(1) == H && k_new.size(3) == D,
+                    "k_new must have shape (B, H, T, D) = (", B, ", ", H, ", T, ", D, ") to match k_cache ",
+                    shape_str(k_cache), ", got ", shape_str(k_new));
   check_new("k_new", k_new, k_cache);
   check_new("v_new", v_new, k_cache);
   const auto device = k_cache.device();
   check_index_vector("positions", positions, B, device);
   if (lengths.has_value()) check_index_vector("lengths", *lengths, B, device);
-  if (B == 0 || H == 0 || T == 0 || D == 0) return;
   TORCH_CHECK_VALUE(!shares_memory(k_cache, k_new) && !shares_memory(v_cache, v_new),
-              "k_new / v_new must not share memory with k_cache / v_cache (pass a copy of a cache slice)");
+                    "k_new / v_new must not share memory with k_cache / v_cache (pass a copy of a cache slice)");
+  return {B, H, T, L, D, static_cast<int64_t>(k_cache.element_size())};
+}
 
+void cache_update(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new, const at::Tensor& v_new,
+                  const at::Tensor& positions, const std::optional<at::Tensor>& lengths) {
+  const UpdateGeometry g = check_update(k_cache, v_cache, k_new, v_new, positions, lengths);
+  const int64_t B = g.B, H = g.H, T = g.T, L = g.L, D = g.D;
+  if (B == 0 || H == 0 || T == 0 || D == 0) return;
+  const auto device = k_cache.device();
   if (device.is_cuda()) {
 #ifdef XLMRXL_WITH_CUDA
-    UpdateGeometry g{B, H, T, L, D, static_cast<int64_t>(k_cache.element_size())};
     cache_update_cuda(k_cache, v_cache, k_new, v_new, positions, lengths, g);
     return;
 #else
@@ -196,13 +206,45 @@ void cache_update(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_ne
     TORCH_CHECK_VALUE(len[b] >= 0 && len[b] <= T, "lengths[", b, "] = ", len[b], " must be in [0, T = ", T, "]");
     TORCH_CHECK_VALUE(pos[b] >= 0, "positions[", b, "] = ", pos[b], " must be >= 0");
     TORCH_CHECK_VALUE(pos[b] + len[b] <= L, "positions[", b, "] + ",
-                (lengths.has_value() ? "lengths[" + std::to_string(b) + "]" : std::string("T")), " = ", pos[b],
-                " + ", len[b], " = ", pos[b] + len[b], " exceeds max_len = ", L,
-                " of k_cache; allocate the cache with a larger max_len, or crop / reset it");
+                      (lengths.has_value() ? "lengths[" + std::to_string(b) + "]" : std::string("T")), " = ", pos[b],
+                      " + ", len[b], " = ", pos[b] + len[b], " exceeds max_len = ", L,
+                      " of k_cache; allocate the cache with a larger max_len, or crop / reset it");
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "xlmrxl_cache_update_cpu", [&] {
     cache_update_cpu<scalar_t>(k_cache, v_cache, k_new, v_new, pos, len, H, D);
   });
+}
+
+// For tests on machines without a GPU: run the CUDA kernel's own body (cache_update_kernel.h) over its launch grid
+// on the host, one emulated thread after another (the kernel's threads never depend on each other). No bounds
+// errors: out-of-range tokens are skipped, as on the device. max_grid caps the grid to exercise grid-stride loops.
+// Returns the plan: (copy unit bytes, block x, block y, grid x, grid y).
+std::vector<int64_t> emulate_cuda_update(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k_new,
+                                         const at::Tensor& v_new, const at::Tensor& positions,
+                                         const std::optional<at::Tensor>& lengths, int64_t max_grid) {
+  const UpdateGeometry g = check_update(k_cache, v_cache, k_new, v_new, positions, lengths);
+  TORCH_CHECK_VALUE(k_cache.device().is_cpu(), "_emulate_cuda_update takes cpu tensors, got ", k_cache.device());
+  TORCH_CHECK_VALUE(max_grid >= 1, "max_grid must be >= 1, got ", max_grid);
+  if (g.B == 0 || g.H == 0 || g.T == 0 || g.D == 0) return {};
+  kern::Plan plan;
+  const kern::Params p = make_params(k_cache, v_cache, k_new, v_new, positions, lengths, g, &plan, max_grid);
+  auto run = [&](auto unit_tag) {
+    using unit_t = decltype(unit_tag);
+    for (int kv = 0; kv < 2; ++kv)
+      for (int64_t by = 0; by < plan.gy; ++by)
+        for (int64_t bx = 0; bx < plan.gx; ++bx)
+          for (int ty = 0; ty < plan.by; ++ty)
+            for (int tx = 0; tx < plan.bx; ++tx)
+              kern::update_thread<unit_t>(p, kv, by, plan.gy, bx, plan.gx, tx, ty, plan.bx, plan.by);
+  };
+  switch (plan.unit) {
+    case 16: run(kern::HostVec16{}); break;
+    case 8: run(kern::HostVec8{}); break;
+    case 4: run(uint32_t{}); break;
+    case 2: run(uint16_t{}); break;
+    default: TORCH_CHECK(false, "unsupported copy unit of ", plan.unit, " bytes");
+  }
+  return {plan.unit, plan.bx, plan.by, plan.gx, plan.gy};
 }
 
 void cache_reorder(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& beam_idx,
@@ -250,6 +292,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cache_reset", &xlmrxl::cache_reset, py::call_guard<py::gil_scoped_release>(),
         "Zero every cache slot at or after `start` (0: reset; n: crop to n tokens).", py::arg("k_cache"),
         py::arg("v_cache"), py::arg("start") = 0);
+  m.def("_emulate_cuda_update", &xlmrxl::emulate_cuda_update,
+        "Test hook: the CUDA kernel's body run on the host over its grid (cpu tensors); returns the launch plan "
+        "(unit bytes, block x, block y, grid x, grid y).",
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("k_new"), py::arg("v_new"), py::arg("positions"),
+        py::arg("lengths") = py::none(), py::arg("max_grid") = 65535);
   m.def("with_cuda", [] {
 #ifdef XLMRXL_WITH_CUDA
     return true;

@@ -144,7 +144,8 @@ BAD_CALLS = {
     "v_new_shape": (lambda a: a.update(v_new=a["v_new"][:, :, :1]), ValueError,
                     "v_new must have the shape of k_new [2, 3, 2, 4], got [2, 3, 1, 4]"),
     "k_new_heads": (lambda a: a.update(k_new=a["k_new"][:, :2], v_new=a["v_new"][:, :2]), ValueError,
-                    "k_new must have shape (B, H, T, D) = (2, 3, T, 4) to match k_cache [2, 3, 8, 4], got [2, 2, 2, 4]"),
+                    "k_new must have shape (B, H, T, D) = (2, 3, T, 4) to match k_cache [2, 3, 8, 4], "
+                    "got [2, 2, 2, 4]"),
     "positions_dtype": (lambda a: a.update(positions=a["positions"].float()), TypeError,
                         "positions must be int32 or int64 on cpu, got float32 on cpu"),
     "positions_device": (lambda a: a.update(positions=torch.empty(2, dtype=torch.long, device="meta")), ValueError,
@@ -280,6 +281,67 @@ def test_require_ext_makes_absence_an_import_error(monkeypatch):
     monkeypatch.setenv("XLMRXL_REQUIRE_EXT", "1")
     with pytest.raises(ImportError, match="XLMRXL_REQUIRE_EXT=1 but the C\\+\\+ extension"):
         cu._load("xlmrxl_kernels._C_does_not_exist")
+
+
+# -- the CUDA kernel's own code, emulated on the host (runs everywhere) ------------------------------------------------
+def _emu_layouts(B, H, L, T, D, dtype):
+    caches = {
+        "contiguous": lambda: torch.randn(B, H, L, D).to(dtype),
+        "blhd_transposed": lambda: torch.randn(B, L, H, D).to(dtype).transpose(1, 2),
+        "slice_of_larger": lambda: torch.randn(B + 1, H, L + 3, D).to(dtype)[1:, :, 1:L + 1],
+    }
+    news = {
+        "bthd_transposed": lambda: torch.randn(B, T, H, D).to(dtype).transpose(1, 2),
+        "last_dim_strided": lambda: torch.randn(B, H, D, T).to(dtype).transpose(2, 3),
+        "odd_offset": lambda: torch.randn(B, H, T, D + 1).to(dtype)[..., 1:],  # base not 16-byte aligned
+    }
+    return caches, news
+
+
+@pytest.mark.ext
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [80, 128, 12, 7])
+@pytest.mark.parametrize("max_grid", [65535, 2, 1], ids=["grid_full", "grid_2", "grid_1"])
+def test_cuda_kernel_emulated_on_host(dtype, D, max_grid):
+    """The CUDA kernel's body (csrc/cache_update_kernel.h) run over its launch grid on the host: every layout, copy
+    unit, ragged lengths, and grid-stride loops (max_grid 1-2 forces several rows per block / batch per block)."""
+    B, H, L, T = 3, 5, 11, 4
+    caches, news = _emu_layouts(B, H, L, T, D, dtype)
+    positions = torch.tensor([0, 7, 3], dtype=torch.int32)
+    for cname, make_cache in caches.items():
+        for nname, make_new in news.items():
+            for lengths in (None, torch.tensor([4, 4, 2])):
+                k_cache, v_cache = make_cache(), make_cache()
+                k_new, v_new = make_new(), make_new()
+                want_k, want_v = _naive_update(k_cache, v_cache, k_new, v_new, positions, lengths)
+                plan = cu._C._emulate_cuda_update(k_cache, v_cache, k_new, v_new, positions, lengths, max_grid)
+                what = f"{cname}/{nname}/{dtype}/D={D}/lengths={lengths is not None}/plan={plan}"
+                _assert_equal(k_cache, want_k, f"emulated CUDA K {what}")
+                _assert_equal(v_cache, want_v, f"emulated CUDA V {what}")
+                unit, bx, by, gx, gy = plan
+                assert bx * by <= 256 and gx <= max_grid and gy <= max_grid, what
+                elem = k_cache.element_size()
+                if nname == "last_dim_strided" or nname == "odd_offset":
+                    assert unit == elem, f"{what}: misaligned or strided rows must use element copies"
+                elif cname != "slice_of_larger" and (D * elem) % 16 == 0:
+                    assert unit == 16, f"{what}: aligned rows must use 16-byte copies"
+
+
+@pytest.mark.ext
+@needs_ext
+def test_cuda_kernel_emulated_skips_out_of_range_tokens():
+    """On the device nothing that would need a sync is checked: tokens outside [0, max_len) are dropped."""
+    k_cache, v_cache = _caches(2, 3, 11, 16, torch.float16)
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+    k_new, v_new = torch.randn(2, 3, 4, 16).half(), torch.randn(2, 3, 4, 16).half()
+    cu._C._emulate_cuda_update(k_cache, v_cache, k_new, v_new, torch.tensor([9, -2]))
+    _assert_equal(k_cache[0, :, 9:], k_new[0, :, :2], "row 0: tokens 0-1 land in slots 9-10")
+    _assert_equal(v_cache[1, :, :2], v_new[1, :, 2:], "row 1: tokens 2-3 land in slots 0-1")
+    _assert_equal(k_cache[0, :, :9], before_k[0, :, :9], "row 0: other slots untouched")
+    _assert_equal(v_cache[1, :, 2:], before_v[1, :, 2:], "row 1: other slots untouched")
+    with pytest.raises(TypeError, match="positions must be int32 or int64 on cpu, got float32 on cpu"):
+        cu._C._emulate_cuda_update(k_cache, v_cache, k_new, v_new, torch.tensor([0.0, 1.0]))
 
 
 # -- CUDA (skipped without a GPU) --------------------------------------------------------------------------------------

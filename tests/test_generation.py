@@ -144,7 +144,7 @@ def test_end_token_stops_rows_and_pads(model):
     assert held.shape[1] >= 5 + 3 and (held[0, 5:8] != eos).all(), "min_new_tokens must hold the end token back"
 
 
-# -- sampling ------------------------------------------------------------------------------------------------------------
+# -- sampling ----------------------------------------------------------------------------------------------------------
 def test_sampling_reproducible_with_seed(model):
     ids = prompts(model.config, [4, 2], seed=6)
     kw = dict(max_new_tokens=6, do_sample=True, temperature=1.3, top_k=50, top_p=0.95, eos_token_id=NO_EOS)
@@ -171,7 +171,7 @@ def test_warpers():
     assert torch.allclose(_warp(scores, 2.0, None, None), scores / 2)
 
 
-# -- beam search ---------------------------------------------------------------------------------------------------------
+# -- beam search -------------------------------------------------------------------------------------------------------
 def test_beam_search_returns_its_best_hypothesis(model):
     ids = prompts(model.config, [5, 3], seed=9)
     out = generate(model, ids, max_new_tokens=4, num_beams=2, num_return_sequences=2, eos_token_id=NO_EOS,
@@ -229,7 +229,7 @@ def test_beam_search_reorders_the_static_cache(model, monkeypatch):
     assert len(calls) == 2 * model.config.num_hidden_layers, f"expected a reorder per layer and step, got {len(calls)}"
 
 
-# -- streaming, limits, errors -------------------------------------------------------------------------------------------
+# -- streaming, limits, errors -----------------------------------------------------------------------------------------
 def test_streamer_object_and_callable(model):
     ids = prompts(model.config, [4], seed=13)
 

@@ -64,7 +64,7 @@ class GenerateOutput(ModelOutput):
     sequences_scores: Optional[torch.FloatTensor] = None
 
 
-# -- argument handling --------------------------------------------------------------------------------------------------
+# -- argument handling -------------------------------------------------------------------------------------------------
 def _eos_list(eos_token_id, config) -> List[int]:
     eos = eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None)
     if eos is None:
@@ -120,7 +120,7 @@ def _make_cache(model, cache: str, rows: int, max_len: int, device, encoder_hidd
     return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
 
-# -- logits processing --------------------------------------------------------------------------------------------------
+# -- logits processing -------------------------------------------------------------------------------------------------
 def _warp(scores: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> torch.Tensor:
     """transformers' sampling warpers, in its order: temperature, top-k, top-p (nucleus; keeps >= 1 token)."""
     if temperature != 1.0:
@@ -146,7 +146,7 @@ def _stream(streamer, tokens: torch.Tensor, first: bool = False) -> None:
         streamer(tokens.cpu())
 
 
-# -- the entry point ----------------------------------------------------------------------------------------------------
+# -- the entry point ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
              max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,

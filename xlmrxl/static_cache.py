@@ -148,8 +148,9 @@ class StaticCache(Cache):
             self._allocate(layer_idx, key_states.dtype, key_states.device)
             keys = self.keys[layer_idx]
         elif keys.dtype != key_states.dtype or keys.device != key_states.device:
-            raise TypeError(f"StaticCache layer {layer_idx} holds {keys.dtype} on {keys.device} but got {key_states.dtype} "
-                            f"states on {key_states.device}; build it with dtype=model.dtype, device=model.device")
+            raise TypeError(f"StaticCache layer {layer_idx} holds {keys.dtype} on {keys.device} but got "
+                            f"{key_states.dtype} states on {key_states.device}; build it with dtype=model.dtype, "
+                            "device=model.device")
         start = self._lengths[layer_idx]
         end = start + T
         if end > self.max_length:

@@ -2,7 +2,8 @@
 
 - ``cache_update_ref(k_cache, v_cache, k_new, v_new, positions, lengths=None)``:
   ``k_cache[b, :, positions[b] + t] = k_new[b, :, t]`` for ``t < lengths[b]`` (default: all T), same for V.
-- ``cache_reorder_ref(k_cache, v_cache, beam_idx, length=None)``: ``cache[:, :, :length] = cache[beam_idx, :, :length]``.
+- ``cache_reorder_ref(k_cache, v_cache, beam_idx, length=None)``:
+  ``cache[:, :, :length] = cache[beam_idx, :, :length]``.
 - ``cache_reset_ref(k_cache, v_cache, start=0)``: zero every slot at or after ``start``.
 
 All three work in place and return None. Caches are (B, H, max_len, D), new keys / values (B, H, T, D).
