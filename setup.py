@@ -38,6 +38,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    headers = sorted(glob.glob(os.path.join("csrc", "*.h")))  # rebuild when a shared header changes
     cxx = ["-O3"]  # torch adds the C++ standard its headers need
     link = []
     if sys.platform != "win32":
@@ -48,10 +49,10 @@ def _extensions():
         ext = cpp_extension.CUDAExtension(
             "xlmrxl_kernels._C", sources, define_macros=[("XLMRXL_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-            extra_link_args=link)
+            extra_link_args=link, depends=headers)
     else:
         ext = cpp_extension.CppExtension("xlmrxl_kernels._C", sources, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=link)
+                                         extra_link_args=link, depends=headers)
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
