@@ -1,7 +1,7 @@
 """CPU forward benchmark (issue "Foundation"): xlmrxl's reference backend (the padding-free fast path with the PyTorch
 reference ops) against transformers 4.56.2 (SDPA, its default) on the same weights.
 
-Model: hidden 512, 4 layers, 8 heads, intermediate 2048 (fp32, eval, inference_mode). Batches of 8 x 128:
+Model: hidden 512, 4 layers, 8 heads, intermediate 2048 (fp32, eval, inference_mode, one thread by default). Batches of 8 x 128:
 ``mixed`` (half the rows padded to half length: 75 % real tokens) and ``full`` (no padding). Peers: transformers SDPA,
 xlmrxl's own model (``backend="reference"``), and the same transformers object after ``xlmrxl.accelerate``.
 Rows: median / p20 / p80 wall-clock ms over ``--rep`` runs after ``--warmup`` (peers interleaved round-robin, so
@@ -9,7 +9,7 @@ load from other processes hits all alike), real tokens per second, and the
 speedup against transformers in the same run. Written with ``benchmarks.harness.write_results`` as
 ``cpu_forward.{json,md}`` under ``benchmarks/results/<device>/`` (or ``--out``).
 
-    python -m benchmarks.bench_cpu_forward [--rep 30] [--threads N] [--quick] [--out DIR]
+    python -m benchmarks.bench_cpu_forward [--rep 30] [--threads N] [--quick] [--tiny] [--out DIR]
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ CONFIG = dict(vocab_size=1000, hidden_size=512, num_hidden_layers=4, num_attenti
               bos_token_id=0, eos_token_id=2)
 
 
+TINY = dict(CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+
+
 def make_batch(kind: str, batch: int = 8, seq: int = 128, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, CONFIG["vocab_size"], (batch, seq), generator=g)
@@ -44,7 +47,7 @@ def make_batch(kind: str, batch: int = 8, seq: int = 128, seed: int = 0):
     return ids, mask
 
 
-def build_models():
+def build_models(config=None):
     """transformers SDPA, xlmrxl's model and an accelerated transformers model, all sharing one set of weights."""
     import transformers
 
@@ -52,7 +55,7 @@ def build_models():
     from xlmrxl.accelerate import from_transformers, to_transformers
 
     torch.manual_seed(0)
-    cfg = transformers.XLMRobertaXLConfig(**CONFIG)
+    cfg = transformers.XLMRobertaXLConfig(**(config or CONFIG))
     cfg._attn_implementation = "sdpa"
     hf = transformers.XLMRobertaXLModel(cfg, add_pooling_layer=False).eval()
     ours = from_transformers(hf, backend="reference").eval()
@@ -84,8 +87,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench_cpu_forward", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rep", type=int, default=30, help="timed runs per row (default 30)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1: stable numbers on a shared CPU; 0 = torch's choice)")
     ap.add_argument("--quick", action="store_true", help="3 reps, 1 warm-up (a smoke run)")
+    ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, 8 x 16 tokens (a CI smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<device>)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -93,10 +98,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    models = build_models()
+    config, seq = (TINY, 16) if args.tiny else (CONFIG, 128)
+    models = build_models(config)
     rows = []
     for kind in ("mixed", "full"):
-        ids, mask = make_batch(kind)
+        ids, mask = make_batch(kind, seq=seq)
         real = int(mask.sum())
         with torch.inference_mode():
             ref = models["transformers-sdpa"](ids, attention_mask=mask).last_hidden_state
@@ -112,13 +118,13 @@ def main(argv=None) -> int:
         times = interleaved({n: caller(m) for n, m in models.items()}, warmup=args.warmup, rep=args.rep)
         base = times["transformers-sdpa"]["ms"]
         for name, t in times.items():
-            rows.append({"batch": f"{kind} 8x128", "real_tokens": real, "peer": name, "ms": t["ms"],
+            rows.append({"batch": f"{kind} 8x{seq}", "real_tokens": real, "peer": name, "ms": t["ms"],
                          "ms_p20": t["ms_p20"], "ms_p80": t["ms_p80"], "tokens_per_s": real / (t["ms"] * 1e-3),
                          "speedup_vs_transformers": base / t["ms"], "max_err_vs_transformers": errs[name]})
     cols = ["batch", "real_tokens", "peer", "ms", "ms_p20", "ms_p80", "tokens_per_s", "speedup_vs_transformers",
             "max_err_vs_transformers"]
-    out = harness.write_results("cpu_forward", rows, columns=cols, out_dir=args.out,
-                                extra={"config": CONFIG, "dtype": "float32", "threads": torch.get_num_threads(),
+    out = harness.write_results("cpu_forward_tiny" if args.tiny else "cpu_forward", rows, columns=cols,
+                                out_dir=args.out, extra={"config": config, "dtype": "float32", "threads": torch.get_num_threads(),
                                        "rep": args.rep})
     for r in rows:
         print(f"{r['batch']:>12}  {r['peer']:<24} {r['ms']:8.2f} ms  x{r['speedup_vs_transformers']:.2f}")

@@ -15,6 +15,7 @@ import xlmrxl
 import xlmrxl.backend as xbackend
 from xlmrxl import fast_path
 from conftest import tiny_config_kwargs
+from _oracle import assert_lowp, hf_twin
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,15 +48,8 @@ def _ours(head, backend="reference", **overrides):
 
 
 def _hf_twin(ours):
-    """transformers 4.56.2's model of the same class with identical weights (built independently of xlmrxl)."""
-    d = {k: v for k, v in ours.config.to_dict().items() if not k.startswith("_")}
-    cfg = transformers.XLMRobertaXLConfig(**d)
-    cls = getattr(transformers, type(ours).__name__)
-    kw = {"add_pooling_layer": ours.pooler is not None} if type(ours).__name__ == "XLMRobertaXLModel" else {}
-    hf = cls(cfg, **kw).eval()
-    missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False)
-    assert not unexpected and all("position_ids" in k or "token_type_ids" in k for k in missing), (missing, unexpected)
-    return hf
+    """transformers 4.56.2's model of the same class with identical weights (``tests/_oracle.py``)."""
+    return hf_twin(ours)
 
 
 def _inputs(case, vocab=300, pad=1, batch=4, seq=9):
@@ -313,6 +307,25 @@ def test_causal_decoder_fast_path(monkeypatch):
     assert spy.calls == 1
     err = _real_max_err(a, b, mask)
     assert err <= TOL, f"causal fast path vs transformers max err {err:.3g}"
+
+
+# -- low precision --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_two_x_rule(dtype, monkeypatch):
+    """bf16 / fp16 on CPU: the fast path's error vs the fp32 truth is at most 2x transformers' own error in the
+    same dtype (both compared to an fp32 run of the same weights)."""
+    torch.manual_seed(10)
+    ours = _ours("XLMRobertaXLForMaskedLM")
+    ids, mask = _inputs("padded")
+    with torch.no_grad():
+        truth = ours(ids, attention_mask=mask).logits
+        hf = _hf_twin(ours.to(dtype))
+        spy = _Spy(monkeypatch)
+        got = ours(ids, attention_mask=mask).logits
+        theirs = hf(ids, attention_mask=mask).logits
+    assert spy.calls == 1
+    assert got.dtype == theirs.dtype == dtype and got.shape == truth.shape
+    assert_lowp(got, theirs, truth, where=mask.bool(), name=f"MLM logits {dtype}")
 
 
 # -- fallbacks ------------------------------------------------------------------------------------------------------
