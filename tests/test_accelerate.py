@@ -348,3 +348,37 @@ def test_accelerate_with_triton_kernels(head, monkeypatch, caplog, fresh_log):
     assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
     err = _compare(before, after, mask)
     assert err <= TOL, f"{head} with the Triton kernels (interpreter) max err {err:.3g}"
+
+
+def test_threads_keep_their_own_masks():
+    """The 2D mask captured at the base model is per thread: concurrent calls on one model never mix masks."""
+    import threading
+
+    torch.manual_seed(19)
+    hf = _hf("XLMRobertaXLForMaskedLM")
+    batches = [_inputs("XLMRobertaXLForMaskedLM") for _ in range(2)]
+    batches[1][1][:, 4:] = 0
+    batches[1][0][:, 4:] = 1
+    with torch.no_grad():
+        expected = [hf(i, attention_mask=m).logits for i, m in batches]
+    accelerate(hf, backend="reference")
+    errors, results = [], {}
+
+    def work(k):
+        try:
+            with torch.no_grad():
+                for _ in range(5):
+                    i, m = batches[k]
+                    out = hf(i, attention_mask=m).logits
+                    results.setdefault(k, []).append((out - expected[k])[m.bool()].abs().max().item())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    worst = max(max(v) for v in results.values())
+    assert worst <= TOL, f"threads sharing one accelerated model: max err {worst:.3g}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import types
 from typing import Optional
 
@@ -56,7 +57,16 @@ class _AccelState:
         self.backend = backend
         self.causal = causal
         self.handles = handles
-        self.captured = None  # (mask,) while the base model's forward runs
+        self._local = threading.local()  # the captured mask is per thread: one model may serve several threads
+
+    @property
+    def captured(self):
+        """``(mask,)`` while the base model's forward runs in this thread, else None."""
+        return getattr(self._local, "captured", None)
+
+    @captured.setter
+    def captured(self, value):
+        self._local.captured = value
 
 
 # ---------------------------------------------------------------------------------------------------------------
