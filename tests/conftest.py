@@ -20,11 +20,26 @@ HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+REQUIRE_EXT = os.environ.get("XLMRXL_REQUIRE_EXT", "0") not in ("", "0")
+
+
+def _ext_missing_reason():
+    try:
+        from xlmrxl_kernels import cache_update
+    except ImportError as exc:  # XLMRXL_REQUIRE_EXT=1 and the extension is missing: let the tests fail loudly
+        return None if REQUIRE_EXT else str(exc)
+    return None if cache_update.cache_extension_available() else cache_update.cache_extension_unavailable_reason()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    ext_reason = _ext_missing_reason() if any("ext" in item.keywords for item in items) else None
+    skip_ext = pytest.mark.skip(reason=f"compiled extension missing: {ext_reason}")
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+        if "ext" in item.keywords and ext_reason is not None and not REQUIRE_EXT:
+            item.add_marker(skip_ext)
 
 
 @pytest.fixture
