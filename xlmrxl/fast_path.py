@@ -17,6 +17,9 @@ Contract with the model layer (``xlmrxl.modeling``), which calls, at the top of 
 the embeddings exactly as given, entries 1..L-1 the residual stream after layers 0..L-2, the last entry the final
 LayerNorm output; all (B, S, H), zeros at padded positions except entry 0); otherwise None.
 ``unsupported_reason`` logs its reason once itself (``xlmrxl.backend.log_once``): callers need not log it.
+``encoder_forward`` assumes ``unsupported_reason`` returned None for the same call: that check also refreshes the
+structure cache (per-layer plans keyed on the identity of every module and weight it uses), so a module swapped since
+the last check (``quantize``, ``prune_heads``) is seen.
 
 What one forward does (``T`` = number of real tokens):
 
