@@ -382,3 +382,25 @@ def test_threads_keep_their_own_masks():
     assert not errors, errors
     worst = max(max(v) for v in results.values())
     assert worst <= TOL, f"threads sharing one accelerated model: max err {worst:.3g}"
+
+
+def test_pruned_heads(monkeypatch):
+    """transformers' prune_heads shrinks q/k/v and the output projection; the fast path follows the module widths."""
+    if TF5:
+        pytest.skip("transformers 5.x has no prune_heads")
+    torch.manual_seed(20)
+    hf = _hf("XLMRobertaXLModel")
+    hf.prune_heads({0: [1], 2: [0, 3]})
+    ids, mask = _inputs("XLMRobertaXLModel")
+    with torch.no_grad():
+        before = hf(ids, attention_mask=mask).last_hidden_state
+    accelerate(hf, backend="reference")
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        after = hf(ids, attention_mask=mask).last_hidden_state
+    assert spy.calls == 1
+    assert hf.encoder.layer[2].attention.self._xlmrxl_qkv[0].shape == (3 * 32, 64)
+    err = (after - before)[mask.bool()].abs().max().item()
+    assert err <= TOL, f"pruned heads: max err {err:.3g}"
+    with pytest.raises(ValueError, match="shapes differ"):
+        from_transformers(hf)

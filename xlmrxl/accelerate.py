@@ -288,14 +288,20 @@ def _share_into(src: nn.Module, dst: nn.Module) -> list:
                 setattr(holder, leaf, mod)
     src_params = dict(src.named_parameters(remove_duplicate=False))
     src_bufs = dict(src.named_buffers(remove_duplicate=False))
-    missing, meta_buffers = [], []
-    for name, _ in list(dst.named_parameters(remove_duplicate=False)):
+    missing, meta_buffers, mismatched = [], [], []
+    for name, p in list(dst.named_parameters(remove_duplicate=False)):
         parent, _, leaf = name.rpartition(".")
         holder = dst.get_submodule(parent) if parent else dst
-        if name in src_params:
-            holder._parameters[leaf] = src_params[name]
-        else:
+        if name not in src_params:
             missing.append(name)
+        elif src_params[name].shape != p.shape:
+            mismatched.append(f"{name} {tuple(src_params[name].shape)} vs {tuple(p.shape)}")
+        else:
+            holder._parameters[leaf] = src_params[name]
+    if mismatched:
+        raise ValueError(f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: shapes differ "
+                         f"(source vs target) for {mismatched[:4]}{'...' if len(mismatched) > 4 else ''}; were heads "
+                         "pruned or the config edited after loading?")
     for name, buf in list(dst.named_buffers(remove_duplicate=False)):
         parent, _, leaf = name.rpartition(".")
         holder = dst.get_submodule(parent) if parent else dst
