@@ -193,7 +193,6 @@ FALLBACKS = {
     "relative_key_query": (dict(position_embedding_type="relative_key_query"), dict(), "relative_key_query"),
     "training_dropout": (dict(), dict(), "dropout"),
     "autograd": (dict(), dict(), "autograd"),
-    "cache": (dict(), dict(use_cache=True), "cache"),
 }
 
 
@@ -202,7 +201,7 @@ def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
     cfg_kw, call_kw, needle = FALLBACKS[case]
     if TF5 and case == "relative_key_query":
         pytest.skip("transformers 5.x has no relative positions (the model is always absolute)")
-    head = "XLMRobertaXLForCausalLM" if case == "cache" else "XLMRobertaXLForMaskedLM"
+    head = "XLMRobertaXLForMaskedLM"
     torch.manual_seed(14)
     hf = _hf(head, attn="eager" if case == "output_attentions" else "sdpa", **cfg_kw)
     ids, mask = _inputs(head)
@@ -229,6 +228,55 @@ def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
              or "runs transformers' code" in r.getMessage()]
     assert len(lines) == 1, f"{case}: expected one logged reason, got {lines}"
     assert needle in lines[0], f"{case}: reason {lines[0]!r} does not mention {needle!r}"
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton)])
+def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fresh_log):
+    """Causal LM with a KV cache: a prefill (with left padding) then single-token steps, through
+    ``fast_path.decoder_forward`` (fused QKV, cache.update, backend attention with causal=True), equal to
+    transformers' own incremental decoding on real tokens."""
+    torch.manual_seed(21)
+    hf = _hf("XLMRobertaXLForCausalLM", num_hidden_layers=2)
+    ids, mask = _inputs("XLMRobertaXLForCausalLM")
+    mask[1, :5] = 1  # no fully padded row here: decoding appends real tokens to every row
+    ids[1, :5] = torch.randint(3, 300, (5,))
+
+    def decode():
+        outs = []
+        with torch.no_grad():
+            out = hf(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
+            outs.append(out.logits)
+            pkv = out.past_key_values
+            for t in range(5, 9):
+                step = torch.full((4, 1), 7 + t)
+                out = hf(step, attention_mask=torch.cat([mask[:, :5], torch.ones(4, t - 4, dtype=mask.dtype)], 1),
+                         past_key_values=pkv, use_cache=True)
+                outs.append(out.logits)
+                pkv = out.past_key_values
+        return outs, pkv
+
+    before, pkv_before = decode()
+    accelerate(hf, backend=backend)
+    calls = {"n": 0}
+    real = fast_path.decoder_forward
+
+    def spy(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(fast_path, "decoder_forward", spy)
+    with caplog.at_level(logging.INFO, logger="xlmrxl"):
+        after, pkv_after = decode()
+    assert calls["n"] == 5, "prefill and every step must take the cached fast path"
+    if backend == "triton":
+        fallbacks = [r.getMessage() for r in caplog.records if "runs the PyTorch reference" in r.getMessage()]
+        assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
+    assert type(pkv_after) is type(pkv_before) and pkv_after.get_seq_length() == 9
+    prefill_keep = mask[:, :5].bool()
+    err = (after[0] - before[0])[prefill_keep].abs().max().item()
+    for a, b in zip(after[1:], before[1:]):
+        err = max(err, (a - b).abs().max().item())
+    assert err <= TOL, f"cached decoding max err {err:.3g}"
 
 
 def test_deaccelerate_and_reaccelerate(monkeypatch):

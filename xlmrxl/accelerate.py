@@ -17,9 +17,12 @@
   depending on version and attention implementation). A forward pre-hook on the base model captures the user's 2D
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
   to be a plain padding (+ causal) mask, else the call runs the original code.
+- Causal LMs (``is_decoder``) with a KV cache (``use_cache`` / ``past_key_values``: transformers' ``DynamicCache`` /
+  ``EncoderDecoderCache``) run ``fast_path.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
+  causal=True)``; the cache returned is the one transformers would return.
 - Whatever cannot be accelerated runs the **original** encoder code for that call, with one logged reason
   (``xlmrxl`` logger, INFO, once per reason): training with dropout, autograd recording, ``output_attentions``,
-  relative positions, ``head_mask``, cross-attention, KV cache decoding, custom 4D masks, forward hooks on encoder
+  relative positions, ``head_mask``, cross-attention, legacy tuple caches, custom 4D masks, forward hooks on encoder
   submodules, and (5.x) attentions captured by transformers' hooks. ``output_hidden_states`` is served by the fast
   path in both versions (5.x: the hidden states are handed to transformers' output collector as its hooks would).
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
@@ -165,14 +168,20 @@ def _release_mask(module, args, kwargs, output):
         state.captured = None
 
 
-def _padding_mask(state: _AccelState, mask, B: int, S: int):
-    """(2D mask or None, None) when this call's padding is a plain (B, S) key mask; else (None, reason)."""
+def _padding_mask(state: _AccelState, mask, B: int, S: int, past: Optional[int] = None):
+    """(2D mask or None, None) when this call's padding is a plain key mask; else (None, reason).
+    ``past`` (cached calls): the mask covers ``past + S`` keys and must come from the model-level capture."""
     if state.captured is not None:
         m = state.captured[0]
         if m is None:
             return None, None
-        if torch.is_tensor(m) and m.dim() == 2 and tuple(m.shape) == (B, S):
+        K = S if past is None else past + S
+        if torch.is_tensor(m) and m.dim() == 2 and tuple(m.shape) == (B, K):
             return m, None
+    if past is not None:
+        if mask is None:
+            return None, None
+        return None, "a cached call's mask could not be taken from the model's 2D attention_mask"
     # The encoder was called directly, or with a mask the model expanded itself: read it back from what we got.
     if mask is None:
         return None, None
@@ -241,34 +250,69 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
 
     out_hs = bool(get("output_hidden_states", False)) if state.legacy else False
     B, S = hidden_states.shape[:2]
+    pkv, use_cache = get("past_key_values"), bool(get("use_cache"))
+    cached = state.causal and (pkv is not None or use_cache)
     reason, collector = (None, None) if state.legacy else _capture_state(getattr(self, "config", None))
     if collector is not None:
         out_hs = True
-    mask2d = None
+    mask2d, past = None, 0
+    if reason is None and cached:
+        past, reason = _past_length(pkv)
     if reason is None:
-        mask2d, reason = _padding_mask(state, get("attention_mask"), B, S)
+        mask2d, reason = _padding_mask(state, get("attention_mask"), B, S, past if cached else None)
     if reason is not None:
         log_once(f"xlmrxl: accelerated encoder runs transformers' code: {reason}")
     else:
         reason = fast_path.unsupported_reason(
             self, attention_mask=mask2d, head_mask=get("head_mask"), output_attentions=get("output_attentions", False),
-            encoder_hidden_states=get("encoder_hidden_states"), past_key_values=get("past_key_values"),
-            use_cache=get("use_cache"), training=self.training, causal=state.causal, hidden_states=hidden_states)
+            encoder_hidden_states=get("encoder_hidden_states"), past_key_values=pkv, use_cache=use_cache,
+            training=self.training, causal=state.causal, hidden_states=hidden_states, allow_cache=True)
     if reason is not None:
         return state.original(hidden_states, *args, **kwargs)
 
-    last, all_hs = fast_path.encoder_forward(self, hidden_states, mask2d, state.backend, output_hidden_states=out_hs,
-                                             causal=state.causal)
+    if cached:
+        if pkv is None:
+            pkv = _new_cache(self.config, encoder_decoder=state.legacy)
+        self_cache = getattr(pkv, "self_attention_cache", pkv)
+        last, all_hs = fast_path.decoder_forward(self, hidden_states, mask2d, self_cache, state.backend,
+                                                 output_hidden_states=out_hs)
+    else:
+        last, all_hs = fast_path.encoder_forward(self, hidden_states, mask2d, state.backend,
+                                                 output_hidden_states=out_hs, causal=state.causal)
     if collector is not None:
         _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-    if state.legacy and not get("return_dict", True):
-        return tuple(v for v in (last, all_hs) if v is not None)
-    if state.legacy:
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=None,
+    if state.legacy:  # 4.x returns whatever cache it was handed (or created)
+        if not get("return_dict", True):
+            return tuple(v for v in (last, pkv, all_hs) if v is not None)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv,
                                                          hidden_states=all_hs, attentions=None, cross_attentions=None)
-    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=None)
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last,
+                                                     past_key_values=pkv if use_cache else None)
+
+
+def _past_length(pkv):
+    """(cached length, None), or (0, reason) for a cache kind the fast path does not drive."""
+    if pkv is None:
+        return 0, None
+    cache = getattr(pkv, "self_attention_cache", pkv)
+    if not (hasattr(cache, "update") and hasattr(cache, "get_seq_length")):
+        return 0, f"past_key_values of type {type(pkv).__name__} (legacy tuples run transformers' code)"
+    return int(cache.get_seq_length()), None
+
+
+def _new_cache(config, encoder_decoder: bool):
+    """The cache transformers' own encoder would create for ``use_cache=True`` without one."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    def dyn():
+        try:
+            return DynamicCache(config=config)
+        except TypeError:  # older signatures take no config
+            return DynamicCache()
+
+    return EncoderDecoderCache(dyn(), dyn()) if encoder_decoder else dyn()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -46,7 +46,9 @@ again. int4 q/k/v layers are concatenated along N once and cached on the attenti
 Inference only: with autograd recording (grad mode on and parameters or inputs requiring grad) the call is
 unsupported (the kernels have no backward and the fused buffer is not a graph node), as are training mode with
 dropout, ``output_attentions``, relative positions, ``head_mask``, cross-attention, a KV cache, non-exact-GELU
-activations and forward hooks on encoder submodules. Decoder (causal) self-attention without a cache is supported.
+activations and forward hooks on encoder submodules. Decoder (causal) self-attention without a cache is supported;
+with a cache, ``decoder_forward`` runs the same fused layer unpacked (callers opt in with
+``unsupported_reason(..., allow_cache=True)``; ``xlmrxl.accelerate`` does for transformers' causal LMs).
 ``chunk_size_feed_forward`` is ignored (the same maths).
 """
 from __future__ import annotations
@@ -63,7 +65,8 @@ from .backend import Backend, log_once
 
 logger = logging.getLogger("xlmrxl")
 
-__all__ = ["unsupported_reason", "encoder_forward", "pack", "Packing", "PackedEncoderOutput", "fuse_qkv"]
+__all__ = ["unsupported_reason", "encoder_forward", "decoder_forward", "pack", "Packing", "PackedEncoderOutput",
+           "fuse_qkv"]
 
 # transformers 5.x installs these on layers once hidden states are first requested; they are inert unless a
 # collection is active, which the caller (xlmrxl.accelerate) checks itself.
@@ -75,8 +78,13 @@ _IGNORED_HOOK_NAMES = ("output_capturing_hook",)
 # ---------------------------------------------------------------------------------------------------------------
 def unsupported_reason(encoder, *, attention_mask=None, head_mask=None, output_attentions=False,
                        encoder_hidden_states=None, past_key_values=None, use_cache=False, training=None,
-                       causal=False, hidden_states=None, **_ignored) -> Optional[str]:
-    """None when this call can take the fast path, else a one-line reason (logged once here, at INFO)."""
+                       causal=False, hidden_states=None, allow_cache=False, **_ignored) -> Optional[str]:
+    """None when this call can take the fast path, else a one-line reason (logged once here, at INFO).
+
+    ``allow_cache=True`` (a caller that runs ``decoder_forward`` for cached causal calls) accepts
+    ``past_key_values`` / ``use_cache`` when ``causal``."""
+    if allow_cache and causal:
+        past_key_values, use_cache = None, False
     reason = _reason(encoder, attention_mask=attention_mask, head_mask=head_mask,
                      output_attentions=output_attentions, encoder_hidden_states=encoder_hidden_states,
                      past_key_values=past_key_values, use_cache=use_cache, training=training,
@@ -508,7 +516,7 @@ def _plans(encoder):
     return plans
 
 
-def _layer(plan: _LayerPlan, st: _Stream, packing: Packing, causal: bool) -> None:
+def _layer(plan: _LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
     ops = st.ops
     T = st.x.shape[0]
     h = st.norm(plan.ln_attn)
@@ -528,7 +536,7 @@ def _layer(plan: _LayerPlan, st: _Stream, packing: Packing, causal: bool) -> Non
     width = qkv.shape[-1] // 3
     d = width // plan.heads
     qkv = qkv.view(T, 3, plan.heads, d)
-    a = _attention(ops, qkv[:, 0], qkv[:, 1], qkv[:, 2], packing, plan.scale or d ** -0.5, causal)
+    a = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], plan.scale or d ** -0.5, layer_idx)
     st.add_projection(a.reshape(T, width), plan.o, plan.o_int4)
     h = st.norm(plan.ln_ffn)
     up = plan.up
@@ -554,16 +562,63 @@ def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_h
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * len(layers) + [zeros] if output_hidden_states else None
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    st = _Stream(x, _Ops(be, x.device))
+    ops = _Ops(be, x.device)
+    st = _Stream(x, ops)
+
+    def attend(q, k, v, scale, layer_idx):
+        return _attention(ops, q, k, v, packing, scale, causal)
+
     collected = [x] if output_hidden_states else None
     for i, plan in enumerate(_plans(encoder)):
-        _layer(plan, st, packing, causal)
+        _layer(plan, st, attend, i)
         if output_hidden_states and i < len(layers) - 1:
             collected.append(st.materialize())
     out = st.norm(encoder.LayerNorm)
     if output_hidden_states:
         collected.append(out)
     return _finish(hidden_states, out, collected, packing, return_packed)
+
+
+def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, output_hidden_states=False):
+    """Causal self-attention with a KV cache (incremental decoding, or a prefill that fills the cache).
+
+    ``hidden_states`` (B, S, H) are the new tokens' embeddings; ``attention_mask`` the 2D (B, past + S) mask or None;
+    ``cache`` anything with ``update(key_states, value_states, layer_idx) -> (keys, values)`` in (B, heads, K, D) and
+    ``get_seq_length()`` (xlmrxl's caches, transformers' ``DynamicCache``; pass ``.self_attention_cache`` of an
+    encoder-decoder cache). Nothing is packed (the cache is laid out per row); per layer: fused-QKV GEMM, cache
+    update, ``backend.attention(q, K, V, mask, causal=True)`` (queries aligned to the end of the keys), output
+    projection + residual, GELU FFN + residual. Returns ``(last_hidden_state, all_hidden_states_or_None)``."""
+    if hidden_states.dim() != 3:
+        raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
+    be = backend if isinstance(backend, Backend) else Backend(backend)
+    B, S, H = hidden_states.shape
+    past = int(cache.get_seq_length())
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, past + S):
+        raise ValueError(f"attention_mask must be (batch, past + seq) = ({B}, {past + S}) with {past} cached "
+                         f"positions, got {tuple(attention_mask.shape)}")
+    x = hidden_states.reshape(B * S, H)
+    ops = _Ops(be, x.device)
+    st = _Stream(x, ops)
+
+    def attend(q, k, v, scale, layer_idx):
+        T, nh, d = q.shape
+        q4, k4, v4 = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
+        # the cache keeps what it is given: hand it compact K/V, not views pinning the whole QKV buffer
+        keys, values = cache.update(k4.contiguous(), v4.contiguous(), layer_idx)
+        o = ops.attention(q4, keys, values, attention_mask, scale=scale, causal=True)
+        return o.transpose(1, 2).reshape(T, nh, d)
+
+    collected = [hidden_states] if output_hidden_states else None
+    plans = _plans(encoder)
+    for i, plan in enumerate(plans):
+        _layer(plan, st, attend, i)
+        if output_hidden_states and i < len(plans) - 1:
+            collected.append(st.materialize().reshape(B, S, H))
+    last = st.norm(encoder.LayerNorm).reshape(B, S, H)
+    if output_hidden_states:
+        collected.append(last)
+        return last, tuple(collected)
+    return last, None
 
 
 def _finish(hidden_states, out, collected, packing: Packing, return_packed: bool):
