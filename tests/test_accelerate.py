@@ -452,3 +452,31 @@ def test_pruned_heads(monkeypatch):
     assert err <= TOL, f"pruned heads: max err {err:.3g}"
     with pytest.raises(ValueError, match="shapes differ"):
         from_transformers(hf)
+
+
+def test_generate_same_tokens(monkeypatch):
+    """transformers' own ``generate`` (greedy, left-padded batch) on an accelerated causal LM: same tokens, and every
+    step goes through the cached fast path."""
+    torch.manual_seed(22)
+    hf = _hf("XLMRobertaXLForCausalLM", num_hidden_layers=2)
+    ids = torch.randint(3, 300, (3, 6))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    ids[1, :2] = 1
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=1, eos_token_id=None)
+    with torch.no_grad():
+        before = hf.generate(ids, attention_mask=mask, **kw)
+    accelerate(hf, backend="reference")
+    calls = {"n": 0}
+    real = fast_path.decoder_forward
+
+    def spy(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(fast_path, "decoder_forward", spy)
+    with torch.no_grad():
+        after = hf.generate(ids, attention_mask=mask, **kw)
+    assert after.shape == before.shape == (3, 11)
+    assert torch.equal(after, before), f"generated tokens differ:\n{after}\nvs\n{before}"
+    assert calls["n"] == 5, f"expected the prefill and 4 cached steps on the fast path, got {calls['n']}"
