@@ -480,3 +480,24 @@ def test_generate_same_tokens(monkeypatch):
     assert after.shape == before.shape == (3, 11)
     assert torch.equal(after, before), f"generated tokens differ:\n{after}\nvs\n{before}"
     assert calls["n"] == 5, f"expected the prefill and 4 cached steps on the fast path, got {calls['n']}"
+
+
+def test_deepcopy_and_pickle_accelerated(tmp_path):
+    """An accelerated model deep-copies (Trainer, EMA copies) and pickles (``torch.save(model)``); the copies stay
+    accelerated and compute the same."""
+    import copy
+    import pickle
+
+    torch.manual_seed(23)
+    hf = _hf("XLMRobertaXLForMaskedLM")
+    ids, mask = _inputs("XLMRobertaXLForMaskedLM")
+    accelerate(hf, backend="reference")
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).logits
+        for clone in (copy.deepcopy(hf), pickle.loads(pickle.dumps(hf))):
+            assert is_accelerated(clone) and clone.roberta.encoder.forward.encoder is clone.roberta.encoder
+            out = clone(ids, attention_mask=mask).logits
+            err = (out - ref)[mask.bool()].abs().max().item()
+            assert err <= TOL, f"copy of an accelerated model: max err {err:.3g}"
+            assert clone.roberta.encoder.layer[0].attention.self.query.weight.data_ptr() != \
+                hf.roberta.encoder.layer[0].attention.self.query.weight.data_ptr()

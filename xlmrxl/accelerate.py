@@ -51,26 +51,52 @@ __all__ = ["accelerate", "deaccelerate", "is_accelerated", "from_transformers", 
 _STATE = "_xlmrxl_accel"
 
 
+_SIGNATURES: dict = {}
+_LOCAL = threading.local()  # per-thread captured masks, keyed by id(state): one model may serve several threads
+
+
+def _signature(cls):
+    """(signature, name of its **kwargs or None, legacy 4.x layout?) of ``cls.forward``, computed once per class."""
+    sig = _SIGNATURES.get(cls)
+    if sig is None:
+        s = inspect.signature(cls.forward)
+        params = list(s.parameters.values())[1:]  # drop self
+        var_kw = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+        sig = _SIGNATURES[cls] = (s, var_kw, "output_hidden_states" in s.parameters)
+    return sig
+
+
 class _AccelState:
-    def __init__(self, encoder, backend: Backend, causal: bool, handles):
-        self.original = encoder.forward  # the class's bound forward
-        self.signature = inspect.signature(type(encoder).forward)
-        params = list(self.signature.parameters.values())[1:]  # drop self
-        self.var_kw = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
-        self.legacy = "output_hidden_states" in self.signature.parameters  # transformers 4.x encoder signature
+    """What ``accelerate`` keeps on the encoder. Plain data only, so an accelerated model deep-copies and pickles."""
+
+    def __init__(self, backend: Backend, causal: bool, handles):
         self.backend = backend
         self.causal = causal
         self.handles = handles
-        self._local = threading.local()  # the captured mask is per thread: one model may serve several threads
 
     @property
     def captured(self):
         """``(mask,)`` while the base model's forward runs in this thread, else None."""
-        return getattr(self._local, "captured", None)
+        return getattr(_LOCAL, "masks", {}).get(id(self))
 
     @captured.setter
     def captured(self, value):
-        self._local.captured = value
+        masks = _LOCAL.__dict__.setdefault("masks", {})
+        if value is None:
+            masks.pop(id(self), None)
+        else:
+            masks[id(self)] = value
+
+
+class _AcceleratedForward:
+    """The encoder's instance-level ``forward``: a picklable callable (a bound method of a module-level function
+    would not unpickle)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __call__(self, *args, **kwargs):
+        return _accelerated_encoder_forward(self.encoder, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -108,7 +134,7 @@ def accelerate(hf_model, backend="auto", quantization=None):
         raise ValueError(f"quantization={quantization!r} is not supported; use None or 'int4'")
     if _is_xlmrxl_model(hf_model):  # already ours: its encoder takes the fast path natively
         if hasattr(hf_model, "set_backend"):
-            hf_model.set_backend(be.name)
+            hf_model.set_backend(be)
         if quantization == "int4":
             _quantize(hf_model)
         return hf_model
@@ -123,8 +149,8 @@ def accelerate(hf_model, backend="auto", quantization=None):
     causal = bool(getattr(getattr(base, "config", None), "is_decoder", False))
     handles = (base.register_forward_pre_hook(_capture_mask, with_kwargs=True),
                base.register_forward_hook(_release_mask, with_kwargs=True, always_call=True))
-    setattr(enc, _STATE, _AccelState(enc, be, causal, handles))
-    enc.forward = types.MethodType(_accelerated_encoder_forward, enc)
+    setattr(enc, _STATE, _AccelState(be, causal, handles))
+    enc.forward = _AcceleratedForward(enc)
     logger.info("xlmrxl: accelerated %s (backend=%s%s)", type(hf_model).__name__, be.name,
                 ", int4" if quantization else "")
     return hf_model
@@ -238,21 +264,23 @@ def _fill_hidden_states(collected: dict, all_hs) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     state: _AccelState = getattr(self, _STATE)
+    original = type(self).forward
+    signature, var_kw, legacy = _signature(type(self))
     try:
-        bound = state.signature.bind(self, hidden_states, *args, **kwargs)
+        bound = signature.bind(self, hidden_states, *args, **kwargs)
     except TypeError:
-        return state.original(hidden_states, *args, **kwargs)
+        return original(self, hidden_states, *args, **kwargs)
     a = dict(bound.arguments)
-    extra = a.pop(state.var_kw, {}) if state.var_kw else {}
+    extra = a.pop(var_kw, {}) if var_kw else {}
 
     def get(name, default=None):
         return a[name] if name in a else extra.get(name, default)
 
-    out_hs = bool(get("output_hidden_states", False)) if state.legacy else False
+    out_hs = bool(get("output_hidden_states", False)) if legacy else False
     B, S = hidden_states.shape[:2]
     pkv, use_cache = get("past_key_values"), bool(get("use_cache"))
     cached = state.causal and (pkv is not None or use_cache)
-    reason, collector = (None, None) if state.legacy else _capture_state(getattr(self, "config", None))
+    reason, collector = (None, None) if legacy else _capture_state(getattr(self, "config", None))
     if collector is not None:
         out_hs = True
     mask2d, past = None, 0
@@ -268,11 +296,11 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
             encoder_hidden_states=get("encoder_hidden_states"), past_key_values=pkv, use_cache=use_cache,
             training=self.training, causal=state.causal, hidden_states=hidden_states, allow_cache=True)
     if reason is not None:
-        return state.original(hidden_states, *args, **kwargs)
+        return original(self, hidden_states, *args, **kwargs)
 
     if cached:
         if pkv is None:
-            pkv = _new_cache(self.config, encoder_decoder=state.legacy)
+            pkv = _new_cache(self.config, encoder_decoder=legacy)
         self_cache = getattr(pkv, "self_attention_cache", pkv)
         last, all_hs = fast_path.decoder_forward(self, hidden_states, mask2d, self_cache, state.backend,
                                                  output_hidden_states=out_hs)
@@ -283,7 +311,7 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
         _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-    if state.legacy:  # 4.x returns whatever cache it was handed (or created)
+    if legacy:  # 4.x returns whatever cache it was handed (or created)
         if not get("return_dict", True):
             return tuple(v for v in (last, pkv, all_hs) if v is not None)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv,
