@@ -501,3 +501,9 @@ def test_deepcopy_and_pickle_accelerated(tmp_path):
             assert err <= TOL, f"copy of an accelerated model: max err {err:.3g}"
             assert clone.roberta.encoder.layer[0].attention.self.query.weight.data_ptr() != \
                 hf.roberta.encoder.layer[0].attention.self.query.weight.data_ptr()
+
+
+def test_accelerate_on_an_xlmrxl_model_sets_its_backend():
+    ours = xlmrxl.XLMRobertaXLModel(xlmrxl.XLMRobertaXLConfig(**tiny_config_kwargs()))
+    assert accelerate(ours, backend="reference") is ours
+    assert ours.encoder.backend.name == "reference"
