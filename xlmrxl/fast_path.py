@@ -35,7 +35,11 @@ What one forward does (``T`` = number of real tokens):
    read x, write x', write h). int4 ``QuantLinear`` projections (``backend.int4_matmul``: bias and GELU in its
    epilogue, no residual) take the other route: their output stays pending and the next ``add_layernorm`` fuses the
    residual add with the following LayerNorm, across the layer boundary too.
-3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output.
+   Where the backend picks the PyTorch reference for attention (CPU, ``backend="reference"``), the attention runs
+   as torch SDPA per sequence (the same maths; ``attention_varlen_ref`` is an oracle with masks and fp32 copies).
+3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
+   ``encoder_forward(..., return_packed=True)``, return the ``(T, H)`` outputs with their ``Packing`` (indices,
+   ``cu_seqlens``, ``unpack()``) for callers that want padding-free outputs.
 
 The fused QKV weight: the first fast forward of a layer concatenates q/k/v weights (and biases) into one contiguous
 ``(3H, H)`` buffer and re-points the three ``nn.Linear`` parameters at views of it (``param.data = view``), so no
