@@ -25,6 +25,7 @@
   relative positions, ``head_mask``, cross-attention, legacy tuple caches, custom 4D masks, forward hooks on encoder
   submodules, and (5.x) attentions captured by transformers' hooks. ``output_hidden_states`` is served by the fast
   path in both versions (5.x: the hidden states are handed to transformers' output collector as its hooks would).
+- Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only.
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
 - ``from_transformers(hf_model, backend="auto")`` builds xlmrxl's model of the same class **sharing** the parameter
   objects (no copy); ``to_transformers(model)`` builds transformers' model of the same class sharing ours.

@@ -305,7 +305,7 @@ def pack(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) ->
     lens = lengths.tolist()  # the one host sync of the forward
     total = sum(lens)
     cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
-    torch.cumsum(lengths, dim=0, out=cu[1:])
+    cu[1:] = torch.cumsum(lengths, dim=0, dtype=torch.int32)
     if total == B * S:
         p = Packing(B, S, None, cu, S, tuple(lens))
     else:
