@@ -419,3 +419,27 @@ def test_triton_kernels_through_the_model(head, monkeypatch, caplog, fresh_log):
     assert torch.isfinite(a).all()
     err = _real_max_err(a, b, mask)
     assert err <= TOL, f"{head} with the Triton kernels (interpreter) vs transformers max err {err:.3g}"
+
+
+@pytest.mark.triton
+def test_int4_layers_with_triton_kernels(monkeypatch, caplog, fresh_log):
+    """The int4 route (one int4 GEMM for the concatenated q/k/v, GELU in the int4 epilogue, residual adds fused into
+    add_layernorm) with the Triton kernels under the interpreter equals the same route on the references."""
+    pytest.importorskip("triton")
+    q = pytest.importorskip("xlmrxl.quantization")
+    torch.manual_seed(24)
+    model = _ours("XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                  num_hidden_layers=2)
+    q.quantize(model, group_size=64)
+    ids, mask = _inputs("padded", seq=7)
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).last_hidden_state
+        model.set_backend("triton")
+        with caplog.at_level(logging.INFO, logger="xlmrxl"):
+            got = model(ids, attention_mask=mask).last_hidden_state
+    assert spy.calls == 2
+    fallbacks = [r.getMessage() for r in caplog.records if "runs the PyTorch reference" in r.getMessage()]
+    assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
+    err = _real_max_err(got, ref, mask)
+    assert err <= 1e-4, f"int4 route, kernels vs references: max err {err:.3g}"
