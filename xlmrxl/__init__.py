@@ -33,6 +33,8 @@ _EXPORTS = {
     "accelerate": "accelerate",
     "from_transformers": "accelerate",
     "to_transformers": "accelerate",
+    "deaccelerate": "accelerate",
+    "is_accelerated": "accelerate",
     "resolve_backend": "backend",
     "Backend": "backend",
 }
