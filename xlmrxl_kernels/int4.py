@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import grouped_tile
 from ._utils import autotune_configs, check, check_same_device, empty, interpreting
 from .reference.int4 import (check_int4_args, dequantize_int4_ref, export_torchao_int4, import_torchao_int4,
                              pack_int4, quantize_int4_ref, unpack_int4)
@@ -87,16 +88,9 @@ def _int4_matmul_kernel(
     GROUP_M: tl.constexpr,
 ):
     HALF: tl.constexpr = GROUP_SIZE // 2  # bytes per group; also the k-width of each nibble half
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     # super-grouped order: GROUP_M token tiles share one band of BLOCK_N weight rows while it is in L2
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (pid // num_in_group) * GROUP_M
-    group_rows = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % num_in_group) % group_rows
-    pid_n = (pid % num_in_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     m0 = pid_m.to(tl.int64) * BLOCK_M
     n0 = pid_n.to(tl.int64) * BLOCK_N

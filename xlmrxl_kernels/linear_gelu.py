@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import grouped_tile
 from ._utils import autotune_configs, check, check_same_device, empty
 
 logger = logging.getLogger("xlmrxl")
@@ -82,15 +83,7 @@ def _linear_epilogue_kernel(
     HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # super-grouped tile order: GROUP_M row tiles walk one band of BLOCK_N weight rows before moving on
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (pid // num_in_group) * GROUP_M
-    group_rows = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % num_in_group) % group_rows
-    pid_n = (pid % num_in_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     # 64-bit scalar tile origins, 32-bit offsets inside the tile (fewer registers than 64-bit pointer tensors)
     m0 = pid_m.to(tl.int64) * BLOCK_M
