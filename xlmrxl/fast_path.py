@@ -4,10 +4,13 @@ Contract with the model layer (``xlmrxl.modeling``), which calls, at the top of 
 
     reason = fast_path.unsupported_reason(encoder, attention_mask=..., head_mask=..., output_attentions=...,
                                           encoder_hidden_states=..., past_key_values=..., use_cache=...,
-                                          training=..., causal=...)
-    if reason is None:
+                                          training=..., causal=..., allow_cache=True)
+    if reason is None and not (causal and (past_key_values is not None or use_cache)):
         last_hidden_state, all_hidden_states = fast_path.encoder_forward(
             encoder, hidden_states, attention_mask, backend, output_hidden_states=..., causal=...)
+    elif reason is None:  # cached causal decoding: the cache object is normalised by the caller first
+        last_hidden_state, all_hidden_states = fast_path.decoder_forward(
+            encoder, hidden_states, attention_mask_or_None, cache.self_attention_cache_or_cache, backend, ...)
 
 ``encoder`` is any module laid out like transformers' ``XLMRobertaXLEncoder`` (``encoder.layer[i].attention.self.query``,
 ..., ``encoder.LayerNorm``): ours or transformers' own (4.56.x and 5.x keep these names), which is how
@@ -52,7 +55,8 @@ unsupported (the kernels have no backward and the fused buffer is not a graph no
 dropout, ``output_attentions``, relative positions, ``head_mask``, cross-attention, a KV cache, non-exact-GELU
 activations and forward hooks on encoder submodules. Decoder (causal) self-attention without a cache is supported;
 with a cache, ``decoder_forward`` runs the same fused layer unpacked (callers opt in with
-``unsupported_reason(..., allow_cache=True)``; ``xlmrxl.accelerate`` does for transformers' causal LMs).
+``unsupported_reason(..., allow_cache=True)``; our encoder does for ``use_cache`` / ``past_key_values`` decoding
+with any cache, so ``xlmrxl.generation`` steps run fused, and ``xlmrxl.accelerate`` does for transformers' causal LMs).
 ``chunk_size_feed_forward`` is ignored (the same maths).
 """
 from __future__ import annotations
@@ -583,15 +587,27 @@ def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_h
     return _finish(hidden_states, out, collected, packing, return_packed)
 
 
-def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, output_hidden_states=False):
+def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, output_hidden_states=False,
+                    cache_position=None):
     """Causal self-attention with a KV cache (incremental decoding, or a prefill that fills the cache).
 
-    ``hidden_states`` (B, S, H) are the new tokens' embeddings; ``attention_mask`` the 2D (B, past + S) mask or None;
-    ``cache`` anything with ``update(key_states, value_states, layer_idx) -> (keys, values)`` in (B, heads, K, D) and
-    ``get_seq_length()`` (xlmrxl's caches, transformers' ``DynamicCache``; pass ``.self_attention_cache`` of an
-    encoder-decoder cache). Nothing is packed (the cache is laid out per row); per layer: fused-QKV GEMM, cache
-    update, ``backend.attention(q, K, V, mask, causal=True)`` (queries aligned to the end of the keys), output
-    projection + residual, GELU FFN + residual. Returns ``(last_hidden_state, all_hidden_states_or_None)``."""
+    ``hidden_states`` (B, S, H) are the new tokens' embeddings; ``attention_mask`` the 2D (B, past + S) keep mask
+    (left padding: zeros over the pads of the cached prefix and of the new tokens) or None (every key is real; pass
+    None for an all-ones mask, so no mask is read per layer); ``cache`` anything with
+    ``update(key_states, value_states, layer_idx[, cache_kwargs]) -> (keys, values)`` in (B, heads, K, D) and
+    ``get_seq_length()`` (xlmrxl's ``DynamicCache`` / ``StaticCache``, transformers' ``DynamicCache``; pass
+    ``.self_attention_cache`` of an encoder-decoder cache). ``cache_position``, when given, is handed to ``update``
+    as ``cache_kwargs={"cache_position": ...}`` (as the exact path does).
+
+    Nothing is packed (the cache is laid out per row). Per layer, on the ``B * S`` new rows only: one fused-QKV GEMM,
+    ``cache.update`` with this step's K/V (``StaticCache``: the compiled ``cache_update`` op writes strided views of
+    the QKV output in place; other caches get compact copies, so they never pin the QKV buffer),
+    ``backend.attention(q, K, V, mask, causal=True)`` with the S new queries against the cache's filled prefix
+    (queries aligned to the end of the keys; the kernel's decode path serves S <= 4), output projection + residual,
+    GELU FFN + residual. The cached length is read once per call (a host int for xlmrxl's caches): no host sync per
+    layer. Query rows that see no real key (left-padding positions of a prefill) come out of the attention as zeros;
+    only real positions are meaningful, as on the exact path.
+    Returns ``(last_hidden_state, all_hidden_states_or_None)``, both (B, S, H) per entry."""
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
     be = backend if isinstance(backend, Backend) else Backend(backend)
@@ -603,13 +619,20 @@ def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, o
     x = hidden_states.reshape(B * S, H)
     ops = _Ops(be, x.device)
     st = _Stream(x, ops)
+    compact = not _copies_states(cache, past)
+    extra = () if cache_position is None else ({"cache_position": cache_position},)
+    sdpa = _SdpaCausal(attention_mask, B, S, past, x.device) if _reference_attention(ops) else None
 
     def attend(q, k, v, scale, layer_idx):
         T, nh, d = q.shape
         q4, k4, v4 = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
-        # the cache keeps what it is given: hand it compact K/V, not views pinning the whole QKV buffer
-        keys, values = cache.update(k4.contiguous(), v4.contiguous(), layer_idx)
-        o = ops.attention(q4, keys, values, attention_mask, scale=scale, causal=True)
+        if compact:  # the cache keeps what it is given: hand it compact K/V, not views pinning the QKV buffer
+            k4, v4 = k4.contiguous(), v4.contiguous()
+        keys, values = cache.update(k4, v4, layer_idx, *extra)
+        if sdpa is not None:
+            o = sdpa(q4, keys, values, scale)
+        else:
+            o = ops.attention(q4, keys, values, attention_mask, scale=scale, causal=True)
         return o.transpose(1, 2).reshape(T, nh, d)
 
     collected = [hidden_states] if output_hidden_states else None
@@ -623,6 +646,50 @@ def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, o
         collected.append(last)
         return last, tuple(collected)
     return last, None
+
+
+def _reference_attention(ops: _Ops) -> bool:
+    from xlmrxl_kernels.reference import attention_ref
+
+    return ops.attention is attention_ref
+
+
+class _SdpaCausal:
+    """Where the backend picks the PyTorch reference for ``attention`` (CPU, ``backend="reference"``), the cached
+    causal attention runs as torch SDPA with a boolean keep mask built once per forward (not per layer):
+    ``attention_ref`` is an oracle (fp32 copies of the whole cache, explicit masks) and SDPA is the same maths, as the
+    exact path computes it. No mask at all for a one-token step without padding; ``is_causal`` for a prefill without
+    padding. A query row that would see no key (a pad position of a left-padded prefill) is let see its own key, so
+    no SDPA backend can return NaN for it; no real position ever reads a pad position's output."""
+
+    def __init__(self, mask2d, B: int, S: int, past: int, device):
+        self.is_causal = mask2d is None and S > 1 and past == 0
+        keep = None
+        if mask2d is not None or (S > 1 and past > 0):
+            K = past + S
+            i = torch.arange(S, device=device)[:, None]
+            keep = torch.arange(K, device=device)[None, :] <= i + past  # (S, K) causal, aligned to the end
+            if mask2d is not None:
+                keep = keep[None, None] & (mask2d != 0)[:, None, None, :]  # (B, 1, S, K)
+                own = torch.zeros_like(keep[0, 0])
+                own[:, past:] = torch.eye(S, dtype=torch.bool, device=device)
+                keep = keep | (own & ~keep.any(dim=-1, keepdim=True))
+        self.keep = keep
+
+    def __call__(self, q, k, v, scale):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, is_causal=self.is_causal, scale=scale)
+
+
+def _copies_states(cache, past: int) -> bool:
+    """Does ``cache.update`` copy the states it is given (so strided views of the QKV output may be handed over)?
+    xlmrxl's ``StaticCache`` always (``cache_update`` writes its own buffers); xlmrxl's ``DynamicCache`` once it
+    holds tokens (``torch.cat``); anything else is not assumed to."""
+    from .cache import DynamicCache
+    from .static_cache import StaticCache
+
+    if type(cache) is StaticCache:
+        return True
+    return type(cache) is DynamicCache and past > 0
 
 
 def _finish(hidden_states, out, collected, packing: Packing, return_packed: bool):

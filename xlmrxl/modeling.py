@@ -17,8 +17,10 @@ Contract:
   can build a model under ``torch.device("meta")`` and materialise parameters straight into the target dtype/device.
 - Inputs are validated with one device sync per forward (ids in range, token types in range, at most
   ``max_position_embeddings - 2`` real tokens per row, mask shapes), raising ``ValueError`` naming value and limit.
-- The encoder asks ``xlmrxl.fast_path`` first (``unsupported_reason`` / ``encoder_forward``); when it declines, the
-  exact path runs and the reason is logged once.
+- The encoder asks ``xlmrxl.fast_path`` first (``unsupported_reason`` / ``encoder_forward``, and for cached causal
+  decoding, ``decoder_forward`` on the self-attention cache, which is returned as the exact path returns it); when it
+  declines (cross-attention, relative positions, ``head_mask``, ``output_attentions``, autograd, ...), the exact path
+  runs and the reason is logged once.
 """
 from __future__ import annotations
 
@@ -483,22 +485,38 @@ class XLMRobertaXLEncoder(nn.Module):
                 mask_is_full: Optional[bool] = None, encoder_mask_is_full: Optional[bool] = None):
         from . import fast_path
 
+        causal = bool(self.config.is_decoder)
         reason = fast_path.unsupported_reason(
             self, attention_mask=attention_mask, head_mask=head_mask, output_attentions=output_attentions,
             encoder_hidden_states=encoder_hidden_states, past_key_values=past_key_values, use_cache=use_cache,
-            training=self.training, causal=bool(self.config.is_decoder), hidden_states=hidden_states)
-        if reason is None:  # (a reason is logged once by fast_path itself)
+            training=self.training, causal=causal, hidden_states=hidden_states, allow_cache=True)
+        cached = causal and (past_key_values is not None or bool(use_cache))
+        if reason is None and not cached:  # (a reason is logged once by fast_path itself)
             last, all_hidden = fast_path.encoder_forward(self, hidden_states, attention_mask, self.backend,
                                                          output_hidden_states=bool(output_hidden_states),
-                                                         causal=bool(self.config.is_decoder))
+                                                         causal=causal)
             if not return_dict:
                 return tuple(v for v in (last, all_hidden) if v is not None)
             return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
 
+        # the cache as the exact path uses and returns it (legacy tuples converted, one created for use_cache)
         if isinstance(past_key_values, (tuple, list)):
             past_key_values = EncoderDecoderCache.from_legacy_cache(past_key_values)
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+        if reason is None:  # cached causal self-attention: fused decoder step (prefill or new tokens)
+            # an all-ones mask (known from the model's validation sync) is dropped: no masking work per layer
+            mask2d = None if mask_is_full else attention_mask
+            self_cache = getattr(past_key_values, "self_attention_cache", past_key_values)
+            last, all_hidden = fast_path.decoder_forward(self, hidden_states, mask2d, self_cache, self.backend,
+                                                         output_hidden_states=bool(output_hidden_states),
+                                                         cache_position=cache_position)
+            if not return_dict:
+                return tuple(v for v in (last, past_key_values, all_hidden) if v is not None)
+            return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=past_key_values,
+                                                             hidden_states=all_hidden)
+
         past_length = _past_length(past_key_values)
 
         sdpa_masks = (getattr(self.config, "attn_implementation", "sdpa") == "sdpa"
