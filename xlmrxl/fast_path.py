@@ -8,9 +8,10 @@ Contract with the model layer (``xlmrxl.modeling``), which calls, at the top of 
     if reason is None and not (causal and (past_key_values is not None or use_cache)):
         last_hidden_state, all_hidden_states = fast_path.encoder_forward(
             encoder, hidden_states, attention_mask, backend, output_hidden_states=..., causal=...)
-    elif reason is None:  # cached causal decoding: the cache object is normalised by the caller first
+    elif reason is None:  # cached causal decoding; the caller normalises the cache (legacy tuples, use_cache
+        # without one) and hands over its self-attention part, and None for an all-ones mask
         last_hidden_state, all_hidden_states = fast_path.decoder_forward(
-            encoder, hidden_states, attention_mask_or_None, cache.self_attention_cache_or_cache, backend, ...)
+            encoder, hidden_states, attention_mask, self_cache, backend, output_hidden_states=...)
 
 ``encoder`` is any module laid out like transformers' ``XLMRobertaXLEncoder`` (``encoder.layer[i].attention.self.query``,
 ..., ``encoder.LayerNorm``): ours or transformers' own (4.56.x and 5.x keep these names), which is how
