@@ -110,18 +110,23 @@ def available_backends() -> List[str]:
     return names
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation, caches)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
+def _median_ms(fns: Dict[str, Any], repeats: int) -> Dict[str, float]:
+    """Median latency of each function in ms. The runs are interleaved (a, b, a, b, ...) so that a change in machine
+    load hits every contender alike rather than whichever happened to run during it."""
+    def timed(fn):
         t0 = time.perf_counter()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return (time.perf_counter() - t0) * 1e3
+
+    for fn in fns.values():
+        timed(fn)  # warm-up (compilation, caches)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optional[str] = None,
@@ -233,12 +238,13 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
     # -- timing -----------------------------------------------------------------------------------------------
     timings: Dict[str, float] = {}
     w(f"forward latency, batch of {len(texts)} ({enc['input_ids'].shape[1]} tokens padded), median of {repeats}:\n")
-    for name, fn in runners.items():
-        if name == "triton" and dev.type == "cpu":
+    timed = {name: fn for name, fn in runners.items() if not (name == "triton" and dev.type == "cpu")}
+    timings.update(_median_ms(timed, repeats))
+    for name in runners:
+        if name not in timings:
             w(f"  {name:<13}       n/a     (Triton's CPU interpreter checks correctness; time it on a GPU)\n")
-            continue
-        timings[name] = _median_ms(fn, repeats)
-        w(f"  {name:<13} {timings[name]:9.2f} ms\n")
+        else:
+            w(f"  {name:<13} {timings[name]:9.2f} ms\n")
     if hf is None and compare_transformers:
         w("  (install transformers to time it here too)\n")
     model.set_backend("auto")
