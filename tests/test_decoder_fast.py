@@ -66,6 +66,8 @@ def make_cache(kind, config, batch, max_length):
         return StaticCache(config, batch, max_length)
     if kind == "dynamic":
         return DynamicCache()
+    if kind == "transformers":  # transformers' own DynamicCache is driven through update() / get_seq_length() too
+        return pytest.importorskip("transformers").DynamicCache()
     return None  # the model creates an EncoderDecoderCache(DynamicCache(), DynamicCache()) for use_cache=True
 
 
@@ -89,7 +91,9 @@ def decode(model, ids, mask, chunks, past=None):
 def self_layers(cache):
     """Per-layer (keys, values) of the self-attention part of any of the caches above."""
     cache = getattr(cache, "self_attention_cache", cache)
-    return [cache[i] for i in range(len(cache))]
+    if hasattr(cache, "get_layer"):
+        return [cache.get_layer(i) for i in range(len(cache))]
+    return [(layer.keys, layer.values) for layer in cache.layers]  # transformers' DynamicCache
 
 
 class Spy:
@@ -126,7 +130,7 @@ LENGTHS, SEQ, CHUNKS = [8, 6, 4], 8, [3, 2, 1, 1, 1]
 
 
 # -- incremental == full forward == exact path ----------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["static", "dynamic", "created"])
+@pytest.mark.parametrize("kind", ["static", "dynamic", "created", "transformers"])
 def test_incremental_fast_equals_full_and_exact(kind, monkeypatch):
     config = cfg()
     m = build(config, seed=1)
