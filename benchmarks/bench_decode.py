@@ -46,6 +46,15 @@ def _rewind_static(cache, length: int) -> None:
     cache._lengths = [min(n, length) for n in cache._lengths]
 
 
+def _rewind_hf_static(cache, length: int) -> None:
+    """transformers 5.x static layers count their own length (``cache_position`` is not used to write): put it
+    back to ``length`` after a timed step. 4.x writes at ``cache_position``, so there is nothing to do."""
+    for layer in getattr(cache, "layers", ()):
+        n = getattr(layer, "cumulative_length", None)
+        if torch.is_tensor(n):
+            n.fill_(length)
+
+
 def _hf_static_cache(transformers, config, batch, length, device, dtype):
     """transformers' StaticCache across versions (4.5x takes the batch size; 5.x allocates lazily)."""
     try:
@@ -115,13 +124,14 @@ def main(argv=None) -> int:
                 def step():
                     hf(token, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                        cache_position=cpos)
+                    _rewind_hf_static(cache, ctx)
                 return step
             cache = transformers.DynamicCache()
             hf(prompt, attention_mask=mask[:, :ctx], past_key_values=cache, use_cache=True)
 
             def step():
                 hf(token, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-                cache.crop(ctx)
+                cache.crop(-1)  # drop the step's token (a negative count: 5.x refuses a positive target length)
             return step
 
         peers = [("xlmrxl-static", lambda: peer_xlmrxl("static")), ("xlmrxl-dynamic", lambda: peer_xlmrxl("dynamic"))]
