@@ -8,7 +8,8 @@ same K/V at real positions). Greedy and beam ``generate`` give the exact path's 
 with spies: one QKV GEMM per layer on the new rows, one ``cache.update`` per layer (StaticCache: the compiled
 ``cache_update`` op), attention of the new queries against the cache's filled prefix, and no host read of a tensor.
 The Triton kernels run the same under the interpreter (marked ``triton``, tiny shapes) with no op falling back.
-Cross-attention decoders keep the exact path, with the reason logged once.
+Cross-attention decoders, ``output_attentions``, ``head_mask``, relative positions and autograd keep the exact
+path, with the reason logged once. bf16: the fast path's error vs the fp32 truth <= 2x the exact path's.
 """
 import logging
 import types
@@ -316,6 +317,43 @@ def test_cross_attention_decoder_keeps_the_exact_path(monkeypatch, caplog, fresh
     with torch.no_grad():
         m(ids, attention_mask=mask, use_cache=True)
     assert spy.decoder == 1
+
+
+CACHED_FALLBACKS = {
+    "output_attentions": (dict(), dict(output_attentions=True), "output_attentions"),
+    "head_mask": (dict(), dict(head_mask=torch.tensor([1.0, 0.0, 1.0, 1.0])), "head_mask"),
+    "relative_key": (dict(position_embedding_type="relative_key"), dict(), "relative_key"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CACHED_FALLBACKS))
+def test_cached_calls_the_fast_path_cannot_serve(case, monkeypatch, caplog, fresh_log):
+    """Cached decoding with a feature the fused layer lacks runs the exact path (reason logged once) and returns
+    exactly what the exact path returns."""
+    cfg_kw, call_kw, needle = CACHED_FALLBACKS[case]
+    config = cfg(**cfg_kw)
+    m = build(config, seed=11)
+    ids, mask = left_padded(config, [5, 3], 5, seed=11)
+    pos = create_position_ids_from_input_ids(ids, config.pad_token_id)
+
+    def run():  # a 3-token prefill and two steps into a StaticCache, the feature passed on every call
+        past = StaticCache(config, 2, 5)
+        logits = [m(ids[:, s:e], attention_mask=mask[:, :e], position_ids=pos[:, s:e], past_key_values=past,
+                    use_cache=True, **call_kw).logits for s, e in ((0, 3), (3, 4), (4, 5))]
+        return torch.cat(logits, dim=1), past
+
+    spy = Spy(monkeypatch)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
+        a, past = run()
+    assert spy.decoder == 0, f"{case}: the fused decoder must not run"
+    lines = [r.getMessage() for r in caplog.records if "exact (unfused) path" in r.getMessage()]
+    assert len(lines) == 1 and needle in lines[0], f"{case}: expected one reason mentioning {needle!r}, got {lines}"
+    force_exact(monkeypatch)
+    with torch.no_grad():
+        b, _ = run()
+    assert a.shape == b.shape == (2, 5, config.vocab_size)
+    assert torch.equal(a, b), f"{case}: max err {max_err(a, b):.3g}"
+    assert past.get_seq_length() == 5
 
 
 def test_training_and_autograd_keep_the_exact_path(monkeypatch):
