@@ -53,11 +53,12 @@ again. int4 q/k/v layers are concatenated along N once and cached on the attenti
 
 Inference only: with autograd recording (grad mode on and parameters or inputs requiring grad) the call is
 unsupported (the kernels have no backward and the fused buffer is not a graph node), as are training mode with
-dropout, ``output_attentions``, relative positions, ``head_mask``, cross-attention, a KV cache, non-exact-GELU
-activations and forward hooks on encoder submodules. Decoder (causal) self-attention without a cache is supported;
-with a cache, ``decoder_forward`` runs the same fused layer unpacked (callers opt in with
-``unsupported_reason(..., allow_cache=True)``; our encoder does for ``use_cache`` / ``past_key_values`` decoding
-with any cache, so ``xlmrxl.generation`` steps run fused, and ``xlmrxl.accelerate`` does for transformers' causal LMs).
+dropout, ``output_attentions``, relative positions, ``head_mask``, cross-attention, a KV cache (unless the caller
+opts in, below), non-exact-GELU activations and forward hooks on encoder submodules. Decoder (causal)
+self-attention without a cache is supported; with a cache, ``decoder_forward`` runs the same fused layer unpacked
+(callers opt in with ``unsupported_reason(..., allow_cache=True)``; our encoder does for ``use_cache`` /
+``past_key_values`` decoding with any cache, so ``xlmrxl.generation`` steps run fused, and ``xlmrxl.accelerate``
+does for transformers' causal LMs).
 ``chunk_size_feed_forward`` is ignored (the same maths).
 """
 from __future__ import annotations
@@ -606,8 +607,8 @@ def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, o
     ``backend.attention(q, K, V, mask, causal=True)`` with the S new queries against the cache's filled prefix
     (queries aligned to the end of the keys; the kernel's decode path serves S <= 4), output projection + residual,
     GELU FFN + residual. The cached length is read once per call (a host int for xlmrxl's caches): no host sync per
-    layer. Query rows that see no real key (left-padding positions of a prefill) come out of the attention as zeros;
-    only real positions are meaningful, as on the exact path.
+    layer. Query rows that see no real key (left-padding positions of a prefill) come out of the kernel as zeros (of
+    the reference route: attending to their own key); only real positions are meaningful, as on the exact path.
     Returns ``(last_hidden_state, all_hidden_states_or_None)``, both (B, S, H) per entry."""
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
