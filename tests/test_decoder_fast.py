@@ -200,6 +200,24 @@ def test_outputs_tuple_hidden_states_and_legacy_cache(monkeypatch):
     assert all(max_err(a, b) <= TOL for a, b in zip(f_step.hidden_states, e_step.hidden_states))
 
 
+def test_int4_decoder_decodes_fused(monkeypatch):
+    """int4 QuantLinear projections (one int4 GEMM for the concatenated q/k/v) decode through the fused path too."""
+    quantization = pytest.importorskip("xlmrxl.quantization")
+    config = cfg(hidden_size=128, intermediate_size=256)
+    m = build(config, seed=12)
+    quantization.quantize(m, group_size=64)
+    ids, mask = left_padded(config, LENGTHS, SEQ, seed=12)
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        fast, _ = decode(m, ids, mask, CHUNKS, past=StaticCache(config, 3, SEQ))
+        assert spy.decoder == len(CHUNKS)
+        force_exact(monkeypatch)
+        exact, _ = decode(m, ids, mask, CHUNKS, past=StaticCache(config, 3, SEQ))
+    assert fast.shape == exact.shape == (3, SEQ, config.vocab_size) and torch.isfinite(fast).all()
+    err = max_err(fast, exact, mask.bool())
+    assert err <= TOL, f"int4 decoder: fast path vs exact path max err {err:.3g}"
+
+
 # -- generate --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cache", ["static", "dynamic"])
 def test_greedy_generate_same_tokens_fast_and_exact(cache, monkeypatch):
