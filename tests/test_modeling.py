@@ -23,6 +23,9 @@ from xlmrxl import (
 from xlmrxl.backend import Backend
 
 transformers = pytest.importorskip("transformers")
+# transformers 5.x (the GPU machine's) dropped head_mask, relative positions and sdpa's eager fallback for
+# output_attentions, and appends an empty cross_attentions to tuples; the tests of those 4.56.2 behaviours skip there
+TF5 = int(transformers.__version__.split(".")[0]) >= 5
 
 TOL = 1e-5
 HEADS = [XLMRobertaXLModel, XLMRobertaXLForMaskedLM, XLMRobertaXLForSequenceClassification,
@@ -67,6 +70,14 @@ def compare(ours, theirs, inputs, tol=TOL, seq_level_rows=None):
         assert err <= tol, f"{name}: max abs diff {err:.3g} > {tol}"
 
 
+def _strip_empty(t):
+    """transformers 5.x appends an empty cross_attentions tuple to an encoder's tuple output; 4.56.2 does not."""
+    if TF5:
+        while t and isinstance(t[-1], tuple) and not t[-1]:
+            t = t[:-1]
+    return t
+
+
 def run_pair(cls, config, inputs, **kw):
     m = build(cls, config)
     h = hf_twin(m)
@@ -84,7 +95,10 @@ def test_state_dict_and_parameters_match_transformers(cls):
     config = cfg(is_decoder=cls is XLMRobertaXLForCausalLM)
     m = build(cls, config)
     h = hf_twin(m)  # loads strictly: same keys and shapes
-    assert list(m.state_dict()) == list(h.state_dict())
+    if TF5:  # 5.x registers the embeddings in another order; we keep 4.56.2's
+        assert sorted(m.state_dict()) == sorted(h.state_dict())
+    else:
+        assert list(m.state_dict()) == list(h.state_dict())
     assert m.num_parameters() == h.num_parameters()
     assert m.num_parameters(exclude_embeddings=True) == h.num_parameters(exclude_embeddings=True)
     assert list(m.buffers()) == []
@@ -95,6 +109,9 @@ def test_state_dict_and_parameters_match_transformers(cls):
 def test_forward_signature_matches_transformers(cls):
     """transformers' forward parameters, in its order (positional calls work the same); extras only at the end."""
     import inspect
+
+    if TF5:
+        pytest.skip("our forward mirrors transformers 4.56.2's signature (5.x dropped head_mask and others)")
 
     ours = list(inspect.signature(cls.forward).parameters)
     theirs = [p for p in inspect.signature(getattr(transformers, cls.__name__).forward).parameters if p != "kwargs"]
@@ -183,6 +200,8 @@ def test_default_inference_path_matches():
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_hidden_states_attentions_and_tuples(impl):
+    if TF5 and impl == "sdpa":
+        pytest.skip("transformers 5.x's sdpa returns no attention weights (4.56.2 falls back to eager, as we do)")
     config = cfg(attn_implementation=impl)
     inputs = make_inputs(config, batch=4, seed=2)
     m, h, a, b = run_pair(XLMRobertaXLModel, config, inputs, output_hidden_states=True, output_attentions=True)
@@ -197,7 +216,7 @@ def test_hidden_states_attentions_and_tuples(impl):
         assert max_err(x, y, tok[:, None, :, None].expand_as(x)) <= TOL, f"attentions[{i}]"
     # return_dict=False: same tuple layout as transformers
     ta = m(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False)
-    tb = h(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False)
+    tb = _strip_empty(h(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False))
     assert len(ta) == len(tb) == 4
     assert max_err(ta[0], tb[0], tok) <= TOL and max_err(ta[1], tb[1], tok[:, 0]) <= TOL
     assert isinstance(ta[2], tuple) and len(ta[2]) == len(tb[2]) and len(ta[3]) == len(tb[3])
@@ -207,12 +226,13 @@ def test_hidden_states_attentions_and_tuples(impl):
                                  XLMRobertaXLForTokenClassification, XLMRobertaXLForQuestionAnswering,
                                  XLMRobertaXLForMultipleChoice, XLMRobertaXLModel], ids=lambda c: c.__name__)
 def test_return_dict_false_tuples(cls):
-    config = cfg(num_labels=2)
+    # 5.x's sdpa returns no attention weights (4.56.2 falls back to eager): ask 5.x for eager so both give them
+    config = cfg(num_labels=2, **({"attn_implementation": "eager"} if TF5 else {}))
     inputs = mc_inputs(config) if cls is XLMRobertaXLForMultipleChoice else make_inputs(config, left_pad=False)
     m = build(cls, config)
     h = hf_twin(m)
     for kw in ({}, {"output_hidden_states": True}, {"output_attentions": True, "output_hidden_states": True}):
-        ta, tb = m(**inputs, return_dict=False, **kw), h(**inputs, return_dict=False, **kw)
+        ta, tb = m(**inputs, return_dict=False, **kw), _strip_empty(h(**inputs, return_dict=False, **kw))
         assert isinstance(ta, tuple) and len(ta) == len(tb), f"{kw}: {len(ta)} vs {len(tb)}"
         for x, y in zip(ta, tb):
             assert type(x) is type(y)
@@ -296,6 +316,8 @@ def test_multiple_choice_loss():
 # -- features -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pe", ["relative_key", "relative_key_query"])
 def test_relative_position_embeddings(pe):
+    if TF5:
+        pytest.skip("transformers 5.x has no relative positions (the model is always absolute)")
     config = cfg(position_embedding_type=pe)
     m = build(XLMRobertaXLForMaskedLM, config)
     assert "roberta.encoder.layer.0.attention.self.distance_embedding.weight" in m.state_dict()
@@ -309,6 +331,8 @@ def test_relative_position_embeddings(pe):
 
 @pytest.mark.parametrize("shape", ["H", "LH"])
 def test_head_mask(shape):
+    if TF5:
+        pytest.skip("transformers 5.x has no head_mask")
     config = cfg()
     inputs = make_inputs(config)
     if shape == "H":
