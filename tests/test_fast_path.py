@@ -303,7 +303,7 @@ def test_causal_decoder_fast_path(monkeypatch):
     with torch.no_grad():
         a = ours(ids, attention_mask=mask, use_cache=False).logits
         b = hf(ids, attention_mask=mask, use_cache=False).logits
-        ours(ids, attention_mask=mask, use_cache=True)  # decoding with a cache: exact path
+        ours(ids, attention_mask=mask, use_cache=True)  # with a cache: decoder_forward, not encoder_forward
     assert spy.calls == 1
     err = _real_max_err(a, b, mask)
     assert err <= TOL, f"causal fast path vs transformers max err {err:.3g}"
