@@ -8,6 +8,10 @@ import torch
 from xlmrxl.tokenizer import BatchEncoding, XLMRobertaTokenizer, train_sentencepiece, CORPUS_PATH
 
 transformers = pytest.importorskip("transformers")
+# transformers 5.x has no sentencepiece "slow" tokenizer (XLMRobertaTokenizer is the tokenizers-backed one) and saves
+# tokenizer.json only: the comparisons with 4.56.2's slow behaviour skip there
+NO_SLOW = int(transformers.__version__.split(".")[0]) >= 5
+needs_slow = pytest.mark.skipif(NO_SLOW, reason="transformers 5.x has no sentencepiece slow tokenizer to compare with")
 
 TEXTS = [
     "The bakery on the corner opens at six.",
@@ -123,6 +127,7 @@ def test_mask_whitespace(toks):
     assert ours.tokenize("Hello <mask>!")[-3:] == ["<mask>", "\u2581", "!"]
 
 
+@needs_slow
 @pytest.mark.parametrize("skip", [False, True])
 def test_decode_matches_slow(toks, skip):
     ours, slow, fast = toks
@@ -143,6 +148,7 @@ def test_decode_round_trip(toks):
         assert ours.decode(ours(text)["input_ids"], skip_special_tokens=True) == text
 
 
+@needs_slow
 def test_fast_differs_on_unk_decode(toks):
     """Documented difference: fast keeps a trailing space when a skipped <unk> ends the text; we follow slow."""
     ours, slow, fast = toks
@@ -174,6 +180,7 @@ CALL_CASES = [
 ]
 
 
+@needs_slow
 @pytest.mark.parametrize("kw", CALL_CASES, ids=[str(sorted(c.items())) for c in CALL_CASES])
 @pytest.mark.parametrize("form", ["single", "pair", "batch", "batch_pair"])
 def test_call_matches_slow(toks, kw, form):
@@ -265,7 +272,9 @@ def test_save_pretrained_round_trip(toks, tmp_path):
     assert hf_slow.model_max_length == 64
     for text in TEXTS + MASK_TEXTS:
         assert hf_slow(text)["input_ids"] == again(text)["input_ids"] == hf_fast(text)["input_ids"], text
-    # and we read what transformers writes
+    # and we read what transformers writes (4.x; 5.x writes tokenizer.json only, no sentencepiece.bpe.model)
+    if NO_SLOW:
+        return
     hf_dir = tmp_path / "hf"
     slow.save_pretrained(str(hf_dir))
     back = XLMRobertaTokenizer.from_pretrained(hf_dir)
