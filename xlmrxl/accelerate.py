@@ -328,7 +328,22 @@ def _past_length(pkv):
     cache = getattr(pkv, "self_attention_cache", pkv)
     if not (hasattr(cache, "update") and hasattr(cache, "get_seq_length")):
         return 0, f"past_key_values of type {type(pkv).__name__} (legacy tuples run transformers' code)"
+    if _is_preallocated(cache):
+        # transformers' static caches write at `cache_position` and hand back the whole preallocated buffer; the
+        # fused step drives growing caches (or xlmrxl.StaticCache) only
+        return 0, (f"transformers' {type(cache).__name__} (preallocated) is not driven by the fused step; use "
+                   "DynamicCache or xlmrxl.StaticCache")
     return int(cache.get_seq_length()), None
+
+
+def _is_preallocated(cache) -> bool:
+    if type(cache).__module__.startswith("xlmrxl"):
+        return False
+    try:
+        from transformers.cache_utils import DynamicCache
+    except Exception:  # pragma: no cover
+        return False
+    return not isinstance(cache, DynamicCache)
 
 
 def _new_cache(config, encoder_decoder: bool):

@@ -49,7 +49,7 @@ The fused QKV weight: the first fast forward of a layer concatenates q/k/v weigh
 ``(3H, H)`` buffer and re-points the three ``nn.Linear`` parameters at views of it (``param.data = view``), so no
 memory is doubled, the Parameter objects stay the same, and ``state_dict`` keys and values are unchanged. A later
 ``model.to(...)``/``half()`` replaces the storages; the next forward sees the views broken (data_ptr check) and fuses
-again. int4 q/k/v layers are concatenated along N once and cached on the attention module (int4 weights are small).
+again. int4 q/k/v layers are concatenated along N once, and their buffers become views of the concatenation (no copy).
 
 Inference only: with autograd recording (grad mode on and parameters or inputs requiring grad) the call is
 unsupported (the kernels have no backward and the fused buffer is not a graph node), as are training mode with
@@ -100,7 +100,9 @@ def unsupported_reason(encoder, *, attention_mask=None, head_mask=None, output_a
                      past_key_values=past_key_values, use_cache=use_cache, training=training,
                      hidden_states=hidden_states)
     if reason is not None:
-        log_once(f"xlmrxl: the encoder runs the exact (unfused) path: {reason}")
+        # a forgotten no_grad() silently costs the whole speed-up: say so where users see it
+        level = logging.WARNING if reason.startswith("autograd is recording") else logging.INFO
+        log_once(f"xlmrxl: the encoder runs the exact (unfused) path: {reason}", level)
     return reason
 
 
@@ -347,10 +349,10 @@ def _views_intact(parts, fused: torch.Tensor) -> bool:
 def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The fused ``(3H, H)`` weight and ``(3H,)`` bias of ``self_attn.{query,key,value}`` (nn.Linear), making the
     three parameters views of it on first use (or after ``.to()`` broke the views). Memory is not doubled."""
-    q, k, v = self_attn.query, self_attn.key, self_attn.value
-    cached = getattr(self_attn, "_xlmrxl_qkv", None)
-    ws = [q.weight, k.weight, v.weight]
-    bs = [q.bias, k.bias, v.bias]
+    mods = self_attn._modules  # dict reads, not nn.Module.__getattr__: this runs per layer and call
+    ws = [mods[n]._parameters["weight"] for n in ("query", "key", "value")]
+    bs = [mods[n]._parameters.get("bias") for n in ("query", "key", "value")]
+    cached = self_attn.__dict__.get("_xlmrxl_qkv")
     if cached is not None:
         W, b = cached
         if _views_intact(ws, W) and (b is None or all(x is None for x in bs) or _views_intact(bs, b)):
@@ -375,37 +377,24 @@ def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     return W, b
 
 
-class _Int4Cat:
-    """Three int4 QuantLinears concatenated along N (their groups run along K, so rows simply stack)."""
-
-    def __init__(self, mods):
-        self.srcs = tuple((m.qweight, m.scales, m.zeros, m.bias) for m in mods)
-        self.qweight = torch.cat([m.qweight for m in mods], dim=0)
-        self.scales = torch.cat([m.scales for m in mods], dim=1)
-        self.zeros = torch.cat([m.zeros for m in mods], dim=1)
-        bs = [m.bias for m in mods]
-        self.bias = None if all(b is None for b in bs) else torch.cat(
-            [b if b is not None else self.scales.new_zeros(m.qweight.shape[0]) for b, m in zip(bs, mods)])
-        self.group_size = mods[0].group_size
-
-    def valid_for(self, mods) -> bool:
-        return all(a[0] is m.qweight and a[1] is m.scales and a[2] is m.zeros and a[3] is m.bias
-                   for a, m in zip(self.srcs, mods))
-
-
 def _fused_qkv_module(sa):
-    """What to run the QKV GEMM with: ("dense", W, b) or ("int4", _Int4Cat) or ("split", None)."""
+    """What to run the QKV GEMM with: ("dense", W, b) or ("int4", QuantLinear) or ("split", None)."""
     mods = (sa.query, sa.key, sa.value)
     if all(isinstance(m, nn.Linear) for m in mods):
         W, b = fuse_qkv(sa)
         return ("dense", W, b)
     if all(_is_int4(m) for m in mods) and len({m.group_size for m in mods}) == 1:
-        cat = getattr(sa, "_xlmrxl_qkv_int4", None)
-        if cat is None or not cat.valid_for(mods):
+        cached = getattr(sa, "_xlmrxl_qkv_int4", None)
+        if cached is None or not all(a[0] is m.qweight and a[1] is m.scales and a[2] is m.zeros and a[3] is m.bias
+                                     for a, m in zip(cached[1], mods)):
+            from .quantization import QuantLinear
+
+            # the three layers' buffers become views of the concatenated ones: no second copy of the weights
             with torch.no_grad(), torch.inference_mode(False):
-                cat = _Int4Cat(mods)
-            sa._xlmrxl_qkv_int4 = cat
-        return ("int4", cat)
+                cat = QuantLinear.concat(mods, share_storage=True)
+            cached = (cat, tuple((m.qweight, m.scales, m.zeros, m.bias) for m in mods))
+            sa._xlmrxl_qkv_int4 = cached
+        return ("int4", cached[0])
     return ("split", None)
 
 

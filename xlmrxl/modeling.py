@@ -492,7 +492,9 @@ class XLMRobertaXLEncoder(nn.Module):
             training=self.training, causal=causal, hidden_states=hidden_states, allow_cache=True)
         cached = causal and (past_key_values is not None or bool(use_cache))
         if reason is None and not cached:  # (a reason is logged once by fast_path itself)
-            last, all_hidden = fast_path.encoder_forward(self, hidden_states, attention_mask, self.backend,
+            # an all-ones mask (known from the model's validation sync) is dropped: no packing, no second sync
+            mask2d = None if mask_is_full else attention_mask
+            last, all_hidden = fast_path.encoder_forward(self, hidden_states, mask2d, self.backend,
                                                          output_hidden_states=bool(output_hidden_states),
                                                          causal=causal)
             if not return_dict:
