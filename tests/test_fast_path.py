@@ -399,6 +399,30 @@ def test_int4_layers_take_the_fast_path(monkeypatch):
     assert err <= 1e-4, f"int4 fast vs exact path (both dequantized references) max err {err:.3g}"
 
 
+def test_fused_qkv_costs_no_memory():
+    """Fusing q/k/v (dense or int4) makes the three layers views of one buffer: the encoder's bytes stay the same."""
+    q = pytest.importorskip("xlmrxl.quantization")
+
+    def encoder_bytes(model):
+        storages = {}
+        for t in list(model.encoder.parameters()) + list(model.encoder.buffers()):
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        return sum(storages.values())
+
+    for int4 in (False, True):
+        torch.manual_seed(10)
+        model = _ours("XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4)
+        if int4:
+            q.quantize(model, group_size=64)
+        before = encoder_bytes(model)
+        ids, mask = _inputs("padded")
+        with torch.no_grad():
+            model(ids, attention_mask=mask)
+        after = encoder_bytes(model)
+        assert after == before, f"int4={int4}: encoder bytes {before} -> {after} after fusing q/k/v"
+
+
 # -- the Triton kernels under the interpreter -------------------------------------------------------------------------
 @pytest.mark.triton
 @pytest.mark.parametrize("head", ["XLMRobertaXLForMaskedLM", "XLMRobertaXLForSequenceClassification"])
