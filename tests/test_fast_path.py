@@ -400,14 +400,19 @@ def test_int4_layers_take_the_fast_path(monkeypatch):
 
 
 def test_fused_qkv_costs_no_memory():
-    """Fusing q/k/v (dense or int4) makes the three layers views of one buffer: the encoder's bytes stay the same."""
+    """Fusing q/k/v (dense or int4) makes the three layers views of one buffer: no second copy of the weights."""
     q = pytest.importorskip("xlmrxl.quantization")
 
     def encoder_bytes(model):
+        """Bytes of every live tensor storage (not only registered ones: a cache kept in a plain attribute counts)."""
+        import gc
+
+        gc.collect()
         storages = {}
-        for t in list(model.encoder.parameters()) + list(model.encoder.buffers()):
-            st = t.untyped_storage()
-            storages[st.data_ptr()] = st.nbytes()
+        for t in gc.get_objects():
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                st = t.untyped_storage()
+                storages[st.data_ptr()] = st.nbytes()
         return sum(storages.values())
 
     for int4 in (False, True):
@@ -418,9 +423,11 @@ def test_fused_qkv_costs_no_memory():
         before = encoder_bytes(model)
         ids, mask = _inputs("padded")
         with torch.no_grad():
-            model(ids, attention_mask=mask)
+            out = model(ids, attention_mask=mask)
+        del out
         after = encoder_bytes(model)
-        assert after == before, f"int4={int4}: encoder bytes {before} -> {after} after fusing q/k/v"
+        # a few hundred bytes of per-model bookkeeping may appear; a copy of the q/k/v weights is >= 70 KB here
+        assert after - before <= 4096, f"int4={int4}: live tensor bytes {before} -> {after} after fusing q/k/v"
 
 
 # -- the Triton kernels under the interpreter -------------------------------------------------------------------------
