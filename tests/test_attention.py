@@ -253,6 +253,19 @@ def test_not_supported_reasons(device):
         big[0][0], big[1][0], big[2][0], None, None, 2, 2))
 
 
+def test_decode_launch_shape_is_a_heuristic(monkeypatch):
+    """generate grows the KV cache one key per step: the decode kernel picks its launch shape from the head dim
+    alone (no autotuning at each new power of two of S_k, and nothing to tune inside CUDA-graph capture)."""
+    import importlib
+
+    A = importlib.import_module("xlmrxl_kernels.attention")
+    assert not hasattr(A._attn_decode_kernel, "configs"), "the decode kernel must not be autotuned"
+    monkeypatch.setattr(A, "interpreting", lambda: False)
+    for block_d, block_n in ((16, 128), (64, 128), (128, 64), (256, 32)):
+        got = A._decode_launch_params(block_d)
+        assert got == dict(BLOCK_N=block_n, num_warps=4, num_stages=3), f"BLOCK_D={block_d}: {got}"
+
+
 def test_dispatcher_runs_kernel_and_falls_back(device):
     from xlmrxl.backend import Backend
 

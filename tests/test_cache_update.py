@@ -4,16 +4,16 @@ Caches start as fresh random values (the sentinel): after an op, written slots m
 (a copy has no rounding) and every other slot must be unchanged.
 """
 import logging
-import os
 
 import pytest
 import torch
 
 import xlmrxl_kernels.cache_update as cu
+from xlmrxl_kernels._utils import env_flag
 from xlmrxl_kernels.reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
 
 HAS_CUDA = torch.cuda.is_available()
-REQUIRE = os.environ.get("XLMRXL_REQUIRE_EXT", "0") not in ("", "0")
+REQUIRE = env_flag("XLMRXL_REQUIRE_EXT")
 needs_ext = pytest.mark.skipif(not cu.cache_extension_available() and not REQUIRE,
                                reason=f"compiled extension missing: {cu.cache_extension_unavailable_reason()}")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

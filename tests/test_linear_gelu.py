@@ -101,11 +101,34 @@ def test_errors_and_not_supported(device):
         linear_gelu(x, w, torch.randn(9, device=device))
     with pytest.raises(ValueError, match="residual must have shape"):
         linear_residual(x, w, None, torch.randn(4, 9, device=device))
-    assert linear_gelu_not_supported(x, w, None) == []
-    assert linear_residual_not_supported(x, w, None, torch.randn(4, 8, device=device)) == []
+    # float32 CUDA inputs run the reference (cuBLAS is faster than Triton's exact-fp32 dot); the interpreter keeps them
+    fp32_ok = torch.device(device).type != "cuda"
+    assert (linear_gelu_not_supported(x, w, None) == []) == fp32_ok
+    assert (linear_residual_not_supported(x, w, None, torch.randn(4, 8, device=device)) == []) == fp32_ok
     reasons = linear_gelu_not_supported(x.double(), w.double(), None)
     assert reasons and "float64" in reasons[0], reasons
     assert linear_gelu_not_supported(x, w.half(), None), "a dtype mismatch must be reported"
+
+
+class _ReportsCuda(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:0 (for the dispatch decision only; never launched)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_float32_on_cuda_takes_the_reference():
+    x, w = torch.randn(4, 16), torch.randn(8, 16)
+    xc, wc = (torch.Tensor._make_subclass(_ReportsCuda, t) for t in (x, w))
+    for reasons in (linear_gelu_not_supported(xc, wc, None),
+                    linear_residual_not_supported(xc, wc, None, torch.randn(4, 8))):
+        assert reasons == ["float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
+                           "use bf16/fp16 for the fused kernel"], reasons
+    for dtype in (torch.float16, torch.bfloat16):
+        xh, wh = (torch.Tensor._make_subclass(_ReportsCuda, t.to(dtype)) for t in (x, w))
+        assert linear_gelu_not_supported(xh, wh, None) == [], f"{dtype} on CUDA must take the kernel"
+    assert linear_gelu_not_supported(x, w, None) == [], "float32 on CPU (the interpreter) must take the kernel"
 
 
 def test_empty_rows(device):

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
+from xlmrxl_kernels._utils import interpreting as _interpreting  # reads TRITON_INTERPRET as the kernels do
+
 logger = logging.getLogger("xlmrxl")
 
 BACKENDS = ("auto", "triton", "reference")
@@ -45,10 +47,6 @@ def log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _LOGGED:
         _LOGGED.add(message)
         logger.log(level, message)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 _TRITON_REASON: Optional[str] = "unchecked"

@@ -1,26 +1,31 @@
-"""Shared helpers for the kernel files: interpreter detection, autotune configs, output allocation, checks.
+"""Shared helpers for the kernel files: environment flags, interpreter detection, autotune configs and launches,
+device selection, output allocation, checks.
 
-Nothing here touches a GPU at import time.
+Nothing here touches a GPU at import time, and nothing here imports Triton (or ``xlmrxl``).
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+logger = logging.getLogger("xlmrxl")
+
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """A boolean environment variable: unset, "", "0", "false", "no", "off" (any case, spaces ignored) are False;
+    anything else ("1", "true", "yes", ...) is True. Every flag of the package is read through this."""
+    return os.environ.get(name, "").strip().lower() not in _FALSE
 
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the machine
-        return False
-    return True
+    return env_flag("TRITON_INTERPRET")
 
 
 def autotune_configs(configs: Sequence, interpret_config=None) -> list:
@@ -33,11 +38,90 @@ def autotune_configs(configs: Sequence, interpret_config=None) -> list:
     return list(configs)
 
 
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _tuned(kernel, args: tuple, kwargs: dict) -> bool:
+    """Whether ``kernel`` (a ``triton.autotune`` object) already holds a tuned config for these arguments, i.e. a
+    launch would not benchmark. Mirrors the autotuner's cache key (the ``key`` arguments, then the dtype of every
+    tensor argument), which is the same in Triton 3.x; anything unexpected counts as "not tuned"."""
+    try:
+        if len(kernel.configs) <= 1:
+            return True
+        named = dict(zip(kernel.arg_names, args))
+        named.update((k, v) for k, v in kwargs.items() if k in kernel.arg_names)
+        key = [named[k] for k in kernel.keys if k in named]
+        key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+        return tuple(key) in kernel.cache
+    except Exception:  # pragma: no cover - a Triton whose autotuner internals differ
+        return False
+
+
+def launch_autotuned(kernel, grid, args: tuple, kwargs: dict, default: Callable[[dict], object]) -> None:
+    """``kernel[grid](*args, **kwargs)`` for a ``triton.autotune`` kernel, safe inside CUDA-graph capture.
+
+    Autotuning benchmarks every config with synchronising timings, which breaks a ``torch.cuda.graph`` capture. So
+    when the current stream is capturing and this key has not been tuned yet, the launch skips the autotuner and
+    runs ``default(named_args)`` (a ``triton.Config`` valid for these arguments) directly, with one warning on the
+    ``xlmrxl`` logger; one eager warm-up call before capture gets the tuned config into the graph instead. Outside
+    capture, and under the interpreter, this is exactly ``kernel[grid](*args, **kwargs)``.
+    """
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    if not _capturing(device) or _tuned(kernel, args, kwargs):
+        kernel[grid](*args, **kwargs)
+        return
+    named = {**dict(zip(kernel.arg_names, args)), **kwargs}
+    config = default(named)
+    name = getattr(getattr(kernel, "base_fn", None), "__name__", "kernel")
+    msg = (f"xlmrxl: {name} was first launched inside CUDA-graph capture, where Triton cannot autotune; it runs the "
+           f"default config {config} instead. Run one eager warm-up call before capturing to use the tuned one.")
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        logger.warning(msg)
+    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+
+_WARNED: set = set()
+
+
+def on_tensor_device(fn: Callable) -> Callable:
+    """Decorator for kernel launchers: run ``fn`` with the device of its first tensor argument made current.
+
+    Triton launches on the *current* CUDA device and its current stream, so a tensor on ``cuda:1`` while
+    ``cuda:0`` is current would be handed to a kernel on the wrong GPU. When the first tensor argument is on a CUDA
+    device other than the current one, ``fn`` runs inside ``torch.cuda.device(index)``; otherwise (the usual case,
+    and CPU tensors) it is called directly, at the cost of one ``current_device()`` query.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                dev = a.device
+                if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
+                    with torch.cuda.device(dev.index):
+                        return fn(*args, **kwargs)
+                break
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (cached per device index)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def empty(shape, *, dtype: torch.dtype, device) -> torch.Tensor:
     """Allocate a kernel output. With ``XLMRXL_POISON=1`` (set by the tests) it is pre-filled with NaN
     (or the dtype's max for integers) so that any element a kernel forgets to write is caught."""
     out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get("XLMRXL_POISON", "0") not in ("", "0"):
+    if env_flag("XLMRXL_POISON"):
         if out.is_floating_point():
             out.fill_(float("nan"))
         else:

@@ -6,7 +6,9 @@
 
 ``add_layernorm(x, residual, weight, bias, eps=1e-5) -> (y, h)``
     x, residual ``(..., N)`` of one dtype (fp32 / fp16 / bf16), any N >= 1; weight, bias ``(N,)`` of any float dtype
-    (upcast to fp32 in the kernel), either may be None. y and h come back in x's dtype and x's shape, contiguous.
+    (upcast to fp32 in the kernel), either may be None. y comes back in x's dtype and shape, contiguous; so does h
+    when ``residual`` is given. With ``residual=None``, h *is* ``x`` (same tensor, same strides, possibly not
+    contiguous): call ``h.contiguous()`` if a contiguous copy is needed.
     Leading dims are read through one row stride when they collapse to one (``x.view(-1, N)`` works and the last dim
     is contiguous); otherwise the input is copied to contiguous first (one extra read + write of that input).
 
@@ -23,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune_configs, check, check_dtype, check_same_device, empty
+from ._utils import autotune_configs, check, check_dtype, check_same_device, empty, launch_autotuned, on_tensor_device
 
 logger = logging.getLogger("xlmrxl")
 
@@ -177,6 +179,7 @@ def add_layernorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Opt
     return _add_layernorm(x, residual, weight, bias, eps)
 
 
+@on_tensor_device
 def _add_layernorm(x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N,
                    loop_block_n: int = _LOOP_BLOCK_N):
     """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path."""
@@ -214,8 +217,9 @@ def _add_layernorm(x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MA
         BLOCK_N = triton.next_power_of_2(N)
         BLOCK_M = max(1, min(_TILE // BLOCK_N, triton.next_power_of_2(M)))
         grid = (triton.cdiv(M, BLOCK_M),)
-        _add_layernorm_kernel[grid](x2, r2, w, b, y2, h2, M, N, float(eps), *strides,
-                                    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common)
+        launch_autotuned(_add_layernorm_kernel, grid, (x2, r2, w, b, y2, h2, M, N, float(eps), *strides),
+                         dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common),
+                         lambda named: _prune_warps(_CONFIGS, named, **named)[0])
     else:
         BLOCK_N = min(triton.next_power_of_2(loop_block_n), triton.next_power_of_2(N))
         _add_layernorm_loop_kernel[(M,)](x2, r2, w, b, y2, h2, N, float(eps), *strides, BLOCK_N=BLOCK_N,

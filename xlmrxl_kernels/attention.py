@@ -25,22 +25,25 @@ remainder block (80 = 64 + 16, 96 = 64 + 32), each its own ``tl.dot``, so D = 80
 Decode (S_q <= 4 per sequence): one query row per program, dot products as multiply + reduce in fp32 (no 16-row
 MMA tile wasted on one query). Whenever batch x heads x query blocks leaves SMs idle (decode, short prefill), the keys
 are split across programs (flash-decoding) and a small kernel merges the partial results by their log-sum-exp.
+The decode kernel's key-block width is a fixed heuristic (it is memory-bound), so a growing KV cache never triggers
+autotuning; the tiled kernel is autotuned per (bucketed) length, head dim and flags. Under CUDA-graph capture an
+untuned shape runs a default config (one warning) instead of benchmarking: warm up once before capturing.
+Launchers make the tensors' GPU current, so inputs on a non-current device are fine.
 fp32 inputs use exact (IEEE) dots, so they match the fp32 reference to ~1e-6.
 Oracles: ``xlmrxl_kernels.reference.attention_ref`` / ``attention_varlen_ref`` (``upcast=True``).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import os
 from typing import List, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune_configs, check, check_dtype, check_same_device, empty, interpreting
+from ._utils import (autotune_configs, check, check_dtype, check_same_device, empty, env_flag, interpreting,
+                     launch_autotuned, num_sms, on_tensor_device)
 
 logger = logging.getLogger("xlmrxl")
 
@@ -62,11 +65,9 @@ _NARROW = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 32, 4, 3), _cfg(
            _cfg(64, 128, 4, 3)]
 _WIDE = [_cfg(128, 64, 8, 3), _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 4), _cfg(64, 64, 4, 2)]
 _TILED_CONFIGS = autotune_configs(_NARROW + _WIDE[1:], interpret_config=_cfg(16, 16, 4, 1))
-# Decode kernel (one query row per program, no tl.dot): key-block width and warps.
-_DECODE_CONFIGS = autotune_configs(
-    [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
-     for bn, w, st in ((64, 4, 3), (128, 4, 3), (64, 2, 3), (128, 8, 2), (256, 8, 2), (32, 2, 4))],
-    interpret_config=triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1))
+# The decode kernel is not autotuned: it is memory-bound, and a key over the cache length would re-tune (seconds of
+# synchronising benchmarks) at every new power of two of S_k during generation. _decode_launch_params picks it.
+_DECODE_TILE = 8192  # elements of one (BLOCK_N, BLOCK_D) K or V tile: 64 keys x 128 head-dim lanes
 
 _KEY = ["SEQ_Q_KEY", "SEQ_K_KEY", "HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "IS_VARLEN", "NUM_SPLITS"]
 
@@ -397,7 +398,21 @@ def _attn_decode_kernel(
 
 _fwd_tiled = triton.autotune(configs=_TILED_CONFIGS, key=_KEY,
                              prune_configs_by={"early_config_prune": _prune_tiled})(_attn_fwd_kernel)
-_fwd_decode = triton.autotune(configs=_DECODE_CONFIGS, key=_KEY)(_attn_decode_kernel)
+
+
+def _tiled_default(named_args: dict):
+    """The tiled kernel's config when it cannot be tuned (first seen inside CUDA-graph capture): the first of the
+    configs that fit these arguments."""
+    return _prune_tiled(_TILED_CONFIGS, named_args)[0]
+
+
+def _decode_launch_params(block_d: int) -> dict:
+    """Key-block width and launch shape of the decode kernel, by heuristic instead of autotuning: the kernel streams
+    K and V once, so the tile only has to be wide enough to keep loads in flight without spilling (checked on sm_90
+    for 64 keys x 128 lanes at 4 warps). Independent of S_k, so a growing KV cache never recompiles or re-tunes."""
+    if interpreting():
+        return dict(BLOCK_N=16, num_warps=4, num_stages=1)  # tiny test shapes still cross several key blocks
+    return dict(BLOCK_N=max(16, min(128, _DECODE_TILE // block_d)), num_warps=4, num_stages=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -413,17 +428,12 @@ def _head_dim_blocks(d: int):
     return d0, (0 if rem == 0 else max(16, triton.next_power_of_2(rem)))
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _num_splits(device: torch.device, programs: int, max_seqlen_k: int) -> int:
     """Key splits when (batch x heads x query blocks) leaves SMs idle: enough programs to fill the GPU about twice,
     each split >= 64 keys; a power of 2 (few compiled variants)."""
     if device.type != "cuda":
         return 1
-    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    sms = num_sms(device)
     if programs >= sms:
         return 1
     want = min(-(-2 * sms // programs), max(1, max_seqlen_k // 64), 16)
@@ -463,19 +473,20 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen
     args = (q, k, v, out, mask, opart, lpart, cu_q, cu_k,
             H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
             *q_strides, *k_strides, *v_strides, *o_strides, *m_strides,
-            ps, ls, lb, lh, lm,
-            _bucket(max_seqlen_q), _bucket(max_seqlen_k))
+            ps, ls, lb, lh, lm)
     flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=mask is not None and not varlen, IS_CAUSAL=bool(causal),
                  NUM_SPLITS=num_splits)
     if decode:
-        _fwd_decode[(max_seqlen_q * B * H, num_splits)](*args, BLOCK_D=triton.next_power_of_2(D), **flags)
+        block_d = triton.next_power_of_2(D)
+        # SEQ_*_KEY only key the tiled kernel's autotuning: constant here, so they never add compiled variants
+        _attn_decode_kernel[(max_seqlen_q * B * H, num_splits)](*args, 0, 0, BLOCK_D=block_d, **flags,
+                                                                 **_decode_launch_params(block_d))
     else:
         dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
         grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
-        _fwd_tiled[grid](
-            *args, BLOCK_D0=BLOCK_D0, BLOCK_D1=BLOCK_D1, PAD_D0=BLOCK_D0 > D,
-            PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", DOT_F32=dot_f32, **flags)
+        launch_autotuned(_fwd_tiled, grid, args + (_bucket(max_seqlen_q), _bucket(max_seqlen_k)), dict(
+            BLOCK_D0=BLOCK_D0, BLOCK_D1=BLOCK_D1, PAD_D0=BLOCK_D0 > D, PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", DOT_F32=dot_f32, **flags), _tiled_default)
     if num_splits > 1:
         out_rows = out.view(R, H, D)
         _attn_combine_kernel[(R * H,)](
@@ -529,6 +540,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask:
     return _attention(q, k, v, attention_mask, scale=scale, causal=causal)
 
 
+@on_tensor_device
 def _attention(q, k, v, attention_mask=None, *, scale=None, causal=False, num_splits=None):
     """The launcher; ``num_splits`` (a power of two) overrides the split-KV heuristic, for tests."""
     _check_qkv(q, k, v, 4, "(B, H, S, D)")
@@ -562,7 +574,7 @@ def _attention(q, k, v, attention_mask=None, *, scale=None, causal=False, num_sp
 
 
 def _debug_checks() -> bool:
-    return os.environ.get("XLMRXL_DEBUG_CHECKS", "0") not in ("", "0")
+    return env_flag("XLMRXL_DEBUG_CHECKS")
 
 
 def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int) -> None:
@@ -586,6 +598,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                              causal=causal)
 
 
+@on_tensor_device
 def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False,
                       num_splits=None):
     _check_qkv(q, k, v, 3, "(T, H, D)")

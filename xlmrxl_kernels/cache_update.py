@@ -20,6 +20,10 @@ return None**; they are not differentiable (run them under ``torch.no_grad()`` /
   On CUDA, nothing is checked that would need a host sync: the kernel reads positions on the device (CUDA-graph
   safe) and **skips** any token whose slot falls outside [0, max_len), so a too-small cache silently drops tokens.
   Keep track of lengths on the host (``xlmrxl.StaticCache`` does) to get an error there.
+- ``beam_idx`` range: checked on CPU (ValueError naming the entry). On CUDA it is **not** checked (that would need a
+  device-to-host copy and sync per call); an entry outside [0, B) trips a device-side assert in the gather
+  (``index out of bounds``), which poisons the CUDA context. Validate beam indices on the host when they come
+  from untrusted input.
 - CUDA: one kernel launch writes K and V, 16-byte vector copies when addresses and strides allow.
   ``cache_reorder`` gathers into a temporary and copies back (two asynchronous ops per cache, no sync).
 
@@ -36,11 +40,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from typing import Optional, Tuple
 
 import torch
 
+from ._utils import env_flag
 from .reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
 
 __all__ = ["cache_update", "cache_reorder", "cache_reset", "cache_extension_available",
@@ -52,7 +56,7 @@ _BUILD_HINT = "build it with `pip install -e . --no-build-isolation` (or `python
 
 
 def _require_ext() -> bool:
-    return os.environ.get("XLMRXL_REQUIRE_EXT", "0").strip().lower() not in ("", "0", "false", "no", "off")
+    return env_flag("XLMRXL_REQUIRE_EXT")
 
 
 def _load(module: str = "xlmrxl_kernels._C") -> Tuple[Optional[object], Optional[str]]:
@@ -109,7 +113,8 @@ def cache_update(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tens
 def cache_reorder(k_cache: torch.Tensor, v_cache: torch.Tensor, beam_idx: torch.Tensor,
                   length: Optional[int] = None) -> None:
     """Reorder both caches along the batch in place, ``cache[b] = cache[beam_idx[b]]``, over the first ``length``
-    slots (default: all). Returns None."""
+    slots (default: all). Returns None. ``beam_idx`` entries must lie in [0, B): checked on CPU; on CUDA an
+    out-of-range entry is a device-side assert, not a Python error (see the module docstring)."""
     _op("cache_reorder", k_cache.device)(k_cache, v_cache, beam_idx, None if length is None else int(length))
 
 

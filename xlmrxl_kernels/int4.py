@@ -19,18 +19,23 @@ fill the MMA's narrow side. Two launch shapes:
 
 - ``M <= 64`` (latency): narrow token tile, ``BLOCK_N = 64`` output features per program, and split-K across
   whole groups when the output tiles alone cannot fill the GPU (fp32 atomics into a workspace, then a small
-  kernel adds the bias, applies GELU and rounds; with no split the epilogue is fused).
+  kernel adds the bias, applies GELU, rounds, and zeroes the workspace again; with no split the epilogue is fused).
+  The workspace is cached per (device, stream) and grows to the next power of two when needed (older buffers are
+  kept, so CUDA graphs that captured them stay valid): no allocation or memset per call. Two host threads
+  launching on one stream at once would share it; use one stream per thread.
 - ``M > 64`` (throughput): autotuned 2-D tiles in super-grouped order, fused epilogue.
 
 Accumulation in fp32; one rounding to ``x.dtype``. With split-K the fp32 summation order varies from run to run
 (atomics), so results can differ in the last bit between runs. Kernel limits: ``group_size`` a power of two >= 32;
 ``x`` float16 / bfloat16 (float32 only under the interpreter, where it checks the kernel's logic exactly);
-``int4_matmul_not_supported`` says why a call cannot take the kernel, and the dispatcher then runs the reference. ``quantize_int4`` / ``dequantize_int4`` are plain PyTorch (they run once per weight, on any device).
+``int4_matmul_not_supported`` says why a call cannot take the kernel, and the dispatcher then runs the reference.
+``quantize_int4`` / ``dequantize_int4`` are plain PyTorch (they run once per weight, on any device).
+Launchers make the tensors' GPU current; under CUDA-graph capture an untuned shape runs a default config instead of
+autotuning (warm up once before capturing).
 Oracle: ``xlmrxl_kernels.reference.int4.int4_matmul_ref``.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import List, Optional
 
@@ -39,7 +44,8 @@ import triton
 import triton.language as tl
 
 from ._tiles import grouped_tile
-from ._utils import autotune_configs, check, check_same_device, empty, interpreting
+from ._utils import (autotune_configs, check, check_same_device, empty, interpreting, launch_autotuned, num_sms,
+                     on_tensor_device)
 from .reference.int4 import (check_int4_args, dequantize_int4_ref, export_torchao_int4, import_torchao_int4,
                              pack_int4, quantize_int4_ref, unpack_int4)
 
@@ -159,6 +165,7 @@ def _int4_finalize_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn,
     m = offs // N
     n = offs % N
     acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
+    tl.store(ws_ptr + offs, tl.zeros_like(acc), mask=mask)  # leave the cached workspace zeroed for the next call
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=mask, other=0.0).to(tl.float32)
     if GELU:
@@ -166,15 +173,25 @@ def _int4_finalize_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn,
     tl.store(y_ptr + m * stride_ym + n * stride_yn, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: small, so the tests exercise split-K at tiny shapes
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return num_sms(device)
+
+
+# (device, stream) -> fp32 split-K workspaces, newest (largest) last; every one is all zeros between calls
+_WORKSPACES: dict = {}
+
+
+def _workspace(device: torch.device, numel: int) -> torch.Tensor:
+    """A zeroed fp32 buffer of ``numel`` elements for split-K partial sums, reused across calls (the finalize kernel
+    zeroes what it read). Per stream, so concurrent streams never share one; grown, never freed, so a CUDA graph that
+    captured a buffer keeps a valid one."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
+    bufs = _WORKSPACES.setdefault(key, [])
+    if not bufs or bufs[-1].numel() < numel:
+        bufs.append(torch.zeros(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
+    return bufs[-1][:numel]
 
 
 def int4_matmul_not_supported(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -192,6 +209,7 @@ def int4_matmul_not_supported(x: torch.Tensor, qweight: torch.Tensor, scales: to
     return reasons
 
 
+@on_tensor_device
 def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                 group_size: int = 128, bias: Optional[torch.Tensor] = None,
                 activation: Optional[str] = None) -> torch.Tensor:
@@ -232,7 +250,8 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
 
-        _int4_tiled[grid](x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides, SPLIT_K=1, **common)
+        launch_autotuned(_int4_tiled, grid, (x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides),
+                         dict(SPLIT_K=1, **common), lambda named: _TILED_CONFIGS[1])
         return y.reshape(lead + (N,))
 
     # latency launch: tiles fixed here so the split can fill the GPU
@@ -244,9 +263,10 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     # fp32 partial-sum traffic (split x M x N x 4 bytes) than half the packed weight (N x K / 2 bytes)
     split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * M)))
     split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
-    ws = torch.zeros((M, N), dtype=torch.float32, device=x.device) if split > 1 else y
-    _int4_small[(tiles, split)](x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides, SPLIT_K=split,
-                                BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common)
+    ws = _workspace(x.device, M * N) if split > 1 else y
+    launch_autotuned(_int4_small, (tiles, split), (x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides),
+                     dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
+                     lambda named: _SMALL_CONFIGS[1])
     if split > 1:
         block = 1024
         _int4_finalize_kernel[(triton.cdiv(M * N, block),)](ws, b, y, M, N, y.stride(0), y.stride(1),

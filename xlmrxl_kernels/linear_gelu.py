@@ -7,7 +7,12 @@
 ``(..., N)``; any strides. ``x`` and ``weight`` share one dtype (float16, bfloat16, float32); the output has it too.
 The product accumulates in fp32, bias / GELU / residual run in fp32 on the accumulator, and the result is rounded
 once to the output dtype (PyTorch's unfused ``F.gelu(F.linear(...))`` rounds twice). fp32 inputs use IEEE fp32
-products (no TF32), so fp32 results match PyTorch's to accumulation order.
+products (no TF32), so fp32 results match PyTorch's to accumulation order. On a GPU those exact-fp32 dots run on the
+FP32 units, far slower than cuBLAS, so ``*_not_supported`` reports float32 CUDA inputs and the dispatcher runs the
+reference (``F.linear`` + a separate epilogue) for them; calling the kernel directly still works. Under the
+interpreter (CPU) fp32 runs through the kernel, which is how CI checks its logic exactly.
+Launchers make the tensors' GPU current; under CUDA-graph capture an untuned shape runs a default config instead of
+autotuning (warm up once before capturing).
 
 Used for the FFN up projection + GELU (``intermediate.dense``), the attention output projection and the FFN down
 projection (``+ residual``). Tiles are visited in super-grouped order (``GROUP_M`` row tiles per column band) so a
@@ -23,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._tiles import grouped_tile
-from ._utils import autotune_configs, check, check_same_device, empty
+from ._utils import autotune_configs, check, check_same_device, empty, launch_autotuned, on_tensor_device
 
 logger = logging.getLogger("xlmrxl")
 
@@ -51,6 +56,8 @@ _CONFIGS = [
 ]
 # Under the interpreter: one small config so that K, N and M all cross block edges at tiny test shapes.
 _INTERPRET_CONFIG = _config(32, 32, 32, 4, 1, group_m=2)
+_FP32_CUDA_REASON = ("float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
+                     "use bf16/fp16 for the fused kernel")
 
 
 def _prune(configs, named_args, **kwargs):
@@ -138,17 +145,25 @@ def _not_supported(x, weight, bias, residual=None) -> List[str]:
     return reasons
 
 
+def _slower_than_reference(x) -> List[str]:
+    """Calls the kernel can run but should not: the reference is faster."""
+    return [_FP32_CUDA_REASON] if x.dtype == torch.float32 and x.device.type == "cuda" else []
+
+
 def linear_gelu_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> List[str]:
-    """Reasons (possibly none) the kernel cannot take this call; the dispatcher then runs the reference."""
-    return _not_supported(x, weight, bias)
+    """Reasons (possibly none) the kernel cannot or should not take this call (float32 on CUDA: the reference is
+    faster); the dispatcher then runs the reference."""
+    return _not_supported(x, weight, bias) + _slower_than_reference(x)
 
 
 def linear_residual_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                                   residual: torch.Tensor) -> List[str]:
-    """Reasons (possibly none) the kernel cannot take this call; the dispatcher then runs the reference."""
-    return _not_supported(x, weight, bias, residual)
+    """Reasons (possibly none) the kernel cannot or should not take this call (float32 on CUDA: the reference is
+    faster); the dispatcher then runs the reference."""
+    return _not_supported(x, weight, bias, residual) + _slower_than_reference(x)
 
 
+@on_tensor_device
 def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
     check(weight.dim() == 2, f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
     N, K = weight.shape
@@ -178,14 +193,15 @@ def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     m_bucket = min(triton.next_power_of_2(M), 4096)
-    _linear_epilogue_kernel[grid](
+    launch_autotuned(_linear_epilogue_kernel, grid, (
         x2, weight, b, r2, y,
         M, N, K, m_bucket,
         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), r2.stride(0), r2.stride(1),
         y.stride(0), y.stride(1),
+    ), dict(
         HAS_BIAS=bias is not None, EPILOGUE=epilogue, IEEE=x.dtype == torch.float32,
         EVEN_K=K % 128 == 0,  # every BLOCK_K in the configs divides 128
-    )
+    ), lambda named: _prune(_CONFIGS, named)[0])
     return y.reshape(lead + (N,))
 
 
