@@ -16,11 +16,13 @@ os.environ.setdefault("XLMRXL_POISON", "1")
 
 import pytest  # noqa: E402
 
+from xlmrxl_kernels._utils import env_flag  # noqa: E402  (imports neither Triton nor a kernel)
+
 HAS_CUDA = torch.cuda.is_available()
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETING = env_flag("TRITON_INTERPRET")
 
 
-REQUIRE_EXT = os.environ.get("XLMRXL_REQUIRE_EXT", "0") not in ("", "0")
+REQUIRE_EXT = env_flag("XLMRXL_REQUIRE_EXT")
 
 
 def _ext_missing_reason():

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, TextIO
 
 import torch
 
+from xlmrxl_kernels._utils import interpreting as _interpreting
+
 logger = logging.getLogger("xlmrxl")
 
 DEMO_VERSION = "demo-v1"
@@ -101,7 +103,7 @@ def build_demo_checkpoint(directory: Optional[Path] = None, *, quick: bool = Fal
 def available_backends() -> List[str]:
     """``reference`` always; ``triton`` when CUDA is present or the Triton CPU interpreter is on."""
     names = ["reference"]
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    interpreting = _interpreting()
     if torch.cuda.is_available() or interpreting:
         from .backend import triton_unavailable_reason
 
@@ -144,7 +146,7 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
     w = out.write
     dev = pipelines.parse_device(device)
     run_dtype = pipelines.parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    interpreting = _interpreting()
     repeats = repeats if repeats is not None else (2 if quick else 5)
 
     t0 = time.perf_counter()
