@@ -474,3 +474,21 @@ def test_int4_layers_with_triton_kernels(monkeypatch, caplog, fresh_log):
     assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
     err = _real_max_err(got, ref, mask)
     assert err <= 1e-4, f"int4 route, kernels vs references: max err {err:.3g}"
+
+
+# -- packed outputs on request ----------------------------------------------------------------------------------------
+def test_forward_packed_returns_real_tokens_only():
+    torch.manual_seed(11)
+    model = _ours("XLMRobertaXLModel")
+    ids, mask = _inputs("padded")
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask).last_hidden_state
+        out = model.forward_packed(ids, attention_mask=mask)
+    T = int(mask.sum())
+    assert out.last_hidden_state.shape == (T, padded.shape[-1]) and out.last_hidden_state.dtype == padded.dtype
+    err = (out.last_hidden_state - padded[mask.bool()]).abs().max().item()
+    assert err <= 1e-6, f"packed vs padded real-token outputs max err {err:.3g}"
+    assert out.packing.cu_seqlens.tolist() == [0] + mask.sum(1).cumsum(0).tolist()
+    assert torch.equal(out.packing.unpack(out.last_hidden_state), padded)
+    with pytest.raises(ValueError, match="autograd"):  # grad mode on, parameters require grad
+        model.forward_packed(ids, attention_mask=mask)

@@ -916,6 +916,32 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             attentions=encoder_outputs.attentions, cross_attentions=encoder_outputs.cross_attentions)
 
 
+    def forward_packed(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                       inputs_embeds=None, output_hidden_states=False):
+        """Padding-free outputs: the final hidden states of the **real tokens only**, never scattered back.
+
+        Returns ``xlmrxl.fast_path.PackedEncoderOutput`` with ``last_hidden_state`` ``(T, H)`` (T = number of real
+        tokens, row-major over the batch), ``hidden_states`` (packed too, when asked) and ``packing``:
+        ``packing.cu_seqlens`` (int32, B+1) delimits each sequence's rows, ``packing.unpack(x)`` restores
+        ``(B, S, ...)`` with zeros at padding. For serving embeddings without paying for padding.
+        Raises ValueError when the call cannot take the fused path (e.g. autograd recording), saying why."""
+        from . import fast_path
+
+        mask_full, _ = self._validate(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
+                                      None, None, 0)
+        embedding_output = self.embeddings(input_ids=input_ids, position_ids=position_ids,
+                                           token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        causal = bool(self.config.is_decoder)
+        reason = fast_path.unsupported_reason(self.encoder, attention_mask=attention_mask, training=self.training,
+                                              causal=causal, hidden_states=embedding_output)
+        if reason is not None:
+            raise ValueError(f"forward_packed runs only on the fused padding-free path, which this call cannot "
+                             f"take: {reason}")
+        return fast_path.encoder_forward(self.encoder, embedding_output, None if mask_full else attention_mask,
+                                         self.backend, output_hidden_states=bool(output_hidden_states),
+                                         return_packed=True, causal=causal)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # heads
 # ---------------------------------------------------------------------------------------------------------------
