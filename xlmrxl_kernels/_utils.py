@@ -91,7 +91,8 @@ def on_tensor_device(fn: Callable) -> Callable:
     Triton launches on the *current* CUDA device and its current stream, so a tensor on ``cuda:1`` while
     ``cuda:0`` is current would be handed to a kernel on the wrong GPU. When the first tensor argument is on a CUDA
     device other than the current one, ``fn`` runs inside ``torch.cuda.device(index)``; otherwise (the usual case,
-    and CPU tensors) it is called directly, at the cost of one ``current_device()`` query.
+    and CPU tensors under the interpreter) it is called directly, at the cost of one ``current_device()`` query.
+    CPU tensors outside Triton's interpreter get a clear error instead of Triton's driver error.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -101,6 +102,13 @@ def on_tensor_device(fn: Callable) -> Callable:
                 if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
                     with torch.cuda.device(dev.index):
                         return fn(*args, **kwargs)
+                if dev.type != "cuda" and not interpreting():
+                    # otherwise Triton fails with "0 active drivers", which tells a user nothing
+                    raise RuntimeError(
+                        f"the Triton kernels need CUDA tensors, got a tensor on {dev.type}. On CPU use the PyTorch "
+                        "references (xlmrxl_kernels.reference.<op>_ref, or backend='auto' / 'reference' in the "
+                        "model), or set TRITON_INTERPRET=1 before the first kernel import to run the kernels in "
+                        "Triton's CPU interpreter (for testing)")
                 break
         return fn(*args, **kwargs)
 
