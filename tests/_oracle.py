@@ -12,6 +12,8 @@
 - ``real(inputs)``: the bool (B, S) mask of real tokens. ``max_err(a, b, where=None)``: max |a - b| (over ``where``).
 - ``assert_lowp(ours, theirs, truth, where, name)``: the low-precision rule "our error vs the fp32 truth ≤ 2× the
   oracle's error in the same dtype".
+- ``random_model(cls, config, seed=0, embed_std=None, **kw)``: ``cls(config, **kw)`` with non-trivial weights
+  everywhere (biases ~N(0, 0.1), LayerNorm scales ~N(1, 0.1), so parity covers every term), in eval mode.
 """
 from __future__ import annotations
 
@@ -24,6 +26,22 @@ def _transformers():
     import transformers
 
     return transformers
+
+
+def random_model(cls, config, seed: int = 0, embed_std: Optional[float] = None, **kw):
+    """``cls(config, **kw)`` with random biases and LayerNorm parameters too; ``embed_std`` widens the word
+    embeddings (sharper logits: fewer near-ties in greedy comparisons). Seeded, in eval mode."""
+    torch.manual_seed(seed)
+    m = cls(config, **kw)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "LayerNorm" in name or "layer_norm" in name:
+                p.normal_(1.0, 0.1)
+            elif embed_std is not None and "word_embeddings" in name:
+                p.normal_(0.0, embed_std)
+    return m.eval()
 
 
 def hf_twin(model, attn_implementation: Optional[str] = None):

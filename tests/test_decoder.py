@@ -3,7 +3,7 @@ incremental decoding, the causal-LM loss and generation hooks. Tiny config, CPU,
 import pytest
 import torch
 
-from _oracle import hf_twin, make_inputs, max_err, real
+from _oracle import hf_twin, make_inputs, max_err, random_model, real
 from conftest import tiny_config_kwargs
 from xlmrxl import DynamicCache, EncoderDecoderCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM, XLMRobertaXLModel
 from xlmrxl.cache import Cache
@@ -30,15 +30,7 @@ def cfg(**kw):
 
 
 def build(cls, config, seed=0):
-    torch.manual_seed(seed)
-    m = cls(config)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "LayerNorm" in name or "layer_norm" in name:
-                p.normal_(1.0, 0.1)
-    return m.eval()
+    return random_model(cls, config, seed)
 
 
 def ids_no_pad(config, batch=2, seq=8, seed=0):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import xlmrxl.backend as xbackend
 import xlmrxl.static_cache as xstatic
-from _oracle import assert_lowp, max_err
+from _oracle import assert_lowp, max_err, random_model
 from conftest import tiny_config_kwargs
 from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl import fast_path
@@ -37,19 +37,10 @@ def cfg(**kw):
 
 
 def build(config, seed=0, backend="reference"):
-    """Random non-trivial weights (biases, LayerNorm scales), sharper embeddings (fewer greedy near-ties); eval."""
-    torch.manual_seed(seed)
-    m = XLMRobertaXLForCausalLM(config)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "LayerNorm" in name or "layer_norm" in name:
-                p.normal_(1.0, 0.1)
-            elif "word_embeddings" in name:
-                p.normal_(0.0, 0.5)
+    """Random non-trivial weights, sharper embeddings (fewer greedy near-ties); eval; the given backend."""
+    m = random_model(XLMRobertaXLForCausalLM, config, seed, embed_std=0.5)
     m.set_backend(backend)
-    return m.eval()
+    return m
 
 
 def left_padded(config, lengths, seq, seed=0):

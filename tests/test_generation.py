@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _oracle import random_model
 from conftest import tiny_config_kwargs
 from xlmrxl import XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl.generation import GenerateOutput, _warp, generate
@@ -21,17 +22,7 @@ def cfg(**kw):
 
 
 def build(config, seed=0):
-    torch.manual_seed(seed)
-    m = XLMRobertaXLForCausalLM(config)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "LayerNorm" in name or "layer_norm" in name:
-                p.normal_(1.0, 0.1)
-            elif "word_embeddings" in name:
-                p.normal_(0.0, 0.5)  # sharper logits: fewer near-ties for greedy comparisons
-    return m.eval()
+    return random_model(XLMRobertaXLForCausalLM, config, seed, embed_std=0.5)  # sharper logits: fewer ties
 
 
 @pytest.fixture(scope="module")

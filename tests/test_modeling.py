@@ -7,7 +7,7 @@ exact path; ``test_default_inference_path_matches`` covers the default no-grad i
 import pytest
 import torch
 
-from _oracle import assert_lowp, hf_twin, make_inputs, max_err, real
+from _oracle import assert_lowp, hf_twin, make_inputs, max_err, random_model, real
 from conftest import tiny_config_kwargs
 import xlmrxl
 from xlmrxl import (
@@ -39,15 +39,7 @@ def cfg(**kw):
 
 def build(cls, config, seed=0, **kw):
     """A model with every parameter random (LayerNorms and biases too, so parity covers them), in eval mode."""
-    torch.manual_seed(seed)
-    m = cls(config, **kw)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "LayerNorm" in name or "layer_norm" in name:
-                p.normal_(1.0, 0.1)
-    return m.eval()
+    return random_model(cls, config, seed, **kw)
 
 
 def outputs_of(out):

@@ -3,6 +3,7 @@ CPU, fp32 <= 1e-5) with StaticCache and DynamicCache, padded batches and cross-a
 import pytest
 import torch
 
+from _oracle import random_model
 from conftest import tiny_config_kwargs
 from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl.cache import Cache
@@ -16,15 +17,7 @@ def cfg(**kw):
 
 
 def build(config, seed=0):
-    torch.manual_seed(seed)
-    m = XLMRobertaXLForCausalLM(config)
-    with torch.no_grad():  # non-trivial biases and LayerNorm weights, so every term of the layer matters
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "LayerNorm" in name or "layer_norm" in name:
-                p.normal_(1.0, 0.1)
-    return m.eval()
+    return random_model(XLMRobertaXLForCausalLM, config, seed)
 
 
 def left_padded(config, lengths, seq, seed=0):
