@@ -29,10 +29,7 @@ _RUN = {"device": "cuda", "warmup": 10, "rep": 50}
 
 
 def _time(fn):
-    try:
-        return harness.bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])["ms"], None
-    except Exception as exc:  # a peer that cannot run here is reported, not fatal
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return harness.try_bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])
 
 
 def _graph_ms(fn):

@@ -16,7 +16,6 @@ Position ids are passed explicitly (the padding-index rule: 513 for the new toke
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 from pathlib import Path
 
@@ -29,16 +28,6 @@ XL = dict(vocab_size=250880, hidden_size=2560, num_hidden_layers=36, num_attenti
           is_decoder=True)
 TINY = dict(XL, vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=34)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def _rewind_static(cache, length: int) -> None:
@@ -88,7 +77,7 @@ def main(argv=None) -> int:
     ctx = cfg["max_position_embeddings"] - 3  # cached tokens; the new one takes the last position id
     hf_config = transformers.XLMRobertaXLConfig(**cfg)
     hf_config._attn_implementation = "sdpa"
-    with default_dtype(dtype), torch.device(device):
+    with harness.default_dtype(dtype), torch.device(device):
         hf = transformers.XLMRobertaXLForCausalLM(hf_config).eval()
     ours = xlmrxl.from_transformers(hf)
     ext = cache_extension_unavailable_reason(torch.device(device))

@@ -17,7 +17,6 @@ and peak GPU memory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 
@@ -57,22 +56,12 @@ def flops_per_forward(cfg: dict, mask: torch.Tensor) -> float:
     return float(linear + attention)
 
 
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def build_hf(cfg: dict, dtype, device, attn: str):
     from transformers import XLMRobertaXLConfig, XLMRobertaXLModel
 
     config = XLMRobertaXLConfig(**cfg)
     config._attn_implementation = attn
-    with default_dtype(dtype), torch.device(device):
+    with harness.default_dtype(dtype), torch.device(device):
         model = XLMRobertaXLModel(config, add_pooling_layer=False)
     return model.eval()
 

@@ -40,10 +40,7 @@ def _eager_residual(x, w, b, r):
 
 
 def _time(fn):
-    try:
-        return harness.bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])["ms"], None
-    except Exception as exc:  # a peer that cannot run here is reported, not fatal
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return harness.try_bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])
 
 
 def main(argv=None) -> int:

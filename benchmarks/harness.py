@@ -6,6 +6,7 @@ Every benchmark script builds rows with `row(...)` and hands them to `write_resu
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -86,6 +87,26 @@ def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return {"ms": statistics.median(times), "ms_p20": times[len(times) // 5], "ms_p80": times[(4 * len(times)) // 5]}
+
+
+def try_bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50):
+    """``(median ms, None)``, or ``(None, error)`` when ``fn`` cannot run here: a peer that rejects the input or is
+    missing is reported in the results, not fatal."""
+    try:
+        return bench(fn, warmup=warmup, rep=rep)["ms"], None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """Build modules directly in ``dtype`` (no fp32 copy of a 3.5B-parameter model first)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
