@@ -50,7 +50,7 @@ def test_fill_mask_structure(fill):
     multi = many[2]  # two masks -> one list per mask, sequences keep special tokens (as transformers)
     assert len(multi) == 2 and all(len(r) == 3 for r in multi)
     assert multi[0][0]["sequence"].startswith("<s>") and "<mask>" in multi[0][0]["sequence"]
-    assert fill(["Hello <mask>!"]) == [fill("Hello <mask>!")]  # a list of one stays a list
+    assert fill(["Hello <mask>!"]) == fill("Hello <mask>!")  # as transformers: a list of one is unwrapped
     assert fill([]) == []
 
 

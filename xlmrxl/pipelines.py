@@ -23,7 +23,7 @@ Contract
   Output per input, as transformers: one ``<mask>`` -> a list of ``top_k`` dicts ``{score, token, token_str,
   sequence}`` (``sequence`` decoded with special tokens skipped); several masks -> one such list per mask, each
   ``sequence`` filling only that mask and decoded with special tokens kept. A string input gives its result; a
-  list gives a list of results (even for a list of one, where transformers unwraps). ``targets=`` (a word or a
+  list gives a list of results, except a list of one, which is unwrapped (as transformers does). ``targets=`` (a word or a
   list) restricts the candidates, as transformers does (a word outside the vocabulary is replaced by its first
   token, with a warning). An input without ``<mask>`` is an error naming it.
 - ``"feature-extraction"``: ``pooling=None`` gives each input's token states, a float32 tensor (real tokens, H)
@@ -220,7 +220,8 @@ class FillMaskPipeline(Pipeline):
                 real = ids_cpu[b][mask_cpu[b].bool()]
                 results[i] = self._format(real, [cols[m] for m in where], [values[m] for m in where],
                                           [picks[m] for m in where])
-        return results[0] if single else results
+        # as transformers' pipeline: a string, or a list holding one string, gives that input's result alone
+        return results[0] if single or len(results) == 1 else results
 
     def _format(self, real_ids: torch.Tensor, positions, values, picks):
         tok = self.tokenizer
