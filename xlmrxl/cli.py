@@ -156,6 +156,8 @@ def _cmd_fill_mask(args) -> int:
                     top_k=args.top_k, batch_size=args.batch_size)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
     results = pipe(texts, targets=targets) if targets else pipe(texts)
+    if len(texts) == 1:  # the pipeline unwraps a list of one, as transformers' does
+        results = [results]
     out = sys.stdout
     for text, res in zip(texts, results):
         if args.json:
