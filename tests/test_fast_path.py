@@ -249,7 +249,7 @@ def test_fused_qkv_shares_storage_and_keeps_state_dict():
     assert {n: p for n, p in model.named_parameters()} == params_before, "Parameter objects were replaced"
     for layer in model.roberta.encoder.layer:
         sa = layer.attention.self
-        W, b = sa._xlmrxl_qkv
+        W, b = sa._xlmrxl_qkv[:2]
         H = sa.query.weight.shape[0]
         assert W.shape == (3 * H, 64) and W.is_contiguous()
         for i, lin in enumerate((sa.query, sa.key, sa.value)):

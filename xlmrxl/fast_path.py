@@ -352,10 +352,16 @@ def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     mods = self_attn._modules  # dict reads, not nn.Module.__getattr__: this runs per layer and call
     ws = [mods[n]._parameters["weight"] for n in ("query", "key", "value")]
     bs = [mods[n]._parameters.get("bias") for n in ("query", "key", "value")]
+    # the common case, per layer and call: the same storages as last time (the cache holds W and b alive, so a
+    # new storage can never reuse their addresses); a data pointer comparison is enough
+    key = tuple(t.data_ptr() if t is not None else 0 for t in ws + bs)
     cached = self_attn.__dict__.get("_xlmrxl_qkv")
     if cached is not None:
-        W, b = cached
+        W, b, seen = cached
+        if seen == key:
+            return W, b
         if _views_intact(ws, W) and (b is None or all(x is None for x in bs) or _views_intact(bs, b)):
+            self_attn._xlmrxl_qkv = (W, b, key)
             return W, b
     # Never create the buffer as an inference tensor: the parameters become views of it and must stay usable
     # outside torch.inference_mode() (autograd, optimizers).
@@ -372,7 +378,7 @@ def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
                 if x is not None:
                     off = sum(w.shape[0] for w in ws[:i])
                     x.data = b[off:off + x.shape[0]]
-    self_attn._xlmrxl_qkv = (W, b)
+    self_attn._xlmrxl_qkv = (W, b, tuple(t.data_ptr() if t is not None else 0 for t in ws + bs))
     logger.debug("xlmrxl: fused q/k/v of %s into one (%d, %d) buffer", type(self_attn).__name__, *W.shape)
     return W, b
 
