@@ -12,6 +12,8 @@
 - ``real(inputs)``: the bool (B, S) mask of real tokens. ``max_err(a, b, where=None)``: max |a - b| (over ``where``).
 - ``assert_lowp(ours, theirs, truth, where, name)``: the low-precision rule "our error vs the fp32 truth ≤ 2× the
   oracle's error in the same dtype".
+- ``left_padded(config, lengths, seq, seed=0)``: (ids, mask), row r left-padded to ``seq`` with ``lengths[r]`` real ids.
+- ``EncoderForwardSpy(monkeypatch)``: counts calls into ``xlmrxl.fast_path.encoder_forward`` (``.calls``).
 - ``random_model(cls, config, seed=0, embed_std=None, **kw)``: ``cls(config, **kw)`` with non-trivial weights
   everywhere (biases ~N(0, 0.1), LayerNorm scales ~N(1, 0.1), so parity covers every term), in eval mode.
 """
@@ -107,3 +109,29 @@ def assert_lowp(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor, w
     assert ours.dtype == theirs.dtype, f"{name}: dtype {ours.dtype} vs {theirs.dtype}"
     e_ours, e_ref = max_err(ours, truth, where), max_err(theirs, truth, where)
     assert e_ours <= 2 * e_ref + floor, f"{name}: our error {e_ours:.3g} > 2 x transformers' error {e_ref:.3g}"
+
+
+def left_padded(config, lengths, seq: int, seed: int = 0):
+    """Random real ids (never the pad id), row r left-padded to ``seq`` with ``seq - lengths[r]`` pads; (ids, mask)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, config.vocab_size, (len(lengths), seq), generator=g)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        mask[r, seq - n:] = 1
+    return ids.masked_fill(mask == 0, config.pad_token_id), mask
+
+
+class EncoderForwardSpy:
+    """Counts the calls into ``xlmrxl.fast_path.encoder_forward`` (proof that the fused path ran)."""
+
+    def __init__(self, monkeypatch):
+        from xlmrxl import fast_path
+
+        self.calls = 0
+        real = fast_path.encoder_forward
+
+        def spy(*a, **k):
+            self.calls += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(fast_path, "encoder_forward", spy)

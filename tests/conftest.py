@@ -73,3 +73,11 @@ def spm_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("spm")
     train_sentencepiece(d, vocab_size=1000)
     return d
+
+
+@pytest.fixture
+def fresh_log(monkeypatch):
+    """Fallback reasons are logged once per process; this test sees them logged afresh."""
+    import xlmrxl.backend
+
+    monkeypatch.setattr(xlmrxl.backend, "_LOGGED", set())

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import xlmrxl
-import xlmrxl.backend as xbackend
 from xlmrxl import fast_path
 from xlmrxl.accelerate import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
+from _oracle import EncoderForwardSpy
 from conftest import tiny_config_kwargs
 
 transformers = pytest.importorskip("transformers")
@@ -87,21 +87,6 @@ def _compare(before, after, mask):
     return worst
 
 
-class _Spy:
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        real = fast_path.encoder_forward
-
-        def spy(*a, **k):
-            self.calls += 1
-            return real(*a, **k)
-
-        monkeypatch.setattr(fast_path, "encoder_forward", spy)
-
-
-@pytest.fixture
-def fresh_log(monkeypatch):
-    monkeypatch.setattr(xbackend, "_LOGGED", set())
 
 
 # -- every head, references ------------------------------------------------------------------------------------------
@@ -115,7 +100,7 @@ def test_accelerate_every_head(head, monkeypatch):
     out = accelerate(hf, backend="reference")
     assert out is hf, "accelerate must return the same object"
     assert is_accelerated(hf)
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         after = hf(ids, attention_mask=mask, output_hidden_states=True, **_extra(head))
         plain = hf(ids, attention_mask=mask, return_dict=False, **_extra(head))
@@ -134,7 +119,7 @@ def test_accelerate_attn_implementations_and_no_padding(attn, monkeypatch):
     with torch.no_grad():
         before = [hf(ids, attention_mask=mask).logits, hf(ids, attention_mask=full).logits, hf(ids).logits]
     accelerate(hf, backend="reference")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         after = [hf(ids, attention_mask=mask).logits, hf(ids, attention_mask=full).logits, hf(ids).logits]
     assert spy.calls == 3
@@ -155,7 +140,7 @@ def test_encoder_called_directly_with_4d_masks(monkeypatch):
         square = additive.expand(4, 1, 9, 9)
         ref = enc(emb, attention_mask=square).last_hidden_state
         accelerate(hf, backend="reference")
-        spy = _Spy(monkeypatch)
+        spy = EncoderForwardSpy(monkeypatch)
         outs = [enc(emb, attention_mask=m).last_hidden_state for m in (additive, square, square == 0, mask)]
         assert spy.calls == 4
         custom = square.clone()
@@ -177,7 +162,7 @@ def test_fill_mask_pipeline_same_topk(spm_dir, monkeypatch):
     pipe = transformers.pipeline("fill-mask", model=hf, tokenizer=tok, top_k=5)
     before = pipe(texts, batch_size=3)
     accelerate(hf, backend="reference")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     after = transformers.pipeline("fill-mask", model=hf, tokenizer=tok, top_k=5)(texts, batch_size=3)
     assert spy.calls >= 1, "the pipeline did not take the fast path"
     for b, a in zip(before, after):
@@ -216,7 +201,7 @@ def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
 
     before = run()
     accelerate(hf, backend="reference")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with caplog.at_level(logging.INFO, logger="xlmrxl"):
         after = run()
         run()
@@ -286,7 +271,7 @@ def test_deaccelerate_and_reaccelerate(monkeypatch):
     accelerate(hf, backend="reference")  # idempotent
     assert deaccelerate(hf) is hf and not is_accelerated(hf)
     assert "forward" not in hf.encoder.__dict__ and not hf._forward_pre_hooks and not hf._forward_hooks
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         hf(ids, attention_mask=mask)
     assert spy.calls == 0
@@ -336,7 +321,7 @@ def test_accelerate_int4(monkeypatch):
     accelerate(hf, backend="reference", quantization="int4")
     assert isinstance(hf.roberta.encoder.layer[0].attention.self.query, quant.QuantLinear)
     assert isinstance(hf.roberta.encoder.layer[0].intermediate.dense, quant.QuantLinear)
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         fast = hf(ids, attention_mask=mask).logits
     assert spy.calls == 1, "the int4 model did not take the fast path"
@@ -388,7 +373,7 @@ def test_accelerate_with_triton_kernels(head, monkeypatch, caplog, fresh_log):
     with torch.no_grad():
         before = hf(ids, attention_mask=mask)
     accelerate(hf, backend="triton")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
         after = hf(ids, attention_mask=mask)
     assert spy.calls == 1
@@ -443,7 +428,7 @@ def test_pruned_heads(monkeypatch):
     with torch.no_grad():
         before = hf(ids, attention_mask=mask).last_hidden_state
     accelerate(hf, backend="reference")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         after = hf(ids, attention_mask=mask).last_hidden_state
     assert spy.calls == 1

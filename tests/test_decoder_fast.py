@@ -18,9 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xlmrxl.backend as xbackend
 import xlmrxl.static_cache as xstatic
-from _oracle import assert_lowp, max_err, random_model
+from _oracle import assert_lowp, left_padded, max_err, random_model
 from conftest import tiny_config_kwargs
 from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl import fast_path
@@ -42,15 +41,6 @@ def build(config, seed=0, backend="reference"):
     m.set_backend(backend)
     return m
 
-
-def left_padded(config, lengths, seq, seed=0):
-    """Random real ids (never the pad id), row r left-padded to ``seq`` with ``seq - lengths[r]`` pads."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, config.vocab_size, (len(lengths), seq), generator=g)
-    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
-    for r, n in enumerate(lengths):
-        mask[r, seq - n:] = 1
-    return ids.masked_fill(mask == 0, config.pad_token_id), mask
 
 
 def make_cache(kind, config, batch, max_length):
@@ -110,10 +100,6 @@ class Spy:
 def force_exact(monkeypatch):
     monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
 
-
-@pytest.fixture
-def fresh_log(monkeypatch):
-    monkeypatch.setattr(xbackend, "_LOGGED", set())
 
 
 # one prefill of 3 tokens, a 2-token chunk (causal mask with a cached prefix), then one-token steps; row 2's prefill

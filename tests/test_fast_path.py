@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import xlmrxl
-import xlmrxl.backend as xbackend
 from xlmrxl import fast_path
 from conftest import tiny_config_kwargs
-from _oracle import assert_lowp, hf_twin
+from _oracle import EncoderForwardSpy, assert_lowp, hf_twin
 
 transformers = pytest.importorskip("transformers")
 
@@ -94,25 +93,10 @@ def _real_max_err(a, b, mask):
     return (a - b)[keep].abs().max().item() if keep.any() else 0.0
 
 
-class _Spy:
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        real = fast_path.encoder_forward
-
-        def spy(*a, **k):
-            self.calls += 1
-            return real(*a, **k)
-
-        monkeypatch.setattr(fast_path, "encoder_forward", spy)
-
 
 def _force_exact(monkeypatch):
     monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
 
-
-@pytest.fixture
-def fresh_log(monkeypatch):
-    monkeypatch.setattr(xbackend, "_LOGGED", set())
 
 
 # -- packing ------------------------------------------------------------------------------------------------------
@@ -157,7 +141,7 @@ def test_fast_vs_exact_vs_transformers(head, case, monkeypatch):
     hf = _hf_twin(ours)
     ids, mask = _inputs(case)
     ids_h, mask_h = _head_inputs(head, ids, mask)
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         fast = ours(ids_h, attention_mask=mask_h, **_extra(head))
         assert spy.calls == 1, "the fast path was not taken"
@@ -191,7 +175,7 @@ def test_output_hidden_states_semantics(monkeypatch):
     ours = _ours("XLMRobertaXLModel")
     hf = _hf_twin(ours)
     ids, mask = _inputs("left")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         out = ours(ids, attention_mask=mask, output_hidden_states=True)
         ref = hf(ids, attention_mask=mask, output_hidden_states=True)
@@ -299,7 +283,7 @@ def test_causal_decoder_fast_path(monkeypatch):
     ours = _ours("XLMRobertaXLForCausalLM")
     hf = _hf_twin(ours)
     ids, mask = _inputs("padded")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         a = ours(ids, attention_mask=mask, use_cache=False).logits
         b = hf(ids, attention_mask=mask, use_cache=False).logits
@@ -320,7 +304,7 @@ def test_low_precision_two_x_rule(dtype, monkeypatch):
     with torch.no_grad():
         truth = ours(ids, attention_mask=mask).logits
         hf = _hf_twin(ours.to(dtype))
-        spy = _Spy(monkeypatch)
+        spy = EncoderForwardSpy(monkeypatch)
         got = ours(ids, attention_mask=mask).logits
         theirs = hf(ids, attention_mask=mask).logits
     assert spy.calls == 1
@@ -353,7 +337,7 @@ def test_fallback_reasons(case, monkeypatch, caplog, fresh_log):
         ctx = torch.enable_grad()
     if case == "hook":
         model.encoder.layer[1].intermediate.register_forward_hook(lambda m, i, o: None)
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with caplog.at_level(logging.INFO, logger="xlmrxl"), ctx:
         torch.manual_seed(0)
         a = model(ids, attention_mask=mask, **call_kw)
@@ -389,7 +373,7 @@ def test_int4_layers_take_the_fast_path(monkeypatch):
     model = _ours("XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4)
     q.quantize(model, group_size=64)
     ids, mask = _inputs("padded")
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         fast = model(ids, attention_mask=mask).last_hidden_state
         assert spy.calls == 1
@@ -442,7 +426,7 @@ def test_triton_kernels_through_the_model(head, monkeypatch, caplog, fresh_log):
     ours = _ours(head, backend="triton", num_hidden_layers=2)
     hf = _hf_twin(ours)
     ids, mask = _inputs("padded", batch=4, seq=7)
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
         a = _first(ours(ids, attention_mask=mask))
         b = _first(hf(ids, attention_mask=mask))
@@ -466,7 +450,7 @@ def test_int4_layers_with_triton_kernels(monkeypatch, caplog, fresh_log):
                   num_hidden_layers=2)
     q.quantize(model, group_size=64)
     ids, mask = _inputs("padded", seq=7)
-    spy = _Spy(monkeypatch)
+    spy = EncoderForwardSpy(monkeypatch)
     with torch.no_grad():
         ref = model(ids, attention_mask=mask).last_hidden_state
         model.set_backend("triton")

@@ -3,7 +3,7 @@ CPU, fp32 <= 1e-5) with StaticCache and DynamicCache, padded batches and cross-a
 import pytest
 import torch
 
-from _oracle import random_model
+from _oracle import left_padded, random_model
 from conftest import tiny_config_kwargs
 from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl.cache import Cache
@@ -19,15 +19,6 @@ def cfg(**kw):
 def build(config, seed=0):
     return random_model(XLMRobertaXLForCausalLM, config, seed)
 
-
-def left_padded(config, lengths, seq, seed=0):
-    """Random real ids (never the pad id), each row left-padded to ``seq``; returns (ids, mask)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, config.vocab_size, (len(lengths), seq), generator=g)
-    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
-    for r, n in enumerate(lengths):
-        mask[r, seq - n:] = 1
-    return ids.masked_fill(mask == 0, config.pad_token_id), mask
 
 
 def positions(ids, config):
