@@ -7,6 +7,7 @@ built from csrc/ (``pip install -e . --no-build-isolation``, or ``python setup.p
 - ``XLMRXL_BUILD_EXT=0`` skips the extension (the package then falls back to the PyTorch reference, with one
   logged reason); ``XLMRXL_CUDA=0`` forces a CPU-only build on a CUDA machine.
 """
+
 from __future__ import annotations
 
 import glob
@@ -47,12 +48,17 @@ def _extensions():
     if _cuda_usable():
         sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
         ext = cpp_extension.CUDAExtension(
-            "xlmrxl_kernels._C", sources, define_macros=[("XLMRXL_WITH_CUDA", None)],
+            "xlmrxl_kernels._C",
+            sources,
+            define_macros=[("XLMRXL_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-            extra_link_args=link, depends=headers)
+            extra_link_args=link,
+            depends=headers,
+        )
     else:
-        ext = cpp_extension.CppExtension("xlmrxl_kernels._C", sources, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=link, depends=headers)
+        ext = cpp_extension.CppExtension(
+            "xlmrxl_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link, depends=headers
+        )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 

@@ -10,6 +10,7 @@ that function. Shapes: rows of 2560 (XL) and 4096 (XXL), 8k-64k rows, fp16 and b
 
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,23 +74,42 @@ def main(argv=None) -> int:
                 nbytes = 4 * m * n * x.element_size()
                 t_ours, _ = _time(lambda: add_layernorm(x, r, w, b, 1e-5))
                 t_eager, _ = _time(lambda: _eager(x, r, w, b, 1e-5))
-                t_comp, comp_err = (None, "skipped") if compiled is None else _time(
-                    lambda: compiled(x, r, w, b, 1e-5))
+                t_comp, comp_err = (None, "skipped") if compiled is None else _time(lambda: compiled(x, r, w, b, 1e-5))
                 gbs = lambda t: None if t is None else nbytes / (t * 1e-3) / 1e9  # noqa: E731
-                rows.append({
-                    "dtype": dname, "N": n, "rows": m,
-                    "xlmrxl_ms": t_ours, "eager_ms": t_eager, "compile_ms": t_comp,
-                    "xlmrxl_GBps": gbs(t_ours), "eager_GBps": gbs(t_eager), "compile_GBps": gbs(t_comp),
-                    "pct_of_copy": None if t_ours is None else 100 * gbs(t_ours) / copy_gbs,
-                    "x_vs_eager": None if None in (t_ours, t_eager) else t_eager / t_ours,
-                    "x_vs_compile": None if None in (t_ours, t_comp) else t_comp / t_ours,
-                    "note": comp_err or "",
-                })
-    cols = ["dtype", "N", "rows", "xlmrxl_GBps", "pct_of_copy", "eager_GBps", "compile_GBps", "x_vs_eager",
-            "x_vs_compile", "xlmrxl_ms", "eager_ms", "compile_ms", "note"]
+                rows.append(
+                    {
+                        "dtype": dname,
+                        "N": n,
+                        "rows": m,
+                        "xlmrxl_ms": t_ours,
+                        "eager_ms": t_eager,
+                        "compile_ms": t_comp,
+                        "xlmrxl_GBps": gbs(t_ours),
+                        "eager_GBps": gbs(t_eager),
+                        "compile_GBps": gbs(t_comp),
+                        "pct_of_copy": None if t_ours is None else 100 * gbs(t_ours) / copy_gbs,
+                        "x_vs_eager": None if None in (t_ours, t_eager) else t_eager / t_ours,
+                        "x_vs_compile": None if None in (t_ours, t_comp) else t_comp / t_ours,
+                        "note": comp_err or "",
+                    }
+                )
+    cols = [
+        "dtype",
+        "N",
+        "rows",
+        "xlmrxl_GBps",
+        "pct_of_copy",
+        "eager_GBps",
+        "compile_GBps",
+        "x_vs_eager",
+        "x_vs_compile",
+        "xlmrxl_ms",
+        "eager_ms",
+        "compile_ms",
+        "note",
+    ]
     name = "add_layernorm_tiny_cpu" if args.tiny else "add_layernorm"
-    out = harness.write_results(name, rows, columns=cols, extra={"copy_GBps": copy_gbs},
-                                out_dir=args.out)
+    out = harness.write_results(name, rows, columns=cols, extra={"copy_GBps": copy_gbs}, out_dir=args.out)
     print(f"add_layernorm: copy bandwidth {copy_gbs:.0f} GB/s; results in {out}")
     return 0
 

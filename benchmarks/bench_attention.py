@@ -19,6 +19,7 @@ median microseconds and GB/s of K and V read (decode is memory-bound).
 
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ def _sdpa(backend_name, q, k, v, mask=None):
     def run():
         with ctx():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
     return run
 
 
@@ -109,9 +111,21 @@ def prefill_rows(dtype, dname, D, B=32, S=512, H=32, quick=False):
         else:
             t, note = _time(fn)
         times[name] = t
-        rows.append({"mode": "prefill", "dtype": dname, "B": B, "S": S, "H": H, "D": D,
-                     "real_tokens": int(lens.sum()), "contender": name, "ms": t,
-                     "TFLOPs": None if t is None else flops / (t * 1e-3) / 1e12, "note": note})
+        rows.append(
+            {
+                "mode": "prefill",
+                "dtype": dname,
+                "B": B,
+                "S": S,
+                "H": H,
+                "D": D,
+                "real_tokens": int(lens.sum()),
+                "contender": name,
+                "ms": t,
+                "TFLOPs": None if t is None else flops / (t * 1e-3) / 1e12,
+                "note": note,
+            }
+        )
     flash = times.get("sdpa-flash-njt")
     for r in rows:
         r["x_vs_flash_njt"] = None if None in (r["ms"], flash) else flash / r["ms"]
@@ -137,17 +151,31 @@ def decode_rows(dtype, dname, B, D=80, S_k=512, H=32):
     rows = []
     for name, fn in contenders.items():
         t, note = _time(fn)
-        rows.append({"mode": "decode", "dtype": dname, "B": B, "S": S_k, "H": H, "D": D, "real_tokens": B,
-                     "contender": name, "ms": t, "us": None if t is None else t * 1e3,
-                     "KV_GBps": None if t is None else nbytes / (t * 1e-3) / 1e9, "note": note})
+        rows.append(
+            {
+                "mode": "decode",
+                "dtype": dname,
+                "B": B,
+                "S": S_k,
+                "H": H,
+                "D": D,
+                "real_tokens": B,
+                "contender": name,
+                "ms": t,
+                "us": None if t is None else t * 1e3,
+                "KV_GBps": None if t is None else nbytes / (t * 1e-3) / 1e9,
+                "note": note,
+            }
+        )
     return rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="bf16 only, no SDPA math backend")
-    p.add_argument("--dtypes", nargs="*", default=None, choices=list(DTYPES),
-                   help="default: fp16 bf16 (bf16 with --quick)")
+    p.add_argument(
+        "--dtypes", nargs="*", default=None, choices=list(DTYPES), help="default: fp16 bf16 (bf16 with --quick)"
+    )
     p.add_argument("--head-dims", nargs="*", type=int, default=[80, 128])
     p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<gpu>)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET (script check)")
@@ -174,8 +202,22 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
         for B in batches:
             rows += decode_rows(dtype, dname, B, **decode_sizes)
-    cols = ["mode", "dtype", "B", "S", "H", "D", "real_tokens", "contender", "ms", "TFLOPs", "x_vs_flash_njt",
-            "us", "KV_GBps", "note"]
+    cols = [
+        "mode",
+        "dtype",
+        "B",
+        "S",
+        "H",
+        "D",
+        "real_tokens",
+        "contender",
+        "ms",
+        "TFLOPs",
+        "x_vs_flash_njt",
+        "us",
+        "KV_GBps",
+        "note",
+    ]
     name = "attention_tiny_cpu" if args.tiny else "attention"
     out = harness.write_results(name, rows, columns=cols, out_dir=args.out)
     print(f"attention: results in {out}")

@@ -14,6 +14,7 @@ Targets (shared/docs/performance-targets.md): >= 80 % of copy bandwidth at >= 16
 
 ``--tiny`` runs tiny shapes on CPU (the CPU op; to check the script itself).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,41 +87,69 @@ def main(argv=None) -> int:
                 cache_update(k_cache, v_cache, k_new, v_new, positions)
 
             def slices():
-                k_cache[:, :, past:past + T] = k_new
-                v_cache[:, :, past:past + T] = v_new
+                k_cache[:, :, past : past + T] = k_new
+                v_cache[:, :, past : past + T] = v_new
 
             def index_copy():
                 k_cache.index_copy_(2, idx, k_new)
                 v_cache.index_copy_(2, idx, v_new)
 
             ours()
-            want = k_cache[:, :, past:past + T].clone()
+            want = k_cache[:, :, past : past + T].clone()
             slices()
-            assert torch.equal(want, k_cache[:, :, past:past + T]), "cache_update wrote other values than slicing"
+            assert torch.equal(want, k_cache[:, :, past : past + T]), "cache_update wrote other values than slicing"
             nbytes = 2 * 2 * B * H * T * D * k_cache.element_size()
             t_ours, err = _time(ours)
             t_slice, _ = _time(slices)
             t_index, _ = _time(index_copy)
             t_graph = _graph_ms(ours) if T <= 64 else None
             gbs = lambda t: None if t is None else nbytes / (t * 1e-3) / 1e9  # noqa: E731
-            rows.append({
-                "model": model, "B": B, "H": H, "D": D, "new_tokens": T, "dtype": args.dtype,
-                "xlmrxl_us": None if t_ours is None else 1e3 * t_ours,
-                "graph_us": None if t_graph is None else 1e3 * t_graph,
-                "slice_us": None if t_slice is None else 1e3 * t_slice,
-                "index_copy_us": None if t_index is None else 1e3 * t_index,
-                "xlmrxl_GBps": gbs(t_ours), "pct_of_copy": None if t_ours is None else 100 * gbs(t_ours) / copy_gbs,
-                "slice_GBps": gbs(t_slice), "index_copy_GBps": gbs(t_index),
-                "x_vs_slice": None if None in (t_ours, t_slice) else t_slice / t_ours,
-                "x_vs_index_copy": None if None in (t_ours, t_index) else t_index / t_ours,
-                "note": err or ("" if reason is None else "PyTorch fallback"),
-            })
-            print(f"{model} B={B:>2} T={T:>5}: ours {rows[-1]['xlmrxl_us']:.1f} us, "
-                  f"slices {rows[-1]['slice_us']:.1f} us, index_copy {rows[-1]['index_copy_us']:.1f} us", flush=True)
+            rows.append(
+                {
+                    "model": model,
+                    "B": B,
+                    "H": H,
+                    "D": D,
+                    "new_tokens": T,
+                    "dtype": args.dtype,
+                    "xlmrxl_us": None if t_ours is None else 1e3 * t_ours,
+                    "graph_us": None if t_graph is None else 1e3 * t_graph,
+                    "slice_us": None if t_slice is None else 1e3 * t_slice,
+                    "index_copy_us": None if t_index is None else 1e3 * t_index,
+                    "xlmrxl_GBps": gbs(t_ours),
+                    "pct_of_copy": None if t_ours is None else 100 * gbs(t_ours) / copy_gbs,
+                    "slice_GBps": gbs(t_slice),
+                    "index_copy_GBps": gbs(t_index),
+                    "x_vs_slice": None if None in (t_ours, t_slice) else t_slice / t_ours,
+                    "x_vs_index_copy": None if None in (t_ours, t_index) else t_index / t_ours,
+                    "note": err or ("" if reason is None else "PyTorch fallback"),
+                }
+            )
+            print(
+                f"{model} B={B:>2} T={T:>5}: ours {rows[-1]['xlmrxl_us']:.1f} us, "
+                f"slices {rows[-1]['slice_us']:.1f} us, index_copy {rows[-1]['index_copy_us']:.1f} us",
+                flush=True,
+            )
             del k_cache, v_cache, k_new, v_new
-    cols = ["model", "B", "new_tokens", "H", "D", "dtype", "xlmrxl_GBps", "pct_of_copy", "slice_GBps",
-            "index_copy_GBps", "x_vs_slice", "x_vs_index_copy", "xlmrxl_us", "graph_us", "slice_us",
-            "index_copy_us", "note"]
+    cols = [
+        "model",
+        "B",
+        "new_tokens",
+        "H",
+        "D",
+        "dtype",
+        "xlmrxl_GBps",
+        "pct_of_copy",
+        "slice_GBps",
+        "index_copy_GBps",
+        "x_vs_slice",
+        "x_vs_index_copy",
+        "xlmrxl_us",
+        "graph_us",
+        "slice_us",
+        "index_copy_us",
+        "note",
+    ]
     name = "cache_update_tiny_cpu" if args.tiny else "cache_update"
     out = harness.write_results(name, rows, columns=cols, extra={"copy_GBps": copy_gbs}, out_dir=args.out)
     print(f"cache_update: copy bandwidth {copy_gbs:.0f} GB/s; results in {out}")

@@ -1,7 +1,8 @@
 """CPU forward benchmark (issue "Foundation"): xlmrxl's reference backend (the padding-free fast path with the PyTorch
 reference ops) against transformers 4.56.2 (SDPA, its default) on the same weights.
 
-Model: hidden 512, 4 layers, 8 heads, intermediate 2048 (fp32, eval, inference_mode, one thread by default). Batches of 8 x 128:
+Model: hidden 512, 4 layers, 8 heads, intermediate 2048 (fp32, eval, inference_mode, one thread by default).
+Batches of 8 x 128:
 ``mixed`` (half the rows padded to half length: 75 % real tokens) and ``full`` (no padding). Peers: transformers SDPA,
 xlmrxl's own model (``backend="reference"``), and the same transformers object after ``xlmrxl.accelerate``.
 Rows: median / p20 / p80 wall-clock ms over ``--rep`` runs after ``--warmup`` (peers interleaved round-robin, so
@@ -11,6 +12,7 @@ speedup against transformers in the same run. Written with ``benchmarks.harness.
 
     python -m benchmarks.bench_cpu_forward [--rep 30] [--threads N] [--quick] [--tiny] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +29,19 @@ if __package__ in (None, ""):  # run as a script
 else:
     from . import harness
 
-CONFIG = dict(vocab_size=1000, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048,
-              max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
-              bos_token_id=0, eos_token_id=2)
+CONFIG = dict(
+    vocab_size=1000,
+    hidden_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    intermediate_size=2048,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
 
 
 TINY = dict(CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
@@ -40,7 +52,7 @@ def make_batch(kind: str, batch: int = 8, seq: int = 128, seed: int = 0):
     ids = torch.randint(3, CONFIG["vocab_size"], (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if kind == "mixed":
-        mask[batch // 2:, seq // 2:] = 0  # half the rows padded to half length
+        mask[batch // 2 :, seq // 2 :] = 0  # half the rows padded to half length
     elif kind != "full":
         raise ValueError(f"unknown batch kind {kind!r}; use 'mixed' or 'full'")
     ids[mask == 0] = CONFIG["pad_token_id"]
@@ -72,7 +84,7 @@ def interleaved(fns: dict, *, warmup: int, rep: int) -> dict:
             fns[n]()
     times = {n: [] for n in names}
     for i in range(rep):
-        for n in names[i % len(names):] + names[:i % len(names)]:
+        for n in names[i % len(names) :] + names[: i % len(names)]:
             t0 = time.perf_counter()
             fns[n]()
             times[n].append((time.perf_counter() - t0) * 1e3)
@@ -87,8 +99,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench_cpu_forward", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rep", type=int, default=30, help="timed runs per row (default 30)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch.set_num_threads (default 1: stable numbers on a shared CPU; 0 = torch's choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (default 1: stable numbers on a shared CPU; 0 = torch's choice)",
+    )
     ap.add_argument("--quick", action="store_true", help="3 reps, 1 warm-up (a smoke run)")
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, 8 x 16 tokens (a CI smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<device>)")
@@ -106,26 +122,52 @@ def main(argv=None) -> int:
         real = int(mask.sum())
         with torch.inference_mode():
             ref = models["transformers-sdpa"](ids, attention_mask=mask).last_hidden_state
-            errs = {n: (ref - m(ids, attention_mask=mask).last_hidden_state)[mask.bool()].abs().max().item()
-                    for n, m in models.items()}
+            errs = {
+                n: (ref - m(ids, attention_mask=mask).last_hidden_state)[mask.bool()].abs().max().item()
+                for n, m in models.items()
+            }
 
         def caller(model):
             def call():
                 with torch.inference_mode():
                     model(ids, attention_mask=mask)
+
             return call
 
         times = interleaved({n: caller(m) for n, m in models.items()}, warmup=args.warmup, rep=args.rep)
         base = times["transformers-sdpa"]["ms"]
         for name, t in times.items():
-            rows.append({"batch": f"{kind} 8x{seq}", "real_tokens": real, "peer": name, "ms": t["ms"],
-                         "ms_p20": t["ms_p20"], "ms_p80": t["ms_p80"], "tokens_per_s": real / (t["ms"] * 1e-3),
-                         "speedup_vs_transformers": base / t["ms"], "max_err_vs_transformers": errs[name]})
-    cols = ["batch", "real_tokens", "peer", "ms", "ms_p20", "ms_p80", "tokens_per_s", "speedup_vs_transformers",
-            "max_err_vs_transformers"]
-    out = harness.write_results("cpu_forward_tiny" if args.tiny else "cpu_forward", rows, columns=cols,
-                                out_dir=args.out, extra={"config": config, "dtype": "float32", "threads": torch.get_num_threads(),
-                                       "rep": args.rep})
+            rows.append(
+                {
+                    "batch": f"{kind} 8x{seq}",
+                    "real_tokens": real,
+                    "peer": name,
+                    "ms": t["ms"],
+                    "ms_p20": t["ms_p20"],
+                    "ms_p80": t["ms_p80"],
+                    "tokens_per_s": real / (t["ms"] * 1e-3),
+                    "speedup_vs_transformers": base / t["ms"],
+                    "max_err_vs_transformers": errs[name],
+                }
+            )
+    cols = [
+        "batch",
+        "real_tokens",
+        "peer",
+        "ms",
+        "ms_p20",
+        "ms_p80",
+        "tokens_per_s",
+        "speedup_vs_transformers",
+        "max_err_vs_transformers",
+    ]
+    out = harness.write_results(
+        "cpu_forward_tiny" if args.tiny else "cpu_forward",
+        rows,
+        columns=cols,
+        out_dir=args.out,
+        extra={"config": config, "dtype": "float32", "threads": torch.get_num_threads(), "rep": args.rep},
+    )
     for r in rows:
         print(f"{r['batch']:>12}  {r['peer']:<24} {r['ms']:8.2f} ms  x{r['speedup_vs_transformers']:.2f}")
     print(f"wrote {out}")

@@ -13,6 +13,7 @@ Position ids are passed explicitly (the padding-index rule: 513 for the new toke
 
 ``--tiny`` runs a tiny configuration on CPU in fp32 (to check the script itself; numbers mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,28 @@ import torch
 
 from benchmarks import harness
 
-XL = dict(vocab_size=250880, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240,
-          max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-          is_decoder=True)
-TINY = dict(XL, vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=34)
+XL = dict(
+    vocab_size=250880,
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    intermediate_size=10240,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    is_decoder=True,
+)
+TINY = dict(
+    XL,
+    vocab_size=1000,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=34,
+)
 
 
 def _rewind_static(cache, length: int) -> None:
@@ -47,8 +65,9 @@ def _rewind_hf_static(cache, length: int) -> None:
 def _hf_static_cache(transformers, config, batch, length, device, dtype):
     """transformers' StaticCache across versions (4.5x takes the batch size; 5.x allocates lazily)."""
     try:
-        return transformers.StaticCache(config=config, max_batch_size=batch, max_cache_len=length, device=device,
-                                        dtype=dtype)
+        return transformers.StaticCache(
+            config=config, max_batch_size=batch, max_cache_len=length, device=device, dtype=dtype
+        )
     except TypeError:
         return transformers.StaticCache(config=config, max_cache_len=length)
 
@@ -91,8 +110,11 @@ def main(argv=None) -> int:
         pos = torch.full((B, 1), ctx + 2, dtype=torch.long, device=device)  # pad_id + 1 + ctx real tokens
 
         def peer_xlmrxl(kind):
-            cache = (xlmrxl.StaticCache(ours.config, B, ctx + 1, dtype=dtype, device=device) if kind == "static"
-                     else xlmrxl.DynamicCache())
+            cache = (
+                xlmrxl.StaticCache(ours.config, B, ctx + 1, dtype=dtype, device=device)
+                if kind == "static"
+                else xlmrxl.DynamicCache()
+            )
             ours(prompt, attention_mask=mask[:, :ctx], past_key_values=cache, use_cache=True, logits_to_keep=1)
 
             def step():
@@ -101,19 +123,32 @@ def main(argv=None) -> int:
                     _rewind_static(cache, ctx)
                 else:
                     cache.crop(ctx)
+
             return step
 
         def peer_hf(kind):
             if kind == "static":
                 cache = _hf_static_cache(transformers, hf_config, B, ctx + 1, device, dtype)
-                hf(prompt, attention_mask=mask[:, :ctx], past_key_values=cache, use_cache=True,
-                   cache_position=torch.arange(ctx, device=device))
+                hf(
+                    prompt,
+                    attention_mask=mask[:, :ctx],
+                    past_key_values=cache,
+                    use_cache=True,
+                    cache_position=torch.arange(ctx, device=device),
+                )
                 cpos = torch.tensor([ctx], device=device)
 
                 def step():
-                    hf(token, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                       cache_position=cpos)
+                    hf(
+                        token,
+                        attention_mask=mask,
+                        position_ids=pos,
+                        past_key_values=cache,
+                        use_cache=True,
+                        cache_position=cpos,
+                    )
                     _rewind_hf_static(cache, ctx)
+
                 return step
             cache = transformers.DynamicCache()
             hf(prompt, attention_mask=mask[:, :ctx], past_key_values=cache, use_cache=True)
@@ -121,6 +156,7 @@ def main(argv=None) -> int:
             def step():
                 hf(token, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
                 cache.crop(-1)  # drop the step's token (a negative count: 5.x refuses a positive target length)
+
             return step
 
         peers = [("xlmrxl-static", lambda: peer_xlmrxl("static")), ("xlmrxl-dynamic", lambda: peer_xlmrxl("dynamic"))]
@@ -141,9 +177,18 @@ def main(argv=None) -> int:
                 note = note or "cache_update ran the PyTorch fallback"
             if name == "hf-dynamic":
                 base = ms
-            rows.append({"batch": B, "cached_tokens": ctx, "peer": name, "ms": ms, "ms_p20": t.get("ms_p20"),
-                         "ms_p80": t.get("ms_p80"), "tokens_per_s": None if ms is None else B / (ms * 1e-3),
-                         "note": note})
+            rows.append(
+                {
+                    "batch": B,
+                    "cached_tokens": ctx,
+                    "peer": name,
+                    "ms": ms,
+                    "ms_p20": t.get("ms_p20"),
+                    "ms_p80": t.get("ms_p80"),
+                    "tokens_per_s": None if ms is None else B / (ms * 1e-3),
+                    "note": note,
+                }
+            )
             print(f"B={B:>2} {name:<15} {'-' if ms is None else f'{ms:8.3f} ms'} {note}", flush=True)
             gc.collect()
             if device == "cuda":

@@ -14,6 +14,7 @@ and peak GPU memory.
 
 `--tiny` runs a tiny configuration on CPU in fp32 (to check the script itself; numbers mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,18 @@ import torch
 
 from benchmarks import harness
 
-XL = dict(vocab_size=250880, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240,
-          max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+XL = dict(
+    vocab_size=250880,
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    intermediate_size=10240,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
 TINY = dict(XL, vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 
 
@@ -52,7 +63,7 @@ def flops_per_forward(cfg: dict, mask: torch.Tensor) -> float:
     H, L, I = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
     lengths = mask.sum(1).double()
     linear = 2 * L * (4 * H * H + 2 * H * I) * lengths.sum()
-    attention = L * 4 * H * (lengths ** 2).sum()  # QK^T and PV, real tokens only
+    attention = L * 4 * H * (lengths**2).sum()  # QK^T and PV, real tokens only
     return float(linear + attention)
 
 
@@ -94,8 +105,10 @@ def main(argv=None) -> int:
     peak_tflops = harness.matmul_tflops() if device == "cuda" else float("nan")
 
     hf = build_hf(cfg, dtype, device, "sdpa")
-    batches = {k: make_batch(k, cfg["vocab_size"], device, seq=512 if not args.tiny else 32,
-                             batch=32 if not args.tiny else 4) for k in args.batches}
+    batches = {
+        k: make_batch(k, cfg["vocab_size"], device, seq=512 if not args.tiny else 32, batch=32 if not args.tiny else 4)
+        for k in args.batches
+    }
     if args.tiny and "single" in batches:
         batches["single"] = make_batch("full", cfg["vocab_size"], device, seq=16, batch=1)
 
@@ -111,10 +124,20 @@ def main(argv=None) -> int:
             t = harness.bench(lambda: fn(ids, mask), warmup=2 if args.tiny else 5, rep=5 if args.tiny else 20)
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
         tflops = flops_per_forward(cfg, mask) / (t["ms"] * 1e-3) / 1e12
-        rows.append({"batch": kind, "peer": peer, "ms": t["ms"], "ms_p20": t["ms_p20"], "ms_p80": t["ms_p80"],
-                     "real_tokens": real, "tokens_per_s": real / (t["ms"] * 1e-3), "tflops_real": tflops,
-                     "frac_peak": tflops / peak_tflops if peak_tflops == peak_tflops else None,
-                     "peak_mem_gib": peak_mem})
+        rows.append(
+            {
+                "batch": kind,
+                "peer": peer,
+                "ms": t["ms"],
+                "ms_p20": t["ms_p20"],
+                "ms_p80": t["ms_p80"],
+                "real_tokens": real,
+                "tokens_per_s": real / (t["ms"] * 1e-3),
+                "tflops_real": tflops,
+                "frac_peak": tflops / peak_tflops if peak_tflops == peak_tflops else None,
+                "peak_mem_gib": peak_mem,
+            }
+        )
         print(f"{kind:>6} {peer:<22} {t['ms']:9.3f} ms  {real / (t['ms'] * 1e-3):12.0f} tok/s", flush=True)
 
     def hf_call(model):
@@ -155,9 +178,13 @@ def main(argv=None) -> int:
     for r in rows:
         r["speedup_vs_hf_sdpa"] = base[r["batch"]] / r["ms"] if r["batch"] in base else None
     cols = ["batch", "peer", "ms", "tokens_per_s", "speedup_vs_hf_sdpa", "tflops_real", "frac_peak", "peak_mem_gib"]
-    out = harness.write_results("e2e_tiny_cpu" if args.tiny else "e2e", rows, columns=cols,
-                                extra={"config": cfg, "dtype": str(dtype), "peak_tflops_measured": peak_tflops},
-                                out_dir=args.out)
+    out = harness.write_results(
+        "e2e_tiny_cpu" if args.tiny else "e2e",
+        rows,
+        columns=cols,
+        extra={"config": cfg, "dtype": str(dtype), "peak_tflops_measured": peak_tflops},
+        out_dir=args.out,
+    )
     print(f"wrote {out}")
     return 0
 

@@ -12,6 +12,7 @@ Peers, same inputs: ``F.linear`` with the bf16 weight (cuBLAS; ``x_vs_bf16`` is 
 
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,22 +81,44 @@ def main(argv=None) -> int:
             t_tiny, tnote = (None, tiny_note) if tiny is None else _time(lambda: tiny(x))
             gbs = None if t_ours is None else nbytes / (t_ours * 1e-3) / 1e9
             tflops = None if t_ours is None else flops / (t_ours * 1e-3) / 1e12
-            rows.append({
-                "K": K, "N": N, "M": M,
-                "x_vs_bf16": None if None in (t_ours, t_bf16) else t_bf16 / t_ours,
-                "x_vs_tinygemm": None if None in (t_ours, t_tiny) else t_tiny / t_ours,
-                "ours_GBps": gbs, "pct_of_copy": None if gbs is None else 100 * gbs / copy_gbs,
-                "ours_TFLOPs": tflops, "pct_of_peak": None if peak is None or tflops is None else 100 * tflops / peak,
-                "ours_ms": t_ours, "bf16_ms": t_bf16, "tinygemm_ms": t_tiny,
-                "note": "; ".join(n for n in (note, tnote) if n),
-            })
+            rows.append(
+                {
+                    "K": K,
+                    "N": N,
+                    "M": M,
+                    "x_vs_bf16": None if None in (t_ours, t_bf16) else t_bf16 / t_ours,
+                    "x_vs_tinygemm": None if None in (t_ours, t_tiny) else t_tiny / t_ours,
+                    "ours_GBps": gbs,
+                    "pct_of_copy": None if gbs is None else 100 * gbs / copy_gbs,
+                    "ours_TFLOPs": tflops,
+                    "pct_of_peak": None if peak is None or tflops is None else 100 * tflops / peak,
+                    "ours_ms": t_ours,
+                    "bf16_ms": t_bf16,
+                    "tinygemm_ms": t_tiny,
+                    "note": "; ".join(n for n in (note, tnote) if n),
+                }
+            )
             del x
         del w, q, s, z, tiny
-    cols = ["K", "N", "M", "x_vs_bf16", "x_vs_tinygemm", "ours_GBps", "pct_of_copy", "ours_TFLOPs", "pct_of_peak",
-            "ours_ms", "bf16_ms", "tinygemm_ms", "note"]
+    cols = [
+        "K",
+        "N",
+        "M",
+        "x_vs_bf16",
+        "x_vs_tinygemm",
+        "ours_GBps",
+        "pct_of_copy",
+        "ours_TFLOPs",
+        "pct_of_peak",
+        "ours_ms",
+        "bf16_ms",
+        "tinygemm_ms",
+        "note",
+    ]
     name = "int4_tiny_cpu" if args.tiny else "int4"
-    out = harness.write_results(name, rows, columns=cols, extra={"copy_GBps": copy_gbs, "peak_bf16_TFLOPs": peak},
-                                out_dir=args.out)
+    out = harness.write_results(
+        name, rows, columns=cols, extra={"copy_GBps": copy_gbs, "peak_bf16_TFLOPs": peak}, out_dir=args.out
+    )
     print(f"int4: copy bandwidth {copy_gbs:.0f} GB/s; results in {out}")
     return 0
 

@@ -14,6 +14,7 @@ Shapes are XLM-R-XL's: FFN up 2560 -> 10240 (+GELU), FFN down 10240 -> 2560 (+re
 
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         for op, K, N in shapes:
             for M in token_counts:
                 x = torch.randn(M, K, device=dev, dtype=dtype)
-                w = torch.randn(N, K, device=dev, dtype=dtype) / K ** 0.5
+                w = torch.randn(N, K, device=dev, dtype=dtype) / K**0.5
                 b = torch.randn(N, device=dev, dtype=dtype)
                 r = torch.randn(M, N, device=dev, dtype=dtype)
                 flops = 2.0 * M * N * K
@@ -90,21 +91,50 @@ def main(argv=None) -> int:
                     t_eager, _ = _time(lambda: _eager_residual(x, w, b, r))
                     t_comp, note = (None, "skipped") if comp_res is None else _time(lambda: comp_res(x, w, b, r))
                 tf = lambda t: None if t is None else flops / (t * 1e-3) / 1e12  # noqa: E731
-                rows.append({
-                    "dtype": dname, "op": op, "M": M, "K": K, "N": N,
-                    "ours_TFLOPs": tf(t_ours), "pct_of_peak": None if peak is None or t_ours is None
-                    else 100 * tf(t_ours) / peak,
-                    "vs_bare_gemm": None if None in (t_ours, t_gemm) else t_gemm / t_ours,
-                    "epi_extra_pct": None if None in (t_ours, t_noepi) else 100 * (t_ours / t_noepi - 1),
-                    "x_vs_eager": None if None in (t_ours, t_eager) else t_eager / t_ours,
-                    "x_vs_compile": None if None in (t_ours, t_comp) else t_comp / t_ours,
-                    "gemm_TFLOPs": tf(t_gemm), "eager_TFLOPs": tf(t_eager), "compile_TFLOPs": tf(t_comp),
-                    "ours_ms": t_ours, "ours_noepi_ms": t_noepi, "gemm_ms": t_gemm, "eager_ms": t_eager,
-                    "compile_ms": t_comp, "note": note or "",
-                })
+                rows.append(
+                    {
+                        "dtype": dname,
+                        "op": op,
+                        "M": M,
+                        "K": K,
+                        "N": N,
+                        "ours_TFLOPs": tf(t_ours),
+                        "pct_of_peak": None if peak is None or t_ours is None else 100 * tf(t_ours) / peak,
+                        "vs_bare_gemm": None if None in (t_ours, t_gemm) else t_gemm / t_ours,
+                        "epi_extra_pct": None if None in (t_ours, t_noepi) else 100 * (t_ours / t_noepi - 1),
+                        "x_vs_eager": None if None in (t_ours, t_eager) else t_eager / t_ours,
+                        "x_vs_compile": None if None in (t_ours, t_comp) else t_comp / t_ours,
+                        "gemm_TFLOPs": tf(t_gemm),
+                        "eager_TFLOPs": tf(t_eager),
+                        "compile_TFLOPs": tf(t_comp),
+                        "ours_ms": t_ours,
+                        "ours_noepi_ms": t_noepi,
+                        "gemm_ms": t_gemm,
+                        "eager_ms": t_eager,
+                        "compile_ms": t_comp,
+                        "note": note or "",
+                    }
+                )
                 del x, w, b, r
-    cols = ["dtype", "op", "M", "K", "N", "ours_TFLOPs", "pct_of_peak", "vs_bare_gemm", "epi_extra_pct", "x_vs_eager",
-            "x_vs_compile", "gemm_TFLOPs", "eager_TFLOPs", "compile_TFLOPs", "ours_ms", "gemm_ms", "note"]
+    cols = [
+        "dtype",
+        "op",
+        "M",
+        "K",
+        "N",
+        "ours_TFLOPs",
+        "pct_of_peak",
+        "vs_bare_gemm",
+        "epi_extra_pct",
+        "x_vs_eager",
+        "x_vs_compile",
+        "gemm_TFLOPs",
+        "eager_TFLOPs",
+        "compile_TFLOPs",
+        "ours_ms",
+        "gemm_ms",
+        "note",
+    ]
     name = "linear_gelu_tiny_cpu" if args.tiny else "linear_gelu"
     out = harness.write_results(name, rows, columns=cols, extra={"peak_bf16_TFLOPs": peak}, out_dir=args.out)
     print(f"linear_gelu: measured bf16 GEMM peak {peak if peak is None else round(peak)} TFLOP/s; results in {out}")

@@ -4,6 +4,7 @@ Every benchmark script builds rows with `row(...)` and hands them to `write_resu
 `benchmarks/results/<device>/<name>.json` and `<name>.md`. On a machine without a GPU, GPU benchmarks call
 `require_gpu()` which prints why and exits 0.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -47,8 +48,12 @@ def environment() -> dict:
     except Exception:
         transformers_version = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         commit = None
     return {
@@ -123,11 +128,17 @@ def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
     a = torch.randn(n, n, dtype=dtype, device="cuda")
     b = torch.randn(n, n, dtype=dtype, device="cuda")
     t = bench(lambda: a @ b)["ms"]
-    return 2 * n ** 3 / (t * 1e-3) / 1e12
+    return 2 * n**3 / (t * 1e-3) / 1e12
 
 
-def write_results(name: str, rows: Iterable[dict], *, columns: list[str] | None = None, extra: dict | None = None,
-                  out_dir: Path | None = None) -> Path:
+def write_results(
+    name: str,
+    rows: Iterable[dict],
+    *,
+    columns: list[str] | None = None,
+    extra: dict | None = None,
+    out_dir: Path | None = None,
+) -> Path:
     """Write rows as JSON (with the environment) and as a markdown table; return the directory."""
     rows = list(rows)
     out = Path(out_dir) if out_dir is not None else RESULTS / device_slug()
@@ -136,8 +147,12 @@ def write_results(name: str, rows: Iterable[dict], *, columns: list[str] | None 
     payload = {"benchmark": name, "environment": env, "rows": rows, **(extra or {})}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     cols = columns or (list(rows[0].keys()) if rows else [])
-    lines = [f"### {name}", "", f"{env['device']} · torch {env['torch']} · triton {env['triton']} · "
-             f"commit {env['commit']} · {env['date']}", ""]
+    lines = [
+        f"### {name}",
+        "",
+        f"{env['device']} · torch {env['torch']} · triton {env['triton']} · commit {env['commit']} · {env['date']}",
+        "",
+    ]
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in rows:

@@ -4,6 +4,7 @@ It runs every benchmark the machine can run and writes raw results (JSON, with d
 transformers versions, commit and date) plus a markdown table per benchmark under `benchmarks/results/<device>/`,
 then `SUMMARY.md` there joining the tables. On a machine with no GPU it says so and runs only the CPU part.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ def main(argv=None) -> int:
     if torch.cuda.is_available():
         names += GPU_BENCHMARKS
     else:
-        print(f"No CUDA GPU on this machine ({harness.device_name()}): running only the CPU benchmarks "
-              f"({', '.join(CPU_BENCHMARKS)}). GPU benchmarks: {', '.join(GPU_BENCHMARKS)}.")
+        print(
+            f"No CUDA GPU on this machine ({harness.device_name()}): running only the CPU benchmarks "
+            f"({', '.join(CPU_BENCHMARKS)}). GPU benchmarks: {', '.join(GPU_BENCHMARKS)}."
+        )
     if args.only:
         names = [n for n in names if n in args.only]
 

@@ -17,9 +17,8 @@
 - ``random_model(cls, config, seed=0, embed_std=None, **kw)``: ``cls(config, **kw)`` with non-trivial weights
   everywhere (biases ~N(0, 0.1), LayerNorm scales ~N(1, 0.1), so parity covers every term), in eval mode.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -30,7 +29,7 @@ def _transformers():
     return transformers
 
 
-def random_model(cls, config, seed: int = 0, embed_std: Optional[float] = None, **kw):
+def random_model(cls, config, seed: int = 0, embed_std: float | None = None, **kw):
     """``cls(config, **kw)`` with random biases and LayerNorm parameters too; ``embed_std`` widens the word
     embeddings (sharper logits: fewer near-ties in greedy comparisons). Seeded, in eval mode."""
     torch.manual_seed(seed)
@@ -46,7 +45,7 @@ def random_model(cls, config, seed: int = 0, embed_std: Optional[float] = None, 
     return m.eval()
 
 
-def hf_twin(model, attn_implementation: Optional[str] = None):
+def hf_twin(model, attn_implementation: str | None = None):
     """transformers twin of an xlmrxl model: same class name, config, weights, dtype; eval mode."""
     tf = _transformers()
     cls = getattr(tf, type(model).__name__)
@@ -61,8 +60,17 @@ def hf_twin(model, attn_implementation: Optional[str] = None):
     return twin.eval()
 
 
-def make_inputs(config, batch: int = 3, seq: int = 9, pad: bool = True, fully_padded_row: bool = True,
-                seed: int = 0, token_type_ids: bool = False, left_pad: bool = True, device=None) -> dict:
+def make_inputs(
+    config,
+    batch: int = 3,
+    seq: int = 9,
+    pad: bool = True,
+    fully_padded_row: bool = True,
+    seed: int = 0,
+    token_type_ids: bool = False,
+    left_pad: bool = True,
+    device=None,
+) -> dict:
     """Random ids (never the pad id for real tokens), padding as described in the module docstring."""
     g = torch.Generator().manual_seed(seed)
     pad_id = config.pad_token_id
@@ -95,7 +103,7 @@ def real(inputs: dict) -> torch.Tensor:
     return inputs["attention_mask"].bool()
 
 
-def max_err(a: torch.Tensor, b: torch.Tensor, where: Optional[torch.Tensor] = None) -> float:
+def max_err(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
     assert a.shape == b.shape, f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}"
     d = (a.detach().float() - b.detach().float()).abs()
     if where is not None:
@@ -103,8 +111,9 @@ def max_err(a: torch.Tensor, b: torch.Tensor, where: Optional[torch.Tensor] = No
     return float(d.max()) if d.numel() else 0.0
 
 
-def assert_lowp(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor, where=None, name: str = "output",
-                floor: float = 1e-6) -> None:
+def assert_lowp(
+    ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor, where=None, name: str = "output", floor: float = 1e-6
+) -> None:
     """Low-precision rule: max|ours - truth| ≤ 2 × max|theirs - truth| (plus a tiny floor for exact ties)."""
     assert ours.dtype == theirs.dtype, f"{name}: dtype {ours.dtype} vs {theirs.dtype}"
     e_ours, e_ref = max_err(ours, truth, where), max_err(theirs, truth, where)
@@ -117,7 +126,7 @@ def left_padded(config, lengths, seq: int, seed: int = 0):
     ids = torch.randint(3, config.vocab_size, (len(lengths), seq), generator=g)
     mask = torch.zeros(len(lengths), seq, dtype=torch.long)
     for r, n in enumerate(lengths):
-        mask[r, seq - n:] = 1
+        mask[r, seq - n :] = 1
     return ids.masked_fill(mask == 0, config.pad_token_id), mask
 
 

@@ -6,6 +6,7 @@
 - Markers: `gpu` tests are skipped without CUDA; `ext` tests are skipped without the compiled extension unless
   XLMRXL_REQUIRE_EXT=1 (CI), where its absence is a failure.
 """
+
 import os
 
 import torch
@@ -58,9 +59,21 @@ def _seed():
 def tiny_config_kwargs(**overrides):
     """The tiny XLM-RoBERTa-XL shape used across tests: hidden 64, 4 heads (head dim 16), 3 layers,
     intermediate 91 (not a multiple of 8)."""
-    kw = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=91,
-              max_position_embeddings=66, type_vocab_size=1, hidden_dropout_prob=0.1,
-              attention_probs_dropout_prob=0.1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    kw = dict(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=91,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     kw.update(overrides)
     return kw
 

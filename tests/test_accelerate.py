@@ -5,24 +5,31 @@ and gives the outputs it gave before acceleration (fp32, real tokens, <= 1e-5) w
 ``triton``) with the kernels under the interpreter. ``pipeline("fill-mask")`` gives the same top-k. Fallbacks run
 transformers' own code (bit-identical results) with one logged reason. The conversions share storage both ways.
 """
+
 import logging
 import sys
 
 import pytest
 import torch
+from _oracle import EncoderForwardSpy
+from conftest import tiny_config_kwargs
 
 import xlmrxl
 from xlmrxl import fast_path
 from xlmrxl.accelerate import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
-from _oracle import EncoderForwardSpy
-from conftest import tiny_config_kwargs
 
 transformers = pytest.importorskip("transformers")
 TF5 = int(transformers.__version__.split(".")[0]) >= 5  # the GPU machine runs 5.x: no head_mask / relative positions
 
-HEADS = ["XLMRobertaXLModel", "XLMRobertaXLForMaskedLM", "XLMRobertaXLForCausalLM",
-         "XLMRobertaXLForSequenceClassification", "XLMRobertaXLForMultipleChoice",
-         "XLMRobertaXLForTokenClassification", "XLMRobertaXLForQuestionAnswering"]
+HEADS = [
+    "XLMRobertaXLModel",
+    "XLMRobertaXLForMaskedLM",
+    "XLMRobertaXLForCausalLM",
+    "XLMRobertaXLForSequenceClassification",
+    "XLMRobertaXLForMultipleChoice",
+    "XLMRobertaXLForTokenClassification",
+    "XLMRobertaXLForQuestionAnswering",
+]
 TOL = 1e-5
 
 
@@ -47,10 +54,10 @@ def _hf(head, attn="sdpa", **overrides):
 def _inputs(head, batch=4, seq=9, vocab=300):
     ids = torch.randint(3, vocab, (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[0, 6:] = 0   # right padding
-    mask[1, :] = 0    # fully padded row
-    mask[2, 1:] = 0   # length 1
-    mask[3, :2] = 0   # left padding
+    mask[0, 6:] = 0  # right padding
+    mask[1, :] = 0  # fully padded row
+    mask[2, 1:] = 0  # length 1
+    mask[3, :2] = 0  # left padding
     ids[mask == 0] = 1
     if head == "XLMRobertaXLForMultipleChoice":
         return ids.view(2, 2, seq), mask.view(2, 2, seq)
@@ -63,7 +70,7 @@ def _extra(head):
 
 def _keep(t, mask):
     """Where ``t`` depends on real tokens only (see tests/test_fast_path.py)."""
-    if tuple(t.shape[:mask.dim()]) == tuple(mask.shape):
+    if tuple(t.shape[: mask.dim()]) == tuple(mask.shape):
         return mask.bool()
     flat = mask.reshape(-1, mask.shape[-1])  # multiple choice runs the backbone on (B*C, S)
     if t.dim() >= 2 and tuple(t.shape[:2]) == tuple(flat.shape):
@@ -85,8 +92,6 @@ def _compare(before, after, mask):
             if keep.any():
                 worst = max(worst, (x - y)[keep].abs().max().item())
     return worst
-
-
 
 
 # -- every head, references ------------------------------------------------------------------------------------------
@@ -157,8 +162,11 @@ def test_fill_mask_pipeline_same_topk(spm_dir, monkeypatch):
     tok = transformers.XLMRobertaTokenizer(vocab_file=str(spm_dir / "sentencepiece.bpe.model"))
     torch.manual_seed(13)
     hf = _hf("XLMRobertaXLForMaskedLM", vocab_size=len(tok) + 6)
-    texts = [f"the weather is {tok.mask_token} today", f"{tok.mask_token} is a word", "a longer sentence that has "
-             f"more words in it and a {tok.mask_token} near the end"]
+    texts = [
+        f"the weather is {tok.mask_token} today",
+        f"{tok.mask_token} is a word",
+        f"a longer sentence that has more words in it and a {tok.mask_token} near the end",
+    ]
     pipe = transformers.pipeline("fill-mask", model=hf, tokenizer=tok, top_k=5)
     before = pipe(texts, batch_size=3)
     accelerate(hf, backend="reference")
@@ -209,8 +217,11 @@ def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
     assert torch.equal(before.logits, after.logits), f"{case}: the fallback must be transformers' own result"
     if case == "output_attentions":
         assert len(after.attentions) == 3 and after.attentions[0].shape == (4, 4, 9, 9)
-    lines = [r.getMessage() for r in caplog.records if "exact (unfused) path" in r.getMessage()
-             or "runs transformers' code" in r.getMessage()]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if "exact (unfused) path" in r.getMessage() or "runs transformers' code" in r.getMessage()
+    ]
     assert len(lines) == 1, f"{case}: expected one logged reason, got {lines}"
     assert needle in lines[0], f"{case}: reason {lines[0]!r} does not mention {needle!r}"
 
@@ -234,8 +245,12 @@ def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fres
             pkv = out.past_key_values
             for t in range(5, 9):
                 step = torch.full((4, 1), 7 + t)
-                out = hf(step, attention_mask=torch.cat([mask[:, :5], torch.ones(4, t - 4, dtype=mask.dtype)], 1),
-                         past_key_values=pkv, use_cache=True)
+                out = hf(
+                    step,
+                    attention_mask=torch.cat([mask[:, :5], torch.ones(4, t - 4, dtype=mask.dtype)], 1),
+                    past_key_values=pkv,
+                    use_cache=True,
+                )
                 outs.append(out.logits)
                 pkv = out.past_key_values
         return outs, pkv
@@ -484,8 +499,10 @@ def test_deepcopy_and_pickle_accelerated(tmp_path):
             out = clone(ids, attention_mask=mask).logits
             err = (out - ref)[mask.bool()].abs().max().item()
             assert err <= TOL, f"copy of an accelerated model: max err {err:.3g}"
-            assert clone.roberta.encoder.layer[0].attention.self.query.weight.data_ptr() != \
-                hf.roberta.encoder.layer[0].attention.self.query.weight.data_ptr()
+            assert (
+                clone.roberta.encoder.layer[0].attention.self.query.weight.data_ptr()
+                != hf.roberta.encoder.layer[0].attention.self.query.weight.data_ptr()
+            )
 
 
 def test_accelerate_on_an_xlmrxl_model_sets_its_backend():

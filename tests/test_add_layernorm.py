@@ -1,6 +1,7 @@
 """add_layernorm (Triton) vs add_layernorm_ref: row widths 1 / primes / 80 / 2560, with and without residual, fp32
 tight, fp16 / bf16 by the 2x rule (our error vs fp32 truth <= 2x PyTorch's own error in that dtype + one ulp), strided
 inputs, the wide-row two-pass path, errors, and the dispatcher. Realistic XL shapes carry the ``gpu`` marker."""
+
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ ak = pytest.importorskip("xlmrxl_kernels.add_layernorm")
 pytestmark = pytest.mark.triton
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-ULP = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 def _inputs(shape, dtype, device, residual=True, offset=0.0):
@@ -26,8 +27,9 @@ def _inputs(shape, dtype, device, residual=True, offset=0.0):
 def _truth(x, r, w, b, eps=1e-5):
     """fp64 LayerNorm of the h PyTorch itself would form (x + r rounded to the input dtype)."""
     h = x if r is None else x + r
-    y = torch.nn.functional.layer_norm(h.double(), (x.shape[-1],), None if w is None else w.double(),
-                                       None if b is None else b.double(), eps)
+    y = torch.nn.functional.layer_norm(
+        h.double(), (x.shape[-1],), None if w is None else w.double(), None if b is None else b.double(), eps
+    )
     return y, h
 
 

@@ -5,6 +5,7 @@ by the 2x rule (our error vs fp32 truth <= 2x PyTorch's own error in that dtype 
 
 Under the CPU interpreter, bf16 ``tl.dot`` reads the raw bits wrongly, so the kernel upcasts bf16 dot operands to
 fp32 there (``DOT_F32``); on a GPU bf16 runs native. Realistic XL shapes carry the ``gpu`` marker."""
+
 import pytest
 import torch
 
@@ -37,13 +38,13 @@ def _check(out, q, k, v, mask=None, *, scale=None, causal=False, varlen=None):
     """Shape / dtype first, then numerics: fp32 within FP32_TOL of the reference, half by the 2x rule."""
     if varlen is None:
         ref = lambda **kw: attention_ref(q, k, v, mask, scale=scale, causal=causal, **kw)  # noqa: E731
-        truth_fn = lambda: attention_ref(q.float(), k.float(), v.float(), mask, scale=scale,  # noqa: E731
-                                         causal=causal)
+        truth_fn = lambda: attention_ref(q.float(), k.float(), v.float(), mask, scale=scale, causal=causal)  # noqa: E731
         shape = (q.shape[0], q.shape[1], q.shape[2], v.shape[3])
     else:
         ref = lambda **kw: attention_varlen_ref(q, k, v, *varlen, scale=scale, causal=causal, **kw)  # noqa: E731
-        truth_fn = lambda: attention_varlen_ref(q.float(), k.float(), v.float(), *varlen,  # noqa: E731
-                                                scale=scale, causal=causal)
+        truth_fn = lambda: attention_varlen_ref(  # noqa: E731
+            q.float(), k.float(), v.float(), *varlen, scale=scale, causal=causal
+        )
         shape = tuple(q.shape)
     assert tuple(out.shape) == shape, f"shape {tuple(out.shape)} != {shape}"
     assert out.dtype == q.dtype, f"dtype {out.dtype} != {q.dtype}"
@@ -249,8 +250,7 @@ def test_not_supported_reasons(device):
     assert len(reasons) == 1 and "float64" in reasons[0], reasons
     big = _qkv(1, 1, 2, 2, 320, torch.float32, device)
     assert any("320" in r for r in ak.attention_not_supported(*big))
-    assert any("320" in r for r in ak.attention_varlen_not_supported(
-        big[0][0], big[1][0], big[2][0], None, None, 2, 2))
+    assert any("320" in r for r in ak.attention_varlen_not_supported(big[0][0], big[1][0], big[2][0], None, None, 2, 2))
 
 
 def test_decode_launch_shape_is_a_heuristic(monkeypatch):
@@ -283,6 +283,7 @@ def test_dispatcher_runs_kernel_and_falls_back(device):
 
 # ---- realistic XL / XXL shapes (GPU only) ---------------------------------------------------------------------------
 
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [80, 128])
@@ -314,7 +315,7 @@ def test_decode_gpu(B, device):
 
 # ---- the kernels compile for an H100 (sm_90) without one -------------------------------------------------------------
 
-_AOT_SCRIPT = r'''
+_AOT_SCRIPT = r"""
 import importlib, json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
@@ -374,7 +375,7 @@ res["add_layernorm bf16 2560"] = build(L._add_layernorm_kernel, ln, dict(
 res["add_layernorm loop bf16"] = build(L._add_layernorm_loop_kernel, ln, dict(
     HAS_RES=True, HAS_W=True, HAS_B=True, BLOCK_N=4096), 8, 1)
 print("AOT" + json.dumps(res))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -390,8 +391,9 @@ def test_kernels_compile_for_sm90_without_spills():
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT functions, not interpreted
     root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=root,
-                          timeout=500)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=root, timeout=500
+    )
     if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
         pytest.skip("no ptxas in this Triton install")
     assert proc.returncode == 0, f"AOT compile failed:\n{proc.stderr[-3000:]}"

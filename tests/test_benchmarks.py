@@ -1,6 +1,7 @@
 """The benchmark scripts import, answer --help, and (for the end-to-end one) run a tiny CPU configuration.
 
 Speed is never asserted here: numbers come from the benchmark suite on a GPU (benchmarks/results/)."""
+
 import importlib
 import pathlib
 

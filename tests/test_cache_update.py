@@ -3,6 +3,7 @@
 Caches start as fresh random values (the sentinel): after an op, written slots must equal the new K/V bit for bit
 (a copy has no rounding) and every other slot must be unchanged.
 """
+
 import logging
 
 import pytest
@@ -14,8 +15,10 @@ from xlmrxl_kernels.reference.cache_update import cache_reorder_ref, cache_reset
 
 HAS_CUDA = torch.cuda.is_available()
 REQUIRE = env_flag("XLMRXL_REQUIRE_EXT")
-needs_ext = pytest.mark.skipif(not cu.cache_extension_available() and not REQUIRE,
-                               reason=f"compiled extension missing: {cu.cache_extension_unavailable_reason()}")
+needs_ext = pytest.mark.skipif(
+    not cu.cache_extension_available() and not REQUIRE,
+    reason=f"compiled extension missing: {cu.cache_extension_unavailable_reason()}",
+)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -45,10 +48,10 @@ def _assert_equal(got, want, what):
 # -- cache_update ----------------------------------------------------------------------------------------------------
 PATTERNS = {
     # name: (positions, lengths) for B = 3, T = 4, max_len = 13
-    "left_padding": ([5, 5, 5], None),        # one shared start (pads written, masked by the attention mask)
-    "ragged": ([0, 9, 4], None),               # per-sequence cache lengths; row 1 ends exactly at max_len
-    "right_padding": ([2, 7, 0], [4, 1, 3]),   # per-row new lengths: trailing pads are not written
-    "empty_row": ([12, 3, 13], [1, 4, 0]),     # a zero-length row may start at max_len
+    "left_padding": ([5, 5, 5], None),  # one shared start (pads written, masked by the attention mask)
+    "ragged": ([0, 9, 4], None),  # per-sequence cache lengths; row 1 ends exactly at max_len
+    "right_padding": ([2, 7, 0], [4, 1, 3]),  # per-row new lengths: trailing pads are not written
+    "empty_row": ([12, 3, 13], [1, 4, 0]),  # a zero-length row may start at max_len
 }
 
 
@@ -81,7 +84,7 @@ def _layouts(B, H, T, D, dtype):
     yield "contiguous", base.transpose(1, 2).contiguous()
     yield "bthd_transposed", base.transpose(1, 2)
     yield "last_dim_strided", torch.randn(B, H, D, T).to(dtype).transpose(2, 3)
-    yield "sliced_head_dim", torch.randn(B, H, T, D + 3).to(dtype)[..., 1:D + 1]
+    yield "sliced_head_dim", torch.randn(B, H, T, D + 3).to(dtype)[..., 1 : D + 1]
 
 
 @pytest.mark.ext
@@ -96,8 +99,8 @@ def test_update_non_contiguous(dtype, cache_layout):
         k_cache = torch.randn(B, L, H, D).to(dtype).transpose(1, 2)
         v_cache = torch.randn(B, L, H, D).to(dtype).transpose(1, 2)
     else:
-        k_cache = torch.randn(B + 1, H, L + 4, D).to(dtype)[1:, :, 2:L + 2]
-        v_cache = torch.randn(B + 1, H, L + 4, D).to(dtype)[1:, :, 2:L + 2]
+        k_cache = torch.randn(B + 1, H, L + 4, D).to(dtype)[1:, :, 2 : L + 2]
+        v_cache = torch.randn(B + 1, H, L + 4, D).to(dtype)[1:, :, 2 : L + 2]
     positions = torch.tensor([6, 1])
     for name, k_new in _layouts(B, H, T, D, dtype):
         v_new = k_new.flip(0)  # another view, another stride pattern
@@ -132,37 +135,77 @@ def test_extension_available_and_parallel():
 # -- argument checks: the C++ messages -------------------------------------------------------------------------------
 def _args(dtype=torch.float32):
     k_cache, v_cache = _caches(2, 3, 8, 4, dtype)
-    return dict(k_cache=k_cache, v_cache=v_cache, k_new=torch.randn(2, 3, 2, 4).to(dtype),
-                v_new=torch.randn(2, 3, 2, 4).to(dtype), positions=torch.tensor([0, 3]))
+    return dict(
+        k_cache=k_cache,
+        v_cache=v_cache,
+        k_new=torch.randn(2, 3, 2, 4).to(dtype),
+        v_new=torch.randn(2, 3, 2, 4).to(dtype),
+        positions=torch.tensor([0, 3]),
+    )
 
 
 BAD_CALLS = {
-    "k_new_rank": (lambda a: a.update(k_new=a["k_new"][0], v_new=a["v_new"][0]), ValueError,
-                   "k_new must have 4 dims (B, H, T, D), got 3"),
-    "k_cache_rank": (lambda a: a.update(k_cache=a["k_cache"][0], v_cache=a["v_cache"][0]), ValueError,
-                     "k_cache must have 4 dims (B, H, max_len, D), got 3"),
-    "v_new_shape": (lambda a: a.update(v_new=a["v_new"][:, :, :1]), ValueError,
-                    "v_new must have the shape of k_new [2, 3, 2, 4], got [2, 3, 1, 4]"),
-    "k_new_heads": (lambda a: a.update(k_new=a["k_new"][:, :2], v_new=a["v_new"][:, :2]), ValueError,
-                    "k_new must have shape (B, H, T, D) = (2, 3, T, 4) to match k_cache [2, 3, 8, 4], "
-                    "got [2, 2, 2, 4]"),
-    "positions_dtype": (lambda a: a.update(positions=a["positions"].float()), TypeError,
-                        "positions must be int32 or int64 on cpu, got float32 on cpu"),
-    "positions_device": (lambda a: a.update(positions=torch.empty(2, dtype=torch.long, device="meta")), ValueError,
-                         "positions must be int32 or int64 on cpu, got int64 on meta"),
-    "positions_shape": (lambda a: a.update(positions=a["positions"][:, None]), ValueError,
-                        "positions must have shape (B,) = (2,), got [2, 1]"),
-    "k_new_dtype": (lambda a: a.update(k_new=a["k_new"].half()), TypeError,
-                    "k_new must have the dtype of k_cache (float32), got float16"),
-    "cache_dtype": (lambda a: a.update(k_cache=a["k_cache"].double(), v_cache=a["v_cache"].double()), TypeError,
-                    "k_cache must be float32, float16 or bfloat16, got float64"),
-    "v_new_device": (lambda a: a.update(v_new=torch.empty(2, 3, 2, 4, device="meta")), ValueError,
-                     "v_new must be on the device of k_cache (cpu), got meta"),
-    "overflow": (lambda a: a.update(positions=torch.tensor([0, 7])), ValueError,
-                 "positions[1] + T = 7 + 2 = 9 exceeds max_len = 8 of k_cache"),
+    "k_new_rank": (
+        lambda a: a.update(k_new=a["k_new"][0], v_new=a["v_new"][0]),
+        ValueError,
+        "k_new must have 4 dims (B, H, T, D), got 3",
+    ),
+    "k_cache_rank": (
+        lambda a: a.update(k_cache=a["k_cache"][0], v_cache=a["v_cache"][0]),
+        ValueError,
+        "k_cache must have 4 dims (B, H, max_len, D), got 3",
+    ),
+    "v_new_shape": (
+        lambda a: a.update(v_new=a["v_new"][:, :, :1]),
+        ValueError,
+        "v_new must have the shape of k_new [2, 3, 2, 4], got [2, 3, 1, 4]",
+    ),
+    "k_new_heads": (
+        lambda a: a.update(k_new=a["k_new"][:, :2], v_new=a["v_new"][:, :2]),
+        ValueError,
+        "k_new must have shape (B, H, T, D) = (2, 3, T, 4) to match k_cache [2, 3, 8, 4], got [2, 2, 2, 4]",
+    ),
+    "positions_dtype": (
+        lambda a: a.update(positions=a["positions"].float()),
+        TypeError,
+        "positions must be int32 or int64 on cpu, got float32 on cpu",
+    ),
+    "positions_device": (
+        lambda a: a.update(positions=torch.empty(2, dtype=torch.long, device="meta")),
+        ValueError,
+        "positions must be int32 or int64 on cpu, got int64 on meta",
+    ),
+    "positions_shape": (
+        lambda a: a.update(positions=a["positions"][:, None]),
+        ValueError,
+        "positions must have shape (B,) = (2,), got [2, 1]",
+    ),
+    "k_new_dtype": (
+        lambda a: a.update(k_new=a["k_new"].half()),
+        TypeError,
+        "k_new must have the dtype of k_cache (float32), got float16",
+    ),
+    "cache_dtype": (
+        lambda a: a.update(k_cache=a["k_cache"].double(), v_cache=a["v_cache"].double()),
+        TypeError,
+        "k_cache must be float32, float16 or bfloat16, got float64",
+    ),
+    "v_new_device": (
+        lambda a: a.update(v_new=torch.empty(2, 3, 2, 4, device="meta")),
+        ValueError,
+        "v_new must be on the device of k_cache (cpu), got meta",
+    ),
+    "overflow": (
+        lambda a: a.update(positions=torch.tensor([0, 7])),
+        ValueError,
+        "positions[1] + T = 7 + 2 = 9 exceeds max_len = 8 of k_cache",
+    ),
     "negative": (lambda a: a.update(positions=torch.tensor([-1, 0])), ValueError, "positions[0] = -1 must be >= 0"),
-    "expanded_cache": (lambda a: a.update(k_cache=torch.randn(1, 3, 8, 4).expand(2, 3, 8, 4)), ValueError,
-                       "k_cache has internally overlapping memory"),
+    "expanded_cache": (
+        lambda a: a.update(k_cache=torch.randn(1, 3, 8, 4).expand(2, 3, 8, 4)),
+        ValueError,
+        "k_cache has internally overlapping memory",
+    ),
     "same_buffer": (lambda a: a.update(v_cache=a["k_cache"]), ValueError, "k_cache and v_cache share memory"),
 }
 
@@ -288,7 +331,7 @@ def _emu_layouts(B, H, L, T, D, dtype):
     caches = {
         "contiguous": lambda: torch.randn(B, H, L, D).to(dtype),
         "blhd_transposed": lambda: torch.randn(B, L, H, D).to(dtype).transpose(1, 2),
-        "slice_of_larger": lambda: torch.randn(B + 1, H, L + 3, D).to(dtype)[1:, :, 1:L + 1],
+        "slice_of_larger": lambda: torch.randn(B + 1, H, L + 3, D).to(dtype)[1:, :, 1 : L + 1],
     }
     news = {
         "bthd_transposed": lambda: torch.randn(B, T, H, D).to(dtype).transpose(1, 2),

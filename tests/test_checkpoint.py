@@ -1,5 +1,6 @@
 """Checkpoint IO (xlmrxl.checkpoint): transformers <-> xlmrxl checkpoints both ways, key fixes, dtypes, sharding,
 atomic saves, every error message, and the peak memory of a load (in a subprocess)."""
+
 import json
 import os
 import shutil
@@ -9,7 +10,6 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import tiny_config_kwargs
 
 transformers = pytest.importorskip("transformers")
@@ -166,14 +166,17 @@ def _write_state(path, state, config_src):
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
-    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, os.path.join(path, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in state.items()},
+        os.path.join(path, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     with open(os.path.join(config_src, "config.json")) as src, open(os.path.join(path, "config.json"), "w") as dst:
         dst.write(src.read())
 
 
 def test_old_style_checkpoint_position_ids_and_both_aliases(hf_mlm, hf_dirs, tmp_path):
-    state = dict(hf_mlm.state_dict())                    # holds both decoder aliases
+    state = dict(hf_mlm.state_dict())  # holds both decoder aliases
     assert set(TIED) <= set(state)
     state["roberta.embeddings.position_ids"] = torch.arange(66).unsqueeze(0)
     _write_state(tmp_path / "old", state, hf_dirs / "single")
@@ -189,8 +192,11 @@ def test_bias_taken_from_decoder_alias(hf_mlm, hf_dirs, tmp_path):
     _no_info(info)
     _assert_close(model.lm_head.bias, hf_mlm.lm_head.bias.detach(), "lm_head.bias", atol=0)
     # only the decoder names stored (a conversion may keep either name of a tied pair)
-    state = {k: v for k, v in hf_mlm.state_dict().items()
-             if k not in ("lm_head.bias", "roberta.embeddings.word_embeddings.weight")}
+    state = {
+        k: v
+        for k, v in hf_mlm.state_dict().items()
+        if k not in ("lm_head.bias", "roberta.embeddings.word_embeddings.weight")
+    }
     _write_state(tmp_path / "decoder-only", state, hf_dirs / "single")
     model, info = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "decoder-only", output_loading_info=True)
     _no_info(info)
@@ -211,7 +217,7 @@ def test_mlm_checkpoint_into_base_model(hf_mlm, hf_dirs, caplog):
     theirs, their_info = _hf_load("XLMRobertaXLModel", hf_dirs / "single")
     assert sorted(their_info["missing_keys"]) == info["missing_keys"]
     assert sorted(their_info["unexpected_keys"]) == info["unexpected_keys"]
-    ref = {k[len("roberta."):]: v for k, v in hf_mlm.state_dict().items() if k.startswith("roberta.")}
+    ref = {k[len("roberta.") :]: v for k, v in hf_mlm.state_dict().items() if k.startswith("roberta.")}
     for k, v in model.state_dict().items():
         if not k.startswith("pooler."):
             assert torch.equal(v, ref[k]), k
@@ -219,8 +225,9 @@ def test_mlm_checkpoint_into_base_model(hf_mlm, hf_dirs, caplog):
     assert w.is_meta is False and w.std().item() == pytest.approx(0.02, rel=0.3), "pooler not initialised by init"
     ids = _ids()
     with torch.no_grad():
-        _assert_close(model(input_ids=ids).last_hidden_state, theirs(input_ids=ids).last_hidden_state,
-                      "last_hidden_state")
+        _assert_close(
+            model(input_ids=ids).last_hidden_state, theirs(input_ids=ids).last_hidden_state, "last_hidden_state"
+        )
 
 
 def test_base_checkpoint_into_head_model_and_config_overrides(tmp_path, caplog):
@@ -228,7 +235,8 @@ def test_base_checkpoint_into_head_model_and_config_overrides(tmp_path, caplog):
     base = _hf_model("XLMRobertaXLModel")
     base.save_pretrained(tmp_path / "base")
     model, info = xlmrxl.XLMRobertaXLForSequenceClassification.from_pretrained(
-        tmp_path / "base", num_labels=3, output_loading_info=True)
+        tmp_path / "base", num_labels=3, output_loading_info=True
+    )
     assert model.config.num_labels == 3
     assert info["unexpected_keys"] == ["roberta.pooler.dense.bias", "roberta.pooler.dense.weight"], info
     assert info["missing_keys"] == sorted(k for k, _ in model.named_parameters() if k.startswith("classifier.")), info
@@ -237,8 +245,11 @@ def test_base_checkpoint_into_head_model_and_config_overrides(tmp_path, caplog):
     their_unexpected = sorted(k if k.startswith("roberta.") else "roberta." + k for k in their_info["unexpected_keys"])
     assert their_unexpected == info["unexpected_keys"], their_info
     assert sorted(their_info["missing_keys"]) == info["missing_keys"], their_info
-    assert any("newly initialized" in r.message and "classifier.out_proj.weight" in r.message
-               for r in caplog.records if r.levelname == "WARNING"), "missing keys were not reported in a warning"
+    assert any(
+        "newly initialized" in r.message and "classifier.out_proj.weight" in r.message
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    ), "missing keys were not reported in a warning"
     for k, v in base.state_dict().items():
         if not k.startswith("pooler."):
             assert torch.equal(model.state_dict()["roberta." + k], v), k
@@ -248,8 +259,9 @@ def test_base_checkpoint_into_head_model_and_config_overrides(tmp_path, caplog):
 
 
 def test_add_pooling_layer_goes_to_the_constructor(hf_dirs):
-    model, info = xlmrxl.XLMRobertaXLModel.from_pretrained(hf_dirs / "single", add_pooling_layer=False,
-                                                           output_loading_info=True)
+    model, info = xlmrxl.XLMRobertaXLModel.from_pretrained(
+        hf_dirs / "single", add_pooling_layer=False, output_loading_info=True
+    )
     assert model.pooler is None and info["missing_keys"] == []
 
 
@@ -271,7 +283,7 @@ def test_persistent_buffers_round_trip(hf_dirs, tmp_path):
     src, info = load_pretrained(WithBuffers, hf_dirs / "single", output_loading_info=True)
     assert info["missing_keys"] == ["lm_head.dense.qweight", "lm_head.dense.scales"], info
     with torch.no_grad():
-        src.lm_head.dense.qweight.copy_(torch.randint(-2**31, 2**31 - 1, (8, 16), dtype=torch.int32))
+        src.lm_head.dense.qweight.copy_(torch.randint(-(2**31), 2**31 - 1, (8, 16), dtype=torch.int32))
         src.lm_head.dense.scales.copy_(torch.rand(8, 2) + 0.5)
     save_pretrained(src, tmp_path / "buf")
     with pytest.raises(RuntimeError, match=r"meta device after loading: lm_head\.dense\.scratch"):
@@ -354,6 +366,7 @@ def test_quantization_hook_seam(hf_dirs, monkeypatch):
                 assert not module.weight.is_meta, f"{name}: hook ran before the weights arrived"
                 seen.append(name)
             return None
+
         return hook
 
     monkeypatch.setitem(sys.modules, "xlmrxl.quantization", types.SimpleNamespace(load_hook=load_hook))
@@ -378,14 +391,18 @@ def test_sharded_round_trip_keeps_other_files_and_drops_stale_shards(hf_dirs, tm
     assert set(index["weight_map"]) == set(model.state_dict()) - set(TIED)
     again = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out)
     _assert_same_weights(again, model.state_dict())
-    save_pretrained(model, out, max_shard_size=60_000)      # fewer shards: the old ones must go
+    save_pretrained(model, out, max_shard_size=60_000)  # fewer shards: the old ones must go
     files = sorted(os.listdir(out))
     shards = [f for f in files if f.endswith(".safetensors")]
     assert 1 < len(shards) < n_small and all(f"-of-{len(shards):05d}" in f for f in shards), files
     assert "tokenizer_config.json" in files and (out / "sentencepiece.bpe.model").read_bytes() == b"spm"
-    save_pretrained(model, out)                              # one file: index and shards gone
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "sentencepiece.bpe.model",
-                                       "tokenizer_config.json"]
+    save_pretrained(model, out)  # one file: index and shards gone
+    assert sorted(os.listdir(out)) == [
+        "config.json",
+        "model.safetensors",
+        "sentencepiece.bpe.model",
+        "tokenizer_config.json",
+    ]
     _assert_same_weights(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out), model.state_dict())
 
 
@@ -429,7 +446,7 @@ def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
     def failing(path, state, names):
         calls.append(path)
         if len(calls) == 2:
-            real(path, state, names[: len(names) // 2])      # a half-written shard, then the crash
+            real(path, state, names[: len(names) // 2])  # a half-written shard, then the crash
             raise OSError(28, "No space left on device (simulated)")
         real(path, state, names)
 
@@ -445,7 +462,7 @@ def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
         save_pretrained(model, tmp_path / "fresh", max_shard_size="20KB")
     assert sorted(os.listdir(tmp_path)) == ["atomic"]
     monkeypatch.setattr(ckpt_mod, "_write_safetensors", real)
-    for exchange in (True, False):                      # renameat2 swap, and the two-rename fallback
+    for exchange in (True, False):  # renameat2 swap, and the two-rename fallback
         if not exchange:
             monkeypatch.setattr(ckpt_mod, "_exchange", lambda a, b: False)
         with torch.no_grad():
@@ -458,11 +475,17 @@ def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
 
 def test_transformers_loader_options(hf_mlm, hf_dirs, tmp_path):
     d = _copy_dir(hf_dirs / "single", tmp_path / "opts" / "sub")
-    shutil.copy(hf_dirs / "bin" / "pytorch_model.bin", d)      # now both .safetensors and .bin
-    with open(d / "pytorch_model.bin", "r+b") as fh:            # the .bin must not be read unless asked for
+    shutil.copy(hf_dirs / "bin" / "pytorch_model.bin", d)  # now both .safetensors and .bin
+    with open(d / "pytorch_model.bin", "r+b") as fh:  # the .bin must not be read unless asked for
         fh.truncate(100)
-    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "opts", subfolder="sub", device_map="cpu",
-                            low_cpu_mem_usage=True, trust_remote_code=False)
+    model = load_pretrained(
+        xlmrxl.XLMRobertaXLForMaskedLM,
+        tmp_path / "opts",
+        subfolder="sub",
+        device_map="cpu",
+        low_cpu_mem_usage=True,
+        trust_remote_code=False,
+    )
     _assert_same_weights(model, hf_mlm.state_dict())
     assert not hasattr(model.config, "low_cpu_mem_usage") and not hasattr(model.config, "device_map")
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin could not be read .* truncated or corrupted"):
@@ -493,7 +516,7 @@ def _copy_dir(src, dst):
 def test_error_missing_directory_and_weights(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"checkpoint directory '.*nowhere' does not exist\. Pass a local"):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, tmp_path / "nowhere")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                 # a repo id: only the local Hub cache is tried
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a repo id: only the local Hub cache is tried
     with pytest.raises(FileNotFoundError, match=r"'no-such-owner/no-such-model' does not exist; as a Hub repo id"):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, "no-such-owner/no-such-model")
     (tmp_path / "empty").mkdir()
@@ -507,16 +530,28 @@ def test_error_shape_mismatch(hf_dirs, tmp_path):
     torch.manual_seed(3)
     clf = _hf_model("XLMRobertaXLForSequenceClassification", num_labels=3)
     clf.save_pretrained(tmp_path / "clf")
-    with pytest.raises(CheckpointError, match=r"classifier\.out_proj\.weight: checkpoint shape \(3, 64\), model shape "
-                                              r"\(2, 64\)[\s\S]*num_labels=3"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"classifier\.out_proj\.weight: checkpoint shape \(3, 64\), model shape "
+        r"\(2, 64\)[\s\S]*num_labels=3",
+    ):
         load_pretrained(xlmrxl.XLMRobertaXLForSequenceClassification, tmp_path / "clf", num_labels=2)
-    model, info = load_pretrained(xlmrxl.XLMRobertaXLForSequenceClassification, tmp_path / "clf", num_labels=5,
-                                  ignore_mismatched_sizes=True, output_loading_info=True)
-    assert [k for k, _, _ in info["mismatched_keys"]] == ["classifier.out_proj.bias", "classifier.out_proj.weight"] \
-        or [k for k, _, _ in info["mismatched_keys"]] == ["classifier.out_proj.weight", "classifier.out_proj.bias"]
+    model, info = load_pretrained(
+        xlmrxl.XLMRobertaXLForSequenceClassification,
+        tmp_path / "clf",
+        num_labels=5,
+        ignore_mismatched_sizes=True,
+        output_loading_info=True,
+    )
+    assert [k for k, _, _ in info["mismatched_keys"]] == ["classifier.out_proj.bias", "classifier.out_proj.weight"] or [
+        k for k, _, _ in info["mismatched_keys"]
+    ] == ["classifier.out_proj.weight", "classifier.out_proj.bias"]
     assert model.classifier.out_proj.weight.shape == (5, 64)
-    with pytest.raises(CheckpointError, match=r"embeddings\.word_embeddings\.weight: checkpoint shape \(300, 64\), "
-                                              r"model shape \(300, 128\)[\s\S]*wrong model size"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"embeddings\.word_embeddings\.weight: checkpoint shape \(300, 64\), "
+        r"model shape \(300, 128\)[\s\S]*wrong model size",
+    ):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", hidden_size=128)
 
 
@@ -526,10 +561,13 @@ def test_error_truncated_and_corrupted_safetensors(hf_dirs, tmp_path):
     size = path.stat().st_size
     with open(path, "r+b") as fh:
         fh.truncate(size - 1000)
-    with pytest.raises(CheckpointError, match=rf"model\.safetensors is truncated or corrupted: .*{size} bytes.*"
-                                              rf"only {size - 1000} bytes"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"model\.safetensors is truncated or corrupted: .*{size} bytes.*"
+        rf"only {size - 1000} bytes",
+    ):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
-    with open(path, "r+b") as fh:                   # header length beyond the end of the file
+    with open(path, "r+b") as fh:  # header length beyond the end of the file
         fh.write((10**9).to_bytes(8, "little"))
     with pytest.raises(CheckpointError, match=rf"truncated or corrupted: .*{8 + 10**9}.*{size - 1000}"):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
@@ -613,22 +651,43 @@ def test_peak_memory_of_a_load(hf_dirs, tmp_path_factory, fmt, dtype):
     root = tmp_path_factory.getbasetemp() / "mem"
     if not (root / fmt).exists():
         torch.manual_seed(4)
-        cfg = xlmrxl.XLMRobertaXLConfig(**tiny_config_kwargs(
-            vocab_size=8000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
-            max_position_embeddings=514))
+        cfg = xlmrxl.XLMRobertaXLConfig(
+            **tiny_config_kwargs(
+                vocab_size=8000,
+                hidden_size=512,
+                num_hidden_layers=8,
+                num_attention_heads=8,
+                intermediate_size=2048,
+                max_position_embeddings=514,
+            )
+        )
         model = xlmrxl.XLMRobertaXLForMaskedLM(cfg)
         save_pretrained(model, root / fmt, safe_serialization=(fmt == "safetensors"))
         del model
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(root / fmt), fmt, dtype,
-                          str(hf_dirs / ("single" if fmt == "safetensors" else "bin"))], capture_output=True,
-                         text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEM_SCRIPT,
+            str(root / fmt),
+            fmt,
+            dtype,
+            str(hf_dirs / ("single" if fmt == "safetensors" else "bin")),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["weights"] > 50e6 if dtype == "bfloat16" else out["weights"] > 100e6, out
     ratio = out["increase"] / out["weights"]
-    assert ratio <= 1.3, (f"{fmt} -> {dtype}: peak RSS rose by {out['increase'] / 1e6:.1f} MB for "
-                          f"{out['weights'] / 1e6:.1f} MB of weights ({ratio:.2f}x > 1.3x)")
+    assert ratio <= 1.3, (
+        f"{fmt} -> {dtype}: peak RSS rose by {out['increase'] / 1e6:.1f} MB for "
+        f"{out['weights'] / 1e6:.1f} MB of weights ({ratio:.2f}x > 1.3x)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

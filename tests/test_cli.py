@@ -1,5 +1,6 @@
 """The `xlmrxl` command line, through main([...]) with captured output: fill-mask (argument and stdin), embed, info
 (plain, int4 byte report), demo (quick, temp cache), quantize, usage errors, logging."""
+
 import io
 import json
 import struct
@@ -8,11 +9,10 @@ import sys
 
 import pytest
 import torch
+from test_pipelines import make_checkpoint
 
 import xlmrxl
 from xlmrxl.cli import checkpoint_info, main
-
-from test_pipelines import make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,11 @@ def test_fill_mask_from_stdin_json(ckpt, capsys, monkeypatch):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["input"] for x in lines] == ["Hello <mask>!", "x <mask>. y <mask>"]
     assert len(lines[0]["predictions"]) == 2 and set(lines[0]["predictions"][0]) == {
-        "score", "token", "token_str", "sequence"}
+        "score",
+        "token",
+        "token_str",
+        "sequence",
+    }
     assert len(lines[1]["predictions"]) == 2 and len(lines[1]["predictions"][0]) == 2  # two masks
 
 
@@ -98,17 +102,25 @@ def test_info_int4_byte_report(tmp_path, capsys):
     out_f, in_f, g = 256, 512, 128
     tensors = {
         "roberta.embeddings.word_embeddings.weight": torch.randn(1024, in_f).bfloat16(),
-        "roberta.encoder.layer.0.intermediate.dense.qweight": torch.randint(0, 255, (out_f, in_f // 2),
-                                                                            dtype=torch.uint8),
+        "roberta.encoder.layer.0.intermediate.dense.qweight": torch.randint(
+            0, 255, (out_f, in_f // 2), dtype=torch.uint8
+        ),
         "roberta.encoder.layer.0.intermediate.dense.scales": torch.rand(out_f, in_f // g).bfloat16(),
         "roberta.encoder.layer.0.intermediate.dense.zeros": torch.rand(out_f, in_f // g).bfloat16(),
         "roberta.encoder.layer.0.intermediate.dense.bias": torch.rand(out_f).bfloat16(),
     }
     _write_safetensors(tmp_path / "model.safetensors", tensors)
-    cfg = {"model_type": "xlm-roberta-xl", "architectures": ["XLMRobertaXLForMaskedLM"], "hidden_size": in_f,
-           "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": out_f, "vocab_size": 1024,
-           "torch_dtype": "bfloat16", "quantization_config": {"quant_method": "xlmrxl_int4", "bits": 4,
-                                                              "group_size": g}}
+    cfg = {
+        "model_type": "xlm-roberta-xl",
+        "architectures": ["XLMRobertaXLForMaskedLM"],
+        "hidden_size": in_f,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 1,
+        "intermediate_size": out_f,
+        "vocab_size": 1024,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {"quant_method": "xlmrxl_int4", "bits": 4, "group_size": g},
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     info = checkpoint_info(tmp_path)
     q_bytes = out_f * in_f // 2 + 2 * 2 * out_f * in_f // g
@@ -126,11 +138,11 @@ def test_quantize(spm_dir, tmp_path, capsys):
         from xlmrxl.quantization import load_hook  # noqa: F401
     except ImportError:
         pytest.skip("xlmrxl.quantization (the int4 helper's part) has not landed yet")
-    src = make_checkpoint(tmp_path / "src", spm_dir, hidden_size=256, num_attention_heads=4,
-                          intermediate_size=512)  # K a multiple of the group size
+    src = make_checkpoint(
+        tmp_path / "src", spm_dir, hidden_size=256, num_attention_heads=4, intermediate_size=512
+    )  # K a multiple of the group size
     dst = tmp_path / "int4"
-    assert main(["quantize", str(src), str(dst), "--group-size", "128", "--dtype", "float32",
-                 "--device", "cpu"]) == 0
+    assert main(["quantize", str(src), str(dst), "--group-size", "128", "--dtype", "float32", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "int4" in out and "quantized    yes" in out
     info = checkpoint_info(dst)
@@ -148,8 +160,12 @@ def test_quantize(spm_dir, tmp_path, capsys):
     assert main(["fill-mask", "Hello <mask>!", "--model", str(dst), "--top-k", "2", "--device", "cpu"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     # a group size other than 128 goes through the dict form of quantization=
-    assert main(["quantize", str(src), str(tmp_path / "g64"), "--group-size", "64", "--dtype", "float32",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["quantize", str(src), str(tmp_path / "g64"), "--group-size", "64", "--dtype", "float32", "--device", "cpu"]
+        )
+        == 0
+    )
     assert checkpoint_info(tmp_path / "g64")["quantization_config"]["group_size"] == 64
 
 
@@ -185,7 +201,6 @@ def test_usage_errors(capsys):
 
 
 def test_python_dash_m(ckpt):
-    r = subprocess.run([sys.executable, "-m", "xlmrxl", "info", str(ckpt)], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-m", "xlmrxl", "info", str(ckpt)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "parameters" in r.stdout

@@ -1,21 +1,50 @@
 """XLMRobertaXLConfig: defaults, validation, (de)serialisation, and config.json interchange with transformers 4.56.2."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import tiny_config_kwargs
+
 from xlmrxl import XLMRobertaXLConfig
 
 transformers = pytest.importorskip("transformers")
 
-MODEL_FIELDS = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-                "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id", "bos_token_id",
-                "eos_token_id", "position_embedding_type", "use_cache", "classifier_dropout"]
-COMMON_FIELDS = ["is_decoder", "add_cross_attention", "is_encoder_decoder", "tie_word_embeddings",
-                 "chunk_size_feed_forward", "num_labels", "id2label", "label2id", "problem_type", "output_attentions",
-                 "output_hidden_states", "return_dict", "architectures"]
+MODEL_FIELDS = [
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "position_embedding_type",
+    "use_cache",
+    "classifier_dropout",
+]
+COMMON_FIELDS = [
+    "is_decoder",
+    "add_cross_attention",
+    "is_encoder_decoder",
+    "tie_word_embeddings",
+    "chunk_size_feed_forward",
+    "num_labels",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "architectures",
+]
 
 
 def _theirs(cfg, f):
@@ -58,8 +87,13 @@ def test_labels_and_aliases():
 
 
 def test_unknown_kwargs_kept_and_round_trip(tmp_path):
-    c = XLMRobertaXLConfig(**tiny_config_kwargs(), output_past=True, tokenizer_class="XLMRobertaTokenizer",
-                           architectures=["XLMRobertaXLForMaskedLM"], quantization_config={"quant_method": "x"})
+    c = XLMRobertaXLConfig(
+        **tiny_config_kwargs(),
+        output_past=True,
+        tokenizer_class="XLMRobertaTokenizer",
+        architectures=["XLMRobertaXLForMaskedLM"],
+        quantization_config={"quant_method": "x"},
+    )
     assert c.output_past is True and c.tokenizer_class == "XLMRobertaTokenizer"
     d = c.to_dict()
     assert d["model_type"] == "xlm-roberta-xl" and d["output_past"] is True
@@ -74,9 +108,17 @@ def test_unknown_kwargs_kept_and_round_trip(tmp_path):
 
 
 def test_our_config_json_loads_in_transformers(tmp_path):
-    c = XLMRobertaXLConfig(**tiny_config_kwargs(), is_decoder=True, add_cross_attention=True, num_labels=3,
-                           position_embedding_type="relative_key", classifier_dropout=0.2, dtype="float16",
-                           architectures=["XLMRobertaXLForCausalLM"], tie_word_embeddings=False)
+    c = XLMRobertaXLConfig(
+        **tiny_config_kwargs(),
+        is_decoder=True,
+        add_cross_attention=True,
+        num_labels=3,
+        position_embedding_type="relative_key",
+        classifier_dropout=0.2,
+        dtype="float16",
+        architectures=["XLMRobertaXLForCausalLM"],
+        tie_word_embeddings=False,
+    )
     c.save_pretrained(tmp_path)
     h = transformers.AutoConfig.from_pretrained(tmp_path)
     assert type(h).__name__ == "XLMRobertaXLConfig"
@@ -86,8 +128,9 @@ def test_our_config_json_loads_in_transformers(tmp_path):
 
 
 def test_transformers_config_json_loads_in_ours(tmp_path):
-    h = transformers.XLMRobertaXLConfig(**tiny_config_kwargs(), num_labels=4, problem_type="regression",
-                                        chunk_size_feed_forward=3, output_past=True)
+    h = transformers.XLMRobertaXLConfig(
+        **tiny_config_kwargs(), num_labels=4, problem_type="regression", chunk_size_feed_forward=3, output_past=True
+    )
     h.save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     raw["torch_dtype"] = "bfloat16"  # hub files still use the old key

@@ -1,10 +1,11 @@
 """Decoder mode vs transformers 4.56.2: causal masks, cross-attention, KV caches (ours, transformers', legacy tuples),
 incremental decoding, the causal-LM loss and generation hooks. Tiny config, CPU, real tokens only."""
+
 import pytest
 import torch
-
 from _oracle import hf_twin, make_inputs, max_err, random_model, real
 from conftest import tiny_config_kwargs
+
 from xlmrxl import DynamicCache, EncoderDecoderCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM, XLMRobertaXLModel
 from xlmrxl.cache import Cache
 from xlmrxl.modeling import create_position_ids_from_input_ids
@@ -42,7 +43,7 @@ def encoder_states(batch=2, length=6, seed=0, pad=True):
     states = torch.randn(batch, length, 64, generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
     if pad:
-        mask[1, length - 2:] = 0
+        mask[1, length - 2 :] = 0
     return states, mask
 
 
@@ -112,12 +113,18 @@ def test_model_without_cross_attention_rejects_encoder_states():
 # -- incremental decoding -------------------------------------------------------------------------------------------
 def decode(model, ids, prefix, past=None, **kw):
     """Prefill ``prefix`` tokens then feed one token at a time; returns (per-position logits, final cache)."""
-    out = model(ids[:, :prefix], attention_mask=torch.ones_like(ids[:, :prefix]), past_key_values=past,
-                use_cache=True, **kw)
+    out = model(
+        ids[:, :prefix], attention_mask=torch.ones_like(ids[:, :prefix]), past_key_values=past, use_cache=True, **kw
+    )
     logits, past = [out.logits], out.past_key_values
     for t in range(prefix, ids.shape[1]):
-        out = model(ids[:, t:t + 1], attention_mask=torch.ones_like(ids[:, :t + 1]), past_key_values=past,
-                    use_cache=True, **kw)
+        out = model(
+            ids[:, t : t + 1],
+            attention_mask=torch.ones_like(ids[:, : t + 1]),
+            past_key_values=past,
+            use_cache=True,
+            **kw,
+        )
         logits.append(out.logits)
         past = out.past_key_values
     return torch.cat(logits, dim=1), past
@@ -292,8 +299,10 @@ def test_dynamic_cache_api():
 
 
 def test_encoder_decoder_cache_api():
-    kv = [(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4))
-          for _ in range(2)]
+    kv = [
+        (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4))
+        for _ in range(2)
+    ]
     c = EncoderDecoderCache.from_legacy_cache(kv)
     assert c.get_seq_length() == 3 and c.is_updated == {0: True, 1: True} and len(c) == 2
     assert c.cross_attention_cache.get_seq_length() == 5

@@ -11,18 +11,25 @@ The Triton kernels run the same under the interpreter (marked ``triton``, tiny s
 Cross-attention decoders, ``output_attentions``, ``head_mask``, relative positions and autograd keep the exact
 path, with the reason logged once. bf16: the fast path's error vs the fp32 truth <= 2x the exact path's.
 """
+
 import logging
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import xlmrxl.static_cache as xstatic
 from _oracle import assert_lowp, left_padded, max_err, random_model
 from conftest import tiny_config_kwargs
-from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
-from xlmrxl import fast_path
+
+import xlmrxl.static_cache as xstatic
+from xlmrxl import (
+    DynamicCache,
+    EncoderDecoderCache,
+    StaticCache,
+    XLMRobertaXLConfig,
+    XLMRobertaXLForCausalLM,
+    fast_path,
+)
 from xlmrxl.generation import generate
 from xlmrxl.modeling import create_position_ids_from_input_ids
 
@@ -40,7 +47,6 @@ def build(config, seed=0, backend="reference"):
     m = random_model(XLMRobertaXLForCausalLM, config, seed, embed_std=0.5)
     m.set_backend(backend)
     return m
-
 
 
 def make_cache(kind, config, batch, max_length):
@@ -61,8 +67,13 @@ def decode(model, ids, mask, chunks, past=None):
     logits, start = [], 0
     for n in chunks:
         sl = slice(start, start + n)
-        out = model(ids[:, sl], attention_mask=mask[:, :start + n], position_ids=pos[:, sl], past_key_values=past,
-                    use_cache=True)
+        out = model(
+            ids[:, sl],
+            attention_mask=mask[:, : start + n],
+            position_ids=pos[:, sl],
+            past_key_values=past,
+            use_cache=True,
+        )
         assert out.logits.shape == (ids.shape[0], n, model.config.vocab_size)
         logits.append(out.logits)
         past = out.past_key_values
@@ -99,7 +110,6 @@ class Spy:
 
 def force_exact(monkeypatch):
     monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
-
 
 
 # one prefill of 3 tokens, a 2-token chunk (causal mask with a cached prefix), then one-token steps; row 2's prefill
@@ -156,12 +166,14 @@ def test_outputs_tuple_hidden_states_and_legacy_cache(monkeypatch):
         for path in ("fast", "exact"):
             if path == "exact":
                 force_exact(monkeypatch)
-            first = m(ids[:, :4], attention_mask=mask[:, :4], use_cache=True, output_hidden_states=True,
-                      return_dict=False)
+            first = m(
+                ids[:, :4], attention_mask=mask[:, :4], use_cache=True, output_hidden_states=True, return_dict=False
+            )
             legacy = first[1].to_legacy_cache()
             pos = create_position_ids_from_input_ids(ids, config.pad_token_id)[:, 4:]
-            step = m(ids[:, 4:], attention_mask=mask, position_ids=pos, past_key_values=legacy,
-                     output_hidden_states=True)
+            step = m(
+                ids[:, 4:], attention_mask=mask, position_ids=pos, past_key_values=legacy, output_hidden_states=True
+            )
             results[path] = (first, step)
     assert spy.decoder == 2
     (f_first, f_step), (e_first, e_step) = results["fast"], results["exact"]
@@ -259,8 +271,13 @@ def test_step_work_qkv_gemm_cache_update_prefix_attention(monkeypatch):
         for start, n in ((0, 4), (4, 2), (6, 1)):
             gemms.clear(), updates.clear(), attn.clear()
             sl = slice(start, start + n)
-            m(ids[:, sl], attention_mask=mask[:, :start + n], position_ids=pos[:, sl], past_key_values=cache,
-              use_cache=True)
+            m(
+                ids[:, sl],
+                attention_mask=mask[:, : start + n],
+                position_ids=pos[:, sl],
+                past_key_values=cache,
+                use_cache=True,
+            )
             assert gemms == [((2 * n, H), (3 * H, H))] * L, f"step of {n}: QKV GEMMs {gemms}"
             assert updates == [(2, heads, n, H // heads)] * L, f"step of {n}: cache_update calls {updates}"
             assert len(attn) == L
@@ -289,7 +306,7 @@ def test_decoder_forward_reads_no_tensor_on_the_host(monkeypatch):
             with monkeypatch.context() as mp:
                 for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"):
                     mp.setattr(torch.Tensor, name, no_sync)
-                out, _ = fast_path.decoder_forward(enc, x, mask[:, :start + n], cache, m.backend)
+                out, _ = fast_path.decoder_forward(enc, x, mask[:, : start + n], cache, m.backend)
             assert out.shape == (B, n, H) and torch.isfinite(out).all()
     assert cache.get_seq_length() == 6
 
@@ -303,8 +320,13 @@ def test_cross_attention_decoder_keeps_the_exact_path(monkeypatch, caplog, fresh
     spy = Spy(monkeypatch)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
         out = m(ids, attention_mask=mask, encoder_hidden_states=enc_states, use_cache=True)
-        m(ids[:, :1], attention_mask=torch.ones(2, 5, dtype=torch.long), encoder_hidden_states=enc_states,
-          past_key_values=out.past_key_values, use_cache=True)
+        m(
+            ids[:, :1],
+            attention_mask=torch.ones(2, 5, dtype=torch.long),
+            encoder_hidden_states=enc_states,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
     assert (spy.decoder, spy.encoder) == (0, 0), "cross-attention must not run the fused path"
     lines = [r.getMessage() for r in caplog.records if "exact (unfused) path" in r.getMessage()]
     assert len(lines) == 1 and "cross-attention" in lines[0], f"expected one logged reason, got {lines}"
@@ -333,8 +355,17 @@ def test_cached_calls_the_fast_path_cannot_serve(case, monkeypatch, caplog, fres
 
     def run():  # a 3-token prefill and two steps into a StaticCache, the feature passed on every call
         past = StaticCache(config, 2, 5)
-        logits = [m(ids[:, s:e], attention_mask=mask[:, :e], position_ids=pos[:, s:e], past_key_values=past,
-                    use_cache=True, **call_kw).logits for s, e in ((0, 3), (3, 4), (4, 5))]
+        logits = [
+            m(
+                ids[:, s:e],
+                attention_mask=mask[:, :e],
+                position_ids=pos[:, s:e],
+                past_key_values=past,
+                use_cache=True,
+                **call_kw,
+            ).logits
+            for s, e in ((0, 3), (3, 4), (4, 5))
+        ]
         return torch.cat(logits, dim=1), past
 
     spy = Spy(monkeypatch)

@@ -6,21 +6,28 @@ Triton kernels under the interpreter (marked ``triton``, tiny shapes). Also: pac
 storage, state_dict unchanged, re-fused after ``.to()``), ``output_hidden_states`` semantics, ``return_packed``, and
 every fallback reason choosing the exact path with one log line.
 """
+
 import logging
 
 import pytest
 import torch
+from _oracle import EncoderForwardSpy, assert_lowp, hf_twin
+from conftest import tiny_config_kwargs
 
 import xlmrxl
 from xlmrxl import fast_path
-from conftest import tiny_config_kwargs
-from _oracle import EncoderForwardSpy, assert_lowp, hf_twin
 
 transformers = pytest.importorskip("transformers")
 
-HEADS = ["XLMRobertaXLModel", "XLMRobertaXLForMaskedLM", "XLMRobertaXLForCausalLM",
-         "XLMRobertaXLForSequenceClassification", "XLMRobertaXLForMultipleChoice",
-         "XLMRobertaXLForTokenClassification", "XLMRobertaXLForQuestionAnswering"]
+HEADS = [
+    "XLMRobertaXLModel",
+    "XLMRobertaXLForMaskedLM",
+    "XLMRobertaXLForCausalLM",
+    "XLMRobertaXLForSequenceClassification",
+    "XLMRobertaXLForMultipleChoice",
+    "XLMRobertaXLForTokenClassification",
+    "XLMRobertaXLForQuestionAnswering",
+]
 TOL = 1e-5
 
 
@@ -84,19 +91,20 @@ def _real_max_err(a, b, mask):
     sequence-level outputs (read at the first token, like every classification head) on rows whose first token is
     real. ``mask`` is the model's input mask ((B, S), or (B, C, S) for multiple choice)."""
     assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
-    if tuple(a.shape[:mask.dim()]) == tuple(mask.shape):
+    if tuple(a.shape[: mask.dim()]) == tuple(mask.shape):
         keep = mask.bool()
     else:
         first = mask[..., 0].bool()
-        keep = first.reshape(first.shape + (1,) * (a.dim() - first.dim())).expand(a.shape) if a.dim() >= first.dim() \
+        keep = (
+            first.reshape(first.shape + (1,) * (a.dim() - first.dim())).expand(a.shape)
+            if a.dim() >= first.dim()
             else first
+        )
     return (a - b)[keep].abs().max().item() if keep.any() else 0.0
-
 
 
 def _force_exact(monkeypatch):
     monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
-
 
 
 # -- packing ------------------------------------------------------------------------------------------------------
@@ -238,13 +246,15 @@ def test_fused_qkv_shares_storage_and_keeps_state_dict():
         assert W.shape == (3 * H, 64) and W.is_contiguous()
         for i, lin in enumerate((sa.query, sa.key, sa.value)):
             assert lin.weight.data_ptr() == W[i * H].data_ptr(), "q/k/v weights must be views of the fused buffer"
-            assert lin.bias.data_ptr() == b[i * H:].data_ptr()
+            assert lin.bias.data_ptr() == b[i * H :].data_ptr()
             assert lin.weight.untyped_storage().data_ptr() == W.untyped_storage().data_ptr()
     # in-place weight updates (fine-tuning, load_state_dict) reach the fused buffer
     with torch.no_grad():
         model.load_state_dict({k: v * 1.5 if "attention.self.key.weight" in k else v for k, v in before.items()})
-        assert torch.equal(model.roberta.encoder.layer[0].attention.self._xlmrxl_qkv[0][H:2 * H],
-                           before["roberta.encoder.layer.0.attention.self.key.weight"] * 1.5)
+        assert torch.equal(
+            model.roberta.encoder.layer[0].attention.self._xlmrxl_qkv[0][H : 2 * H],
+            before["roberta.encoder.layer.0.attention.self.key.weight"] * 1.5,
+        )
 
 
 def test_fused_qkv_refuses_after_to(monkeypatch):
@@ -446,8 +456,9 @@ def test_int4_layers_with_triton_kernels(monkeypatch, caplog, fresh_log):
     pytest.importorskip("triton")
     q = pytest.importorskip("xlmrxl.quantization")
     torch.manual_seed(24)
-    model = _ours("XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4,
-                  num_hidden_layers=2)
+    model = _ours(
+        "XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2
+    )
     q.quantize(model, group_size=64)
     ids, mask = _inputs("padded", seq=7)
     spy = EncoderForwardSpy(monkeypatch)

@@ -2,14 +2,15 @@
 transformers 4.56.2's twin model run with its own cache and the same (padding-index) positions; left-padded batches
 equal per-row unpadded runs; static and dynamic caches agree; beam search returns its best hypothesis (exact search
 when the beam covers the vocabulary); sampling is reproducible; streaming and end-token handling."""
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _oracle import random_model
 from conftest import tiny_config_kwargs
+
 from xlmrxl import XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl.generation import GenerateOutput, _warp, generate
 from xlmrxl.modeling import create_position_ids_from_input_ids
@@ -57,8 +58,13 @@ def hf_greedy(model, ids, steps):
             token = out.logits[:, -1].argmax(dim=-1)
             out_ids = torch.cat([out_ids, token[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = twin(input_ids=token[:, None], attention_mask=mask, position_ids=(next_pos + i)[:, None],
-                       past_key_values=out.past_key_values, use_cache=True)
+            out = twin(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=(next_pos + i)[:, None],
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
     return out_ids
 
 
@@ -72,7 +78,7 @@ def full_logprob(model, seq, prompt_len):
     mask = torch.cat([(prompt != pad).long(), torch.ones_like(seq[:, prompt_len:])], dim=1)
     with torch.no_grad():
         logp = F.log_softmax(model(seq, attention_mask=mask, position_ids=pos, use_cache=False).logits.float(), -1)
-    picked = logp[:, prompt_len - 1:-1].gather(-1, seq[:, prompt_len:, None]).squeeze(-1)
+    picked = logp[:, prompt_len - 1 : -1].gather(-1, seq[:, prompt_len:, None]).squeeze(-1)
     return picked.sum(dim=1)
 
 
@@ -93,7 +99,7 @@ def test_left_padded_batch_equals_unpadded_rows(model):
     for r in range(ids.shape[0]):
         row = ids[r : r + 1][:, ids[r] != pad]
         alone = generate(model, row, max_new_tokens=6, eos_token_id=NO_EOS)
-        assert torch.equal(alone[0, row.shape[1]:], batch[r, ids.shape[1]:]), f"row {r} differs when padded"
+        assert torch.equal(alone[0, row.shape[1] :], batch[r, ids.shape[1] :]), f"row {r} differs when padded"
 
 
 def test_static_equals_dynamic_and_model_method(model):
@@ -107,8 +113,7 @@ def test_static_equals_dynamic_and_model_method(model):
 def test_generated_logits_equal_full_forward(model):
     """The scores of each step equal a plain forward over the final sequence (the padding-index rule)."""
     ids = prompts(model.config, [6, 6], seed=4)
-    out = generate(model, ids, max_new_tokens=4, eos_token_id=NO_EOS, return_dict_in_generate=True,
-                   output_scores=True)
+    out = generate(model, ids, max_new_tokens=4, eos_token_id=NO_EOS, return_dict_in_generate=True, output_scores=True)
     assert isinstance(out, GenerateOutput) and len(out.scores) == 4
     seq = out.sequences
     assert not (seq[:, 6:] == model.config.pad_token_id).any(), "a generated pad id would change forward's positions"
@@ -128,7 +133,7 @@ def test_end_token_stops_rows_and_pads(model):
     assert (out[0, 7:] == 1).all(), f"row 0 must be padded after its end token, got {out[0].tolist()}"
     row1_end = (free[1, 5:] == eos).nonzero()
     stop = int(row1_end[0]) + 1 if len(row1_end) else 6
-    assert torch.equal(out[1, 5:5 + stop], free[1, 5:5 + stop])
+    assert torch.equal(out[1, 5 : 5 + stop], free[1, 5 : 5 + stop])
     both = generate(model, ids[:1], max_new_tokens=6, eos_token_id=eos)
     assert both.shape == (1, 7), "generation must stop once every row has ended"
     held = generate(model, ids[:1], max_new_tokens=6, eos_token_id=eos, min_new_tokens=3)
@@ -145,8 +150,15 @@ def test_sampling_reproducible_with_seed(model):
     assert torch.equal(a, b), "same seed, different samples"
     assert not torch.equal(a, c), "different seeds gave identical samples (vanishingly unlikely)"
     greedy = generate(model, ids, max_new_tokens=6, eos_token_id=NO_EOS)
-    top1 = generate(model, ids, max_new_tokens=6, do_sample=True, top_k=1, eos_token_id=NO_EOS,
-                    generator=torch.Generator().manual_seed(0))
+    top1 = generate(
+        model,
+        ids,
+        max_new_tokens=6,
+        do_sample=True,
+        top_k=1,
+        eos_token_id=NO_EOS,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(top1, greedy), "top_k=1 sampling must be greedy"
     n = generate(model, ids, num_return_sequences=3, generator=torch.Generator().manual_seed(7), **kw)
     assert n.shape == (6, 10) and torch.equal(n[0, :4], n[2, :4])
@@ -165,8 +177,15 @@ def test_warpers():
 # -- beam search -------------------------------------------------------------------------------------------------------
 def test_beam_search_returns_its_best_hypothesis(model):
     ids = prompts(model.config, [5, 3], seed=9)
-    out = generate(model, ids, max_new_tokens=4, num_beams=2, num_return_sequences=2, eos_token_id=NO_EOS,
-                   return_dict_in_generate=True)
+    out = generate(
+        model,
+        ids,
+        max_new_tokens=4,
+        num_beams=2,
+        num_return_sequences=2,
+        eos_token_id=NO_EOS,
+        return_dict_in_generate=True,
+    )
     assert out.sequences.shape == (4, 9) and out.sequences_scores.shape == (4,)
     recomputed = full_logprob(model, out.sequences, 5) / 4  # length_penalty=1: divided by 4 new tokens
     e = (recomputed - out.sequences_scores).abs().max().item()
@@ -175,8 +194,9 @@ def test_beam_search_returns_its_best_hypothesis(model):
     assert (s[:, 0] >= s[:, 1]).all(), "the first returned sequence must be the best-scoring one"
     greedy = generate(model, ids, max_new_tokens=4, eos_token_id=NO_EOS)
     assert torch.equal(generate(model, ids, max_new_tokens=4, num_beams=1, eos_token_id=NO_EOS), greedy)
-    assert torch.equal(generate(model, ids, max_new_tokens=4, num_beams=2, eos_token_id=NO_EOS),
-                       out.sequences[::2]), "num_return_sequences=1 must return each row's best hypothesis"
+    assert torch.equal(generate(model, ids, max_new_tokens=4, num_beams=2, eos_token_id=NO_EOS), out.sequences[::2]), (
+        "num_return_sequences=1 must return each row's best hypothesis"
+    )
 
 
 @pytest.mark.parametrize("cache", ["static", "dynamic"])
@@ -187,11 +207,10 @@ def test_beam_search_is_exact_when_the_beam_covers_the_vocab(cache):
     m = build(config, seed=11)
     ids = prompts(config, [4, 2], seed=11)
     eos = 2
-    out = generate(m, ids, max_new_tokens=2, num_beams=16, eos_token_id=eos, cache=cache,
-                   return_dict_in_generate=True)
+    out = generate(m, ids, max_new_tokens=2, num_beams=16, eos_token_id=eos, cache=cache, return_dict_in_generate=True)
     for r in range(2):
         # every first token a, in one batch: log p(a) and log p(b | a) from one forward of prompt + a
-        seqs = torch.cat([ids[r:r + 1].expand(16, -1), torch.arange(16)[:, None]], dim=1)
+        seqs = torch.cat([ids[r : r + 1].expand(16, -1), torch.arange(16)[:, None]], dim=1)
         pos = create_position_ids_from_input_ids(seqs[:, :4], 1)
         pos = torch.cat([pos, pos.max(dim=1, keepdim=True).values + 1], dim=1)
         mask = torch.cat([(seqs[:, :4] != 1).long(), torch.ones(16, 1, dtype=torch.long)], dim=1)

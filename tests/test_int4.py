@@ -4,14 +4,24 @@ Checks: round-trip error bounds, exact equality with the torchao dequantization 
 layout, torchao import/export, errors naming K and the group size, and the kernel against the dequantized
 reference (mean relative error <= 1e-3 in fp16) on both launch shapes (M <= 64 with split-K, M > 64 tiled).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import INTERPRETING
+
 from xlmrxl.backend import Backend
-from xlmrxl_kernels.int4 import (SMALL_M, dequantize_int4, export_torchao_int4, import_torchao_int4, int4_matmul,
-                                 int4_matmul_not_supported, pack_int4, quantize_int4, unpack_int4)
+from xlmrxl_kernels.int4 import (
+    SMALL_M,
+    dequantize_int4,
+    export_torchao_int4,
+    import_torchao_int4,
+    int4_matmul,
+    int4_matmul_not_supported,
+    pack_int4,
+    quantize_int4,
+    unpack_int4,
+)
 from xlmrxl_kernels.reference.int4 import int4_matmul_ref
 
 pytestmark = pytest.mark.triton
@@ -63,8 +73,10 @@ def test_dequantize_equals_torchao_formula(dtype, device):
     expected = torch.round((w.float() - (zf - 8 * sf)) / sf).clamp(0, 15)
     assert torch.equal(codes.float(), expected), "codes differ from torchao's quantize formula"
     out = dequantize_int4(q, s, z, 128)
-    assert torch.equal(out, _torchao_dequant(codes, s, z, 128)), \
-        f"dequantize differs from (q - 8) * scale + zero, max {(out.float() - _torchao_dequant(codes, s, z, 128).float()).abs().max():.3e}"
+    assert torch.equal(out, _torchao_dequant(codes, s, z, 128)), (
+        "dequantize differs from (q - 8) * scale + zero, "
+        f"max {(out.float() - _torchao_dequant(codes, s, z, 128).float()).abs().max():.3e}"
+    )
 
 
 def test_packed_layout(device):
@@ -94,8 +106,9 @@ def test_torchao_interop(device):
         assert torch.equal(q2, q) and torch.equal(s2, s) and torch.equal(z2, z)
 
 
-@pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
-                    reason="this torch has no CPU tinygemm op")
+@pytest.mark.skipif(
+    not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="this torch has no CPU tinygemm op"
+)
 def test_matches_torch_tinygemm_cpu():
     """PyTorch's own tinygemm kernel (what torchao's int4 weight-only runs), fed our weights through
     export_torchao_int4, computes with exactly our dequantized weights (identity input: each output is one product)."""

@@ -2,6 +2,7 @@
 
 All CPU: CUDA is mocked where a decision depends on it (a tensor subclass reporting a CUDA device, a patched
 ``torch.cuda.current_device`` / ``torch.cuda.device``, a patched "is the stream capturing" test)."""
+
 import contextlib
 import importlib
 import logging
@@ -16,6 +17,7 @@ from xlmrxl_kernels import _utils
 
 class _FakeCuda(torch.Tensor):
     """A CPU tensor that reports ``cuda:<index>`` as its device (class attribute set per test)."""
+
     index = 1
 
     @property
@@ -28,10 +30,24 @@ def _fake_cuda(t: torch.Tensor, index: int) -> torch.Tensor:
     return torch.Tensor._make_subclass(cls, t)
 
 
-@pytest.mark.parametrize("value,expected", [
-    (None, False), ("", False), ("0", False), ("false", False), ("False", False), ("no", False), ("off", False),
-    (" OFF ", False), ("1", True), ("true", True), ("yes", True), ("on", True), ("2", True),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+        (" OFF ", False),
+        ("1", True),
+        ("true", True),
+        ("yes", True),
+        ("on", True),
+        ("2", True),
+    ],
+)
 def test_env_flag(value, expected, monkeypatch):
     if value is None:
         monkeypatch.delenv("XLMRXL_TEST_FLAG", raising=False)

@@ -4,28 +4,41 @@ Tolerances: fp32 is compared tightly with the fp32 reference; fp16 / bf16 follow
 truth <= 2x PyTorch's own error in the same dtype" (plus a tiny atol). bf16 `tl.dot` is wrong under the Triton
 interpreter, so bf16 cases run on a GPU only.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import HAS_CUDA, INTERPRETING
+
 from xlmrxl.backend import Backend
-from xlmrxl_kernels.linear_gelu import (linear_gelu, linear_gelu_not_supported, linear_residual,
-                                        linear_residual_not_supported)
+from xlmrxl_kernels.linear_gelu import (
+    linear_gelu,
+    linear_gelu_not_supported,
+    linear_residual,
+    linear_residual_not_supported,
+)
 from xlmrxl_kernels.reference.linear_gelu import linear_gelu_ref, linear_residual_ref
 
 pytestmark = pytest.mark.triton
 
 # (M, N, K): ones, primes, the XL head dim 80, sizes that cross the interpreter's 32-wide blocks
 SHAPES = [(1, 1, 1), (1, 7, 80), (13, 37, 80), (64, 96, 128), (31, 61, 67), (3, 80, 130), (40, 33, 5)]
-DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    INTERPRETING, reason="tl.dot on bf16 gives wrong numbers under the Triton interpreter"))]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    pytest.param(
+        torch.bfloat16,
+        marks=pytest.mark.skipif(
+            INTERPRETING, reason="tl.dot on bf16 gives wrong numbers under the Triton interpreter"
+        ),
+    ),
+]
 
 
 def _inputs(M, N, K, dtype, device, bias=True, lead=None):
     shape = (M, K) if lead is None else (*lead, K)
     x = torch.randn(shape, device=device, dtype=dtype)
-    w = torch.randn(N, K, device=device, dtype=dtype) / K ** 0.5
+    w = torch.randn(N, K, device=device, dtype=dtype) / K**0.5
     b = torch.randn(N, device=device, dtype=dtype) if bias else None
     return x, w, b
 
@@ -121,10 +134,14 @@ class _ReportsCuda(torch.Tensor):
 def test_float32_on_cuda_takes_the_reference():
     x, w = torch.randn(4, 16), torch.randn(8, 16)
     xc, wc = (torch.Tensor._make_subclass(_ReportsCuda, t) for t in (x, w))
-    for reasons in (linear_gelu_not_supported(xc, wc, None),
-                    linear_residual_not_supported(xc, wc, None, torch.randn(4, 8))):
-        assert reasons == ["float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
-                           "use bf16/fp16 for the fused kernel"], reasons
+    for reasons in (
+        linear_gelu_not_supported(xc, wc, None),
+        linear_residual_not_supported(xc, wc, None, torch.randn(4, 8)),
+    ):
+        assert reasons == [
+            "float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
+            "use bf16/fp16 for the fused kernel"
+        ], reasons
     for dtype in (torch.float16, torch.bfloat16):
         xh, wh = (torch.Tensor._make_subclass(_ReportsCuda, t.to(dtype)) for t in (x, w))
         assert linear_gelu_not_supported(xh, wh, None) == [], f"{dtype} on CUDA must take the kernel"
@@ -164,8 +181,9 @@ def test_realistic_shapes_gpu(M, N, K, dtype):
     truth = linear_gelu_ref(x.float(), w.float(), b.float())
     _check_close(linear_gelu(x, w, b), linear_gelu_ref(x, w, b), truth, dtype, f"linear_gelu {M}x{N}x{K}")
     truth = linear_residual_ref(x.float(), w.float(), b.float(), r.float())
-    _check_close(linear_residual(x, w, b, r), linear_residual_ref(x, w, b, r), truth, dtype,
-                 f"linear_residual {M}x{N}x{K}")
+    _check_close(
+        linear_residual(x, w, b, r), linear_residual_ref(x, w, b, r), truth, dtype, f"linear_residual {M}x{N}x{K}"
+    )
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CPU-only check of the interpreter set-up")

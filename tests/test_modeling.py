@@ -4,11 +4,12 @@ Parity is on real tokens only (attention_mask == 1): fp32 max abs diff ≤ 1e-5;
 transformers' own. These tests run with autograd recording (parameters require grad), which keeps the encoder on the
 exact path; ``test_default_inference_path_matches`` covers the default no-grad inference call.
 """
+
 import pytest
 import torch
-
 from _oracle import assert_lowp, hf_twin, make_inputs, max_err, random_model, real
 from conftest import tiny_config_kwargs
+
 import xlmrxl
 from xlmrxl import (
     XLMRobertaXLConfig,
@@ -28,9 +29,15 @@ transformers = pytest.importorskip("transformers")
 TF5 = int(transformers.__version__.split(".")[0]) >= 5
 
 TOL = 1e-5
-HEADS = [XLMRobertaXLModel, XLMRobertaXLForMaskedLM, XLMRobertaXLForSequenceClassification,
-         XLMRobertaXLForTokenClassification, XLMRobertaXLForQuestionAnswering, XLMRobertaXLForMultipleChoice,
-         XLMRobertaXLForCausalLM]
+HEADS = [
+    XLMRobertaXLModel,
+    XLMRobertaXLForMaskedLM,
+    XLMRobertaXLForSequenceClassification,
+    XLMRobertaXLForTokenClassification,
+    XLMRobertaXLForQuestionAnswering,
+    XLMRobertaXLForMultipleChoice,
+    XLMRobertaXLForCausalLM,
+]
 
 
 def cfg(**kw):
@@ -44,8 +51,13 @@ def build(cls, config, seed=0, **kw):
 
 def outputs_of(out):
     """The tensors to compare per head, with how to mask them: 'tok' (B, S, ...) or 'row' (B, ...)."""
-    keys = {"last_hidden_state": "tok", "pooler_output": "row", "logits": None, "start_logits": "tok",
-            "end_logits": "tok"}
+    keys = {
+        "last_hidden_state": "tok",
+        "pooler_output": "row",
+        "logits": None,
+        "start_logits": "tok",
+        "end_logits": "tok",
+    }
     return {k: (getattr(out, k), kind) for k, kind in keys.items() if getattr(out, k, None) is not None}
 
 
@@ -107,7 +119,7 @@ def test_forward_signature_matches_transformers(cls):
 
     ours = list(inspect.signature(cls.forward).parameters)
     theirs = [p for p in inspect.signature(getattr(transformers, cls.__name__).forward).parameters if p != "kwargs"]
-    assert ours[:len(theirs)] == theirs
+    assert ours[: len(theirs)] == theirs
 
 
 def test_meta_construction_and_xl_size():
@@ -131,8 +143,10 @@ def test_init_and_tying():
     assert torch.all(ln.weight == 1) and torch.all(ln.bias == 0) and torch.all(m.lm_head.bias == 0)
     assert m.lm_head.decoder.weight is emb.word_embeddings.weight
     assert m.lm_head.decoder.bias is m.lm_head.bias
-    assert m._tied_weights_keys == {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
-                                    "lm_head.decoder.bias": "lm_head.bias"}
+    assert m._tied_weights_keys == {
+        "lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
+        "lm_head.decoder.bias": "lm_head.bias",
+    }
     assert m.get_output_embeddings() is m.lm_head.decoder and m.get_input_embeddings() is emb.word_embeddings
     # tie_word_embeddings=False: the weight is separate, the bias stays shared (transformers 4.56.2)
     u = XLMRobertaXLForMaskedLM(cfg(tie_word_embeddings=False)).eval()
@@ -163,8 +177,9 @@ def test_backend_attribute_and_set_backend():
 # -- parity per head ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", HEADS, ids=lambda c: c.__name__)
 def test_fp32_parity_every_head(cls):
-    config = cfg(is_decoder=cls is XLMRobertaXLForCausalLM,
-                 num_labels=2 if cls is XLMRobertaXLForQuestionAnswering else 3)
+    config = cfg(
+        is_decoder=cls is XLMRobertaXLForCausalLM, num_labels=2 if cls is XLMRobertaXLForQuestionAnswering else 3
+    )
     if cls is XLMRobertaXLForMultipleChoice:
         inputs = mc_inputs(config)
         m, h, a, b = run_pair(cls, config, inputs)
@@ -214,9 +229,18 @@ def test_hidden_states_attentions_and_tuples(impl):
     assert isinstance(ta[2], tuple) and len(ta[2]) == len(tb[2]) and len(ta[3]) == len(tb[3])
 
 
-@pytest.mark.parametrize("cls", [XLMRobertaXLForMaskedLM, XLMRobertaXLForSequenceClassification,
-                                 XLMRobertaXLForTokenClassification, XLMRobertaXLForQuestionAnswering,
-                                 XLMRobertaXLForMultipleChoice, XLMRobertaXLModel], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [
+        XLMRobertaXLForMaskedLM,
+        XLMRobertaXLForSequenceClassification,
+        XLMRobertaXLForTokenClassification,
+        XLMRobertaXLForQuestionAnswering,
+        XLMRobertaXLForMultipleChoice,
+        XLMRobertaXLModel,
+    ],
+    ids=lambda c: c.__name__,
+)
 def test_return_dict_false_tuples(cls):
     # 5.x's sdpa returns no attention weights (4.56.2 falls back to eager): ask 5.x for eager so both give them
     config = cfg(num_labels=2, **({"attn_implementation": "eager"} if TF5 else {}))
@@ -228,9 +252,20 @@ def test_return_dict_false_tuples(cls):
         assert isinstance(ta, tuple) and len(ta) == len(tb), f"{kw}: {len(ta)} vs {len(tb)}"
         for x, y in zip(ta, tb):
             assert type(x) is type(y)
-        assert max_err(ta[0], tb[0], None if ta[0].dim() < 3 and cls is XLMRobertaXLForMultipleChoice else
-                       (real(inputs) if ta[0].dim() >= 2 and ta[0].shape[:2] == inputs["input_ids"].shape
-                        else real(inputs)[:, 0])) <= TOL
+        assert (
+            max_err(
+                ta[0],
+                tb[0],
+                None
+                if ta[0].dim() < 3 and cls is XLMRobertaXLForMultipleChoice
+                else (
+                    real(inputs)
+                    if ta[0].dim() >= 2 and ta[0].shape[:2] == inputs["input_ids"].shape
+                    else real(inputs)[:, 0]
+                ),
+            )
+            <= TOL
+        )
 
 
 # -- losses ---------------------------------------------------------------------------------------------------------
@@ -247,9 +282,14 @@ def test_masked_lm_loss():
     assert len(ta) == 2 and abs(ta[0].item() - b.loss.item()) <= TOL
 
 
-@pytest.mark.parametrize("num_labels,kind,expected", [
-    (1, "float", "regression"), (3, "long", "single_label_classification"),
-    (3, "multi", "multi_label_classification")])
+@pytest.mark.parametrize(
+    "num_labels,kind,expected",
+    [
+        (1, "float", "regression"),
+        (3, "long", "single_label_classification"),
+        (3, "multi", "multi_label_classification"),
+    ],
+)
 def test_sequence_classification_problem_type_inference(num_labels, kind, expected):
     config = cfg(num_labels=num_labels)
     inputs = make_inputs(config, fully_padded_row=False, left_pad=False)
@@ -291,8 +331,7 @@ def test_question_answering_loss_clamps_positions():
     inputs = make_inputs(config, left_pad=False)
     start = torch.tensor([1, 4, 50])  # 50 is outside the sequence: clamped to S and ignored
     end = torch.tensor([[3], [5], [2]])  # 2D positions are squeezed
-    m, h, a, b = run_pair(XLMRobertaXLForQuestionAnswering, config, inputs, start_positions=start,
-                          end_positions=end)
+    m, h, a, b = run_pair(XLMRobertaXLForQuestionAnswering, config, inputs, start_positions=start, end_positions=end)
     assert abs(a.loss.item() - b.loss.item()) <= TOL
     assert a.start_logits.shape == a.end_logits.shape == (3, 9)
 

@@ -1,15 +1,20 @@
 """xlmrxl.pipeline: fill-mask vs transformers.pipeline("fill-mask") on the same tiny checkpoint, the LM head running
 at mask positions only, feature-extraction shapes and pooling, batching, errors."""
+
 import pytest
 import torch
+from conftest import tiny_config_kwargs
 
 import xlmrxl
 from xlmrxl.tokenizer import XLMRobertaTokenizer
 
-from conftest import tiny_config_kwargs
-
-TEXTS = ["Hello <mask>!", "Le café était <mask> fort.", "x <mask>. y <mask>", "Утром над рекой висел <mask>.",
-         "Die <mask> fährt alle zehn Minuten bis zum Hauptbahnhof, sagt man."]
+TEXTS = [
+    "Hello <mask>!",
+    "Le café était <mask> fort.",
+    "x <mask>. y <mask>",
+    "Утром над рекой висел <mask>.",
+    "Die <mask> fährt alle zehn Minuten bis zum Hauptbahnhof, sagt man.",
+]
 
 
 def make_checkpoint(directory, spm_dir, vocab_pad=0, **overrides):
@@ -202,8 +207,9 @@ def test_feature_extraction_accepts_model_instances(ckpt, embed):
     err = float((pipe(TEXTS) - ours).abs().max())
     assert err < 1e-5, f"transformers model through our pipeline vs ours: max error {err:.3e}"
     mlm = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(str(ckpt))
-    err = float((xlmrxl.pipeline("feature-extraction", model=mlm, tokenizer=ckpt, pooling="mean")(TEXTS)
-                 - ours).abs().max())
+    err = float(
+        (xlmrxl.pipeline("feature-extraction", model=mlm, tokenizer=ckpt, pooling="mean")(TEXTS) - ours).abs().max()
+    )
     assert err < 1e-5, f"MLM backbone vs base model: max error {err:.3e}"
 
 

@@ -4,14 +4,15 @@ A tiny XLM-R-XL (hidden 256 so that K is a multiple of 128; intermediate 512) in
 int4 logits vs the unquantized model (cosine >= 0.99 on real tokens), save -> load bit for bit, int4 linear
 layers <= 30 % of their bf16 bytes, and ``from_pretrained(quantization="int4") == quantize(from_pretrained())``.
 """
+
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config_kwargs
 from torch import nn
 
-from conftest import tiny_config_kwargs
 from xlmrxl import XLMRobertaXLConfig, XLMRobertaXLForMaskedLM, XLMRobertaXLForSequenceClassification
 from xlmrxl.backend import Backend
 from xlmrxl.quantization import QuantLinear, quantize, quantized_bytes_report
@@ -22,8 +23,11 @@ LINEARS_PER_LAYER = 6  # q, k, v, attention output, intermediate, output
 
 
 def _config(**kw):
-    return XLMRobertaXLConfig(**tiny_config_kwargs(hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                                                   num_hidden_layers=N_LAYERS, **kw))
+    return XLMRobertaXLConfig(
+        **tiny_config_kwargs(
+            hidden_size=256, intermediate_size=512, num_attention_heads=4, num_hidden_layers=N_LAYERS, **kw
+        )
+    )
 
 
 def _model(cls=XLMRobertaXLForMaskedLM, **kw):
@@ -126,7 +130,7 @@ def test_per_linear_noise_matches_theory():
     exact, approx = x @ lin.weight.t(), x @ q.dequantize().t()
     rel = ((approx - exact).norm() / exact.norm()).item()
     step = q.scales.float().mean().item()
-    predicted = step / 12 ** 0.5 / lin.weight.std().item()
+    predicted = step / 12**0.5 / lin.weight.std().item()
     assert rel <= 1.1 * predicted, f"relative output error {rel:.4f} > 1.1x the predicted {predicted:.4f}"
 
 
@@ -171,8 +175,9 @@ def test_quantize_while_loading_equals_quantize_after(tmp_path):
     ids, mask = _inputs()
     assert torch.equal(_logits(a, ids, mask), _logits(b, ids, mask))
     # the dict form of the option (as `xlmrxl quantize --group-size` passes it)
-    c = XLMRobertaXLForMaskedLM.from_pretrained(tmp_path, quantization={"quant_method": "xlmrxl_int4", "bits": 4,
-                                                                       "group_size": 64})
+    c = XLMRobertaXLForMaskedLM.from_pretrained(
+        tmp_path, quantization={"quant_method": "xlmrxl_int4", "bits": 4, "group_size": 64}
+    )
     assert c.config.quantization_config["group_size"] == 64
     assert c.roberta.encoder.layer[0].attention.self.query.scales.shape == (256 // 64, 256)
     with pytest.raises(ValueError, match="quantization"):

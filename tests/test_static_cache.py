@@ -1,10 +1,11 @@
 """xlmrxl.StaticCache: the Cache contract, its limits, and incremental decoding equal to a full forward (tiny model,
 CPU, fp32 <= 1e-5) with StaticCache and DynamicCache, padded batches and cross-attention included."""
+
 import pytest
 import torch
-
 from _oracle import left_padded, random_model
 from conftest import tiny_config_kwargs
+
 from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
 from xlmrxl.cache import Cache
 from xlmrxl.modeling import create_position_ids_from_input_ids
@@ -18,7 +19,6 @@ def cfg(**kw):
 
 def build(config, seed=0):
     return random_model(XLMRobertaXLForCausalLM, config, seed)
-
 
 
 def positions(ids, config):
@@ -55,9 +55,14 @@ def test_incremental_equals_full_forward(kind, impl, padded):
         assert out.past_key_values is cache
         steps = [out.logits]
         for t in range(5, 10):
-            explicit = pos[:, t:t + 1] if padded else None  # unpadded: the model's default (cumsum + past)
-            out = m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=explicit,
-                    past_key_values=cache, use_cache=True)
+            explicit = pos[:, t : t + 1] if padded else None  # unpadded: the model's default (cumsum + past)
+            out = m(
+                ids[:, t : t + 1],
+                attention_mask=mask[:, : t + 1],
+                position_ids=explicit,
+                past_key_values=cache,
+                use_cache=True,
+            )
             steps.append(out.logits)
     inc = torch.cat(steps, dim=1)
     assert inc.shape == full.shape and inc.dtype == full.dtype
@@ -77,8 +82,7 @@ def test_static_matches_dynamic_chunked():
             cache = make_cache(kind, config, 2, 9)
             pieces = []
             for a, b in ((0, 4), (4, 7), (7, 8), (8, 9)):
-                pieces.append(m(ids[:, a:b], attention_mask=mask[:, :b], past_key_values=cache,
-                                use_cache=True).logits)
+                pieces.append(m(ids[:, a:b], attention_mask=mask[:, :b], past_key_values=cache, use_cache=True).logits)
             outs[kind] = torch.cat(pieces, dim=1)
     e = err(outs["static"], outs["dynamic"])
     assert e <= TOL, f"static vs dynamic max error {e:.3g}"
@@ -102,8 +106,16 @@ def test_cross_attention_decoder_with_encoder_decoder_cache(kind):
         pos = positions(ids, config)
         steps = [m(ids[:, :3], attention_mask=mask[:, :3], past_key_values=cache, use_cache=True, **kw).logits]
         for t in range(3, 8):
-            steps.append(m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
-                           past_key_values=cache, use_cache=True, **kw).logits)
+            steps.append(
+                m(
+                    ids[:, t : t + 1],
+                    attention_mask=mask[:, : t + 1],
+                    position_ids=pos[:, t : t + 1],
+                    past_key_values=cache,
+                    use_cache=True,
+                    **kw,
+                ).logits
+            )
     inc = torch.cat(steps, dim=1)
     e = err(inc, full, mask.bool())
     assert e <= TOL, f"cross-attention {kind}: incremental vs full max error {e:.3g}"
@@ -159,12 +171,18 @@ def test_limits_and_bad_states():
     k, v = _states(2, 4, 3, 16)
     cache.update(k, v, 0)
     before = cache.keys[0].clone()
-    with pytest.raises(ValueError, match=r"StaticCache is full: layer 0 holds 3 tokens and got 2 more, but "
-                                         r"max_length=4; allocate StaticCache\(\.\.\., max_length>=5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"StaticCache is full: layer 0 holds 3 tokens and got 2 more, but "
+        r"max_length=4; allocate StaticCache\(\.\.\., max_length>=5\)",
+    ):
         cache.update(*_states(2, 4, 2, 16), 0)
     assert torch.equal(cache.keys[0], before) and cache.get_seq_length() == 3, "a refused update changed the cache"
-    with pytest.raises(ValueError, match=r"\(batch_size, heads, head_dim\) = \(2, 4, 16\) but layer 1 got states "
-                                         r"of shape \(3, 4, 1, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(batch_size, heads, head_dim\) = \(2, 4, 16\) but layer 1 got states "
+        r"of shape \(3, 4, 1, 16\)",
+    ):
         cache.update(*_states(3, 4, 1, 16), 1)
     with pytest.raises(IndexError, match="layer_idx 3 is out of range: this StaticCache has 3 layers"):
         cache.update(k, v, 3)

@@ -1,11 +1,12 @@
 """xlmrxl.XLMRobertaTokenizer vs transformers 4.56.2's slow (sentencepiece) and fast tokenizers built from the same
 `sentencepiece.bpe.model` (the `spm_dir` fixture), plus train_sentencepiece's determinism."""
+
 import json
 
 import pytest
 import torch
 
-from xlmrxl.tokenizer import BatchEncoding, XLMRobertaTokenizer, train_sentencepiece, CORPUS_PATH
+from xlmrxl.tokenizer import CORPUS_PATH, BatchEncoding, XLMRobertaTokenizer, train_sentencepiece
 
 transformers = pytest.importorskip("transformers")
 # transformers 5.x has no sentencepiece "slow" tokenizer (XLMRobertaTokenizer is the tokenizers-backed one) and saves
@@ -38,9 +39,19 @@ TEXTS = [
     "unknown chars: ☃ ⚗ 𝄞",
 ]
 MASK_TEXTS = [
-    "Hello <mask>!", "Hello<mask>!", "Hello  <mask>  world", "<mask>", " <mask> x", "\u00a0<mask>\u00a0x",
-    "今天<mask>猫", "مرحبا <mask> بالعالم", "<mask><mask>", "<mask> <mask>", "x <mask>. y <mask>",
-    "a <s> b </s> c <pad> d <unk> e", "<MASK> is not a mask",
+    "Hello <mask>!",
+    "Hello<mask>!",
+    "Hello  <mask>  world",
+    "<mask>",
+    " <mask> x",
+    "\u00a0<mask>\u00a0x",
+    "今天<mask>猫",
+    "مرحبا <mask> بالعالم",
+    "<mask><mask>",
+    "<mask> <mask>",
+    "x <mask>. y <mask>",
+    "a <s> b </s> c <pad> d <unk> e",
+    "<MASK> is not a mask",
 ]
 
 
@@ -143,8 +154,11 @@ def test_decode_matches_slow(toks, skip):
 
 def test_decode_round_trip(toks):
     ours, _, _ = toks
-    for text in ["The bakery on the corner opens at six.", "Утром над рекой висел густой туман.",
-                 "Το πλοίο για τη Νάξο φεύγει κάθε πρωί."]:
+    for text in [
+        "The bakery on the corner opens at six.",
+        "Утром над рекой висел густой туман.",
+        "Το πλοίο για τη Νάξο φεύγει κάθε πρωί.",
+    ]:
         assert ours.decode(ours(text)["input_ids"], skip_special_tokens=True) == text
 
 
@@ -156,10 +170,18 @@ def test_fast_differs_on_unk_decode(toks):
     assert ours.decode(ids, skip_special_tokens=True) == slow.decode(ids, skip_special_tokens=True) == "ok"
 
 
-A = ["The bakery on the corner opens at six, and by seven the line reaches the bus stop.",
-     "Утром над рекой висел густой туман.", "今天早上我在公园里看见一只白色的猫。", "Hi"]
-B = ["Le marché du samedi déborde de fromages, de fleurs et de vieux livres.", "ok",
-     "مرحبا بالعالم", "Η γιαγιά μου φτιάχνει την καλύτερη σπανακόπιτα."]
+A = [
+    "The bakery on the corner opens at six, and by seven the line reaches the bus stop.",
+    "Утром над рекой висел густой туман.",
+    "今天早上我在公园里看见一只白色的猫。",
+    "Hi",
+]
+B = [
+    "Le marché du samedi déborde de fromages, de fleurs et de vieux livres.",
+    "ok",
+    "مرحبا بالعالم",
+    "Η γιαγιά μου φτιάχνει την καλύτερη σπανακόπιτα.",
+]
 
 CALL_CASES = [
     dict(),
@@ -227,12 +249,11 @@ def test_return_tensors_pt(toks):
     with pytest.raises(ValueError, match="padding=True"):
         ours(A, return_tensors="pt")
     with pytest.raises(AttributeError, match="no field"):
-        got.token_type_ids
+        _ = got.token_type_ids
 
 
 def test_left_padding_and_truncation_side(spm_dir):
-    slow = transformers.XLMRobertaTokenizer.from_pretrained(str(spm_dir), padding_side="left",
-                                                            truncation_side="left")
+    slow = transformers.XLMRobertaTokenizer.from_pretrained(str(spm_dir), padding_side="left", truncation_side="left")
     ours = XLMRobertaTokenizer.from_pretrained(spm_dir, padding_side="left", truncation_side="left")
     for kw in (dict(padding=True), dict(padding=True, truncation=True, max_length=12)):
         assert dict(ours(A, B, **kw)) == dict(slow(A, B, **kw)), kw

@@ -4,6 +4,7 @@
 
 Names resolve lazily so that ``import xlmrxl`` stays cheap and never needs transformers, Triton or a GPU.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -31,13 +31,13 @@
   objects (no copy); ``to_transformers(model)`` builds transformers' model of the same class sharing ours.
   transformers is imported only by the functions that need it.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import threading
 import types
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -108,8 +108,10 @@ def _base_model(model):
     base = getattr(model, prefix, None) if isinstance(getattr(model, prefix, None), nn.Module) else model
     enc = getattr(base, "encoder", None)
     if enc is None or not hasattr(enc, "layer") or not hasattr(base, "embeddings"):
-        raise TypeError(f"expected a transformers XLMRobertaXLModel or one of its task heads (with .{prefix}.encoder), "
-                        f"got {type(model).__module__}.{type(model).__name__}")
+        raise TypeError(
+            f"expected a transformers XLMRobertaXLModel or one of its task heads (with .{prefix}.encoder), "
+            f"got {type(model).__module__}.{type(model).__name__}"
+        )
     return base
 
 
@@ -148,12 +150,15 @@ def accelerate(hf_model, backend="auto", quantization=None):
         state.backend = be
         return hf_model
     causal = bool(getattr(getattr(base, "config", None), "is_decoder", False))
-    handles = (base.register_forward_pre_hook(_capture_mask, with_kwargs=True),
-               base.register_forward_hook(_release_mask, with_kwargs=True, always_call=True))
+    handles = (
+        base.register_forward_pre_hook(_capture_mask, with_kwargs=True),
+        base.register_forward_hook(_release_mask, with_kwargs=True, always_call=True),
+    )
     setattr(enc, _STATE, _AccelState(be, causal, handles))
     enc.forward = _AcceleratedForward(enc)
-    logger.info("xlmrxl: accelerated %s (backend=%s%s)", type(hf_model).__name__, be.name,
-                ", int4" if quantization else "")
+    logger.info(
+        "xlmrxl: accelerated %s (backend=%s%s)", type(hf_model).__name__, be.name, ", int4" if quantization else ""
+    )
     return hf_model
 
 
@@ -185,8 +190,9 @@ def _quantize(model):
 def _capture_mask(module, args, kwargs):
     state = getattr(module.encoder, _STATE, None)
     if state is not None:
-        state.captured = (kwargs["attention_mask"] if "attention_mask" in kwargs
-                          else (args[1] if len(args) > 1 else None),)
+        state.captured = (
+            kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None),
+        )
 
 
 def _release_mask(module, args, kwargs, output):
@@ -195,7 +201,7 @@ def _release_mask(module, args, kwargs, output):
         state.captured = None
 
 
-def _padding_mask(state: _AccelState, mask, B: int, S: int, past: Optional[int] = None):
+def _padding_mask(state: _AccelState, mask, B: int, S: int, past: int | None = None):
     """(2D mask or None, None) when this call's padding is a plain key mask; else (None, reason).
     ``past`` (cached calls): the mask covers ``past + S`` keys and must come from the model-level capture."""
     if state.captured is not None:
@@ -218,7 +224,13 @@ def _padding_mask(state: _AccelState, mask, B: int, S: int, past: Optional[int] 
         if tuple(mask.shape) == (B, S):
             return mask, None
         return None, f"2D attention mask of shape {tuple(mask.shape)} for hidden states of ({B}, {S})"
-    if mask.dim() != 4 or mask.shape[0] != B or mask.shape[1] != 1 or mask.shape[-1] != S or mask.shape[2] not in (1, S):
+    if (
+        mask.dim() != 4
+        or mask.shape[0] != B
+        or mask.shape[1] != 1
+        or mask.shape[-1] != S
+        or mask.shape[2] not in (1, S)
+    ):
         return None, f"attention mask of shape {tuple(mask.shape)} is not a (batch, 1, q, keys) padding mask"
     keep = mask if mask.dtype == torch.bool else mask == 0  # additive masks: 0 = attend, dtype-min = masked
     row = keep[:, 0, -1, :]
@@ -246,8 +258,12 @@ def _capture_state(config):
     if not keys:
         return None, None
     tie = getattr(config, "tie_last_hidden_states", None)
-    if (keys == ["hidden_states"] and isinstance(collected["hidden_states"], list) and not collected["hidden_states"]
-            and tie in (None, True)):
+    if (
+        keys == ["hidden_states"]
+        and isinstance(collected["hidden_states"], list)
+        and not collected["hidden_states"]
+        and tie in (None, True)
+    ):
         return None, collected
     return f"transformers is capturing {', '.join(keys)} with layer hooks (output_attentions)", None
 
@@ -293,9 +309,18 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
         log_once(f"xlmrxl: accelerated encoder runs transformers' code: {reason}")
     else:
         reason = fast_path.unsupported_reason(
-            self, attention_mask=mask2d, head_mask=get("head_mask"), output_attentions=get("output_attentions", False),
-            encoder_hidden_states=get("encoder_hidden_states"), past_key_values=pkv, use_cache=use_cache,
-            training=self.training, causal=state.causal, hidden_states=hidden_states, allow_cache=True)
+            self,
+            attention_mask=mask2d,
+            head_mask=get("head_mask"),
+            output_attentions=get("output_attentions", False),
+            encoder_hidden_states=get("encoder_hidden_states"),
+            past_key_values=pkv,
+            use_cache=use_cache,
+            training=self.training,
+            causal=state.causal,
+            hidden_states=hidden_states,
+            allow_cache=True,
+        )
     if reason is not None:
         return original(self, hidden_states, *args, **kwargs)
 
@@ -303,11 +328,13 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
         if pkv is None:
             pkv = _new_cache(self.config, encoder_decoder=legacy)
         self_cache = getattr(pkv, "self_attention_cache", pkv)
-        last, all_hs = fast_path.decoder_forward(self, hidden_states, mask2d, self_cache, state.backend,
-                                                 output_hidden_states=out_hs)
+        last, all_hs = fast_path.decoder_forward(
+            self, hidden_states, mask2d, self_cache, state.backend, output_hidden_states=out_hs
+        )
     else:
-        last, all_hs = fast_path.encoder_forward(self, hidden_states, mask2d, state.backend,
-                                                 output_hidden_states=out_hs, causal=state.causal)
+        last, all_hs = fast_path.encoder_forward(
+            self, hidden_states, mask2d, state.backend, output_hidden_states=out_hs, causal=state.causal
+        )
     if collector is not None:
         _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
@@ -315,10 +342,10 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     if legacy:  # 4.x returns whatever cache it was handed (or created)
         if not get("return_dict", True):
             return tuple(v for v in (last, pkv, all_hs) if v is not None)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv,
-                                                         hidden_states=all_hs, attentions=None, cross_attentions=None)
-    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last,
-                                                     past_key_values=pkv if use_cache else None)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=last, past_key_values=pkv, hidden_states=all_hs, attentions=None, cross_attentions=None
+        )
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv if use_cache else None)
 
 
 def _past_length(pkv):
@@ -331,8 +358,10 @@ def _past_length(pkv):
     if _is_preallocated(cache):
         # transformers' static caches write at `cache_position` and hand back the whole preallocated buffer; the
         # fused step drives growing caches (or xlmrxl.StaticCache) only
-        return 0, (f"transformers' {type(cache).__name__} (preallocated) is not driven by the fused step; use "
-                   "DynamicCache or xlmrxl.StaticCache")
+        return 0, (
+            f"transformers' {type(cache).__name__} (preallocated) is not driven by the fused step; use "
+            "DynamicCache or xlmrxl.StaticCache"
+        )
     return int(cache.get_seq_length()), None
 
 
@@ -387,9 +416,11 @@ def _share_into(src: nn.Module, dst: nn.Module) -> list:
         else:
             holder._parameters[leaf] = src_params[name]
     if mismatched:
-        raise ValueError(f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: shapes differ "
-                         f"(source vs target) for {mismatched[:4]}{'...' if len(mismatched) > 4 else ''}; were heads "
-                         "pruned or the config edited after loading?")
+        raise ValueError(
+            f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: shapes differ "
+            f"(source vs target) for {mismatched[:4]}{'...' if len(mismatched) > 4 else ''}; were heads "
+            "pruned or the config edited after loading?"
+        )
     for name, buf in list(dst.named_buffers(remove_duplicate=False)):
         parent, _, leaf = name.rpartition(".")
         holder = dst.get_submodule(parent) if parent else dst
@@ -399,9 +430,11 @@ def _share_into(src: nn.Module, dst: nn.Module) -> list:
             meta_buffers.append(name)
     extra = sorted(set(src_params) - {n for n, _ in dst.named_parameters(remove_duplicate=False)})
     if missing or extra:
-        raise ValueError(f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: "
-                         f"missing in the source {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                         f"not in the target {extra[:8]}{'...' if len(extra) > 8 else ''}")
+        raise ValueError(
+            f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: "
+            f"missing in the source {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"not in the target {extra[:8]}{'...' if len(extra) > 8 else ''}"
+        )
     return meta_buffers
 
 

@@ -11,12 +11,13 @@ Choice, in order of precedence: ``backend=`` (``from_pretrained``, ``Backend(...
 Every fallback logs one line (once per op and reason) on the ``xlmrxl`` logger saying why.
 ``XLMRXL_DISABLE_KERNELS=op1,op2`` turns single ops off (for bisecting or benchmarking).
 """
+
 from __future__ import annotations
 
 import importlib
 import logging
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +33,7 @@ class BackendError(RuntimeError):
     """An explicitly requested backend cannot run here."""
 
 
-def resolve_backend(backend: Optional[str] = None) -> str:
+def resolve_backend(backend: str | None = None) -> str:
     """Return the effective backend name from the argument, else ``XLMRXL_BACKEND``, else ``"auto"``."""
     name = backend if backend is not None else os.environ.get("XLMRXL_BACKEND", "auto")
     name = str(name).strip().lower()
@@ -49,10 +50,10 @@ def log_once(message: str, level: int = logging.INFO) -> None:
         logger.log(level, message)
 
 
-_TRITON_REASON: Optional[str] = "unchecked"
+_TRITON_REASON: str | None = "unchecked"
 
 
-def triton_unavailable_reason() -> Optional[str]:
+def triton_unavailable_reason() -> str | None:
     """None when Triton imports, else why it does not."""
     global _TRITON_REASON
     if _TRITON_REASON == "unchecked":
@@ -87,7 +88,7 @@ KERNEL_MODULES = {
 class Backend:
     """Per-model op dispatcher. ``Backend("auto").add_layernorm(...)`` runs the kernel or the reference."""
 
-    def __init__(self, name: Optional[str] = None):
+    def __init__(self, name: str | None = None):
         self.name = resolve_backend(name)
         disabled = os.environ.get("XLMRXL_DISABLE_KERNELS", "")
         self.disabled = {s.strip() for s in disabled.split(",") if s.strip()}
@@ -100,7 +101,7 @@ class Backend:
         return f"Backend({self.name!r})"
 
     # -- the decision -------------------------------------------------------------------------------------------
-    def kernel_reason(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> Optional[str]:
+    def kernel_reason(self, op: str, device: torch.device, unsupported: str | None = None) -> str | None:
         """None if ``op`` should run its kernel on ``device``; else the reason it runs the reference."""
         if self.name == "reference":
             return "backend='reference'"
@@ -117,13 +118,14 @@ class Backend:
             if _interpreting():
                 return None
             raise BackendError(
-                f"backend='triton' asked to run {op} on {device.type} tensors, but the Triton kernels need CUDA tensors "
+                f"backend='triton' asked to run {op} on {device.type} tensors, but the Triton kernels need CUDA "
+                "tensors "
                 "(or TRITON_INTERPRET=1 to run them in the CPU interpreter, for testing only). "
                 "Move the model to a GPU, or use backend='auto' / 'reference'."
             )
         return f"tensors are on {device.type}; the Triton kernels need a CUDA device"
 
-    def use_kernel(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> bool:
+    def use_kernel(self, op: str, device: torch.device, unsupported: str | None = None) -> bool:
         """Decide for one call, logging the reason once when it falls back (except for backend='reference')."""
         reason = self.kernel_reason(op, device, unsupported)
         if reason is None:
@@ -136,7 +138,7 @@ class Backend:
                 log_once(f"xlmrxl: every op runs the PyTorch reference instead of its Triton kernel: {reason}", level)
         return False
 
-    def op(self, op: str, device: torch.device, unsupported: Optional[str] = None) -> Callable:
+    def op(self, op: str, device: torch.device, unsupported: str | None = None) -> Callable:
         """The function (kernel or reference, same signature) to run ``op`` with."""
         if op not in KERNEL_MODULES:
             raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(KERNEL_MODULES))}")
@@ -155,10 +157,12 @@ class Backend:
     def attention(self, q, k, v, attention_mask=None, *, scale=None, causal=False):
         return self.op("attention", q.device)(q, k, v, attention_mask, scale=scale, causal=causal)
 
-    def attention_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None,
-                         causal=False):
+    def attention_varlen(
+        self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False
+    ):
         return self.op("attention_varlen", q.device)(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal)
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
+        )
 
     def linear_gelu(self, x, weight, bias):
         return self.op("linear_gelu", x.device)(x, weight, bias)
@@ -168,7 +172,8 @@ class Backend:
 
     def int4_matmul(self, x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
         return self.op("int4_matmul", x.device)(
-            x, qweight, scales, zeros, group_size=group_size, bias=bias, activation=activation)
+            x, qweight, scales, zeros, group_size=group_size, bias=bias, activation=activation
+        )
 
 
 class _GuardedKernel:

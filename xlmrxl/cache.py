@@ -14,9 +14,11 @@ Maintenance: ``reorder_cache(beam_idx)`` (beam search), ``crop(max_length)`` (ne
 ``reset()``. ``to_legacy_cache()`` / ``from_legacy_cache()`` convert to and from the tuple-of-tuples format
 (``((k, v), ...)`` or ``((k, v, cross_k, cross_v), ...)``) that transformers also accepts.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -27,17 +29,22 @@ class Cache:
 
     is_compileable = False
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               cache_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement update()")
 
-    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
         raise NotImplementedError(f"{type(self).__name__} must implement get_seq_length()")
 
-    def get_layer(self, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def get_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement get_layer()")
 
-    def get_max_cache_shape(self) -> Optional[int]:
+    def get_max_cache_shape(self) -> int | None:
         """Capacity in tokens, or None when the cache grows without bound."""
         return None
 
@@ -57,8 +64,8 @@ class DynamicLayer:
     __slots__ = ("keys", "values")
 
     def __init__(self):
-        self.keys: Optional[torch.Tensor] = None
-        self.values: Optional[torch.Tensor] = None
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
 
     def update(self, key_states, value_states):
         if self.keys is None:
@@ -78,8 +85,8 @@ class DynamicCache(Cache):
     ``DynamicCache(legacy)`` accepts an iterable of per-layer ``(keys, values)`` pairs; ``config`` is accepted and
     ignored (transformers' signature)."""
 
-    def __init__(self, ddp_cache_data: Optional[Iterable[Tuple[torch.Tensor, torch.Tensor]]] = None, config=None):
-        self.layers: List[DynamicLayer] = []
+    def __init__(self, ddp_cache_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, config=None):
+        self.layers: list[DynamicLayer] = []
         if ddp_cache_data is not None:
             for layer_idx, (k, v) in enumerate(ddp_cache_data):
                 self.update(k, v, layer_idx)
@@ -90,7 +97,7 @@ class DynamicCache(Cache):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx >= len(self.layers):
             raise KeyError(f"cache has {len(self.layers)} layers; asked for layer {layer_idx}")
         return self.layers[layer_idx].keys, self.layers[layer_idx].values
@@ -107,13 +114,13 @@ class DynamicCache(Cache):
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         return self._layer(layer_idx).update(key_states, value_states)
 
-    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
         layer_idx = 0 if layer_idx is None else layer_idx
         if layer_idx >= len(self.layers):
             return 0
         return self.layers[layer_idx].get_seq_length()
 
-    def get_layer(self, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def get_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx >= len(self.layers) or self.layers[layer_idx].keys is None:
             raise KeyError(f"layer {layer_idx} has nothing cached yet")
         layer = self.layers[layer_idx]
@@ -153,11 +160,11 @@ class DynamicCache(Cache):
                 layer.keys = layer.keys[indices, ...]
                 layer.values = layer.values[indices, ...]
 
-    def to_legacy_cache(self) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         return tuple((layer.keys, layer.values) for layer in self.layers)
 
     @classmethod
-    def from_legacy_cache(cls, past_key_values) -> "DynamicCache":
+    def from_legacy_cache(cls, past_key_values) -> DynamicCache:
         cache = cls()
         if past_key_values is not None:
             for layer_idx, kv in enumerate(past_key_values):
@@ -180,19 +187,23 @@ class EncoderDecoderCache(Cache):
         elif len(caches) == 2:
             for c in caches:
                 if not hasattr(c, "update") or not hasattr(c, "get_seq_length"):
-                    raise TypeError(f"EncoderDecoderCache takes two Cache objects, got {type(caches[0]).__name__} "
-                                    f"and {type(caches[1]).__name__}")
+                    raise TypeError(
+                        f"EncoderDecoderCache takes two Cache objects, got {type(caches[0]).__name__} "
+                        f"and {type(caches[1]).__name__}"
+                    )
             self.self_attention_cache, self.cross_attention_cache = caches
         else:
             raise ValueError(f"EncoderDecoderCache takes 1 (legacy tuples) or 2 (caches) arguments, got {len(caches)}")
-        self.is_updated: Dict[int, bool] = {}
+        self.is_updated: dict[int, bool] = {}
         n = len(self.cross_attention_cache) if hasattr(self.cross_attention_cache, "__len__") else 0
         for layer_idx in range(n):
             self.is_updated[layer_idx] = self.cross_attention_cache.get_seq_length(layer_idx) > 0
 
     def __repr__(self) -> str:
-        return (f"EncoderDecoderCache(self_attention_cache={self.self_attention_cache!r}, "
-                f"cross_attention_cache={self.cross_attention_cache!r})")
+        return (
+            f"EncoderDecoderCache(self_attention_cache={self.self_attention_cache!r}, "
+            f"cross_attention_cache={self.cross_attention_cache!r})"
+        )
 
     def __len__(self) -> int:
         return len(self.self_attention_cache)
@@ -211,13 +222,13 @@ class EncoderDecoderCache(Cache):
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         return self.self_attention_cache.update(key_states, value_states, layer_idx, cache_kwargs)
 
-    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
         return self.self_attention_cache.get_seq_length(layer_idx)
 
     def get_layer(self, layer_idx: int):
         return self.self_attention_cache.get_layer(layer_idx)
 
-    def get_max_cache_shape(self) -> Optional[int]:
+    def get_max_cache_shape(self) -> int | None:
         return self.self_attention_cache.get_max_cache_shape()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -248,7 +259,7 @@ class EncoderDecoderCache(Cache):
         return self_legacy
 
     @classmethod
-    def from_legacy_cache(cls, past_key_values) -> "EncoderDecoderCache":
+    def from_legacy_cache(cls, past_key_values) -> EncoderDecoderCache:
         cache = cls(DynamicCache(), DynamicCache())
         if past_key_values is not None:
             for layer_idx, kv in enumerate(past_key_values):

@@ -48,6 +48,7 @@ weights files of an older save are dropped, and the staged directory then replac
 (``renameat2(RENAME_EXCHANGE)`` on Linux). An exception while saving leaves ``save_directory`` untouched and no
 temporary directory behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,7 @@ import shutil
 import sys
 import tempfile
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -80,22 +81,43 @@ WEIGHTS_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGH
 # files a save owns in its directory (removed when a newer save replaces them); everything else is kept
 _OWNED_FILE = re.compile(
     r"^(config\.json|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|"
-    r"pytorch_model\.bin|pytorch_model\.bin\.index\.json|pytorch_model-\d{5}-of-\d{5}\.bin)$")
+    r"pytorch_model\.bin|pytorch_model\.bin\.index\.json|pytorch_model-\d{5}-of-\d{5}\.bin)$"
+)
 # tied pairs of the XLM-R masked-LM layout (alias, source): a checkpoint that stored only the alias (a conversion
 # may keep either name) still feeds the source, so the base model and classifiers find their embeddings too
-_CHECKPOINT_TIES = (("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
-                    ("lm_head.decoder.bias", "lm_head.bias"))
+_CHECKPOINT_TIES = (
+    ("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+    ("lm_head.decoder.bias", "lm_head.bias"),
+)
 # old persistent buffers of the embeddings, no longer part of the model: dropped without a word
 _LEGACY_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
-_PROGRESS_MIN_BYTES = 1 << 30       # progress bar on (when stderr is a tty) above 1 GB of weights
-_STAGING_BYTES = 16 << 20           # staging buffer for reads that convert dtype or change device
+_PROGRESS_MIN_BYTES = 1 << 30  # progress bar on (when stderr is a tty) above 1 GB of weights
+_STAGING_BYTES = 16 << 20  # staging buffer for reads that convert dtype or change device
 # transformers' from_pretrained keywords: used (config, torch_dtype, ignore_mismatched_sizes, device_map,
 # use_safetensors, subfolder, Hub options) or accepted and ignored (the rest); never written into the config
-_LOADER_OPTIONS = ("config", "torch_dtype", "ignore_mismatched_sizes", "device_map", "use_safetensors", "subfolder",
-                   "local_files_only", "revision", "cache_dir", "token", "low_cpu_mem_usage", "trust_remote_code",
-                   "force_download", "resume_download", "proxies", "use_auth_token", "offload_folder",
-                   "offload_state_dict", "variant", "_fast_init")
+_LOADER_OPTIONS = (
+    "config",
+    "torch_dtype",
+    "ignore_mismatched_sizes",
+    "device_map",
+    "use_safetensors",
+    "subfolder",
+    "local_files_only",
+    "revision",
+    "cache_dir",
+    "token",
+    "low_cpu_mem_usage",
+    "trust_remote_code",
+    "force_download",
+    "resume_download",
+    "proxies",
+    "use_auth_token",
+    "offload_folder",
+    "offload_state_dict",
+    "variant",
+    "_fast_init",
+)
 
 
 class CheckpointError(ValueError):
@@ -110,21 +132,40 @@ class UnsafeCheckpointError(CheckpointError):
 # dtypes
 # =====================================================================================================================
 _ST_TO_TORCH = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"),
-                     ("U32", "uint32"), ("U64", "uint64")):
+for _name, _attr in (
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+):
     if hasattr(torch, _attr):
         _ST_TO_TORCH[_name] = getattr(torch, _attr)
 _TORCH_TO_ST = {v: k for k, v in _ST_TO_TORCH.items()}
 
 _DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 
 
@@ -144,11 +185,13 @@ def _parse_dtype(value, what: str = "dtype") -> torch.dtype:
         key = value.strip().lower().replace("torch.", "")
         if key in _DTYPE_NAMES:
             return _DTYPE_NAMES[key]
-    raise ValueError(f"{what}={value!r} is not a dtype I know; pass a torch dtype or one of "
-                     f"{', '.join(sorted(set(_DTYPE_NAMES)))}, or 'auto' for the dtype stored in config.json")
+    raise ValueError(
+        f"{what}={value!r} is not a dtype I know; pass a torch dtype or one of "
+        f"{', '.join(sorted(set(_DTYPE_NAMES)))}, or 'auto' for the dtype stored in config.json"
+    )
 
 
-def parse_size(size: Union[int, str]) -> int:
+def parse_size(size: int | str) -> int:
     """``max_shard_size``: an int (bytes) or a string such as ``"5GB"`` (10^9), ``"2GiB"`` (2^30), ``"100KB"``."""
     if isinstance(size, bool):
         raise ValueError(f"max_shard_size={size!r} is not a size; pass bytes (int) or a string like '5GB'")
@@ -158,8 +201,9 @@ def parse_size(size: Union[int, str]) -> int:
         return size
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b|b)?\s*", str(size).lower())
     if m is None:
-        raise ValueError(f"max_shard_size={size!r} is not a size; use bytes (int) or a string like '5GB', "
-                         "'500MB', '100KB' or '2GiB'")
+        raise ValueError(
+            f"max_shard_size={size!r} is not a size; use bytes (int) or a string like '5GB', '500MB', '100KB' or '2GiB'"
+        )
     unit = m.group(2) or "b"
     scale = 1 if unit == "b" else (1024 if "i" in unit else 1000) ** ("kmgt".index(unit[0]) + 1)
     value = int(float(m.group(1)) * scale)
@@ -180,7 +224,8 @@ def _readinto_exact(f, buf: memoryview, path: str, offset: int) -> None:
         if not n:
             raise CheckpointError(
                 f"{path} is truncated or corrupted: a read of {len(view)} bytes at offset {offset} got only {got}; "
-                "re-download or re-save the checkpoint")
+                "re-download or re-save the checkpoint"
+            )
         got += n
 
 
@@ -212,24 +257,29 @@ class _SafetensorsFile:
     def _parse_header(self, size: int):
         path = self.path
         if size < 8:
-            raise CheckpointError(f"{path} is truncated or corrupted: expected at least 8 bytes (the header length), "
-                                  f"found {size}; re-download or re-save the checkpoint")
+            raise CheckpointError(
+                f"{path} is truncated or corrupted: expected at least 8 bytes (the header length), "
+                f"found {size}; re-download or re-save the checkpoint"
+            )
         n = int.from_bytes(self.f.read(8), "little")
         if 8 + n > size:
             raise CheckpointError(
                 f"{path} is truncated or corrupted: its header claims {n} bytes, so the file should have at least "
-                f"{8 + n} bytes, but it has {size}; re-download or re-save the checkpoint")
+                f"{8 + n} bytes, but it has {size}; re-download or re-save the checkpoint"
+            )
         raw = self.f.read(n)
         try:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: the safetensors header ({n} bytes) is not valid JSON ({exc}); "
-                                  "the file is corrupted or not a safetensors file") from None
+            raise CheckpointError(
+                f"{path}: the safetensors header ({n} bytes) is not valid JSON ({exc}); "
+                "the file is corrupted or not a safetensors file"
+            ) from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: the safetensors header is JSON but not an object; the file is corrupted")
         metadata = header.pop("__metadata__", None) or {}
         self.data_start = 8 + n
-        entries: Dict[str, _Entry] = {}
+        entries: dict[str, _Entry] = {}
         end_max = 0
         for name, info in header.items():
             try:
@@ -237,27 +287,34 @@ class _SafetensorsFile:
                 shape = [int(s) for s in info["shape"]]
                 begin, end = (int(x) for x in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path}: header entry {name!r} lacks a valid dtype / shape / data_offsets "
-                                      f"({info!r}); the file is corrupted") from None
+                raise CheckpointError(
+                    f"{path}: header entry {name!r} lacks a valid dtype / shape / data_offsets "
+                    f"({info!r}); the file is corrupted"
+                ) from None
             if dt not in _ST_TO_TORCH:
-                raise CheckpointError(f"{path}: tensor {name!r} has dtype {dt!r}, which this torch cannot hold "
-                                      f"(known: {', '.join(sorted(_ST_TO_TORCH))})")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has dtype {dt!r}, which this torch cannot hold "
+                    f"(known: {', '.join(sorted(_ST_TO_TORCH))})"
+                )
             dtype = _ST_TO_TORCH[dt]
             numel = 1
             for s in shape:
                 numel *= s
             nbytes = numel * _itemsize(dtype)
             if end - begin != nbytes or begin < 0:
-                raise CheckpointError(f"{path}: tensor {name!r} of shape {tuple(shape)} and dtype {dt} needs {nbytes} "
-                                      f"bytes but its data_offsets {[begin, end]} span {end - begin}; the file is "
-                                      "corrupted")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} of shape {tuple(shape)} and dtype {dt} needs {nbytes} "
+                    f"bytes but its data_offsets {[begin, end]} span {end - begin}; the file is "
+                    "corrupted"
+                )
             end_max = max(end_max, end)
             entries[name] = _Entry(name, dtype, shape, nbytes, (self, begin))
         expected = self.data_start + end_max
         if size < expected:
             raise CheckpointError(
                 f"{path} is truncated or corrupted: its header describes {expected} bytes but the file has only "
-                f"{size} bytes; re-download or re-save the checkpoint")
+                f"{size} bytes; re-download or re-save the checkpoint"
+            )
         return entries, metadata
 
     def read_into(self, entry: _Entry, dest: torch.Tensor) -> None:
@@ -278,14 +335,14 @@ class _SafetensorsFile:
             n = min(chunk, entry.nbytes - done)
             _readinto_exact(self.f, _byte_view(staging[:n]), self.path, offset + done)
             src = staging[:n].view(entry.dtype)
-            flat[done // item:(done + n) // item].copy_(src)
+            flat[done // item : (done + n) // item].copy_(src)
             done += n
 
     def close(self):
         self.f.close()
 
 
-_STAGING: Dict[str, torch.Tensor] = {}
+_STAGING: dict[str, torch.Tensor] = {}
 
 
 def _staging(nbytes: int) -> torch.Tensor:
@@ -305,7 +362,7 @@ def _release_pages(t: torch.Tensor, start_byte: int, nbytes: int) -> None:
         return
     page = mmap.PAGESIZE
     addr = t.data_ptr() + start_byte
-    lo = (addr + page - 1) // page * page      # only whole pages inside the range
+    lo = (addr + page - 1) // page * page  # only whole pages inside the range
     hi = (addr + nbytes) // page * page
     if hi > lo:
         libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
@@ -366,11 +423,14 @@ class _BinFile:
             raise UnsafeCheckpointError(
                 f"{path} holds non-tensor (arbitrary pickled) objects and was refused for safety: it was not "
                 f"executed ({detail.strip()}). If you trust its source, convert it once to safetensors with "
-                "transformers (from_pretrained, then save_pretrained) and load that instead.") from None
+                "transformers (from_pretrained, then save_pretrained) and load that instead."
+            ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: it is truncated or corrupted "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                                  "re-download or re-save it") from None
+            raise CheckpointError(
+                f"{path} could not be read as a PyTorch checkpoint: it is truncated or corrupted "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "re-download or re-save it"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
@@ -379,8 +439,9 @@ class _BinFile:
         if bad:
             raise CheckpointError(f"{path} is not a plain state dict: entries {bad[:5]} are not name -> tensor")
         self.tensors = state
-        self.entries = {k: _Entry(k, v.dtype, v.shape, v.numel() * v.element_size(), (self, k))
-                        for k, v in state.items()}
+        self.entries = {
+            k: _Entry(k, v.dtype, v.shape, v.numel() * v.element_size(), (self, k)) for k, v in state.items()
+        }
         self.metadata = {}
 
     def read_into(self, entry: _Entry, dest: torch.Tensor) -> None:
@@ -404,7 +465,7 @@ class _BinFile:
 class _Checkpoint:
     """All weights files of one checkpoint directory: ``entries`` maps each stored key to where it lives."""
 
-    def __init__(self, directory: str, use_safetensors: Optional[bool] = None):
+    def __init__(self, directory: str, use_safetensors: bool | None = None):
         self.directory = directory
         names = WEIGHTS_FILES
         if use_safetensors is not None:
@@ -415,10 +476,11 @@ class _Checkpoint:
             shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") if present else "nothing"
             raise FileNotFoundError(
                 f"no weights file in {directory!r}: looked for {', '.join(names)} (in that order); the "
-                f"directory holds {shown}")
+                f"directory holds {shown}"
+            )
         self.kind = found[0]
         self.files: list = []
-        self.entries: Dict[str, _Entry] = OrderedDict()
+        self.entries: dict[str, _Entry] = OrderedDict()
         try:
             if self.kind in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
                 self._add(os.path.join(directory, self.kind))
@@ -433,15 +495,17 @@ class _Checkpoint:
                 self.entries[source] = self.entries[alias]
                 self.aliased.add(source)
 
-    def _add(self, path: str, expected: Optional[Iterable[str]] = None):
+    def _add(self, path: str, expected: Iterable[str] | None = None):
         f = _SafetensorsFile(path) if path.endswith(".safetensors") else _BinFile(path)
         self.files.append(f)
         if expected is not None:
             missing = sorted(set(expected) - set(f.entries))
             if missing:
-                raise CheckpointError(f"the index says {len(missing)} tensors ({', '.join(missing[:5])}"
-                                      f"{' ...' if len(missing) > 5 else ''}) are in {path}, but that shard does not "
-                                      "hold them; the index and the shards come from different saves")
+                raise CheckpointError(
+                    f"the index says {len(missing)} tensors ({', '.join(missing[:5])}"
+                    f"{' ...' if len(missing) > 5 else ''}) are in {path}, but that shard does not "
+                    "hold them; the index and the shards come from different saves"
+                )
         for name, entry in f.entries.items():
             if expected is None or name in expected:
                 self.entries[name] = entry
@@ -456,16 +520,19 @@ class _Checkpoint:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{index_path} is not valid JSON ({exc}); the index file is corrupted") from None
         except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index_path} has no usable 'weight_map' ({exc}); expected "
-                                  '{"metadata": {...}, "weight_map": {"<tensor name>": "<shard file>"}}') from None
-        by_shard: Dict[str, list] = OrderedDict()
+            raise CheckpointError(
+                f"{index_path} has no usable 'weight_map' ({exc}); expected "
+                '{"metadata": {...}, "weight_map": {"<tensor name>": "<shard file>"}}'
+            ) from None
+        by_shard: dict[str, list] = OrderedDict()
         for name, shard in weight_map.items():
             by_shard.setdefault(shard, []).append(name)
         missing = [s for s in by_shard if not os.path.isfile(os.path.join(self.directory, s))]
         if missing:
             raise FileNotFoundError(
                 f"{index_path} names shard(s) that are not in {self.directory!r}: {', '.join(missing)} "
-                f"(of {len(by_shard)} shards); the download or the save was incomplete")
+                f"(of {len(by_shard)} shards); the download or the save was incomplete"
+            )
         for shard, names in by_shard.items():
             self._add(os.path.join(self.directory, shard), set(names))
 
@@ -491,10 +558,12 @@ def _resolve_directory(name_or_path, options: dict) -> str:
     if os.path.isdir(path):
         return path
     if os.path.isfile(path):
-        raise NotADirectoryError(f"{path!r} is a file; pass the directory that holds config.json and the weights "
-                                 f"({', '.join(WEIGHTS_FILES)})")
+        raise NotADirectoryError(
+            f"{path!r} is a file; pass the directory that holds config.json and the weights "
+            f"({', '.join(WEIGHTS_FILES)})"
+        )
     hub_error = None
-    if re.fullmatch(r"[\w\-]+(\.[\w\-]+)*/[\w\-.]+", path):        # looks like a Hub repo id: owner/name
+    if re.fullmatch(r"[\w\-]+(\.[\w\-]+)*/[\w\-.]+", path):  # looks like a Hub repo id: owner/name
         try:
             return _hub_download(path, options)
         except ImportError:
@@ -505,8 +574,7 @@ def _resolve_directory(name_or_path, options: dict) -> str:
     msg = f"checkpoint directory {path!r} does not exist"
     if hub_error:
         msg += f"; as a Hub repo id: {hub_error}"
-    raise FileNotFoundError(msg + ". Pass a local directory holding config.json and one of "
-                            f"{', '.join(WEIGHTS_FILES)}")
+    raise FileNotFoundError(msg + f". Pass a local directory holding config.json and one of {', '.join(WEIGHTS_FILES)}")
 
 
 def _hub_download(repo_id: str, options: dict) -> str:
@@ -535,8 +603,10 @@ def _resolve_device(device, device_map) -> torch.device:
         if isinstance(device_map, dict):
             placed = set(device_map.values())
             if len(placed) != 1:
-                raise ValueError(f"device_map={device_map!r} spreads the model over several devices, which xlmrxl does "
-                                 "not do; pass device='cuda' (or one device) instead")
+                raise ValueError(
+                    f"device_map={device_map!r} spreads the model over several devices, which xlmrxl does "
+                    "not do; pass device='cuda' (or one device) instead"
+                )
             device_map = placed.pop()
         if device_map == "auto":
             device_map = "cuda" if torch.cuda.is_available() else "cpu"
@@ -546,8 +616,9 @@ def _resolve_device(device, device_map) -> torch.device:
     try:
         return torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device ({exc}); pass 'cpu', 'cuda', 'cuda:1' or a "
-                         "torch.device") from None
+        raise ValueError(
+            f"device={device!r} is not a device ({exc}); pass 'cpu', 'cuda', 'cuda:1' or a torch.device"
+        ) from None
 
 
 def _resolve_dtype(dtype, config, ckpt: _Checkpoint) -> torch.dtype:
@@ -582,7 +653,7 @@ def _alias_names(model: nn.Module) -> set:
     return set(tied.keys()) if isinstance(tied, dict) else set(tied)
 
 
-def _rename_checkpoint_keys(model: nn.Module, ckpt_keys: List[str], expected: set) -> Dict[str, str]:
+def _rename_checkpoint_keys(model: nn.Module, ckpt_keys: list[str], expected: set) -> dict[str, str]:
     """Checkpoint key -> model key (or itself when unmatched): legacy buffers dropped, base-model prefix moved."""
     prefix = getattr(model, "base_model_prefix", "") or ""
     has_prefix = bool(prefix) and any(k.startswith(prefix + ".") for k in ckpt_keys)
@@ -591,11 +662,11 @@ def _rename_checkpoint_keys(model: nn.Module, ckpt_keys: List[str], expected: se
     for key in ckpt_keys:
         new = key
         if has_prefix and not expects_prefix and key.startswith(prefix + "."):
-            new = key[len(prefix) + 1:]          # task checkpoint into the base model
+            new = key[len(prefix) + 1 :]  # task checkpoint into the base model
         elif expects_prefix and not has_prefix:
-            new = f"{prefix}.{key}"              # base checkpoint into a task model
+            new = f"{prefix}.{key}"  # base checkpoint into a task model
         if new not in expected:
-            for old, repl in ((".gamma", ".weight"), (".beta", ".bias")):   # pre-2020 LayerNorm names
+            for old, repl in ((".gamma", ".weight"), (".beta", ".bias")):  # pre-2020 LayerNorm names
                 if new.endswith(old) and new[: -len(old)] + repl in expected:
                     new = new[: -len(old)] + repl
         if new not in expected and _LEGACY_BUFFERS.search(new):
@@ -609,8 +680,8 @@ class _Plan:
 
     def __init__(self, model, ckpt: _Checkpoint, ignore_mismatched_sizes: bool):
         slots = list(_tensor_slots(model))
-        self.groups: Dict[int, list] = OrderedDict()       # id(tensor) -> [(name, module, attr, is_param)]
-        self.meta: Dict[int, torch.Tensor] = {}
+        self.groups: dict[int, list] = OrderedDict()  # id(tensor) -> [(name, module, attr, is_param)]
+        self.meta: dict[int, torch.Tensor] = {}
         for name, module, attr, is_param, t in slots:
             self.groups.setdefault(id(t), []).append((name, module, attr, is_param))
             self.meta[id(t)] = t
@@ -620,12 +691,12 @@ class _Plan:
         for ck, mk in mapping.items():
             by_model_key.setdefault(mk, ck)
         aliases = _alias_names(model)
-        self.source: Dict[int, Optional[str]] = {}
+        self.source: dict[int, str | None] = {}
         missing, mismatched = [], []
         for tid, members in self.groups.items():
             names = [m[0] for m in members]
             present = [n for n in names if n in by_model_key]
-            present.sort(key=lambda n: n in aliases)            # prefer the tie's source over its alias
+            present.sort(key=lambda n: n in aliases)  # prefer the tie's source over its alias
             if not present:
                 self.source[tid] = None
                 missing.extend(names)
@@ -662,15 +733,19 @@ def _mismatch_message(mismatched, directory) -> str:
     hints = []
     head = [(k, h) for k, h, _ in mismatched if re.search(r"(classifier|qa_outputs|out_proj)", k) and h]
     if head:
-        hints.append(f"a head with a different number of labels: pass num_labels={head[0][1][0]} to match the "
-                     "checkpoint, or ignore_mismatched_sizes=True to start that head afresh")
+        hints.append(
+            f"a head with a different number of labels: pass num_labels={head[0][1][0]} to match the "
+            "checkpoint, or ignore_mismatched_sizes=True to start that head afresh"
+        )
     if len(head) < len(mismatched):
-        hints.append("a wrong model size or config (e.g. an XL config, hidden 2560, for an XXL checkpoint, hidden "
-                     "4096): load the config.json that came with these weights and drop size overrides")
+        hints.append(
+            "a wrong model size or config (e.g. an XL config, hidden 2560, for an XXL checkpoint, hidden "
+            "4096): load the config.json that came with these weights and drop size overrides"
+        )
     return "\n".join(lines) + "\nThis usually means " + "; or ".join(hints) + "."
 
 
-def _quantization_hook(model, quantization, *, dtype, device) -> Optional[Callable]:
+def _quantization_hook(model, quantization, *, dtype, device) -> Callable | None:
     """The seam for quantize-while-loading. ``None`` -> no hook.
 
     Otherwise ``xlmrxl.quantization.load_hook(model, quantization, dtype=..., device=...)`` must return a callable
@@ -687,14 +762,15 @@ def _quantization_hook(model, quantization, *, dtype, device) -> Optional[Callab
     except ImportError as exc:
         raise NotImplementedError(
             f"quantization={quantization!r} needs xlmrxl.quantization.load_hook, which is not available yet "
-            f"({exc}); load with quantization=None") from None
+            f"({exc}); load with quantization=None"
+        ) from None
     return load_hook(model, quantization, dtype=dtype, device=device)
 
 
 def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, hook, bar) -> None:
     """Per module: allocate its own tensors on ``device`` (dtype as declared), initialise the missing ones with
     ``model._init_weights``, read the stored ones from the file, then run the quantization hook."""
-    done: Dict[int, torch.Tensor] = {}          # id(meta tensor) -> its materialised tensor (shared by all aliases)
+    done: dict[int, torch.Tensor] = {}  # id(meta tensor) -> its materialised tensor (shared by all aliases)
     init = getattr(model, "_init_weights", None)
     for mod_name, module in list(model.named_modules()):
         own = [t for t in list(module._parameters.values()) + list(module._buffers.values()) if t is not None]
@@ -712,8 +788,10 @@ def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, ho
             with torch.no_grad():
                 if needs_init:
                     if init is None:
-                        raise RuntimeError(f"{type(model).__name__} has no _init_weights to initialise the missing "
-                                           f"tensors of {mod_name or 'the root module'}")
+                        raise RuntimeError(
+                            f"{type(model).__name__} has no _init_weights to initialise the missing "
+                            f"tensors of {mod_name or 'the root module'}"
+                        )
                     init(module)
                     # init covers the whole module, tensors loaded earlier through a tie included: read all again
                     reload = [tid for tid, t in done.items() if tid not in fresh and any(t is x for x in own)]
@@ -735,9 +813,11 @@ def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, ho
                         done[tid] = None
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
-        raise RuntimeError(f"{type(model).__name__} still has tensors on the meta device after loading: "
-                           f"{', '.join(leftover[:5])}{' ...' if len(leftover) > 5 else ''}. Non-persistent buffers "
-                           "cannot come from a checkpoint; the model class must not create them on the meta device")
+        raise RuntimeError(
+            f"{type(model).__name__} still has tensors on the meta device after loading: "
+            f"{', '.join(leftover[:5])}{' ...' if len(leftover) > 5 else ''}. Non-persistent buffers "
+            "cannot come from a checkpoint; the model class must not create them on the meta device"
+        )
 
 
 class _NoRandomInitOnMeta(torch.overrides.TorchFunctionMode):
@@ -745,16 +825,40 @@ class _NoRandomInitOnMeta(torch.overrides.TorchFunctionMode):
     built: it computes nothing there anyway, but the first meta ``normal_`` imports torch's decompositions
     (seconds). Everything else runs unchanged."""
 
-    _OPS = {getattr(torch.Tensor, n) for n in ("normal_", "uniform_", "bernoulli_", "exponential_", "random_",
-                                               "log_normal_", "cauchy_", "geometric_") if hasattr(torch.Tensor, n)}
-    _OPS |= {getattr(nn.init, n) for n in ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_",
-                                           "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
-                                           "sparse_") if hasattr(nn.init, n)}
+    _OPS = {
+        getattr(torch.Tensor, n)
+        for n in (
+            "normal_",
+            "uniform_",
+            "bernoulli_",
+            "exponential_",
+            "random_",
+            "log_normal_",
+            "cauchy_",
+            "geometric_",
+        )
+        if hasattr(torch.Tensor, n)
+    }
+    _OPS |= {
+        getattr(nn.init, n)
+        for n in (
+            "normal_",
+            "uniform_",
+            "trunc_normal_",
+            "kaiming_uniform_",
+            "kaiming_normal_",
+            "xavier_uniform_",
+            "xavier_normal_",
+            "orthogonal_",
+            "sparse_",
+        )
+        if hasattr(nn.init, n)
+    }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self._OPS:
-            t = args[0] if args else kwargs.get("tensor", kwargs.get("self"))   # nn.init passes tensor=
+            t = args[0] if args else kwargs.get("tensor", kwargs.get("self"))  # nn.init passes tensor=
             if isinstance(t, torch.Tensor) and t.is_meta:
                 return t
         return func(*args, **kwargs)
@@ -779,8 +883,9 @@ def _load_config(cls, directory: str, options: dict, overrides: dict):
     config = options.get("config")
     if config is None:
         if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config "
-                                    "saved with its weights")
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config saved with its weights"
+            )
         config = cls.config_class.from_pretrained(directory)
     else:
         import copy
@@ -804,8 +909,18 @@ def _progress_bar(progress, total_bytes: int, n: int):
     return tqdm(total=n, desc="Loading weights", unit="tensor")
 
 
-def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=None, backend="auto",
-                    quantization=None, output_loading_info=False, progress=None, **config_overrides):
+def load_pretrained(
+    cls,
+    pretrained_model_name_or_path,
+    *,
+    dtype=None,
+    device=None,
+    backend="auto",
+    quantization=None,
+    output_loading_info=False,
+    progress=None,
+    **config_overrides,
+):
     """Build ``cls`` from a checkpoint directory; see the module docstring for the rules."""
     kwargs = dict(config_overrides)
     options, init_kwargs, overrides = _split_kwargs(cls, kwargs)
@@ -817,8 +932,11 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
         directory = os.path.join(directory, options["subfolder"])
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"subfolder {options['subfolder']!r} does not exist: no directory {directory!r}")
-    ignored = sorted(k for k in options if k not in ("config", "torch_dtype", "ignore_mismatched_sizes", "device_map",
-                                                     "use_safetensors", "subfolder"))
+    ignored = sorted(
+        k
+        for k in options
+        if k not in ("config", "torch_dtype", "ignore_mismatched_sizes", "device_map", "use_safetensors", "subfolder")
+    )
     if ignored:
         logger.debug("xlmrxl: from_pretrained ignores %s (transformers options with no effect here)", ignored)
     config = _load_config(cls, directory, options, overrides)
@@ -828,14 +946,14 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
         if not target.is_floating_point:
             raise ValueError(f"dtype={dtype!r} resolves to {target}, which is not a floating dtype")
         previous = torch.get_default_dtype()
-        torch.set_default_dtype(target)          # modules create floating tensors in the target dtype ...
+        torch.set_default_dtype(target)  # modules create floating tensors in the target dtype ...
         try:
-            with torch.device("meta"), _NoRandomInitOnMeta():   # ... and nowhere: nothing is allocated until
-                model = cls(config, **init_kwargs)                 # the file is read
+            with torch.device("meta"), _NoRandomInitOnMeta():  # ... and nowhere: nothing is allocated until
+                model = cls(config, **init_kwargs)  # the file is read
         finally:
             torch.set_default_dtype(previous)
         if hasattr(model, "tie_weights"):
-            model.tie_weights()                  # on meta: makes the tied tensors one object, so one read feeds all
+            model.tie_weights()  # on meta: makes the tied tensors one object, so one read feeds all
         if getattr(config, "quantization_config", None) is not None:
             from .quantization import prepare_quantized_model  # an int4 checkpoint: its QuantLinear modules, on meta
 
@@ -862,8 +980,12 @@ def load_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=No
         model.set_backend(backend)
     model.eval()
     if output_loading_info:
-        info = {"missing_keys": list(plan.missing), "unexpected_keys": list(plan.unexpected),
-                "mismatched_keys": list(plan.mismatched), "error_msgs": []}
+        info = {
+            "missing_keys": list(plan.missing),
+            "unexpected_keys": list(plan.unexpected),
+            "mismatched_keys": list(plan.mismatched),
+            "error_msgs": [],
+        }
         return model, info
     return model
 
@@ -873,32 +995,40 @@ def _report(model, plan: _Plan, directory: str) -> None:
     if plan.unexpected:
         archs = getattr(model.config, "architectures", None) or []
         log = logger.warning if name in archs else logger.info
-        log(f"Some weights of the model checkpoint at {directory} were not used when initializing {name}: "
+        log(
+            f"Some weights of the model checkpoint at {directory} were not used when initializing {name}: "
             f"{plan.unexpected}\n- This is expected if the checkpoint was saved from another architecture or task "
-            f"(e.g. a masked-LM checkpoint loaded into a classifier); it is not expected for a checkpoint of {name}.")
+            f"(e.g. a masked-LM checkpoint loaded into a classifier); it is not expected for a checkpoint of {name}."
+        )
     if plan.missing:
-        logger.warning(f"Some weights of {name} were not initialized from the model checkpoint at {directory} and "
-                       f"are newly initialized: {plan.missing}\nYou should probably TRAIN this model on a down-stream "
-                       "task to be able to use it for predictions and inference.")
+        logger.warning(
+            f"Some weights of {name} were not initialized from the model checkpoint at {directory} and "
+            f"are newly initialized: {plan.missing}\nYou should probably TRAIN this model on a down-stream "
+            "task to be able to use it for predictions and inference."
+        )
     if plan.mismatched:
-        lines = "\n".join(f"- {k}: found shape {tuple(h)} in the checkpoint and {tuple(w)} in the model instantiated"
-                          for k, h, w in plan.mismatched)
-        logger.warning(f"Some weights of {name} were not initialized from the model checkpoint at {directory} and "
-                       f"are newly initialized because the shapes did not match:\n{lines}\nYou should probably "
-                       "TRAIN this model on a down-stream task to be able to use it for predictions and inference.")
+        lines = "\n".join(
+            f"- {k}: found shape {tuple(h)} in the checkpoint and {tuple(w)} in the model instantiated"
+            for k, h, w in plan.mismatched
+        )
+        logger.warning(
+            f"Some weights of {name} were not initialized from the model checkpoint at {directory} and "
+            f"are newly initialized because the shapes did not match:\n{lines}\nYou should probably "
+            "TRAIN this model on a down-stream task to be able to use it for predictions and inference."
+        )
 
 
 # =====================================================================================================================
 # saving
 # =====================================================================================================================
-def _state_to_save(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+def _state_to_save(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """Name -> tensor for every parameter and persistent buffer, with tied aliases (the same tensor under a second
     name) left out; the tie's source is kept (``_tied_weights_keys`` names the aliases)."""
     aliases = _alias_names(model)
     slots = list(_tensor_slots(model))
-    first: Dict[tuple, str] = {}
-    chosen: Dict[tuple, str] = OrderedDict()
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    first: dict[tuple, str] = {}
+    chosen: dict[tuple, str] = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, _, _, _, t in slots:
         ident = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), t.device) if t.numel() else (id(t),)
         if ident not in first:
@@ -906,14 +1036,14 @@ def _state_to_save(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
             chosen[ident] = name
             out[name] = t
         elif chosen[ident] in aliases and name not in aliases:
-            del out[chosen[ident]]                   # keep the source, drop the alias
+            del out[chosen[ident]]  # keep the source, drop the alias
             chosen[ident] = name
             out[name] = t
     return OrderedDict((n, t.detach()) for n, t in out.items())
 
 
-def _shards(state: "OrderedDict[str, torch.Tensor]", max_bytes: int) -> List[List[str]]:
-    shards: List[List[str]] = [[]]
+def _shards(state: OrderedDict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
     size = 0
     for name, t in state.items():
         n = t.numel() * t.element_size()
@@ -925,8 +1055,8 @@ def _shards(state: "OrderedDict[str, torch.Tensor]", max_bytes: int) -> List[Lis
     return shards
 
 
-def _write_safetensors(path: str, state: "OrderedDict[str, torch.Tensor]", names: List[str]) -> None:
-    header: Dict[str, object] = {"__metadata__": {"format": "pt"}}
+def _write_safetensors(path: str, state: OrderedDict[str, torch.Tensor], names: list[str]) -> None:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
         t = state[name]
@@ -936,7 +1066,7 @@ def _write_safetensors(path: str, state: "OrderedDict[str, torch.Tensor]", names
         header[name] = {"dtype": _TORCH_TO_ST[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)                   # data starts 8-byte aligned, as the reference writer does
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the reference writer does
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
@@ -944,13 +1074,13 @@ def _write_safetensors(path: str, state: "OrderedDict[str, torch.Tensor]", names
             t = state[name]
             if t.numel() == 0:
                 continue
-            t = t.to("cpu").contiguous()           # one tensor at a time: no second copy of the model
+            t = t.to("cpu").contiguous()  # one tensor at a time: no second copy of the model
             f.write(memoryview(_byte_view(t)))
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_bin(path: str, state: "OrderedDict[str, torch.Tensor]", names: List[str]) -> None:
+def _write_bin(path: str, state: OrderedDict[str, torch.Tensor], names: list[str]) -> None:
     out = OrderedDict()
     for name in names:
         t = state[name].to("cpu")
@@ -964,7 +1094,7 @@ def _write_bin(path: str, state: "OrderedDict[str, torch.Tensor]", names: List[s
         os.fsync(f.fileno())
 
 
-def _save_config(model: nn.Module, directory: str, dtype: Optional[torch.dtype]) -> None:
+def _save_config(model: nn.Module, directory: str, dtype: torch.dtype | None) -> None:
     config = model.config
     config.architectures = [type(model).__name__]
     if dtype is not None:
@@ -1020,7 +1150,7 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _model_dtype(model: nn.Module) -> Optional[torch.dtype]:
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype
@@ -1031,7 +1161,7 @@ def save_pretrained(model, save_directory, *, max_shard_size="50GB", safe_serial
     """Write ``config.json`` and the weights of ``model`` into ``save_directory`` atomically (see module docstring).
     Returns the list of weights files written."""
     max_bytes = parse_size(max_shard_size)
-    target = os.path.realpath(os.fspath(save_directory))    # a symlinked directory is updated where it lives
+    target = os.path.realpath(os.fspath(save_directory))  # a symlinked directory is updated where it lives
     if os.path.exists(target) and not os.path.isdir(target):
         raise NotADirectoryError(f"save_directory {target!r} is a file; pass a directory path")
     parent, base = os.path.split(target.rstrip(os.sep))
@@ -1055,9 +1185,13 @@ def save_pretrained(model, save_directory, *, max_shard_size="50GB", safe_serial
                 write(os.path.join(staging, fname), state, names)
                 written.append(fname)
                 weight_map.update({n: fname for n in names})
-            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values()),
-                                  "total_parameters": sum(t.numel() for t in state.values())},
-                     "weight_map": dict(sorted(weight_map.items()))}
+            index = {
+                "metadata": {
+                    "total_size": sum(t.numel() * t.element_size() for t in state.values()),
+                    "total_parameters": sum(t.numel() for t in state.values()),
+                },
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             index_name = SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME
             with open(os.path.join(staging, index_name), "w", encoding="utf-8") as fh:
                 json.dump(index, fh, indent=2)
@@ -1067,7 +1201,7 @@ def save_pretrained(model, save_directory, *, max_shard_size="50GB", safe_serial
             _carry_over(target, staging)
             os.chmod(staging, os.stat(target).st_mode & 0o7777)
             if _exchange(staging, target):
-                old = staging                     # the old directory now lives at the staging path
+                old = staging  # the old directory now lives at the staging path
             else:
                 old = tempfile.mkdtemp(prefix=f".{base}.xlmrxl-old-", dir=parent)
                 os.rmdir(old)

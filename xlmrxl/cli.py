@@ -22,6 +22,7 @@ Contract
 - ``main(argv=None) -> int``: 0 on success, 1 on an error (one line on stderr, ``-v`` adds the traceback), 2 on a
   usage error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,46 @@ import logging
 import shutil
 import struct
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 logger = logging.getLogger("xlmrxl")
 
-_SAFE_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-_SAFE_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                     "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-                     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32",
-                     "U64": "uint64"}
+_SAFE_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
+_SAFE_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+}
 _TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
 
@@ -52,16 +82,24 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"xlmrxl {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="-v: INFO logs (backend fallback reasons), -vv: DEBUG")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: INFO logs (backend fallback reasons), -vv: DEBUG"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def run_opts(sp, dtype_default=None):
-        sp.add_argument("--backend", default=None, choices=("auto", "triton", "reference"),
-                        help="kernel backend (default: $XLMRXL_BACKEND, else auto)")
+        sp.add_argument(
+            "--backend",
+            default=None,
+            choices=("auto", "triton", "reference"),
+            help="kernel backend (default: $XLMRXL_BACKEND, else auto)",
+        )
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-        sp.add_argument("--dtype", default=dtype_default, help="float32, bfloat16 or float16 "
-                        f"(default: {dtype_default or 'float32'})")
+        sp.add_argument(
+            "--dtype",
+            default=dtype_default,
+            help=f"float32, bfloat16 or float16 (default: {dtype_default or 'float32'})",
+        )
 
     fm = sub.add_parser("fill-mask", help="predict the <mask> token(s) of each input")
     fm.add_argument("text", nargs="?", default=None, help="input text with <mask>; omit (or -) to read stdin lines")
@@ -103,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
@@ -138,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # commands that run a model
 # ---------------------------------------------------------------------------------------------------------------
-def _inputs(text: Optional[str]) -> List[str]:
+def _inputs(text: str | None) -> list[str]:
     if text is not None and text != "-":
         return [text]
     lines = [ln.rstrip("\r\n") for ln in sys.stdin]
@@ -152,8 +190,15 @@ def _cmd_fill_mask(args) -> int:
     from .pipelines import pipeline
 
     texts = _inputs(args.text)
-    pipe = pipeline("fill-mask", model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
-                    top_k=args.top_k, batch_size=args.batch_size)
+    pipe = pipeline(
+        "fill-mask",
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+    )
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
     results = pipe(texts, targets=targets) if targets else pipe(texts)
     if len(texts) == 1:  # the pipeline unwraps a list of one, as transformers' does
@@ -179,16 +224,32 @@ def _cmd_embed(args) -> int:
 
     texts = _inputs(args.text)
     pooling = None if args.pooling == "none" else args.pooling
-    pipe = pipeline("feature-extraction", model=args.model, device=args.device, dtype=args.dtype,
-                    backend=args.backend, pooling=pooling, normalize=args.normalize, batch_size=args.batch_size)
+    pipe = pipeline(
+        "feature-extraction",
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        pooling=pooling,
+        normalize=args.normalize,
+        batch_size=args.batch_size,
+    )
     embs = pipe(texts)
     out = sys.stdout
     for text, e in zip(texts, embs):
-        values = [[round(float(v), 6) for v in row] for row in e.tolist()] if e.dim() == 2 \
+        values = (
+            [[round(float(v), 6) for v in row] for row in e.tolist()]
+            if e.dim() == 2
             else [round(float(v), 6) for v in e.tolist()]
+        )
         if args.json:
-            out.write(json.dumps({"input": text, "pooling": args.pooling, "shape": list(e.shape),
-                                  "embedding": values}, ensure_ascii=False) + "\n")
+            out.write(
+                json.dumps(
+                    {"input": text, "pooling": args.pooling, "shape": list(e.shape), "embedding": values},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         else:
             out.write(json.dumps(values) + "\n")
     out.flush()
@@ -199,8 +260,15 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
-    result = run_demo(sys.stdout, quick=args.quick, device=args.device, dtype=args.dtype, repeats=args.repeats,
-                      backends=backends, compare_transformers=not args.no_transformers)
+    result = run_demo(
+        sys.stdout,
+        quick=args.quick,
+        device=args.device,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        backends=backends,
+        compare_transformers=not args.no_transformers,
+    )
     return 0 if result["ok"] else 1
 
 
@@ -214,13 +282,18 @@ def _cmd_quantize(args) -> int:
         raise ValueError("DST must differ from SRC (quantize writes a new checkpoint)")
     if args.group_size < 1:
         raise ValueError(f"--group-size {args.group_size} must be positive (128 is the usual choice)")
-    quant: Any = "int4" if args.group_size == 128 else {"quant_method": "xlmrxl_int4", "bits": 4,
-                                                        "group_size": args.group_size}
+    quant: Any = (
+        "int4" if args.group_size == 128 else {"quant_method": "xlmrxl_int4", "bits": 4, "group_size": args.group_size}
+    )
     from .pipelines import parse_device, parse_dtype
 
     model = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
-        str(src), quantization=quant, dtype=parse_dtype(args.dtype), device=parse_device(args.device),
-        backend=args.backend or "auto")
+        str(src),
+        quantization=quant,
+        dtype=parse_dtype(args.dtype),
+        device=parse_device(args.device),
+        backend=args.backend or "auto",
+    )
     model.save_pretrained(str(dst))
     for name in _TOKENIZER_FILES:
         if (src / name).is_file():
@@ -233,7 +306,7 @@ def _cmd_quantize(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # info: headers only
 # ---------------------------------------------------------------------------------------------------------------
-def _safetensors_entries(path: Path) -> Dict[str, Dict[str, Any]]:
+def _safetensors_entries(path: Path) -> dict[str, dict[str, Any]]:
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
@@ -242,22 +315,30 @@ def _safetensors_entries(path: Path) -> Dict[str, Dict[str, Any]]:
         if key == "__metadata__":
             continue
         start, end = meta["data_offsets"]
-        out[key] = {"dtype": _SAFE_DTYPE_NAMES.get(meta["dtype"], meta["dtype"].lower()),
-                    "shape": list(meta["shape"]), "nbytes": end - start}
+        out[key] = {
+            "dtype": _SAFE_DTYPE_NAMES.get(meta["dtype"], meta["dtype"].lower()),
+            "shape": list(meta["shape"]),
+            "nbytes": end - start,
+        }
     return out
 
 
-def _bin_entries(path: Path) -> Dict[str, Dict[str, Any]]:
+def _bin_entries(path: Path) -> dict[str, dict[str, Any]]:
     import torch
 
     state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-    return {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape),
-                "nbytes": v.numel() * v.element_size()} for k, v in state.items() if hasattr(v, "shape")}
+    return {
+        k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape), "nbytes": v.numel() * v.element_size()}
+        for k, v in state.items()
+        if hasattr(v, "shape")
+    }
 
 
-def _weights_files(d: Path) -> List[Path]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+def _weights_files(d: Path) -> list[Path]:
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         if (d / single).is_file():
             return [d / single]
         if (d / index).is_file():
@@ -267,7 +348,7 @@ def _weights_files(d: Path) -> List[Path]:
     return []
 
 
-def checkpoint_info(directory) -> Dict[str, Any]:
+def checkpoint_info(directory) -> dict[str, Any]:
     """What ``xlmrxl info`` reports, as a dict (no weights are loaded)."""
     d = Path(directory)
     if not d.is_dir():
@@ -279,18 +360,23 @@ def checkpoint_info(directory) -> Dict[str, Any]:
         cfg = json.load(fh)
     files = _weights_files(d)
     if not files:
-        raise FileNotFoundError(f"{str(d)!r} has no weights (model.safetensors, pytorch_model.bin or their "
-                                "sharded index)")
-    entries: Dict[str, Dict[str, Any]] = {}
+        raise FileNotFoundError(
+            f"{str(d)!r} has no weights (model.safetensors, pytorch_model.bin or their sharded index)"
+        )
+    entries: dict[str, dict[str, Any]] = {}
     for f in files:
         entries.update(_safetensors_entries(f) if f.suffix == ".safetensors" else _bin_entries(f))
 
     # drop tied aliases and legacy buffers: they are not separate tensors once loaded
     def present(k):
         return k in entries
+
     skip = {k for k in entries if k.endswith(("embeddings.position_ids", "embeddings.token_type_ids"))}
-    if cfg.get("tie_word_embeddings", True) and present("lm_head.decoder.weight") and \
-            any(k.endswith("embeddings.word_embeddings.weight") for k in entries):
+    if (
+        cfg.get("tie_word_embeddings", True)
+        and present("lm_head.decoder.weight")
+        and any(k.endswith("embeddings.word_embeddings.weight") for k in entries)
+    ):
         skip.add("lm_head.decoder.weight")
     if present("lm_head.decoder.bias") and present("lm_head.bias"):
         skip.add("lm_head.decoder.bias")
@@ -315,8 +401,8 @@ def checkpoint_info(directory) -> Dict[str, Any]:
     for k, v in live.items():
         if k not in quant_keys:
             params += _numel(v["shape"])
-    dtypes: Dict[str, int] = {}
-    for k, v in live.items():
+    dtypes: dict[str, int] = {}
+    for v in live.values():
         dtypes[v["dtype"]] = dtypes.get(v["dtype"], 0) + v["nbytes"]
     heads = cfg.get("num_attention_heads")
     hidden = cfg.get("hidden_size")
@@ -365,30 +451,40 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _print_info(info: Dict[str, Any]) -> None:
+def _print_info(info: dict[str, Any]) -> None:
     w = sys.stdout.write
     arch = ", ".join(info["architectures"] or []) or "?"
     w(f"{info['directory']}\n")
     w(f"  model        {info['model_type']} ({arch})\n")
-    w(f"  shape        hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
-      f"{info['num_attention_heads']} heads of {info['head_dim']}, intermediate {info['intermediate_size']}, "
-      f"vocab {info['vocab_size']}, max positions {info['max_position_embeddings']}\n")
+    w(
+        f"  shape        hidden {info['hidden_size']}, {info['num_hidden_layers']} layers, "
+        f"{info['num_attention_heads']} heads of {info['head_dim']}, intermediate {info['intermediate_size']}, "
+        f"vocab {info['vocab_size']}, max positions {info['max_position_embeddings']}\n"
+    )
     n = info["parameters"]
     w(f"  parameters   {n:,} ({n / 1e9:.3f} B)\n" if n >= 1e9 else f"  parameters   {n:,} ({n / 1e6:.2f} M)\n")
     dt = ", ".join(f"{k} {_human(v)}" for k, v in sorted(info["stored_dtypes"].items(), key=lambda kv: -kv[1]))
     w(f"  dtype        config {info['config_dtype']}; stored {dt}\n")
-    w(f"  on disk      {_human(info['bytes_on_disk'])} (weights {_human(info['weights_bytes_on_disk'])} in "
-      f"{', '.join(info['weights_files'])})\n")
-    w(f"  in memory    {_human(info['bytes_in_memory'])} at the stored dtypes (tied weights counted once; "
-      f"from_pretrained's dtype= changes it)\n")
+    w(
+        f"  on disk      {_human(info['bytes_on_disk'])} (weights {_human(info['weights_bytes_on_disk'])} in "
+        f"{', '.join(info['weights_files'])})\n"
+    )
+    w(
+        f"  in memory    {_human(info['bytes_in_memory'])} at the stored dtypes (tied weights counted once; "
+        f"from_pretrained's dtype= changes it)\n"
+    )
     if info["quantized"]:
         q = info.get("quantization_config") or {}
-        w(f"  quantized    yes: {q.get('quant_method', 'int4')}, {q.get('bits', 4)} bits, group size "
-          f"{q.get('group_size', 128)}\n")
+        w(
+            f"  quantized    yes: {q.get('quant_method', 'int4')}, {q.get('bits', 4)} bits, group size "
+            f"{q.get('group_size', 128)}\n"
+        )
         if "quantized_linear_bytes" in info:
             qb, bf = info["quantized_linear_bytes"], info["quantized_linear_bf16_bytes"]
-            w(f"  int4 linears {info['quantized_linear_layers']} layers: {_human(qb)} vs {_human(bf)} in bf16 "
-              f"({100.0 * qb / max(bf, 1):.1f}%)\n")
+            w(
+                f"  int4 linears {info['quantized_linear_layers']} layers: {_human(qb)} vs {_human(bf)} in bf16 "
+                f"({100.0 * qb / max(bf, 1):.1f}%)\n"
+            )
     else:
         w("  quantized    no (xlmrxl quantize SRC DST writes an int4 copy)\n")
     w(f"  tokenizer    {'sentencepiece.bpe.model present' if info['tokenizer'] else 'none in this directory'}\n")
@@ -403,8 +499,13 @@ def _cmd_info(args) -> int:
     return 0
 
 
-_COMMANDS = {"fill-mask": _cmd_fill_mask, "embed": _cmd_embed, "info": _cmd_info, "demo": _cmd_demo,
-             "quantize": _cmd_quantize}
+_COMMANDS = {
+    "fill-mask": _cmd_fill_mask,
+    "embed": _cmd_embed,
+    "info": _cmd_info,
+    "demo": _cmd_demo,
+    "quantize": _cmd_quantize,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

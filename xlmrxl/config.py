@@ -11,13 +11,14 @@ Contract:
 - ``hidden_size % num_attention_heads != 0`` raises ``ValueError`` at construction.
 - transformers is never imported.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 logger = logging.getLogger("xlmrxl")
 
@@ -30,7 +31,7 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _NOT_SERIALISED = ("_attn_implementation", "_commit_hash", "_name_or_path_internal")
 
 
-def _dtype_to_str(dtype) -> Optional[str]:
+def _dtype_to_str(dtype) -> str | None:
     if dtype is None or isinstance(dtype, str):
         return dtype
     return str(dtype).replace("torch.", "")
@@ -55,42 +56,47 @@ class XLMRobertaXLConfig:
         type_vocab_size: int = 1,
         initializer_range: float = 0.02,
         layer_norm_eps: float = 1e-5,
-        pad_token_id: Optional[int] = 1,
-        bos_token_id: Optional[int] = 0,
-        eos_token_id: Optional[int] = 2,
+        pad_token_id: int | None = 1,
+        bos_token_id: int | None = 0,
+        eos_token_id: int | None = 2,
         position_embedding_type: str = "absolute",
         use_cache: bool = True,
-        classifier_dropout: Optional[float] = None,
+        classifier_dropout: float | None = None,
         *,
         is_decoder: bool = False,
         add_cross_attention: bool = False,
         is_encoder_decoder: bool = False,
         tie_word_embeddings: bool = True,
         chunk_size_feed_forward: int = 0,
-        num_labels: Optional[int] = None,
-        id2label: Optional[Dict[int, str]] = None,
-        label2id: Optional[Dict[str, int]] = None,
-        problem_type: Optional[str] = None,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        label2id: dict[str, int] | None = None,
+        problem_type: str | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         return_dict: bool = True,
-        architectures: Optional[list] = None,
+        architectures: list | None = None,
         dtype=None,
-        quantization_config: Optional[dict] = None,
-        attn_implementation: Optional[str] = None,
+        quantization_config: dict | None = None,
+        attn_implementation: str | None = None,
         **kwargs,
     ):
         if num_attention_heads <= 0 or hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads}); "
                 f"head_dim = hidden_size / num_attention_heads would be {hidden_size / max(num_attention_heads, 1):g}. "
-                "Choose sizes that divide evenly (XL: 2560 / 32 = 80, XXL: 4096 / 32 = 128).")
+                "Choose sizes that divide evenly (XL: 2560 / 32 = 80, XXL: 4096 / 32 = 128)."
+            )
         if position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(f"position_embedding_type={position_embedding_type!r} is not supported; choose one of "
-                             f"{', '.join(POSITION_EMBEDDING_TYPES)}")
+            raise ValueError(
+                f"position_embedding_type={position_embedding_type!r} is not supported; choose one of "
+                f"{', '.join(POSITION_EMBEDDING_TYPES)}"
+            )
         if problem_type is not None and problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"problem_type={problem_type!r} is not understood; choose one of "
-                             f"{', '.join(PROBLEM_TYPES)} (or None to infer it from the labels)")
+            raise ValueError(
+                f"problem_type={problem_type!r} is not understood; choose one of "
+                f"{', '.join(PROBLEM_TYPES)} (or None to infer it from the labels)"
+            )
         if id2label is not None and not isinstance(id2label, dict):
             raise ValueError(f"id2label must be a dict, got {type(id2label).__name__}")
         if label2id is not None and not isinstance(label2id, dict):
@@ -139,8 +145,9 @@ class XLMRobertaXLConfig:
                 id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
                 label2id = None
         elif num_labels is not None and len(id2label) != num_labels:
-            logger.warning("num_labels=%d does not match the id2label map of length %d; id2label wins",
-                           num_labels, len(id2label))
+            logger.warning(
+                "num_labels=%d does not match the id2label map of length %d; id2label wins", num_labels, len(id2label)
+            )
         self.id2label = {int(k): v for k, v in id2label.items()}
         self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
 
@@ -190,20 +197,21 @@ class XLMRobertaXLConfig:
         return self._attn_implementation
 
     @attn_implementation.setter
-    def attn_implementation(self, value: Optional[str]) -> None:
+    def attn_implementation(self, value: str | None) -> None:
         value = value or "sdpa"
         if value not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation={value!r} is not supported; choose one of "
-                             f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+            raise ValueError(
+                f"attn_implementation={value!r} is not supported; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
         self._attn_implementation = value
 
-    def get_text_config(self, *args, **kwargs) -> "XLMRobertaXLConfig":
+    def get_text_config(self, *args, **kwargs) -> XLMRobertaXLConfig:
         return self
 
     # -- (de)serialisation --------------------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Every attribute (known and unknown) as JSON-ready values, plus ``model_type``."""
-        out: Dict[str, Any] = {}
+        out: dict[str, Any] = {}
         for key, value in self.__dict__.items():
             if key in _NOT_SERIALISED:
                 continue
@@ -219,19 +227,29 @@ class XLMRobertaXLConfig:
     def to_json_string(self, use_diff: bool = False) -> str:
         d = self.to_dict()
         if use_diff:
-            default = XLMRobertaXLConfig(hidden_size=self.hidden_size,
-                                         num_attention_heads=self.num_attention_heads).to_dict()
-            keep = {"model_type", "architectures", "hidden_size", "num_attention_heads", "vocab_size",
-                    "num_hidden_layers", "intermediate_size", "max_position_embeddings", "dtype"}
+            default = XLMRobertaXLConfig(
+                hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads
+            ).to_dict()
+            keep = {
+                "model_type",
+                "architectures",
+                "hidden_size",
+                "num_attention_heads",
+                "vocab_size",
+                "num_hidden_layers",
+                "intermediate_size",
+                "max_position_embeddings",
+                "dtype",
+            }
             d = {k: v for k, v in d.items() if k in keep or k not in default or default[k] != v}
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
-    def to_json_file(self, json_file_path: Union[str, os.PathLike]) -> None:
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
         with open(json_file_path, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
 
     @classmethod
-    def from_dict(cls, config_dict: Dict[str, Any], **kwargs) -> "XLMRobertaXLConfig":
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> XLMRobertaXLConfig:
         """Build from a dict (``to_dict()`` output or a transformers config.json); ``kwargs`` override keys."""
         d = dict(config_dict)
         model_type = d.get("model_type")
@@ -241,8 +259,12 @@ class XLMRobertaXLConfig:
             d["dtype"] = d.pop("torch_dtype")
         else:
             d.pop("torch_dtype", None)
-        if "num_labels" in kwargs and "id2label" not in kwargs and kwargs["num_labels"] is not None \
-                and len(d.get("id2label") or {}) != kwargs["num_labels"]:
+        if (
+            "num_labels" in kwargs
+            and "id2label" not in kwargs
+            and kwargs["num_labels"] is not None
+            and len(d.get("id2label") or {}) != kwargs["num_labels"]
+        ):
             # an explicit num_labels= overrides the file's label maps (as transformers does)
             d.pop("id2label", None)
             d.pop("label2id", None)
@@ -252,20 +274,21 @@ class XLMRobertaXLConfig:
         return cls(**d)
 
     @classmethod
-    def from_json_file(cls, json_file: Union[str, os.PathLike]) -> "XLMRobertaXLConfig":
-        with open(json_file, "r", encoding="utf-8") as f:
+    def from_json_file(cls, json_file: str | os.PathLike) -> XLMRobertaXLConfig:
+        with open(json_file, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs) -> "XLMRobertaXLConfig":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> XLMRobertaXLConfig:
         """Read ``<dir>/config.json`` (or the json file itself); ``kwargs`` override its values."""
         path = os.fspath(pretrained_model_name_or_path)
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(
                 f"no config found at {path!r} (looked for {file!r}); pass a local directory holding config.json "
-                "or the path of a json file")
-        with open(file, "r", encoding="utf-8") as f:
+                "or the path of a json file"
+            )
+        with open(file, encoding="utf-8") as f:
             try:
                 d = json.load(f)
             except json.JSONDecodeError as exc:
@@ -273,7 +296,7 @@ class XLMRobertaXLConfig:
         d.setdefault("_name_or_path", path)
         return cls.from_dict(d, **kwargs)
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> str:
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> str:
         """Write ``<save_directory>/config.json`` (loadable by transformers 4.56.2 and 5.x); returns its path."""
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
@@ -295,9 +318,9 @@ class XLMRobertaXLConfig:
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
 
-    def copy(self) -> "XLMRobertaXLConfig":
+    def copy(self) -> XLMRobertaXLConfig:
         return copy.deepcopy(self)
 
-    def update(self, config_dict: Dict[str, Any]) -> None:
+    def update(self, config_dict: dict[str, Any]) -> None:
         for key, value in config_dict.items():
             setattr(self, key, value)

@@ -18,6 +18,7 @@ Contract
 - ``run_demo(...)`` returns a dict with the results (the self-check diffs, timings) and writes the report to
   ``out`` (stdout by default); a failing backend is reported, not raised, and marks the check as failed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, TextIO
 
 import torch
 
@@ -66,7 +67,7 @@ def demo_dir(quick: bool = False) -> Path:
     return cache_root() / ("demo-quick" if quick else DEMO_VERSION)
 
 
-def build_demo_checkpoint(directory: Optional[Path] = None, *, quick: bool = False) -> Path:
+def build_demo_checkpoint(directory: Path | None = None, *, quick: bool = False) -> Path:
     """Build the demo checkpoint (tokenizer + random-weight MLM) unless it is already there; return its path."""
     from .config import XLMRobertaXLConfig
     from .modeling import XLMRobertaXLForMaskedLM
@@ -83,8 +84,15 @@ def build_demo_checkpoint(directory: Optional[Path] = None, *, quick: bool = Fal
         tok.save_pretrained(staging)
         vocab = -(-len(tok) // 128) * 128  # round up to a multiple of 128, like the real 250002 -> 250880
         shape = QUICK_SHAPE if quick else DEMO_SHAPE
-        config = XLMRobertaXLConfig(vocab_size=vocab, max_position_embeddings=514, type_vocab_size=1,
-                                    pad_token_id=1, bos_token_id=0, eos_token_id=2, **shape)
+        config = XLMRobertaXLConfig(
+            vocab_size=vocab,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            **shape,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = XLMRobertaXLForMaskedLM(config)
@@ -100,7 +108,7 @@ def build_demo_checkpoint(directory: Optional[Path] = None, *, quick: bool = Fal
     return target
 
 
-def available_backends() -> List[str]:
+def available_backends() -> list[str]:
     """``reference`` always; ``triton`` when CUDA is present or the Triton CPU interpreter is on."""
     names = ["reference"]
     interpreting = _interpreting()
@@ -112,9 +120,10 @@ def available_backends() -> List[str]:
     return names
 
 
-def _median_ms(fns: Dict[str, Any], repeats: int) -> Dict[str, float]:
+def _median_ms(fns: dict[str, Any], repeats: int) -> dict[str, float]:
     """Median latency of each function in ms. The runs are interleaved (a, b, a, b, ...) so that a change in machine
     load hits every contender alike rather than whichever happened to run during it."""
+
     def timed(fn):
         t0 = time.perf_counter()
         fn()
@@ -124,16 +133,23 @@ def _median_ms(fns: Dict[str, Any], repeats: int) -> Dict[str, float]:
 
     for fn in fns.values():
         timed(fn)  # warm-up (compilation, caches)
-    times: Dict[str, List[float]] = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(timed(fn))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optional[str] = None,
-             dtype: Optional[str] = None, repeats: Optional[int] = None, backends: Optional[List[str]] = None,
-             compare_transformers: bool = True) -> Dict[str, Any]:
+def run_demo(
+    out: TextIO | None = None,
+    *,
+    quick: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    repeats: int | None = None,
+    backends: list[str] | None = None,
+    compare_transformers: bool = True,
+) -> dict[str, Any]:
     """Build (once) and run the demo; write the report to ``out``. Returns the results as a dict.
 
     ``backends`` limits the self-check to these (default: all available); ``compare_transformers=False`` skips
@@ -152,19 +168,25 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
     t0 = time.perf_counter()
     built = not (demo_dir(quick) / _DONE).is_file()
     path = build_demo_checkpoint(quick=quick)
-    w(f"xlmrxl demo: {'built' if built else 'reusing'} the demo checkpoint at {path} "
-      f"({time.perf_counter() - t0:.1f} s)\n")
-    w("NOTE: this model has RANDOM weights (XLM-RoBERTa-XL architecture, shrunk), so its predictions are "
-      "meaningless.\n      For real predictions, download a checkpoint (e.g. facebook/xlm-roberta-xl) and run:\n"
-      "      xlmrxl fill-mask \"Paris is the <mask> of France.\" --model /path/to/xlm-roberta-xl\n\n")
+    w(
+        f"xlmrxl demo: {'built' if built else 'reusing'} the demo checkpoint at {path} "
+        f"({time.perf_counter() - t0:.1f} s)\n"
+    )
+    w(
+        "NOTE: this model has RANDOM weights (XLM-RoBERTa-XL architecture, shrunk), so its predictions are "
+        "meaningless.\n      For real predictions, download a checkpoint (e.g. facebook/xlm-roberta-xl) and run:\n"
+        '      xlmrxl fill-mask "Paris is the <mask> of France." --model /path/to/xlm-roberta-xl\n\n'
+    )
 
     tok = XLMRobertaTokenizer.from_pretrained(path)
     model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=run_dtype, device=dev, backend="reference")
     cfg = model.config
-    w(f"model: hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
-      f"{cfg.hidden_size // cfg.num_attention_heads}, {cfg.num_hidden_layers} layers, intermediate "
-      f"{cfg.intermediate_size}, vocab {cfg.vocab_size} (tokenizer {len(tok)}), "
-      f"{model.num_parameters() / 1e6:.2f} M parameters, {str(run_dtype).replace('torch.', '')} on {dev}\n\n")
+    w(
+        f"model: hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
+        f"{cfg.hidden_size // cfg.num_attention_heads}, {cfg.num_hidden_layers} layers, intermediate "
+        f"{cfg.intermediate_size}, vocab {cfg.vocab_size} (tokenizer {len(tok)}), "
+        f"{model.num_parameters() / 1e6:.2f} M parameters, {str(run_dtype).replace('torch.', '')} on {dev}\n\n"
+    )
 
     # -- fill-mask --------------------------------------------------------------------------------------------
     fill = pipelines.pipeline("fill-mask", model=model, tokenizer=tok, backend=None, top_k=3)
@@ -185,8 +207,7 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
             o = m.roberta(input_ids=e["input_ids"], attention_mask=e["attention_mask"])
             return (o.last_hidden_state if hasattr(o, "last_hidden_state") else o[0]).float().cpu()
 
-    truth_model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=torch.float32, device="cpu",
-                                                          backend="reference")
+    truth_model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=torch.float32, device="cpu", backend="reference")
     truth = hidden(truth_model, enc)[real]
     have = available_backends()
     if backends is not None:
@@ -198,11 +219,11 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
             w(f"(backend {b!r} is not available here: it needs CUDA, or TRITON_INTERPRET=1 on CPU)\n")
         have = [b for b in have if b in backends]
     e_dev = {k: v.to(dev) for k, v in enc.items()}
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     runners = {}
 
     def check(name, run):
-        row: Dict[str, Any] = {"backend": name}
+        row: dict[str, Any] = {"backend": name}
         try:
             got = run()[real]
             row["max_abs_diff"] = float((got - truth).abs().max())
@@ -228,8 +249,7 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
         tol = 2 * base + 1e-3
     for row in rows:
         row["ok"] = "max_abs_diff" in row and row["max_abs_diff"] <= tol
-    w(f"self-check: last hidden state on {int(real.sum())} real tokens vs an fp32 reference run "
-      f"(tolerance {tol:g}):\n")
+    w(f"self-check: last hidden state on {int(real.sum())} real tokens vs an fp32 reference run (tolerance {tol:g}):\n")
     for row in rows:
         status = "ok" if row["ok"] else "FAILED"
         detail = f"max |diff| = {row['max_abs_diff']:.3e}" if "max_abs_diff" in row else row["error"]
@@ -238,7 +258,7 @@ def run_demo(out: Optional[TextIO] = None, *, quick: bool = False, device: Optio
     w("\n")
 
     # -- timing -----------------------------------------------------------------------------------------------
-    timings: Dict[str, float] = {}
+    timings: dict[str, float] = {}
     w(f"forward latency, batch of {len(texts)} ({enc['input_ids'].shape[1]} tokens padded), median of {repeats}:\n")
     timed = {name: fn for name, fn in runners.items() if not (name == "triton" and dev.type == "cpu")}
     timings.update(_median_ms(timed, repeats))

@@ -13,7 +13,8 @@ Contract with the model layer (``xlmrxl.modeling``), which calls, at the top of 
         last_hidden_state, all_hidden_states = fast_path.decoder_forward(
             encoder, hidden_states, attention_mask, self_cache, backend, output_hidden_states=...)
 
-``encoder`` is any module laid out like transformers' ``XLMRobertaXLEncoder`` (``encoder.layer[i].attention.self.query``,
+``encoder`` is any module laid out like transformers' ``XLMRobertaXLEncoder``
+(``encoder.layer[i].attention.self.query``,
 ..., ``encoder.LayerNorm``): ours or transformers' own (4.56.x and 5.x keep these names), which is how
 ``xlmrxl.accelerate`` reuses this file. ``hidden_states`` is the embeddings output (B, S, H); ``attention_mask`` the
 2D (B, S) mask (nonzero = real token) or None. It returns ``last_hidden_state`` (B, S, H) after the final LayerNorm
@@ -61,11 +62,11 @@ self-attention without a cache is supported; with a cache, ``decoder_forward`` r
 does for transformers' causal LMs).
 ``chunk_size_feed_forward`` is ignored (the same maths).
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -75,8 +76,15 @@ from .backend import Backend, log_once
 
 logger = logging.getLogger("xlmrxl")
 
-__all__ = ["unsupported_reason", "encoder_forward", "decoder_forward", "pack", "Packing", "PackedEncoderOutput",
-           "fuse_qkv"]
+__all__ = [
+    "unsupported_reason",
+    "encoder_forward",
+    "decoder_forward",
+    "pack",
+    "Packing",
+    "PackedEncoderOutput",
+    "fuse_qkv",
+]
 
 # transformers 5.x installs these on layers once hidden states are first requested; they are inert unless a
 # collection is active, which the caller (xlmrxl.accelerate) checks itself.
@@ -86,19 +94,38 @@ _IGNORED_HOOK_NAMES = ("output_capturing_hook",)
 # ---------------------------------------------------------------------------------------------------------------
 # eligibility
 # ---------------------------------------------------------------------------------------------------------------
-def unsupported_reason(encoder, *, attention_mask=None, head_mask=None, output_attentions=False,
-                       encoder_hidden_states=None, past_key_values=None, use_cache=False, training=None,
-                       causal=False, hidden_states=None, allow_cache=False, **_ignored) -> Optional[str]:
+def unsupported_reason(
+    encoder,
+    *,
+    attention_mask=None,
+    head_mask=None,
+    output_attentions=False,
+    encoder_hidden_states=None,
+    past_key_values=None,
+    use_cache=False,
+    training=None,
+    causal=False,
+    hidden_states=None,
+    allow_cache=False,
+    **_ignored,
+) -> str | None:
     """None when this call can take the fast path, else a one-line reason (logged once here, at INFO).
 
     ``allow_cache=True`` (a caller that runs ``decoder_forward`` for cached causal calls) accepts
     ``past_key_values`` / ``use_cache`` when ``causal``."""
     if allow_cache and causal:
         past_key_values, use_cache = None, False
-    reason = _reason(encoder, attention_mask=attention_mask, head_mask=head_mask,
-                     output_attentions=output_attentions, encoder_hidden_states=encoder_hidden_states,
-                     past_key_values=past_key_values, use_cache=use_cache, training=training,
-                     hidden_states=hidden_states)
+    reason = _reason(
+        encoder,
+        attention_mask=attention_mask,
+        head_mask=head_mask,
+        output_attentions=output_attentions,
+        encoder_hidden_states=encoder_hidden_states,
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+        training=training,
+        hidden_states=hidden_states,
+    )
     if reason is not None:
         # a forgotten no_grad() silently costs the whole speed-up: say so where users see it
         level = logging.WARNING if reason.startswith("autograd is recording") else logging.INFO
@@ -106,8 +133,18 @@ def unsupported_reason(encoder, *, attention_mask=None, head_mask=None, output_a
     return reason
 
 
-def _reason(encoder, *, attention_mask, head_mask, output_attentions, encoder_hidden_states, past_key_values,
-            use_cache, training, hidden_states) -> Optional[str]:
+def _reason(
+    encoder,
+    *,
+    attention_mask,
+    head_mask,
+    output_attentions,
+    encoder_hidden_states,
+    past_key_values,
+    use_cache,
+    training,
+    hidden_states,
+) -> str | None:
     if output_attentions:
         return "output_attentions=True needs the attention probabilities, which the fused attention never forms"
     if head_mask is not None and not (isinstance(head_mask, (list, tuple)) and all(h is None for h in head_mask)):
@@ -131,12 +168,16 @@ def _reason(encoder, *, attention_mask, head_mask, output_attentions, encoder_hi
             return f"training mode with attention dropout p={p} (call model.eval() for inference)"
     if torch.is_grad_enabled():
         if hidden_states is not None and hidden_states.requires_grad:
-            return ("autograd is recording (the inputs require grad) and the fast path is inference-only; "
-                    "run under torch.inference_mode() / torch.no_grad()")
+            return (
+                "autograd is recording (the inputs require grad) and the fast path is inference-only; "
+                "run under torch.inference_mode() / torch.no_grad()"
+            )
         if any(p.requires_grad for p in encoder.parameters()):
-            return ("autograd is recording (grad mode on and parameters require grad) and the fast path is "
-                    "inference-only; run under torch.inference_mode() / torch.no_grad(), or call "
-                    "model.requires_grad_(False)")
+            return (
+                "autograd is recording (grad mode on and parameters require grad) and the fast path is "
+                "inference-only; run under torch.inference_mode() / torch.no_grad(), or call "
+                "model.requires_grad_(False)"
+            )
     g = nn.modules.module
     if getattr(g, "_global_forward_hooks", None) or getattr(g, "_global_forward_pre_hooks", None):
         return "global module forward hooks are registered; the fused path would skip them"
@@ -147,12 +188,14 @@ def _reason(encoder, *, attention_mask, head_mask, output_attentions, encoder_hi
         if m is not encoder and (m._forward_hooks or m._forward_pre_hooks):
             hooks = list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values())
             if any(getattr(h, "__name__", "") not in _IGNORED_HOOK_NAMES for h in hooks):
-                return (f"{type(m).__name__} has forward hooks that the fused path would skip; remove them "
-                        "to take the fast path")
+                return (
+                    f"{type(m).__name__} has forward hooks that the fused path would skip; remove them "
+                    "to take the fast path"
+                )
     return None
 
 
-def _fingerprint(encoder) -> Optional[tuple]:
+def _fingerprint(encoder) -> tuple | None:
     """Identity of every module and weight the structural checks look at (dict reads only: this runs per call)."""
     try:
         fp = [id(encoder._modules["LayerNorm"])]
@@ -162,8 +205,14 @@ def _fingerprint(encoder) -> Optional[tuple]:
             am = lm["attention"]._modules
             sm = am["self"]._modules
             inter = lm["intermediate"]
-            for m in (sm["query"], sm["key"], sm["value"], am["output"]._modules["dense"], inter._modules["dense"],
-                      lm["output"]._modules["dense"]):
+            for m in (
+                sm["query"],
+                sm["key"],
+                sm["value"],
+                am["output"]._modules["dense"],
+                inter._modules["dense"],
+                lm["output"]._modules["dense"],
+            ):
                 add(id(m))
                 add(id(m._parameters.get("weight", None) if "weight" in m._parameters else m._buffers.get("qweight")))
             add(id(am["self_attn_layer_norm"]))
@@ -194,12 +243,13 @@ def _structure(encoder):
     return reason, modules
 
 
-def _layer_reason(layer) -> Optional[str]:
+def _layer_reason(layer) -> str | None:
     try:
         attn = layer.attention
         sa = attn.self
-        mods = dict(q=sa.query, k=sa.key, v=sa.value, o=attn.output.dense, up=layer.intermediate.dense,
-                    down=layer.output.dense)
+        mods = dict(
+            q=sa.query, k=sa.key, v=sa.value, o=attn.output.dense, up=layer.intermediate.dense, down=layer.output.dense
+        )
         lns = dict(attn_ln=attn.self_attn_layer_norm, ffn_ln=layer.LayerNorm)
     except AttributeError as exc:
         return f"not laid out like XLMRobertaXLLayer ({exc})"
@@ -237,7 +287,7 @@ def _out_features(m) -> int:
     return int(getattr(m, "out_features", None) or _weight_of(m).shape[0])
 
 
-def _num_heads(sa) -> Optional[int]:
+def _num_heads(sa) -> int | None:
     n = getattr(sa, "num_attention_heads", None)
     if n is None:
         cfg = getattr(sa, "config", None)
@@ -272,10 +322,10 @@ class Packing:
 
     batch: int
     seqlen: int
-    indices: Optional[torch.Tensor]
+    indices: torch.Tensor | None
     cu_seqlens: torch.Tensor
     max_seqlen: int
-    lengths: Tuple[int, ...] = ()  # per-row lengths on the host (read once, in pack)
+    lengths: tuple[int, ...] = ()  # per-row lengths on the host (read once, in pack)
 
     @property
     def num_tokens(self) -> int:
@@ -295,15 +345,17 @@ class Packing:
         return out.reshape(self.batch, self.seqlen, *x.shape[1:])
 
 
-def pack(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Packing]:
+def pack(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, Packing]:
     """Gather the real tokens of ``hidden_states`` (B, S, H) per the 2D ``attention_mask`` (nonzero = real).
 
     One host sync (the per-row lengths) when a mask is given; none without one."""
     B, S = hidden_states.shape[:2]
     dev = hidden_states.device
     if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
-        raise ValueError(f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
-                         f"got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
+            f"got {tuple(attention_mask.shape)}"
+        )
     if attention_mask is None:
         cu = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=dev)
         p = Packing(B, S, None, cu, S, (S,) * B)
@@ -328,7 +380,7 @@ class PackedEncoderOutput:
     """``encoder_forward(..., return_packed=True)``: outputs on the real tokens only (T, H) and how to unpack them."""
 
     last_hidden_state: torch.Tensor
-    hidden_states: Optional[Tuple[torch.Tensor, ...]]
+    hidden_states: tuple[torch.Tensor, ...] | None
     packing: Packing
 
 
@@ -346,7 +398,7 @@ def _views_intact(parts, fused: torch.Tensor) -> bool:
     return off == fused.shape[0]
 
 
-def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def fuse_qkv(self_attn) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The fused ``(3H, H)`` weight and ``(3H,)`` bias of ``self_attn.{query,key,value}`` (nn.Linear), making the
     three parameters views of it on first use (or after ``.to()`` broke the views). Memory is not doubled."""
     mods = self_attn._modules  # dict reads, not nn.Module.__getattr__: this runs per layer and call
@@ -369,7 +421,7 @@ def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         W = torch.cat([w.detach() for w in ws], dim=0)
         for i, w in enumerate(ws):
             off = sum(x.shape[0] for x in ws[:i])
-            w.data = W[off:off + w.shape[0]]
+            w.data = W[off : off + w.shape[0]]
         if all(x is None for x in bs):
             b = None
         else:
@@ -377,7 +429,7 @@ def fuse_qkv(self_attn) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
             for i, x in enumerate(bs):
                 if x is not None:
                     off = sum(w.shape[0] for w in ws[:i])
-                    x.data = b[off:off + x.shape[0]]
+                    x.data = b[off : off + x.shape[0]]
     self_attn._xlmrxl_qkv = (W, b, tuple(t.data_ptr() if t is not None else 0 for t in ws + bs))
     logger.debug("xlmrxl: fused q/k/v of %s into one (%d, %d) buffer", type(self_attn).__name__, *W.shape)
     return W, b
@@ -391,8 +443,10 @@ def _fused_qkv_module(sa):
         return ("dense", W, b)
     if all(_is_int4(m) for m in mods) and len({m.group_size for m in mods}) == 1:
         cached = getattr(sa, "_xlmrxl_qkv_int4", None)
-        if cached is None or not all(a[0] is m.qweight and a[1] is m.scales and a[2] is m.zeros and a[3] is m.bias
-                                     for a, m in zip(cached[1], mods)):
+        if cached is None or not all(
+            a[0] is m.qweight and a[1] is m.scales and a[2] is m.zeros and a[3] is m.bias
+            for a, m in zip(cached[1], mods)
+        ):
             from .quantization import QuantLinear
 
             # the three layers' buffers become views of the concatenated ones: no second copy of the weights
@@ -425,7 +479,7 @@ class _Stream:
 
     def __init__(self, x: torch.Tensor, ops: _Ops):
         self.x = x
-        self.pending: Optional[torch.Tensor] = None
+        self.pending: torch.Tensor | None = None
         self.ops = ops
 
     def norm(self, ln: nn.LayerNorm) -> torch.Tensor:
@@ -453,8 +507,7 @@ class _Stream:
 
 
 def _int4(ops: _Ops, x, m, bias, activation=None):
-    return ops.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias,
-                           activation=activation)
+    return ops.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
 
 
 def _attention(ops: _Ops, q, k, v, packing: Packing, scale: float, causal: bool) -> torch.Tensor:
@@ -465,8 +518,17 @@ def _attention(ops: _Ops, q, k, v, packing: Packing, scale: float, causal: bool)
 
     fn = ops.attention_varlen
     if fn is not attention_varlen_ref or not packing.lengths:
-        return fn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen,
-                  scale=scale, causal=causal)
+        return fn(
+            q,
+            k,
+            v,
+            packing.cu_seqlens,
+            packing.cu_seqlens,
+            packing.max_seqlen,
+            packing.max_seqlen,
+            scale=scale,
+            causal=causal,
+        )
     T, nh, d = q.shape
     if packing.indices is None:  # equal lengths: one batched call on (B, heads, S, D) views
         B, S = packing.batch, packing.seqlen
@@ -541,7 +603,7 @@ def _layer(plan: _LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
     width = qkv.shape[-1] // 3
     d = width // plan.heads
     qkv = qkv.view(T, 3, plan.heads, d)
-    a = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], plan.scale or d ** -0.5, layer_idx)
+    a = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], plan.scale or d**-0.5, layer_idx)
     st.add_projection(a.reshape(T, width), plan.o, plan.o_int4)
     h = st.norm(plan.ln_ffn)
     up = plan.up
@@ -549,8 +611,9 @@ def _layer(plan: _LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
     st.add_projection(u, plan.down, plan.down_int4)
 
 
-def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False,
-                    return_packed=False, causal=None):
+def encoder_forward(
+    encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False, return_packed=False, causal=None
+):
     """Run ``encoder``'s layer stack and final LayerNorm on the packed real tokens (see the module docstring).
 
     ``backend``: an ``xlmrxl.backend.Backend`` or a backend name (None: the default). ``causal``: decoder
@@ -584,8 +647,9 @@ def encoder_forward(encoder, hidden_states, attention_mask, backend, *, output_h
     return _finish(hidden_states, out, collected, packing, return_packed)
 
 
-def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, output_hidden_states=False,
-                    cache_position=None):
+def decoder_forward(
+    encoder, hidden_states, attention_mask, cache, backend, *, output_hidden_states=False, cache_position=None
+):
     """Causal self-attention with a KV cache (incremental decoding, or a prefill that fills the cache).
 
     ``hidden_states`` (B, S, H) are the new tokens' embeddings; ``attention_mask`` the 2D (B, past + S) keep mask
@@ -611,8 +675,10 @@ def decoder_forward(encoder, hidden_states, attention_mask, cache, backend, *, o
     B, S, H = hidden_states.shape
     past = int(cache.get_seq_length())
     if attention_mask is not None and tuple(attention_mask.shape) != (B, past + S):
-        raise ValueError(f"attention_mask must be (batch, past + seq) = ({B}, {past + S}) with {past} cached "
-                         f"positions, got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must be (batch, past + seq) = ({B}, {past + S}) with {past} cached "
+            f"positions, got {tuple(attention_mask.shape)}"
+        )
     x = hidden_states.reshape(B * S, H)
     ops = _Ops(be, x.device)
     st = _Stream(x, ops)

@@ -39,11 +39,12 @@ forward. For parity with transformers, pass the same explicit positions to its m
 Limits: prompt real tokens + new tokens <= ``max_position_embeddings - 2`` (512 for XL), checked up front.
 Beam sampling (``num_beams > 1`` with ``do_sample``) is not supported.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +60,13 @@ __all__ = ["generate", "GenerateOutput"]
 
 @dataclass(eq=False)
 class GenerateOutput(ModelOutput):
-    sequences: Optional[torch.LongTensor] = None
-    scores: Optional[Tuple[torch.FloatTensor, ...]] = None
-    sequences_scores: Optional[torch.FloatTensor] = None
+    sequences: torch.LongTensor | None = None
+    scores: tuple[torch.FloatTensor, ...] | None = None
+    sequences_scores: torch.FloatTensor | None = None
 
 
 # -- argument handling -------------------------------------------------------------------------------------------------
-def _eos_list(eos_token_id, config) -> List[int]:
+def _eos_list(eos_token_id, config) -> list[int]:
     eos = eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None)
     if eos is None:
         return []
@@ -73,11 +74,25 @@ def _eos_list(eos_token_id, config) -> List[int]:
     return [e for e in ids if e >= 0]
 
 
-def _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, num_beams,
-                num_return_sequences, cache, streamer, min_new_tokens):
+def _check_args(
+    model,
+    input_ids,
+    max_new_tokens,
+    do_sample,
+    temperature,
+    top_k,
+    top_p,
+    num_beams,
+    num_return_sequences,
+    cache,
+    streamer,
+    min_new_tokens,
+):
     if not getattr(model.config, "is_decoder", False):
-        raise ValueError("generate needs a decoder (causal attention) but the model's config.is_decoder is False; "
-                         "build the model with XLMRobertaXLConfig(..., is_decoder=True)")
+        raise ValueError(
+            "generate needs a decoder (causal attention) but the model's config.is_decoder is False; "
+            "build the model with XLMRobertaXLConfig(..., is_decoder=True)"
+        )
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (batch, seq_len) tensor with seq_len >= 1, got {shape}")
@@ -96,11 +111,15 @@ def _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k,
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
     if num_beams > 1 and do_sample:
-        raise NotImplementedError("beam sampling (num_beams > 1 with do_sample=True) is not supported; "
-                                  "use num_beams=1 to sample or do_sample=False for beam search")
+        raise NotImplementedError(
+            "beam sampling (num_beams > 1 with do_sample=True) is not supported; "
+            "use num_beams=1 to sample or do_sample=False for beam search"
+        )
     if not 1 <= num_return_sequences <= num_beams and not (do_sample and num_return_sequences >= 1):
-        raise ValueError(f"num_return_sequences must be in [1, num_beams={num_beams}] "
-                         f"(or any >= 1 when sampling), got {num_return_sequences}")
+        raise ValueError(
+            f"num_return_sequences must be in [1, num_beams={num_beams}] "
+            f"(or any >= 1 when sampling), got {num_return_sequences}"
+        )
     if cache not in ("static", "dynamic"):
         raise ValueError(f"cache must be 'static' or 'dynamic', got {cache!r}")
     if streamer is not None and num_beams > 1:
@@ -121,7 +140,7 @@ def _make_cache(model, cache: str, rows: int, max_len: int, device, encoder_hidd
 
 
 # -- logits processing -------------------------------------------------------------------------------------------------
-def _warp(scores: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> torch.Tensor:
+def _warp(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """transformers' sampling warpers, in its order: temperature, top-k, top-p (nucleus; keeps >= 1 token)."""
     if temperature != 1.0:
         scores = scores / temperature
@@ -148,23 +167,52 @@ def _stream(streamer, tokens: torch.Tensor, first: bool = False) -> None:
 
 # -- the entry point ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
-             max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-             top_k: Optional[int] = None, top_p: Optional[float] = None,
-             eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
-             num_beams: int = 1, streamer=None, past_key_values=None, cache: str = "static",
-             generator: Optional[torch.Generator] = None, *, max_length: Optional[int] = None,
-             min_new_tokens: int = 0, length_penalty: float = 1.0, early_stopping: bool = False,
-             num_return_sequences: int = 1, encoder_hidden_states: Optional[torch.Tensor] = None,
-             encoder_attention_mask: Optional[torch.Tensor] = None, return_dict_in_generate: bool = False,
-             output_scores: bool = False) -> Union[torch.LongTensor, GenerateOutput]:
+def generate(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 20,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    num_beams: int = 1,
+    streamer=None,
+    past_key_values=None,
+    cache: str = "static",
+    generator: torch.Generator | None = None,
+    *,
+    max_length: int | None = None,
+    min_new_tokens: int = 0,
+    length_penalty: float = 1.0,
+    early_stopping: bool = False,
+    num_return_sequences: int = 1,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None,
+    return_dict_in_generate: bool = False,
+    output_scores: bool = False,
+) -> torch.LongTensor | GenerateOutput:
     """Generate continuations of left-padded prompts; see the module docstring for every argument."""
     from .modeling import create_position_ids_from_input_ids
 
     if max_length is not None:
         max_new_tokens = max_length - input_ids.shape[-1]
-    _check_args(model, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, num_beams,
-                num_return_sequences, cache, streamer, min_new_tokens)
+    _check_args(
+        model,
+        input_ids,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        num_beams,
+        num_return_sequences,
+        cache,
+        streamer,
+        min_new_tokens,
+    )
     config = model.config
     eos = _eos_list(eos_token_id, config)
     pad = pad_token_id if pad_token_id is not None else config.pad_token_id
@@ -179,8 +227,9 @@ def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.
         attention_mask = (input_ids != pad).long()
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids "
-                         f"{tuple(input_ids.shape)}")
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids {tuple(input_ids.shape)}"
+        )
 
     # Positions: the padding-index rule on the prompt, then +1 per generated token in each row.
     positions = create_position_ids_from_input_ids(input_ids, pad)
@@ -188,9 +237,11 @@ def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.
     limit = config.max_position_embeddings - 1
     last = int(next_pos.max()) + max(max_new_tokens - 1, 0)
     if max_new_tokens > 0 and last > limit:
-        raise ValueError(f"the longest prompt has {int(next_pos.max()) - pad - 1} real tokens; with max_new_tokens="
-                         f"{max_new_tokens} the position ids reach {last} > {limit} (max_position_embeddings="
-                         f"{config.max_position_embeddings}); lower max_new_tokens or shorten the prompt")
+        raise ValueError(
+            f"the longest prompt has {int(next_pos.max()) - pad - 1} real tokens; with max_new_tokens="
+            f"{max_new_tokens} the position ids reach {last} > {limit} (max_position_embeddings="
+            f"{config.max_position_embeddings}); lower max_new_tokens or shorten the prompt"
+        )
     if max_new_tokens == 0:
         out = input_ids.repeat_interleave(num_return_sequences, dim=0)
         return GenerateOutput(sequences=out) if return_dict_in_generate else out
@@ -199,11 +250,13 @@ def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.
     rows = batch * beams
     if beams > 1:
         input_ids, attention_mask, positions, next_pos = (
-            t.repeat_interleave(beams, dim=0) for t in (input_ids, attention_mask, positions, next_pos))
+            t.repeat_interleave(beams, dim=0) for t in (input_ids, attention_mask, positions, next_pos)
+        )
     elif do_sample and num_return_sequences > 1:
         rows = batch * num_return_sequences
         input_ids, attention_mask, positions, next_pos = (
-            t.repeat_interleave(num_return_sequences, dim=0) for t in (input_ids, attention_mask, positions, next_pos))
+            t.repeat_interleave(num_return_sequences, dim=0) for t in (input_ids, attention_mask, positions, next_pos)
+        )
     enc_kw = {}
     if encoder_hidden_states is not None:
         rep = rows // batch
@@ -213,25 +266,46 @@ def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.
 
     past = past_key_values
     if past is None:
-        past = _make_cache(model, cache, rows, prompt_len + max_new_tokens, device,
-                           enc_kw.get("encoder_hidden_states"))
+        past = _make_cache(model, cache, rows, prompt_len + max_new_tokens, device, enc_kw.get("encoder_hidden_states"))
     cached = int(past.get_seq_length())
     if cached >= prompt_len:
-        raise ValueError(f"past_key_values already holds {cached} tokens but the prompt has only {prompt_len}; "
-                         "pass the whole sequence (cached tokens included) as input_ids")
+        raise ValueError(
+            f"past_key_values already holds {cached} tokens but the prompt has only {prompt_len}; "
+            "pass the whole sequence (cached tokens included) as input_ids"
+        )
 
     def step(ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True,
-                    logits_to_keep=1, return_dict=True, **enc_kw)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+            return_dict=True,
+            **enc_kw,
+        )
         return out.logits[:, -1, :].float()
 
     logits = step(input_ids[:, cached:], positions[:, cached:], attention_mask)
-    state = dict(model=model, step=step, input_ids=input_ids, attention_mask=attention_mask, next_pos=next_pos,
-                 logits=logits, past=past, eos=eos, pad=pad, max_new_tokens=max_new_tokens,
-                 min_new_tokens=min_new_tokens, output_scores=output_scores)
+    state = dict(
+        model=model,
+        step=step,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        next_pos=next_pos,
+        logits=logits,
+        past=past,
+        eos=eos,
+        pad=pad,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        output_scores=output_scores,
+    )
     if beams > 1:
-        sequences, scores, seq_scores = _beam_search(state, batch, beams, length_penalty, early_stopping,
-                                                     num_return_sequences)
+        sequences, scores, seq_scores = _beam_search(
+            state, batch, beams, length_penalty, early_stopping, num_return_sequences
+        )
     else:
         sequences, scores = _greedy_or_sample(state, do_sample, temperature, top_k, top_p, generator, streamer)
         seq_scores = None
@@ -240,7 +314,7 @@ def generate(model, input_ids: torch.LongTensor, attention_mask: Optional[torch.
     return sequences
 
 
-def _mask_eos(scores: torch.Tensor, eos: List[int], step: int, min_new_tokens: int) -> torch.Tensor:
+def _mask_eos(scores: torch.Tensor, eos: list[int], step: int, min_new_tokens: int) -> torch.Tensor:
     if eos and step < min_new_tokens:
         scores = scores.clone()
         scores[:, eos] = float("-inf")
@@ -252,7 +326,7 @@ def _greedy_or_sample(st, do_sample, temperature, top_k, top_p, generator, strea
     eos, pad, next_pos = st["eos"], st["pad"], st["next_pos"]
     eos_t = torch.tensor(eos, device=seqs.device, dtype=torch.long) if eos else None
     unfinished = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)
-    all_scores: List[torch.Tensor] = []
+    all_scores: list[torch.Tensor] = []
     _stream(streamer, seqs, first=True)
     for i in range(st["max_new_tokens"]):
         scores = _mask_eos(logits, eos, i, st["min_new_tokens"])
@@ -286,11 +360,11 @@ class _Hypotheses:
 
     def __init__(self, num_beams: int, length_penalty: float, early_stopping: bool):
         self.num_beams, self.length_penalty, self.early_stopping = num_beams, length_penalty, early_stopping
-        self.beams: List[Tuple[float, torch.Tensor]] = []
+        self.beams: list[tuple[float, torch.Tensor]] = []
         self.worst = 1e9
 
     def add(self, seq: torch.Tensor, sum_logprobs: float, generated_len: int) -> None:
-        score = sum_logprobs / (generated_len ** self.length_penalty)
+        score = sum_logprobs / (generated_len**self.length_penalty)
         if len(self.beams) < self.num_beams or score > self.worst:
             self.beams.append((score, seq))
             if len(self.beams) > self.num_beams:
@@ -303,7 +377,7 @@ class _Hypotheses:
             return False
         if self.early_stopping:
             return True
-        return self.worst >= best_sum_logprobs / (generated_len ** self.length_penalty)
+        return self.worst >= best_sum_logprobs / (generated_len**self.length_penalty)
 
 
 def _beam_search(st, batch, beams, length_penalty, early_stopping, num_return_sequences):
@@ -317,7 +391,7 @@ def _beam_search(st, batch, beams, length_penalty, early_stopping, num_return_se
     beam_scores = torch.zeros(batch, beams, device=device)
     beam_scores[:, 1:] = -1e9
     beam_scores = beam_scores.view(-1)
-    all_scores: List[torch.Tensor] = []
+    all_scores: list[torch.Tensor] = []
     for i in range(st["max_new_tokens"]):
         logprobs = _mask_eos(F.log_softmax(logits, dim=-1), eos, i, st["min_new_tokens"])
         if st["output_scores"]:
@@ -367,8 +441,8 @@ def _beam_search(st, batch, beams, length_penalty, early_stopping, num_return_se
         if not done[b]:
             for k in range(beams):
                 hyps[b].add(seqs[b * beams + k], scores_host[b * beams + k], gen_len)
-    best: List[torch.Tensor] = []
-    best_scores: List[float] = []
+    best: list[torch.Tensor] = []
+    best_scores: list[float] = []
     for b in range(batch):
         ranked = sorted(hyps[b].beams, key=lambda h: h[0], reverse=True)[:num_return_sequences]
         for score, seq in ranked:

@@ -22,12 +22,12 @@ Contract:
   declines (cross-attention, relative positions, ``head_mask``, ``output_attentions``, autograd, ...), the exact path
   runs and the reason is logged once.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +89,9 @@ def _activation(name):
     return _ACTIVATIONS[name]
 
 
-def create_position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int,
-                                       past_key_values_length: int = 0) -> torch.Tensor:
+def create_position_ids_from_input_ids(
+    input_ids: torch.Tensor, padding_idx: int, past_key_values_length: int = 0
+) -> torch.Tensor:
     """fairseq ``make_positions``: real tokens get padding_idx+1+past, +2+past, ...; pad tokens get padding_idx."""
     mask = input_ids.ne(padding_idx).int()
     incremental_indices = (torch.cumsum(mask, dim=1).type_as(mask) + past_key_values_length) * mask
@@ -107,7 +108,7 @@ def _past_length(past_key_values) -> int:
     return int(past_key_values[0][0].shape[-2])
 
 
-def _cached_layer(cache, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cached_layer(cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one layer's K/V without appending: our ``Cache.get_layer`` or transformers' ``layers[i].keys``."""
     if hasattr(cache, "get_layer"):
         return cache.get_layer(layer_idx)
@@ -153,8 +154,9 @@ def _causal_eager_mask(mask2d: torch.Tensor, query_length: int, dtype: torch.dty
     causal = causal.to(mask2d.dtype)
     if causal.shape[1] < mask2d.shape[1]:
         prefix = mask2d.shape[1] - causal.shape[1]
-        causal = torch.cat([torch.ones((batch, query_length, prefix), device=device, dtype=causal.dtype), causal],
-                           dim=-1)
+        causal = torch.cat(
+            [torch.ones((batch, query_length, prefix), device=device, dtype=causal.dtype), causal], dim=-1
+        )
     ext = causal[:, None, :, :] * mask2d[:, None, None, :]
     ext = ext.to(dtype=dtype)
     return (1.0 - ext) * torch.finfo(dtype).min
@@ -191,8 +193,9 @@ class XLMRobertaXLEmbeddings(nn.Module):
         self.padding_idx = config.pad_token_id
         # registration order as transformers (state_dict order): word, position, token_type
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
-                                                padding_idx=self.padding_idx)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=self.padding_idx
+        )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
@@ -200,12 +203,19 @@ class XLMRobertaXLEmbeddings(nn.Module):
     def create_position_ids_from_inputs_embeds(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         input_shape = inputs_embeds.size()[:-1]
         seq_len = input_shape[1]
-        pos = torch.arange(self.padding_idx + 1, seq_len + self.padding_idx + 1, dtype=torch.long,
-                           device=inputs_embeds.device)
+        pos = torch.arange(
+            self.padding_idx + 1, seq_len + self.padding_idx + 1, dtype=torch.long, device=inputs_embeds.device
+        )
         return pos.unsqueeze(0).expand(input_shape)
 
-    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                past_key_values_length: int = 0):
+    def forward(
+        self,
+        input_ids=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        past_key_values_length: int = 0,
+    ):
         if position_ids is None and self.position_embedding_type == "absolute":
             if input_ids is not None:
                 position_ids = create_position_ids_from_input_ids(input_ids, self.padding_idx, past_key_values_length)
@@ -227,12 +237,15 @@ class XLMRobertaXLEmbeddings(nn.Module):
 class XLMRobertaXLSelfAttention(nn.Module):
     """q/k/v projections and attention (SDPA or eager maths, as transformers 4.56.2 chooses)."""
 
-    def __init__(self, config: XLMRobertaXLConfig, position_embedding_type: Optional[str] = None,
-                 layer_idx: Optional[int] = None):
+    def __init__(
+        self, config: XLMRobertaXLConfig, position_embedding_type: str | None = None, layer_idx: int | None = None
+    ):
         super().__init__()
         if config.hidden_size % config.num_attention_heads != 0:
-            raise ValueError(f"hidden_size ({config.hidden_size}) is not a multiple of num_attention_heads "
-                             f"({config.num_attention_heads})")
+            raise ValueError(
+                f"hidden_size ({config.hidden_size}) is not a multiple of num_attention_heads "
+                f"({config.num_attention_heads})"
+            )
         self.config = config
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
@@ -242,8 +255,7 @@ class XLMRobertaXLSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
         self.dropout_prob = config.attention_probs_dropout_prob
-        self.position_embedding_type = position_embedding_type or getattr(config, "position_embedding_type",
-                                                                          "absolute")
+        self.position_embedding_type = position_embedding_type or getattr(config, "position_embedding_type", "absolute")
         if self.position_embedding_type in ("relative_key", "relative_key_query"):
             self.max_position_embeddings = config.max_position_embeddings
             self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, self.attention_head_size)
@@ -253,8 +265,16 @@ class XLMRobertaXLSelfAttention(nn.Module):
     def _split(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         return x.view(batch, -1, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
 
-    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-                past_key_values=None, output_attentions=False, cache_position=None):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        past_key_values=None,
+        output_attentions=False,
+        cache_position=None,
+    ):
         batch, seq_len, _ = hidden_states.shape
         query = self._split(self.query(hidden_states), batch)
 
@@ -274,18 +294,28 @@ class XLMRobertaXLSelfAttention(nn.Module):
             key = self._split(self.key(current), batch)
             value = self._split(self.value(current), batch)
             if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx,
-                                          {"cache_position": None if is_cross else cache_position})
+                key, value = cache.update(
+                    key, value, self.layer_idx, {"cache_position": None if is_cross else cache_position}
+                )
                 if is_cross:
                     root.is_updated[self.layer_idx] = True
 
-        use_sdpa = (getattr(self.config, "attn_implementation", "sdpa") == "sdpa"
-                    and self.position_embedding_type == "absolute" and not output_attentions and head_mask is None)
+        use_sdpa = (
+            getattr(self.config, "attn_implementation", "sdpa") == "sdpa"
+            and self.position_embedding_type == "absolute"
+            and not output_attentions
+            and head_mask is None
+        )
         if use_sdpa:
             is_causal = self.is_decoder and not is_cross and attention_mask is None and seq_len > 1
             context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask,
-                dropout_p=self.dropout_prob if self.training else 0.0, is_causal=is_causal)
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                dropout_p=self.dropout_prob if self.training else 0.0,
+                is_causal=is_causal,
+            )
             context = context.transpose(1, 2).reshape(batch, seq_len, self.all_head_size)
             return context, None
 
@@ -302,8 +332,7 @@ class XLMRobertaXLSelfAttention(nn.Module):
             if self.position_embedding_type == "relative_key":
                 scores = scores + torch.einsum("bhld,lrd->bhlr", query, emb)
             else:
-                scores = (scores + torch.einsum("bhld,lrd->bhlr", query, emb)
-                          + torch.einsum("bhrd,lrd->bhlr", key, emb))
+                scores = scores + torch.einsum("bhld,lrd->bhlr", query, emb) + torch.einsum("bhrd,lrd->bhlr", key, emb)
         scores = scores / math.sqrt(self.attention_head_size)
         if attention_mask is not None:
             scores = scores + attention_mask
@@ -333,20 +362,37 @@ class XLMRobertaXLSelfOutput(nn.Module):
 class XLMRobertaXLAttention(nn.Module):
     """Pre-LN attention block: LN -> self-attention -> dense -> dropout -> + residual."""
 
-    def __init__(self, config: XLMRobertaXLConfig, position_embedding_type: Optional[str] = None,
-                 layer_idx: Optional[int] = None):
+    def __init__(
+        self, config: XLMRobertaXLConfig, position_embedding_type: str | None = None, layer_idx: int | None = None
+    ):
         super().__init__()
         self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self = XLMRobertaXLSelfAttention(config, position_embedding_type=position_embedding_type,
-                                              layer_idx=layer_idx)
+        self.self = XLMRobertaXLSelfAttention(
+            config, position_embedding_type=position_embedding_type, layer_idx=layer_idx
+        )
         self.output = XLMRobertaXLSelfOutput(config)
         self.pruned_heads = set()
 
-    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-                past_key_values=None, output_attentions=False, cache_position=None):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        past_key_values=None,
+        output_attentions=False,
+        cache_position=None,
+    ):
         intermediate = self.self_attn_layer_norm(hidden_states)
-        self_outputs = self.self(intermediate, attention_mask, head_mask, encoder_hidden_states, past_key_values,
-                                 output_attentions, cache_position)
+        self_outputs = self.self(
+            intermediate,
+            attention_mask,
+            head_mask,
+            encoder_hidden_states,
+            past_key_values,
+            output_attentions,
+            cache_position,
+        )
         attention_output = self.output(self_outputs[0], hidden_states)
         return (attention_output,) + self_outputs[1:]
 
@@ -373,7 +419,7 @@ class XLMRobertaXLOutput(nn.Module):
 class XLMRobertaXLLayer(nn.Module):
     """attention (+ cross-attention in decoders) then the pre-LN feed-forward block."""
 
-    def __init__(self, config: XLMRobertaXLConfig, layer_idx: Optional[int] = None):
+    def __init__(self, config: XLMRobertaXLConfig, layer_idx: int | None = None):
         super().__init__()
         self.chunk_size_feed_forward = config.chunk_size_feed_forward
         self.seq_len_dim = 1
@@ -382,29 +428,51 @@ class XLMRobertaXLLayer(nn.Module):
         self.add_cross_attention = config.add_cross_attention
         if self.add_cross_attention:
             if not self.is_decoder:
-                raise ValueError("add_cross_attention=True needs is_decoder=True (cross-attention is a decoder "
-                                 "feature); set config.is_decoder=True")
-            self.crossattention = XLMRobertaXLAttention(config, position_embedding_type="absolute",
-                                                        layer_idx=layer_idx)
+                raise ValueError(
+                    "add_cross_attention=True needs is_decoder=True (cross-attention is a decoder "
+                    "feature); set config.is_decoder=True"
+                )
+            self.crossattention = XLMRobertaXLAttention(config, position_embedding_type="absolute", layer_idx=layer_idx)
         self.intermediate = XLMRobertaXLIntermediate(config)
         self.output = XLMRobertaXLOutput(config)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, past_key_values=None, output_attentions=False, cache_position=None):
-        self_outputs = self.attention(hidden_states, attention_mask=attention_mask, head_mask=head_mask,
-                                      output_attentions=output_attentions, past_key_values=past_key_values,
-                                      cache_position=cache_position)
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        output_attentions=False,
+        cache_position=None,
+    ):
+        self_outputs = self.attention(
+            hidden_states,
+            attention_mask=attention_mask,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            past_key_values=past_key_values,
+            cache_position=cache_position,
+        )
         attention_output = self_outputs[0]
         outputs = self_outputs[1:]
         if self.is_decoder and encoder_hidden_states is not None:
             if not hasattr(self, "crossattention"):
-                raise ValueError("encoder_hidden_states were passed but the model has no cross-attention layers; "
-                                 "build it with config.add_cross_attention=True")
-            cross_outputs = self.crossattention(attention_output, attention_mask=encoder_attention_mask,
-                                                head_mask=head_mask, encoder_hidden_states=encoder_hidden_states,
-                                                past_key_values=past_key_values,
-                                                output_attentions=output_attentions, cache_position=cache_position)
+                raise ValueError(
+                    "encoder_hidden_states were passed but the model has no cross-attention layers; "
+                    "build it with config.add_cross_attention=True"
+                )
+            cross_outputs = self.crossattention(
+                attention_output,
+                attention_mask=encoder_attention_mask,
+                head_mask=head_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+                cache_position=cache_position,
+            )
             attention_output = cross_outputs[0]
             outputs = outputs + cross_outputs[1:]
         if self.chunk_size_feed_forward > 0:
@@ -440,12 +508,22 @@ class XLMRobertaXLEncoder(nn.Module):
         elif head_mask.dim() == 2:
             head_mask = head_mask.unsqueeze(1).unsqueeze(-1).unsqueeze(-1)
         else:
-            raise ValueError(f"head_mask must have shape [num_heads] or [num_layers, num_heads], got "
-                             f"{tuple(head_mask.shape)}")
+            raise ValueError(
+                f"head_mask must have shape [num_heads] or [num_layers, num_heads], got {tuple(head_mask.shape)}"
+            )
         return head_mask.to(dtype=dtype)
 
-    def _masks(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask, past_length,
-               sdpa_masks, mask_is_full, encoder_mask_is_full):
+    def _masks(
+        self,
+        hidden_states,
+        attention_mask,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        past_length,
+        sdpa_masks,
+        mask_is_full,
+        encoder_mask_is_full,
+    ):
         """The additive self- and cross-attention masks exactly as 4.56.2's XLMRobertaXLModel.forward builds them
         (None where they are all zeros: adding zeros changes nothing)."""
         batch, seq_len = hidden_states.shape[:2]
@@ -465,8 +543,11 @@ class XLMRobertaXLEncoder(nn.Module):
             if mask2d is None:
                 mask2d = torch.ones((batch, seq_len + past_length), device=device)
             if sdpa_masks:
-                self_mask = None if full and (seq_len == 1 or past_length == 0) else \
-                    _causal_sdpa_mask(mask2d, seq_len, past_length, dtype)
+                self_mask = (
+                    None
+                    if full and (seq_len == 1 or past_length == 0)
+                    else _causal_sdpa_mask(mask2d, seq_len, past_length, dtype)
+                )
             else:
                 self_mask = _causal_eager_mask(mask2d, seq_len, dtype)
 
@@ -475,28 +556,58 @@ class XLMRobertaXLEncoder(nn.Module):
             if encoder_mask_is_full is None:
                 encoder_mask_is_full = bool(torch.all(encoder_attention_mask == 1))
             if not encoder_mask_is_full:
-                cross_mask = (_expand_mask(encoder_attention_mask, dtype, seq_len) if sdpa_masks
-                              else _padding_eager_mask(encoder_attention_mask, dtype))
+                cross_mask = (
+                    _expand_mask(encoder_attention_mask, dtype, seq_len)
+                    if sdpa_masks
+                    else _padding_eager_mask(encoder_attention_mask, dtype)
+                )
         return self_mask, cross_mask
 
-    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, past_key_values=None, use_cache=None, output_attentions=False,
-                output_hidden_states=False, return_dict=True, cache_position=None, *,
-                mask_is_full: Optional[bool] = None, encoder_mask_is_full: Optional[bool] = None):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+        cache_position=None,
+        *,
+        mask_is_full: bool | None = None,
+        encoder_mask_is_full: bool | None = None,
+    ):
         from . import fast_path
 
         causal = bool(self.config.is_decoder)
         reason = fast_path.unsupported_reason(
-            self, attention_mask=attention_mask, head_mask=head_mask, output_attentions=output_attentions,
-            encoder_hidden_states=encoder_hidden_states, past_key_values=past_key_values, use_cache=use_cache,
-            training=self.training, causal=causal, hidden_states=hidden_states, allow_cache=True)
+            self,
+            attention_mask=attention_mask,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            encoder_hidden_states=encoder_hidden_states,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            training=self.training,
+            causal=causal,
+            hidden_states=hidden_states,
+            allow_cache=True,
+        )
         cached = causal and (past_key_values is not None or bool(use_cache))
         if reason is None and not cached:  # (a reason is logged once by fast_path itself)
             # an all-ones mask (known from the model's validation sync) is dropped: no packing, no second sync
             mask2d = None if mask_is_full else attention_mask
-            last, all_hidden = fast_path.encoder_forward(self, hidden_states, mask2d, self.backend,
-                                                         output_hidden_states=bool(output_hidden_states),
-                                                         causal=causal)
+            last, all_hidden = fast_path.encoder_forward(
+                self,
+                hidden_states,
+                mask2d,
+                self.backend,
+                output_hidden_states=bool(output_hidden_states),
+                causal=causal,
+            )
             if not return_dict:
                 return tuple(v for v in (last, all_hidden) if v is not None)
             return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
@@ -511,22 +622,39 @@ class XLMRobertaXLEncoder(nn.Module):
             # an all-ones mask (known from the model's validation sync) is dropped: no masking work per layer
             mask2d = None if mask_is_full else attention_mask
             self_cache = getattr(past_key_values, "self_attention_cache", past_key_values)
-            last, all_hidden = fast_path.decoder_forward(self, hidden_states, mask2d, self_cache, self.backend,
-                                                         output_hidden_states=bool(output_hidden_states),
-                                                         cache_position=cache_position)
+            last, all_hidden = fast_path.decoder_forward(
+                self,
+                hidden_states,
+                mask2d,
+                self_cache,
+                self.backend,
+                output_hidden_states=bool(output_hidden_states),
+                cache_position=cache_position,
+            )
             if not return_dict:
                 return tuple(v for v in (last, past_key_values, all_hidden) if v is not None)
-            return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=past_key_values,
-                                                             hidden_states=all_hidden)
+            return BaseModelOutputWithPastAndCrossAttentions(
+                last_hidden_state=last, past_key_values=past_key_values, hidden_states=all_hidden
+            )
 
         past_length = _past_length(past_key_values)
 
-        sdpa_masks = (getattr(self.config, "attn_implementation", "sdpa") == "sdpa"
-                      and self.config.position_embedding_type == "absolute"
-                      and head_mask is None and not output_attentions)
-        self_mask, cross_mask = self._masks(hidden_states, attention_mask, encoder_hidden_states,
-                                            encoder_attention_mask, past_length, sdpa_masks, mask_is_full,
-                                            encoder_mask_is_full)
+        sdpa_masks = (
+            getattr(self.config, "attn_implementation", "sdpa") == "sdpa"
+            and self.config.position_embedding_type == "absolute"
+            and head_mask is None
+            and not output_attentions
+        )
+        self_mask, cross_mask = self._masks(
+            hidden_states,
+            attention_mask,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            past_length,
+            sdpa_masks,
+            mask_is_full,
+            encoder_mask_is_full,
+        )
         layer_head_masks = self._head_mask(head_mask, hidden_states.dtype)
 
         all_hidden = () if output_hidden_states else None
@@ -535,8 +663,16 @@ class XLMRobertaXLEncoder(nn.Module):
         for i, layer_module in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
-            layer_outputs = layer_module(hidden_states, self_mask, layer_head_masks[i], encoder_hidden_states,
-                                         cross_mask, past_key_values, output_attentions, cache_position)
+            layer_outputs = layer_module(
+                hidden_states,
+                self_mask,
+                layer_head_masks[i],
+                encoder_hidden_states,
+                cross_mask,
+                past_key_values,
+                output_attentions,
+                cache_position,
+            )
             hidden_states = layer_outputs[0]
             if output_attentions:
                 all_attn = all_attn + (layer_outputs[1],)
@@ -548,9 +684,13 @@ class XLMRobertaXLEncoder(nn.Module):
 
         if not return_dict:
             return tuple(v for v in (hidden_states, past_key_values, all_hidden, all_attn, all_cross) if v is not None)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states,
-                                                         past_key_values=past_key_values, hidden_states=all_hidden,
-                                                         attentions=all_attn, cross_attentions=all_cross)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+            hidden_states=all_hidden,
+            attentions=all_attn,
+            cross_attentions=all_cross,
+        )
 
 
 class XLMRobertaXLPooler(nn.Module):
@@ -612,7 +752,7 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     base_model_prefix = "roberta"
     main_input_name = "input_ids"
     _no_split_modules = ["XLMRobertaXLEmbeddings", "XLMRobertaXLLayer"]
-    _tied_weights_keys: Optional[Dict[str, str]] = None
+    _tied_weights_keys: dict[str, str] | None = None
 
     def __init__(self, config, *args, **kwargs):
         super().__init__()
@@ -655,7 +795,7 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
 
     init_weights = post_init
 
-    def tied_weights_map(self) -> Dict[str, str]:
+    def tied_weights_map(self) -> dict[str, str]:
         """The aliases in effect for this model: ``{alias key: source key}`` (the decoder weight only when
         ``config.tie_word_embeddings``; the decoder bias always, as in transformers 4.56.2)."""
         keys = dict(self._tied_weights_keys or {})
@@ -677,7 +817,7 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     def set_input_embeddings(self, value: nn.Module) -> None:
         getattr(self, self.base_model_prefix, self).set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> Optional[nn.Module]:
+    def get_output_embeddings(self) -> nn.Module | None:
         return None
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
@@ -708,23 +848,35 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         skip = set()
         if exclude_embeddings:
             skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        return sum(p.numel() for p in self.parameters()
-                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+        return sum(
+            p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable)
+        )
 
     # -- backend ------------------------------------------------------------------------------------------------
-    def set_backend(self, name: Union[str, Backend, None] = None) -> "XLMRobertaXLPreTrainedModel":
+    def set_backend(self, name: str | Backend | None = None) -> XLMRobertaXLPreTrainedModel:
         """Use ``Backend(name)`` (``"auto"``, ``"triton"``, ``"reference"``) for every part of the model."""
         backend = name if isinstance(name, Backend) else Backend(name)
         for module in self.modules():
-            if (isinstance(module, (XLMRobertaXLPreTrainedModel, XLMRobertaXLEncoder))
-                    or getattr(module, "uses_backend", False)):  # e.g. xlmrxl.quantization.QuantLinear
+            if isinstance(module, (XLMRobertaXLPreTrainedModel, XLMRobertaXLEncoder)) or getattr(
+                module, "uses_backend", False
+            ):  # e.g. xlmrxl.quantization.QuantLinear
                 module.backend = backend
         return self
 
     # -- IO -----------------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, device=None, backend="auto",
-                        quantization=None, output_loading_info=False, progress=None, **config_overrides):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        dtype=None,
+        device=None,
+        backend="auto",
+        quantization=None,
+        output_loading_info=False,
+        progress=None,
+        **config_overrides,
+    ):
         """Load a checkpoint directory (transformers' or ours); see ``xlmrxl.checkpoint.load_pretrained``."""
         from .checkpoint import load_pretrained
 
@@ -733,16 +885,25 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
             dtype = torch_dtype
         elif torch_dtype is not None and torch_dtype != dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass only dtype=")
-        return load_pretrained(cls, pretrained_model_name_or_path, dtype=dtype, device=device, backend=backend,
-                               quantization=quantization, output_loading_info=output_loading_info,
-                               progress=progress, **config_overrides)
+        return load_pretrained(
+            cls,
+            pretrained_model_name_or_path,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+            quantization=quantization,
+            output_loading_info=output_loading_info,
+            progress=progress,
+            **config_overrides,
+        )
 
     def save_pretrained(self, save_directory, *, max_shard_size="50GB", safe_serialization=True):
         """Write config.json and safetensors weights loadable by transformers; see ``xlmrxl.checkpoint``."""
         from .checkpoint import save_pretrained
 
-        return save_pretrained(self, save_directory, max_shard_size=max_shard_size,
-                               safe_serialization=safe_serialization)
+        return save_pretrained(
+            self, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
+        )
 
     def to_transformers(self):
         """The equivalent transformers model (same weights); see ``xlmrxl.accelerate.to_transformers``."""
@@ -753,9 +914,11 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     # -- shared forward helpers ---------------------------------------------------------------------------------
     def _flags(self, output_attentions, output_hidden_states, return_dict):
         c = self.config
-        return (c.output_attentions if output_attentions is None else output_attentions,
-                c.output_hidden_states if output_hidden_states is None else output_hidden_states,
-                c.use_return_dict if return_dict is None else return_dict)
+        return (
+            c.output_attentions if output_attentions is None else output_attentions,
+            c.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            c.use_return_dict if return_dict is None else return_dict,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -783,8 +946,17 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
     def attn_implementation(self) -> str:
         return self.config.attn_implementation
 
-    def _validate(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
-                  encoder_hidden_states, encoder_attention_mask, past_length):
+    def _validate(
+        self,
+        input_ids,
+        inputs_embeds,
+        attention_mask,
+        token_type_ids,
+        position_ids,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        past_length,
+    ):
         """Check the inputs; returns (mask_is_full, encoder_mask_is_full) from the same single device sync."""
         c = self.config
         if input_ids is not None and inputs_embeds is not None:
@@ -797,34 +969,44 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             shape = tuple(input_ids.shape)
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != c.hidden_size:
-                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {c.hidden_size}), got "
-                                 f"{tuple(inputs_embeds.shape)}")
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, seq_len, {c.hidden_size}), got {tuple(inputs_embeds.shape)}"
+                )
             shape = tuple(inputs_embeds.shape[:2])
         batch, seq_len = shape
         expected = (batch, seq_len + past_length)
         if attention_mask is not None and tuple(attention_mask.shape) != expected:
             extra = f" (input {shape} plus {past_length} cached tokens)" if past_length else ""
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but must be {expected}"
-                             f"{extra}: one entry per token, 1 = real, 0 = padding")
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but must be {expected}"
+                f"{extra}: one entry per token, 1 = real, 0 = padding"
+            )
         if token_type_ids is not None and tuple(token_type_ids.shape) != shape:
             raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but the input has shape {shape}")
         if position_ids is not None and position_ids.shape[-1] != seq_len:
-            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; its last dimension must be "
-                             f"seq_len={seq_len}")
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}; its last dimension must be seq_len={seq_len}"
+            )
         absolute = c.position_embedding_type == "absolute"
         limit = c.max_position_embeddings - c.pad_token_id - 1 if c.pad_token_id is not None else None
         if absolute and position_ids is None and input_ids is None and limit is not None and seq_len > limit:
-            raise ValueError(f"inputs_embeds has {seq_len} positions but the model takes at most {limit} "
-                             f"(max_position_embeddings={c.max_position_embeddings} - 2); truncate the input")
+            raise ValueError(
+                f"inputs_embeds has {seq_len} positions but the model takes at most {limit} "
+                f"(max_position_embeddings={c.max_position_embeddings} - 2); truncate the input"
+            )
         if not absolute and seq_len + past_length > c.max_position_embeddings:
-            raise ValueError(f"the sequence has {seq_len + past_length} tokens but relative position embeddings "
-                             f"cover at most max_position_embeddings={c.max_position_embeddings}; truncate it")
+            raise ValueError(
+                f"the sequence has {seq_len + past_length} tokens but relative position embeddings "
+                f"cover at most max_position_embeddings={c.max_position_embeddings}; truncate it"
+            )
         enc_mask = None
         if c.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
             enc_mask = encoder_attention_mask
             if tuple(enc_mask.shape) != tuple(encoder_hidden_states.shape[:2]):
-                raise ValueError(f"encoder_attention_mask has shape {tuple(enc_mask.shape)} but encoder_hidden_states "
-                                 f"has (batch, seq_len) = {tuple(encoder_hidden_states.shape[:2])}")
+                raise ValueError(
+                    f"encoder_attention_mask has shape {tuple(enc_mask.shape)} but encoder_hidden_states "
+                    f"has (batch, seq_len) = {tuple(encoder_hidden_states.shape[:2])}"
+                )
 
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None, None
@@ -861,13 +1043,16 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}); got values from {lo} to {hi}")
         if bad_tt:
             hi = int(token_type_ids.max())
-            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={c.type_vocab_size}); got a value {hi}"
-                             + (" (XLM-RoBERTa-XL has a single token type: pass zeros or nothing)"
-                                if c.type_vocab_size == 1 else ""))
+            raise ValueError(
+                f"token_type_ids must lie in [0, type_vocab_size={c.type_vocab_size}); got a value {hi}"
+                + (" (XLM-RoBERTa-XL has a single token type: pass zeros or nothing)" if c.type_vocab_size == 1 else "")
+            )
         if bad_pos:
             lo, hi = int(position_ids.min()), int(position_ids.max())
-            raise ValueError(f"position_ids must lie in [0, max_position_embeddings={c.max_position_embeddings}); "
-                             f"got values from {lo} to {hi}")
+            raise ValueError(
+                f"position_ids must lie in [0, max_position_embeddings={c.max_position_embeddings}); "
+                f"got values from {lo} to {hi}"
+            )
         if count_rows:
             for row, n in enumerate(values[6:]):
                 if n > limit:
@@ -875,49 +1060,97 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                     raise ValueError(
                         f"row {row} has {n} real (non-pad) tokens{cached} but the model takes at most {limit} "
                         f"(max_position_embeddings={c.max_position_embeddings} - 2, special tokens included); "
-                        f"truncate the input, e.g. tokenizer(..., truncation=True, max_length={limit})")
+                        f"truncate the input, e.g. tokenizer(..., truncation=True, max_length={limit})"
+                    )
         if has_pad:
-            log_once("xlmrxl: input_ids contain the pad token but no attention_mask was given; pass the "
-                     "attention_mask your tokenizer returns, or padded positions are attended to",
-                     logging.WARNING)
+            log_once(
+                "xlmrxl: input_ids contain the pad token but no attention_mask was given; pass the "
+                "attention_mask your tokenizer returns, or padded positions are attended to",
+                logging.WARNING,
+            )
         return bool(mask_full), bool(enc_full)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
-                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                cache_position=None):
-        output_attentions, output_hidden_states, return_dict = self._flags(output_attentions, output_hidden_states,
-                                                                           return_dict)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        cache_position=None,
+    ):
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         if self.config.is_decoder:
             use_cache = self.config.use_cache if use_cache is None else use_cache
         else:
             use_cache = False
 
         past_length = _past_length(past_key_values)
-        mask_full, enc_full = self._validate(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
-                                             encoder_hidden_states, encoder_attention_mask, past_length)
-        embedding_output = self.embeddings(input_ids=input_ids, position_ids=position_ids,
-                                           token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
-                                           past_key_values_length=past_length)
+        mask_full, enc_full = self._validate(
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            past_length,
+        )
+        embedding_output = self.embeddings(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            past_key_values_length=past_length,
+        )
         encoder_outputs = self.encoder(
-            embedding_output, attention_mask=attention_mask, head_mask=head_mask,
+            embedding_output,
+            attention_mask=attention_mask,
+            head_mask=head_mask,
             encoder_hidden_states=encoder_hidden_states if self.config.is_decoder else None,
-            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-            cache_position=cache_position, mask_is_full=mask_full, encoder_mask_is_full=enc_full)
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            cache_position=cache_position,
+            mask_is_full=mask_full,
+            encoder_mask_is_full=enc_full,
+        )
         sequence_output = encoder_outputs.last_hidden_state
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
 
         if not return_dict:
             return (sequence_output, pooled_output) + encoder_outputs.to_tuple()[1:]
         return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output, pooler_output=pooled_output,
-            past_key_values=encoder_outputs.past_key_values, hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions, cross_attentions=encoder_outputs.cross_attentions)
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            past_key_values=encoder_outputs.past_key_values,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            cross_attentions=encoder_outputs.cross_attentions,
+        )
 
-
-    def forward_packed(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                       inputs_embeds=None, output_hidden_states=False):
+    def forward_packed(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=False,
+    ):
         """Padding-free outputs: the final hidden states of the **real tokens only**, never scattered back.
 
         Returns ``xlmrxl.fast_path.PackedEncoderOutput`` with ``last_hidden_state`` ``(T, H)`` (T = number of real
@@ -927,26 +1160,42 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         Raises ValueError when the call cannot take the fused path (e.g. autograd recording), saying why."""
         from . import fast_path
 
-        mask_full, _ = self._validate(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
-                                      None, None, 0)
-        embedding_output = self.embeddings(input_ids=input_ids, position_ids=position_ids,
-                                           token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        mask_full, _ = self._validate(
+            input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, None, None, 0
+        )
+        embedding_output = self.embeddings(
+            input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
+        )
         causal = bool(self.config.is_decoder)
-        reason = fast_path.unsupported_reason(self.encoder, attention_mask=attention_mask, training=self.training,
-                                              causal=causal, hidden_states=embedding_output)
+        reason = fast_path.unsupported_reason(
+            self.encoder,
+            attention_mask=attention_mask,
+            training=self.training,
+            causal=causal,
+            hidden_states=embedding_output,
+        )
         if reason is not None:
-            raise ValueError(f"forward_packed runs only on the fused padding-free path, which this call cannot "
-                             f"take: {reason}")
-        return fast_path.encoder_forward(self.encoder, embedding_output, None if mask_full else attention_mask,
-                                         self.backend, output_hidden_states=bool(output_hidden_states),
-                                         return_packed=True, causal=causal)
+            raise ValueError(
+                f"forward_packed runs only on the fused padding-free path, which this call cannot take: {reason}"
+            )
+        return fast_path.encoder_forward(
+            self.encoder,
+            embedding_output,
+            None if mask_full else attention_mask,
+            self.backend,
+            output_hidden_states=bool(output_hidden_states),
+            return_packed=True,
+            causal=causal,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # heads
 # ---------------------------------------------------------------------------------------------------------------
-_LM_TIED = {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
-            "lm_head.decoder.bias": "lm_head.bias"}
+_LM_TIED = {
+    "lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
+    "lm_head.decoder.bias": "lm_head.bias",
+}
 
 
 class _LMHeadModel(XLMRobertaXLPreTrainedModel):
@@ -966,22 +1215,44 @@ class XLMRobertaXLForMaskedLM(_LMHeadModel):
     def __init__(self, config):
         super().__init__(config)
         if self.config.is_decoder:
-            logger.warning("XLMRobertaXLForMaskedLM with config.is_decoder=True uses causal attention; set "
-                           "is_decoder=False for bi-directional self-attention")
+            logger.warning(
+                "XLMRobertaXLForMaskedLM with config.is_decoder=True uses causal attention; set "
+                "is_decoder=False for bi-directional self-attention"
+            )
         with _nested_model():
             self.roberta = XLMRobertaXLModel(self.config, add_pooling_layer=False)
         self.lm_head = XLMRobertaXLLMHead(self.config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
-        outputs = self.roberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                               encoder_hidden_states=encoder_hidden_states,
-                               encoder_attention_mask=encoder_attention_mask, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.roberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -989,15 +1260,19 @@ class XLMRobertaXLForMaskedLM(_LMHeadModel):
         if not return_dict:
             out = (logits,) + _tail(outputs)
             return ((loss,) + out) if loss is not None else out
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                              attentions=outputs.attentions)
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 def _tail(outputs: BaseModelOutputWithPoolingAndCrossAttentions) -> tuple:
     """What transformers' heads append after their logits in tuple mode: the backbone tuple's ``[2:]``, i.e. the
     non-None of (past_key_values, hidden_states, attentions, cross_attentions), in that order."""
-    return tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions,
-                             outputs.cross_attentions) if v is not None)
+    return tuple(
+        v
+        for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions, outputs.cross_attentions)
+        if v is not None
+    )
 
 
 class XLMRobertaXLForCausalLM(_LMHeadModel):
@@ -1006,17 +1281,34 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
     def __init__(self, config):
         super().__init__(config)
         if not self.config.is_decoder:
-            logger.warning("XLMRobertaXLForCausalLM is meant to be a decoder: set config.is_decoder=True for causal "
-                           "attention")
+            logger.warning(
+                "XLMRobertaXLForCausalLM is meant to be a decoder: set config.is_decoder=True for causal attention"
+            )
         with _nested_model():
             self.roberta = XLMRobertaXLModel(self.config, add_pooling_layer=False)
         self.lm_head = XLMRobertaXLLMHead(self.config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, logits_to_keep: Union[int, torch.Tensor] = 0, cache_position=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache_position=None,
+        **kwargs,
+    ):
         """``logits_to_keep`` (an xlmrxl extension; transformers 4.56.2 ignores it here): 0 = logits for every
         position; n > 0 = only the last n positions; a 1D tensor = those positions. ``cache_position`` is handed to
         ``cache.update`` in ``cache_kwargs``. Other ``kwargs`` go to the loss (``num_items_in_batch``,
@@ -1024,13 +1316,22 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         if labels is not None:
             use_cache = False
-        outputs = self.roberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                               encoder_hidden_states=encoder_hidden_states,
-                               encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
-                               use_cache=use_cache, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states, return_dict=True,
-                               cache_position=cache_position)
+        outputs = self.roberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            cache_position=cache_position,
+        )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
             if logits_to_keep > 0:
@@ -1045,8 +1346,13 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
             out = (logits,) + _tail(outputs)
             return ((loss,) + out) if loss is not None else out
         return CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions, cross_attentions=outputs.cross_attentions)
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+        )
 
     # -- generation hooks ---------------------------------------------------------------------------------------
     def can_generate(self) -> bool:
@@ -1071,8 +1377,12 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
             input_ids = input_ids[:, cut:]
             if position_ids is not None:
                 position_ids = position_ids[:, cut:]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                "past_key_values": past_key_values}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "past_key_values": past_key_values,
+        }
 
     @staticmethod
     def _reorder_cache(past_key_values, beam_idx):
@@ -1082,8 +1392,9 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
         return tuple(tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer) for layer in past_key_values)
 
 
-def _causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None,
-                    **kwargs):
+def _causal_lm_loss(
+    logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs
+):
     """transformers' ``ForCausalLMLoss``: fp32 logits, labels shifted left by one, mean (or sum / num_items)."""
     logits = logits.float()
     if shift_labels is None:
@@ -1111,13 +1422,31 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
         self.classifier = XLMRobertaXLClassificationHead(self.config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
-        outputs = self.roberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                               return_dict=True)
+        outputs = self.roberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.classifier(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -1125,8 +1454,9 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
         if not return_dict:
             out = (logits,) + _tail(outputs)
             return ((loss,) + out) if loss is not None else out
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                        attentions=outputs.attentions)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 def _sequence_classification_loss(config, num_labels, logits, labels):
@@ -1157,29 +1487,50 @@ class XLMRobertaXLForMultipleChoice(XLMRobertaXLPreTrainedModel):
         self.classifier = nn.Linear(self.config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
-                head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        token_type_ids=None,
+        attention_mask=None,
+        labels=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
 
         def flat(t):
             return t.reshape(-1, t.size(-1)) if t is not None else None
 
-        flat_embeds = (inputs_embeds.reshape(-1, inputs_embeds.size(-2), inputs_embeds.size(-1))
-                       if inputs_embeds is not None else None)
-        outputs = self.roberta(flat(input_ids), position_ids=flat(position_ids), token_type_ids=flat(token_type_ids),
-                               attention_mask=flat(attention_mask), head_mask=head_mask, inputs_embeds=flat_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                               return_dict=True)
+        flat_embeds = (
+            inputs_embeds.reshape(-1, inputs_embeds.size(-2), inputs_embeds.size(-1))
+            if inputs_embeds is not None
+            else None
+        )
+        outputs = self.roberta(
+            flat(input_ids),
+            position_ids=flat(position_ids),
+            token_type_ids=flat(token_type_ids),
+            attention_mask=flat(attention_mask),
+            head_mask=head_mask,
+            inputs_embeds=flat_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         reshaped = logits.view(-1, num_choices)
         loss = CrossEntropyLoss()(reshaped, labels) if labels is not None else None
         if not return_dict:
             out = (reshaped,) + _tail(outputs)
             return ((loss,) + out) if loss is not None else out
-        return MultipleChoiceModelOutput(loss=loss, logits=reshaped, hidden_states=outputs.hidden_states,
-                                         attentions=outputs.attentions)
+        return MultipleChoiceModelOutput(
+            loss=loss, logits=reshaped, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class XLMRobertaXLForTokenClassification(XLMRobertaXLPreTrainedModel):
@@ -1195,29 +1546,49 @@ class XLMRobertaXLForTokenClassification(XLMRobertaXLPreTrainedModel):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
-        outputs = self.roberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                               return_dict=True)
+        outputs = self.roberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             loss_fct = CrossEntropyLoss()
             if attention_mask is not None:
                 active = attention_mask.view(-1) == 1
-                active_labels = torch.where(active, labels.view(-1),
-                                            torch.tensor(loss_fct.ignore_index).type_as(labels))
+                active_labels = torch.where(
+                    active, labels.view(-1), torch.tensor(loss_fct.ignore_index).type_as(labels)
+                )
                 loss = loss_fct(logits.view(-1, self.num_labels), active_labels)
             else:
                 loss = loss_fct(logits.view(-1, self.num_labels), labels.view(-1))
         if not return_dict:
             out = (logits,) + _tail(outputs)
             return ((loss,) + out) if loss is not None else out
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                     attentions=outputs.attentions)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class XLMRobertaXLForQuestionAnswering(XLMRobertaXLPreTrainedModel):
@@ -1231,14 +1602,32 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLPreTrainedModel):
         self.qa_outputs = nn.Linear(self.config.hidden_size, self.config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
-        outputs = self.roberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                               return_dict=True)
+        outputs = self.roberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
         start_logits = start_logits.squeeze(-1).contiguous()
@@ -1257,5 +1646,10 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLPreTrainedModel):
         if not return_dict:
             out = (start_logits, end_logits) + _tail(outputs)
             return ((total_loss,) + out) if total_loss is not None else out
-        return QuestionAnsweringModelOutput(loss=total_loss, start_logits=start_logits, end_logits=end_logits,
-                                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return QuestionAnsweringModelOutput(
+            loss=total_loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )

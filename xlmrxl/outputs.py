@@ -4,11 +4,12 @@ An output is a dataclass and an ordered dict at once: ``out.logits``, ``out["log
 ``"logits" in out``, ``out.keys()``. Fields that are ``None`` are not keys and are skipped by integer indexing and
 ``to_tuple()``. Field names and order are transformers' own, so code written against transformers reads ours unchanged.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class ModelOutput(OrderedDict):
     def update(self, *args, **kwargs):
         raise TypeError(f"{type(self).__name__} does not support update")
 
-    def to_tuple(self) -> Tuple[Any, ...]:
+    def to_tuple(self) -> tuple[Any, ...]:
         """The non-None fields, in field order."""
         return tuple(OrderedDict.__getitem__(self, k) for k in self.keys())
 
@@ -65,72 +66,72 @@ def _rebuild(cls, state):
 
 @dataclass(eq=False)
 class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):
-    last_hidden_state: Optional[torch.Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
-    cross_attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    last_hidden_state: torch.Tensor | None = None
+    past_key_values: Any | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
-    last_hidden_state: Optional[torch.Tensor] = None
-    pooler_output: Optional[torch.Tensor] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    past_key_values: Optional[Any] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
-    cross_attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    past_key_values: Any | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class CausalLMOutputWithCrossAttentions(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
-    cross_attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Any | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class MaskedLMOutput(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class SequenceClassifierOutput(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class MultipleChoiceModelOutput(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class TokenClassifierOutput(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(eq=False)
 class QuestionAnsweringModelOutput(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    start_logits: Optional[torch.Tensor] = None
-    end_logits: Optional[torch.Tensor] = None
-    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
-    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+    loss: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 __all__ = [

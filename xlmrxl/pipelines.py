@@ -23,20 +23,22 @@ Contract
   Output per input, as transformers: one ``<mask>`` -> a list of ``top_k`` dicts ``{score, token, token_str,
   sequence}`` (``sequence`` decoded with special tokens skipped); several masks -> one such list per mask, each
   ``sequence`` filling only that mask and decoded with special tokens kept. A string input gives its result; a
-  list gives a list of results, except a list of one, which is unwrapped (as transformers does). ``targets=`` (a word or a
-  list) restricts the candidates, as transformers does (a word outside the vocabulary is replaced by its first
-  token, with a warning). An input without ``<mask>`` is an error naming it.
+  list gives a list of results, except a list of one, which is unwrapped (as transformers does). ``targets=``
+  (a word or a list) restricts the candidates, as transformers does (a word outside the vocabulary is replaced by
+  its first token, with a warning). An input without ``<mask>`` is an error naming it.
 - ``"feature-extraction"``: ``pooling=None`` gives each input's token states, a float32 tensor (real tokens, H)
   (``<s>``/``</s>`` included); ``"cls"`` the ``<s>`` state; ``"mean"`` the mean over real tokens only (the
   attention mask). ``normalize=True`` L2-normalises. Pooled results of a list come stacked as one (N, H) tensor;
   token states as a list of tensors. Tensors are returned on the CPU.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -45,12 +47,19 @@ logger = logging.getLogger("xlmrxl")
 TASKS = ("fill-mask", "feature-extraction")
 POOLINGS = (None, "cls", "mean")
 _PROGRESS_MIN_INPUTS = 64
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
-def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+def parse_dtype(dtype: None | str | torch.dtype) -> torch.dtype | None:
     """``None`` / a ``torch.dtype`` / a name (``"bfloat16"``, ``"bf16"``, ``"torch.float16"``, ...)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -62,7 +71,7 @@ def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     return _DTYPES[name]
 
 
-def parse_device(device: Union[None, str, int, torch.device]) -> torch.device:
+def parse_device(device: None | str | int | torch.device) -> torch.device:
     """``None`` -> CUDA when available, else CPU; an int -> that CUDA device."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,19 +95,23 @@ class Pipeline:
         self.device = device
         unknown = sorted(set(defaults) - set(self._call_keys))
         if unknown:
-            raise TypeError(f"{self.task} pipeline got unknown option(s) {', '.join(unknown)}; it takes "
-                            f"{', '.join(self._call_keys)}")
+            raise TypeError(
+                f"{self.task} pipeline got unknown option(s) {', '.join(unknown)}; it takes "
+                f"{', '.join(self._call_keys)}"
+            )
         self.defaults = {"batch_size": 8, "progress": None}
         self.defaults.update(defaults)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={type(self.model).__name__}, device={self.device})"
 
-    def _options(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(kwargs) - set(self._call_keys))
         if unknown:
-            raise TypeError(f"{self.task} pipeline got unknown option(s) {', '.join(unknown)}; it takes "
-                            f"{', '.join(self._call_keys)}")
+            raise TypeError(
+                f"{self.task} pipeline got unknown option(s) {', '.join(unknown)}; it takes "
+                f"{', '.join(self._call_keys)}"
+            )
         opts = dict(self.defaults)
         opts.update(kwargs)
         bs = opts["batch_size"]
@@ -114,7 +127,7 @@ class Pipeline:
             return list(inputs), False
         raise TypeError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
 
-    def _batches(self, texts: List[str], batch_size: int, progress):
+    def _batches(self, texts: list[str], batch_size: int, progress):
         """Yield (indices, encoding) batches, longest inputs first (less padding), with an optional progress bar."""
         ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"]  # tokenized once
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
@@ -127,13 +140,13 @@ class Pipeline:
             bar = tqdm(total=len(texts), desc=self.task, unit="input")
         try:
             for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 width = len(ids[idx[0]])  # longest first, so the first is the widest
                 input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
                 for b, i in enumerate(idx):  # right padding, as the tokenizer does
-                    input_ids[b, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-                    mask[b, :len(ids[i])] = 1
+                    input_ids[b, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+                    mask[b, : len(ids[i])] = 1
                 yield idx, {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
                 if bar is not None:
                     bar.update(len(idx))
@@ -156,10 +169,12 @@ class FillMaskPipeline(Pipeline):
         defaults.setdefault("top_k", 5)
         super().__init__(model, tokenizer, device, **defaults)
         if not hasattr(model, "lm_head") or not hasattr(model, "roberta"):
-            raise TypeError(f"fill-mask needs a masked-LM model (with .roberta and .lm_head), got "
-                            f"{type(model).__name__}; load XLMRobertaXLForMaskedLM")
+            raise TypeError(
+                f"fill-mask needs a masked-LM model (with .roberta and .lm_head), got "
+                f"{type(model).__name__}; load XLMRobertaXLForMaskedLM"
+            )
 
-    def _target_ids(self, targets) -> Optional[torch.Tensor]:
+    def _target_ids(self, targets) -> torch.Tensor | None:
         if targets is None:
             return None
         if isinstance(targets, str):
@@ -174,8 +189,11 @@ class FillMaskPipeline(Pipeline):
                     logger.warning("xlmrxl: fill-mask target %r has no token; ignoring it", t)
                     continue
                 tid = pieces[0]
-                logger.warning("xlmrxl: fill-mask target %r is not in the vocabulary; using its first token %r",
-                               t, self.tokenizer.convert_ids_to_tokens(tid))
+                logger.warning(
+                    "xlmrxl: fill-mask target %r is not in the vocabulary; using its first token %r",
+                    t,
+                    self.tokenizer.convert_ids_to_tokens(tid),
+                )
             ids.append(tid)
         ids = sorted(set(ids))
         if not ids:
@@ -183,7 +201,7 @@ class FillMaskPipeline(Pipeline):
         return torch.tensor(ids, dtype=torch.long)
 
     @torch.inference_mode()
-    def __call__(self, inputs: Union[str, Sequence[str]], **kwargs: Any):
+    def __call__(self, inputs: str | Sequence[str], **kwargs: Any):
         """Fill the ``<mask>`` of each input; see the module docstring for the output shape."""
         opts = self._options(kwargs)
         texts, single = self._as_list(inputs)
@@ -193,17 +211,19 @@ class FillMaskPipeline(Pipeline):
         mask_id = self.tokenizer.mask_token_id
         targets = self._target_ids(opts.get("targets"))
         n_real = len(self.tokenizer)  # ids past the tokenizer (padded vocab rows) cannot be decoded
-        results: List[Any] = [None] * len(texts)
+        results: list[Any] = [None] * len(texts)
         for idx, enc in self._batches(texts, opts["batch_size"], opts["progress"]):
             ids = enc["input_ids"]
             has_mask = (ids == mask_id).any(dim=1)
             if not bool(has_mask.all()):
                 bad = idx[int((~has_mask).nonzero()[0, 0])]
-                raise ValueError(f"fill-mask input {bad} has no {self.tokenizer.mask_token} token: "
-                                 f"{texts[bad]!r}; put {self.tokenizer.mask_token} where a word should be predicted")
+                raise ValueError(
+                    f"fill-mask input {bad} has no {self.tokenizer.mask_token} token: "
+                    f"{texts[bad]!r}; put {self.tokenizer.mask_token} where a word should be predicted"
+                )
             hidden = self._encode(enc)
             rows, cols = (ids == mask_id).nonzero(as_tuple=True)
-            logits = self.model.lm_head(hidden[rows, cols])           # (masks, V): the LM head at the masks only
+            logits = self.model.lm_head(hidden[rows, cols])  # (masks, V): the LM head at the masks only
             probs = logits.float().softmax(dim=-1)
             if targets is not None:
                 cand = targets.to(probs.device)
@@ -218,8 +238,9 @@ class FillMaskPipeline(Pipeline):
             for b, i in enumerate(idx):
                 where = [m for m, r in enumerate(rows) if r == b]
                 real = ids_cpu[b][mask_cpu[b].bool()]
-                results[i] = self._format(real, [cols[m] for m in where], [values[m] for m in where],
-                                          [picks[m] for m in where])
+                results[i] = self._format(
+                    real, [cols[m] for m in where], [values[m] for m in where], [picks[m] for m in where]
+                )
         # as transformers' pipeline: a string, or a list holding one string, gives that input's result alone
         return results[0] if single or len(results) == 1 else results
 
@@ -233,8 +254,14 @@ class FillMaskPipeline(Pipeline):
                 seq = real_ids.clone()
                 seq[pos] = p
                 seq = seq[seq != tok.pad_token_id]
-                row.append({"score": float(v), "token": int(p), "token_str": tok.decode([p]),
-                            "sequence": tok.decode(seq, skip_special_tokens=one)})
+                row.append(
+                    {
+                        "score": float(v),
+                        "token": int(p),
+                        "token_str": tok.decode([p]),
+                        "sequence": tok.decode(seq, skip_special_tokens=one),
+                    }
+                )
             per_mask.append(row)
         return per_mask[0] if one else per_mask
 
@@ -251,14 +278,14 @@ class FeatureExtractionPipeline(Pipeline):
             raise TypeError(f"feature-extraction needs an XLM-RoBERTa-XL model, got {type(model).__name__}")
 
     @torch.inference_mode()
-    def __call__(self, inputs: Union[str, Sequence[str]], **kwargs: Any):
+    def __call__(self, inputs: str | Sequence[str], **kwargs: Any):
         """Embeddings of each input; see the module docstring for the shapes."""
         opts = self._options(kwargs)
         pooling = opts["pooling"]
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r} is not valid; use None (token states), 'cls' or 'mean'")
         texts, single = self._as_list(inputs)
-        results: List[Optional[torch.Tensor]] = [None] * len(texts)
+        results: list[torch.Tensor | None] = [None] * len(texts)
         for idx, enc in self._batches(texts, opts["batch_size"], opts["progress"]):
             hidden = self._encode(enc).float()
             mask = enc["attention_mask"].to(hidden.dtype)
@@ -286,30 +313,42 @@ class FeatureExtractionPipeline(Pipeline):
 _PIPELINES = {"fill-mask": FillMaskPipeline, "feature-extraction": FeatureExtractionPipeline}
 
 
-def pipeline(task: str, model: Union[str, os.PathLike, torch.nn.Module, None] = None, tokenizer=None,
-             device: Union[None, str, int, torch.device] = None, dtype: Union[None, str, torch.dtype] = None,
-             backend: Optional[str] = "auto", **kwargs: Any) -> Pipeline:
+def pipeline(
+    task: str,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    tokenizer=None,
+    device: None | str | int | torch.device = None,
+    dtype: None | str | torch.dtype = None,
+    backend: str | None = "auto",
+    **kwargs: Any,
+) -> Pipeline:
     """Build a ``"fill-mask"`` or ``"feature-extraction"`` pipeline; see the module docstring."""
     if task not in _PIPELINES:
         raise ValueError(f"unknown task {task!r}; xlmrxl.pipeline supports {', '.join(TASKS)}")
     if model is None:
-        raise ValueError("pass model= a checkpoint directory (e.g. a local copy of facebook/xlm-roberta-xl) or a "
-                         "model instance; there is no default model")
+        raise ValueError(
+            "pass model= a checkpoint directory (e.g. a local copy of facebook/xlm-roberta-xl) or a "
+            "model instance; there is no default model"
+        )
     dev = parse_device(device)
     torch_dtype = parse_dtype(dtype)
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_dir():
-            raise FileNotFoundError(f"model={str(model)!r} is not a directory; pass a checkpoint directory holding "
-                                    "config.json and the weights")
+            raise FileNotFoundError(
+                f"model={str(model)!r} is not a directory; pass a checkpoint directory holding "
+                "config.json and the weights"
+            )
         import xlmrxl
 
         if task == "fill-mask":
             net = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
-                str(path), dtype=torch_dtype, device=dev, backend=backend)
+                str(path), dtype=torch_dtype, device=dev, backend=backend
+            )
         else:
             net = xlmrxl.XLMRobertaXLModel.from_pretrained(
-                str(path), dtype=torch_dtype, device=dev, backend=backend, add_pooling_layer=False)
+                str(path), dtype=torch_dtype, device=dev, backend=backend, add_pooling_layer=False
+            )
         if tokenizer is None:
             tokenizer = path
     elif isinstance(model, torch.nn.Module):
@@ -323,8 +362,10 @@ def pipeline(task: str, model: Union[str, os.PathLike, torch.nn.Module, None] = 
         if backend is not None and hasattr(net, "set_backend"):
             net.set_backend(backend)
         if tokenizer is None:
-            raise ValueError("model is an instance, so pass tokenizer= too (an XLMRobertaTokenizer or the "
-                             "directory holding sentencepiece.bpe.model)")
+            raise ValueError(
+                "model is an instance, so pass tokenizer= too (an XLMRobertaTokenizer or the "
+                "directory holding sentencepiece.bpe.model)"
+            )
     else:
         raise TypeError(f"model must be a directory or a torch.nn.Module, got {type(model).__name__}")
     if isinstance(tokenizer, (str, os.PathLike)):

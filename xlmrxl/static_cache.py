@@ -27,10 +27,12 @@ Limits and choices:
   step instead, which is what the eager attention here expects).
 - The batch size is fixed: for beam search allocate ``batch_size * num_beams`` rows.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -43,13 +45,15 @@ logger = logging.getLogger("xlmrxl")
 __all__ = ["StaticCache"]
 
 
-def _dims(config) -> Tuple[int, int, int]:
+def _dims(config) -> tuple[int, int, int]:
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
     hidden = getattr(config, "hidden_size", None)
     if not all(isinstance(v, int) and v > 0 for v in (layers, heads, hidden)):
-        raise ValueError("StaticCache needs a config with positive num_hidden_layers, num_attention_heads and "
-                         f"hidden_size, got {layers}, {heads}, {hidden}")
+        raise ValueError(
+            "StaticCache needs a config with positive num_hidden_layers, num_attention_heads and "
+            f"hidden_size, got {layers}, {heads}, {hidden}"
+        )
     if hidden % heads:
         raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
     return layers, heads, hidden // heads
@@ -60,9 +64,17 @@ class StaticCache(Cache):
 
     is_compileable = True
 
-    def __init__(self, config=None, batch_size: Optional[int] = None, max_length: Optional[int] = None,
-                 dtype: Optional[torch.dtype] = None, device=None, *, max_batch_size: Optional[int] = None,
-                 max_cache_len: Optional[int] = None):
+    def __init__(
+        self,
+        config=None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        dtype: torch.dtype | None = None,
+        device=None,
+        *,
+        max_batch_size: int | None = None,
+        max_cache_len: int | None = None,
+    ):
         # max_batch_size / max_cache_len: transformers' keyword names, accepted as aliases
         batch_size = batch_size if batch_size is not None else max_batch_size
         max_length = max_length if max_length is not None else max_cache_len
@@ -76,10 +88,10 @@ class StaticCache(Cache):
         self.batch_size, self.max_length = batch_size, max_length
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
-        self.keys: List[Optional[torch.Tensor]] = [None] * self.num_layers
-        self.values: List[Optional[torch.Tensor]] = [None] * self.num_layers
-        self._lengths: List[int] = [0] * self.num_layers
-        self._positions: Dict[Tuple[int, torch.device], torch.Tensor] = {}
+        self.keys: list[torch.Tensor | None] = [None] * self.num_layers
+        self.values: list[torch.Tensor | None] = [None] * self.num_layers
+        self._lengths: list[int] = [0] * self.num_layers
+        self._positions: dict[tuple[int, torch.device], torch.Tensor] = {}
         if dtype is not None or device is not None:
             for layer_idx in range(self.num_layers):
                 self._allocate(layer_idx, dtype or torch.get_default_dtype(), self.device or torch.device("cpu"))
@@ -94,16 +106,18 @@ class StaticCache(Cache):
         return self.max_length
 
     def __repr__(self) -> str:
-        return (f"StaticCache(layers={self.num_layers}, batch_size={self.batch_size}, max_length={self.max_length}, "
-                f"seq_length={self.get_seq_length()}, dtype={self.dtype}, device={self.device})")
+        return (
+            f"StaticCache(layers={self.num_layers}, batch_size={self.batch_size}, max_length={self.max_length}, "
+            f"seq_length={self.get_seq_length()}, dtype={self.dtype}, device={self.device})"
+        )
 
     def __len__(self) -> int:
         return self.num_layers
 
-    def __getitem__(self, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.get_layer(layer_idx)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for layer_idx in range(self.num_layers):
             if self.keys[layer_idx] is not None:
                 yield self.get_layer(layer_idx)
@@ -131,43 +145,56 @@ class StaticCache(Cache):
         return pos
 
     # -- the Cache contract ------------------------------------------------------------------------------------------
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               cache_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append (B, H, T, D) states to layer ``layer_idx``; return its filled (B, H, n + T, D) prefix views."""
         self._check_layer(layer_idx)
         if key_states.dim() != 4 or key_states.shape != value_states.shape:
-            raise ValueError(f"StaticCache.update takes key and value states of one shape (B, H, T, D), got "
-                             f"{tuple(key_states.shape)} and {tuple(value_states.shape)}")
+            raise ValueError(
+                f"StaticCache.update takes key and value states of one shape (B, H, T, D), got "
+                f"{tuple(key_states.shape)} and {tuple(value_states.shape)}"
+            )
         B, H, T, D = key_states.shape
         if (B, H, D) != (self.batch_size, self.num_heads, self.head_dim):
-            raise ValueError(f"StaticCache holds (batch_size, heads, head_dim) = ({self.batch_size}, {self.num_heads}, "
-                             f"{self.head_dim}) but layer {layer_idx} got states of shape {tuple(key_states.shape)}; "
-                             "build the cache with the batch size you decode with (times num_beams)")
+            raise ValueError(
+                f"StaticCache holds (batch_size, heads, head_dim) = ({self.batch_size}, {self.num_heads}, "
+                f"{self.head_dim}) but layer {layer_idx} got states of shape {tuple(key_states.shape)}; "
+                "build the cache with the batch size you decode with (times num_beams)"
+            )
         keys = self.keys[layer_idx]
         if keys is None:
             self._allocate(layer_idx, key_states.dtype, key_states.device)
             keys = self.keys[layer_idx]
         elif keys.dtype != key_states.dtype or keys.device != key_states.device:
-            raise TypeError(f"StaticCache layer {layer_idx} holds {keys.dtype} on {keys.device} but got "
-                            f"{key_states.dtype} states on {key_states.device}; build it with dtype=model.dtype, "
-                            "device=model.device")
+            raise TypeError(
+                f"StaticCache layer {layer_idx} holds {keys.dtype} on {keys.device} but got "
+                f"{key_states.dtype} states on {key_states.device}; build it with dtype=model.dtype, "
+                "device=model.device"
+            )
         start = self._lengths[layer_idx]
         end = start + T
         if end > self.max_length:
-            raise ValueError(f"StaticCache is full: layer {layer_idx} holds {start} tokens and got {T} more, but "
-                             f"max_length={self.max_length}; allocate StaticCache(..., max_length>={end}) or crop() it")
+            raise ValueError(
+                f"StaticCache is full: layer {layer_idx} holds {start} tokens and got {T} more, but "
+                f"max_length={self.max_length}; allocate StaticCache(..., max_length>={end}) or crop() it"
+            )
         values = self.values[layer_idx]
         cache_update(keys, values, key_states, value_states, self._start_positions(start, keys.device))
         self._lengths[layer_idx] = end
         return keys[:, :, :end], values[:, :, :end]
 
-    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
         layer_idx = 0 if layer_idx is None else layer_idx
         if not 0 <= layer_idx < self.num_layers:
             return 0
         return self._lengths[layer_idx]
 
-    def get_layer(self, layer_idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def get_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_layer(layer_idx)
         if self.keys[layer_idx] is None or self._lengths[layer_idx] == 0:
             raise KeyError(f"layer {layer_idx} has nothing cached yet")
@@ -207,7 +234,8 @@ class StaticCache(Cache):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         raise NotImplementedError("StaticCache has a fixed batch size; use reorder_cache(beam_idx) to permute rows")
 
-    def to_legacy_cache(self) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per-layer ``(keys, values)`` filled prefixes (views), for layers that hold something."""
-        return tuple(self.get_layer(i) for i in range(self.num_layers)
-                     if self.keys[i] is not None and self._lengths[i] > 0)
+        return tuple(
+            self.get_layer(i) for i in range(self.num_layers) if self.keys[i] is not None and self._lengths[i] > 0
+        )

@@ -35,6 +35,7 @@ spaces, full-width forms, special tokens in text, pairs, padding, batches.
 ``train_sentencepiece`` trains the small deterministic unigram model the tests and the demo use, from the
 multilingual corpus shipped in ``xlmrxl/data/corpus.txt``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -44,8 +45,9 @@ import os
 import re
 import shutil
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any
 
 logger = logging.getLogger("xlmrxl")
 
@@ -65,12 +67,11 @@ _TRUNCATION = ("longest_first", "only_first", "only_second", "do_not_truncate")
 # ----------------------------------------------------------------------------------------------------------------
 # Training a small SentencePiece model (tests, demo)
 # ----------------------------------------------------------------------------------------------------------------
-def _fit_characters(lines: List[str], vocab_size: int):
+def _fit_characters(lines: list[str], vocab_size: int):
     """Pick ``character_coverage`` (SentencePiece accepts 0.98..1 for unigram): XLM-R's 0.9995 when the characters
     it needs fit in ~85% of the vocabulary, else lower, down to 0.98. When even 0.98 needs more characters than that
     (a tiny vocabulary over many scripts), keep only the lines written entirely in the most frequent characters."""
-    counts = collections.Counter(
-        ch for line in lines for ch in unicodedata.normalize("NFKC", line) if not ch.isspace())
+    counts = collections.Counter(ch for line in lines for ch in unicodedata.normalize("NFKC", line) if not ch.isspace())
     total = sum(counts.values())
     budget = max(1, int(0.85 * (vocab_size - 3)))
     top = counts.most_common(budget)
@@ -79,16 +80,28 @@ def _fit_characters(lines: List[str], vocab_size: int):
         return lines, min(0.9995, covered)
     keep = {ch for ch, _ in top}
     kept = [ln for ln in lines if all(ch in keep or ch.isspace() for ch in unicodedata.normalize("NFKC", ln))]
-    logger.info("xlmrxl: vocab_size=%d is small for this corpus; training on the %d of %d lines written in its %d "
-                "most frequent characters", vocab_size, len(kept), len(lines), budget)
+    logger.info(
+        "xlmrxl: vocab_size=%d is small for this corpus; training on the %d of %d lines written in its %d "
+        "most frequent characters",
+        vocab_size,
+        len(kept),
+        len(lines),
+        budget,
+    )
     if not kept:
-        raise ValueError(f"vocab_size={vocab_size} is too small for this corpus ({len(counts)} distinct "
-                         "characters); use a larger vocab_size")
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for this corpus ({len(counts)} distinct "
+            "characters); use a larger vocab_size"
+        )
     return kept, 0.98
 
 
-def train_sentencepiece(out_dir: Union[str, os.PathLike], vocab_size: int = 1000,
-                        corpus: Union[None, str, os.PathLike, Iterable[str]] = None, seed: int = 0) -> Path:
+def train_sentencepiece(
+    out_dir: str | os.PathLike,
+    vocab_size: int = 1000,
+    corpus: None | str | os.PathLike | Iterable[str] = None,
+    seed: int = 0,
+) -> Path:
     """Train a unigram SentencePiece model deterministically and write ``out_dir/sentencepiece.bpe.model``.
 
     ``corpus`` is a text file (one sentence a line), an iterable of sentences, or None for the shipped multilingual
@@ -108,8 +121,10 @@ def train_sentencepiece(out_dir: Union[str, os.PathLike], vocab_size: int = 1000
     if isinstance(corpus, (str, os.PathLike)):
         path = Path(corpus)
         if not path.is_file():
-            raise FileNotFoundError(f"corpus file {str(path)!r} does not exist; pass a text file, a list of "
-                                    "sentences, or None for the shipped corpus")
+            raise FileNotFoundError(
+                f"corpus file {str(path)!r} does not exist; pass a text file, a list of "
+                "sentences, or None for the shipped corpus"
+            )
         lines = path.read_text(encoding="utf-8").splitlines()
     else:
         lines = [str(s) for s in corpus]
@@ -132,7 +147,10 @@ def train_sentencepiece(out_dir: Union[str, os.PathLike], vocab_size: int = 1000
             add_dummy_prefix=True,
             remove_extra_whitespaces=True,
             byte_fallback=False,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
             num_threads=1,
             shuffle_input_sentence=False,
             input_sentence_size=0,
@@ -155,7 +173,7 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(f"BatchEncoding has no field {name!r}; it has {', '.join(self.keys())}") from None
 
-    def to(self, device) -> "BatchEncoding":
+    def to(self, device) -> BatchEncoding:
         """Move every tensor to ``device`` (in place; returns self, like transformers)."""
         for k, v in self.items():
             if hasattr(v, "to"):
@@ -187,9 +205,16 @@ class XLMRobertaTokenizer:
     mask_token = "<mask>"
     fairseq_offset = 1
 
-    def __init__(self, vocab_file: Union[str, os.PathLike], *, model_max_length: Optional[int] = None,
-                 padding_side: str = "right", truncation_side: str = "right",
-                 clean_up_tokenization_spaces: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        vocab_file: str | os.PathLike,
+        *,
+        model_max_length: int | None = None,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
+        **kwargs: Any,
+    ):
         import sentencepiece as spm
 
         path = Path(vocab_file)
@@ -205,8 +230,13 @@ class XLMRobertaTokenizer:
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.init_kwargs = dict(kwargs)
 
-        self.fairseq_tokens_to_ids = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3,
-                                      "<mask>": self.sp_size + self.fairseq_offset}
+        self.fairseq_tokens_to_ids = {
+            "<s>": 0,
+            "<pad>": 1,
+            "</s>": 2,
+            "<unk>": 3,
+            "<mask>": self.sp_size + self.fairseq_offset,
+        }
         self.fairseq_ids_to_tokens = {v: k for k, v in self.fairseq_tokens_to_ids.items()}
         # Special tokens are matched in raw text, longest first (none is a prefix of another here).
         specials = sorted(self.fairseq_tokens_to_ids, key=len, reverse=True)
@@ -221,7 +251,7 @@ class XLMRobertaTokenizer:
 
     # -- loading and saving -------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained: Union[str, os.PathLike], **kwargs: Any) -> "XLMRobertaTokenizer":
+    def from_pretrained(cls, pretrained: str | os.PathLike, **kwargs: Any) -> XLMRobertaTokenizer:
         """Load from a directory holding ``sentencepiece.bpe.model`` (a checkpoint directory), or from the path of
         the ``.model`` file itself. ``tokenizer_config.json`` settings are read when present; ``kwargs`` win."""
         p = Path(pretrained)
@@ -235,12 +265,14 @@ class XLMRobertaTokenizer:
                 hint = f" (found {', '.join(found)})" if found else ""
                 raise FileNotFoundError(
                     f"{str(p)!r} has no {VOCAB_FILE}{hint}; point from_pretrained at a directory holding the "
-                    "SentencePiece model of an XLM-RoBERTa checkpoint")
+                    "SentencePiece model of an XLM-RoBERTa checkpoint"
+                )
         else:
             raise FileNotFoundError(
                 f"{str(p)!r} is neither a directory nor a file; xlmrxl loads tokenizers from local paths only "
-                "(download the checkpoint first, e.g. with `huggingface-cli download facebook/xlm-roberta-xl`)")
-        config: Dict[str, Any] = {}
+                "(download the checkpoint first, e.g. with `huggingface-cli download facebook/xlm-roberta-xl`)"
+            )
+        config: dict[str, Any] = {}
         cfg_path = d / TOKENIZER_CONFIG_FILE
         if cfg_path.is_file():
             with open(cfg_path, encoding="utf-8") as fh:
@@ -257,16 +289,21 @@ class XLMRobertaTokenizer:
         return cls(vocab, **config)
 
     @classmethod
-    def _check_special_tokens(cls, raw: Dict[str, Any], where: Path) -> None:
+    def _check_special_tokens(cls, raw: dict[str, Any], where: Path) -> None:
         for attr in ("bos_token", "eos_token", "sep_token", "cls_token", "unk_token", "pad_token", "mask_token"):
             val = raw.get(attr)
             if isinstance(val, dict):
                 val = val.get("content")
             if val is not None and val != getattr(cls, attr):
-                logger.warning("xlmrxl: %s sets %s=%r but XLM-RoBERTa's fixed fairseq mapping uses %r; ignoring it",
-                               where, attr, val, getattr(cls, attr))
+                logger.warning(
+                    "xlmrxl: %s sets %s=%r but XLM-RoBERTa's fixed fairseq mapping uses %r; ignoring it",
+                    where,
+                    attr,
+                    val,
+                    getattr(cls, attr),
+                )
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> tuple:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple:
         """Write ``sentencepiece.bpe.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` (the files
         transformers writes, so ``transformers.XLMRobertaTokenizer.from_pretrained`` reads them too)."""
         d = Path(save_directory)
@@ -277,13 +314,21 @@ class XLMRobertaTokenizer:
         if Path(self.vocab_file).resolve() != vocab_out.resolve():
             shutil.copyfile(self.vocab_file, vocab_out)
 
-        def added(content: str, lstrip: bool = False) -> Dict[str, Any]:
-            return {"content": content, "lstrip": lstrip, "normalized": False, "rstrip": False,
-                    "single_word": False, "special": True}
+        def added(content: str, lstrip: bool = False) -> dict[str, Any]:
+            return {
+                "content": content,
+                "lstrip": lstrip,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
 
         config = {
-            "added_tokens_decoder": {str(i): added(t, t in self._lstrip)
-                                     for t, i in sorted(self.fairseq_tokens_to_ids.items(), key=lambda kv: kv[1])},
+            "added_tokens_decoder": {
+                str(i): added(t, t in self._lstrip)
+                for t, i in sorted(self.fairseq_tokens_to_ids.items(), key=lambda kv: kv[1])
+            },
             "bos_token": self.bos_token,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "cls_token": self.cls_token,
@@ -300,9 +345,13 @@ class XLMRobertaTokenizer:
             "unk_token": self.unk_token,
         }
         smap = {
-            "bos_token": self.bos_token, "cls_token": self.cls_token, "eos_token": self.eos_token,
+            "bos_token": self.bos_token,
+            "cls_token": self.cls_token,
+            "eos_token": self.eos_token,
             "mask_token": {k: v for k, v in added(self.mask_token, True).items() if k != "special"},
-            "pad_token": self.pad_token, "sep_token": self.sep_token, "unk_token": self.unk_token,
+            "pad_token": self.pad_token,
+            "sep_token": self.sep_token,
+            "unk_token": self.unk_token,
         }
         with open(d / TOKENIZER_CONFIG_FILE, "w", encoding="utf-8") as fh:
             json.dump(config, fh, indent=2, ensure_ascii=False, sort_keys=True)
@@ -321,8 +370,10 @@ class XLMRobertaTokenizer:
         return len(self)
 
     def __repr__(self) -> str:
-        return (f"XLMRobertaTokenizer(vocab_file={self.vocab_file!r}, vocab_size={len(self)}, "
-                f"model_max_length={self.model_max_length})")
+        return (
+            f"XLMRobertaTokenizer(vocab_file={self.vocab_file!r}, vocab_size={len(self)}, "
+            f"model_max_length={self.model_max_length})"
+        )
 
     @property
     def bos_token_id(self) -> int:
@@ -357,20 +408,26 @@ class XLMRobertaTokenizer:
         return 0
 
     @property
-    def all_special_tokens(self) -> List[str]:
+    def all_special_tokens(self) -> list[str]:
         return ["<s>", "</s>", "<unk>", "<pad>", "<mask>"]
 
     @property
-    def all_special_ids(self) -> List[int]:
+    def all_special_ids(self) -> list[int]:
         return [self.convert_tokens_to_ids(t) for t in self.all_special_tokens]
 
     @property
-    def special_tokens_map(self) -> Dict[str, str]:
-        return {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
-                "sep_token": self.sep_token, "pad_token": self.pad_token, "cls_token": self.cls_token,
-                "mask_token": self.mask_token}
+    def special_tokens_map(self) -> dict[str, str]:
+        return {
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.unk_token,
+            "sep_token": self.sep_token,
+            "pad_token": self.pad_token,
+            "cls_token": self.cls_token,
+            "mask_token": self.mask_token,
+        }
 
-    def get_vocab(self) -> Dict[str, int]:
+    def get_vocab(self) -> dict[str, int]:
         return {self._id_to_token(i): i for i in range(len(self))}
 
     def _id_to_token(self, index: int) -> str:
@@ -378,8 +435,10 @@ class XLMRobertaTokenizer:
         if tok is not None:
             return tok
         if not 0 <= index - self.fairseq_offset < self.sp_size:
-            raise IndexError(f"token id {index} is out of range for this tokenizer (0..{len(self) - 1}); a model "
-                             f"vocabulary padded past len(tokenizer) has rows no token maps to")
+            raise IndexError(
+                f"token id {index} is out of range for this tokenizer (0..{len(self) - 1}); a model "
+                f"vocabulary padded past len(tokenizer) has rows no token maps to"
+            )
         return self.sp_model.IdToPiece(index - self.fairseq_offset)
 
     def _token_to_id(self, token: str) -> int:
@@ -389,7 +448,7 @@ class XLMRobertaTokenizer:
         sp_id = self.sp_model.PieceToId(token)
         return sp_id + self.fairseq_offset if sp_id else self.unk_token_id
 
-    def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]):
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]):
         if isinstance(tokens, str):
             return self._token_to_id(tokens)
         return [self._token_to_id(t) for t in tokens]
@@ -405,7 +464,7 @@ class XLMRobertaTokenizer:
         return "".join(tokens).replace(SPIECE_UNDERLINE, " ").strip()
 
     # -- text -> tokens -----------------------------------------------------------------------------------------
-    def _split_special(self, text: str) -> List[str]:
+    def _split_special(self, text: str) -> list[str]:
         """Split ``text`` around special tokens, applying ``<mask>``'s lstrip to the chunk on its left."""
         parts = [p for p in self._special_re.split(text) if p]
         for i, part in enumerate(parts):
@@ -413,11 +472,11 @@ class XLMRobertaTokenizer:
                 parts[i - 1] = parts[i - 1].rstrip()
         return parts
 
-    def tokenize(self, text: str, **kwargs: Any) -> List[str]:
+    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
         """The pieces of ``text`` (special tokens written in the text stay whole), without ``<s>``/``</s>``."""
         if kwargs:
             logger.warning("xlmrxl: tokenize() ignores keyword arguments %s", sorted(kwargs))
-        out: List[str] = []
+        out: list[str] = []
         for part in self._split_special(text):
             if not part:
                 continue
@@ -427,10 +486,10 @@ class XLMRobertaTokenizer:
                 out.extend(self.sp_model.encode(part, out_type=str))
         return out
 
-    def _encode_text(self, text: str) -> List[int]:
+    def _encode_text(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"the tokenizer takes str (or a list of str) as text, got {type(text).__name__}")
-        ids: List[int] = []
+        ids: list[int] = []
         for part in self._split_special(text):
             if not part:
                 continue
@@ -442,12 +501,12 @@ class XLMRobertaTokenizer:
                 ids.extend(i + self.fairseq_offset if i else self.unk_token_id for i in self.sp_model.encode(part))
         return ids
 
-    def build_inputs_with_special_tokens(self, ids: List[int], pair_ids: Optional[List[int]] = None) -> List[int]:
+    def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
         if pair_ids is None:
             return [self.cls_token_id] + list(ids) + [self.sep_token_id]
         return [self.cls_token_id] + list(ids) + [self.sep_token_id] * 2 + list(pair_ids) + [self.sep_token_id]
 
-    def get_special_tokens_mask(self, ids: List[int], pair_ids: Optional[List[int]] = None) -> List[int]:
+    def get_special_tokens_mask(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
         if pair_ids is None:
             return [1] + [0] * len(ids) + [1]
         return [1] + [0] * len(ids) + [1, 1] + [0] * len(pair_ids) + [1]
@@ -475,32 +534,45 @@ class XLMRobertaTokenizer:
         elif isinstance(truncation, str) and truncation in _TRUNCATION:
             trunc = truncation
         else:
-            raise ValueError(f"truncation={truncation!r} is not valid; use False, True, 'longest_first', "
-                             "'only_first' or 'only_second'")
+            raise ValueError(
+                f"truncation={truncation!r} is not valid; use False, True, 'longest_first', "
+                "'only_first' or 'only_second'"
+            )
         if max_length is None:
             if pad == "max_length":
                 if self.model_max_length > LARGE_INTEGER:
-                    logger.warning("xlmrxl: padding='max_length' without max_length, and the tokenizer has no "
-                                   "model_max_length: not padding. Pass max_length=N to pad.")
+                    logger.warning(
+                        "xlmrxl: padding='max_length' without max_length, and the tokenizer has no "
+                        "model_max_length: not padding. Pass max_length=N to pad."
+                    )
                     pad = "do_not_pad"
                 else:
                     max_length = self.model_max_length
             if trunc != "do_not_truncate":
                 if self.model_max_length > LARGE_INTEGER:
-                    logger.warning("xlmrxl: truncation without max_length, and the tokenizer has no "
-                                   "model_max_length: not truncating. Pass max_length=N to truncate.")
+                    logger.warning(
+                        "xlmrxl: truncation without max_length, and the tokenizer has no "
+                        "model_max_length: not truncating. Pass max_length=N to truncate."
+                    )
                     trunc = "do_not_truncate"
                 else:
                     max_length = self.model_max_length
         elif int(max_length) < 0:
             raise ValueError(f"max_length={max_length} must be >= 0")
-        if (trunc != "do_not_truncate" and pad != "do_not_pad" and pad_to_multiple_of is not None
-                and max_length is not None and max_length % pad_to_multiple_of != 0):
-            raise ValueError(f"truncation length max_length={max_length} is not a multiple of "
-                             f"pad_to_multiple_of={pad_to_multiple_of}; make one a multiple of the other")
+        if (
+            trunc != "do_not_truncate"
+            and pad != "do_not_pad"
+            and pad_to_multiple_of is not None
+            and max_length is not None
+            and max_length % pad_to_multiple_of != 0
+        ):
+            raise ValueError(
+                f"truncation length max_length={max_length} is not a multiple of "
+                f"pad_to_multiple_of={pad_to_multiple_of}; make one a multiple of the other"
+            )
         return pad, trunc, max_length
 
-    def _truncate(self, ids: List[int], pair_ids: Optional[List[int]], n: int, strategy: str):
+    def _truncate(self, ids: list[int], pair_ids: list[int] | None, n: int, strategy: str):
         if n <= 0:
             return ids, pair_ids
         right = self.truncation_side == "right"
@@ -508,9 +580,12 @@ class XLMRobertaTokenizer:
             if len(ids) > n:
                 ids = ids[:-n] if right else ids[n:]
             else:
-                logger.error("xlmrxl: cannot truncate: %d tokens must go but the first sequence has only %d%s", n,
-                             len(ids), "; try truncation='longest_first' or 'only_second'"
-                             if strategy == "only_first" else "")
+                logger.error(
+                    "xlmrxl: cannot truncate: %d tokens must go but the first sequence has only %d%s",
+                    n,
+                    len(ids),
+                    "; try truncation='longest_first' or 'only_second'" if strategy == "only_first" else "",
+                )
         elif strategy == "longest_first":
             lp, li = len(pair_ids), len(ids)
             first = min(abs(lp - li), n)
@@ -528,8 +603,12 @@ class XLMRobertaTokenizer:
             if len(pair_ids) > n:
                 pair_ids = pair_ids[:-n] if right else pair_ids[n:]
             else:
-                logger.error("xlmrxl: cannot truncate: %d tokens must go but the second sequence has only %d; try "
-                             "truncation='longest_first' or 'only_first'", n, len(pair_ids))
+                logger.error(
+                    "xlmrxl: cannot truncate: %d tokens must go but the second sequence has only %d; try "
+                    "truncation='longest_first' or 'only_first'",
+                    n,
+                    len(pair_ids),
+                )
         return ids, pair_ids
 
     def _prepare(self, ids, pair_ids, add_special_tokens, trunc, max_length, want_tt, want_special):
@@ -550,15 +629,18 @@ class XLMRobertaTokenizer:
         if want_special:
             out["special_tokens_mask"] = special
         if max_length is None and len(seq) > self.model_max_length:
-            logger.warning("xlmrxl: sequence of %d tokens is longer than model_max_length=%d; the model will fail "
-                           "on it. Pass truncation=True.", len(seq), self.model_max_length)
+            logger.warning(
+                "xlmrxl: sequence of %d tokens is longer than model_max_length=%d; the model will fail "
+                "on it. Pass truncation=True.",
+                len(seq),
+                self.model_max_length,
+            )
         return out
 
-    def _pad(self, enc: Dict[str, List[int]], length: int, want_mask: bool) -> Dict[str, List[int]]:
+    def _pad(self, enc: dict[str, list[int]], length: int, want_mask: bool) -> dict[str, list[int]]:
         n = len(enc["input_ids"])
         gap = length - n
-        fills = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id,
-                 "special_tokens_mask": 1}
+        fills = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "special_tokens_mask": 1}
         out = {}
         if want_mask:
             enc = dict(enc, attention_mask=[1] * n)
@@ -571,13 +653,23 @@ class XLMRobertaTokenizer:
         return out
 
     # -- the main entry -----------------------------------------------------------------------------------------
-    def __call__(self, text: Union[str, Sequence[str]], text_pair: Union[None, str, Sequence[str]] = None, *,
-                 add_special_tokens: bool = True, padding: Union[bool, str] = False,
-                 truncation: Union[None, bool, str] = None, max_length: Optional[int] = None,
-                 pad_to_multiple_of: Optional[int] = None, return_tensors: Optional[str] = None,
-                 return_attention_mask: Optional[bool] = True, return_token_type_ids: Optional[bool] = False,
-                 return_special_tokens_mask: bool = False, return_length: bool = False,
-                 **kwargs: Any) -> BatchEncoding:
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: None | str | Sequence[str] = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: None | bool | str = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = True,
+        return_token_type_ids: bool | None = False,
+        return_special_tokens_mask: bool = False,
+        return_length: bool = False,
+        **kwargs: Any,
+    ) -> BatchEncoding:
         """Encode one text, a pair, or a batch (list) of texts / pairs; see the module docstring for the rules."""
         if kwargs.pop("is_split_into_words", False):
             raise NotImplementedError("is_split_into_words=True is not supported; pass plain strings")
@@ -591,13 +683,15 @@ class XLMRobertaTokenizer:
             if text_pair is None and texts and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in texts):
                 texts, pairs = [t[0] for t in texts], [t[1] for t in texts]  # a batch of (text, pair) tuples
             elif text_pair is None:
-                pairs: List[Optional[str]] = [None] * len(texts)
+                pairs: list[str | None] = [None] * len(texts)
             elif isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
                 pairs = list(text_pair)
             else:
-                raise ValueError(f"text is a batch of {len(texts)} texts, so text_pair must be a list of the same "
-                                 f"length (got {type(text_pair).__name__}"
-                                 f"{' of ' + str(len(text_pair)) if isinstance(text_pair, (list, tuple)) else ''})")
+                raise ValueError(
+                    f"text is a batch of {len(texts)} texts, so text_pair must be a list of the same "
+                    f"length (got {type(text_pair).__name__}"
+                    f"{' of ' + str(len(text_pair)) if isinstance(text_pair, (list, tuple)) else ''})"
+                )
         else:
             if isinstance(text_pair, (list, tuple)):
                 raise ValueError("text is a single string but text_pair is a list; pass a list for text as well")
@@ -609,9 +703,18 @@ class XLMRobertaTokenizer:
         want_mask = bool(return_attention_mask) if return_attention_mask is not None else True
         want_tt = bool(return_token_type_ids)
 
-        encs = [self._prepare(self._encode_text(t), self._encode_text(p) if p is not None else None,
-                              add_special_tokens, trunc, max_length, want_tt, return_special_tokens_mask)
-                for t, p in zip(texts, pairs)]
+        encs = [
+            self._prepare(
+                self._encode_text(t),
+                self._encode_text(p) if p is not None else None,
+                add_special_tokens,
+                trunc,
+                max_length,
+                want_tt,
+                return_special_tokens_mask,
+            )
+            for t, p in zip(texts, pairs)
+        ]
         if pad == "longest":
             target = max(len(e["input_ids"]) for e in encs) if encs else 0
         elif pad == "max_length":
@@ -636,8 +739,10 @@ class XLMRobertaTokenizer:
 
             lengths = {len(e["input_ids"]) for e in padded}
             if len(lengths) > 1:
-                raise ValueError(f"cannot make one tensor from sequences of lengths {sorted(lengths)}; pass "
-                                 "padding=True (and truncation=True for overlong inputs) with return_tensors='pt'")
+                raise ValueError(
+                    f"cannot make one tensor from sequences of lengths {sorted(lengths)}; pass "
+                    "padding=True (and truncation=True for overlong inputs) with return_tensors='pt'"
+                )
             data = {k: torch.tensor([e[k] for e in padded], dtype=torch.long) for k in keys}
         elif batched:
             data = {k: [e[k] for e in padded] for k in keys}
@@ -645,39 +750,66 @@ class XLMRobertaTokenizer:
             data = dict(padded[0])
         return BatchEncoding(data)
 
-    def encode(self, text: str, text_pair: Optional[str] = None, add_special_tokens: bool = True,
-               **kwargs: Any) -> List[int]:
+    def encode(
+        self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs: Any
+    ) -> list[int]:
         """Ids of one text (or pair), as a list (or a (1, L) tensor with ``return_tensors='pt'``)."""
         if isinstance(text, (list, tuple)):
             raise TypeError("encode() takes one text; call the tokenizer itself on a list of texts")
         kwargs.pop("return_attention_mask", None)
-        return self(text, text_pair, add_special_tokens=add_special_tokens, return_attention_mask=False,
-                    **kwargs)["input_ids"]
+        return self(text, text_pair, add_special_tokens=add_special_tokens, return_attention_mask=False, **kwargs)[
+            "input_ids"
+        ]
 
     # -- ids -> text --------------------------------------------------------------------------------------------
-    def decode(self, token_ids, skip_special_tokens: bool = False,
-               clean_up_tokenization_spaces: Optional[bool] = None, **kwargs: Any) -> str:
+    def decode(
+        self,
+        token_ids,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Text of ``token_ids`` (int, list or tensor): pieces joined, ``▁`` -> space, ends stripped."""
         ids = _to_py(token_ids)
         if isinstance(ids, int):
             ids = [ids]
         tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
         text = self.convert_tokens_to_string(tokens) if tokens else ""
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
-            else clean_up_tokenization_spaces
+        clean = (
+            self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        )
         return clean_up_tokenization(text) if clean else text
 
-    def batch_decode(self, sequences, skip_special_tokens: bool = False,
-                     clean_up_tokenization_spaces: Optional[bool] = None, **kwargs: Any) -> List[str]:
+    def batch_decode(
+        self,
+        sequences,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
         seqs = _to_py(sequences)
-        return [self.decode(s, skip_special_tokens=skip_special_tokens,
-                            clean_up_tokenization_spaces=clean_up_tokenization_spaces) for s in seqs]
+        return [
+            self.decode(
+                s, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+            )
+            for s in seqs
+        ]
 
 
 def clean_up_tokenization(text: str) -> str:
     """transformers' ``clean_up_tokenization``: drop the space before punctuation and English contractions."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for a, b in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(a, b)
     return text
 

@@ -4,6 +4,7 @@
 Importing this package never needs a GPU, and never needs Triton or the compiled extension: names resolve lazily,
 so a machine without them can still use the references.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Triton device helpers shared by the GEMM-shaped kernels (linear_gelu, int4)."""
+
 import triton
 import triton.language as tl
 

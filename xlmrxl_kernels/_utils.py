@@ -3,12 +3,13 @@ device selection, output allocation, checks.
 
 Nothing here touches a GPU at import time, and nothing here imports Triton (or ``xlmrxl``).
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -74,8 +75,10 @@ def launch_autotuned(kernel, grid, args: tuple, kwargs: dict, default: Callable[
     named = {**dict(zip(kernel.arg_names, args)), **kwargs}
     config = default(named)
     name = getattr(getattr(kernel, "base_fn", None), "__name__", "kernel")
-    msg = (f"xlmrxl: {name} was first launched inside CUDA-graph capture, where Triton cannot autotune; it runs the "
-           f"default config {config} instead. Run one eager warm-up call before capturing to use the tuned one.")
+    msg = (
+        f"xlmrxl: {name} was first launched inside CUDA-graph capture, where Triton cannot autotune; it runs the "
+        f"default config {config} instead. Run one eager warm-up call before capturing to use the tuned one."
+    )
     if msg not in _WARNED:
         _WARNED.add(msg)
         logger.warning(msg)
@@ -94,6 +97,7 @@ def on_tensor_device(fn: Callable) -> Callable:
     and CPU tensors under the interpreter) it is called directly, at the cost of one ``current_device()`` query.
     CPU tensors outside Triton's interpreter get a clear error instead of Triton's driver error.
     """
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         for a in args:
@@ -108,14 +112,15 @@ def on_tensor_device(fn: Callable) -> Callable:
                         f"the Triton kernels need CUDA tensors, got a tensor on {dev.type}. On CPU use the PyTorch "
                         "references (xlmrxl_kernels.reference.<op>_ref, or backend='auto' / 'reference' in the "
                         "model), or set TRITON_INTERPRET=1 before the first kernel import to run the kernels in "
-                        "Triton's CPU interpreter (for testing)")
+                        "Triton's CPU interpreter (for testing)"
+                    )
                 break
         return fn(*args, **kwargs)
 
     return wrapper
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

@@ -16,10 +16,10 @@ Memory traffic: for N <= ``MAX_FUSED_N`` (16384) a program keeps whole rows in r
 once and y, h written once (the minimum). Larger rows take a two-pass loop (chunked Welford statistics, then
 normalise), which re-reads h once. Oracle: ``xlmrxl_kernels.reference.add_layernorm_ref`` (``upcast=True``).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -48,19 +48,33 @@ def _prune_warps(configs, named_args, **kwargs):
     return [by_warps[0] if tile < 4 * 32 * by_warps[0].num_warps else by_warps[-1]]
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "BLOCK_M", "BLOCK_N", "HAS_RES"],
-                 prune_configs_by={"early_config_prune": _prune_warps})
+@triton.autotune(
+    configs=_CONFIGS, key=["N", "BLOCK_M", "BLOCK_N", "HAS_RES"], prune_configs_by={"early_config_prune": _prune_warps}
+)
 @triton.jit
 def _add_layernorm_kernel(
     # pointers
-    X, R, W, B, Y, H,
+    X,
+    R,
+    W,
+    B,
+    Y,
+    H,
     # sizes
-    M, N, eps,
+    M,
+    N,
+    eps,
     # row strides (the last dim is contiguous)
-    stride_x, stride_r, stride_y, stride_h,
+    stride_x,
+    stride_r,
+    stride_y,
+    stride_h,
     # meta-parameters
-    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """BLOCK_M whole rows per program; every row is read once and written once."""
     pid = tl.program_id(0).to(tl.int64)
@@ -95,13 +109,25 @@ def _add_layernorm_kernel(
 @triton.jit
 def _add_layernorm_loop_kernel(
     # pointers
-    X, R, W, B, Y, H,
+    X,
+    R,
+    W,
+    B,
+    Y,
+    H,
     # sizes
-    N, eps,
+    N,
+    eps,
     # row strides
-    stride_x, stride_r, stride_y, stride_h,
+    stride_x,
+    stride_r,
+    stride_y,
+    stride_h,
     # meta-parameters
-    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One row per program for rows wider than MAX_FUSED_N: pass 1 adds, stores h and merges per-chunk (mean, M2)
     with Chan's formula; pass 2 re-reads h and normalises."""
@@ -148,7 +174,7 @@ def _add_layernorm_loop_kernel(
         tl.store(Y + row * stride_y + offs, y.to(Y.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
 
 
-def add_layernorm_not_supported(x, residual, weight, bias, eps=1e-5) -> List[str]:
+def add_layernorm_not_supported(x, residual, weight, bias, eps=1e-5) -> list[str]:
     """Reasons (possibly none) this call cannot take the kernel; the dispatcher then runs the reference."""
     reasons = []
     if x.dtype not in _DTYPES:
@@ -173,27 +199,37 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.contiguous().view(-1, n)
 
 
-def add_layernorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
-                  bias: Optional[torch.Tensor], eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
+def add_layernorm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(LayerNorm(x + residual) * weight + bias, x + residual)``; see the module docstring."""
     return _add_layernorm(x, residual, weight, bias, eps)
 
 
 @on_tensor_device
-def _add_layernorm(x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N,
-                   loop_block_n: int = _LOOP_BLOCK_N):
+def _add_layernorm(
+    x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
+):
     """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path."""
     check(x.dim() >= 1 and x.shape[-1] >= 1, f"x must have shape (..., N) with N >= 1, got {tuple(x.shape)}")
     check_dtype("x", x, _DTYPES)
     N = x.shape[-1]
     if residual is not None:
-        check(residual.shape == x.shape,
-              f"residual has shape {tuple(residual.shape)} but x has shape {tuple(x.shape)}; they must match")
+        check(
+            residual.shape == x.shape,
+            f"residual has shape {tuple(residual.shape)} but x has shape {tuple(x.shape)}; they must match",
+        )
         check_dtype("residual", residual, (x.dtype,))
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            check(t.dim() == 1 and t.shape[0] == N,
-                  f"{name} must have shape ({N},) to match x's last dim, got {tuple(t.shape)}")
+            check(
+                t.dim() == 1 and t.shape[0] == N,
+                f"{name} must have shape ({N},) to match x's last dim, got {tuple(t.shape)}",
+            )
             check(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}")
     check_same_device(x=x, residual=residual, weight=weight, bias=bias)
     check(float(eps) >= 0, f"eps must be >= 0, got {eps}")
@@ -217,11 +253,16 @@ def _add_layernorm(x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MA
         BLOCK_N = triton.next_power_of_2(N)
         BLOCK_M = max(1, min(_TILE // BLOCK_N, triton.next_power_of_2(M)))
         grid = (triton.cdiv(M, BLOCK_M),)
-        launch_autotuned(_add_layernorm_kernel, grid, (x2, r2, w, b, y2, h2, M, N, float(eps), *strides),
-                         dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common),
-                         lambda named: _prune_warps(_CONFIGS, named, **named)[0])
+        launch_autotuned(
+            _add_layernorm_kernel,
+            grid,
+            (x2, r2, w, b, y2, h2, M, N, float(eps), *strides),
+            dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common),
+            lambda named: _prune_warps(_CONFIGS, named, **named)[0],
+        )
     else:
         BLOCK_N = min(triton.next_power_of_2(loop_block_n), triton.next_power_of_2(N))
-        _add_layernorm_loop_kernel[(M,)](x2, r2, w, b, y2, h2, N, float(eps), *strides, BLOCK_N=BLOCK_N,
-                                         num_warps=8, **common)
+        _add_layernorm_loop_kernel[(M,)](
+            x2, r2, w, b, y2, h2, N, float(eps), *strides, BLOCK_N=BLOCK_N, num_warps=8, **common
+        )
     return y, h

@@ -32,18 +32,28 @@ Launchers make the tensors' GPU current, so inputs on a non-current device are f
 fp32 inputs use exact (IEEE) dots, so they match the fp32 reference to ~1e-6.
 Oracles: ``xlmrxl_kernels.reference.attention_ref`` / ``attention_varlen_ref`` (``upcast=True``).
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import List, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import (autotune_configs, check, check_dtype, check_same_device, empty, env_flag, interpreting,
-                     launch_autotuned, num_sms, on_tensor_device)
+from ._utils import (
+    autotune_configs,
+    check,
+    check_dtype,
+    check_same_device,
+    empty,
+    env_flag,
+    interpreting,
+    launch_autotuned,
+    num_sms,
+    on_tensor_device,
+)
 
 logger = logging.getLogger("xlmrxl")
 
@@ -61,8 +71,14 @@ def _cfg(bm, bn, w, s):
 # serves (ptxas via cuobjdump -res-usage): "narrow" for padded head dims <= 96 (16 ... 80), "wide" for 128 and up.
 # BLOCK_M >= 16 x num_warps: the chained-dot layout puts every warp along M, so a shorter tile replicates work.
 # Interpreter: one small config so tiny test shapes still cross several query and key blocks.
-_NARROW = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4),
-           _cfg(64, 128, 4, 3)]
+_NARROW = [
+    _cfg(128, 64, 8, 3),
+    _cfg(128, 128, 8, 3),
+    _cfg(128, 32, 4, 3),
+    _cfg(64, 64, 4, 3),
+    _cfg(64, 32, 4, 4),
+    _cfg(64, 128, 4, 3),
+]
 _WIDE = [_cfg(128, 64, 8, 3), _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 4), _cfg(64, 64, 4, 2)]
 _TILED_CONFIGS = autotune_configs(_NARROW + _WIDE[1:], interpret_config=_cfg(16, 16, 4, 1))
 # The decode kernel is not autotuned: it is memory-bound, and a key over the cache length would re-tune (seconds of
@@ -108,12 +124,37 @@ def _load_2d(ptrs, mask_a, mask_b, CHECK_A: tl.constexpr, CHECK_B: tl.constexpr)
 
 @triton.jit
 def _attn_inner(
-    acc0, acc1, l_i, m_i, q0, q1,
-    K_base, V_base, Mask_base, stride_kn, stride_vn, stride_mn,
-    offs_m, offs_d0, offs_d1, start, end, len_k, causal_off, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, PAD_D0: tl.constexpr,
-    PAD_D1: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    BOUNDARY: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    acc0,
+    acc1,
+    l_i,
+    m_i,
+    q0,
+    q1,
+    K_base,
+    V_base,
+    Mask_base,
+    stride_kn,
+    stride_vn,
+    stride_mn,
+    offs_m,
+    offs_d0,
+    offs_d1,
+    start,
+    end,
+    len_k,
+    causal_off,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D0: tl.constexpr,
+    BLOCK_D1: tl.constexpr,
+    PAD_D0: tl.constexpr,
+    PAD_D1: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    BOUNDARY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):
     """Online-softmax sweep over key blocks [start, end). BOUNDARY: the blocks may cross len_k or the causal
     diagonal, so key bounds and the causal condition are applied; interior blocks skip that work."""
@@ -123,16 +164,22 @@ def _attn_inner(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < len_k
         # k is loaded transposed, (D, BLOCK_N), so q @ kT needs no in-register transpose
-        k0 = _load_2d(K_base + offs_n[None, :] * stride_kn + offs_d0[:, None], d0_ok[:, None], n_ok[None, :],
-                      PAD_D0, BOUNDARY)
+        k0 = _load_2d(
+            K_base + offs_n[None, :] * stride_kn + offs_d0[:, None], d0_ok[:, None], n_ok[None, :], PAD_D0, BOUNDARY
+        )
         if DOT_F32:
             qk = tl.dot(q0.to(tl.float32), k0.to(tl.float32), input_precision=DOT_PRECISION)
         else:
             qk = tl.dot(q0, k0, input_precision=DOT_PRECISION)
         if BLOCK_D1 > 0:
             # the head-dim remainder (16 of D = 80) as its own narrow dot instead of padding D to 128
-            k1 = _load_2d(K_base + offs_n[None, :] * stride_kn + (BLOCK_D0 + offs_d1)[:, None], d1_ok[:, None],
-                          n_ok[None, :], PAD_D1, BOUNDARY)
+            k1 = _load_2d(
+                K_base + offs_n[None, :] * stride_kn + (BLOCK_D0 + offs_d1)[:, None],
+                d1_ok[:, None],
+                n_ok[None, :],
+                PAD_D1,
+                BOUNDARY,
+            )
             if DOT_F32:
                 qk = tl.dot(q1.to(tl.float32), k1.to(tl.float32), qk, input_precision=DOT_PRECISION)
             else:
@@ -156,15 +203,21 @@ def _attn_inner(
         p = tl.math.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
-        v0 = _load_2d(V_base + offs_n[:, None] * stride_vn + offs_d0[None, :], n_ok[:, None], d0_ok[None, :],
-                      BOUNDARY, PAD_D0)
+        v0 = _load_2d(
+            V_base + offs_n[:, None] * stride_vn + offs_d0[None, :], n_ok[:, None], d0_ok[None, :], BOUNDARY, PAD_D0
+        )
         if DOT_F32:
             acc0 = tl.dot(p, v0.to(tl.float32), acc0 * alpha[:, None], input_precision=DOT_PRECISION)
         else:
             acc0 = tl.dot(p.to(v0.dtype), v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
         if BLOCK_D1 > 0:
-            v1 = _load_2d(V_base + offs_n[:, None] * stride_vn + (BLOCK_D0 + offs_d1)[None, :], n_ok[:, None],
-                          d1_ok[None, :], BOUNDARY, PAD_D1)
+            v1 = _load_2d(
+                V_base + offs_n[:, None] * stride_vn + (BLOCK_D0 + offs_d1)[None, :],
+                n_ok[:, None],
+                d1_ok[None, :],
+                BOUNDARY,
+                PAD_D1,
+            )
             if DOT_F32:
                 acc1 = tl.dot(p, v1.to(tl.float32), acc1 * alpha[:, None], input_precision=DOT_PRECISION)
             else:
@@ -175,23 +228,60 @@ def _attn_inner(
 @triton.jit
 def _attn_fwd_kernel(
     # pointers: q/k/v, output, key mask, split-KV partial outputs / log-sum-exps, varlen offsets
-    Q, K, V, Out, Mask, OPart, LPart, CuQ, CuK,
+    Q,
+    K,
+    V,
+    Out,
+    Mask,
+    OPart,
+    LPart,
+    CuQ,
+    CuK,
     # sizes (S_q / S_k: padded lengths; T_q / T_k: packed row counts, varlen only)
-    H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
+    H,
+    max_seqlen_q,
+    S_q,
+    S_k,
+    T_q,
+    T_k,
+    qk_scale,
     # strides (b: batch, h: head, m / n: query / key rows; the head dim is contiguous). Varlen passes b strides 0.
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om,
-    stride_mb, stride_mn,
-    stride_ps, stride_ls, stride_lb, stride_lh, stride_lm,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_mb,
+    stride_mn,
+    stride_ps,
+    stride_ls,
+    stride_lb,
+    stride_lh,
+    stride_lm,
     # autotune keys only (bucketed lengths)
-    SEQ_Q_KEY, SEQ_K_KEY,
+    SEQ_Q_KEY,
+    SEQ_K_KEY,
     # meta-parameters
-    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, PAD_D0: tl.constexpr,
-    PAD_D1: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D0: tl.constexpr,
+    BLOCK_D1: tl.constexpr,
+    PAD_D0: tl.constexpr,
+    PAD_D1: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One (query block, batch x head, key split) per program."""
     num_m = tl.cdiv(max_seqlen_q, BLOCK_M)
@@ -255,13 +345,71 @@ def _attn_fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_M, BLOCK_D1 if BLOCK_D1 > 0 else 16], dtype=tl.float32)
     acc0, acc1, l_i, m_i = _attn_inner(
-        acc0, acc1, l_i, m_i, q0, q1, K_base, V_base, Mask_base, stride_kn, stride_vn, stride_mn,
-        offs_m, offs_d0, offs_d1, lo, hi_full, len_k, causal_off, qk_scale,
-        HEAD_DIM, BLOCK_D0, BLOCK_D1, PAD_D0, PAD_D1, BLOCK_N, HAS_MASK, IS_CAUSAL, False, DOT_PRECISION, DOT_F32)
+        acc0,
+        acc1,
+        l_i,
+        m_i,
+        q0,
+        q1,
+        K_base,
+        V_base,
+        Mask_base,
+        stride_kn,
+        stride_vn,
+        stride_mn,
+        offs_m,
+        offs_d0,
+        offs_d1,
+        lo,
+        hi_full,
+        len_k,
+        causal_off,
+        qk_scale,
+        HEAD_DIM,
+        BLOCK_D0,
+        BLOCK_D1,
+        PAD_D0,
+        PAD_D1,
+        BLOCK_N,
+        HAS_MASK,
+        IS_CAUSAL,
+        False,
+        DOT_PRECISION,
+        DOT_F32,
+    )
     acc0, acc1, l_i, m_i = _attn_inner(
-        acc0, acc1, l_i, m_i, q0, q1, K_base, V_base, Mask_base, stride_kn, stride_vn, stride_mn,
-        offs_m, offs_d0, offs_d1, hi_full, hi, len_k, causal_off, qk_scale,
-        HEAD_DIM, BLOCK_D0, BLOCK_D1, PAD_D0, PAD_D1, BLOCK_N, HAS_MASK, IS_CAUSAL, True, DOT_PRECISION, DOT_F32)
+        acc0,
+        acc1,
+        l_i,
+        m_i,
+        q0,
+        q1,
+        K_base,
+        V_base,
+        Mask_base,
+        stride_kn,
+        stride_vn,
+        stride_mn,
+        offs_m,
+        offs_d0,
+        offs_d1,
+        hi_full,
+        hi,
+        len_k,
+        causal_off,
+        qk_scale,
+        HEAD_DIM,
+        BLOCK_D0,
+        BLOCK_D1,
+        PAD_D0,
+        PAD_D1,
+        BLOCK_N,
+        HAS_MASK,
+        IS_CAUSAL,
+        True,
+        DOT_PRECISION,
+        DOT_F32,
+    )
 
     # rows that saw no key (all masked, or causal with S_q > S_k) have l = 0 and acc = 0: they come out as zeros
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -275,24 +423,39 @@ def _attn_fwd_kernel(
         if BLOCK_D1 > 0:
             tl.store(P_base + (BLOCK_D0 + offs_d1)[None, :], out1, mask=m_ok[:, None] & d1_ok[None, :])
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
-        tl.store(LPart + split * stride_ls + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_lm, lse,
-                 mask=m_ok)
+        tl.store(
+            LPart + split * stride_ls + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_lm, lse, mask=m_ok
+        )
     else:
         O_base = Out + row_off
-        tl.store(O_base + offs_d0[None, :], out0.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
-                 mask=m_ok[:, None] & d0_ok[None, :])
+        tl.store(
+            O_base + offs_d0[None, :],
+            out0.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
+            mask=m_ok[:, None] & d0_ok[None, :],
+        )
         if BLOCK_D1 > 0:
-            tl.store(O_base + (BLOCK_D0 + offs_d1)[None, :],
-                     out1.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
-                     mask=m_ok[:, None] & d1_ok[None, :])
+            tl.store(
+                O_base + (BLOCK_D0 + offs_d1)[None, :],
+                out1.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
+                mask=m_ok[:, None] & d1_ok[None, :],
+            )
 
 
 @triton.jit
 def _attn_combine_kernel(
-    OPart, LPart, Out,
-    H, R,
-    stride_ps, stride_pr, stride_ls, stride_lr, stride_or,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    OPart,
+    LPart,
+    Out,
+    H,
+    R,
+    stride_ps,
+    stride_pr,
+    stride_ls,
+    stride_lr,
+    stride_or,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
     """Merge the NUM_SPLITS partial outputs of one (row, head): weights 2^(lse_s - max lse), normalised."""
     pid = tl.program_id(0).to(tl.int64)
@@ -307,27 +470,66 @@ def _attn_combine_kernel(
     w = tl.math.exp2(lse - m)
     denom = tl.sum(w, 0)
     denom = tl.where(denom == 0.0, 1.0, denom)
-    o = tl.load(OPart + offs_s[:, None] * stride_ps + r * stride_pr + h * HEAD_DIM + offs_d[None, :],
-                mask=d_ok[None, :], other=0.0)
+    o = tl.load(
+        OPart + offs_s[:, None] * stride_ps + r * stride_pr + h * HEAD_DIM + offs_d[None, :],
+        mask=d_ok[None, :],
+        other=0.0,
+    )
     out = tl.sum(o * w[:, None], 0) / denom
-    tl.store(Out + r * stride_or + h * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
-             mask=d_ok)
+    tl.store(
+        Out + r * stride_or + h * HEAD_DIM + offs_d,
+        out.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"),
+        mask=d_ok,
+    )
 
 
 @triton.jit
 def _attn_decode_kernel(
     # pointers and sizes: as _attn_fwd_kernel
-    Q, K, V, Out, Mask, OPart, LPart, CuQ, CuK,
-    H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om,
-    stride_mb, stride_mn,
-    stride_ps, stride_ls, stride_lb, stride_lh, stride_lm,
-    SEQ_Q_KEY, SEQ_K_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    Out,
+    Mask,
+    OPart,
+    LPart,
+    CuQ,
+    CuK,
+    H,
+    max_seqlen_q,
+    S_q,
+    S_k,
+    T_q,
+    T_k,
+    qk_scale,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_mb,
+    stride_mn,
+    stride_ps,
+    stride_ls,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    SEQ_Q_KEY,
+    SEQ_K_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Decode: one query row per program (no 16-row MMA tile for a single query), dot products as broadcast
     multiply + reduce in fp32, keys optionally split across programs (flash-decoding). Memory-bound by design."""
@@ -396,8 +598,9 @@ def _attn_decode_kernel(
         tl.store(Out + row_off + offs_d, out.to(Out.dtype.element_ty, fp_downcast_rounding="rtne"), mask=d_ok)
 
 
-_fwd_tiled = triton.autotune(configs=_TILED_CONFIGS, key=_KEY,
-                             prune_configs_by={"early_config_prune": _prune_tiled})(_attn_fwd_kernel)
+_fwd_tiled = triton.autotune(configs=_TILED_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_tiled})(
+    _attn_fwd_kernel
+)
 
 
 def _tiled_default(named_args: dict):
@@ -449,8 +652,34 @@ def _bucket(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen_k, S_q, S_k, T_q, T_k,
-            q_strides, k_strides, v_strides, o_strides, m_strides, scale, causal, varlen, num_splits=None):
+def _launch(
+    q,
+    k,
+    v,
+    out,
+    mask,
+    cu_q,
+    cu_k,
+    *,
+    B,
+    H,
+    D,
+    max_seqlen_q,
+    max_seqlen_k,
+    S_q,
+    S_k,
+    T_q,
+    T_k,
+    q_strides,
+    k_strides,
+    v_strides,
+    o_strides,
+    m_strides,
+    scale,
+    causal,
+    varlen,
+    num_splits=None,
+):
     """Pick the decode or the tiled kernel, allocate split-KV buffers when needed, launch. Rows of ``out`` are
     (R, H, D) contiguous: R = B * S_q padded (row = b * S_q + i), R = T_q varlen."""
     BLOCK_D0, BLOCK_D1 = _head_dim_blocks(D)
@@ -459,8 +688,10 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen
         rows_per_program = 1 if decode else 64
         programs = B * H * triton.cdiv(max_seqlen_q, rows_per_program)
         num_splits = _num_splits(q.device, programs, max_seqlen_k)
-    check(num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
-          f"num_splits must be a power of two >= 1, got {num_splits}")
+    check(
+        num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
+        f"num_splits must be a power of two >= 1, got {num_splits}",
+    )
     R = out.shape[0] * (out.shape[1] if not varlen else 1)
     if num_splits > 1:
         opart = torch.empty((num_splits, R, H, D), dtype=torch.float32, device=q.device)
@@ -470,31 +701,86 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, *, B, H, D, max_seqlen_q, max_seqlen
     else:
         opart, lpart, ps, ls, lb, lh, lm = out, out, 0, 0, 0, 0, 0
     qk_scale = float(scale) * _LOG2E
-    args = (q, k, v, out, mask, opart, lpart, cu_q, cu_k,
-            H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale,
-            *q_strides, *k_strides, *v_strides, *o_strides, *m_strides,
-            ps, ls, lb, lh, lm)
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=mask is not None and not varlen, IS_CAUSAL=bool(causal),
-                 NUM_SPLITS=num_splits)
+    args = (
+        q,
+        k,
+        v,
+        out,
+        mask,
+        opart,
+        lpart,
+        cu_q,
+        cu_k,
+        H,
+        max_seqlen_q,
+        S_q,
+        S_k,
+        T_q,
+        T_k,
+        qk_scale,
+        *q_strides,
+        *k_strides,
+        *v_strides,
+        *o_strides,
+        *m_strides,
+        ps,
+        ls,
+        lb,
+        lh,
+        lm,
+    )
+    flags = dict(
+        HEAD_DIM=D,
+        IS_VARLEN=varlen,
+        HAS_MASK=mask is not None and not varlen,
+        IS_CAUSAL=bool(causal),
+        NUM_SPLITS=num_splits,
+    )
     if decode:
         block_d = triton.next_power_of_2(D)
         # SEQ_*_KEY only key the tiled kernel's autotuning: constant here, so they never add compiled variants
-        _attn_decode_kernel[(max_seqlen_q * B * H, num_splits)](*args, 0, 0, BLOCK_D=block_d, **flags,
-                                                                 **_decode_launch_params(block_d))
+        _attn_decode_kernel[(max_seqlen_q * B * H, num_splits)](
+            *args, 0, 0, BLOCK_D=block_d, **flags, **_decode_launch_params(block_d)
+        )
     else:
         dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
         grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
-        launch_autotuned(_fwd_tiled, grid, args + (_bucket(max_seqlen_q), _bucket(max_seqlen_k)), dict(
-            BLOCK_D0=BLOCK_D0, BLOCK_D1=BLOCK_D1, PAD_D0=BLOCK_D0 > D, PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", DOT_F32=dot_f32, **flags), _tiled_default)
+        launch_autotuned(
+            _fwd_tiled,
+            grid,
+            args + (_bucket(max_seqlen_q), _bucket(max_seqlen_k)),
+            dict(
+                BLOCK_D0=BLOCK_D0,
+                BLOCK_D1=BLOCK_D1,
+                PAD_D0=BLOCK_D0 > D,
+                PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
+                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                DOT_F32=dot_f32,
+                **flags,
+            ),
+            _tiled_default,
+        )
     if num_splits > 1:
         out_rows = out.view(R, H, D)
         _attn_combine_kernel[(R * H,)](
-            opart, lpart, out_rows, H, R, opart.stride(0), opart.stride(1), lpart.stride(0), lpart.stride(1),
-            out_rows.stride(0), HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D), NUM_SPLITS=num_splits, num_warps=4)
+            opart,
+            lpart,
+            out_rows,
+            H,
+            R,
+            opart.stride(0),
+            opart.stride(1),
+            lpart.stride(0),
+            lpart.stride(1),
+            out_rows.stride(0),
+            HEAD_DIM=D,
+            BLOCK_D=triton.next_power_of_2(D),
+            NUM_SPLITS=num_splits,
+            num_warps=4,
+        )
 
 
-def _common_reasons(q, k, v) -> List[str]:
+def _common_reasons(q, k, v) -> list[str]:
     reasons = []
     if q.dtype not in _DTYPES:
         reasons.append(f"attention kernel takes fp32/fp16/bf16, got q of dtype {q.dtype}")
@@ -506,7 +792,7 @@ def _common_reasons(q, k, v) -> List[str]:
     return reasons
 
 
-def attention_not_supported(q, k, v, attention_mask=None, *, scale=None, causal=False) -> List[str]:
+def attention_not_supported(q, k, v, attention_mask=None, *, scale=None, causal=False) -> list[str]:
     """Reasons (possibly none) this call cannot take the kernel; the dispatcher then runs the reference."""
     reasons = _common_reasons(q, k, v)
     if attention_mask is not None and attention_mask.is_complex():
@@ -514,8 +800,9 @@ def attention_not_supported(q, k, v, attention_mask=None, *, scale=None, causal=
     return reasons
 
 
-def attention_varlen_not_supported(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None,
-                                   causal=False) -> List[str]:
+def attention_varlen_not_supported(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False
+) -> list[str]:
     """Reasons (possibly none) this call cannot take the kernel; the dispatcher then runs the reference."""
     return _common_reasons(q, k, v)
 
@@ -524,18 +811,26 @@ def _check_qkv(q, k, v, ndim: int, layout: str) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         check(t.dim() == ndim, f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
     check(k.shape == v.shape, f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    check(q.shape[-1] == k.shape[-1],
-          f"q has head dim {q.shape[-1]} but k/v have {k.shape[-1]}; they must match")
-    check(1 <= q.shape[-1] <= MAX_HEAD_DIM,
-          f"head dim {q.shape[-1]} is outside the kernel's 1..{MAX_HEAD_DIM}; use attention_ref for it")
+    check(q.shape[-1] == k.shape[-1], f"q has head dim {q.shape[-1]} but k/v have {k.shape[-1]}; they must match")
+    check(
+        1 <= q.shape[-1] <= MAX_HEAD_DIM,
+        f"head dim {q.shape[-1]} is outside the kernel's 1..{MAX_HEAD_DIM}; use attention_ref for it",
+    )
     check_dtype("q", q, _DTYPES)
     check_dtype("k", k, (q.dtype,))
     check_dtype("v", v, (q.dtype,))
     check_same_device(q=q, k=k, v=v)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
-              scale: Optional[float] = None, causal: bool = False) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
     """Scaled dot-product attention on (B, H, S, D) tensors; see the module docstring."""
     return _attention(q, k, v, attention_mask, scale=scale, causal=causal)
 
@@ -546,16 +841,20 @@ def _attention(q, k, v, attention_mask=None, *, scale=None, causal=False, num_sp
     _check_qkv(q, k, v, 4, "(B, H, S, D)")
     B, H, S_q, D = q.shape
     S_k = k.shape[2]
-    check(k.shape[:2] == (B, H),
-          f"q is (B={B}, H={H}, S_q, D) but k/v are {tuple(k.shape)}; batch and head counts must match")
+    check(
+        k.shape[:2] == (B, H),
+        f"q is (B={B}, H={H}, S_q, D) but k/v are {tuple(k.shape)}; batch and head counts must match",
+    )
     if scale is None:
-        scale = D ** -0.5
+        scale = D**-0.5
     check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
     mask = attention_mask
     if mask is not None:
-        check(tuple(mask.shape) == (B, S_k),
-              f"attention_mask must have shape (B, S_k) = ({B}, {S_k}), got {tuple(mask.shape)}; "
-              "pass the 2-D keep mask (1 = attend), not a 4-D additive bias")
+        check(
+            tuple(mask.shape) == (B, S_k),
+            f"attention_mask must have shape (B, S_k) = ({B}, {S_k}), got {tuple(mask.shape)}; "
+            "pass the 2-D keep mask (1 = attend), not a 4-D additive bias",
+        )
         check_same_device(q=q, attention_mask=mask)
         if mask.dtype == torch.bool:
             mask = mask.view(torch.uint8)  # same bytes; Triton reads it as an integer
@@ -563,13 +862,33 @@ def _attention(q, k, v, attention_mask=None, *, scale=None, causal=False, num_sp
     # (B, S_q, H, D) buffer: merging heads afterwards is free
     out = empty((B, S_q, H, D), dtype=q.dtype, device=q.device)
     if B * H * S_q > 0:
-        _launch(q, k, v, out, mask if mask is not None else q, q, q, B=B, H=H, D=D, max_seqlen_q=S_q,
-                max_seqlen_k=S_k, S_q=S_q, S_k=S_k, T_q=0, T_k=0,
-                q_strides=(q.stride(0), q.stride(1), q.stride(2)), k_strides=(k.stride(0), k.stride(1), k.stride(2)),
-                v_strides=(v.stride(0), v.stride(1), v.stride(2)), o_strides=(out.stride(0), out.stride(2),
-                                                                                 out.stride(1)),
-                m_strides=(mask.stride(0), mask.stride(1)) if mask is not None else (0, 0),
-                scale=scale, causal=causal, varlen=False, num_splits=num_splits)
+        _launch(
+            q,
+            k,
+            v,
+            out,
+            mask if mask is not None else q,
+            q,
+            q,
+            B=B,
+            H=H,
+            D=D,
+            max_seqlen_q=S_q,
+            max_seqlen_k=S_k,
+            S_q=S_q,
+            S_k=S_k,
+            T_q=0,
+            T_k=0,
+            q_strides=(q.stride(0), q.stride(1), q.stride(2)),
+            k_strides=(k.stride(0), k.stride(1), k.stride(2)),
+            v_strides=(v.stride(0), v.stride(1), v.stride(2)),
+            o_strides=(out.stride(0), out.stride(2), out.stride(1)),
+            m_strides=(mask.stride(0), mask.stride(1)) if mask is not None else (0, 0),
+            scale=scale,
+            causal=causal,
+            varlen=False,
+            num_splits=num_splits,
+        )
     return out.transpose(1, 2)
 
 
@@ -586,50 +905,91 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int) 
     check(not bad, f"{name} must be nondecreasing, but it decreases after index {bad[0] if bad else -1}: {vals}")
     check(vals[-1] <= total, f"{name}[-1] = {vals[-1]} exceeds the {total} packed rows of the tensor")
     longest = max(lens, default=0)
-    check(longest <= max_seqlen, f"a sequence has {longest} rows but max_seqlen for {name} is {max_seqlen}; "
-          "pass the true maximum length")
+    check(
+        longest <= max_seqlen,
+        f"a sequence has {longest} rows but max_seqlen for {name} is {max_seqlen}; pass the true maximum length",
+    )
 
 
-def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
-                     scale: Optional[float] = None, causal: bool = False) -> torch.Tensor:
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
     """Attention over packed variable-length sequences (flash-attn's varlen layout); see the module docstring."""
-    return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
-                             causal=causal)
+    return _attention_varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
+    )
 
 
 @on_tensor_device
-def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False,
-                      num_splits=None):
+def _attention_varlen(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
+):
     _check_qkv(q, k, v, 3, "(T, H, D)")
     T_q, H, D = q.shape
     T_k = k.shape[0]
     check(k.shape[1] == H, f"q has {H} heads but k/v have {k.shape[1]}; they must match")
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        check(isinstance(cu, torch.Tensor) and cu.dim() == 1 and cu.shape[0] >= 2,
-              f"{name} must be a 1-D tensor of B+1 >= 2 offsets, got "
-              f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}")
+        check(
+            isinstance(cu, torch.Tensor) and cu.dim() == 1 and cu.shape[0] >= 2,
+            f"{name} must be a 1-D tensor of B+1 >= 2 offsets, got "
+            f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else type(cu).__name__}",
+        )
         check(cu.dtype == torch.int32, f"{name} must be int32 (flash-attn's convention), got {cu.dtype}")
         check(cu.device == q.device, f"{name} is on {cu.device} but q is on {q.device}; move it to q's device")
-    check(cu_seqlens_q.shape == cu_seqlens_k.shape,
-          f"cu_seqlens_q and cu_seqlens_k must both have B+1 entries, got {cu_seqlens_q.shape[0]} and "
-          f"{cu_seqlens_k.shape[0]}")
-    check(int(max_seqlen_q) >= 0 and int(max_seqlen_k) >= 0,
-          f"max_seqlen_q / max_seqlen_k must be >= 0, got {max_seqlen_q} / {max_seqlen_k}")
+    check(
+        cu_seqlens_q.shape == cu_seqlens_k.shape,
+        f"cu_seqlens_q and cu_seqlens_k must both have B+1 entries, got {cu_seqlens_q.shape[0]} and "
+        f"{cu_seqlens_k.shape[0]}",
+    )
+    check(
+        int(max_seqlen_q) >= 0 and int(max_seqlen_k) >= 0,
+        f"max_seqlen_q / max_seqlen_k must be >= 0, got {max_seqlen_q} / {max_seqlen_k}",
+    )
     max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
     if q.device.type == "cpu" or _debug_checks():
         _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, T_q, max_seqlen_q)
         _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, T_k, max_seqlen_k)
     if scale is None:
-        scale = D ** -0.5
+        scale = D**-0.5
     check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
     B = cu_seqlens_q.shape[0] - 1
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     out = empty((T_q, H, D), dtype=q.dtype, device=q.device)
     if max_seqlen_q > 0 and T_q > 0:
-        _launch(q, k, v, out, q, cu_seqlens_q, cu_seqlens_k, B=B, H=H, D=D, max_seqlen_q=max_seqlen_q,
-                max_seqlen_k=max_seqlen_k, S_q=0, S_k=0, T_q=T_q, T_k=T_k,
-                q_strides=(0, q.stride(1), q.stride(0)), k_strides=(0, k.stride(1), k.stride(0)),
-                v_strides=(0, v.stride(1), v.stride(0)), o_strides=(0, out.stride(1), out.stride(0)),
-                m_strides=(0, 0), scale=scale, causal=causal, varlen=True, num_splits=num_splits)
+        _launch(
+            q,
+            k,
+            v,
+            out,
+            q,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            B=B,
+            H=H,
+            D=D,
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+            S_q=0,
+            S_k=0,
+            T_q=T_q,
+            T_k=T_k,
+            q_strides=(0, q.stride(1), q.stride(0)),
+            k_strides=(0, k.stride(1), k.stride(0)),
+            v_strides=(0, v.stride(1), v.stride(0)),
+            o_strides=(0, out.stride(1), out.stride(0)),
+            m_strides=(0, 0),
+            scale=scale,
+            causal=causal,
+            varlen=True,
+            num_splits=num_splits,
+        )
     return out

@@ -36,19 +36,24 @@ When ``_C`` cannot be imported (not built, or built against another torch), the 
 (set in CI) turns that absence into an ImportError when this module is imported. A CPU-only build used with CUDA
 tensors also falls back, with its own logged reason. Oracle: ``cache_update_ref`` and friends (same signatures).
 """
+
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Optional, Tuple
 
 import torch
 
 from ._utils import env_flag
 from .reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
 
-__all__ = ["cache_update", "cache_reorder", "cache_reset", "cache_extension_available",
-           "cache_extension_unavailable_reason"]
+__all__ = [
+    "cache_update",
+    "cache_reorder",
+    "cache_reset",
+    "cache_extension_available",
+    "cache_extension_unavailable_reason",
+]
 
 logger = logging.getLogger("xlmrxl")
 
@@ -59,7 +64,7 @@ def _require_ext() -> bool:
     return env_flag("XLMRXL_REQUIRE_EXT")
 
 
-def _load(module: str = "xlmrxl_kernels._C") -> Tuple[Optional[object], Optional[str]]:
+def _load(module: str = "xlmrxl_kernels._C") -> tuple[object | None, str | None]:
     """Import the compiled module: (module, None), or (None, reason). Raises ImportError if XLMRXL_REQUIRE_EXT=1."""
     try:
         return importlib.import_module(module), None
@@ -85,13 +90,15 @@ def cache_extension_available() -> bool:
     return _C is not None
 
 
-def cache_extension_unavailable_reason(device: Optional[torch.device] = None) -> Optional[str]:
+def cache_extension_unavailable_reason(device: torch.device | None = None) -> str | None:
     """None when the compiled op serves tensors on ``device`` (default: CPU); else why the reference runs."""
     if _C is None:
         return f"{_REASON}; {_BUILD_HINT}"
     if device is not None and torch.device(device).type == "cuda" and not _C.with_cuda():
-        return ("xlmrxl_kernels._C was built without CUDA (torch was a CPU build, nvcc was missing, or "
-                "XLMRXL_CUDA=0); rebuild it on this machine for the CUDA kernel")
+        return (
+            "xlmrxl_kernels._C was built without CUDA (torch was a CPU build, nvcc was missing, or "
+            "XLMRXL_CUDA=0); rebuild it on this machine for the CUDA kernel"
+        )
     return None
 
 
@@ -103,15 +110,22 @@ def _op(name: str, device: torch.device):
     return {"cache_update": cache_update_ref, "cache_reorder": cache_reorder_ref, "cache_reset": cache_reset_ref}[name]
 
 
-def cache_update(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                 positions: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> None:
+def cache_update(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    positions: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+) -> None:
     """Write ``k_new`` / ``v_new`` (B, H, T, D) into ``k_cache`` / ``v_cache`` (B, H, max_len, D) in place, sequence b
     starting at slot ``positions[b]`` (and writing only its first ``lengths[b]`` tokens when given). Returns None."""
     _op("cache_update", k_cache.device)(k_cache, v_cache, k_new, v_new, positions, lengths)
 
 
-def cache_reorder(k_cache: torch.Tensor, v_cache: torch.Tensor, beam_idx: torch.Tensor,
-                  length: Optional[int] = None) -> None:
+def cache_reorder(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, beam_idx: torch.Tensor, length: int | None = None
+) -> None:
     """Reorder both caches along the batch in place, ``cache[b] = cache[beam_idx[b]]``, over the first ``length``
     slots (default: all). Returns None. ``beam_idx`` entries must lie in [0, B): checked on CPU; on CUDA an
     out-of-range entry is a device-side assert, not a Python error (see the module docstring)."""

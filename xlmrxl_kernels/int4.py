@@ -34,25 +34,48 @@ Launchers make the tensors' GPU current; under CUDA-graph capture an untuned sha
 autotuning (warm up once before capturing).
 Oracle: ``xlmrxl_kernels.reference.int4.int4_matmul_ref``.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from ._tiles import grouped_tile
-from ._utils import (autotune_configs, check, check_same_device, empty, interpreting, launch_autotuned, num_sms,
-                     on_tensor_device)
-from .reference.int4 import (check_int4_args, dequantize_int4_ref, export_torchao_int4, import_torchao_int4,
-                             pack_int4, quantize_int4_ref, unpack_int4)
+from ._utils import (
+    autotune_configs,
+    check,
+    check_same_device,
+    empty,
+    interpreting,
+    launch_autotuned,
+    num_sms,
+    on_tensor_device,
+)
+from .reference.int4 import (
+    check_int4_args,
+    dequantize_int4_ref,
+    export_torchao_int4,
+    import_torchao_int4,
+    pack_int4,
+    quantize_int4_ref,
+    unpack_int4,
+)
 
 logger = logging.getLogger("xlmrxl")
 
-__all__ = ["quantize_int4", "dequantize_int4", "int4_matmul", "int4_matmul_not_supported", "pack_int4",
-           "unpack_int4", "import_torchao_int4", "export_torchao_int4"]
+__all__ = [
+    "quantize_int4",
+    "dequantize_int4",
+    "int4_matmul",
+    "int4_matmul_not_supported",
+    "pack_int4",
+    "unpack_int4",
+    "import_torchao_int4",
+    "export_torchao_int4",
+]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SMALL_M = 64  # at or below: the latency launch (narrow token tile, split-K)
@@ -83,14 +106,36 @@ _SMALL_BLOCK_N_INTERPRET = 32
 @triton.jit
 def _int4_matmul_kernel(
     # pointers: activations, packed weight, group scales / zeros, bias, output, fp32 split-K workspace
-    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr,
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    z_ptr,
+    b_ptr,
+    y_ptr,
+    ws_ptr,
     # sizes (M_BUCKET only keys the autotune cache)
-    M, N, K, M_BUCKET,
+    M,
+    N,
+    K,
+    M_BUCKET,
     # strides
-    stride_xm, stride_xk, stride_qn, stride_qk, stride_sg, stride_sn, stride_ym, stride_yn,
+    stride_xm,
+    stride_xk,
+    stride_qn,
+    stride_qk,
+    stride_sg,
+    stride_sn,
+    stride_ym,
+    stride_yn,
     # meta-parameters
-    GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, SPLIT_K: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    GELU: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_KP: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     HALF: tl.constexpr = GROUP_SIZE // 2  # bytes per group; also the k-width of each nibble half
@@ -150,16 +195,22 @@ def _int4_matmul_kernel(
         tl.atomic_add(ws_ptrs, acc, mask=out_mask)
 
 
-_int4_tiled = triton.autotune(configs=autotune_configs(_TILED_CONFIGS, _TILED_INTERPRET),
-                              key=["M_BUCKET", "N", "K", "GROUP_SIZE", "HAS_BIAS", "GELU"])(_int4_matmul_kernel)
+_int4_tiled = triton.autotune(
+    configs=autotune_configs(_TILED_CONFIGS, _TILED_INTERPRET),
+    key=["M_BUCKET", "N", "K", "GROUP_SIZE", "HAS_BIAS", "GELU"],
+)(_int4_matmul_kernel)
 # the workspace is accumulated into: restore it after every timing run of the autotuner
-_int4_small = triton.autotune(configs=autotune_configs(_SMALL_CONFIGS), key=["M_BUCKET", "N", "K", "GROUP_SIZE",
-                              "SPLIT_K", "HAS_BIAS", "GELU", "BLOCK_M"], restore_value=["ws_ptr"])(_int4_matmul_kernel)
+_int4_small = triton.autotune(
+    configs=autotune_configs(_SMALL_CONFIGS),
+    key=["M_BUCKET", "N", "K", "GROUP_SIZE", "SPLIT_K", "HAS_BIAS", "GELU", "BLOCK_M"],
+    restore_value=["ws_ptr"],
+)(_int4_matmul_kernel)
 
 
 @triton.jit
-def _int4_finalize_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn,
-                          HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr):
+def _int4_finalize_kernel(
+    ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     m = offs // N
@@ -194,9 +245,15 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     return bufs[-1][:numel]
 
 
-def int4_matmul_not_supported(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                              group_size: int = 128, bias: Optional[torch.Tensor] = None,
-                              activation: Optional[str] = None) -> List[str]:
+def int4_matmul_not_supported(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int = 128,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> list[str]:
     """Reasons (possibly none) the kernel cannot take this call; the dispatcher then runs the reference."""
     reasons = []
     if x.dtype not in _DTYPES:
@@ -210,19 +267,29 @@ def int4_matmul_not_supported(x: torch.Tensor, qweight: torch.Tensor, scales: to
 
 
 @on_tensor_device
-def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                group_size: int = 128, bias: Optional[torch.Tensor] = None,
-                activation: Optional[str] = None) -> torch.Tensor:
+def int4_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int = 128,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
     """``act(x @ W_hat.T + bias)`` with ``W_hat`` dequantized from the int4 weight inside the kernel's K loop.
 
     ``x`` ``(..., K)``; packed weight as ``quantize_int4`` returns it; ``bias`` ``(N,)`` or None; ``activation``
     None or ``"gelu"``. Returns ``(..., N)`` in ``x.dtype``."""
     N, K = check_int4_args(qweight, scales, zeros, group_size)
     check(activation in (None, "gelu"), f"activation must be None or 'gelu', got {activation!r}")
-    check(x.dim() >= 1 and x.shape[-1] == K,
-          f"x has {x.shape[-1] if x.dim() else 0} features in its last dim but the int4 weight has K={K}")
-    check(bias is None or tuple(bias.shape) == (N,),
-          f"bias must have shape ({N},), got {None if bias is None else tuple(bias.shape)}")
+    check(
+        x.dim() >= 1 and x.shape[-1] == K,
+        f"x has {x.shape[-1] if x.dim() else 0} features in its last dim but the int4 weight has K={K}",
+    )
+    check(
+        bias is None or tuple(bias.shape) == (N,),
+        f"bias must have shape ({N},), got {None if bias is None else tuple(bias.shape)}",
+    )
     reasons = int4_matmul_not_supported(x, qweight, scales, zeros, group_size, bias, activation)
     check(not reasons, "; ".join(reasons) + " (use the reference int4_matmul_ref)")
     check_same_device(x=x, qweight=qweight, scales=scales, zeros=zeros, bias=bias)
@@ -237,21 +304,36 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     block_kp = min(group_size // 2, 64)
     gelu = activation == "gelu"
     m_bucket = min(triton.next_power_of_2(M), 8192)
-    common = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, GELU=gelu, IEEE=x.dtype == torch.float32,
-                  BLOCK_KP=block_kp)
-    strides = (x2.stride(0), x2.stride(1), qweight.stride(0), qweight.stride(1), scales.stride(0), scales.stride(1),
-               y.stride(0), y.stride(1))
+    common = dict(
+        GROUP_SIZE=group_size, HAS_BIAS=bias is not None, GELU=gelu, IEEE=x.dtype == torch.float32, BLOCK_KP=block_kp
+    )
+    strides = (
+        x2.stride(0),
+        x2.stride(1),
+        qweight.stride(0),
+        qweight.stride(1),
+        scales.stride(0),
+        scales.stride(1),
+        y.stride(0),
+        y.stride(1),
+    )
     if scales.stride() != zeros.stride():
         zeros = zeros.contiguous()
         scales = scales.contiguous()
         strides = strides[:4] + (scales.stride(0), scales.stride(1)) + strides[6:]
 
     if M > SMALL_M:
+
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
 
-        launch_autotuned(_int4_tiled, grid, (x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides),
-                         dict(SPLIT_K=1, **common), lambda named: _TILED_CONFIGS[1])
+        launch_autotuned(
+            _int4_tiled,
+            grid,
+            (x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides),
+            dict(SPLIT_K=1, **common),
+            lambda named: _TILED_CONFIGS[1],
+        )
         return y.reshape(lead + (N,))
 
     # latency launch: tiles fixed here so the split can fill the GPU
@@ -264,11 +346,16 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * M)))
     split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
     ws = _workspace(x.device, M * N) if split > 1 else y
-    launch_autotuned(_int4_small, (tiles, split), (x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides),
-                     dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
-                     lambda named: _SMALL_CONFIGS[1])
+    launch_autotuned(
+        _int4_small,
+        (tiles, split),
+        (x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides),
+        dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
+        lambda named: _SMALL_CONFIGS[1],
+    )
     if split > 1:
         block = 1024
-        _int4_finalize_kernel[(triton.cdiv(M * N, block),)](ws, b, y, M, N, y.stride(0), y.stride(1),
-                                                             HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block)
+        _int4_finalize_kernel[(triton.cdiv(M * N, block),)](
+            ws, b, y, M, N, y.stride(0), y.stride(1), HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block
+        )
     return y.reshape(lead + (N,))

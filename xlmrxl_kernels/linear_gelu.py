@@ -18,10 +18,10 @@ Used for the FFN up projection + GELU (``intermediate.dense``), the attention ou
 projection (``+ residual``). Tiles are visited in super-grouped order (``GROUP_M`` row tiles per column band) so a
 band of ``weight`` stays in L2 while several row tiles use it. Oracles: ``xlmrxl_kernels.reference.linear_gelu``.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
 
 import torch
 import triton
@@ -37,8 +37,9 @@ _EPI_NONE, _EPI_GELU, _EPI_RESIDUAL = 0, 1, 2
 
 
 def _config(bm, bn, bk, warps, stages, group_m=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-                         num_warps=warps, num_stages=stages)
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages
+    )
 
 
 # Hopper-sized tiles for large M, then narrower ones for few tokens (one short sequence: M ~ 128).
@@ -56,8 +57,10 @@ _CONFIGS = [
 ]
 # Under the interpreter: one small config so that K, N and M all cross block edges at tiny test shapes.
 _INTERPRET_CONFIG = _config(32, 32, 32, 4, 1, group_m=2)
-_FP32_CUDA_REASON = ("float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
-                     "use bf16/fp16 for the fused kernel")
+_FP32_CUDA_REASON = (
+    "float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
+    "use bf16/fp16 for the fused kernel"
+)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -76,19 +79,42 @@ def _prune(configs, named_args, **kwargs):
     return kept or [configs[-1]]
 
 
-@triton.autotune(configs=autotune_configs(_CONFIGS, _INTERPRET_CONFIG), key=["M_BUCKET", "N", "K", "EPILOGUE"],
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=autotune_configs(_CONFIGS, _INTERPRET_CONFIG),
+    key=["M_BUCKET", "N", "K", "EPILOGUE"],
+    prune_configs_by={"early_config_prune": _prune},
+)
 @triton.jit
 def _linear_epilogue_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    r_ptr,
+    y_ptr,
     # sizes (M_BUCKET only keys the autotune cache, so every new token count does not re-tune)
-    M, N, K, M_BUCKET,
+    M,
+    N,
+    K,
+    M_BUCKET,
     # strides
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_ym, stride_yn,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_rm,
+    stride_rn,
+    stride_ym,
+    stride_yn,
     # meta-parameters
-    HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
@@ -134,7 +160,7 @@ def _linear_epilogue_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _not_supported(x, weight, bias, residual=None) -> List[str]:
+def _not_supported(x, weight, bias, residual=None) -> list[str]:
     reasons = []
     if x.dtype not in _DTYPES:
         reasons.append(f"x has dtype {x.dtype}; the kernel takes float16, bfloat16 or float32")
@@ -145,19 +171,20 @@ def _not_supported(x, weight, bias, residual=None) -> List[str]:
     return reasons
 
 
-def _slower_than_reference(x) -> List[str]:
+def _slower_than_reference(x) -> list[str]:
     """Calls the kernel can run but should not: the reference is faster."""
     return [_FP32_CUDA_REASON] if x.dtype == torch.float32 and x.device.type == "cuda" else []
 
 
-def linear_gelu_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> List[str]:
+def linear_gelu_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> list[str]:
     """Reasons (possibly none) the kernel cannot or should not take this call (float32 on CUDA: the reference is
     faster); the dispatcher then runs the reference."""
     return _not_supported(x, weight, bias) + _slower_than_reference(x)
 
 
-def linear_residual_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                  residual: torch.Tensor) -> List[str]:
+def linear_residual_not_supported(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+) -> list[str]:
     """Reasons (possibly none) the kernel cannot or should not take this call (float32 on CUDA: the reference is
     faster); the dispatcher then runs the reference."""
     return _not_supported(x, weight, bias, residual) + _slower_than_reference(x)
@@ -167,11 +194,15 @@ def linear_residual_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: O
 def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
     check(weight.dim() == 2, f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
     N, K = weight.shape
-    check(x.dim() >= 1 and x.shape[-1] == K,
-          f"x has {x.shape[-1] if x.dim() else 0} features in its last dim but weight is ({N}, {K}) (N, K); "
-          "they must agree on K")
-    check(bias is None or tuple(bias.shape) == (N,), f"bias must have shape ({N},), got "
-          f"{None if bias is None else tuple(bias.shape)}")
+    check(
+        x.dim() >= 1 and x.shape[-1] == K,
+        f"x has {x.shape[-1] if x.dim() else 0} features in its last dim but weight is ({N}, {K}) (N, K); "
+        "they must agree on K",
+    )
+    check(
+        bias is None or tuple(bias.shape) == (N,),
+        f"bias must have shape ({N},), got {None if bias is None else tuple(bias.shape)}",
+    )
     reasons = _not_supported(x, weight, bias)
     check(not reasons, "; ".join(reasons) + " (use the reference, or cast the inputs)")
     check_same_device(x=x, weight=weight, bias=bias, residual=residual)
@@ -180,8 +211,10 @@ def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
     M = x2.shape[0]
     y = empty((M, N), dtype=x.dtype, device=x.device)
     if residual is not None:
-        check(tuple(residual.shape) == lead + (N,),
-              f"residual must have shape {lead + (N,)} (x's leading dims, N), got {tuple(residual.shape)}")
+        check(
+            tuple(residual.shape) == lead + (N,),
+            f"residual must have shape {lead + (N,)} (x's leading dims, N), got {tuple(residual.shape)}",
+        )
         r2 = residual.reshape(M, N)
     else:
         r2 = y  # never read (EPILOGUE != 2)
@@ -193,24 +226,46 @@ def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     m_bucket = min(triton.next_power_of_2(M), 4096)
-    launch_autotuned(_linear_epilogue_kernel, grid, (
-        x2, weight, b, r2, y,
-        M, N, K, m_bucket,
-        x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), r2.stride(0), r2.stride(1),
-        y.stride(0), y.stride(1),
-    ), dict(
-        HAS_BIAS=bias is not None, EPILOGUE=epilogue, IEEE=x.dtype == torch.float32,
-        EVEN_K=K % 128 == 0,  # every BLOCK_K in the configs divides 128
-    ), lambda named: _prune(_CONFIGS, named)[0])
+    launch_autotuned(
+        _linear_epilogue_kernel,
+        grid,
+        (
+            x2,
+            weight,
+            b,
+            r2,
+            y,
+            M,
+            N,
+            K,
+            m_bucket,
+            x2.stride(0),
+            x2.stride(1),
+            weight.stride(0),
+            weight.stride(1),
+            r2.stride(0),
+            r2.stride(1),
+            y.stride(0),
+            y.stride(1),
+        ),
+        dict(
+            HAS_BIAS=bias is not None,
+            EPILOGUE=epilogue,
+            IEEE=x.dtype == torch.float32,
+            EVEN_K=K % 128 == 0,  # every BLOCK_K in the configs divides 128
+        ),
+        lambda named: _prune(_CONFIGS, named)[0],
+    )
     return y.reshape(lead + (N,))
 
 
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``gelu(x @ weight.T + bias)`` with exact erf GELU, fused into the GEMM epilogue."""
     return _launch(x, weight, bias, None, _EPI_GELU)
 
 
-def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    residual: torch.Tensor) -> torch.Tensor:
+def linear_residual(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+) -> torch.Tensor:
     """``residual + x @ weight.T + bias``, fused into the GEMM epilogue (a new tensor; ``residual`` is not written)."""
     return _launch(x, weight, bias, residual, _EPI_RESIDUAL)

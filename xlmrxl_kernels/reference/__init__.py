@@ -2,6 +2,7 @@
 
 They run anywhere (CPU included) and are what the model layer uses when a kernel is not chosen.
 """
+
 from __future__ import annotations
 
 import importlib

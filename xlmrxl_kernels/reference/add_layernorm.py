@@ -7,20 +7,26 @@ Shapes ``(..., N)``; ``weight``/``bias`` ``(N,)`` (either may be None: scale 1 /
 the input dtype. ``upcast=True`` (default) computes the LayerNorm in fp32 and casts the result (what the kernel
 does); ``upcast=False`` runs it in the input dtype, as ``nn.LayerNorm`` would in a half-precision model.
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def add_layernorm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
-                      bias: Optional[torch.Tensor], eps: float = 1e-5, *,
-                      upcast: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+def add_layernorm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    *,
+    upcast: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"residual has shape {tuple(residual.shape)} but x has shape {tuple(x.shape)}; "
-                         "they must match")
+        raise ValueError(
+            f"residual has shape {tuple(residual.shape)} but x has shape {tuple(x.shape)}; they must match"
+        )
     h = x if residual is None else x + residual.to(x.dtype)
     n = x.shape[-1]
     if upcast:

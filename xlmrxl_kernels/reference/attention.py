@@ -15,9 +15,8 @@ upcast=True)``
     ``(B+1,)``, flash-attn's varlen convention). Output ``(T_q, H, D)``; rows past ``cu_seqlens_q[-1]`` are zeros.
     Reads ``cu_seqlens`` on the host (one sync): this is an oracle, not a fast path.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -32,15 +31,23 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, lay
         raise ValueError(f"q has head dim {q.shape[-1]} but k has {k.shape[-1]}; they must match")
 
 
-def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                  *, scale: Optional[float] = None, causal: bool = False, upcast: bool = True) -> torch.Tensor:
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+    upcast: bool = True,
+) -> torch.Tensor:
     _check_qkv(q, k, v, 4, "(B, H, S, D)")
     B, H, S_q, D = q.shape
     S_k = k.shape[2]
     if k.shape[:2] != (B, H):
         raise ValueError(f"q is (B={B}, H={H}, ...) but k/v are {tuple(k.shape)}; batch and heads must match")
     if scale is None:
-        scale = D ** -0.5
+        scale = D**-0.5
     dt = torch.float32 if upcast else q.dtype
     scores = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     keep = torch.ones(B, 1, S_q, S_k, dtype=torch.bool, device=q.device)
@@ -60,13 +67,25 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_m
     return out.to(q.dtype)
 
 
-def attention_varlen_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
-                         scale: Optional[float] = None, causal: bool = False, upcast: bool = True) -> torch.Tensor:
+def attention_varlen_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+    upcast: bool = True,
+) -> torch.Tensor:
     _check_qkv(q, k, v, 3, "(T, H, D)")
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape:
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both be 1-D (B+1,), got {tuple(cu_seqlens_q.shape)} "
-                         f"and {tuple(cu_seqlens_k.shape)}")
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must both be 1-D (B+1,), got {tuple(cu_seqlens_q.shape)} "
+            f"and {tuple(cu_seqlens_k.shape)}"
+        )
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
     out = torch.zeros_like(q)

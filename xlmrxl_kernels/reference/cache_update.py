@@ -11,9 +11,8 @@ They are also the fallback when the compiled extension is missing. On CPU the bo
 names the row); on CUDA the checks that would need a host sync are skipped (``scatter_`` asserts on the device).
 With ``lengths`` given, the oracle loops over the batch in Python (it reads ``lengths`` on the host).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -45,16 +44,24 @@ def _check_index(name: str, t: torch.Tensor, batch: int, device: torch.device) -
         raise ValueError(f"{name} must have shape (B,) = ({batch},), got {list(t.shape)}")
 
 
-def cache_update_ref(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                     positions: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> None:
+def cache_update_ref(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    positions: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+) -> None:
     _check_caches(k_cache, v_cache)
     if k_new.dim() != 4:
         raise ValueError(f"k_new must have 4 dims (B, H, T, D), got {k_new.dim()}")
     B, H, L, D = k_cache.shape
     T = k_new.shape[2]
     if v_new.shape != k_new.shape or (k_new.shape[0], k_new.shape[1], k_new.shape[3]) != (B, H, D):
-        raise ValueError(f"k_new and v_new must have shape (B, H, T, D) = ({B}, {H}, T, {D}) to match k_cache, "
-                         f"got {list(k_new.shape)} and {list(v_new.shape)}")
+        raise ValueError(
+            f"k_new and v_new must have shape (B, H, T, D) = ({B}, {H}, T, {D}) to match k_cache, "
+            f"got {list(k_new.shape)} and {list(v_new.shape)}"
+        )
     for name, t in (("k_new", k_new), ("v_new", v_new)):
         if t.dtype != k_cache.dtype:
             raise TypeError(f"{name} must have the dtype of k_cache ({_name(k_cache.dtype)}), got {_name(t.dtype)}")
@@ -72,12 +79,14 @@ def cache_update_ref(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.
             if not 0 <= n <= T:
                 raise ValueError(f"lengths[{b}] = {n} must be in [0, T = {T}]")
             if p < 0 or p + n > L:
-                raise ValueError(f"positions[{b}] = {p} with {n} new tokens does not fit in max_len = {L}; "
-                                 "allocate the cache with a larger max_len, or crop / reset it")
+                raise ValueError(
+                    f"positions[{b}] = {p} with {n} new tokens does not fit in max_len = {L}; "
+                    "allocate the cache with a larger max_len, or crop / reset it"
+                )
         if lengths is not None:
             for b, (p, n) in enumerate(zip(pos, lens)):
-                k_cache[b, :, p:p + n] = k_new[b, :, :n]
-                v_cache[b, :, p:p + n] = v_new[b, :, :n]
+                k_cache[b, :, p : p + n] = k_new[b, :, :n]
+                v_cache[b, :, p : p + n] = v_new[b, :, :n]
             return
     # Slot of every new token: positions[b] + t, broadcast over heads and D for scatter_ (no host sync).
     idx = positions.to(torch.int64)[:, None] + torch.arange(T, device=positions.device)
@@ -86,8 +95,9 @@ def cache_update_ref(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.
     v_cache.scatter_(2, idx, v_new)
 
 
-def cache_reorder_ref(k_cache: torch.Tensor, v_cache: torch.Tensor, beam_idx: torch.Tensor,
-                      length: Optional[int] = None) -> None:
+def cache_reorder_ref(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, beam_idx: torch.Tensor, length: int | None = None
+) -> None:
     _check_caches(k_cache, v_cache)
     B, _, L, _ = k_cache.shape
     _check_index("beam_idx", beam_idx, B, k_cache.device)
@@ -104,5 +114,5 @@ def cache_reset_ref(k_cache: torch.Tensor, v_cache: torch.Tensor, start: int = 0
     L = k_cache.shape[2]
     if not 0 <= int(start) <= L:
         raise ValueError(f"start must be in [0, max_len = {L}], got {start}")
-    k_cache[:, :, int(start):].zero_()
-    v_cache[:, :, int(start):].zero_()
+    k_cache[:, :, int(start) :].zero_()
+    v_cache[:, :, int(start) :].zero_()

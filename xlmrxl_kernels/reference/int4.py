@@ -21,9 +21,8 @@ Packed layout (chosen for the kernel's loads; see ``xlmrxl_kernels.int4``):
 Limits: ``G`` even and ``K % G == 0`` (else ValueError naming both). ``int4_matmul_ref`` dequantizes then calls
 ``F.linear``, so an int4 model runs anywhere (CPU included).
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +34,16 @@ def _check_group(K: int, group_size: int) -> None:
     if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
         raise ValueError(f"group_size must be an even integer >= 2, got {group_size!r} (128 is the usual choice)")
     if K % group_size:
-        raise ValueError(f"in_features K={K} is not a multiple of group_size={group_size}; int4 quantization needs "
-                         f"whole groups along K (pad K to {((K + group_size - 1) // group_size) * group_size} or "
-                         "choose a group size that divides K)")
+        raise ValueError(
+            f"in_features K={K} is not a multiple of group_size={group_size}; int4 quantization needs "
+            f"whole groups along K (pad K to {((K + group_size - 1) // group_size) * group_size} or "
+            "choose a group size that divides K)"
+        )
 
 
-def check_int4_args(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> Tuple[int, int]:
+def check_int4_args(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+) -> tuple[int, int]:
     """Validate a packed int4 weight; return ``(N, K)``."""
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise ValueError(f"qweight must be a 2-D uint8 tensor (N, K // 2), got {qweight.dtype} {tuple(qweight.shape)}")
@@ -49,8 +52,10 @@ def check_int4_args(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     expected = (K // group_size, N)
     for name, t in (("scales", scales), ("zeros", zeros)):
         if tuple(t.shape) != expected:
-            raise ValueError(f"{name} must have shape (K // group_size, N) = {expected} for qweight "
-                             f"{tuple(qweight.shape)} and group_size={group_size}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape (K // group_size, N) = {expected} for qweight "
+                f"{tuple(qweight.shape)} and group_size={group_size}, got {tuple(t.shape)}"
+            )
         if t.dtype not in _FLOATS:
             raise TypeError(f"{name} has dtype {t.dtype}; expected float16, bfloat16 or float32")
     if scales.dtype != zeros.dtype:
@@ -78,7 +83,7 @@ def unpack_int4(qweight: torch.Tensor, group_size: int = 128) -> torch.Tensor:
     return torch.cat([p & 0xF, p >> 4], dim=2).reshape(N, K)
 
 
-def quantize_int4_ref(weight: torch.Tensor, group_size: int = 128) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int4_ref(weight: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``weight`` (N, K) to ``(qweight, scales, zeros)`` in the layout above; scales/zeros keep its dtype."""
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
@@ -87,7 +92,7 @@ def quantize_int4_ref(weight: torch.Tensor, group_size: int = 128) -> Tuple[torc
     N, K = weight.shape
     _check_group(K, group_size)
     rows = max(1, (1 << 24) // K)  # fp32 temporaries of at most 64 MB (an LM head is 250880 x 2560)
-    parts = [_quantize_rows(weight[i:i + rows].detach(), group_size) for i in range(0, N, rows)]
+    parts = [_quantize_rows(weight[i : i + rows].detach(), group_size) for i in range(0, N, rows)]
     qweight = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     scales = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     zeros = torch.cat([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
@@ -106,8 +111,9 @@ def _quantize_rows(weight: torch.Tensor, group_size: int):
     return pack_int4(q, group_size), scales, zeros
 
 
-def dequantize_int4_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                        group_size: int = 128) -> torch.Tensor:
+def dequantize_int4_ref(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int = 128
+) -> torch.Tensor:
     """``(q - 8) * scale + zero`` per group, computed in fp32 and rounded once to ``scales.dtype``: (N, K)."""
     N, K = check_int4_args(qweight, scales, zeros, group_size)
     q = unpack_int4(qweight, group_size).float().reshape(N, K // group_size, group_size)
@@ -116,9 +122,17 @@ def dequantize_int4_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torc
     return ((q - 8) * s + z).reshape(N, K).to(scales.dtype)
 
 
-def int4_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                    group_size: int = 128, bias: Optional[torch.Tensor] = None, activation: Optional[str] = None,
-                    *, upcast: bool = False) -> torch.Tensor:
+def int4_matmul_ref(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int = 128,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    *,
+    upcast: bool = False,
+) -> torch.Tensor:
     """``act(x @ dequantize(qweight).T + bias)`` in ``x.dtype``; ``activation`` is None or ``"gelu"`` (exact erf).
 
     ``upcast=True`` computes in fp32 and rounds once (what the kernel does)."""
@@ -138,8 +152,9 @@ def int4_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
 
 
 # -- torchao interop -----------------------------------------------------------------------------------------------
-def import_torchao_int4(int_data: torch.Tensor, scales_and_zeros: torch.Tensor,
-                        group_size: int = 128) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def import_torchao_int4(
+    int_data: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Convert torchao int4 weight-only tensors (before tinygemm's opaque ``_convert_weight_to_int4pack``) to ours.
 
     ``int_data``: the codes, either int32 / uint8 ``(N, K)`` in [0, 15] or torchao's uint8 ``(N, K // 2)`` with
@@ -154,15 +169,18 @@ def import_torchao_int4(int_data: torch.Tensor, scales_and_zeros: torch.Tensor,
     elif tuple(int_data.shape) == (N, K // 2) and int_data.dtype == torch.uint8:
         q = torch.stack([int_data >> 4, int_data & 0xF], dim=-1).reshape(N, K)
     else:
-        raise ValueError(f"int_data must be (N, K) = {(N, K)} codes or uint8 (N, K // 2) = {(N, K // 2)}, got "
-                         f"{int_data.dtype} {tuple(int_data.shape)}")
+        raise ValueError(
+            f"int_data must be (N, K) = {(N, K)} codes or uint8 (N, K // 2) = {(N, K // 2)}, got "
+            f"{int_data.dtype} {tuple(int_data.shape)}"
+        )
     scales = scales_and_zeros[..., 0].contiguous()
     zeros = scales_and_zeros[..., 1].contiguous()
     return pack_int4(q, group_size), scales, zeros
 
 
-def export_torchao_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                        group_size: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
+def export_torchao_int4(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ours -> torchao: ``(int_data, scales_and_zeros)`` with ``int_data`` uint8 ``(N, K // 2)``, even ``k`` in the
     high nibble (what ``torch.ops.aten._convert_weight_to_int4pack`` takes since torch 2.5) and
     ``scales_and_zeros`` ``(K // G, N, 2)`` in ``scales.dtype`` (tinygemm wants bfloat16: cast it)."""

@@ -8,26 +8,28 @@
 ``F.gelu`` / ``+``, rounding after each step); this is what the model layer uses on CPU. ``upcast=True`` computes
 in fp32 and rounds once at the end, which is what the kernels do (fp32 accumulator and epilogue).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
     if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[-1]} features in its last dim but weight is {tuple(weight.shape)} (N, K); "
-                         "they must agree on K")
+        raise ValueError(
+            f"x has {x.shape[-1]} features in its last dim but weight is {tuple(weight.shape)} (N, K); "
+            "they must agree on K"
+        )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                    upcast: bool = False) -> torch.Tensor:
+def linear_gelu_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, upcast: bool = False
+) -> torch.Tensor:
     """``gelu(x @ weight.T + bias)`` (exact erf GELU), in ``x.dtype``."""
     _check(x, weight, bias)
     if upcast:
@@ -36,8 +38,9 @@ def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return F.gelu(F.linear(x, weight, bias))
 
 
-def linear_residual_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                        residual: torch.Tensor, *, upcast: bool = False) -> torch.Tensor:
+def linear_residual_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, *, upcast: bool = False
+) -> torch.Tensor:
     """``residual + x @ weight.T + bias``, in ``x.dtype``."""
     _check(x, weight, bias)
     expected = tuple(x.shape[:-1]) + (weight.shape[0],)
