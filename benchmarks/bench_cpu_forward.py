@@ -64,7 +64,7 @@ def build_models(config=None):
     import transformers
 
     import xlmrxl
-    from xlmrxl.accelerate import from_transformers, to_transformers
+    from xlmrxl import from_transformers, to_transformers
 
     torch.manual_seed(0)
     cfg = transformers.XLMRobertaXLConfig(**(config or CONFIG))

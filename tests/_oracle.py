@@ -13,7 +13,8 @@
 - ``assert_lowp(ours, theirs, truth, where, name)``: the low-precision rule "our error vs the fp32 truth ≤ 2× the
   oracle's error in the same dtype".
 - ``left_padded(config, lengths, seq, seed=0)``: (ids, mask), row r left-padded to ``seq`` with ``lengths[r]`` real ids.
-- ``EncoderForwardSpy(monkeypatch)``: counts calls into ``xlmrxl.fast_path.encoder_forward`` (``.calls``).
+- ``FastPathSpy(monkeypatch)`` (alias ``EncoderForwardSpy``): counts calls into the fused stack, ``.encoder`` (packed,
+  also ``.calls``) and ``.decoder`` (cached). ``force_exact(monkeypatch)``: every call takes the exact path.
 - ``random_model(cls, config, seed=0, embed_std=None, **kw)``: ``cls(config, **kw)`` with non-trivial weights
   everywhere (biases ~N(0, 0.1), LayerNorm scales ~N(1, 0.1), so parity covers every term), in eval mode.
 """
@@ -130,17 +131,38 @@ def left_padded(config, lengths, seq: int, seed: int = 0):
     return ids.masked_fill(mask == 0, config.pad_token_id), mask
 
 
-class EncoderForwardSpy:
-    """Counts the calls into ``xlmrxl.fast_path.encoder_forward`` (proof that the fused path ran)."""
+class FastPathSpy:
+    """Counts the calls into the fused layer stack (``xlmrxl.fast.stack``): ``.encoder`` (packed,
+    ``encoder_forward``) and ``.decoder`` (cached, ``decoder_forward``); ``.calls`` is ``.encoder``. Proof that the
+    fused path ran."""
 
     def __init__(self, monkeypatch):
-        from xlmrxl import fast_path
+        from xlmrxl.fast import stack
 
-        self.calls = 0
-        real = fast_path.encoder_forward
+        self.encoder = self.decoder = 0
+        real_enc, real_dec = stack.encoder_forward, stack.decoder_forward
 
-        def spy(*a, **k):
-            self.calls += 1
-            return real(*a, **k)
+        def enc(*a, **k):
+            self.encoder += 1
+            return real_enc(*a, **k)
 
-        monkeypatch.setattr(fast_path, "encoder_forward", spy)
+        def dec(*a, **k):
+            self.decoder += 1
+            return real_dec(*a, **k)
+
+        monkeypatch.setattr(stack, "encoder_forward", enc)
+        monkeypatch.setattr(stack, "decoder_forward", dec)
+
+    @property
+    def calls(self) -> int:
+        return self.encoder
+
+
+EncoderForwardSpy = FastPathSpy
+
+
+def force_exact(monkeypatch) -> None:
+    """Make every call take the exact path (the route says so), to compare the fused path against it."""
+    from xlmrxl.fast import routing
+
+    monkeypatch.setattr(routing, "unsupported_reason", lambda encoder, **kw: "forced by the test")

@@ -11,12 +11,11 @@ import sys
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy
+from _oracle import EncoderForwardSpy, FastPathSpy
 from conftest import tiny_config_kwargs
 
 import xlmrxl
-from xlmrxl import fast_path
-from xlmrxl.accelerate import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
+from xlmrxl import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
 
 transformers = pytest.importorskip("transformers")
 TF5 = int(transformers.__version__.split(".")[0]) >= 5  # the GPU machine runs 5.x: no head_mask / relative positions
@@ -229,7 +228,7 @@ def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton)])
 def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fresh_log):
     """Causal LM with a KV cache: a prefill (with left padding) then single-token steps, through
-    ``fast_path.decoder_forward`` (fused QKV, cache.update, backend attention with causal=True), equal to
+    ``xlmrxl.fast.stack.decoder_forward`` (fused QKV, cache.update, backend attention with causal=True), equal to
     transformers' own incremental decoding on real tokens."""
     torch.manual_seed(21)
     hf = _hf("XLMRobertaXLForCausalLM", num_hidden_layers=2)
@@ -257,17 +256,10 @@ def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fres
 
     before, pkv_before = decode()
     accelerate(hf, backend=backend)
-    calls = {"n": 0}
-    real = fast_path.decoder_forward
-
-    def spy(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fast_path, "decoder_forward", spy)
+    spy = FastPathSpy(monkeypatch)
     with caplog.at_level(logging.INFO, logger="xlmrxl"):
         after, pkv_after = decode()
-    assert calls["n"] == 5, "prefill and every step must take the cached fast path"
+    assert spy.decoder == 5, "prefill and every step must take the cached fast path"
     if backend == "triton":
         fallbacks = [r.getMessage() for r in caplog.records if "runs the PyTorch reference" in r.getMessage()]
         assert not fallbacks, f"some ops did not run their kernel: {fallbacks}"
@@ -300,10 +292,16 @@ def test_accelerate_rejects_other_models():
 
 
 def test_module_and_function_names():
-    """``xlmrxl.accelerate`` stays callable even after ``import xlmrxl.accelerate`` bound the module there."""
-    mod = sys.modules["xlmrxl.accelerate"]
+    """``xlmrxl.accelerate`` is the function whatever was imported before: no submodule shares its name."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(xlmrxl.__path__, "xlmrxl."):
+        if info.name != "xlmrxl.__main__":
+            importlib.import_module(info.name)
+    assert "xlmrxl.accelerate" not in sys.modules
     hf = _hf("XLMRobertaXLModel")
-    assert mod(hf, backend="reference") is hf
+    assert xlmrxl.accelerate is accelerate
     assert xlmrxl.accelerate(hf, backend="reference") is hf
 
 
@@ -357,7 +355,7 @@ def test_from_to_transformers_roundtrip(head):
     hf = _hf(head)
     ids, mask = _inputs(head)
     ours = from_transformers(hf, backend="reference")
-    assert type(ours).__name__ == head and type(ours).__module__ == "xlmrxl.modeling"
+    assert type(ours).__name__ == head and type(ours).__module__.startswith("xlmrxl.modeling.")
     back = to_transformers(ours)
     assert type(back) is type(hf)
     hf_params = dict(hf.named_parameters())
@@ -467,19 +465,12 @@ def test_generate_same_tokens(monkeypatch):
     with torch.no_grad():
         before = hf.generate(ids, attention_mask=mask, **kw)
     accelerate(hf, backend="reference")
-    calls = {"n": 0}
-    real = fast_path.decoder_forward
-
-    def spy(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fast_path, "decoder_forward", spy)
+    spy = FastPathSpy(monkeypatch)
     with torch.no_grad():
         after = hf.generate(ids, attention_mask=mask, **kw)
     assert after.shape == before.shape == (3, 11)
     assert torch.equal(after, before), f"generated tokens differ:\n{after}\nvs\n{before}"
-    assert calls["n"] == 5, f"expected the prefill and 4 cached steps on the fast path, got {calls['n']}"
+    assert spy.decoder == 5, f"expected the prefill and 4 cached steps on the fast path, got {spy.decoder}"
 
 
 def test_deepcopy_and_pickle_accelerated(tmp_path):

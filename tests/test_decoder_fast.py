@@ -1,4 +1,4 @@
-"""Cached decoding through the fused path (``fast_path.decoder_forward``) in our own ``XLMRobertaXLForCausalLM``.
+"""Cached decoding through the fused path (``fast.stack.decoder_forward``) in our own ``XLMRobertaXLForCausalLM``.
 
 With ``use_cache`` / ``past_key_values`` (DynamicCache, StaticCache, the EncoderDecoderCache the model creates, legacy
 tuples) the encoder runs ``decoder_forward``: a prefill of several tokens, multi-token chunks and one-token steps,
@@ -18,7 +18,8 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from _oracle import assert_lowp, left_padded, max_err, random_model
+from _oracle import FastPathSpy as Spy
+from _oracle import assert_lowp, force_exact, left_padded, max_err, random_model
 from conftest import tiny_config_kwargs
 
 import xlmrxl.static_cache as xstatic
@@ -28,8 +29,8 @@ from xlmrxl import (
     StaticCache,
     XLMRobertaXLConfig,
     XLMRobertaXLForCausalLM,
-    fast_path,
 )
+from xlmrxl.fast import stack
 from xlmrxl.generation import generate
 from xlmrxl.modeling import create_position_ids_from_input_ids
 
@@ -87,29 +88,6 @@ def self_layers(cache):
     if hasattr(cache, "get_layer"):
         return [cache.get_layer(i) for i in range(len(cache))]
     return [(layer.keys, layer.values) for layer in cache.layers]  # transformers' DynamicCache
-
-
-class Spy:
-    """Counts calls of ``fast_path.decoder_forward`` and ``fast_path.encoder_forward``."""
-
-    def __init__(self, monkeypatch):
-        self.decoder = self.encoder = 0
-        real_dec, real_enc = fast_path.decoder_forward, fast_path.encoder_forward
-
-        def dec(*a, **k):
-            self.decoder += 1
-            return real_dec(*a, **k)
-
-        def enc(*a, **k):
-            self.encoder += 1
-            return real_enc(*a, **k)
-
-        monkeypatch.setattr(fast_path, "decoder_forward", dec)
-        monkeypatch.setattr(fast_path, "encoder_forward", enc)
-
-
-def force_exact(monkeypatch):
-    monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
 
 
 # one prefill of 3 tokens, a 2-token chunk (causal mask with a cached prefix), then one-token steps; row 2's prefill
@@ -265,7 +243,7 @@ def test_step_work_qkv_gemm_cache_update_prefix_attention(monkeypatch):
         updates.append(tuple(kn.shape))
         return real_update(kc, vc, kn, vn, positions, lengths)
 
-    monkeypatch.setattr(fast_path, "F", proxy)
+    monkeypatch.setattr(stack, "F", proxy)
     monkeypatch.setattr(xstatic, "cache_update", cache_update)
     with torch.no_grad():
         for start, n in ((0, 4), (4, 2), (6, 1)):
@@ -306,7 +284,7 @@ def test_decoder_forward_reads_no_tensor_on_the_host(monkeypatch):
             with monkeypatch.context() as mp:
                 for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"):
                     mp.setattr(torch.Tensor, name, no_sync)
-                out, _ = fast_path.decoder_forward(enc, x, mask[:, : start + n], cache, m.backend)
+                out, _ = stack.decoder_forward(enc, x, mask[:, : start + n], cache, m.backend)
             assert out.shape == (B, n, H) and torch.isfinite(out).all()
     assert cache.get_seq_length() == 6
 

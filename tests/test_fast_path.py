@@ -11,11 +11,11 @@ import logging
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, assert_lowp, hf_twin
+from _oracle import EncoderForwardSpy, assert_lowp, force_exact, hf_twin
 from conftest import tiny_config_kwargs
 
 import xlmrxl
-from xlmrxl import fast_path
+from xlmrxl import fast as fast_path
 
 transformers = pytest.importorskip("transformers")
 
@@ -103,10 +103,6 @@ def _real_max_err(a, b, mask):
     return (a - b)[keep].abs().max().item() if keep.any() else 0.0
 
 
-def _force_exact(monkeypatch):
-    monkeypatch.setattr(fast_path, "unsupported_reason", lambda encoder, **kw: "forced by the test")
-
-
 # -- packing ------------------------------------------------------------------------------------------------------
 def test_pack_unpack_roundtrip():
     B, S, H = 4, 7, 5
@@ -154,7 +150,7 @@ def test_fast_vs_exact_vs_transformers(head, case, monkeypatch):
         fast = ours(ids_h, attention_mask=mask_h, **_extra(head))
         assert spy.calls == 1, "the fast path was not taken"
         ref = hf(ids_h, attention_mask=mask_h, **_extra(head))
-        _force_exact(monkeypatch)
+        force_exact(monkeypatch)
         exact = ours(ids_h, attention_mask=mask_h, **_extra(head))
     assert spy.calls == 1, "forcing the exact path still ran the fast path"
     a, b, c = _first(fast), _first(exact), _first(ref)
@@ -268,7 +264,7 @@ def test_fused_qkv_refuses_after_to(monkeypatch):
         assert sa.query.weight.data_ptr() != sa._xlmrxl_qkv[0].data_ptr()
         fast = model(ids, attention_mask=mask).last_hidden_state
         assert sa.query.weight.data_ptr() == sa._xlmrxl_qkv[0].data_ptr(), "the next forward must fuse again"
-        _force_exact(monkeypatch)
+        force_exact(monkeypatch)
         exact = model(ids, attention_mask=mask).last_hidden_state
     err = _real_max_err(fast, exact, mask)
     assert err <= TOL, f"after .to(): max err {err:.3g}"
@@ -358,7 +354,7 @@ def test_fallback_reasons(case, monkeypatch, caplog, fresh_log):
     assert len(lines) == 1, f"{case}: expected the reason logged once, got {lines}"
     assert needle in lines[0], f"{case}: reason {lines[0]!r} does not mention {needle!r}"
     # and the exact path's answer is the exact path's answer
-    _force_exact(monkeypatch)
+    force_exact(monkeypatch)
     with ctx:
         torch.manual_seed(0)
         b = model(ids, attention_mask=mask, **call_kw)
@@ -387,7 +383,7 @@ def test_int4_layers_take_the_fast_path(monkeypatch):
     with torch.no_grad():
         fast = model(ids, attention_mask=mask).last_hidden_state
         assert spy.calls == 1
-        _force_exact(monkeypatch)
+        force_exact(monkeypatch)
         exact = model(ids, attention_mask=mask).last_hidden_state
     err = _real_max_err(fast, exact, mask)
     assert err <= 1e-4, f"int4 fast vs exact path (both dequantized references) max err {err:.3g}"

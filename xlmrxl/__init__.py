@@ -2,55 +2,58 @@
 
     from xlmrxl import XLMRobertaXLForMaskedLM   # instead of `from transformers import ...`
 
-Names resolve lazily so that ``import xlmrxl`` stays cheap and never needs transformers, Triton or a GPU.
+``import xlmrxl`` never needs transformers, Triton or a GPU: those are imported only where they are used.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+
+from .backend import Backend, resolve_backend
+from .cache import DynamicCache, EncoderDecoderCache
+from .config import XLMRobertaXLConfig
+from .hf import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
+from .modeling import (
+    XLMRobertaXLForCausalLM,
+    XLMRobertaXLForMaskedLM,
+    XLMRobertaXLForMultipleChoice,
+    XLMRobertaXLForQuestionAnswering,
+    XLMRobertaXLForSequenceClassification,
+    XLMRobertaXLForTokenClassification,
+    XLMRobertaXLModel,
+    XLMRobertaXLPreTrainedModel,
+)
+from .pipelines import pipeline
+from .quantization import quantize
+from .static_cache import StaticCache
+from .tokenizer import XLMRobertaTokenizer
 
 logging.getLogger("xlmrxl").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "XLMRobertaXLConfig": "config",
-    "XLMRobertaXLPreTrainedModel": "modeling",
-    "XLMRobertaXLModel": "modeling",
-    "XLMRobertaXLForMaskedLM": "modeling",
-    "XLMRobertaXLForCausalLM": "modeling",
-    "XLMRobertaXLForSequenceClassification": "modeling",
-    "XLMRobertaXLForMultipleChoice": "modeling",
-    "XLMRobertaXLForTokenClassification": "modeling",
-    "XLMRobertaXLForQuestionAnswering": "modeling",
-    "XLMRobertaTokenizer": "tokenizer",
-    "pipeline": "pipelines",
-    "quantize": "quantization",
-    "DynamicCache": "cache",
-    "StaticCache": "static_cache",
-    "EncoderDecoderCache": "cache",
-    "accelerate": "accelerate",
-    "from_transformers": "accelerate",
-    "to_transformers": "accelerate",
-    "deaccelerate": "accelerate",
-    "is_accelerated": "accelerate",
-    "resolve_backend": "backend",
-    "Backend": "backend",
-}
-
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'xlmrxl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__ = [
+    "Backend",
+    "DynamicCache",
+    "EncoderDecoderCache",
+    "StaticCache",
+    "XLMRobertaTokenizer",
+    "XLMRobertaXLConfig",
+    "XLMRobertaXLForCausalLM",
+    "XLMRobertaXLForMaskedLM",
+    "XLMRobertaXLForMultipleChoice",
+    "XLMRobertaXLForQuestionAnswering",
+    "XLMRobertaXLForSequenceClassification",
+    "XLMRobertaXLForTokenClassification",
+    "XLMRobertaXLModel",
+    "XLMRobertaXLPreTrainedModel",
+    "__version__",
+    "accelerate",
+    "deaccelerate",
+    "from_transformers",
+    "is_accelerated",
+    "pipeline",
+    "quantize",
+    "resolve_backend",
+    "to_transformers",
+]

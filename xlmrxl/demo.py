@@ -35,6 +35,12 @@ import torch
 
 from xlmrxl_kernels._utils import interpreting as _interpreting
 
+from . import pipelines
+from .backend import triton_unavailable_reason
+from .config import XLMRobertaXLConfig
+from .modeling import XLMRobertaXLForMaskedLM
+from .tokenizer import XLMRobertaTokenizer, train_sentencepiece
+
 logger = logging.getLogger("xlmrxl")
 
 DEMO_VERSION = "demo-v1"
@@ -69,9 +75,6 @@ def demo_dir(quick: bool = False) -> Path:
 
 def build_demo_checkpoint(directory: Path | None = None, *, quick: bool = False) -> Path:
     """Build the demo checkpoint (tokenizer + random-weight MLM) unless it is already there; return its path."""
-    from .config import XLMRobertaXLConfig
-    from .modeling import XLMRobertaXLForMaskedLM
-    from .tokenizer import XLMRobertaTokenizer, train_sentencepiece
 
     target = Path(directory) if directory is not None else demo_dir(quick)
     if (target / _DONE).is_file():
@@ -113,8 +116,6 @@ def available_backends() -> list[str]:
     names = ["reference"]
     interpreting = _interpreting()
     if torch.cuda.is_available() or interpreting:
-        from .backend import triton_unavailable_reason
-
         if triton_unavailable_reason() is None:
             names.append("triton")
     return names
@@ -154,9 +155,6 @@ def run_demo(
 
     ``backends`` limits the self-check to these (default: all available); ``compare_transformers=False`` skips
     transformers' model; ``repeats`` is the number of timed forwards (default 5, 2 when ``quick``)."""
-    from . import pipelines
-    from .modeling import XLMRobertaXLForMaskedLM
-    from .tokenizer import XLMRobertaTokenizer
 
     out = out if out is not None else sys.stdout
     w = out.write

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import DynamicCache, EncoderDecoderCache
+from .modeling.masks import create_position_ids_from_input_ids
 from .outputs import ModelOutput
 from .static_cache import StaticCache
 
@@ -195,8 +196,6 @@ def generate(
     output_scores: bool = False,
 ) -> torch.LongTensor | GenerateOutput:
     """Generate continuations of left-padded prompts; see the module docstring for every argument."""
-    from .modeling import create_position_ids_from_input_ids
-
     if max_length is not None:
         max_new_tokens = max_length - input_ids.shape[-1]
     _check_args(

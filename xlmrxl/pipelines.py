@@ -42,6 +42,9 @@ from typing import Any
 
 import torch
 
+from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
+from .tokenizer import XLMRobertaTokenizer
+
 logger = logging.getLogger("xlmrxl")
 
 TASKS = ("fill-mask", "feature-extraction")
@@ -339,14 +342,10 @@ def pipeline(
                 f"model={str(model)!r} is not a directory; pass a checkpoint directory holding "
                 "config.json and the weights"
             )
-        import xlmrxl
-
         if task == "fill-mask":
-            net = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
-                str(path), dtype=torch_dtype, device=dev, backend=backend
-            )
+            net = XLMRobertaXLForMaskedLM.from_pretrained(str(path), dtype=torch_dtype, device=dev, backend=backend)
         else:
-            net = xlmrxl.XLMRobertaXLModel.from_pretrained(
+            net = XLMRobertaXLModel.from_pretrained(
                 str(path), dtype=torch_dtype, device=dev, backend=backend, add_pooling_layer=False
             )
         if tokenizer is None:
@@ -369,8 +368,6 @@ def pipeline(
     else:
         raise TypeError(f"model must be a directory or a torch.nn.Module, got {type(model).__name__}")
     if isinstance(tokenizer, (str, os.PathLike)):
-        from .tokenizer import XLMRobertaTokenizer
-
         tokenizer = XLMRobertaTokenizer.from_pretrained(tokenizer)
     net.eval()
     return _PIPELINES[task](net, tokenizer, dev, **kwargs)

@@ -1,4 +1,4 @@
-"""Accelerate an existing transformers XLM-RoBERTa-XL model in place, and convert between it and xlmrxl's classes.
+"""In-place patching of transformers XLM-RoBERTa-XL models: ``accelerate``, ``deaccelerate``, ``is_accelerated``.
 
     model = transformers.XLMRobertaXLForMaskedLM.from_pretrained(...)
     model = xlmrxl.accelerate(model)          # the same object; forward now runs xlmrxl's fast encoder path
@@ -18,7 +18,7 @@
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
   to be a plain padding (+ causal) mask, else the call runs the original code.
 - Causal LMs (``is_decoder``) with a KV cache (``use_cache`` / ``past_key_values``: transformers' ``DynamicCache`` /
-  ``EncoderDecoderCache``) run ``fast_path.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
+  ``EncoderDecoderCache``) run ``stack.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
   causal=True)``; the cache returned is the one transformers would return.
 - Whatever cannot be accelerated runs the **original** encoder code for that call, with one logged reason
   (``xlmrxl`` logger, INFO, once per reason): training with dropout, autograd recording, ``output_attentions``,
@@ -27,9 +27,6 @@
   path in both versions (5.x: the hidden states are handed to transformers' output collector as its hooks would).
 - Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only.
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
-- ``from_transformers(hf_model, backend="auto")`` builds xlmrxl's model of the same class **sharing** the parameter
-  objects (no copy); ``to_transformers(model)`` builds transformers' model of the same class sharing ours.
-  transformers is imported only by the functions that need it.
 """
 
 from __future__ import annotations
@@ -37,17 +34,17 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-import types
 
 import torch
 import torch.nn as nn
 
-from . import fast_path
-from .backend import Backend, log_once
+from ..backend import Backend, log_once
+from ..fast import routing, stack
+from ..quantization import quantize
 
 logger = logging.getLogger("xlmrxl")
 
-__all__ = ["accelerate", "deaccelerate", "is_accelerated", "from_transformers", "to_transformers"]
+__all__ = ["accelerate", "deaccelerate", "is_accelerated"]
 
 _STATE = "_xlmrxl_accel"
 
@@ -177,10 +174,6 @@ def deaccelerate(hf_model):
 
 
 def _quantize(model):
-    try:
-        from .quantization import quantize
-    except ImportError as exc:  # pragma: no cover - depends on the int4 helper landing
-        raise NotImplementedError(f"quantization='int4' needs xlmrxl.quantization ({exc})") from exc
     quantize(model, group_size=128)
 
 
@@ -308,7 +301,7 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     if reason is not None:
         log_once(f"xlmrxl: accelerated encoder runs transformers' code: {reason}")
     else:
-        reason = fast_path.unsupported_reason(
+        reason = routing.unsupported_reason(
             self,
             attention_mask=mask2d,
             head_mask=get("head_mask"),
@@ -328,11 +321,11 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
         if pkv is None:
             pkv = _new_cache(self.config, encoder_decoder=legacy)
         self_cache = getattr(pkv, "self_attention_cache", pkv)
-        last, all_hs = fast_path.decoder_forward(
+        last, all_hs = stack.decoder_forward(
             self, hidden_states, mask2d, self_cache, state.backend, output_hidden_states=out_hs
         )
     else:
-        last, all_hs = fast_path.encoder_forward(
+        last, all_hs = stack.encoder_forward(
             self, hidden_states, mask2d, state.backend, output_hidden_states=out_hs, causal=state.causal
         )
     if collector is not None:
@@ -386,123 +379,3 @@ def _new_cache(config, encoder_decoder: bool):
             return DynamicCache()
 
     return EncoderDecoderCache(dyn(), dyn()) if encoder_decoder else dyn()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# conversions
-# ---------------------------------------------------------------------------------------------------------------
-def _share_into(src: nn.Module, dst: nn.Module) -> list:
-    """Make ``dst`` use ``src``'s parameter (and buffer) objects by name; int4 modules are shared whole.
-    Returns the names of ``dst``'s buffers still on the meta device (``src`` has no such buffer)."""
-    for name, mod in list(src.named_modules()):
-        if name and fast_path._is_int4(mod):
-            parent, _, leaf = name.rpartition(".")
-            try:
-                holder = dst.get_submodule(parent) if parent else dst
-            except AttributeError:
-                continue
-            if hasattr(holder, leaf):
-                setattr(holder, leaf, mod)
-    src_params = dict(src.named_parameters(remove_duplicate=False))
-    src_bufs = dict(src.named_buffers(remove_duplicate=False))
-    missing, meta_buffers, mismatched = [], [], []
-    for name, p in list(dst.named_parameters(remove_duplicate=False)):
-        parent, _, leaf = name.rpartition(".")
-        holder = dst.get_submodule(parent) if parent else dst
-        if name not in src_params:
-            missing.append(name)
-        elif src_params[name].shape != p.shape:
-            mismatched.append(f"{name} {tuple(src_params[name].shape)} vs {tuple(p.shape)}")
-        else:
-            holder._parameters[leaf] = src_params[name]
-    if mismatched:
-        raise ValueError(
-            f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: shapes differ "
-            f"(source vs target) for {mismatched[:4]}{'...' if len(mismatched) > 4 else ''}; were heads "
-            "pruned or the config edited after loading?"
-        )
-    for name, buf in list(dst.named_buffers(remove_duplicate=False)):
-        parent, _, leaf = name.rpartition(".")
-        holder = dst.get_submodule(parent) if parent else dst
-        if name in src_bufs:
-            holder._buffers[leaf] = src_bufs[name]
-        elif buf.is_meta:
-            meta_buffers.append(name)
-    extra = sorted(set(src_params) - {n for n, _ in dst.named_parameters(remove_duplicate=False)})
-    if missing or extra:
-        raise ValueError(
-            f"cannot share weights between {type(src).__name__} and {type(dst).__name__}: "
-            f"missing in the source {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"not in the target {extra[:8]}{'...' if len(extra) > 8 else ''}"
-        )
-    return meta_buffers
-
-
-def _model_kwargs(model) -> dict:
-    if type(model).__name__ == "XLMRobertaXLModel":
-        return {"add_pooling_layer": getattr(model, "pooler", None) is not None}
-    return {}
-
-
-def from_transformers(hf_model, backend="auto"):
-    """xlmrxl's model of the same class as ``hf_model`` (transformers), sharing its parameter objects."""
-    from . import modeling
-    from .config import XLMRobertaXLConfig
-
-    name = type(hf_model).__name__
-    cls = getattr(modeling, name, None)
-    if cls is None or not isinstance(cls, type):
-        raise TypeError(f"from_transformers() takes a transformers XLM-RoBERTa-XL model; there is no xlmrxl.{name}")
-    cfg = XLMRobertaXLConfig.from_dict(hf_model.config.to_dict())
-    with torch.device("meta"):
-        ours = cls(cfg, **_model_kwargs(hf_model))
-    left = _share_into(hf_model, ours)
-    if left:
-        raise ValueError(f"from_transformers: xlmrxl's {name} has buffers {left} that transformers' model lacks")
-    ours.train(hf_model.training)
-    if hasattr(ours, "set_backend"):
-        ours.set_backend(backend.name if isinstance(backend, Backend) else backend)
-    return ours
-
-
-def to_transformers(model):
-    """transformers' model of the same class as ``model`` (xlmrxl), sharing its parameter objects."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError("to_transformers() needs the transformers package (pip install transformers)") from exc
-    name = type(model).__name__
-    cls = getattr(transformers, name, None)
-    if cls is None:
-        raise TypeError(f"transformers {transformers.__version__} has no {name}")
-    cfg = transformers.XLMRobertaXLConfig.from_dict(model.config.to_dict())
-    with torch.device("meta"):
-        hf = cls(cfg, **_model_kwargs(model))
-    _share_into(model, hf)
-    dev = next(model.parameters()).device
-    for bname, buf in list(hf.named_buffers(remove_duplicate=False)):
-        if not buf.is_meta:
-            continue
-        parent, _, leaf = bname.rpartition(".")
-        holder = hf.get_submodule(parent) if parent else hf
-        if leaf == "position_ids":
-            holder._buffers[leaf] = torch.arange(buf.shape[-1], device=dev).expand(buf.shape).contiguous()
-        elif leaf == "token_type_ids":
-            holder._buffers[leaf] = torch.zeros(buf.shape, dtype=buf.dtype, device=dev)
-        else:
-            raise ValueError(f"to_transformers: transformers' {name} has a buffer {bname!r} xlmrxl cannot fill")
-    hf.train(model.training)
-    return hf
-
-
-class _CallableModule(types.ModuleType):
-    """``xlmrxl.accelerate`` is both this module and the function: once ``import xlmrxl.accelerate`` has run, the
-    package attribute is the module, so calling it must still mean ``accelerate(...)``."""
-
-    def __call__(self, *args, **kwargs):
-        return accelerate(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,25 @@
+"""The fused path: padding-free (packed) and cached-decoding execution of an XLM-RoBERTa-XL layer stack.
+
+- ``routing``: the one decision, per call, of how the encoder runs (packed, cached, exact) and why not faster.
+- ``structure``: what the route checks on the modules (layout, LayerNorms, GELU, int4) and the per-layer plans.
+- ``packing``: gather the real tokens into ``(T, H)`` and scatter back (flash-attention's ``bert_padding``).
+- ``qkv``: the fused ``(3H, H)`` q/k/v weight the three projections become views of.
+- ``stack``: the layer stack on packed tokens (``encoder_forward``) and with a KV cache (``decoder_forward``).
+"""
+
+from __future__ import annotations
+
+from .packing import PackedEncoderOutput, Packing, pack
+from .qkv import fuse_qkv
+from .routing import unsupported_reason
+from .stack import decoder_forward, encoder_forward
+
+__all__ = [
+    "unsupported_reason",
+    "encoder_forward",
+    "decoder_forward",
+    "pack",
+    "Packing",
+    "PackedEncoderOutput",
+    "fuse_qkv",
+]

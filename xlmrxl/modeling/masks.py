@@ -1,0 +1,90 @@
+"""Masks, positions and cache lengths: the small helpers the exact path, the fast path and generation share.
+
+Position ids follow fairseq's ``make_positions`` (padding index rule); the additive float masks are built exactly as
+transformers 4.56.2 builds them (``AttentionMaskConverter`` and ``get_extended_attention_mask``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["create_position_ids_from_input_ids", "cached_length", "cached_layer"]
+
+
+def create_position_ids_from_input_ids(
+    input_ids: torch.Tensor, padding_idx: int, past_key_values_length: int = 0
+) -> torch.Tensor:
+    """fairseq ``make_positions``: real tokens get padding_idx+1+past, +2+past, ...; pad tokens get padding_idx."""
+    mask = input_ids.ne(padding_idx).int()
+    incremental_indices = (torch.cumsum(mask, dim=1).type_as(mask) + past_key_values_length) * mask
+    return incremental_indices.long() + padding_idx
+
+
+def cached_length(past_key_values) -> int:
+    if past_key_values is None:
+        return 0
+    if hasattr(past_key_values, "get_seq_length"):
+        return int(past_key_values.get_seq_length())
+    if len(past_key_values) == 0 or past_key_values[0][0] is None:
+        return 0
+    return int(past_key_values[0][0].shape[-2])
+
+
+def cached_layer(cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one layer's K/V without appending: our ``Cache.get_layer`` or transformers' ``layers[i].keys``."""
+    if hasattr(cache, "get_layer"):
+        return cache.get_layer(layer_idx)
+    layer = cache.layers[layer_idx]
+    return layer.keys, layer.values
+
+
+def expand_mask(mask: torch.Tensor, dtype: torch.dtype, tgt_len: int) -> torch.Tensor:
+    """transformers' ``AttentionMaskConverter.expand_mask``: (B, K) -> (B, 1, tgt_len, K); 0 kept, finfo.min masked."""
+    bsz, src_len = mask.shape
+    expanded = mask[:, None, None, :].expand(bsz, 1, tgt_len, src_len).to(dtype)
+    inverted = torch.tensor(1.0, dtype=dtype) - expanded
+    return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
+
+
+def causal_sdpa_mask(mask2d: torch.Tensor, query_length: int, past: int, dtype: torch.dtype) -> torch.Tensor:
+    """transformers' ``AttentionMaskConverter.to_4d`` (causal): padding and causal mask, (B, 1, S, P + S)."""
+    device = mask2d.device
+    expanded = expand_mask(mask2d, dtype, query_length)
+    if query_length <= 1:
+        out = expanded
+    else:
+        min_val = torch.finfo(dtype).min
+        causal = torch.full((query_length, query_length), min_val, device=device)
+        cond = torch.arange(query_length, device=device)
+        causal.masked_fill_(cond < (cond + 1).view(query_length, 1), 0)
+        causal = causal.to(dtype)
+        if past > 0:
+            causal = torch.cat([torch.zeros(query_length, past, dtype=dtype, device=device), causal], dim=-1)
+        causal = causal[None, None].expand(mask2d.shape[0], 1, query_length, query_length + past)
+        out = causal.masked_fill(expanded.bool(), min_val)
+    if device.type == "cuda":  # 4.56.2 un-masks fully masked rows for the memory-efficient SDPA kernel
+        out = out.mul(~torch.all(out == torch.finfo(dtype).min, dim=-1, keepdim=True))
+    return out
+
+
+def causal_eager_mask(mask2d: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor:
+    """transformers' ``get_extended_attention_mask`` for decoders: (1 - causal * mask) * finfo.min, (B, 1, S, K)."""
+    device = mask2d.device
+    batch = mask2d.shape[0]
+    seq_ids = torch.arange(query_length, device=device)
+    causal = seq_ids[None, None, :].repeat(batch, query_length, 1) <= seq_ids[None, :, None]
+    causal = causal.to(mask2d.dtype)
+    if causal.shape[1] < mask2d.shape[1]:
+        prefix = mask2d.shape[1] - causal.shape[1]
+        causal = torch.cat(
+            [torch.ones((batch, query_length, prefix), device=device, dtype=causal.dtype), causal], dim=-1
+        )
+    ext = causal[:, None, :, :] * mask2d[:, None, None, :]
+    ext = ext.to(dtype=dtype)
+    return (1.0 - ext) * torch.finfo(dtype).min
+
+
+def padding_eager_mask(mask2d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """transformers' ``get_extended_attention_mask`` / ``invert_attention_mask`` for a 2D mask: (B, 1, 1, K)."""
+    ext = mask2d[:, None, None, :].to(dtype=dtype)
+    return (1.0 - ext) * torch.finfo(dtype).min
