@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import DynamicCache, EncoderDecoderCache
-from .modeling.masks import create_position_ids_from_input_ids
+from .masks import create_position_ids_from_input_ids
 from .outputs import ModelOutput
 from .static_cache import StaticCache
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,4 @@ def pipeline(
 
 
 def _stderr_is_tty() -> bool:
-    import sys
-
     return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

@@ -25,10 +25,10 @@ pretrained-model base class), ``backbone`` (``XLMRobertaXLModel``), ``lm_heads``
 
 from __future__ import annotations
 
+from ..masks import create_position_ids_from_input_ids
 from .backbone import XLMRobertaXLModel
 from .base import XLMRobertaXLPreTrainedModel
 from .lm_heads import XLMRobertaXLForCausalLM, XLMRobertaXLForMaskedLM
-from .masks import create_position_ids_from_input_ids
 from .task_heads import (
     XLMRobertaXLForMultipleChoice,
     XLMRobertaXLForQuestionAnswering,

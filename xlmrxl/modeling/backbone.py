@@ -9,11 +9,11 @@ from torch import nn
 
 from ..backend import log_once
 from ..fast import routing, stack
+from ..masks import cached_length
 from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from .base import XLMRobertaXLPreTrainedModel
 from .encoder import XLMRobertaXLEncoder
 from .layers import XLMRobertaXLEmbeddings, XLMRobertaXLPooler
-from .masks import cached_length
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from ..backend import Backend
 from ..cache import DynamicCache, EncoderDecoderCache
 from ..config import XLMRobertaXLConfig
 from ..fast import routing, stack
+from ..masks import cached_length, causal_eager_mask, causal_sdpa_mask, expand_mask, padding_eager_mask
 from ..outputs import BaseModelOutputWithPastAndCrossAttentions
 from .layers import XLMRobertaXLLayer
-from .masks import cached_length, causal_eager_mask, causal_sdpa_mask, expand_mask, padding_eager_mask
 
 
 class XLMRobertaXLEncoder(nn.Module):

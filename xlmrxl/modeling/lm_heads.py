@@ -10,11 +10,11 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 
 from ..generation import generate
+from ..masks import cached_length, create_position_ids_from_input_ids
 from ..outputs import CausalLMOutputWithCrossAttentions, MaskedLMOutput
 from .backbone import XLMRobertaXLModel
 from .base import XLMRobertaXLPreTrainedModel, backbone_tail, nested_model
 from .layers import XLMRobertaXLLMHead
-from .masks import cached_length, create_position_ids_from_input_ids
 
 logger = logging.getLogger("xlmrxl")
 
