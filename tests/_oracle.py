@@ -164,5 +164,11 @@ EncoderForwardSpy = FastPathSpy
 def force_exact(monkeypatch) -> None:
     """Make every call take the exact path (the route says so), to compare the fused path against it."""
     from xlmrxl.fast import routing
+    from xlmrxl.reasons import Reason
 
-    monkeypatch.setattr(routing, "unsupported_reason", lambda encoder, **kw: "forced by the test")
+    real = routing._common_not_supported
+
+    def forced(encoder, call):
+        return [*real(encoder, call), Reason("test", "forced by the test")]
+
+    monkeypatch.setattr(routing, "_common_not_supported", forced)

@@ -1,4 +1,4 @@
-"""The padding-free fast path (``xlmrxl.fast_path``) against the exact path and transformers 4.56.2.
+"""The padding-free fast path (``xlmrxl.fast``) against the exact path and transformers 4.56.2.
 
 fp32 on real tokens (attention_mask == 1): fast path vs exact path vs transformers <= 1e-5, for every head, with
 padding, a fully padded row, length-1 rows and no padding; with the references (backend "reference") and with the
@@ -16,6 +16,9 @@ from conftest import tiny_config_kwargs
 
 import xlmrxl
 from xlmrxl import fast as fast_path
+from xlmrxl import reasons
+from xlmrxl.fast import CACHED, EXACT, PACKED, Call, route
+from xlmrxl.reasons import codes
 
 transformers = pytest.importorskip("transformers")
 
@@ -361,15 +364,61 @@ def test_fallback_reasons(case, monkeypatch, caplog, fresh_log):
     assert torch.equal(a.last_hidden_state, b.last_hidden_state)
 
 
-def test_unsupported_reason_direct():
+def test_route_direct():
+    """The route's answer: the path, and every reason each fused path was not taken (with stable codes)."""
     model = _ours("XLMRobertaXLModel")
     enc = model.encoder
+    h = torch.randn(1, 3, 64)
     with torch.no_grad():
-        assert fast_path.unsupported_reason(enc, attention_mask=None) is None
-        assert fast_path.unsupported_reason(enc, head_mask=[None, None, None]) is None  # 4.56.2's get_head_mask
-        assert "cross-attention" in fast_path.unsupported_reason(enc, encoder_hidden_states=torch.randn(1, 2, 64))
-        assert "cache" in fast_path.unsupported_reason(enc, past_key_values=object())
-        assert "2D" in fast_path.unsupported_reason(enc, attention_mask=torch.ones(1, 1, 3, 3))
+        r = route(enc, Call(hidden_states=h))
+        assert r.path == PACKED and r.reasons == () and r.not_supported[PACKED] == ()
+        assert codes(r.not_supported[CACHED]) == [reasons.NO_KV_CACHE]
+        assert route(enc, Call(hidden_states=h, head_mask=[None, None, None])).path == PACKED  # 4.56.2's get_head_mask
+        r = route(
+            enc,
+            Call(
+                hidden_states=h,
+                encoder_hidden_states=torch.randn(1, 2, 64),
+                output_attentions=True,
+                attention_mask=torch.ones(1, 1, 3, 3),
+            ),
+        )
+        assert r.path == EXACT
+        assert set(codes(r.reasons)) == {
+            reasons.CROSS_ATTENTION,
+            reasons.OUTPUT_ATTENTIONS,
+            reasons.ATTENTION_MASK,
+        }, "every reason, not only the first"
+        assert "cross-attention" in r.reasons[codes(r.reasons).index(reasons.CROSS_ATTENTION)]
+        r = route(enc, Call(hidden_states=h, past_key_values=object()))  # bidirectional model with a cache
+        assert r.path == EXACT and r.wanted == CACHED
+        assert codes(r.not_supported[PACKED]) == [reasons.KV_CACHE]
+        assert codes(r.not_supported[CACHED]) == [reasons.CACHE]
+        assert route(enc, Call(hidden_states=h, past_key_values=object(), causal=True)).reasons[0].code == reasons.CACHE
+        with pytest.raises(TypeError):
+            Call(hidden_states=h, atention_mask=None)  # a misspelled field is an error, not ignored
+    with torch.enable_grad():
+        assert codes(route(enc, Call(hidden_states=h.requires_grad_())).reasons) == [reasons.AUTOGRAD]
+
+
+def test_route_reads_is_decoder_per_call():
+    model = _ours("XLMRobertaXLModel")
+    h = torch.randn(1, 3, 64)
+    with torch.no_grad():
+        assert not route(model.encoder, Call(hidden_states=h)).causal
+        model.config.is_decoder = True
+        assert route(model.encoder, Call(hidden_states=h)).causal
+
+
+def test_backend_says_which_implementation_it_resolved():
+    be = xlmrxl.Backend("reference")
+    impl = be.resolve("attention_varlen", torch.device("cpu"))
+    assert not impl.kernel and impl.fn.__name__ == "attention_varlen_ref"
+    assert codes(be.kernel_not_supported("attention", torch.device("cpu"))) == [reasons.BACKEND]
+    assert codes(xlmrxl.Backend("auto").kernel_not_supported("attention", torch.device("cpu"))) in (
+        [reasons.DEVICE],
+        [reasons.TRITON],
+    )
 
 
 # -- int4 layers ----------------------------------------------------------------------------------------------------

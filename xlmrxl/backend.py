@@ -8,7 +8,9 @@ Choice, in order of precedence: ``backend=`` (``from_pretrained``, ``Backend(...
 - ``"triton"``: the kernel; on CPU tensors only under ``TRITON_INTERPRET=1`` (how CI tests the kernels), an error
   otherwise. A call using a feature a kernel lacks (``output_attentions``, relative positions, ...) still falls back.
 
-Every fallback logs one line (once per op and reason) on the ``xlmrxl`` logger saying why.
+Every fallback logs one line (once per op and reason) on the ``xlmrxl`` logger saying why; the reasons are
+``xlmrxl.reasons.Reason`` lists (``Backend.kernel_not_supported``), as the route's and the kernels' are.
+``Backend.resolve(op, device)`` says which implementation it picked (``Impl.kernel``).
 ``XLMRXL_DISABLE_KERNELS=op1,op2`` turns single ops off (for bisecting or benchmarking).
 """
 
@@ -18,10 +20,13 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from xlmrxl_kernels._utils import interpreting as _interpreting  # reads TRITON_INTERPRET as the kernels do
+
+from .reasons import BACKEND, DEVICE, DISABLED, TRITON, Reason, describe
 
 logger = logging.getLogger("xlmrxl")
 
@@ -50,20 +55,29 @@ def log_once(message: str, level: int = logging.INFO) -> None:
         logger.log(level, message)
 
 
-_TRITON_REASON: str | None = "unchecked"
+_TRITON_NOT_SUPPORTED: list[Reason] | None = None
 
 
-def triton_unavailable_reason() -> str | None:
-    """None when Triton imports, else why it does not."""
-    global _TRITON_REASON
-    if _TRITON_REASON == "unchecked":
+def triton_not_supported() -> list[Reason]:
+    """Why the Triton kernels cannot run in this process (empty when Triton imports)."""
+    global _TRITON_NOT_SUPPORTED
+    if _TRITON_NOT_SUPPORTED is None:
         try:
-            import triton  # noqa: F401
+            import triton  # noqa: F401  (importing it is the test)
 
-            _TRITON_REASON = None
+            _TRITON_NOT_SUPPORTED = []
         except Exception as exc:  # pragma: no cover - depends on the machine
-            _TRITON_REASON = f"Triton is not importable ({type(exc).__name__}: {exc})"
-    return _TRITON_REASON
+            _TRITON_NOT_SUPPORTED = [Reason(TRITON, f"Triton is not importable ({type(exc).__name__}: {exc})")]
+    return _TRITON_NOT_SUPPORTED
+
+
+class Impl(NamedTuple):
+    """What ``Backend.resolve`` picked for an op: the function to call and whether it is the kernel (True) or the
+    PyTorch reference (False). A kernel whose module declares ``<op>_not_supported`` may still run the reference
+    for a call it cannot take (logged)."""
+
+    fn: Callable
+    kernel: bool
 
 
 def _kernel(module: str, name: str) -> Callable:
@@ -93,62 +107,70 @@ class Backend:
         disabled = os.environ.get("XLMRXL_DISABLE_KERNELS", "")
         self.disabled = {s.strip() for s in disabled.split(",") if s.strip()}
         if self.name == "triton":
-            reason = triton_unavailable_reason()
-            if reason is not None:
-                raise BackendError(f"backend='triton' was requested but {reason}; use backend='auto' or 'reference'")
+            missing = triton_not_supported()
+            if missing:
+                raise BackendError(
+                    f"backend='triton' was requested but {describe(missing)}; use backend='auto' or 'reference'"
+                )
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
     # -- the decision -------------------------------------------------------------------------------------------
-    def kernel_reason(self, op: str, device: torch.device, unsupported: str | None = None) -> str | None:
-        """None if ``op`` should run its kernel on ``device``; else the reason it runs the reference."""
+    def kernel_not_supported(self, op: str, device: torch.device) -> list[Reason]:
+        """Why ``op`` runs its PyTorch reference on ``device`` (empty: it runs its kernel). Raises ``BackendError``
+        when ``backend="triton"`` was asked for on tensors the kernels cannot take."""
         if self.name == "reference":
-            return "backend='reference'"
+            return [Reason(BACKEND, "backend='reference'")]
         if op in self.disabled:
-            return f"{op} is disabled by XLMRXL_DISABLE_KERNELS"
-        if unsupported:
-            return unsupported
-        reason = triton_unavailable_reason()
-        if reason is not None:
-            return reason
+            return [Reason(DISABLED, f"{op} is disabled by XLMRXL_DISABLE_KERNELS")]
+        missing = triton_not_supported()
+        if missing:
+            return missing
         if device.type == "cuda":
-            return None
+            return []
         if self.name == "triton":
             if _interpreting():
-                return None
+                return []
             raise BackendError(
                 f"backend='triton' asked to run {op} on {device.type} tensors, but the Triton kernels need CUDA "
                 "tensors "
                 "(or TRITON_INTERPRET=1 to run them in the CPU interpreter, for testing only). "
                 "Move the model to a GPU, or use backend='auto' / 'reference'."
             )
-        return f"tensors are on {device.type}; the Triton kernels need a CUDA device"
+        return [Reason(DEVICE, f"tensors are on {device.type}; the Triton kernels need a CUDA device")]
 
-    def use_kernel(self, op: str, device: torch.device, unsupported: str | None = None) -> bool:
-        """Decide for one call, logging the reason once when it falls back (except for backend='reference')."""
-        reason = self.kernel_reason(op, device, unsupported)
-        if reason is None:
+    def use_kernel(self, op: str, device: torch.device) -> bool:
+        """Decide for one call, logging the reasons once when it falls back (except for backend='reference')."""
+        reasons = self.kernel_not_supported(op, device)
+        if not reasons:
             return True
         if self.name != "reference":
             level = logging.WARNING if self.name == "triton" else logging.INFO
-            if unsupported or op in self.disabled:
-                log_once(f"xlmrxl: {op} runs the PyTorch reference: {reason}", level)
+            if op in self.disabled:
+                log_once(f"xlmrxl: {op} runs the PyTorch reference: {describe(reasons)}", level)
             else:  # a reason shared by every op (device, Triton missing): one line, not one per op
-                log_once(f"xlmrxl: every op runs the PyTorch reference instead of its Triton kernel: {reason}", level)
+                log_once(
+                    f"xlmrxl: every op runs the PyTorch reference instead of its Triton kernel: {describe(reasons)}",
+                    level,
+                )
         return False
 
-    def op(self, op: str, device: torch.device, unsupported: str | None = None) -> Callable:
-        """The function (kernel or reference, same signature) to run ``op`` with."""
+    def resolve(self, op: str, device: torch.device) -> Impl:
+        """The implementation of ``op`` for tensors on ``device``: the kernel or the reference (same signature)."""
         if op not in KERNEL_MODULES:
             raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(KERNEL_MODULES))}")
-        if self.use_kernel(op, device, unsupported):
-            kern_mod = importlib.import_module(f"xlmrxl_kernels.{KERNEL_MODULES[op]}")
-            not_supported = getattr(kern_mod, f"{op}_not_supported", None)
-            if not_supported is None:
-                return getattr(kern_mod, op)
-            return _GuardedKernel(self, op, getattr(kern_mod, op), not_supported)
-        return _ref(op)
+        if not self.use_kernel(op, device):
+            return Impl(_ref(op), False)
+        kern_mod = importlib.import_module(f"xlmrxl_kernels.{KERNEL_MODULES[op]}")
+        not_supported = getattr(kern_mod, f"{op}_not_supported", None)
+        if not_supported is None:
+            return Impl(getattr(kern_mod, op), True)
+        return Impl(_GuardedKernel(self, op, getattr(kern_mod, op), not_supported), True)
+
+    def op(self, op: str, device: torch.device) -> Callable:
+        """The function (kernel or reference, same signature) to run ``op`` with."""
+        return self.resolve(op, device).fn
 
     # -- convenience wrappers (same signatures as the kernels) ---------------------------------------------------
     def add_layernorm(self, x, residual, weight, bias, eps=1e-5):
@@ -187,6 +209,6 @@ class _GuardedKernel:
         reasons = self.not_supported(*args, **kwargs)
         if reasons:
             level = logging.WARNING if self.backend.name == "triton" else logging.INFO
-            log_once(f"xlmrxl: {self.op} runs the PyTorch reference: {'; '.join(reasons)}", level)
+            log_once(f"xlmrxl: {self.op} runs the PyTorch reference: {describe(reasons)}", level)
             return _ref(self.op)(*args, **kwargs)
         return self.fn(*args, **kwargs)

@@ -36,7 +36,7 @@ import torch
 from xlmrxl_kernels._utils import interpreting as _interpreting
 
 from . import pipelines
-from .backend import triton_unavailable_reason
+from .backend import triton_not_supported
 from .config import XLMRobertaXLConfig
 from .modeling import XLMRobertaXLForMaskedLM
 from .tokenizer import XLMRobertaTokenizer, train_sentencepiece
@@ -116,7 +116,7 @@ def available_backends() -> list[str]:
     names = ["reference"]
     interpreting = _interpreting()
     if torch.cuda.is_available() or interpreting:
-        if triton_unavailable_reason() is None:
+        if not triton_not_supported():
             names.append("triton")
     return names
 

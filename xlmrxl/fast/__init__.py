@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from .packing import PackedEncoderOutput, Packing, pack
 from .qkv import fuse_qkv
-from .routing import unsupported_reason
+from .routing import CACHED, EXACT, PACKED, Call, Route, route
 from .stack import decoder_forward, encoder_forward
 
 __all__ = [
-    "unsupported_reason",
+    "route",
+    "Call",
+    "Route",
+    "PACKED",
+    "CACHED",
+    "EXACT",
     "encoder_forward",
     "decoder_forward",
     "pack",

@@ -48,8 +48,8 @@ def pack(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> tu
             f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
             f"got {tuple(attention_mask.shape)}"
         )
-    if attention_mask is None:
-        cu = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=dev)
+    if attention_mask is None or S == 0:  # (no columns: every row is empty, nothing to read)
+        cu = torch.arange(B + 1, dtype=torch.int32, device=dev) * S
         p = Packing(B, S, None, cu, S, (S,) * B)
         return p.pack(hidden_states), p
     keep = attention_mask.to(device=dev) != 0

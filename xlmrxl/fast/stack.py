@@ -32,24 +32,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xlmrxl_kernels.reference import attention_ref, attention_varlen_ref
-
-from ..backend import Backend
+from ..backend import Backend, Impl
 from ..cache import DynamicCache
 from ..static_cache import StaticCache
 from .packing import PackedEncoderOutput, Packing, pack
 from .qkv import fused_qkv_module
+from .routing import is_causal
 from .structure import LayerPlan, is_int4, layer_plans
 
 
 class _Ops:
-    """The op functions of one forward, resolved through the backend once each (not once per layer and call)."""
+    """The op functions of one forward, resolved through the backend once each (not once per layer and call);
+    ``ops.kernel(name)`` says whether the backend resolved ``name`` to its kernel or to the reference."""
 
     def __init__(self, be: Backend, device: torch.device):
         self.be, self.device = be, device
+        self.impls: dict[str, Impl] = {}
 
-    def __getattr__(self, name):
-        fn = self.be.op(name, self.device)
+    def kernel(self, name: str) -> bool:
+        return self._impl(name).kernel
+
+    def _impl(self, name: str) -> Impl:
+        impl = self.impls.get(name)
+        if impl is None:
+            impl = self.impls[name] = self.be.resolve(name, self.device)
+        return impl
+
+    def __getattr__(self, name: str):
+        fn = self._impl(name).fn
         setattr(self, name, fn)
         return fn
 
@@ -95,9 +105,8 @@ def _attention(ops: _Ops, q, k, v, packing: Packing, scale: float, causal: bool)
     """Varlen attention on the packed (T, heads, D) views. Where the backend picks the PyTorch reference (CPU, or
     backend='reference'), the same maths runs as torch SDPA per sequence instead: ``attention_varlen_ref`` is an
     oracle (masks, fp32 copies, a host sync per call) and would cost more than all the GEMMs on a CPU."""
-    fn = ops.attention_varlen
-    if fn is not attention_varlen_ref or not packing.lengths:
-        return fn(
+    if ops.kernel("attention_varlen") or not packing.lengths:
+        return ops.attention_varlen(
             q,
             k,
             v,
@@ -124,14 +133,6 @@ def _attention(ops: _Ops, q, k, v, packing: Packing, scale: float, causal: bool)
             out[sl] = o[0].transpose(0, 1)
         start += n
     return out
-
-
-def _is_causal(encoder) -> bool:
-    cfg = getattr(encoder, "config", None)
-    if cfg is not None and getattr(cfg, "is_decoder", False):
-        return True
-    layer0 = encoder.layer[0]
-    return bool(getattr(layer0, "is_decoder", False))
 
 
 def _layer(plan: LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
@@ -174,28 +175,47 @@ def encoder_forward(
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
     be = backend if isinstance(backend, Backend) else Backend(backend)
-    causal = _is_causal(encoder) if causal is None else bool(causal)
+    causal = is_causal(encoder) if causal is None else bool(causal)
     x, packing = pack(hidden_states, attention_mask)
-    layers = encoder.layer
-    if packing.num_tokens == 0:  # every row fully padded: nothing to compute
+    if packing.num_tokens == 0:  # every row fully padded (or no columns): nothing to compute
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
-        collected = [zeros] * len(layers) + [zeros] if output_hidden_states else None
+        collected = [zeros] * (len(encoder.layer) + 1) if output_hidden_states else None
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    ops = _Ops(be, x.device)
+    out, collected = packed_stack(encoder, x, packing, be, causal=causal, output_hidden_states=output_hidden_states)
+    return _finish(hidden_states, out, collected, packing, return_packed)
+
+
+def packed_stack(
+    encoder: nn.Module,
+    x: torch.Tensor,
+    packing: Packing,
+    backend: Backend,
+    *,
+    causal: bool,
+    output_hidden_states: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The packed layer stack and final LayerNorm on the ``(T, H)`` real tokens ``x`` delimited by
+    ``packing.cu_seqlens``: the unit that runs once per packed forward (no packing, no host sync inside except
+    where the reference attention loops over ``packing.lengths``).
+
+    Returns ``(out (T, H), collected)``: ``collected`` is None, or with ``output_hidden_states`` the list
+    ``[x, residual after layer 0, ..., after layer L-2, out]`` (packed)."""
+    ops = _Ops(backend, x.device)
     st = _Stream(x, ops)
 
     def attend(q, k, v, scale, layer_idx):
         return _attention(ops, q, k, v, packing, scale, causal)
 
+    plans = layer_plans(encoder)
     collected = [x] if output_hidden_states else None
-    for i, plan in enumerate(layer_plans(encoder)):
+    for i, plan in enumerate(plans):
         _layer(plan, st, attend, i)
-        if output_hidden_states and i < len(layers) - 1:
+        if output_hidden_states and i < len(plans) - 1:
             collected.append(st.materialize())
     out = st.norm(encoder.LayerNorm)
     if output_hidden_states:
         collected.append(out)
-    return _finish(hidden_states, out, collected, packing, return_packed)
+    return out, collected
 
 
 def decoder_forward(
@@ -235,7 +255,7 @@ def decoder_forward(
     st = _Stream(x, ops)
     compact = not _copies_states(cache, past)
     extra = () if cache_position is None else ({"cache_position": cache_position},)
-    sdpa = _SdpaCausal(attention_mask, B, S, past, x.device) if _reference_attention(ops) else None
+    sdpa = None if ops.kernel("attention") else _SdpaCausal(attention_mask, B, S, past, x.device)
 
     def attend(q, k, v, scale, layer_idx):
         T, nh, d = q.shape
@@ -260,10 +280,6 @@ def decoder_forward(
         collected.append(last)
         return last, tuple(collected)
     return last, None
-
-
-def _reference_attention(ops: _Ops) -> bool:
-    return ops.attention is attention_ref
 
 
 class _SdpaCausal:

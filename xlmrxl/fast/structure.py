@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..reasons import STRUCTURE, Reason
+
 
 def _fingerprint(encoder) -> tuple | None:
     """Identity of every module and weight the structural checks look at (dict reads only: this runs per call)."""
@@ -40,27 +42,34 @@ def _fingerprint(encoder) -> tuple | None:
         return None
 
 
-def structure(encoder):
-    """(reason or None, flat module list), cached on the encoder until a checked module or weight is replaced."""
+def structure_not_supported(encoder: nn.Module) -> tuple[list[Reason], list[nn.Module]]:
+    """(why the fused layer cannot run these modules, the flat module list), cached on the encoder while every checked
+    module and weight stays the same object. Empty reasons: the structure is fine."""
     key = _fingerprint(encoder)
     cached = encoder.__dict__.get("_xlmrxl_structure")
     if key is not None and cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    reason = None
-    for i, layer in enumerate(encoder.layer):
-        r = _layer_reason(layer)
-        if r is not None:
-            reason = f"layer {i}: {r}"
-            break
-    if reason is None and not isinstance(getattr(encoder, "LayerNorm", None), nn.LayerNorm):
-        reason = "the encoder has no final LayerNorm (encoder.LayerNorm)"
+        return [], cached[1]
+    reasons = []
+    layers = getattr(encoder, "layer", None)
+    if layers is None or len(layers) == 0:
+        reasons.append(
+            Reason(STRUCTURE, f"{type(encoder).__name__} has no .layer list laid out like XLMRobertaXLEncoder")
+        )
+    else:
+        for i, layer in enumerate(layers):
+            r = _layer_not_supported(layer)
+            if r is not None:
+                reasons.append(Reason(STRUCTURE, f"layer {i}: {r}"))
+                break
+    if not isinstance(getattr(encoder, "LayerNorm", None), nn.LayerNorm):
+        reasons.append(Reason(STRUCTURE, "the encoder has no final LayerNorm (encoder.LayerNorm)"))
     modules = list(encoder.modules())
-    if key is not None and reason is None:  # only a pass is cached (a meta weight can be filled in place later)
-        encoder.__dict__["_xlmrxl_structure"] = (key, reason, modules)
-    return reason, modules
+    if key is not None and not reasons:  # only a pass is cached (a meta weight can be filled in place later)
+        encoder.__dict__["_xlmrxl_structure"] = (key, modules)
+    return reasons, modules
 
 
-def _layer_reason(layer) -> str | None:
+def _layer_not_supported(layer) -> str | None:
     try:
         attn = layer.attention
         sa = attn.self
@@ -145,7 +154,7 @@ class LayerPlan:
 
 
 def layer_plans(encoder):
-    """Per-layer plans, cached with the structure check (refreshed whenever ``unsupported_reason`` sees a module or
+    """Per-layer plans, cached with the structure check (refreshed whenever the route sees a module or
     weight replaced)."""
     cached = encoder.__dict__.get("_xlmrxl_plans")
     st = encoder.__dict__.get("_xlmrxl_structure")

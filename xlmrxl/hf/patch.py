@@ -7,7 +7,7 @@
   (transformers 4.56.x and 5.x) and returns **the same object**. Only the encoder module's ``forward`` is replaced,
   on the instance (the encoder forward is the level whose contract is the same in both versions: embeddings in,
   ``BaseModelOutputWithPastAndCrossAttentions`` out), so embeddings, heads, losses, output types, ``pipeline(...)``
-  and ``Trainer.predict`` are transformers' own code. The fast path (``xlmrxl.fast_path``) packs the real tokens,
+  and ``Trainer.predict`` are transformers' own code. The fused path (``xlmrxl.fast``) packs the real tokens,
   fuses q/k/v into one GEMM whose weight the three ``nn.Linear`` parameters become views of (state_dict unchanged,
   memory not doubled), and runs attention/add+LayerNorm/GELU FFN through ``xlmrxl.backend.Backend(backend)``:
   Triton kernels on CUDA, PyTorch references elsewhere. ``quantization="int4"`` first swaps the encoder's linear
@@ -16,15 +16,17 @@
 - The padding mask: transformers hands its encoder an already-expanded mask (4D additive float, 4D bool, 2D, or None,
   depending on version and attention implementation). A forward pre-hook on the base model captures the user's 2D
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
-  to be a plain padding (+ causal) mask, else the call runs the original code.
+  to be a plain padding (+ causal) mask; when it cannot be, that is a reason the route reports.
 - Causal LMs (``is_decoder``) with a KV cache (``use_cache`` / ``past_key_values``: transformers' ``DynamicCache`` /
   ``EncoderDecoderCache``) run ``stack.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
   causal=True)``; the cache returned is the one transformers would return.
-- Whatever cannot be accelerated runs the **original** encoder code for that call, with one logged reason
-  (``xlmrxl`` logger, INFO, once per reason): training with dropout, autograd recording, ``output_attentions``,
-  relative positions, ``head_mask``, cross-attention, legacy tuple caches, custom 4D masks, forward hooks on encoder
-  submodules, and (5.x) attentions captured by transformers' hooks. ``output_hidden_states`` is served by the fast
-  path in both versions (5.x: the hidden states are handed to transformers' output collector as its hooks would).
+- ``xlmrxl.fast.route`` decides each call (packed, cached or exact), exactly as for our own encoder; ``is_decoder``
+  is read from the config per call. Whatever cannot be accelerated runs the **original** encoder code for that call,
+  with its logged reasons (``xlmrxl`` logger, INFO, once per reason): training with dropout, autograd recording,
+  ``output_attentions``, relative positions, ``head_mask``, cross-attention, legacy tuple caches, custom 4D masks,
+  forward hooks on encoder submodules, and (5.x) attentions captured by transformers' hooks.
+  ``output_hidden_states`` is served by the fast path in both versions (5.x: the hidden states are handed to
+  transformers' output collector as its hooks would).
 - Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only.
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
 """
@@ -38,8 +40,9 @@ import threading
 import torch
 import torch.nn as nn
 
-from ..backend import Backend, log_once
-from ..fast import routing, stack
+from ..backend import Backend
+from ..fast import stack
+from ..fast.routing import CACHED, EXACT, Call, is_causal, route
 from ..quantization import quantize
 
 logger = logging.getLogger("xlmrxl")
@@ -67,9 +70,8 @@ def _signature(cls):
 class _AccelState:
     """What ``accelerate`` keeps on the encoder. Plain data only, so an accelerated model deep-copies and pickles."""
 
-    def __init__(self, backend: Backend, causal: bool, handles):
+    def __init__(self, backend: Backend, handles):
         self.backend = backend
-        self.causal = causal
         self.handles = handles
 
     @property
@@ -146,12 +148,11 @@ def accelerate(hf_model, backend="auto", quantization=None):
     if state is not None:
         state.backend = be
         return hf_model
-    causal = bool(getattr(getattr(base, "config", None), "is_decoder", False))
     handles = (
         base.register_forward_pre_hook(_capture_mask, with_kwargs=True),
         base.register_forward_hook(_release_mask, with_kwargs=True, always_call=True),
     )
-    setattr(enc, _STATE, _AccelState(be, causal, handles))
+    setattr(enc, _STATE, _AccelState(be, handles))
     enc.forward = _AcceleratedForward(enc)
     logger.info(
         "xlmrxl: accelerated %s (backend=%s%s)", type(hf_model).__name__, be.name, ", int4" if quantization else ""
@@ -194,29 +195,21 @@ def _release_mask(module, args, kwargs, output):
         state.captured = None
 
 
-def _padding_mask(state: _AccelState, mask, B: int, S: int, past: int | None = None):
-    """(2D mask or None, None) when this call's padding is a plain key mask; else (None, reason).
-    ``past`` (cached calls): the mask covers ``past + S`` keys and must come from the model-level capture."""
+def _padding_mask(state: _AccelState, mask, B: int, S: int, causal: bool) -> tuple[torch.Tensor | None, str | None]:
+    """The call's 2D keep mask (or None: every key real) and None; or (None, why it cannot be read).
+    The user's 2D mask captured at the model's forward wins (it covers the cached keys too); else the mask the encoder
+    was given is read back: 2D as is, 4D when it is a plain padding (+ causal) mask over the call's own keys."""
     if state.captured is not None:
         m = state.captured[0]
-        if m is None:
-            return None, None
-        K = S if past is None else past + S
-        if torch.is_tensor(m) and m.dim() == 2 and tuple(m.shape) == (B, K):
+        if m is None or (torch.is_tensor(m) and m.dim() == 2 and m.shape[0] == B):
             return m, None
-    if past is not None:
-        if mask is None:
-            return None, None
-        return None, "a cached call's mask could not be taken from the model's 2D attention_mask"
     # The encoder was called directly, or with a mask the model expanded itself: read it back from what we got.
     if mask is None:
         return None, None
     if not torch.is_tensor(mask):
         return None, f"attention mask of type {type(mask).__name__} is not a tensor"
     if mask.dim() == 2:
-        if tuple(mask.shape) == (B, S):
-            return mask, None
-        return None, f"2D attention mask of shape {tuple(mask.shape)} for hidden states of ({B}, {S})"
+        return mask, None
     if (
         mask.dim() != 4
         or mask.shape[0] != B
@@ -227,9 +220,9 @@ def _padding_mask(state: _AccelState, mask, B: int, S: int, past: int | None = N
         return None, f"attention mask of shape {tuple(mask.shape)} is not a (batch, 1, q, keys) padding mask"
     keep = mask if mask.dtype == torch.bool else mask == 0  # additive masks: 0 = attend, dtype-min = masked
     row = keep[:, 0, -1, :]
-    if keep.shape[2] > 1 or state.causal:
+    if keep.shape[2] > 1 or causal:
         expected = row[:, None, None, :].expand(B, 1, S, S)
-        if state.causal:
+        if causal:
             expected = expected & torch.ones(S, S, dtype=torch.bool, device=keep.device).tril()
         if keep.shape[2] == 1 or not torch.equal(keep, expected):
             return None, "the 4D attention mask is not a plain padding mask (custom masks run the exact path)"
@@ -278,7 +271,7 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     signature, var_kw, legacy = _signature(type(self))
     try:
         bound = signature.bind(self, hidden_states, *args, **kwargs)
-    except TypeError:
+    except TypeError:  # arguments transformers' own forward does not take: let it raise its own error
         return original(self, hidden_states, *args, **kwargs)
     a = dict(bound.arguments)
     extra = a.pop(var_kw, {}) if var_kw else {}
@@ -289,48 +282,48 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     out_hs = bool(get("output_hidden_states", False)) if legacy else False
     B, S = hidden_states.shape[:2]
     pkv, use_cache = get("past_key_values"), bool(get("use_cache"))
-    cached = state.causal and (pkv is not None or use_cache)
-    reason, collector = (None, None) if legacy else _capture_state(getattr(self, "config", None))
-    if collector is not None:
-        out_hs = True
-    mask2d, past = None, 0
-    if reason is None and cached:
-        past, reason = _past_length(pkv)
-    if reason is None:
-        mask2d, reason = _padding_mask(state, get("attention_mask"), B, S, past if cached else None)
+    causal = is_causal(self)  # per call: a later change of config.is_decoder is seen
+    caller_reasons = []
+    collector = None
+    if not legacy:
+        reason, collector = _capture_state(getattr(self, "config", None))
+        if reason is not None:
+            caller_reasons.append(reason)
+        elif collector is not None:
+            out_hs = True
+    mask2d, reason = _padding_mask(state, get("attention_mask"), B, S, causal)
     if reason is not None:
-        log_once(f"xlmrxl: accelerated encoder runs transformers' code: {reason}")
-    else:
-        reason = routing.unsupported_reason(
-            self,
+        caller_reasons.append(reason)
+    r = route(
+        self,
+        Call(
+            hidden_states=hidden_states,
             attention_mask=mask2d,
             head_mask=get("head_mask"),
-            output_attentions=get("output_attentions", False),
+            output_attentions=bool(get("output_attentions", False)),
             encoder_hidden_states=get("encoder_hidden_states"),
             past_key_values=pkv,
             use_cache=use_cache,
-            training=self.training,
-            causal=state.causal,
-            hidden_states=hidden_states,
-            allow_cache=True,
-        )
-    if reason is not None:
+            causal=causal,
+            caller_reasons=tuple(caller_reasons),
+        ),
+    )
+    if r.path == EXACT:
         return original(self, hidden_states, *args, **kwargs)
-
-    if cached:
+    if r.path == CACHED:
         if pkv is None:
             pkv = _new_cache(self.config, encoder_decoder=legacy)
         self_cache = getattr(pkv, "self_attention_cache", pkv)
         last, all_hs = stack.decoder_forward(
-            self, hidden_states, mask2d, self_cache, state.backend, output_hidden_states=out_hs
+            self, hidden_states, r.mask, self_cache, state.backend, output_hidden_states=out_hs
         )
     else:
         last, all_hs = stack.encoder_forward(
-            self, hidden_states, mask2d, state.backend, output_hidden_states=out_hs, causal=state.causal
+            self, hidden_states, r.mask, state.backend, output_hidden_states=out_hs, causal=r.causal
         )
     if collector is not None:
         _fill_hidden_states(collector, all_hs)
-    from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+    from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions  # (transformers is optional)
 
     if legacy:  # 4.x returns whatever cache it was handed (or created)
         if not get("return_dict", True):
@@ -339,33 +332,6 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
             last_hidden_state=last, past_key_values=pkv, hidden_states=all_hs, attentions=None, cross_attentions=None
         )
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv if use_cache else None)
-
-
-def _past_length(pkv):
-    """(cached length, None), or (0, reason) for a cache kind the fast path does not drive."""
-    if pkv is None:
-        return 0, None
-    cache = getattr(pkv, "self_attention_cache", pkv)
-    if not (hasattr(cache, "update") and hasattr(cache, "get_seq_length")):
-        return 0, f"past_key_values of type {type(pkv).__name__} (legacy tuples run transformers' code)"
-    if _is_preallocated(cache):
-        # transformers' static caches write at `cache_position` and hand back the whole preallocated buffer; the
-        # fused step drives growing caches (or xlmrxl.StaticCache) only
-        return 0, (
-            f"transformers' {type(cache).__name__} (preallocated) is not driven by the fused step; use "
-            "DynamicCache or xlmrxl.StaticCache"
-        )
-    return int(cache.get_seq_length()), None
-
-
-def _is_preallocated(cache) -> bool:
-    if type(cache).__module__.startswith("xlmrxl"):
-        return False
-    try:
-        from transformers.cache_utils import DynamicCache
-    except Exception:  # pragma: no cover
-        return False
-    return not isinstance(cache, DynamicCache)
 
 
 def _new_cache(config, encoder_decoder: bool):

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from ..backend import log_once
-from ..fast import routing, stack
+from ..fast import stack
+from ..fast.routing import PACKED, Call, route
 from ..masks import cached_length
 from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from ..reasons import describe
 from .base import XLMRobertaXLPreTrainedModel
 from .encoder import XLMRobertaXLEncoder
 from .layers import XLMRobertaXLEmbeddings, XLMRobertaXLPooler
@@ -248,7 +250,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
     ):
         """Padding-free outputs: the final hidden states of the **real tokens only**, never scattered back.
 
-        Returns ``xlmrxl.fast_path.PackedEncoderOutput`` with ``last_hidden_state`` ``(T, H)`` (T = number of real
+        Returns ``xlmrxl.fast.PackedEncoderOutput`` with ``last_hidden_state`` ``(T, H)`` (T = number of real
         tokens, row-major over the batch), ``hidden_states`` (packed too, when asked) and ``packing``:
         ``packing.cu_seqlens`` (int32, B+1) delimits each sequence's rows, ``packing.unpack(x)`` restores
         ``(B, S, ...)`` with zeros at padding. For serving embeddings without paying for padding.
@@ -259,27 +261,20 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         embedding_output = self.embeddings(
             input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
         )
-        causal = bool(self.config.is_decoder)
-        reason = routing.unsupported_reason(
-            self.encoder,
-            attention_mask=attention_mask,
-            training=self.training,
-            causal=causal,
-            hidden_states=embedding_output,
+        r = route(
+            self.encoder, Call(hidden_states=embedding_output, attention_mask=attention_mask, mask_is_full=mask_full)
         )
-        if reason is not None:
+        if r.path != PACKED:
             raise ValueError(
-                f"forward_packed runs only on the fused padding-free path, which this call cannot take: {reason}"
+                "forward_packed runs only on the fused padding-free path, which this call cannot take: "
+                + describe(r.not_supported[PACKED])
             )
         return stack.encoder_forward(
             self.encoder,
             embedding_output,
-            None if mask_full else attention_mask,
+            r.mask,
             self.backend,
             output_hidden_states=bool(output_hidden_states),
             return_packed=True,
-            causal=causal,
+            causal=r.causal,
         )
-
-
-# ---------------------------------------------------------------------------------------------------------------

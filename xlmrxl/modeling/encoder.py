@@ -12,7 +12,8 @@ from torch import nn
 from ..backend import Backend
 from ..cache import DynamicCache, EncoderDecoderCache
 from ..config import XLMRobertaXLConfig
-from ..fast import routing, stack
+from ..fast import stack
+from ..fast.routing import CACHED, PACKED, Call, route
 from ..masks import cached_length, causal_eager_mask, causal_sdpa_mask, expand_mask, padding_eager_mask
 from ..outputs import BaseModelOutputWithPastAndCrossAttentions
 from .layers import XLMRobertaXLLayer
@@ -20,7 +21,7 @@ from .layers import XLMRobertaXLLayer
 
 class XLMRobertaXLEncoder(nn.Module):
     """The layer stack and the final LayerNorm. Takes the **2D** (B, K) attention mask and builds the masks the
-    attention layers need; asks ``xlmrxl.fast_path`` first."""
+    attention layers need; ``xlmrxl.fast.route`` decides how each call runs."""
 
     def __init__(self, config: XLMRobertaXLConfig):
         super().__init__()
@@ -110,51 +111,49 @@ class XLMRobertaXLEncoder(nn.Module):
         *,
         mask_is_full: bool | None = None,
         encoder_mask_is_full: bool | None = None,
+        padded_loss: str | None = None,
     ):
-        causal = bool(self.config.is_decoder)
-        reason = routing.unsupported_reason(
-            self,
-            attention_mask=attention_mask,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
-            encoder_hidden_states=encoder_hidden_states,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            training=self.training,
-            causal=causal,
-            hidden_states=hidden_states,
-            allow_cache=True,
-        )
-        cached = causal and (past_key_values is not None or bool(use_cache))
-        if reason is None and not cached:  # (a reason is logged once by fast_path itself)
-            # an all-ones mask (known from the model's validation sync) is dropped: no packing, no second sync
-            mask2d = None if mask_is_full else attention_mask
-            last, all_hidden = stack.encoder_forward(
-                self,
-                hidden_states,
-                mask2d,
-                self.backend,
-                output_hidden_states=bool(output_hidden_states),
-                causal=causal,
-            )
-            if not return_dict:
-                return tuple(v for v in (last, all_hidden) if v is not None)
-            return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
-
-        # the cache as the exact path uses and returns it (legacy tuples converted, one created for use_cache)
+        """transformers 4.56.2's encoder arguments, plus (keyword-only, from ``XLMRobertaXLModel``): what its
+        validation sync learned (``mask_is_full``, ``encoder_mask_is_full``) and ``padded_loss`` (the head's loss
+        reads padded positions: see ``xlmrxl.fast.routing.Call``). How the call runs is ``xlmrxl.fast.route``'s
+        decision."""
+        # the cache as every path uses and returns it (legacy tuples converted, one created for use_cache)
         if isinstance(past_key_values, (tuple, list)):
             past_key_values = EncoderDecoderCache.from_legacy_cache(past_key_values)
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-
-        if reason is None:  # cached causal self-attention: fused decoder step (prefill or new tokens)
-            # an all-ones mask (known from the model's validation sync) is dropped: no masking work per layer
-            mask2d = None if mask_is_full else attention_mask
+        r = route(
+            self,
+            Call(
+                hidden_states=hidden_states,
+                attention_mask=attention_mask,
+                mask_is_full=mask_is_full,  # known from the model's validation sync: an all-ones mask is dropped
+                head_mask=head_mask,
+                output_attentions=bool(output_attentions),
+                encoder_hidden_states=encoder_hidden_states,
+                past_key_values=past_key_values,
+                use_cache=bool(use_cache),
+                padded_loss=padded_loss,
+            ),
+        )
+        if r.path == PACKED:
+            last, all_hidden = stack.encoder_forward(
+                self,
+                hidden_states,
+                r.mask,
+                self.backend,
+                output_hidden_states=bool(output_hidden_states),
+                causal=r.causal,
+            )
+            if not return_dict:
+                return tuple(v for v in (last, all_hidden) if v is not None)
+            return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
+        if r.path == CACHED:  # causal self-attention with a KV cache: the fused decoder step (prefill or new tokens)
             self_cache = getattr(past_key_values, "self_attention_cache", past_key_values)
             last, all_hidden = stack.decoder_forward(
                 self,
                 hidden_states,
-                mask2d,
+                r.mask,
                 self_cache,
                 self.backend,
                 output_hidden_states=bool(output_hidden_states),
