@@ -15,6 +15,8 @@
 - ``left_padded(config, lengths, seq, seed=0)``: (ids, mask), row r left-padded to ``seq`` with ``lengths[r]`` real ids.
 - ``FastPathSpy(monkeypatch)`` (alias ``EncoderForwardSpy``): counts calls into the fused stack, ``.encoder`` (packed,
   also ``.calls``) and ``.decoder`` (cached). ``force_exact(monkeypatch)``: every call takes the exact path.
+- ``randomize(model)``: every parameter redrawn in place from the global RNG (LayerNorm scales ~1 + N(0, 0.2),
+  the rest ~N(0, 0.1)).
 - ``random_model(cls, config, seed=0, embed_std=None, **kw)``: ``cls(config, **kw)`` with non-trivial weights
   everywhere (biases ~N(0, 0.1), LayerNorm scales ~N(1, 0.1), so parity covers every term), in eval mode.
 """
@@ -44,6 +46,18 @@ def random_model(cls, config, seed: int = 0, embed_std: float | None = None, **k
             elif embed_std is not None and "word_embeddings" in name:
                 p.normal_(0.0, embed_std)
     return m.eval()
+
+
+def randomize(model):
+    """Non-trivial weights everywhere, in place, from the global RNG: LayerNorm scales ~1 + N(0, 0.2), every other
+    parameter (biases included) ~N(0, 0.1). Returns ``model``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    return model
 
 
 def hf_twin(model, attn_implementation: str | None = None):

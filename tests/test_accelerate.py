@@ -11,11 +11,11 @@ import sys
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, FastPathSpy
+from _oracle import EncoderForwardSpy, FastPathSpy, randomize
 from conftest import tiny_config_kwargs
 
 import xlmrxl
-from xlmrxl import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
+from xlmrxl import accelerate, deaccelerate, from_transformers, is_accelerated, quantization, to_transformers
 
 transformers = pytest.importorskip("transformers")
 TF5 = int(transformers.__version__.split(".")[0]) >= 5  # the GPU machine runs 5.x: no head_mask / relative positions
@@ -41,13 +41,7 @@ def _hf(head, attn="sdpa", **overrides):
     model = getattr(transformers, head)(cfg).eval()
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(attn)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
+    return randomize(model)
 
 
 def _inputs(head, batch=4, seq=9, vocab=300):
@@ -325,7 +319,7 @@ def test_accelerate_int4(monkeypatch):
     """quantization="int4" swaps the encoder's linears for QuantLinear; the fast path (one int4 GEMM for the
     concatenated q/k/v, int4 GELU epilogue, residual adds fused into add_layernorm) equals transformers' own code
     running the same QuantLinear modules."""
-    quant = pytest.importorskip("xlmrxl.quantization")
+    quant = quantization
     torch.manual_seed(16)
     hf = _hf("XLMRobertaXLForMaskedLM", hidden_size=128, intermediate_size=256)
     ids, mask = _inputs("XLMRobertaXLForMaskedLM")

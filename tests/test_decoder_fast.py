@@ -29,6 +29,7 @@ from xlmrxl import (
     StaticCache,
     XLMRobertaXLConfig,
     XLMRobertaXLForCausalLM,
+    quantization,
 )
 from xlmrxl.fast import stack
 from xlmrxl.generation import generate
@@ -169,7 +170,6 @@ def test_outputs_tuple_hidden_states_and_legacy_cache(monkeypatch):
 
 def test_int4_decoder_decodes_fused(monkeypatch):
     """int4 QuantLinear projections (one int4 GEMM for the concatenated q/k/v) decode through the fused path too."""
-    quantization = pytest.importorskip("xlmrxl.quantization")
     config = cfg(hidden_size=128, intermediate_size=256)
     m = build(config, seed=12)
     quantization.quantize(m, group_size=64)

@@ -11,12 +11,12 @@ import logging
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, assert_lowp, force_exact, hf_twin
+from _oracle import EncoderForwardSpy, assert_lowp, force_exact, hf_twin, randomize
 from conftest import tiny_config_kwargs
 
 import xlmrxl
 from xlmrxl import fast as fast_path
-from xlmrxl import reasons
+from xlmrxl import quantization, reasons
 from xlmrxl.fast import CACHED, EXACT, PACKED, Call, route
 from xlmrxl.reasons import codes
 
@@ -35,23 +35,12 @@ TOL = 1e-5
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-def _randomize(model):
-    """Non-trivial weights everywhere (LayerNorm scales/shifts and biases included), fresh per test."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
-
-
 def _ours(head, backend="reference", **overrides):
     kw = tiny_config_kwargs(**overrides)
     if head == "XLMRobertaXLForCausalLM":
         kw.setdefault("is_decoder", True)
     cfg = xlmrxl.XLMRobertaXLConfig(**kw)
-    model = _randomize(getattr(xlmrxl, head)(cfg)).eval()
+    model = randomize(getattr(xlmrxl, head)(cfg)).eval()
     model.set_backend(backend)
     return model
 
@@ -423,7 +412,7 @@ def test_backend_says_which_implementation_it_resolved():
 
 # -- int4 layers ----------------------------------------------------------------------------------------------------
 def test_int4_layers_take_the_fast_path(monkeypatch):
-    q = pytest.importorskip("xlmrxl.quantization")
+    q = quantization
     torch.manual_seed(8)
     model = _ours("XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4)
     q.quantize(model, group_size=64)
@@ -440,7 +429,7 @@ def test_int4_layers_take_the_fast_path(monkeypatch):
 
 def test_fused_qkv_costs_no_memory():
     """Fusing q/k/v (dense or int4) makes the three layers views of one buffer: no second copy of the weights."""
-    q = pytest.importorskip("xlmrxl.quantization")
+    q = quantization
 
     def encoder_bytes(model):
         """Bytes of every live tensor storage (not only registered ones: a cache kept in a plain attribute counts)."""
@@ -499,7 +488,7 @@ def test_int4_layers_with_triton_kernels(monkeypatch, caplog, fresh_log):
     """The int4 route (one int4 GEMM for the concatenated q/k/v, GELU in the int4 epilogue, residual adds fused into
     add_layernorm) with the Triton kernels under the interpreter equals the same route on the references."""
     pytest.importorskip("triton")
-    q = pytest.importorskip("xlmrxl.quantization")
+    q = quantization
     torch.manual_seed(24)
     model = _ours(
         "XLMRobertaXLModel", hidden_size=128, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2

@@ -20,7 +20,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -102,7 +102,7 @@ KERNEL_MODULES = {
 class Backend:
     """Per-model op dispatcher. ``Backend("auto").add_layernorm(...)`` runs the kernel or the reference."""
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None) -> None:
         self.name = resolve_backend(name)
         disabled = os.environ.get("XLMRXL_DISABLE_KERNELS", "")
         self.disabled = {s.strip() for s in disabled.split(",") if s.strip()}
@@ -173,26 +173,63 @@ class Backend:
         return self.resolve(op, device).fn
 
     # -- convenience wrappers (same signatures as the kernels) ---------------------------------------------------
-    def add_layernorm(self, x, residual, weight, bias, eps=1e-5):
+    def add_layernorm(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        eps: float = 1e-5,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.op("add_layernorm", x.device)(x, residual, weight, bias, eps)
 
-    def attention(self, q, k, v, attention_mask=None, *, scale=None, causal=False):
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        scale: float | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
         return self.op("attention", q.device)(q, k, v, attention_mask, scale=scale, causal=causal)
 
     def attention_varlen(
-        self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False
-    ):
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_seqlens_q: torch.Tensor,
+        cu_seqlens_k: torch.Tensor,
+        max_seqlen_q: int,
+        max_seqlen_k: int,
+        *,
+        scale: float | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
         return self.op("attention_varlen", q.device)(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
         )
 
-    def linear_gelu(self, x, weight, bias):
+    def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return self.op("linear_gelu", x.device)(x, weight, bias)
 
-    def linear_residual(self, x, weight, bias, residual):
+    def linear_residual(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.op("linear_residual", x.device)(x, weight, bias, residual)
 
-    def int4_matmul(self, x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
+    def int4_matmul(
+        self,
+        x: torch.Tensor,
+        qweight: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        group_size: int = 128,
+        bias: torch.Tensor | None = None,
+        activation: str | None = None,
+    ) -> torch.Tensor:
         return self.op("int4_matmul", x.device)(
             x, qweight, scales, zeros, group_size=group_size, bias=bias, activation=activation
         )
@@ -202,10 +239,10 @@ class _GuardedKernel:
     """A kernel whose module declares ``<op>_not_supported(*args, **kw) -> list[str]``: the reasons, if any, the
     kernel cannot take this call (head dim, dtype, ...). The call then runs the reference, with the reason logged."""
 
-    def __init__(self, backend: Backend, op: str, fn: Callable, not_supported: Callable):
+    def __init__(self, backend: Backend, op: str, fn: Callable, not_supported: Callable) -> None:
         self.backend, self.op, self.fn, self.not_supported = backend, op, fn, not_supported
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         reasons = self.not_supported(*args, **kwargs)
         if reasons:
             level = logging.WARNING if self.backend.name == "triton" else logging.INFO

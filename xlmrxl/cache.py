@@ -17,7 +17,7 @@ Maintenance: ``reorder_cache(beam_idx)`` (beam search), ``crop(max_length)`` (ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -63,11 +63,11 @@ class DynamicLayer:
 
     __slots__ = ("keys", "values")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
 
-    def update(self, key_states, value_states):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys is None:
             self.keys, self.values = key_states, value_states
         else:
@@ -85,7 +85,9 @@ class DynamicCache(Cache):
     ``DynamicCache(legacy)`` accepts an iterable of per-layer ``(keys, values)`` pairs; ``config`` is accepted and
     ignored (transformers' signature)."""
 
-    def __init__(self, ddp_cache_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, config=None):
+    def __init__(
+        self, ddp_cache_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, config: Any = None
+    ) -> None:
         self.layers: list[DynamicLayer] = []
         if ddp_cache_data is not None:
             for layer_idx, (k, v) in enumerate(ddp_cache_data):
@@ -102,7 +104,7 @@ class DynamicCache(Cache):
             raise KeyError(f"cache has {len(self.layers)} layers; asked for layer {layer_idx}")
         return self.layers[layer_idx].keys, self.layers[layer_idx].values
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for layer in self.layers:
             yield layer.keys, layer.values
 
@@ -111,7 +113,9 @@ class DynamicCache(Cache):
             self.layers.append(DynamicLayer())
         return self.layers[layer_idx]
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, cache_kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._layer(layer_idx).update(key_states, value_states)
 
     def get_seq_length(self, layer_idx: int | None = 0) -> int:
@@ -164,7 +168,7 @@ class DynamicCache(Cache):
         return tuple((layer.keys, layer.values) for layer in self.layers)
 
     @classmethod
-    def from_legacy_cache(cls, past_key_values) -> DynamicCache:
+    def from_legacy_cache(cls, past_key_values: Any) -> DynamicCache:
         cache = cls()
         if past_key_values is not None:
             for layer_idx, kv in enumerate(past_key_values):
@@ -176,7 +180,7 @@ class EncoderDecoderCache(Cache):
     """A self-attention cache and a cross-attention cache. ``update``/``get_seq_length`` act on the self-attention
     part; ``is_updated[layer_idx]`` says the cross-attention K/V of that layer are stored and must be reused."""
 
-    def __init__(self, *caches):
+    def __init__(self, *caches: Any) -> None:
         if len(caches) == 1:  # legacy tuples
             self.self_attention_cache: Cache = DynamicCache()
             self.cross_attention_cache: Cache = DynamicCache()
@@ -208,24 +212,26 @@ class EncoderDecoderCache(Cache):
     def __len__(self) -> int:
         return len(self.self_attention_cache)
 
-    def __getitem__(self, layer_idx: int):
+    def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.self_attention_cache[layer_idx]
         if self.is_updated.get(layer_idx):
             ck, cv = self.cross_attention_cache[layer_idx]
             return k, v, ck, cv
         return k, v
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for layer_idx in range(len(self)):
             yield self[layer_idx]
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, cache_kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.self_attention_cache.update(key_states, value_states, layer_idx, cache_kwargs)
 
     def get_seq_length(self, layer_idx: int | None = 0) -> int:
         return self.self_attention_cache.get_seq_length(layer_idx)
 
-    def get_layer(self, layer_idx: int):
+    def get_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.self_attention_cache.get_layer(layer_idx)
 
     def get_max_cache_shape(self) -> int | None:
@@ -252,14 +258,14 @@ class EncoderDecoderCache(Cache):
         self.self_attention_cache.batch_select_indices(indices)
         self.cross_attention_cache.batch_select_indices(indices)
 
-    def to_legacy_cache(self):
+    def to_legacy_cache(self) -> tuple:
         self_legacy = self.self_attention_cache.to_legacy_cache()
         if len(self.cross_attention_cache) > 0:
             return tuple(s + c for s, c in zip(self_legacy, self.cross_attention_cache.to_legacy_cache()))
         return self_legacy
 
     @classmethod
-    def from_legacy_cache(cls, past_key_values) -> EncoderDecoderCache:
+    def from_legacy_cache(cls, past_key_values: Any) -> EncoderDecoderCache:
         cache = cls(DynamicCache(), DynamicCache())
         if past_key_values is not None:
             for layer_idx, kv in enumerate(past_key_values):

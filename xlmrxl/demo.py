@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from torch import nn
 
 from xlmrxl_kernels._utils import interpreting as _interpreting
 
@@ -200,7 +201,7 @@ def run_demo(
     enc = tok(texts, padding=True, return_tensors="pt")
     real = enc["attention_mask"].bool()
 
-    def hidden(m, e):
+    def hidden(m: nn.Module, e):
         with torch.inference_mode():
             o = m.roberta(input_ids=e["input_ids"], attention_mask=e["attention_mask"])
             return (o.last_hidden_state if hasattr(o, "last_hidden_state") else o[0]).float().cpu()
@@ -220,7 +221,7 @@ def run_demo(
     rows: list[dict[str, Any]] = []
     runners = {}
 
-    def check(name, run):
+    def check(name: str, run):
         row: dict[str, Any] = {"backend": name}
         try:
             got = run()[real]

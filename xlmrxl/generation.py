@@ -45,9 +45,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .cache import DynamicCache, EncoderDecoderCache
 from .masks import create_position_ids_from_input_ids
@@ -67,7 +69,7 @@ class GenerateOutput(ModelOutput):
 
 
 # -- argument handling -------------------------------------------------------------------------------------------------
-def _eos_list(eos_token_id, config) -> list[int]:
+def _eos_list(eos_token_id: int | list[int] | None, config: Any) -> list[int]:
     eos = eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None)
     if eos is None:
         return []
@@ -76,18 +78,18 @@ def _eos_list(eos_token_id, config) -> list[int]:
 
 
 def _check_args(
-    model,
-    input_ids,
-    max_new_tokens,
-    do_sample,
-    temperature,
-    top_k,
-    top_p,
-    num_beams,
-    num_return_sequences,
-    cache,
-    streamer,
-    min_new_tokens,
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    max_new_tokens: int | None,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_beams: int,
+    num_return_sequences: int,
+    cache: Any,
+    streamer: Any,
+    min_new_tokens: int,
 ):
     if not getattr(model.config, "is_decoder", False):
         raise ValueError(
@@ -127,7 +129,14 @@ def _check_args(
         raise ValueError("streamer cannot be used with beam search (num_beams > 1)")
 
 
-def _make_cache(model, cache: str, rows: int, max_len: int, device, encoder_hidden_states):
+def _make_cache(
+    model: nn.Module,
+    cache: str,
+    rows: int,
+    max_len: int,
+    device: torch.device | str | None,
+    encoder_hidden_states: torch.Tensor | None,
+):
     config = model.config
     if cache == "static":
         self_cache = StaticCache(config, rows, max_len, dtype=model.dtype, device=device)
@@ -157,7 +166,7 @@ def _warp(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: fl
     return scores
 
 
-def _stream(streamer, tokens: torch.Tensor, first: bool = False) -> None:
+def _stream(streamer: Any, tokens: torch.Tensor, first: bool = False) -> None:
     if streamer is None:
         return
     if hasattr(streamer, "put"):
@@ -169,7 +178,7 @@ def _stream(streamer, tokens: torch.Tensor, first: bool = False) -> None:
 # -- the entry point ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate(
-    model,
+    model: nn.Module,
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 20,
@@ -180,8 +189,8 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     num_beams: int = 1,
-    streamer=None,
-    past_key_values=None,
+    streamer: Any = None,
+    past_key_values: Any = None,
     cache: str = "static",
     generator: torch.Generator | None = None,
     *,
@@ -320,7 +329,15 @@ def _mask_eos(scores: torch.Tensor, eos: list[int], step: int, min_new_tokens: i
     return scores
 
 
-def _greedy_or_sample(st, do_sample, temperature, top_k, top_p, generator, streamer):
+def _greedy_or_sample(
+    st,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+    streamer: Any,
+):
     seqs, mask, logits = st["input_ids"], st["attention_mask"], st["logits"]
     eos, pad, next_pos = st["eos"], st["pad"], st["next_pos"]
     eos_t = torch.tensor(eos, device=seqs.device, dtype=torch.long) if eos else None
@@ -357,7 +374,7 @@ def _greedy_or_sample(st, do_sample, temperature, top_k, top_p, generator, strea
 class _Hypotheses:
     """The best ``num_beams`` finished sequences of one batch row (transformers' ``BeamHypotheses``)."""
 
-    def __init__(self, num_beams: int, length_penalty: float, early_stopping: bool):
+    def __init__(self, num_beams: int, length_penalty: float, early_stopping: bool) -> None:
         self.num_beams, self.length_penalty, self.early_stopping = num_beams, length_penalty, early_stopping
         self.beams: list[tuple[float, torch.Tensor]] = []
         self.worst = 1e9
@@ -379,7 +396,7 @@ class _Hypotheses:
         return self.worst >= best_sum_logprobs / (generated_len**self.length_penalty)
 
 
-def _beam_search(st, batch, beams, length_penalty, early_stopping, num_return_sequences):
+def _beam_search(st, batch: int, beams: int, length_penalty: float, early_stopping: bool, num_return_sequences: int):
     seqs, mask, logits = st["input_ids"], st["attention_mask"], st["logits"]
     eos, pad, next_pos, device = st["eos"], st["pad"], st["next_pos"], seqs.device
     eos_set = set(eos)

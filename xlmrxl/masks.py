@@ -6,9 +6,18 @@ transformers 4.56.2 builds them (``AttentionMaskConverter`` and ``get_extended_a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["create_position_ids_from_input_ids", "cached_length", "cached_layer"]
+__all__ = [
+    "create_position_ids_from_input_ids",
+    "cached_length",
+    "cached_layer",
+    "non_binary",
+    "non_binary_mask_error",
+    "check_binary_mask",
+]
 
 
 def create_position_ids_from_input_ids(
@@ -20,7 +29,7 @@ def create_position_ids_from_input_ids(
     return incremental_indices.long() + padding_idx
 
 
-def cached_length(past_key_values) -> int:
+def cached_length(past_key_values: Any) -> int:
     if past_key_values is None:
         return 0
     if hasattr(past_key_values, "get_seq_length"):
@@ -30,7 +39,7 @@ def cached_length(past_key_values) -> int:
     return int(past_key_values[0][0].shape[-2])
 
 
-def cached_layer(cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_layer(cache: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one layer's K/V without appending: our ``Cache.get_layer`` or transformers' ``layers[i].keys``."""
     if hasattr(cache, "get_layer"):
         return cache.get_layer(layer_idx)
@@ -88,3 +97,27 @@ def padding_eager_mask(mask2d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     """transformers' ``get_extended_attention_mask`` / ``invert_attention_mask`` for a 2D mask: (B, 1, 1, K)."""
     ext = mask2d[:, None, None, :].to(dtype=dtype)
     return (1.0 - ext) * torch.finfo(dtype).min
+
+
+def non_binary(mask: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor: does ``mask`` hold a value other than 0 and 1 (no host sync)? Bool masks never do."""
+    if mask.dtype == torch.bool:
+        return torch.zeros((), dtype=torch.bool, device=mask.device)
+    return ((mask != 0) & (mask != 1)).any()
+
+
+def non_binary_mask_error(mask: torch.Tensor, name: str = "attention_mask") -> ValueError:
+    """The error for a mask with values other than 0 / 1 (every path refuses them: the fused path would read any
+    nonzero as "real", the exact path would add ``(1 - value) * min`` to the scores)."""
+    bad = mask[(mask != 0) & (mask != 1)]
+    shown = ", ".join(f"{v:g}" for v in bad.unique()[:5].tolist())
+    return ValueError(
+        f"{name} must hold only 1 (real token) and 0 (padding), as bool or 0/1 integers or floats; "
+        f"got the value(s) {shown}"
+    )
+
+
+def check_binary_mask(mask: torch.Tensor | None, name: str = "attention_mask") -> None:
+    """Raise ``non_binary_mask_error`` when ``mask`` holds anything but 0 / 1 (one host sync; none for bool)."""
+    if mask is not None and mask.dtype != torch.bool and bool(non_binary(mask)):
+        raise non_binary_mask_error(mask, name)

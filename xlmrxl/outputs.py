@@ -7,17 +7,29 @@ An output is a dataclass and an ordered dict at once: ``out.logits``, ``out["log
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+import torch.utils._pytree as pytree
 
 
 class ModelOutput(OrderedDict):
-    """Base class: subclasses are ``@dataclass`` with every field defaulting to ``None``."""
+    """Base class: subclasses are ``@dataclass`` with every field defaulting to ``None``. Each subclass is a pytree
+    node (as transformers registers its outputs), so ``torch.export`` and ``torch.compile`` can return it."""
 
-    def __post_init__(self):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        pytree.register_pytree_node(
+            cls,
+            _flatten,
+            functools.partial(_unflatten, cls),
+            serialized_type_name=f"{cls.__module__}.{cls.__name__}",
+        )
+
+    def __post_init__(self) -> None:
         # The dataclass __init__ sets attributes through __setattr__ below, which also fills the dict.
         # Re-sync in field order in case a subclass assigned attributes directly.
         for f in fields(self):
@@ -34,34 +46,42 @@ class ModelOutput(OrderedDict):
         OrderedDict.__setitem__(self, key, value)
         object.__setattr__(self, key, value)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
             return OrderedDict.__getitem__(self, key)
         return self.to_tuple()[key]
 
-    def __delitem__(self, *args, **kwargs):
+    def __delitem__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(f"{type(self).__name__} does not support item deletion")
 
-    def setdefault(self, *args, **kwargs):
+    def setdefault(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(f"{type(self).__name__} does not support setdefault")
 
-    def pop(self, *args, **kwargs):
+    def pop(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(f"{type(self).__name__} does not support pop")
 
-    def update(self, *args, **kwargs):
+    def update(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(f"{type(self).__name__} does not support update")
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The non-None fields, in field order."""
         return tuple(OrderedDict.__getitem__(self, k) for k in self.keys())
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         return (_rebuild, (type(self), state))
 
 
-def _rebuild(cls, state):
+def _rebuild(cls: type, state: Any) -> ModelOutput:
     return cls(**state)
+
+
+def _flatten(output: ModelOutput) -> tuple[list[Any], list[str]]:
+    return list(output.values()), list(output.keys())
+
+
+def _unflatten(cls: type, values: list[Any], keys: list[str]) -> ModelOutput:
+    return cls(**dict(zip(keys, values)))
 
 
 @dataclass(eq=False)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
 from .tokenizer import XLMRobertaTokenizer
@@ -93,7 +94,7 @@ class Pipeline:
     task = ""
     _call_keys: tuple = ("batch_size", "progress")
 
-    def __init__(self, model, tokenizer, device: torch.device, **defaults: Any):
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device, **defaults: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -124,14 +125,14 @@ class Pipeline:
         return opts
 
     @staticmethod
-    def _as_list(inputs) -> tuple:
+    def _as_list(inputs: Any) -> tuple:
         if isinstance(inputs, str):
             return [inputs], True
         if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
             return list(inputs), False
         raise TypeError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
 
-    def _batches(self, texts: list[str], batch_size: int, progress):
+    def _batches(self, texts: list[str], batch_size: int, progress: Any):
         """Yield (indices, encoding) batches, longest inputs first (less padding), with an optional progress bar."""
         ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"]  # tokenized once
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
@@ -169,7 +170,7 @@ class FillMaskPipeline(Pipeline):
     task = "fill-mask"
     _call_keys = ("batch_size", "progress", "top_k", "targets")
 
-    def __init__(self, model, tokenizer, device, **defaults):
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device | str | None, **defaults: Any) -> None:
         defaults.setdefault("top_k", 5)
         super().__init__(model, tokenizer, device, **defaults)
         if not hasattr(model, "lm_head") or not hasattr(model, "roberta"):
@@ -205,7 +206,7 @@ class FillMaskPipeline(Pipeline):
         return torch.tensor(ids, dtype=torch.long)
 
     @torch.inference_mode()
-    def __call__(self, inputs: str | Sequence[str], **kwargs: Any):
+    def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
         """Fill the ``<mask>`` of each input; see the module docstring for the output shape."""
         opts = self._options(kwargs)
         texts, single = self._as_list(inputs)
@@ -248,7 +249,7 @@ class FillMaskPipeline(Pipeline):
         # as transformers' pipeline: a string, or a list holding one string, gives that input's result alone
         return results[0] if single or len(results) == 1 else results
 
-    def _format(self, real_ids: torch.Tensor, positions, values, picks):
+    def _format(self, real_ids: torch.Tensor, positions, values: torch.Tensor, picks):
         tok = self.tokenizer
         one = len(positions) == 1
         per_mask = []
@@ -274,7 +275,7 @@ class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     _call_keys = ("batch_size", "progress", "pooling", "normalize")
 
-    def __init__(self, model, tokenizer, device, **defaults):
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device | str | None, **defaults: Any) -> None:
         defaults.setdefault("pooling", None)
         defaults.setdefault("normalize", False)
         super().__init__(model, tokenizer, device, **defaults)
@@ -282,7 +283,7 @@ class FeatureExtractionPipeline(Pipeline):
             raise TypeError(f"feature-extraction needs an XLM-RoBERTa-XL model, got {type(model).__name__}")
 
     @torch.inference_mode()
-    def __call__(self, inputs: str | Sequence[str], **kwargs: Any):
+    def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
         """Embeddings of each input; see the module docstring for the shapes."""
         opts = self._options(kwargs)
         pooling = opts["pooling"]
@@ -320,7 +321,7 @@ _PIPELINES = {"fill-mask": FillMaskPipeline, "feature-extraction": FeatureExtrac
 def pipeline(
     task: str,
     model: str | os.PathLike | torch.nn.Module | None = None,
-    tokenizer=None,
+    tokenizer: Any = None,
     device: None | str | int | torch.device = None,
     dtype: None | str | torch.dtype = None,
     backend: str | None = "auto",

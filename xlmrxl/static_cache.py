@@ -45,7 +45,7 @@ logger = logging.getLogger("xlmrxl")
 __all__ = ["StaticCache"]
 
 
-def _dims(config) -> tuple[int, int, int]:
+def _dims(config: Any) -> tuple[int, int, int]:
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
     hidden = getattr(config, "hidden_size", None)
@@ -66,15 +66,15 @@ class StaticCache(Cache):
 
     def __init__(
         self,
-        config=None,
+        config: Any = None,
         batch_size: int | None = None,
         max_length: int | None = None,
         dtype: torch.dtype | None = None,
-        device=None,
+        device: torch.device | str | None = None,
         *,
         max_batch_size: int | None = None,
         max_cache_len: int | None = None,
-    ):
+    ) -> None:
         # max_batch_size / max_cache_len: transformers' keyword names, accepted as aliases
         batch_size = batch_size if batch_size is not None else max_batch_size
         max_length = max_length if max_length is not None else max_cache_len

@@ -4,7 +4,8 @@
 - ``structure``: what the route checks on the modules (layout, LayerNorms, GELU, int4) and the per-layer plans.
 - ``packing``: gather the real tokens into ``(T, H)`` and scatter back (flash-attention's ``bert_padding``).
 - ``qkv``: the fused ``(3H, H)`` q/k/v weight the three projections become views of.
-- ``stack``: the layer stack on packed tokens (``encoder_forward``) and with a KV cache (``decoder_forward``).
+- ``stack``: the layer stack on packed tokens (``encoder_forward``; its unpadded core, ``packed_stack``, is the unit
+  to capture or instrument) and with a KV cache (``decoder_forward``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from .packing import PackedEncoderOutput, Packing, pack
 from .qkv import fuse_qkv
 from .routing import CACHED, EXACT, PACKED, Call, Route, route
-from .stack import decoder_forward, encoder_forward
+from .stack import decoder_forward, encoder_forward, packed_stack
 
 __all__ = [
     "route",
@@ -23,6 +24,7 @@ __all__ = [
     "EXACT",
     "encoder_forward",
     "decoder_forward",
+    "packed_stack",
     "pack",
     "Packing",
     "PackedEncoderOutput",

@@ -31,7 +31,7 @@ def _views_intact(parts, fused: torch.Tensor) -> bool:
     return off == fused.shape[0]
 
 
-def fuse_qkv(self_attn) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fuse_qkv(self_attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The fused ``(3H, H)`` weight and ``(3H,)`` bias of ``self_attn.{query,key,value}`` (nn.Linear), making the
     three parameters views of it on first use (or after ``.to()`` broke the views). Memory is not doubled."""
     mods = self_attn._modules  # dict reads, not nn.Module.__getattr__: this runs per layer and call
@@ -68,7 +68,7 @@ def fuse_qkv(self_attn) -> tuple[torch.Tensor, torch.Tensor | None]:
     return W, b
 
 
-def fused_qkv_module(sa):
+def fused_qkv_module(sa: nn.Module) -> tuple:
     """What to run the QKV GEMM with: ("dense", W, b) or ("int4", QuantLinear) or ("split", None)."""
     mods = (sa.query, sa.key, sa.value)
     if all(isinstance(m, nn.Linear) for m in mods):

@@ -61,7 +61,8 @@ class Call:
     ``attention_mask``: the 2D ``(batch, past + seq)`` keep mask (bool or 0/1), or None when every key is real.
     ``mask_is_full``: already known (from the model's validation sync) that the mask is all ones; None: unknown.
     ``causal``: decoder self-attention; None reads ``encoder.config.is_decoder`` now (a later change is seen).
-    ``padded_loss``: the loss of this call reads positions the packed path does not compute (what, in words).
+    ``padded_loss``: the loss of this call reads padded positions, which the packed path never computes (what, in
+    words); it matters only when the mask is not known to be all ones.
     ``caller_reasons``: facts the caller established that rule out the fused paths (the transformers patch: the 2D
     mask could not be read back, transformers is capturing layer outputs with hooks)."""
 
@@ -105,6 +106,11 @@ def route(encoder: nn.Module, call: Call) -> Route:
     """Decide how ``call`` runs on ``encoder``; log the reasons once when it runs the exact path."""
     causal = is_causal(encoder) if call.causal is None else bool(call.causal)
     cached_call = call.past_key_values is not None or bool(call.use_cache)
+    if torch.compiler.is_compiling():
+        # torch.compile / torch.export trace this function: answer with constants built outside the graph (no
+        # Reason is constructed and nothing is logged inside it); the exact path compiles to one graph
+        wanted = CACHED if cached_call else PACKED
+        return Route(EXACT, causal, call.attention_mask, _COMPILING, wanted)
     common = _common_not_supported(encoder, call)
     packed = list(common)
     cached = list(common)
@@ -123,14 +129,23 @@ def route(encoder: nn.Module, call: Call) -> Route:
     return r
 
 
+_COMPILING = {
+    p: (
+        Reason(
+            TRACING, "torch.compile / torch.export is recording the call (the fused path reads lengths on the host)"
+        ),
+    )
+    for p in (PACKED, CACHED)
+}
+
+
 def _common_not_supported(encoder: nn.Module, call: Call) -> list[Reason]:
     """The reasons that rule out both fused paths."""
     out = []
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        # packing reads the per-row lengths on the host: a traced / exported / compiled graph would bake this batch's
-        # padding into the graph, wrong for the next batch
-        what = "torch.jit.trace" if torch.jit.is_tracing() else "torch.compile / torch.export"
-        out.append(Reason(TRACING, f"{what} is recording the call (the fused path reads the lengths on the host)"))
+    if torch.jit.is_tracing():
+        # packing reads the per-row lengths on the host: a traced graph would bake this batch's padding into the
+        # graph, wrong for the next batch (torch.compile / torch.export: see route)
+        out.append(Reason(TRACING, "torch.jit.trace is recording the call (the fused path reads lengths on the host)"))
     if call.output_attentions:
         out.append(
             Reason(
@@ -152,7 +167,7 @@ def _common_not_supported(encoder: nn.Module, call: Call) -> list[Reason]:
             )
         )
     out.extend(r if isinstance(r, Reason) else Reason(CALLER, r) for r in call.caller_reasons)
-    if call.padded_loss:
+    if call.padded_loss and call.attention_mask is not None and not call.mask_is_full:
         out.append(Reason(PADDED_LOSS, f"{call.padded_loss} (the packed path never computes padded positions)"))
     out.extend(_mode_not_supported(encoder, call.hidden_states))
     reasons, modules = structure_not_supported(encoder)

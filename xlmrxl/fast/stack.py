@@ -28,6 +28,9 @@ residual stream after layers 0..L-2, the last entry the final LayerNorm output (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,7 +48,7 @@ class _Ops:
     """The op functions of one forward, resolved through the backend once each (not once per layer and call);
     ``ops.kernel(name)`` says whether the backend resolved ``name`` to its kernel or to the reference."""
 
-    def __init__(self, be: Backend, device: torch.device):
+    def __init__(self, be: Backend, device: torch.device) -> None:
         self.be, self.device = be, device
         self.impls: dict[str, Impl] = {}
 
@@ -58,7 +61,7 @@ class _Ops:
             impl = self.impls[name] = self.be.resolve(name, self.device)
         return impl
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Callable:
         fn = self._impl(name).fn
         setattr(self, name, fn)
         return fn
@@ -68,7 +71,7 @@ class _Stream:
     """The residual stream of one forward; holds a pending (y, residual) pair when an int4 projection left its
     residual add to the next LayerNorm."""
 
-    def __init__(self, x: torch.Tensor, ops: _Ops):
+    def __init__(self, x: torch.Tensor, ops: _Ops) -> None:
         self.x = x
         self.pending: torch.Tensor | None = None
         self.ops = ops
@@ -97,11 +100,13 @@ class _Stream:
         return self.x
 
 
-def _int4(ops: _Ops, x, m, bias, activation=None):
+def _int4(ops: _Ops, x: torch.Tensor, m: nn.Module, bias: torch.Tensor | None, activation: str | None = None):
     return ops.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
 
 
-def _attention(ops: _Ops, q, k, v, packing: Packing, scale: float, causal: bool) -> torch.Tensor:
+def _attention(
+    ops: _Ops, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, scale: float, causal: bool
+) -> torch.Tensor:
     """Varlen attention on the packed (T, heads, D) views. Where the backend picks the PyTorch reference (CPU, or
     backend='reference'), the same maths runs as torch SDPA per sequence instead: ``attention_varlen_ref`` is an
     oracle (masks, fp32 copies, a host sync per call) and would cost more than all the GEMMs on a CPU."""
@@ -164,8 +169,15 @@ def _layer(plan: LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
 
 
 def encoder_forward(
-    encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False, return_packed=False, causal=None
-):
+    encoder: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    backend: Backend | str | None,
+    *,
+    output_hidden_states: bool | None = False,
+    return_packed: bool = False,
+    causal: bool = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None] | PackedEncoderOutput:
     """Run ``encoder``'s layer stack and final LayerNorm on the packed real tokens (see the module docstring).
 
     ``backend``: an ``xlmrxl.backend.Backend`` or a backend name (None: the default). ``causal``: decoder
@@ -203,7 +215,7 @@ def packed_stack(
     ops = _Ops(backend, x.device)
     st = _Stream(x, ops)
 
-    def attend(q, k, v, scale, layer_idx):
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, layer_idx: int):
         return _attention(ops, q, k, v, packing, scale, causal)
 
     plans = layer_plans(encoder)
@@ -219,8 +231,15 @@ def packed_stack(
 
 
 def decoder_forward(
-    encoder, hidden_states, attention_mask, cache, backend, *, output_hidden_states=False, cache_position=None
-):
+    encoder: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Any,
+    backend: Backend | str | None,
+    *,
+    output_hidden_states: bool | None = False,
+    cache_position: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """Causal self-attention with a KV cache (incremental decoding, or a prefill that fills the cache).
 
     ``hidden_states`` (B, S, H) are the new tokens' embeddings; ``attention_mask`` the 2D (B, past + S) keep mask
@@ -257,7 +276,7 @@ def decoder_forward(
     extra = () if cache_position is None else ({"cache_position": cache_position},)
     sdpa = None if ops.kernel("attention") else _SdpaCausal(attention_mask, B, S, past, x.device)
 
-    def attend(q, k, v, scale, layer_idx):
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, layer_idx: int):
         T, nh, d = q.shape
         q4, k4, v4 = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
         if compact:  # the cache keeps what it is given: hand it compact K/V, not views pinning the QKV buffer
@@ -290,7 +309,9 @@ class _SdpaCausal:
     padding. A query row that would see no key (a pad position of a left-padded prefill) is let see its own key, so
     no SDPA backend can return NaN for it; no real position ever reads a pad position's output."""
 
-    def __init__(self, mask2d, B: int, S: int, past: int, device):
+    def __init__(
+        self, mask2d: torch.Tensor | None, B: int, S: int, past: int, device: torch.device | str | None
+    ) -> None:
         self.is_causal = mask2d is None and S > 1 and past == 0
         keep = None
         if mask2d is not None or (S > 1 and past > 0):
@@ -304,11 +325,11 @@ class _SdpaCausal:
                 keep = keep | (own & ~keep.any(dim=-1, keepdim=True))
         self.keep = keep
 
-    def __call__(self, q, k, v, scale):
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, is_causal=self.is_causal, scale=scale)
 
 
-def _copies_states(cache, past: int) -> bool:
+def _copies_states(cache: Any, past: int) -> bool:
     """Does ``cache.update`` copy the states it is given (so strided views of the QKV output may be handed over)?
     xlmrxl's ``StaticCache`` always (``cache_update`` writes its own buffers); xlmrxl's ``DynamicCache`` once it
     holds tokens (``torch.cat``); anything else is not assumed to."""
@@ -317,7 +338,13 @@ def _copies_states(cache, past: int) -> bool:
     return type(cache) is DynamicCache and past > 0
 
 
-def _finish(hidden_states, out, collected, packing: Packing, return_packed: bool):
+def _finish(
+    hidden_states: torch.Tensor,
+    out: torch.Tensor,
+    collected: list[torch.Tensor] | None,
+    packing: Packing,
+    return_packed: bool,
+):
     if return_packed:
         return PackedEncoderOutput(out, tuple(collected) if collected is not None else None, packing)
     last = packing.unpack(out)

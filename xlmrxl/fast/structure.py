@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..reasons import STRUCTURE, Reason
 
 
-def _fingerprint(encoder) -> tuple | None:
+def _fingerprint(encoder: nn.Module) -> tuple | None:
     """Identity of every module and weight the structural checks look at (dict reads only: this runs per call)."""
     try:
         fp = [id(encoder._modules["LayerNorm"])]
@@ -69,7 +69,7 @@ def structure_not_supported(encoder: nn.Module) -> tuple[list[Reason], list[nn.M
     return reasons, modules
 
 
-def _layer_not_supported(layer) -> str | None:
+def _layer_not_supported(layer: nn.Module) -> str | None:
     try:
         attn = layer.attention
         sa = attn.self
@@ -101,19 +101,19 @@ def _layer_not_supported(layer) -> str | None:
     return None
 
 
-def is_int4(m) -> bool:
+def is_int4(m: nn.Module) -> bool:
     return all(hasattr(m, a) for a in ("qweight", "scales", "zeros", "group_size"))
 
 
-def _weight_of(m) -> torch.Tensor:
+def _weight_of(m: nn.Module) -> torch.Tensor:
     return m.qweight if is_int4(m) else m.weight
 
 
-def _out_features(m) -> int:
+def _out_features(m: nn.Module) -> int:
     return int(getattr(m, "out_features", None) or _weight_of(m).shape[0])
 
 
-def _num_heads(sa) -> int | None:
+def _num_heads(sa: nn.Module) -> int | None:
     n = getattr(sa, "num_attention_heads", None)
     if n is None:
         cfg = getattr(sa, "config", None)
@@ -143,7 +143,7 @@ class LayerPlan:
 
     __slots__ = ("sa", "ln_attn", "ln_ffn", "o", "up", "down", "heads", "scale", "o_int4", "up_int4", "down_int4")
 
-    def __init__(self, layer):
+    def __init__(self, layer: nn.Module) -> None:
         attn = layer.attention
         self.sa = attn.self
         self.ln_attn, self.ln_ffn = attn.self_attn_layer_norm, layer.LayerNorm
@@ -153,7 +153,7 @@ class LayerPlan:
         self.scale = getattr(self.sa, "scaling", None)
 
 
-def layer_plans(encoder):
+def layer_plans(encoder: nn.Module) -> list[LayerPlan]:
     """Per-layer plans, cached with the structure check (refreshed whenever the route sees a module or
     weight replaced)."""
     cached = encoder.__dict__.get("_xlmrxl_plans")

@@ -65,13 +65,13 @@ def _share_into(src: nn.Module, dst: nn.Module) -> list:
     return meta_buffers
 
 
-def _model_kwargs(model) -> dict:
+def _model_kwargs(model: nn.Module) -> dict:
     if type(model).__name__ == "XLMRobertaXLModel":
         return {"add_pooling_layer": getattr(model, "pooler", None) is not None}
     return {}
 
 
-def from_transformers(hf_model, backend="auto"):
+def from_transformers(hf_model: nn.Module, backend: Backend | str | None = "auto") -> nn.Module:
     """xlmrxl's model of the same class as ``hf_model`` (transformers), sharing its parameter objects."""
     name = type(hf_model).__name__
     cls = getattr(modeling, name, None)
@@ -84,12 +84,11 @@ def from_transformers(hf_model, backend="auto"):
     if left:
         raise ValueError(f"from_transformers: xlmrxl's {name} has buffers {left} that transformers' model lacks")
     ours.train(hf_model.training)
-    if hasattr(ours, "set_backend"):
-        ours.set_backend(backend.name if isinstance(backend, Backend) else backend)
+    ours.set_backend(backend)
     return ours
 
 
-def to_transformers(model):
+def to_transformers(model: nn.Module) -> nn.Module:
     """transformers' model of the same class as ``model`` (xlmrxl), sharing its parameter objects."""
     try:
         import transformers

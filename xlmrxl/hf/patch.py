@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,8 @@ import torch.nn as nn
 from ..backend import Backend
 from ..fast import stack
 from ..fast.routing import CACHED, EXACT, Call, is_causal, route
+from ..masks import check_binary_mask
+from ..modeling import XLMRobertaXLPreTrainedModel
 from ..quantization import quantize
 
 logger = logging.getLogger("xlmrxl")
@@ -70,7 +73,7 @@ def _signature(cls):
 class _AccelState:
     """What ``accelerate`` keeps on the encoder. Plain data only, so an accelerated model deep-copies and pickles."""
 
-    def __init__(self, backend: Backend, handles):
+    def __init__(self, backend: Backend, handles: tuple) -> None:
         self.backend = backend
         self.handles = handles
 
@@ -80,7 +83,7 @@ class _AccelState:
         return getattr(_LOCAL, "masks", {}).get(id(self))
 
     @captured.setter
-    def captured(self, value):
+    def captured(self, value: Any):
         masks = _LOCAL.__dict__.setdefault("masks", {})
         if value is None:
             masks.pop(id(self), None)
@@ -92,17 +95,17 @@ class _AcceleratedForward:
     """The encoder's instance-level ``forward``: a picklable callable (a bound method of a module-level function
     would not unpickle)."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder: nn.Module) -> None:
         self.encoder = encoder
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _accelerated_encoder_forward(self.encoder, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # accelerate / deaccelerate
 # ---------------------------------------------------------------------------------------------------------------
-def _base_model(model):
+def _base_model(model: nn.Module):
     prefix = getattr(model, "base_model_prefix", "roberta")
     base = getattr(model, prefix, None) if isinstance(getattr(model, prefix, None), nn.Module) else model
     enc = getattr(base, "encoder", None)
@@ -114,11 +117,7 @@ def _base_model(model):
     return base
 
 
-def _is_xlmrxl_model(model) -> bool:
-    return type(model).__module__.startswith("xlmrxl.")
-
-
-def is_accelerated(model) -> bool:
+def is_accelerated(model: nn.Module) -> bool:
     """True if ``model`` (a transformers model) has been passed through ``accelerate``."""
     try:
         return hasattr(_base_model(model).encoder, _STATE)
@@ -126,7 +125,9 @@ def is_accelerated(model) -> bool:
         return False
 
 
-def accelerate(hf_model, backend="auto", quantization=None):
+def accelerate(
+    hf_model: nn.Module, backend: Backend | str | None = "auto", quantization: str | None = None
+) -> nn.Module:
     """Make ``hf_model``'s forward run xlmrxl's fast path; returns the same object (see the module docstring).
 
     ``backend``: "auto" (kernels on CUDA, references elsewhere), "triton" or "reference", or a ``Backend``.
@@ -134,9 +135,8 @@ def accelerate(hf_model, backend="auto", quantization=None):
     be = backend if isinstance(backend, Backend) else Backend(backend)
     if quantization not in (None, "int4"):
         raise ValueError(f"quantization={quantization!r} is not supported; use None or 'int4'")
-    if _is_xlmrxl_model(hf_model):  # already ours: its encoder takes the fast path natively
-        if hasattr(hf_model, "set_backend"):
-            hf_model.set_backend(be)
+    if isinstance(hf_model, XLMRobertaXLPreTrainedModel):  # already ours: its encoder routes itself
+        hf_model.set_backend(be)
         if quantization == "int4":
             _quantize(hf_model)
         return hf_model
@@ -160,7 +160,7 @@ def accelerate(hf_model, backend="auto", quantization=None):
     return hf_model
 
 
-def deaccelerate(hf_model):
+def deaccelerate(hf_model: nn.Module) -> nn.Module:
     """Undo ``accelerate``: the encoder runs transformers' own forward again. Returns the same object."""
     base = _base_model(hf_model)
     enc = base.encoder
@@ -174,28 +174,31 @@ def deaccelerate(hf_model):
     return hf_model
 
 
-def _quantize(model):
+def _quantize(model: nn.Module):
     quantize(model, group_size=128)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the padding mask
 # ---------------------------------------------------------------------------------------------------------------
-def _capture_mask(module, args, kwargs):
+def _capture_mask(module: nn.Module, args: Any, kwargs: Any):
     state = getattr(module.encoder, _STATE, None)
     if state is not None:
-        state.captured = (
-            kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None),
-        )
+        mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
+        if torch.is_tensor(mask) and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            check_binary_mask(mask)  # refused on every path, transformers' own code included (see README)
+        state.captured = (mask,)
 
 
-def _release_mask(module, args, kwargs, output):
+def _release_mask(module: nn.Module, args: Any, kwargs: Any, output):
     state = getattr(module.encoder, _STATE, None)
     if state is not None:
         state.captured = None
 
 
-def _padding_mask(state: _AccelState, mask, B: int, S: int, causal: bool) -> tuple[torch.Tensor | None, str | None]:
+def _padding_mask(
+    state: _AccelState, mask: torch.Tensor | None, B: int, S: int, causal: bool
+) -> tuple[torch.Tensor | None, str | None]:
     """The call's 2D keep mask (or None: every key real) and None; or (None, why it cannot be read).
     The user's 2D mask captured at the model's forward wins (it covers the cached keys too); else the mask the encoder
     was given is read back: 2D as is, 4D when it is a plain padding (+ causal) mask over the call's own keys."""
@@ -229,7 +232,7 @@ def _padding_mask(state: _AccelState, mask, B: int, S: int, causal: bool) -> tup
     return row, None
 
 
-def _capture_state(config):
+def _capture_state(config: Any):
     """transformers 5.x records hidden states / attentions with hooks on the layers while a collection is active.
     Returns (reason or None, the collected-outputs dict to fill with hidden states or None)."""
     try:
@@ -265,7 +268,7 @@ def _fill_hidden_states(collected: dict, all_hs) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the replacement encoder forward
 # ---------------------------------------------------------------------------------------------------------------
-def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
+def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
     state: _AccelState = getattr(self, _STATE)
     original = type(self).forward
     signature, var_kw, legacy = _signature(type(self))
@@ -276,7 +279,7 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     a = dict(bound.arguments)
     extra = a.pop(var_kw, {}) if var_kw else {}
 
-    def get(name, default=None):
+    def get(name: str, default: Any = None):
         return a[name] if name in a else extra.get(name, default)
 
     out_hs = bool(get("output_hidden_states", False)) if legacy else False
@@ -334,7 +337,7 @@ def _accelerated_encoder_forward(self, hidden_states, *args, **kwargs):
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv if use_cache else None)
 
 
-def _new_cache(config, encoder_decoder: bool):
+def _new_cache(config: Any, encoder_decoder: bool):
     """The cache transformers' own encoder would create for ``use_cache=True`` without one."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..backend import log_once
+from ..config import XLMRobertaXLConfig
 from ..fast import stack
+from ..fast.packing import PackedEncoderOutput
 from ..fast.routing import PACKED, Call, route
-from ..masks import cached_length
+from ..masks import cached_length, non_binary, non_binary_mask_error
 from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from ..reasons import describe
 from .base import XLMRobertaXLPreTrainedModel
@@ -24,7 +27,7 @@ from .layers import XLMRobertaXLEmbeddings, XLMRobertaXLPooler
 class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
     """Embeddings + encoder (+ pooler when ``add_pooling_layer``)."""
 
-    def __init__(self, config, add_pooling_layer: bool = True):
+    def __init__(self, config: XLMRobertaXLConfig | dict, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
         config = self.config
         self.embeddings = XLMRobertaXLEmbeddings(config)
@@ -45,14 +48,14 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
 
     def _validate(
         self,
-        input_ids,
-        inputs_embeds,
-        attention_mask,
-        token_type_ids,
-        position_ids,
-        encoder_hidden_states,
-        encoder_attention_mask,
-        past_length,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+        past_length: int,
     ):
         """Check the inputs; returns (mask_is_full, encoder_mask_is_full) from the same single device sync."""
         c = self.config
@@ -128,13 +131,19 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         flags.append((enc_mask == 1).all().long().to(device) if enc_mask is not None else zero + 1)
         warn_pad = attention_mask is None and input_ids is not None and c.pad_token_id is not None
         flags.append((input_ids[:, [-1, 0]] == c.pad_token_id).any().long() if warn_pad and seq_len else zero)
+        flags.append(non_binary(attention_mask).long() if attention_mask is not None else zero)
+        flags.append(non_binary(enc_mask).long().to(device) if enc_mask is not None else zero)
         count_rows = absolute and position_ids is None and input_ids is not None and limit is not None
         parts = [torch.stack(flags)]
         if count_rows:
             parts.append((input_ids != c.pad_token_id).sum(dim=1) + past_length)
         values = torch.cat(parts).tolist()
-        bad_ids, bad_tt, bad_pos, mask_full, enc_full, has_pad = values[:6]
+        bad_ids, bad_tt, bad_pos, mask_full, enc_full, has_pad, bad_mask, bad_enc_mask = values[:8]
 
+        if bad_mask:
+            raise non_binary_mask_error(attention_mask)
+        if bad_enc_mask:
+            raise non_binary_mask_error(enc_mask, "encoder_attention_mask")
         if bad_ids:
             lo, hi = int(input_ids.min()), int(input_ids.max())
             raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}); got values from {lo} to {hi}")
@@ -151,7 +160,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                 f"got values from {lo} to {hi}"
             )
         if count_rows:
-            for row, n in enumerate(values[6:]):
+            for row, n in enumerate(values[8:]):
                 if n > limit:
                     cached = f" (including {past_length} cached)" if past_length else ""
                     raise ValueError(
@@ -169,21 +178,23 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        cache_position=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache_position: torch.Tensor | None = None,
+        *,
+        padded_loss: str | None = None,
+    ) -> tuple | BaseModelOutputWithPoolingAndCrossAttentions:
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
@@ -224,6 +235,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             cache_position=cache_position,
             mask_is_full=mask_full,
             encoder_mask_is_full=enc_full,
+            padded_loss=padded_loss,
         )
         sequence_output = encoder_outputs.last_hidden_state
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -241,13 +253,13 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
 
     def forward_packed(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        output_hidden_states=False,
-    ):
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = False,
+    ) -> PackedEncoderOutput:
         """Padding-free outputs: the final hidden states of the **real tokens only**, never scattered back.
 
         Returns ``xlmrxl.fast.PackedEncoderOutput`` with ``last_hidden_state`` ``(T, H)`` (T = number of real

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +21,7 @@ _SKIP_INIT = [False]
 
 
 @contextlib.contextmanager
-def nested_model():
+def nested_model() -> Iterator[None]:
     """Build a sub-model (``self.roberta``) without initialising its weights; the outer ``post_init`` does it once."""
     prev = _SKIP_INIT[0]
     _SKIP_INIT[0] = True
@@ -37,7 +40,7 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     _no_split_modules = ["XLMRobertaXLEmbeddings", "XLMRobertaXLLayer"]
     _tied_weights_keys: dict[str, str] | None = None
 
-    def __init__(self, config, *args, **kwargs):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__()
         if isinstance(config, dict):
             config = XLMRobertaXLConfig.from_dict(config)
@@ -150,16 +153,16 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path,
+        pretrained_model_name_or_path: str | os.PathLike,
         *,
-        dtype=None,
-        device=None,
-        backend="auto",
-        quantization=None,
-        output_loading_info=False,
-        progress=None,
-        **config_overrides,
-    ):
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        backend: Backend | str | None = "auto",
+        quantization: str | None = None,
+        output_loading_info: bool = False,
+        progress: Any = None,
+        **config_overrides: Any,
+    ) -> Any:
         """Load a checkpoint directory (transformers' or ours); see ``xlmrxl.checkpoint.load_pretrained``."""
         torch_dtype = config_overrides.pop("torch_dtype", None)
         if dtype is None:
@@ -178,14 +181,16 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
             **config_overrides,
         )
 
-    def save_pretrained(self, save_directory, *, max_shard_size="50GB", safe_serialization=True):
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "50GB", safe_serialization: bool = True
+    ) -> Any:
         """Write config.json and safetensors weights loadable by transformers; see ``xlmrxl.checkpoint``."""
         return save_pretrained(
             self, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
         )
 
     # -- shared forward helpers ---------------------------------------------------------------------------------
-    def _flags(self, output_attentions, output_hidden_states, return_dict):
+    def _flags(self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None):
         c = self.config
         return (
             c.output_attentions if output_attentions is None else output_attentions,
@@ -202,3 +207,15 @@ def backbone_tail(outputs: BaseModelOutputWithPoolingAndCrossAttentions) -> tupl
         for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions, outputs.cross_attentions)
         if v is not None
     )
+
+
+def labels_on_padding(
+    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, ignore_index: int = -100
+) -> bool:
+    """Does a token-level loss read padded positions (a label other than ``ignore_index`` where the mask is 0)?
+    One host sync, only when both are given with the same shape (and not while tracing or compiling)."""
+    if labels is None or attention_mask is None or labels.shape != attention_mask.shape:
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True  # cannot look: assume it does (the route then takes the exact path, as it does under tracing)
+    return bool(((attention_mask == 0) & (labels != ignore_index)).any())

@@ -6,6 +6,8 @@ does; which path runs is decided by ``xlmrxl.fast.route``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -23,7 +25,7 @@ class XLMRobertaXLEncoder(nn.Module):
     """The layer stack and the final LayerNorm. Takes the **2D** (B, K) attention mask and builds the masks the
     attention layers need; ``xlmrxl.fast.route`` decides how each call runs."""
 
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.config = config
         self.layer = nn.ModuleList([XLMRobertaXLLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
@@ -31,7 +33,7 @@ class XLMRobertaXLEncoder(nn.Module):
         self.gradient_checkpointing = False
         self.backend = Backend()
 
-    def _head_mask(self, head_mask, dtype):
+    def _head_mask(self, head_mask: torch.Tensor | list | None, dtype: torch.dtype | str | None):
         if head_mask is None:
             return [None] * self.config.num_hidden_layers
         if head_mask.dim() == 1:
@@ -47,21 +49,23 @@ class XLMRobertaXLEncoder(nn.Module):
 
     def _masks(
         self,
-        hidden_states,
-        attention_mask,
-        encoder_hidden_states,
-        encoder_attention_mask,
-        past_length,
-        sdpa_masks,
-        mask_is_full,
-        encoder_mask_is_full,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+        past_length: int,
+        sdpa_masks: bool,
+        mask_is_full: bool | None,
+        encoder_mask_is_full: bool | None,
     ):
         """The additive self- and cross-attention masks exactly as 4.56.2's XLMRobertaXLModel.forward builds them
         (None where they are all zeros: adding zeros changes nothing)."""
         batch, seq_len = hidden_states.shape[:2]
         dtype, device = hidden_states.dtype, hidden_states.device
+        # (tracing / compiling: never branch on data; a mask of ones gives the same result, built or not)
+        recording = torch.jit.is_tracing() or torch.compiler.is_compiling()
         if attention_mask is not None and mask_is_full is None:
-            mask_is_full = bool(torch.all(attention_mask == 1))
+            mask_is_full = False if recording else bool(torch.all(attention_mask == 1))
         full = attention_mask is None or mask_is_full
         if not self.config.is_decoder:
             if full:
@@ -86,7 +90,7 @@ class XLMRobertaXLEncoder(nn.Module):
         cross_mask = None
         if self.config.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
             if encoder_mask_is_full is None:
-                encoder_mask_is_full = bool(torch.all(encoder_attention_mask == 1))
+                encoder_mask_is_full = False if recording else bool(torch.all(encoder_attention_mask == 1))
             if not encoder_mask_is_full:
                 cross_mask = (
                     expand_mask(encoder_attention_mask, dtype, seq_len)
@@ -97,22 +101,22 @@ class XLMRobertaXLEncoder(nn.Module):
 
     def forward(
         self,
-        hidden_states,
-        attention_mask=None,
-        head_mask=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-        cache_position=None,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = False,
+        output_hidden_states: bool | None = False,
+        return_dict: bool | None = True,
+        cache_position: torch.Tensor | None = None,
         *,
         mask_is_full: bool | None = None,
         encoder_mask_is_full: bool | None = None,
         padded_loss: str | None = None,
-    ):
+    ) -> tuple | BaseModelOutputWithPastAndCrossAttentions:
         """transformers 4.56.2's encoder arguments, plus (keyword-only, from ``XLMRobertaXLModel``): what its
         validation sync learned (``mask_is_full``, ``encoder_mask_is_full``) and ``padded_loss`` (the head's loss
         reads padded positions: see ``xlmrxl.fast.routing.Call``). How the call runs is ``xlmrxl.fast.route``'s

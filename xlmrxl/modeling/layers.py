@@ -7,6 +7,7 @@ the pooler and the LM / classification head modules. Models register no buffers.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ _ACTIVATIONS = {
 }
 
 
-def _activation(name):
+def _activation(name: str):
     if callable(name):
         return name
     if name not in _ACTIVATIONS:
@@ -45,7 +46,7 @@ def _activation(name):
 class XLMRobertaXLEmbeddings(nn.Module):
     """word + token_type (+ absolute position) embeddings, then dropout. No LayerNorm, no buffers."""
 
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.padding_idx = config.pad_token_id
         # registration order as transformers (state_dict order): word, position, token_type
@@ -67,12 +68,12 @@ class XLMRobertaXLEmbeddings(nn.Module):
 
     def forward(
         self,
-        input_ids=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         past_key_values_length: int = 0,
-    ):
+    ) -> torch.Tensor:
         if position_ids is None and self.position_embedding_type == "absolute":
             if input_ids is not None:
                 position_ids = create_position_ids_from_input_ids(input_ids, self.padding_idx, past_key_values_length)
@@ -96,7 +97,7 @@ class XLMRobertaXLSelfAttention(nn.Module):
 
     def __init__(
         self, config: XLMRobertaXLConfig, position_embedding_type: str | None = None, layer_idx: int | None = None
-    ):
+    ) -> None:
         super().__init__()
         if config.hidden_size % config.num_attention_heads != 0:
             raise ValueError(
@@ -124,14 +125,14 @@ class XLMRobertaXLSelfAttention(nn.Module):
 
     def forward(
         self,
-        hidden_states,
-        attention_mask=None,
-        head_mask=None,
-        encoder_hidden_states=None,
-        past_key_values=None,
-        output_attentions=False,
-        cache_position=None,
-    ):
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        output_attentions: bool | None = False,
+        cache_position: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq_len, _ = hidden_states.shape
         query = self._split(self.query(hidden_states), batch)
 
@@ -207,12 +208,12 @@ class XLMRobertaXLSelfAttention(nn.Module):
 
 
 class XLMRobertaXLSelfOutput(nn.Module):
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, input_tensor):
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.dense(hidden_states)) + input_tensor
 
 
@@ -221,7 +222,7 @@ class XLMRobertaXLAttention(nn.Module):
 
     def __init__(
         self, config: XLMRobertaXLConfig, position_embedding_type: str | None = None, layer_idx: int | None = None
-    ):
+    ) -> None:
         super().__init__()
         self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.self = XLMRobertaXLSelfAttention(
@@ -232,14 +233,14 @@ class XLMRobertaXLAttention(nn.Module):
 
     def forward(
         self,
-        hidden_states,
-        attention_mask=None,
-        head_mask=None,
-        encoder_hidden_states=None,
-        past_key_values=None,
-        output_attentions=False,
-        cache_position=None,
-    ):
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        output_attentions: bool | None = False,
+        cache_position: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         intermediate = self.self_attn_layer_norm(hidden_states)
         self_outputs = self.self(
             intermediate,
@@ -255,28 +256,28 @@ class XLMRobertaXLAttention(nn.Module):
 
 
 class XLMRobertaXLIntermediate(nn.Module):
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = _activation(config.hidden_act)
 
-    def forward(self, hidden_states):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
 class XLMRobertaXLOutput(nn.Module):
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
 
-    def forward(self, hidden_states, input_tensor):
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         return self.dense(hidden_states) + input_tensor
 
 
 class XLMRobertaXLLayer(nn.Module):
     """attention (+ cross-attention in decoders) then the pre-LN feed-forward block."""
 
-    def __init__(self, config: XLMRobertaXLConfig, layer_idx: int | None = None):
+    def __init__(self, config: XLMRobertaXLConfig, layer_idx: int | None = None) -> None:
         super().__init__()
         self.chunk_size_feed_forward = config.chunk_size_feed_forward
         self.seq_len_dim = 1
@@ -296,15 +297,15 @@ class XLMRobertaXLLayer(nn.Module):
 
     def forward(
         self,
-        hidden_states,
-        attention_mask=None,
-        head_mask=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        output_attentions=False,
-        cache_position=None,
-    ):
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        output_attentions: bool | None = False,
+        cache_position: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         self_outputs = self.attention(
             hidden_states,
             attention_mask=attention_mask,
@@ -339,25 +340,25 @@ class XLMRobertaXLLayer(nn.Module):
             layer_output = self.feed_forward_chunk(attention_output)
         return (layer_output,) + outputs
 
-    def feed_forward_chunk(self, attention_output):
+    def feed_forward_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
         intermediate = self.intermediate(self.LayerNorm(attention_output))
         return self.output(intermediate, attention_output)
 
 
 class XLMRobertaXLPooler(nn.Module):
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
-    def forward(self, hidden_states):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
 class XLMRobertaXLLMHead(nn.Module):
     """dense -> exact GELU -> LayerNorm -> decoder (H -> V); ``decoder.bias`` is the same Parameter as ``bias``."""
 
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -365,7 +366,7 @@ class XLMRobertaXLLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
 
-    def forward(self, features, **kwargs):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.dense(features))
         x = self.layer_norm(x)
         return self.decoder(x)
@@ -380,14 +381,14 @@ class XLMRobertaXLLMHead(nn.Module):
 class XLMRobertaXLClassificationHead(nn.Module):
     """<s> token -> dropout -> dense -> tanh -> dropout -> out_proj."""
 
-    def __init__(self, config: XLMRobertaXLConfig):
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, features, **kwargs):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.dropout(features[:, 0, :])
         x = torch.tanh(self.dense(x))
         return self.out_proj(self.dropout(x))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import CrossEntropyLoss
 
+from ..config import XLMRobertaXLConfig
 from ..generation import generate
 from ..masks import cached_length, create_position_ids_from_input_ids
 from ..outputs import CausalLMOutputWithCrossAttentions, MaskedLMOutput
 from .backbone import XLMRobertaXLModel
-from .base import XLMRobertaXLPreTrainedModel, backbone_tail, nested_model
+from .base import XLMRobertaXLPreTrainedModel, backbone_tail, labels_on_padding, nested_model
 from .layers import XLMRobertaXLLMHead
 
 logger = logging.getLogger("xlmrxl")
@@ -39,7 +41,7 @@ class _LMHeadModel(XLMRobertaXLPreTrainedModel):
 class XLMRobertaXLForMaskedLM(_LMHeadModel):
     """Backbone (no pooler) + LM head; CrossEntropy loss on ``labels`` (-100 ignored)."""
 
-    def __init__(self, config):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__(config)
         if self.config.is_decoder:
             logger.warning(
@@ -53,19 +55,19 @@ class XLMRobertaXLForMaskedLM(_LMHeadModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | MaskedLMOutput:
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         outputs = self.roberta(
             input_ids,
@@ -79,6 +81,9 @@ class XLMRobertaXLForMaskedLM(_LMHeadModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            padded_loss="the masked-LM loss has labels on padded positions"
+            if labels_on_padding(labels, attention_mask)
+            else None,
         )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
@@ -95,7 +100,7 @@ class XLMRobertaXLForMaskedLM(_LMHeadModel):
 class XLMRobertaXLForCausalLM(_LMHeadModel):
     """Decoder backbone (no pooler) + LM head; shifted next-token loss; ``generate`` via ``xlmrxl.generation``."""
 
-    def __init__(self, config):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__(config)
         if not self.config.is_decoder:
             logger.warning(
@@ -108,28 +113,34 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        cache_position=None,
-        **kwargs,
-    ):
+        cache_position: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple | CausalLMOutputWithCrossAttentions:
         """``logits_to_keep`` (an xlmrxl extension; transformers 4.56.2 ignores it here): 0 = logits for every
         position; n > 0 = only the last n positions; a 1D tensor = those positions. ``cache_position`` is handed to
         ``cache.update`` in ``cache_kwargs``. Other ``kwargs`` go to the loss (``num_items_in_batch``,
-        ``ignore_index``, ``shift_labels``), as in transformers."""
+        ``ignore_index``, ``shift_labels``), as in transformers; any other keyword is a TypeError."""
+        unknown = sorted(set(kwargs) - set(_LOSS_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.forward() got unexpected keyword arguments {unknown}; the extra keywords it "
+                f"takes are the loss's: {', '.join(_LOSS_KWARGS)}"
+            )
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         if labels is not None:
             use_cache = False
@@ -148,6 +159,7 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             cache_position=cache_position,
+            padded_loss=_causal_padded_loss(labels, attention_mask, **kwargs),
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -175,11 +187,17 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
     def can_generate(self) -> bool:
         return True
 
-    def generate(self, *args, **kwargs):
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
         """Autoregressive generation; see ``xlmrxl.generation.generate``."""
         return generate(self, *args, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **model_kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor | None,
+        past_key_values: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        **model_kwargs: Any,
+    ) -> dict[str, Any]:
         """As transformers 4.56.2: positions from pad ids (padding_idx rule), only the uncached suffix is fed."""
         if attention_mask is None:
             attention_mask = input_ids.new_ones(input_ids.shape)
@@ -200,16 +218,39 @@ class XLMRobertaXLForCausalLM(_LMHeadModel):
         }
 
     @staticmethod
-    def _reorder_cache(past_key_values, beam_idx):
+    def _reorder_cache(past_key_values: Any, beam_idx: torch.Tensor) -> Any:
         if hasattr(past_key_values, "reorder_cache"):
             past_key_values.reorder_cache(beam_idx)
             return past_key_values
         return tuple(tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer) for layer in past_key_values)
 
 
+_LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
+
+
+def _causal_padded_loss(
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> str | None:
+    """The causal-LM loss reads the logits at position i for the label at i + 1: does any of those sit on padding?"""
+    if shift_labels is None and labels is not None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    if labels_on_padding(shift_labels, attention_mask, ignore_index):
+        return "the causal-LM loss predicts labels from padded positions"
+    return None
+
+
 def _causal_lm_loss(
-    logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs
-):
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    vocab_size: int,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """transformers' ``ForCausalLMLoss``: fp32 logits, labels shifted left by one, mean (or sum / num_items)."""
     logits = logits.float()
     if shift_labels is None:

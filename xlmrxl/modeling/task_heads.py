@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
+from ..config import XLMRobertaXLConfig
 from ..outputs import (
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
@@ -20,7 +21,7 @@ from .layers import XLMRobertaXLClassificationHead
 class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
     """Backbone (no pooler) + classification head on <s>; MSE / CE / BCE by ``problem_type`` (inferred if None)."""
 
-    def __init__(self, config):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__(config)
         self.num_labels = self.config.num_labels
         with nested_model():
@@ -30,17 +31,17 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | SequenceClassifierOutput:
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         outputs = self.roberta(
             input_ids,
@@ -65,7 +66,9 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
         )
 
 
-def _sequence_classification_loss(config, num_labels, logits, labels):
+def _sequence_classification_loss(
+    config: XLMRobertaXLConfig, num_labels: int, logits: torch.Tensor, labels: torch.Tensor | None
+):
     if config.problem_type is None:
         if num_labels == 1:
             config.problem_type = "regression"
@@ -85,7 +88,7 @@ def _sequence_classification_loss(config, num_labels, logits, labels):
 class XLMRobertaXLForMultipleChoice(XLMRobertaXLPreTrainedModel):
     """Backbone with pooler, per choice; (B, C, S) inputs are flattened to (B*C, S); logits (B, C)."""
 
-    def __init__(self, config):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__(config)
         with nested_model():
             self.roberta = XLMRobertaXLModel(self.config)
@@ -95,21 +98,21 @@ class XLMRobertaXLForMultipleChoice(XLMRobertaXLPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        token_type_ids=None,
-        attention_mask=None,
-        labels=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | MultipleChoiceModelOutput:
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
 
-        def flat(t):
+        def flat(t: torch.Tensor):
             return t.reshape(-1, t.size(-1)) if t is not None else None
 
         flat_embeds = (
@@ -142,7 +145,7 @@ class XLMRobertaXLForMultipleChoice(XLMRobertaXLPreTrainedModel):
 class XLMRobertaXLForTokenClassification(XLMRobertaXLPreTrainedModel):
     """Backbone (no pooler) + dropout + linear per token; CE loss ignoring positions where attention_mask != 1."""
 
-    def __init__(self, config):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__(config)
         self.num_labels = self.config.num_labels
         with nested_model():
@@ -154,17 +157,17 @@ class XLMRobertaXLForTokenClassification(XLMRobertaXLPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | TokenClassifierOutput:
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         outputs = self.roberta(
             input_ids,
@@ -200,7 +203,7 @@ class XLMRobertaXLForTokenClassification(XLMRobertaXLPreTrainedModel):
 class XLMRobertaXLForQuestionAnswering(XLMRobertaXLPreTrainedModel):
     """Backbone (no pooler) + ``qa_outputs`` (start/end logits); loss = mean of start and end CE."""
 
-    def __init__(self, config):
+    def __init__(self, config: XLMRobertaXLConfig | dict) -> None:
         super().__init__(config)
         self.num_labels = self.config.num_labels
         with nested_model():
@@ -210,18 +213,18 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        start_positions=None,
-        end_positions=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | list | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | QuestionAnsweringModelOutput:
         _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         outputs = self.roberta(
             input_ids,
@@ -233,6 +236,10 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            # the start/end softmax runs over every position, padded ones included: the exact path computes them
+            padded_loss="the question-answering loss (its softmax covers padded positions)"
+            if start_positions is not None and end_positions is not None
+            else None,
         )
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
