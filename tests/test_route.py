@@ -121,6 +121,30 @@ def test_causal_lm_labels_predicted_from_padding_equal_transformers(monkeypatch)
     assert abs(got.item() - theirs.item()) <= TOL, f"causal-LM loss {got.item()} vs transformers {theirs.item()}"
 
 
+LOSS_HEADS = ["XLMRobertaXLForQuestionAnswering", "XLMRobertaXLForMaskedLM", "XLMRobertaXLForCausalLM"]
+
+
+@pytest.mark.parametrize("head", LOSS_HEADS)
+def test_accelerated_transformers_losses_over_padding_unchanged(head, monkeypatch):
+    """``accelerate(model)`` must not change transformers' own loss where it reads padded positions."""
+    pytest.importorskip("transformers")
+    cfg = _cfg(is_decoder=head == "XLMRobertaXLForCausalLM")
+    hf = hf_twin(random_model(getattr(xlmrxl, head), cfg))
+    inputs = make_inputs(cfg, batch=3, seq=9, seed=8, fully_padded_row=False)
+    if head == "XLMRobertaXLForQuestionAnswering":
+        kw = {"start_positions": torch.tensor([1, 2, 0]), "end_positions": torch.tensor([3, 4, 8])}
+    else:
+        kw = {"labels": inputs["input_ids"].clone()}
+    with torch.no_grad():
+        before = hf(**inputs, **kw).loss
+        xlmrxl.accelerate(hf, backend="reference")
+        spy = FastPathSpy(monkeypatch)
+        after = hf(**inputs, **kw).loss
+        hf(**inputs)  # without a loss the fused path serves the call
+    assert spy.encoder + spy.decoder == 1, "only the call without a loss may take the fused path"
+    assert abs(after.item() - before.item()) <= TOL, f"{head}: loss {after.item()} vs {before.item()}"
+
+
 def test_padded_loss_reason_only_with_padding():
     cfg = _cfg()
     m = random_model(xlmrxl.XLMRobertaXLModel, cfg)

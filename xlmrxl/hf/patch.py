@@ -40,12 +40,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..backend import Backend
 from ..fast import stack
 from ..fast.routing import CACHED, EXACT, Call, is_causal, route
 from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
+from ..modeling.base import labels_on_padding
 from ..quantization import quantize
 
 logger = logging.getLogger("xlmrxl")
@@ -78,17 +80,30 @@ class _AccelState:
         self.handles = handles
 
     @property
-    def captured(self):
+    def captured(self) -> tuple | None:
         """``(mask,)`` while the base model's forward runs in this thread, else None."""
         return getattr(_LOCAL, "masks", {}).get(id(self))
 
     @captured.setter
-    def captured(self, value: Any):
-        masks = _LOCAL.__dict__.setdefault("masks", {})
-        if value is None:
-            masks.pop(id(self), None)
-        else:
-            masks[id(self)] = value
+    def captured(self, value: tuple | None) -> None:
+        _set_local("masks", id(self), value)
+
+    @property
+    def padded_loss(self) -> str | None:
+        """While a task head's forward runs in this thread: what in its loss reads padded positions, if anything."""
+        return getattr(_LOCAL, "losses", {}).get(id(self))
+
+    @padded_loss.setter
+    def padded_loss(self, value: str | None) -> None:
+        _set_local("losses", id(self), value)
+
+
+def _set_local(kind: str, key: int, value: Any) -> None:
+    values = _LOCAL.__dict__.setdefault(kind, {})
+    if value is None:
+        values.pop(key, None)
+    else:
+        values[key] = value
 
 
 class _AcceleratedForward:
@@ -152,6 +167,11 @@ def accelerate(
         base.register_forward_pre_hook(_capture_mask, with_kwargs=True),
         base.register_forward_hook(_release_mask, with_kwargs=True, always_call=True),
     )
+    if hf_model is not base:  # a task head: its loss may read padded positions (the route then takes the exact path)
+        handles += (
+            hf_model.register_forward_pre_hook(_capture_loss, with_kwargs=True),
+            hf_model.register_forward_hook(_release_loss, with_kwargs=True, always_call=True),
+        )
     setattr(enc, _STATE, _AccelState(be, handles))
     enc.forward = _AcceleratedForward(enc)
     logger.info(
@@ -194,6 +214,37 @@ def _release_mask(module: nn.Module, args: Any, kwargs: Any, output):
     state = getattr(module.encoder, _STATE, None)
     if state is not None:
         state.captured = None
+
+
+def _capture_loss(module: nn.Module, args: Any, kwargs: Any) -> None:
+    state = getattr(_base_model(module).encoder, _STATE, None)
+    if state is not None:
+        state.padded_loss = _padded_loss(type(module).__name__, kwargs)
+
+
+def _release_loss(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+    state = getattr(_base_model(module).encoder, _STATE, None)
+    if state is not None:
+        state.padded_loss = None
+
+
+def _padded_loss(head: str, kwargs: dict) -> str | None:
+    """What in the head's loss reads padded positions (labels passed by keyword, as Trainer and pipelines do)."""
+    mask = kwargs.get("attention_mask")
+    if not torch.is_tensor(mask) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    if kwargs.get("start_positions") is not None and kwargs.get("end_positions") is not None:
+        if bool((mask == 0).any()):
+            return "the question-answering loss (its softmax covers padded positions)"
+        return None
+    labels = kwargs.get("labels")
+    if labels is None:
+        return None
+    if head.endswith("ForCausalLM"):  # logits at position i predict the label at i + 1
+        labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    if labels_on_padding(labels, mask):
+        return "the loss has labels on (or predicted from) padded positions"
+    return None
 
 
 def _padding_mask(
@@ -308,6 +359,7 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
             past_key_values=pkv,
             use_cache=use_cache,
             causal=causal,
+            padded_loss=state.padded_loss,
             caller_reasons=tuple(caller_reasons),
         ),
     )
