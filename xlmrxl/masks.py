@@ -1,4 +1,4 @@
-"""Masks, positions and cache lengths: the small helpers the exact path, the fast path and generation share.
+"""Masks, positions and cache lengths: the small helpers the exact path and generation share.
 
 Position ids follow fairseq's ``make_positions`` (padding index rule); the additive float masks are built exactly as
 transformers 4.56.2 builds them (``AttentionMaskConverter`` and ``get_extended_attention_mask``).
