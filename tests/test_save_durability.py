@@ -277,3 +277,24 @@ def test_int4_saves_with_the_same_bytes_after_qkv_fusion(tmp_path):
     ids = torch.randint(3, 300, (2, 7))
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_alternate_shard_names_load_in_transformers_and_foreign_names_stay(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = _model(0)
+    out = tmp_path / "alt"
+    save_pretrained(model, out, max_shard_size=SHARD)
+    (out / "notes.md").write_text("mine")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    index["weight_map"]["lm_head.bias"] = "notes.md"  # a crafted index naming a file of the user's
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_pretrained(model, out, max_shard_size=SHARD)  # the standard names were live: alternates now
+    assert (out / "notes.md").read_text() == "mine"
+    shards = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
+    assert shards and all(".1.safetensors" in f for f in shards), shards
+    theirs, info = transformers.XLMRobertaXLForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = torch.randint(3, 300, (2, 7))
+    with torch.no_grad():
+        err = (theirs(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()
+    assert err <= 1e-5, f"transformers on our alternate shard names: max error {err:.3g}"

@@ -56,8 +56,8 @@ for _name, _attr in (
         _ST_TO_TORCH[_name] = getattr(torch, _attr)
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit on the header length
-_CHUNK_BYTES = 4 << 20  # rows copied per step
-_MIN_RESIDENT_BUDGET = 16 << 20  # bytes read through one memory map before the handle is reopened (at least)
+_CHUNK_BYTES = 2 << 20  # rows copied per step
+_MIN_RESIDENT_BUDGET = 8 << 20  # bytes read through one memory map before the handle is reopened (at least)
 _LFS_PREFIX = b"version https://git-lfs"
 
 
@@ -129,7 +129,7 @@ def _not_a_weights_file(path: str, head: bytes, fmt: str) -> CheckpointError | N
 # safetensors
 # =====================================================================================================================
 def _resident_budget(size: int) -> int:
-    return max(_MIN_RESIDENT_BUDGET, size // 16)
+    return max(_MIN_RESIDENT_BUDGET, size // 32)
 
 
 class SafetensorsFile:

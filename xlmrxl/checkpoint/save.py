@@ -309,7 +309,9 @@ def save_pretrained(
             os.replace(config_tmp, config_path)
             _fsync_dir(target)
         keep = set(written) | {primary, CONFIG_NAME}
-        stale = {f for f in old_files | set(present) if f not in keep}
+        # only weights files: an index (ours or crafted) naming README.md must not get it deleted
+        stale = {f for f in old_files | set(present) if f not in keep and f.endswith((".safetensors", ".bin", ".json"))}
+        stale -= {f for f in stale if f.endswith(".json") and f not in WEIGHTS_FILES}
         stale |= {e.name for e in os.scandir(target) if SHARD_NAME.match(e.name) and e.name not in keep}
         stale |= {f for f in WEIGHTS_FILES if f != primary and os.path.lexists(os.path.join(target, f))}
         for f in sorted(stale):
