@@ -264,7 +264,8 @@ def _diagnose(path: str, library_message: str) -> CheckpointError:
 # pytorch_model.bin
 # =====================================================================================================================
 class BinFile:
-    """One ``pytorch_model*.bin`` file, loaded with ``weights_only=True`` (memory-mapped when it is a zip file)."""
+    """One ``pytorch_model*.bin`` file, loaded with ``weights_only=True``, memory-mapped when it is a zip file (every
+    ``torch.save`` since torch 1.6); a legacy non-zip file cannot be mapped and is read whole."""
 
     def __init__(self, path: str):
         check_weights_file(path)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
 from .files import Checkpoint
+from .formats import Entry
 
 # old persistent buffers of the embeddings, no longer part of the model: dropped without a word
 _LEGACY_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
@@ -113,7 +115,7 @@ class Plan:
         return sum(1 for s in self.source.values() if s is not None)
 
 
-def _check_kind(key: str, entry, target: torch.Tensor) -> None:
+def _check_kind(key: str, entry: Entry, target: torch.Tensor) -> None:
     """A floating model tensor must come from a floating stored tensor, an integer / bool one from a non-floating
     one: casting int32 codes into float weights (or floats into int4 codes) would load silently wrong numbers."""
     if entry.dtype.is_floating_point != target.dtype.is_floating_point:
@@ -147,7 +149,7 @@ def _mismatch_message(mismatched, directory) -> str:
 
 
 def materialise(
-    model: nn.Module, plan: Plan, ckpt: Checkpoint, device: torch.device, hook: Callable | None, bar
+    model: nn.Module, plan: Plan, ckpt: Checkpoint, device: torch.device, hook: Callable | None, bar: Any
 ) -> None:
     """Per module: allocate its own tensors on ``device`` (dtype as declared), initialise the missing ones with
     ``model._init_weights``, read the stored ones from the file, then run the quantization hook."""
