@@ -16,8 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 import xlmrxl  # noqa: E402
 from xlmrxl import parsing, quantization  # noqa: E402
-from xlmrxl.checkpoint import save as save_mod  # noqa: E402
 from xlmrxl.checkpoint import CheckpointError, UnsafeCheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from xlmrxl.checkpoint import save as save_mod  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIED = ("lm_head.decoder.weight", "lm_head.decoder.bias")

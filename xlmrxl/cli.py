@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -283,7 +284,7 @@ def _cmd_quantize(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # info: headers only
 # ---------------------------------------------------------------------------------------------------------------
-def checkpoint_info(directory) -> dict[str, Any]:
+def checkpoint_info(directory: str | os.PathLike) -> dict[str, Any]:
     """What ``xlmrxl info`` reports, as a dict (no weights are loaded)."""
     d = Path(directory)
     if not d.is_dir():
