@@ -191,6 +191,10 @@ def test_config_json_that_is_not_an_object(tmp_path):
         XLMRobertaXLConfig.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"a config must be a JSON object"):
         XLMRobertaXLConfig.from_dict([1, 2])
+    with open(tmp_path / "config.json", "wb") as fh:  # sparse: costs no disk, and is never read whole
+        fh.truncate(65 << 20)
+    with pytest.raises(ValueError, match=r"far too big for a model config"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
 
 
 def test_overrides_are_validated_when_loading_a_model(tmp_path):

@@ -31,6 +31,7 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
+_MAX_CONFIG_BYTES = 64 << 20  # a config.json is a few KB (a 250k-label id2label map stays far below this)
 # runtime-only attributes: never serialised
 _NOT_SERIALISED = ("_attn_implementation", "_commit_hash", "_name_or_path_internal")
 
@@ -386,8 +387,12 @@ class XLMRobertaXLConfig:
                 f"no config found at {path!r} (looked for {file!r}); pass a local directory holding config.json "
                 "or the path of a json file"
             )
+        if os.path.getsize(file) > _MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"{file!r} is {os.path.getsize(file)} bytes: far too big for a model config (a few KB); it is not one"
+            )
         with open(file, "rb") as f:
-            raw = f.read()
+            raw = f.read(_MAX_CONFIG_BYTES + 1)
         try:
             d = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
