@@ -295,7 +295,7 @@ def checkpoint_info(directory: str | os.PathLike) -> dict[str, Any]:
     cfg = XLMRobertaXLConfig.from_pretrained(str(cfg_path)).to_dict()  # validated as loading validates it
     ckpt = Checkpoint(str(d))  # the loader's reader: headers checked, nothing loaded
     try:
-        files = [Path(p) for p in ckpt.weights_paths]
+        files = sorted(Path(p) for p in ckpt.weights_paths)
         entries = {
             k: {"dtype": str(e.dtype).replace("torch.", ""), "shape": list(e.shape), "nbytes": e.nbytes}
             for k, e in ckpt.entries.items()
