@@ -15,8 +15,9 @@ from conftest import tiny_config_kwargs
 transformers = pytest.importorskip("transformers")
 
 import xlmrxl  # noqa: E402
-from xlmrxl import checkpoint as ckpt_mod  # noqa: E402
+from xlmrxl import parsing, quantization  # noqa: E402
 from xlmrxl.checkpoint import CheckpointError, UnsafeCheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from xlmrxl.checkpoint import save as save_mod  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIED = ("lm_head.decoder.weight", "lm_head.decoder.bias")
@@ -136,7 +137,7 @@ def test_our_checkpoint_loads_in_transformers(hf_mlm, hf_dirs, tmp_path, shard):
 
     first = sorted(f for f in files if f.endswith(".safetensors"))[0]
     with safe_open(str(tmp_path / "ours" / first), "pt") as f:
-        assert f.metadata() == {"format": "pt"}
+        assert f.metadata()["format"] == "pt"
     theirs, info = _hf_load("XLMRobertaXLForMaskedLM", tmp_path / "ours")
     _no_info(info)
     _assert_same_weights(ours, theirs.state_dict())
@@ -314,10 +315,10 @@ def test_missing_config_and_config_argument(hf_mlm, hf_dirs, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "bf16"])
 def test_low_precision_load(hf_mlm, hf_dirs, dtype):
     model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", dtype=dtype)
-    target = ckpt_mod._parse_dtype(dtype)
+    target = parsing.parse_dtype(dtype)
     assert {p.dtype for p in model.parameters()} == {target}
     _assert_same_weights(model, hf_mlm.state_dict(), dtype=target)
-    assert model.config.dtype in (target, ckpt_mod.dtype_name(target))
+    assert model.config.dtype in (target, parsing.dtype_name(target))
     ids = _ids()
     with torch.no_grad():
         truth = hf_mlm(input_ids=ids).logits
@@ -348,14 +349,13 @@ def test_dtype_auto_and_torch_dtype_alias(hf_dirs, tmp_path):
 def test_progress_bar_and_backend(hf_dirs, capsys):
     model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", progress=True, backend="reference")
     assert "Loading weights" in capsys.readouterr().err
-    assert "reference" in repr(getattr(model, "backend", "reference"))
+    assert model.backend.name == "reference", model.backend
+    assert all(m.backend is model.backend for m in model.modules() if hasattr(m, "backend")), "backend not shared"
     load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", progress=False)
     assert "Loading weights" not in capsys.readouterr().err
 
 
 def test_quantization_hook_seam(hf_dirs, monkeypatch):
-    import types
-
     seen = []
 
     def load_hook(model, quantization, *, dtype, device):
@@ -369,7 +369,7 @@ def test_quantization_hook_seam(hf_dirs, monkeypatch):
 
         return hook
 
-    monkeypatch.setitem(sys.modules, "xlmrxl.quantization", types.SimpleNamespace(load_hook=load_hook))
+    monkeypatch.setattr(quantization, "load_hook", load_hook)
     load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", quantization="int4-test")
     assert "roberta.encoder.layer.0.attention.self.query" in seen and "lm_head.decoder" in seen, seen
 
@@ -432,45 +432,44 @@ def test_bin_save_loads_in_transformers(hf_mlm, hf_dirs, tmp_path):
     _assert_same_weights(model, theirs.state_dict())
 
 
-def test_save_is_atomic(hf_dirs, tmp_path, monkeypatch):
+def test_failed_save_leaves_the_directory_as_it_was(hf_dirs, tmp_path, monkeypatch):
     model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
     out = tmp_path / "atomic"
     save_pretrained(model, out)
     (out / "tokenizer.json").write_text('{"keep": true}')
-    before = _dir_snapshot(out)
+    before, inode = _dir_snapshot(out), os.stat(out).st_ino
     with torch.no_grad():
         model.lm_head.bias.add_(1.0)
     calls = []
-    real = ckpt_mod._write_safetensors
+    real = save_mod.write_safetensors
 
-    def failing(path, state, names):
+    def failing(path, tensors, metadata):
         calls.append(path)
         if len(calls) == 2:
-            real(path, state, names[: len(names) // 2])  # a half-written shard, then the crash
-            raise OSError(28, "No space left on device (simulated)")
-        real(path, state, names)
+            real(path, dict(list(tensors.items())[: len(tensors) // 2]), metadata)  # a half-written shard ...
+            raise OSError(28, "No space left on device (simulated)")  # ... then the crash
+        real(path, tensors, metadata)
 
-    monkeypatch.setattr(ckpt_mod, "_write_safetensors", failing)
+    monkeypatch.setattr(save_mod, "write_safetensors", failing)
     with pytest.raises(OSError, match="simulated"):
         save_pretrained(model, out, max_shard_size="20KB")
     assert len(calls) == 2
-    assert _dir_snapshot(out) == before, "a failed save changed the target directory"
-    assert sorted(os.listdir(tmp_path)) == ["atomic"], f"temporary files left behind: {os.listdir(tmp_path)}"
+    assert _dir_snapshot(out) == before, "a failed save changed the target directory (or left temporary files)"
+    assert os.stat(out).st_ino == inode and sorted(os.listdir(tmp_path)) == ["atomic"], os.listdir(tmp_path)
     # a failure in a brand-new directory leaves nothing at all
     calls.clear()
     with pytest.raises(OSError, match="simulated"):
         save_pretrained(model, tmp_path / "fresh", max_shard_size="20KB")
     assert sorted(os.listdir(tmp_path)) == ["atomic"]
-    monkeypatch.setattr(ckpt_mod, "_write_safetensors", real)
-    for exchange in (True, False):  # renameat2 swap, and the two-rename fallback
-        if not exchange:
-            monkeypatch.setattr(ckpt_mod, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(save_mod, "write_safetensors", real)
+    for shard in ("20KB", None, "20KB"):
         with torch.no_grad():
             model.lm_head.bias.add_(1.0)
-        save_pretrained(model, out)
+        save_pretrained(model, out, **({"max_shard_size": shard} if shard else {}))
         assert (out / "tokenizer.json").read_text() == '{"keep": true}'
         assert torch.equal(load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, out).lm_head.bias, model.lm_head.bias)
-        assert sorted(os.listdir(tmp_path)) == ["atomic"], os.listdir(tmp_path)
+        assert os.stat(out).st_ino == inode and sorted(os.listdir(tmp_path)) == ["atomic"], os.listdir(tmp_path)
+        assert not [f for f in os.listdir(out) if f.startswith(".")], os.listdir(out)
 
 
 def test_transformers_loader_options(hf_mlm, hf_dirs, tmp_path):
@@ -497,10 +496,13 @@ def test_transformers_loader_options(hf_mlm, hf_dirs, tmp_path):
 
 
 def test_parse_size():
-    assert ckpt_mod.parse_size("5GB") == 5 * 10**9 and ckpt_mod.parse_size("100KB") == 100_000
-    assert ckpt_mod.parse_size("2GiB") == 2 << 30 and ckpt_mod.parse_size(123) == 123
+    assert parsing.parse_size("5GB") == 5 * 10**9 and parsing.parse_size("100KB") == 100_000
+    assert parsing.parse_size("2GiB") == 2 << 30 and parsing.parse_size(123) == 123
+    assert parsing.parse_size("500MB") == 500 * 10**6
     with pytest.raises(ValueError, match=r"max_shard_size='5 parsecs'"):
-        ckpt_mod.parse_size("5 parsecs")
+        parsing.parse_size("5 parsecs")
+    with pytest.raises(ValueError, match=r"max_shard_size='5 parsecs'"):
+        save_pretrained(torch.nn.Linear(1, 1), "/nonexistent-never-created", max_shard_size="5 parsecs")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -568,8 +570,12 @@ def test_error_truncated_and_corrupted_safetensors(hf_dirs, tmp_path):
     ):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
     with open(path, "r+b") as fh:  # header length beyond the end of the file
-        fh.write((10**9).to_bytes(8, "little"))
-    with pytest.raises(CheckpointError, match=rf"truncated or corrupted: .*{8 + 10**9}.*{size - 1000}"):
+        fh.write((10**7).to_bytes(8, "little"))
+    with pytest.raises(CheckpointError, match=rf"truncated or corrupted: .*{8 + 10**7}.*{size - 1000}"):
+        load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
+    with open(path, "r+b") as fh:  # a header length no safetensors file can have: refused before any read
+        fh.write((2**62).to_bytes(8, "little"))
+    with pytest.raises(CheckpointError, match=r"header length field says 4611686018427387904 bytes, over"):
         load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, d)
     d2 = _copy_dir(hf_dirs / "single", tmp_path / "badjson")
     with open(d2 / "model.safetensors", "r+b") as fh:
@@ -684,9 +690,9 @@ def test_peak_memory_of_a_load(hf_dirs, tmp_path_factory, fmt, dtype):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["weights"] > 50e6 if dtype == "bfloat16" else out["weights"] > 100e6, out
     ratio = out["increase"] / out["weights"]
-    assert ratio <= 1.3, (
+    assert ratio <= 1.2, (
         f"{fmt} -> {dtype}: peak RSS rose by {out['increase'] / 1e6:.1f} MB for "
-        f"{out['weights'] / 1e6:.1f} MB of weights ({ratio:.2f}x > 1.3x)"
+        f"{out['weights'] / 1e6:.1f} MB of weights ({ratio:.2f}x > 1.2x)"
     )
 
 

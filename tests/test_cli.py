@@ -3,6 +3,7 @@
 
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -133,6 +134,65 @@ def test_info_int4_byte_report(tmp_path, capsys):
     assert "int4 linears 1 layers" in out and f"{100 * q_bytes / (2 * out_f * in_f):.1f}%" in out
 
 
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        ("truncate", r"truncated or corrupted: its header describes \d+ bytes but the file has only"),
+        ("dtype", r"not a valid safetensors file .*unknown variant `F99`"),
+        ("offsets", r"truncated or corrupted: its header describes \d+ bytes"),
+        ("length", r"header length field says 18446744073709551615 bytes"),
+        ("config", r"config field hidden_size=-64"),
+    ],
+)
+def test_info_refuses_a_corrupt_checkpoint(ckpt, tmp_path, capsys, damage, match):
+    """info validates with the loader's reader: a corrupt checkpoint is exit 1 with a message, never a summary."""
+    import shutil
+
+    d = tmp_path / "bad"
+    shutil.copytree(ckpt, d)
+    path = d / "model.safetensors"
+    size = path.stat().st_size
+    n = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    header = json.loads(path.read_bytes()[8 : 8 + n])
+    if damage == "truncate":
+        with open(path, "r+b") as fh:
+            fh.truncate(size - 100)
+    elif damage in ("dtype", "offsets"):
+        key = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+        if damage == "dtype":
+            header[key]["dtype"] = "F99"
+        else:
+            header[key]["data_offsets"][1] += 10**6
+        raw = json.dumps(header).encode()
+        raw += b" " * (n - len(raw)) if len(raw) <= n else b""
+        data = path.read_bytes()[8 + n :]
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    elif damage == "length":
+        with open(path, "r+b") as fh:
+            fh.write(struct.pack("<Q", 2**64 - 1))
+    else:
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(dict(cfg, hidden_size=-64)))
+    assert main(["info", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert "Traceback" not in err
+
+
+def test_quantize_refuses_a_directory_that_is_not_a_checkpoint(ckpt, tmp_path, capsys):
+    dst = tmp_path / "mine"
+    dst.mkdir()
+    (dst / "config.json").write_text('{"my": "own file"}')
+    (dst / "notes.txt").write_text("keep")
+    assert main(["quantize", str(ckpt), str(dst), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "not a checkpoint" in err and "--force" in err, err
+    assert (dst / "config.json").read_text() == '{"my": "own file"}' and sorted(p.name for p in dst.iterdir()) == [
+        "config.json",
+        "notes.txt",
+    ]
+
+
 def test_quantize(spm_dir, tmp_path, capsys):
     try:
         from xlmrxl.quantization import load_hook  # noqa: F401
@@ -167,6 +227,14 @@ def test_quantize(spm_dir, tmp_path, capsys):
         == 0
     )
     assert checkpoint_info(tmp_path / "g64")["quantization_config"]["group_size"] == 64
+    # --force: a directory of the user's own files; theirs stay, the checkpoint is written beside them
+    forced = tmp_path / "forced"
+    forced.mkdir()
+    (forced / "notes.txt").write_text("keep")
+    argv = ["quantize", str(src), str(forced), "--dtype", "float32", "--device", "cpu"]
+    assert main(argv) == 1 and main(argv + ["--force"]) == 0
+    assert (forced / "notes.txt").read_text() == "keep" and checkpoint_info(forced)["quantized"]
+    assert main(argv) == 0, "a checkpoint directory is overwritten without --force"
 
 
 def test_demo_quick(tmp_path, monkeypatch, capsys):

@@ -146,3 +146,82 @@ def test_transformers_config_json_loads_in_ours(tmp_path):
 def test_missing_config_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config found"):
         XLMRobertaXLConfig.from_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("num_hidden_layers", -1, r"num_hidden_layers=-1 \(int\) is not allowed: it must be an integer >= 1"),
+        ("layer_norm_eps", -1, r"layer_norm_eps=-1 is not allowed: it must be a number in \(0, 1\]"),
+        ("layer_norm_eps", float("nan"), r"layer_norm_eps=nan is not allowed"),
+        ("hidden_size", "64", r"hidden_size='64' \(str\) is not allowed: it must be an integer >= 1"),
+        ("hidden_size", 64.0, r"hidden_size=64\.0 \(float\) is not allowed"),
+        ("hidden_size", -64, r"hidden_size=-64 \(int\) is not allowed"),
+        ("hidden_size", 70, r"hidden_size \(70\) must be a multiple of num_attention_heads \(4\)"),
+        ("num_attention_heads", 0, r"num_attention_heads=0 \(int\) is not allowed"),
+        ("vocab_size", 0, r"vocab_size=0 \(int\) is not allowed"),
+        ("pad_token_id", 300, r"pad_token_id=300 \(int\) is not allowed: it must be an integer in \[0, 299\]"),
+        ("eos_token_id", -2, r"eos_token_id=-2"),
+        ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob=1\.5 is not allowed: it must be a number in \[0, 1\]"),
+        ("is_decoder", "yes", r"is_decoder='yes' must be true or false"),
+        ("hidden_act", "gelu_fast", r"hidden_act='gelu_fast' is not supported"),
+        ("dtype", "int8", r"dtype='int8' is not a dtype"),
+        ("num_labels", 0, r"num_labels=0 \(int\) is not allowed"),
+        ("id2label", {"a": "x"}, r"id2label=\{'a': 'x'\} .* are not label maps"),
+        ("architectures", "XLMRobertaXLModel", r"architectures='XLMRobertaXLModel' must be a list"),
+        ("to_dict", 1, r"config key 'to_dict' cannot be set"),
+    ],
+)
+def test_every_field_is_validated_on_construction_and_load(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        XLMRobertaXLConfig(**dict(tiny_config_kwargs(), **{field: value}))
+    raw = dict(tiny_config_kwargs(), **{field: value})
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"config\.json.*" + match):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+    for content, what in (("[1, 2]", "list"), ('"text"', "str"), ("3", "int")):
+        (tmp_path / "config.json").write_text(content)
+        with pytest.raises(ValueError, match=rf"holds a JSON {what}, not an object of config fields"):
+            XLMRobertaXLConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{" * 100_000)
+    with pytest.raises(ValueError, match=r"is not valid JSON"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"a config must be a JSON object"):
+        XLMRobertaXLConfig.from_dict([1, 2])
+    with open(tmp_path / "config.json", "wb") as fh:  # sparse: costs no disk, and is never read whole
+        fh.truncate(65 << 20)
+    with pytest.raises(ValueError, match=r"far too big for a model config"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+
+
+def test_overrides_are_validated_when_loading_a_model(tmp_path):
+    import xlmrxl
+
+    model = xlmrxl.XLMRobertaXLModel(XLMRobertaXLConfig(**tiny_config_kwargs()))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"layer_norm_eps=-1"):
+        xlmrxl.XLMRobertaXLModel.from_pretrained(tmp_path, layer_norm_eps=-1)
+    with pytest.raises(ValueError, match=r"hidden_size \(64\) must be a multiple of num_attention_heads \(5\)"):
+        xlmrxl.XLMRobertaXLModel.from_pretrained(tmp_path, num_attention_heads=5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        tiny_config_kwargs(),
+        dict(tiny_config_kwargs(), num_labels=1, problem_type="regression", classifier_dropout=0.0),
+        dict(tiny_config_kwargs(), is_decoder=True, eos_token_id=2, torch_dtype=torch.bfloat16),
+        dict(tiny_config_kwargs(), num_labels=5, hidden_act="gelu_new", output_past=True),
+    ],
+)
+def test_configs_transformers_writes_load(tmp_path, kwargs):
+    """Whatever transformers 4.56.2 writes for this model type passes the validation unchanged."""
+    transformers.XLMRobertaXLConfig(**kwargs).save_pretrained(tmp_path)
+    ours = XLMRobertaXLConfig.from_pretrained(tmp_path)
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path)
+    for f in MODEL_FIELDS + COMMON_FIELDS:
+        assert getattr(ours, f) == _theirs(theirs, f), f

@@ -4,19 +4,22 @@
     xlmrxl embed "some text" --model DIR [--pooling cls|mean|none] [--normalize] [--json]
     xlmrxl info DIR [--json]
     xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
-    xlmrxl quantize SRC DST [--group-size 128]
+    xlmrxl quantize SRC DST [--group-size 128] [--force]
 
 Contract
 --------
 - ``fill-mask`` / ``embed`` take the text as an argument, or one input per line on stdin when it is omitted or
   ``-`` (empty lines skipped). Plain output is for people; ``--json`` writes one JSON object per input (JSON Lines).
   ``embed`` writes each embedding as a JSON array (one line per input; token states with ``--pooling none``).
-- ``info`` reads only ``config.json`` and the weights files' headers (no weights are loaded, so it is instant even
+- ``info`` reads ``config.json`` (validated) and the weights files' headers with the loader's own reader (a corrupt
+  or truncated file is an error, exit 1; no weights are loaded, so it is instant even
   for XXL): the config summary, parameter count, stored dtypes, bytes on disk and in memory, and whether the
   checkpoint is quantized; for an int4 checkpoint, the bytes of the quantized linear layers vs their bf16 size.
 - ``quantize`` = ``XLMRobertaXLForMaskedLM.from_pretrained(SRC, quantization="int4", dtype=--dtype)`` then
   ``save_pretrained(DST)`` (tokenizer files copied along); ``--group-size`` other than 128 is passed as
   ``quantization={"quant_method": "xlmrxl_int4", "bits": 4, "group_size": N}``.
+  A DST that is a non-empty directory but not a checkpoint is refused unless ``--force``; the save never touches
+  files of DST that are not part of a checkpoint.
 - ``--backend`` / ``--device`` / ``--dtype`` on the commands that run a model. Logs go to stderr: warnings by default,
   ``-v`` INFO (shows why an op runs the PyTorch reference instead of a kernel), ``-vv`` DEBUG.
 - ``main(argv=None) -> int``: 0 on success, 1 on an error (one line on stderr, ``-v`` adds the traceback), 2 on a
@@ -28,49 +31,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
-import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import Checkpoint, is_checkpoint_dir
+from .config import XLMRobertaXLConfig
+from .parsing import parse_device, parse_dtype
+
 logger = logging.getLogger("xlmrxl")
 
-_SAFE_DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "U16": 2,
-    "U32": 4,
-    "U64": 8,
-}
-_SAFE_DTYPE_NAMES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "U16": "uint16",
-    "U32": "uint32",
-    "U64": "uint64",
-}
 _TOKENIZER_FILES = ("sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
 
@@ -94,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
             choices=("auto", "triton", "reference"),
             help="kernel backend (default: $XLMRXL_BACKEND, else auto)",
         )
-        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1, auto (= cuda when usable) (default: cpu)")
         sp.add_argument(
             "--dtype",
             default=dtype_default,
@@ -138,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--dtype", default="bfloat16", help="dtype of the layers that stay unquantized")
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
+    q.add_argument("--force", action="store_true", help="write into a non-empty DST that is not a checkpoint")
     return p
 
 
@@ -280,13 +254,17 @@ def _cmd_quantize(args) -> int:
         raise FileNotFoundError(f"SRC {str(src)!r} is not a checkpoint directory")
     if dst.resolve() == src.resolve():
         raise ValueError("DST must differ from SRC (quantize writes a new checkpoint)")
+    if dst.is_dir() and any(dst.iterdir()) and not is_checkpoint_dir(dst) and not args.force:
+        raise FileExistsError(
+            f"DST {str(dst)!r} is a non-empty directory that is not a checkpoint (no config.json with weights): "
+            "quantize would write config.json and the weights into it. Pick an empty or new directory, or pass "
+            "--force to write there anyway (files that are not part of a checkpoint are left alone)"
+        )
     if args.group_size < 1:
         raise ValueError(f"--group-size {args.group_size} must be positive (128 is the usual choice)")
     quant: Any = (
         "int4" if args.group_size == 128 else {"quant_method": "xlmrxl_int4", "bits": 4, "group_size": args.group_size}
     )
-    from .pipelines import parse_device, parse_dtype
-
     model = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
         str(src),
         quantization=quant,
@@ -306,49 +284,7 @@ def _cmd_quantize(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # info: headers only
 # ---------------------------------------------------------------------------------------------------------------
-def _safetensors_entries(path: Path) -> dict[str, dict[str, Any]]:
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    out = {}
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
-        start, end = meta["data_offsets"]
-        out[key] = {
-            "dtype": _SAFE_DTYPE_NAMES.get(meta["dtype"], meta["dtype"].lower()),
-            "shape": list(meta["shape"]),
-            "nbytes": end - start,
-        }
-    return out
-
-
-def _bin_entries(path: Path) -> dict[str, dict[str, Any]]:
-    import torch
-
-    state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-    return {
-        k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape), "nbytes": v.numel() * v.element_size()}
-        for k, v in state.items()
-        if hasattr(v, "shape")
-    }
-
-
-def _weights_files(d: Path) -> list[Path]:
-    for single, index in (
-        ("model.safetensors", "model.safetensors.index.json"),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-    ):
-        if (d / single).is_file():
-            return [d / single]
-        if (d / index).is_file():
-            with open(d / index, encoding="utf-8") as fh:
-                weight_map = json.load(fh)["weight_map"]
-            return [d / f for f in sorted(set(weight_map.values()))]
-    return []
-
-
-def checkpoint_info(directory) -> dict[str, Any]:
+def checkpoint_info(directory: str | os.PathLike) -> dict[str, Any]:
     """What ``xlmrxl info`` reports, as a dict (no weights are loaded)."""
     d = Path(directory)
     if not d.is_dir():
@@ -356,16 +292,17 @@ def checkpoint_info(directory) -> dict[str, Any]:
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{str(d)!r} has no config.json; is it a checkpoint directory?")
-    with open(cfg_path, encoding="utf-8") as fh:
-        cfg = json.load(fh)
-    files = _weights_files(d)
-    if not files:
-        raise FileNotFoundError(
-            f"{str(d)!r} has no weights (model.safetensors, pytorch_model.bin or their sharded index)"
-        )
-    entries: dict[str, dict[str, Any]] = {}
-    for f in files:
-        entries.update(_safetensors_entries(f) if f.suffix == ".safetensors" else _bin_entries(f))
+    cfg = XLMRobertaXLConfig.from_pretrained(str(cfg_path)).to_dict()  # validated as loading validates it
+    ckpt = Checkpoint(str(d))  # the loader's reader: headers checked, nothing loaded
+    try:
+        files = sorted(Path(p) for p in ckpt.weights_paths)
+        entries = {
+            k: {"dtype": str(e.dtype).replace("torch.", ""), "shape": list(e.shape), "nbytes": e.nbytes}
+            for k, e in ckpt.entries.items()
+            if k not in ckpt.aliased
+        }
+    finally:
+        ckpt.close()
 
     # drop tied aliases and legacy buffers: they are not separate tensors once loaded
     def present(k):

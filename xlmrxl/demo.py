@@ -159,8 +159,9 @@ def run_demo(
 
     out = out if out is not None else sys.stdout
     w = out.write
-    dev = pipelines.parse_device(device)
-    run_dtype = pipelines.parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    dev = pipelines.parse_device("auto" if device is None else device)  # the demo shows the kernels: a GPU if usable
+    parsed = pipelines.parse_dtype(dtype)
+    run_dtype = parsed if isinstance(parsed, torch.dtype) else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     interpreting = _interpreting()
     repeats = repeats if repeats is not None else (2 if quick else 5)
 

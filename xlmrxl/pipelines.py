@@ -10,10 +10,11 @@ Contract
 - ``pipeline(task, model=dir_or_model, tokenizer=None, device=None, dtype=None, backend="auto", **kw)``.
   ``model`` is a checkpoint directory (loaded with our ``from_pretrained``; the tokenizer is read from the same
   directory unless given) or a model instance: ours, or transformers' XLM-RoBERTa-XL classes (``.roberta`` and
-  ``.lm_head`` for fill-mask; a base model or any task model for feature-extraction). ``device=None`` picks CUDA
-  when present; ``dtype=None`` keeps float32 (``"bfloat16"``, ``torch.float16``, ... accepted); ``backend`` is
-  passed to the model (``None`` leaves a given model's backend alone). Other keywords become call defaults
-  (``top_k``, ``pooling``, ``batch_size``, ...).
+  ``.lm_head`` for fill-mask; a base model or any task model for feature-extraction). ``device=None`` is the CPU
+  (``"auto"``: CUDA when usable; see ``xlmrxl.parsing``); ``dtype=None`` keeps float32 (``"bfloat16"``,
+  ``torch.float16``, ... accepted; ``"auto"``: the checkpoint's dtype); ``backend`` is passed to the model (``None``
+  leaves a given model's backend alone). Other keywords become call defaults (``top_k``, ``pooling``, ``batch_size``,
+  ...).
 - Inputs are batched (``batch_size``, default 8; sorted by length to cut padding, results in input order) with a
   tqdm progress bar on long lists (``progress=None``: shown for 64+ inputs when stderr is a terminal).
 - ``"fill-mask"``: the encoder runs once per batch, then the LM head runs **only at the ``<mask>`` positions**
@@ -47,45 +48,13 @@ from torch import nn
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
 from .tokenizer import XLMRobertaTokenizer
 
+from .parsing import parse_device, parse_dtype
+
 logger = logging.getLogger("xlmrxl")
 
 TASKS = ("fill-mask", "feature-extraction")
 POOLINGS = (None, "cls", "mean")
 _PROGRESS_MIN_INPUTS = 64
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-
-
-def parse_dtype(dtype: None | str | torch.dtype) -> torch.dtype | None:
-    """``None`` / a ``torch.dtype`` / a name (``"bfloat16"``, ``"bf16"``, ``"torch.float16"``, ...)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).strip().lower().replace("torch.", "")
-    if name == "auto":
-        return None
-    if name not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of float32, bfloat16, float16")
-    return _DTYPES[name]
-
-
-def parse_device(device: None | str | int | torch.device) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; an int -> that CUDA device."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int):
-        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available here; use device='cpu'")
-    return dev
 
 
 class Pipeline:
@@ -354,8 +323,9 @@ def pipeline(
             tokenizer = path
     elif isinstance(model, torch.nn.Module):
         net = model
-        if device is not None or torch_dtype is not None:
-            net = net.to(device=dev if device is not None else None, dtype=torch_dtype)
+        cast = None if torch_dtype == "auto" else torch_dtype  # "auto": the instance keeps its dtype
+        if device is not None or cast is not None:
+            net = net.to(device=dev if device is not None else None, dtype=cast)
         try:
             dev = next(net.parameters()).device
         except StopIteration:

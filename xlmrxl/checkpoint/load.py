@@ -1,0 +1,296 @@
+"""``load_pretrained``: build a model class from a checkpoint directory, tensors straight into their dtype and device.
+
+The model is built on the meta device and every parameter / persistent buffer is materialised straight from the file
+in its final dtype and on its final device, one module at a time, a chunk of rows at a time (peak memory: the final
+weights plus a few MB). ``dtype=None`` gives float32 (transformers 4.56's default), ``"auto"`` the config's
+``torch_dtype`` (else the checkpoint's first floating dtype); floating entries are cast, integer ones keep the dtype
+the module declares. ``device=None`` gives cpu (see :mod:`xlmrxl.parsing`). Missing tensors are initialised with
+``model._init_weights(module)`` and listed in a warning; unexpected keys are a warning when the checkpoint was saved
+from this very class, else info. ``output_loading_info=True`` returns ``(model, {"missing_keys", "unexpected_keys",
+"mismatched_keys", "error_msgs"})``. Keyword arguments that are parameters of ``cls.__init__`` (``add_pooling_layer``)
+go to the constructor; transformers' loader keywords are used (``torch_dtype``, ``config=``, ``device_map`` naming one
+device, ``subfolder``, ``use_safetensors``, ``ignore_mismatched_sizes``) or ignored (``low_cpu_mem_usage``, Hub
+options); everything else is a config override (``num_labels=3``), set after the file's values, then the whole config
+is validated. ``quantization=`` other than None asks ``xlmrxl.quantization.load_hook`` for a per-module hook that runs
+right after each module's tensors have arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import quantization as quant_mod
+from ..parsing import AUTO, DeviceArg, DtypeArg, parse_device, parse_dtype
+from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file
+from .plan import NoRandomInitOnMeta, Plan, materialise
+
+logger = logging.getLogger("xlmrxl")
+
+_PROGRESS_MIN_BYTES = 1 << 30  # progress bar on (when stderr is a tty) above 1 GB of weights
+# transformers' from_pretrained keywords: used (config, torch_dtype, ignore_mismatched_sizes, device_map,
+# use_safetensors, subfolder, Hub options) or accepted and ignored (the rest); never written into the config
+_USED_OPTIONS = ("config", "torch_dtype", "ignore_mismatched_sizes", "device_map", "use_safetensors", "subfolder")
+_LOADER_OPTIONS = _USED_OPTIONS + (
+    "local_files_only",
+    "revision",
+    "cache_dir",
+    "token",
+    "low_cpu_mem_usage",
+    "trust_remote_code",
+    "force_download",
+    "resume_download",
+    "proxies",
+    "use_auth_token",
+    "offload_folder",
+    "offload_state_dict",
+    "variant",
+    "_fast_init",
+)
+
+
+def resolve_directory(name_or_path: str | os.PathLike, options: dict[str, Any]) -> str:
+    """A local checkpoint directory, or a Hub repo id fetched with ``huggingface_hub`` when it is installed."""
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if os.path.isfile(path):
+        raise NotADirectoryError(
+            f"{path!r} is a file; pass the directory that holds config.json and the weights "
+            f"({', '.join(WEIGHTS_FILES)})"
+        )
+    hub_error = None
+    if re.fullmatch(r"[\w\-]+(\.[\w\-]+)*/[\w\-.]+", path):  # looks like a Hub repo id: owner/name
+        try:
+            return _hub_download(path, options)
+        except ImportError:
+            hub_error = "huggingface_hub is not installed, so repo ids cannot be downloaded"
+        except Exception as exc:  # network, auth, missing repo: reported with the local-path error below
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            hub_error = f"fetching it from the Hugging Face Hub failed ({type(exc).__name__}: {detail[:200]})"
+    msg = f"checkpoint directory {path!r} does not exist"
+    if hub_error:
+        msg += f"; as a Hub repo id: {hub_error}"
+    raise FileNotFoundError(msg + f". Pass a local directory holding config.json and one of {', '.join(WEIGHTS_FILES)}")
+
+
+def _hub_download(repo_id: str, options: dict[str, Any]) -> str:
+    """Optional convenience: a Hub repo id via ``huggingface_hub`` (config, tokenizer files and one weights layout,
+    safetensors first). Offline or with ``local_files_only=True`` only the local cache is used."""
+    # an optional dependency, imported where it is needed so that xlmrxl works without it
+    from huggingface_hub import HfApi, snapshot_download
+
+    kw = {k: options[k] for k in ("revision", "cache_dir", "token") if options.get(k) is not None}
+    offline = options.get("local_files_only") or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    if offline:
+        return snapshot_download(repo_id, local_files_only=True, **kw)
+    files = set(HfApi().list_repo_files(repo_id, revision=kw.get("revision"), token=kw.get("token")))
+    weights = next((w for w in WEIGHTS_FILES if w in files), None)
+    patterns = ["*.json", "*.model", "*.txt"]
+    if weights in ("model.safetensors", "pytorch_model.bin"):
+        patterns.append(weights)
+    elif weights == "model.safetensors.index.json":
+        patterns.append("model-*.safetensors")
+    elif weights == "pytorch_model.bin.index.json":
+        patterns.append("pytorch_model-*.bin")
+    return snapshot_download(repo_id, allow_patterns=patterns, **kw)
+
+
+def _resolve_device(device: DeviceArg, device_map: Any) -> torch.device:
+    if device is None and device_map is not None:
+        if isinstance(device_map, dict):
+            placed = set(device_map.values())
+            if len(placed) != 1:
+                raise ValueError(
+                    f"device_map={device_map!r} spreads the model over several devices, which xlmrxl does "
+                    "not do; pass device='cuda' (or one device) instead"
+                )
+            device_map = placed.pop()
+        device = device_map
+    return parse_device(device)
+
+
+def _resolve_dtype(dtype: DtypeArg, config: Any, ckpt: Checkpoint) -> torch.dtype:
+    parsed = parse_dtype(dtype)
+    if parsed is None:
+        return torch.float32
+    if parsed != AUTO:
+        return parsed
+    for attr in ("torch_dtype", "dtype"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            stored = parse_dtype(value, f"config.{attr}")
+            if stored != AUTO:
+                return stored
+    for e in ckpt.entries.values():
+        if e.dtype.is_floating_point:
+            return e.dtype
+    return torch.float32
+
+
+def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
+    options = {k: kwargs.pop(k) for k in _LOADER_OPTIONS if k in kwargs}
+    init_kwargs = {}
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for k in list(kwargs):
+        if k in params and k not in ("self", "config"):
+            init_kwargs[k] = kwargs.pop(k)
+    return options, init_kwargs, kwargs
+
+
+def _load_config(cls: type, directory: str, options: dict, overrides: dict, record: dict) -> Any:
+    """``config.json`` (or a copy of ``config=``), then each override set as an attribute, after the file's values,
+    as transformers does (so ``num_labels=5`` rebuilds ``id2label`` even when the file lists 3 labels); then the
+    whole config is validated."""
+    config = options.get("config")
+    if config is None:
+        if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config saved with its weights"
+            )
+        config = cls.config_class.from_pretrained(resolve_config_file(directory, record))
+    else:
+        config = copy.deepcopy(config)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:
+    if progress is None:
+        progress = total_bytes > _PROGRESS_MIN_BYTES and sys.stderr is not None and sys.stderr.isatty()
+    if not progress:
+        return None
+    return tqdm(total=n, desc="Loading weights", unit="tensor")
+
+
+def _quantization_hook(model: nn.Module, quant: Any, *, dtype: torch.dtype, device: torch.device) -> Callable | None:
+    """The seam for quantize-while-loading. ``None`` -> no hook.
+
+    Otherwise ``xlmrxl.quantization.load_hook(model, quantization, dtype=..., device=...)`` returns a callable
+    ``hook(module_name, module) -> Optional[nn.Module]``; the loader calls it for every module right after that
+    module's own tensors are materialised (children are visited after their parent, so a Linear is complete when
+    its hook runs). Returning a module replaces ``module`` in its parent (e.g. a ``QuantLinear`` for an
+    ``nn.Linear``); returning None keeps it (quantized in place, or untouched).
+    """
+    if quant is None:
+        return None
+    return quant_mod.load_hook(model, quant, dtype=dtype, device=device)
+
+
+def load_pretrained(
+    cls: type,
+    pretrained_model_name_or_path: str | os.PathLike,
+    *,
+    dtype: DtypeArg = None,
+    device: DeviceArg = None,
+    backend: Any = "auto",
+    quantization: Any = None,
+    output_loading_info: bool = False,
+    progress: bool | None = None,
+    **config_overrides: Any,
+) -> nn.Module | tuple[nn.Module, dict[str, list]]:
+    """Build ``cls`` from a checkpoint directory; see the module docstring for the rules."""
+    options, init_kwargs, overrides = _split_kwargs(cls, dict(config_overrides))
+    if dtype is None and options.get("torch_dtype") is not None:
+        dtype = options["torch_dtype"]
+    parse_dtype(dtype)  # a bad dtype is reported before anything is read
+    device = _resolve_device(device, options.get("device_map"))
+    directory = resolve_directory(pretrained_model_name_or_path, options)
+    if options.get("subfolder"):
+        directory = os.path.join(directory, options["subfolder"])
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"subfolder {options['subfolder']!r} does not exist: no directory {directory!r}")
+    ignored = sorted(k for k in options if k not in _USED_OPTIONS)
+    if ignored:
+        logger.debug("xlmrxl: from_pretrained ignores %s (transformers options with no effect here)", ignored)
+    if options.get("config") is None and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        _load_config(cls, directory, options, overrides, {})  # the "no config.json" error, before the weights
+    ckpt = Checkpoint(directory, options.get("use_safetensors"))
+    try:
+        config = _load_config(cls, directory, options, overrides, ckpt.record)
+        target = _resolve_dtype(dtype, config, ckpt)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(target)  # modules create floating tensors in the target dtype ...
+        try:
+            with torch.device("meta"), NoRandomInitOnMeta():  # ... and nowhere: nothing is allocated until
+                model = cls(config, **init_kwargs)  # the file is read
+        finally:
+            torch.set_default_dtype(previous)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()  # on meta: makes the tied tensors one object, so one read feeds all
+        if getattr(config, "quantization_config", None) is not None:
+            quant_mod.prepare_quantized_model(model, config.quantization_config)  # its QuantLinears, on meta
+        plan = Plan(model, ckpt, bool(options.get("ignore_mismatched_sizes", False)))
+        hook = _quantization_hook(model, quantization, dtype=target, device=device)
+        bar = _progress_bar(progress, ckpt.total_bytes, plan.n_tensors())
+        try:
+            materialise(model, plan, ckpt, device, hook, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        ckpt.close()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    for attr in ("torch_dtype", "dtype"):
+        if hasattr(model.config, attr) or attr == "torch_dtype":
+            with contextlib.suppress(Exception):
+                setattr(model.config, attr, target)
+    _report(model, plan, directory)
+    if hasattr(model, "set_backend"):
+        model.set_backend(backend)
+    model.eval()
+    if output_loading_info:
+        info = {
+            "missing_keys": list(plan.missing),
+            "unexpected_keys": list(plan.unexpected),
+            "mismatched_keys": list(plan.mismatched),
+            "error_msgs": [],
+        }
+        return model, info
+    return model
+
+
+def _report(model: nn.Module, plan: Plan, directory: str) -> None:
+    name = type(model).__name__
+    if plan.unexpected:
+        archs = getattr(model.config, "architectures", None) or []
+        log = logger.warning if name in archs else logger.info
+        log(
+            f"Some weights of the model checkpoint at {directory} were not used when initializing {name}: "
+            f"{plan.unexpected}\n- This is expected if the checkpoint was saved from another architecture or task "
+            f"(e.g. a masked-LM checkpoint loaded into a classifier); it is not expected for a checkpoint of {name}."
+        )
+    if plan.missing:
+        logger.warning(
+            f"Some weights of {name} were not initialized from the model checkpoint at {directory} and "
+            f"are newly initialized: {plan.missing}\nYou should probably TRAIN this model on a down-stream "
+            "task to be able to use it for predictions and inference."
+        )
+    if plan.mismatched:
+        lines = "\n".join(
+            f"- {k}: found shape {tuple(h)} in the checkpoint and {tuple(w)} in the model instantiated"
+            for k, h, w in plan.mismatched
+        )
+        logger.warning(
+            f"Some weights of {name} were not initialized from the model checkpoint at {directory} and "
+            f"are newly initialized because the shapes did not match:\n{lines}\nYou should probably "
+            "TRAIN this model on a down-stream task to be able to use it for predictions and inference."
+        )
