@@ -202,17 +202,31 @@ CALL_CASES = [
 ]
 
 
-@needs_slow
+def _fast_differs(kw: dict, form: str) -> str | None:
+    """Why transformers 5.x's XLMRobertaTokenizer (the tokenizers-backed "fast" one; 5.x has no slow one) gives
+    other output than 4.56.2's slow one for this call: the documented slow/fast differences, else None."""
+    if kw.get("truncation") == "only_second" or (kw.get("truncation") == "only_first" and "pair" in form):
+        return "a truncation the side cannot take raises in fast (slow logs and keeps the input whole)"
+    if kw.get("max_length") == 5 and form == "batch_pair":
+        return "longest_first's left-over token goes to the second text in fast, the first in slow"
+    return None
+
+
 @pytest.mark.parametrize("kw", CALL_CASES, ids=[str(sorted(c.items())) for c in CALL_CASES])
 @pytest.mark.parametrize("form", ["single", "pair", "batch", "batch_pair"])
 def test_call_matches_slow(toks, kw, form):
+    """vs 4.56.2's slow tokenizer; on 5.x vs its (fast) XLMRobertaTokenizer, except the documented differences."""
     ours, slow, fast = toks
     args = {"single": (A[0],), "pair": (A[0], B[0]), "batch": (A,), "batch_pair": (A, B)}[form]
+    if NO_SLOW and _fast_differs(kw, form):
+        pytest.skip(f"transformers 5.x: {_fast_differs(kw, form)}")
     want = dict(slow(*args, **kw))
     got = ours(*args, **kw)
     assert isinstance(got, BatchEncoding)
     assert set(got) == set(want), f"keys {sorted(got)} vs {sorted(want)}"
     for k in want:
+        if NO_SLOW and k == "length":
+            continue  # fast reports [n] for one input and padded lengths for a batch; slow (and we) do not
         assert got[k] == want[k], f"{k} differs for {kw} {form}"
 
 

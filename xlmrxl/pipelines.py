@@ -97,8 +97,14 @@ class Pipeline:
     def _as_list(inputs: Any) -> tuple:
         if isinstance(inputs, str):
             return [inputs], True
-        if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
-            return list(inputs), False
+        if isinstance(inputs, (list, tuple)):
+            bad = next(((i, t) for i, t in enumerate(inputs) if not isinstance(t, str)), None)
+            if bad is None:
+                return list(inputs), False
+            i, t = bad
+            raise TypeError(
+                f"inputs[{i}] is {type(t).__name__} ({t!r:.60}), not a string; every input must be a string"
+            )
         raise TypeError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
 
     def _batches(self, texts: list[str], batch_size: int, progress: Any):

@@ -20,13 +20,23 @@ Contract
   including its defaults: ``max_length`` without ``truncation`` (and without padding) truncates ``longest_first``;
   ``truncation``/``padding="max_length"`` without ``max_length`` use ``model_max_length`` when one is set.
 - ``decode`` joins the pieces, turns ``▁`` into spaces and strips the ends (the slow tokenizer's rule).
+- Bad input is refused with an error naming it (both of transformers' tokenizers fail on these with messages that
+  name neither): a text holding a lone surrogate (ValueError with the input, e.g. ``text_pair[3]``, and the
+  position; transformers' slow tokenizer raises pybind11's "Unable to cast"), a non-str text (TypeError naming its
+  index), truncation to a ``max_length`` below the special tokens (2 for a text, 4 for a pair, 1 without special
+  tokens: slow logs and returns the input untruncated), a non-integer ``max_length`` / ``pad_to_multiple_of``; an
+  empty, garbage, HTML or git-LFS-pointer ``sentencepiece.bpe.model`` and an invalid or non-object
+  ``tokenizer_config.json`` / ``special_tokens_map.json`` (ValueError naming the file and the fix).
 
 Where transformers 4.56.2's slow and fast tokenizers differ (we follow the slow, sentencepiece one; the tests pin
 each point):
 - ``truncation="longest_first"`` on a pair, when the two sides end up equally long and one token is left over: the
   slow tokenizer keeps it in the first text, the fast one in the second.
 - a truncation that cannot be done (``"only_first"`` / ``"only_second"`` needing more tokens than that side has, or
-  ``"only_second"`` without a pair): slow logs an error and returns the input untruncated; fast raises.
+  ``"only_second"`` without a pair): slow logs an error and returns the input untruncated; fast raises. A side of
+  exactly the tokens to remove is emptied (fast's result; slow refuses it by one, leaving the input overlong).
+- an empty batch gives empty lists (slow raises); ``return_length`` follows slow (a single input reports its padded
+  length, a batch its unpadded ones).
 - ``decode(..., skip_special_tokens=True)`` where a skipped ``<unk>`` follows a space: slow strips the ends
   (``"ok"``), fast keeps the space (``"ok "``).
 Everything else matches both: multilingual text, tabs, runs of spaces, leading/trailing spaces, NBSP, zero-width
@@ -41,6 +51,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import operator
 import os
 import re
 import shutil
@@ -161,6 +172,123 @@ def train_sentencepiece(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Checked reading of the tokenizer's files and arguments: every failure names the file or argument and the fix
+# ----------------------------------------------------------------------------------------------------------------
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def _lfs_hint(path: Path) -> str:
+    return (
+        f"{str(path)!r} is a git-LFS pointer (a small text file naming the real file), not the file itself: fetch "
+        "the real file with `git lfs install && git lfs pull` in the checkout it came from, or download the "
+        "checkout again (e.g. `huggingface-cli download <repo>`)"
+    )
+
+
+def _load_sentencepiece(path: Path):
+    """A ``SentencePieceProcessor`` loaded from ``path``, or a ValueError saying what the file is instead (empty,
+    a git-LFS pointer, an HTML page, something else) and how to get the real one."""
+    import sentencepiece as spm
+
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist (or is not a regular file)"
+        raise FileNotFoundError(f"SentencePiece model {str(path)!r} {what}")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        raise ValueError(
+            f"SentencePiece model {str(path)!r} is empty (0 bytes): a download or copy was cut short; "
+            f"fetch {path.name} again"
+        )
+    if head.startswith(_LFS_POINTER):
+        raise ValueError(_lfs_hint(path))
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(str(path))
+    except (RuntimeError, OSError) as exc:
+        looks = " (it looks like an HTML page: a login or error page saved in its place)" if b"<" in head[:64] else ""
+        raise ValueError(
+            f"{str(path)!r} is not a SentencePiece model{looks}: sentencepiece could not parse it ({exc}); "
+            f"fetch {VOCAB_FILE} of the checkout again"
+        ) from None
+    if sp.GetPieceSize() < 3:
+        raise ValueError(f"SentencePiece model {str(path)!r} has only {sp.GetPieceSize()} pieces; it is not XLM-R's")
+    return sp
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a ValueError naming the file and what is wrong when it is not one."""
+    data = path.read_bytes()
+    if data.startswith(_LFS_POINTER):
+        raise ValueError(_lfs_hint(path))
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}); it should be a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; fix the file or "
+            "delete it (it only holds optional settings)"
+        ) from None
+    if not isinstance(raw, dict):
+        kind = "null" if raw is None else _JSON_TYPES.get(type(raw), type(raw).__name__)
+        kind = "a boolean" if isinstance(raw, bool) else kind
+        raise ValueError(f"{str(path)!r} must hold a JSON object ({{...}}) of settings, but holds {kind}")
+    return raw
+
+
+def _check_int(name: str, value: Any, low: int, where: str = "") -> int:
+    """``value`` as an int >= ``low`` (ints, integral floats such as transformers' 1e30 "no limit"); else an error
+    naming the argument (and the file it came from)."""
+    src = f" in {where!r}" if where else ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints, numpy / torch integer scalars
+    except TypeError:
+        raise TypeError(f"{name}{src} must be an int, got {type(value).__name__} {value!r:.40}") from None
+    if value < low:
+        raise ValueError(f"{name}={value}{src} is out of range; it must be >= {low}")
+    return int(value)
+
+
+def _check_settings(config: dict[str, Any], where: Path) -> None:
+    """Validate the settings read from ``tokenizer_config.json`` so a bad one names the file."""
+    if "model_max_length" in config:
+        _check_int("model_max_length", config["model_max_length"], 1, str(where))
+    for key in ("padding_side", "truncation_side"):
+        if key in config and config[key] not in ("left", "right"):
+            raise ValueError(f"{key}={config[key]!r} in {str(where)!r} is not valid; use 'left' or 'right'")
+    if "clean_up_tokenization_spaces" in config and not isinstance(config["clean_up_tokenization_spaces"], bool):
+        raise TypeError(
+            f"clean_up_tokenization_spaces={config['clean_up_tokenization_spaces']!r} in {str(where)!r} must be "
+            "true or false"
+        )
+
+
+def _check_text(text: Any, where: str) -> str:
+    """``text`` if it is a str SentencePiece can encode; a TypeError / ValueError naming the input otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"{where} is {type(text).__name__} ({text!r:.40}); the tokenizer takes a str, a list of str, or a "
+            "list of (str, str) pairs"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} holds a lone surrogate U+{ord(text[exc.start]):04X} at position {exc.start}: not a Unicode "
+            "character, so it cannot be tokenized. It usually comes from bytes decoded with "
+            "errors='surrogateescape' or a JSON escape such as '\\ud800'; fix the source, or replace it with "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # BatchEncoding
 # ----------------------------------------------------------------------------------------------------------------
 class BatchEncoding(dict):
@@ -215,16 +343,13 @@ class XLMRobertaTokenizer:
         clean_up_tokenization_spaces: bool = False,
         **kwargs: Any,
     ):
-        import sentencepiece as spm
-
         path = Path(vocab_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"SentencePiece model {str(path)!r} does not exist")
         self.vocab_file = str(path)
-        self.sp_model = spm.SentencePieceProcessor()
-        self.sp_model.Load(str(path))
+        self.sp_model = _load_sentencepiece(path)
         self.sp_size = int(self.sp_model.GetPieceSize())
-        self.model_max_length = int(model_max_length) if model_max_length is not None else VERY_LARGE_INTEGER
+        self.model_max_length = (
+            _check_int("model_max_length", model_max_length, 1) if model_max_length is not None else VERY_LARGE_INTEGER
+        )
         self.padding_side = self._check_side("padding_side", padding_side)
         self.truncation_side = self._check_side("truncation_side", truncation_side)
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
@@ -275,16 +400,15 @@ class XLMRobertaTokenizer:
         config: dict[str, Any] = {}
         cfg_path = d / TOKENIZER_CONFIG_FILE
         if cfg_path.is_file():
-            with open(cfg_path, encoding="utf-8") as fh:
-                raw = json.load(fh)
+            raw = _read_json_object(cfg_path)
             for key in ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces"):
                 if raw.get(key) is not None:
                     config[key] = raw[key]
+            _check_settings(config, cfg_path)
             cls._check_special_tokens(raw, cfg_path)
         smap = d / SPECIAL_TOKENS_MAP_FILE
         if smap.is_file():
-            with open(smap, encoding="utf-8") as fh:
-                cls._check_special_tokens(json.load(fh), smap)
+            cls._check_special_tokens(_read_json_object(smap), smap)
         config.update(kwargs)
         return cls(vocab, **config)
 
@@ -476,6 +600,7 @@ class XLMRobertaTokenizer:
         """The pieces of ``text`` (special tokens written in the text stay whole), without ``<s>``/``</s>``."""
         if kwargs:
             logger.warning("xlmrxl: tokenize() ignores keyword arguments %s", sorted(kwargs))
+        _check_text(text, "text")
         out: list[str] = []
         for part in self._split_special(text):
             if not part:
@@ -487,8 +612,7 @@ class XLMRobertaTokenizer:
         return out
 
     def _encode_text(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"the tokenizer takes str (or a list of str) as text, got {type(text).__name__}")
+        _check_text(text, "text")
         ids: list[int] = []
         for part in self._split_special(text):
             if not part:
@@ -517,6 +641,8 @@ class XLMRobertaTokenizer:
 
     # -- strategies (transformers' rules) -----------------------------------------------------------------------
     def _strategies(self, padding, truncation, max_length, pad_to_multiple_of):
+        if pad_to_multiple_of is not None:
+            pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1)
         if max_length is not None and padding is False and truncation is None:
             truncation = "longest_first"  # transformers' default when only max_length is given
         if padding is True:
@@ -557,8 +683,8 @@ class XLMRobertaTokenizer:
                     trunc = "do_not_truncate"
                 else:
                     max_length = self.model_max_length
-        elif int(max_length) < 0:
-            raise ValueError(f"max_length={max_length} must be >= 0")
+        else:
+            max_length = _check_int("max_length", max_length, 0)
         if (
             trunc != "do_not_truncate"
             and pad != "do_not_pad"
@@ -572,16 +698,20 @@ class XLMRobertaTokenizer:
             )
         return pad, trunc, max_length
 
-    def _truncate(self, ids: list[int], pair_ids: list[int] | None, n: int, strategy: str):
+    def _truncate(self, ids: list[int], pair_ids: list[int] | None, n: int, strategy: str, name: str = "the input"):
+        # A side too short to lose n tokens: logged and left whole, as the slow tokenizer does (fast raises). A side
+        # of exactly n tokens is emptied (fast's result; slow refuses it, an off-by-one that would leave the input
+        # longer than max_length).
         if n <= 0:
             return ids, pair_ids
         right = self.truncation_side == "right"
         if strategy == "only_first" or (strategy == "longest_first" and pair_ids is None):
-            if len(ids) > n:
-                ids = ids[:-n] if right else ids[n:]
+            if len(ids) >= n:
+                ids = ids[: len(ids) - n] if right else ids[n:]
             else:
                 logger.error(
-                    "xlmrxl: cannot truncate: %d tokens must go but the first sequence has only %d%s",
+                    "xlmrxl: cannot truncate %s: %d tokens must go but the first sequence has only %d%s",
+                    name,
                     n,
                     len(ids),
                     "; try truncation='longest_first' or 'only_second'" if strategy == "only_first" else "",
@@ -600,23 +730,24 @@ class XLMRobertaTokenizer:
             else:
                 ids, pair_ids = ids[cut_a:], pair_ids[cut_b:]
         elif strategy == "only_second" and pair_ids is not None:
-            if len(pair_ids) > n:
-                pair_ids = pair_ids[:-n] if right else pair_ids[n:]
+            if len(pair_ids) >= n:
+                pair_ids = pair_ids[: len(pair_ids) - n] if right else pair_ids[n:]
             else:
                 logger.error(
-                    "xlmrxl: cannot truncate: %d tokens must go but the second sequence has only %d; try "
+                    "xlmrxl: cannot truncate %s: %d tokens must go but the second sequence has only %d; try "
                     "truncation='longest_first' or 'only_first'",
+                    name,
                     n,
                     len(pair_ids),
                 )
         return ids, pair_ids
 
-    def _prepare(self, ids, pair_ids, add_special_tokens, trunc, max_length, want_tt, want_special):
+    def _prepare(self, ids, pair_ids, add_special_tokens, trunc, max_length, want_tt, want_special, name="the input"):
         total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
         if add_special_tokens:
             total += self.num_special_tokens_to_add(pair_ids is not None)
-        if trunc != "do_not_truncate" and max_length and total > max_length:
-            ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, trunc)
+        if trunc != "do_not_truncate" and max_length is not None and total > max_length:
+            ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, trunc, name)
         if add_special_tokens:
             seq = self.build_inputs_with_special_tokens(ids, pair_ids)
             special = self.get_special_tokens_mask(ids, pair_ids)
@@ -680,8 +811,12 @@ class XLMRobertaTokenizer:
         batched = isinstance(text, (list, tuple))
         if batched:
             texts = list(text)
+            names = [f"text[{i}]" for i in range(len(texts))]
+            pair_names = [f"text_pair[{i}]" for i in range(len(texts))]
             if text_pair is None and texts and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in texts):
                 texts, pairs = [t[0] for t in texts], [t[1] for t in texts]  # a batch of (text, pair) tuples
+                names = [f"text[{i}][0]" for i in range(len(texts))]
+                pair_names = [f"text[{i}][1]" for i in range(len(texts))]
             elif text_pair is None:
                 pairs: list[str | None] = [None] * len(texts)
             elif isinstance(text_pair, (list, tuple)) and len(text_pair) == len(texts):
@@ -696,7 +831,22 @@ class XLMRobertaTokenizer:
             if isinstance(text_pair, (list, tuple)):
                 raise ValueError("text is a single string but text_pair is a list; pass a list for text as well")
             texts, pairs = [text], [text_pair]
+            names, pair_names = ["text"], ["text_pair"]
+        paired = any(p is not None for p in pairs)  # then every input needs its pair: a None there is an error
+        for t, p, name, pname in zip(texts, pairs, names, pair_names):
+            _check_text(t, name)
+            if paired or (batched and text_pair is not None):
+                _check_text(p, pname)
         pad, trunc, max_length = self._strategies(padding, truncation, max_length, pad_to_multiple_of)
+        if trunc != "do_not_truncate" and max_length is not None and texts:
+            need = self.num_special_tokens_to_add(paired) if add_special_tokens else 0
+            if max_length < max(need, 1):
+                raise ValueError(
+                    f"truncation to max_length={max_length} is impossible: "
+                    + (f"{'a pair' if paired else 'a text'} takes {need} special tokens" if need else "")
+                    + (" alone; " if need else "no tokens would be left; ")
+                    + f"pass max_length >= {max(need, 1)} (XLM-R models take up to 512), or truncation=False"
+                )
         if trunc == "only_second" and any(p is None for p in pairs):
             # transformers silently keeps such inputs whole; say so once
             logger.warning("xlmrxl: truncation='only_second' does not truncate inputs that have no text_pair")
@@ -712,8 +862,9 @@ class XLMRobertaTokenizer:
                 max_length,
                 want_tt,
                 return_special_tokens_mask,
+                names[i] if batched else "the input",
             )
-            for t, p in zip(texts, pairs)
+            for i, (t, p) in enumerate(zip(texts, pairs))
         ]
         if pad == "longest":
             target = max(len(e["input_ids"]) for e in encs) if encs else 0
@@ -725,13 +876,13 @@ class XLMRobertaTokenizer:
             target = (target // pad_to_multiple_of + 1) * pad_to_multiple_of
         padded = []
         for e in encs:
-            n = len(e["input_ids"])  # "length" is the unpadded length, as transformers reports it
+            n = len(e["input_ids"])
             if target is not None:
                 e = self._pad(e, target, want_mask)
             elif want_mask:
                 e = dict(e, attention_mask=[1] * n)
-            if return_length:
-                e["length"] = n
+            if return_length:  # as the slow tokenizer: a batch reports unpadded lengths, a single input its padded one
+                e["length"] = n if batched else len(e["input_ids"])
             padded.append(e)
         keys = list(padded[0].keys()) if padded else ["input_ids"] + (["attention_mask"] if want_mask else [])
         if return_tensors == "pt":
