@@ -105,6 +105,7 @@ _SPELLINGS: dict[str, bool | str] = {
 }
 MODE_VALUES = ("auto", "on", "off", "emulate")
 _LOGGED: set[str] = set()
+_DATA_PTR = torch.Tensor.data_ptr
 _CAPTURING = 0  # > 0 while one of our captures (or warm-ups before it) runs
 
 
@@ -285,9 +286,9 @@ class _Weights:
             self.key, self.primed = key, True
             self.tensors = list(self.collect())
             self.meta = tuple((t.dtype, t.device, tuple(t.shape)) for t in self.tensors)
-            self.ptrs = tuple(t.data_ptr() for t in self.tensors)
+            self.ptrs = tuple(map(_DATA_PTR, self.tensors))
             return True
-        ptrs = tuple(t.data_ptr() for t in self.tensors)
+        ptrs = tuple(map(_DATA_PTR, self.tensors))  # ~60 ns per tensor: this runs per call
         if ptrs == self.ptrs:
             return False
         self.ptrs = ptrs
@@ -296,7 +297,7 @@ class _Weights:
 
     def snapshot(self) -> None:
         """Record the current pointers (after a first run, which may re-point weights, e.g. the q/k/v fusion)."""
-        self.ptrs = tuple(t.data_ptr() for t in self.tensors)
+        self.ptrs = tuple(map(_DATA_PTR, self.tensors))
 
     def forget(self) -> None:
         self.key, self.tensors, self.ptrs, self.meta, self.primed = None, [], (), (), False
