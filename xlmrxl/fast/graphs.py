@@ -15,7 +15,8 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
       bucketed on the same ladder (capped at the token bucket), so the attention grid, which is sized
       ``cdiv(max_seqlen, BLOCK_M) * segments * heads``, stays proportional to the real work. Segments (the number of
       ``cu_seqlens`` intervals, pad segments included) go up powers of two from 2.
-      A bucket is the triple ``(tokens Tb, segments Bb, seqlen Sb)``; each gets one graph and its static buffers.
+      A bucket is the triple ``(tokens Tb, segments Bb, seqlen Sb)``; each gets one graph and its static buffers
+      (the (Tb, H) input buffer is shared by the buckets of one token count).
     * **Inert padding (the rule).** The Tb - T pad rows are zeros and form *extra sequences after the real ones*:
       the static ``cu_seqlens`` is ``[cu_0 .. cu_B, min(T + Sb, Tb), min(T + 2 Sb, Tb), ..., Tb]`` (length Bb + 1):
       the pad rows are cut into segments of at most Sb rows (so ``max_seqlen = Sb`` stays true for them), and the
@@ -49,6 +50,17 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
     of the view (with one query per row, causality is the mask). After the step the cache's host lengths advance
     by one. Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
     too, pass position ids as a static device buffer the same way).
+
+Wiring (the route / layer stack owns this; nothing here imports the model):
+
+    # once per model (from_pretrained(..., cuda_graphs=None|"auto"|True|False|"emulate"), model.set_cuda_graphs(v)):
+    pool = model_graph_pool(model)
+    encoder._xlmrxl_graphs = PackedGraphRunner(packed_run, hidden_size=H, dtype=model.dtype, mode=v, pool=pool,
+                                                tensors=module_tensors(encoder))
+    # encoder_forward, packed route, no output_hidden_states:
+    x, packing = pack(hidden_states, mask)
+    out = encoder._xlmrxl_graphs(x, packing.cu_seqlens, packing.max_seqlen, key=structure_key)
+    # model.set_cuda_graphs(v): runner.set_mode(v) (False drops every graph); a changed structure key drops them too.
 
 Modes (``resolve_mode``): ``"auto"`` (graphs when the tensors are on CUDA and the call fits the buckets, eager
 otherwise), ``True`` (graphs; an error on CPU tensors, eager with one logged line when a call exceeds the buckets),
@@ -390,10 +402,10 @@ class _GraphBase:
 class _PackedSlot:
     __slots__ = ("bucket", "x", "cu", "tail", "graph", "out")
 
-    def __init__(self, bucket: PackedBucket, hidden: int, dtype, device):
+    def __init__(self, bucket: PackedBucket, x: torch.Tensor, device):
         tb, bb, sb = bucket
         self.bucket = bucket
-        self.x = torch.zeros((tb, hidden), dtype=dtype, device=device)
+        self.x = x  # (Tb, H), shared by the slots of one token bucket (graphs never run concurrently)
         self.cu = torch.zeros(bb + 1, dtype=torch.int32, device=device)
         self.tail = torch.arange(1, bb + 1, dtype=torch.int32, device=device) * sb  # j * Sb for pad segment j
         self.graph = None
@@ -428,7 +440,18 @@ class PackedGraphRunner(_GraphBase):
         self.hidden_size, self.dtype = int(hidden_size), dtype
         self.ladder = token_buckets(max_tokens, min_tokens)
         self.max_segments = int(max_segments)
+        self._inputs: dict[int, torch.Tensor] = {}
         super().__init__(mode=mode, pool=pool, tensors=tensors, warmup=warmup, max_graphs=max_graphs)
+
+    def _input_buffer(self, tokens: int, device) -> torch.Tensor:
+        buf = self._inputs.get(tokens)
+        if buf is None or buf.device != device:
+            buf = self._inputs[tokens] = torch.zeros((tokens, self.hidden_size), dtype=self.dtype, device=device)
+        return buf
+
+    def reset(self) -> None:
+        super().reset()
+        self._inputs.clear()
 
     def bucket(self, num_tokens: int, batch: int, max_seqlen: int | None) -> PackedBucket | None:
         """The bucket a call would use (None: it runs eagerly)."""
@@ -462,7 +485,7 @@ class PackedGraphRunner(_GraphBase):
                 )
             return self.run(x, cu_seqlens, max_seqlen)
         self._check_weights(key)
-        slot = self._slot(bucket, lambda: _PackedSlot(bucket, self.hidden_size, self.dtype, x.device))
+        slot = self._slot(bucket, lambda: _PackedSlot(bucket, self._input_buffer(bucket.tokens, x.device), x.device))
         tb, bb, sb = bucket
         # static inputs (outside the graph): real rows, zero pad rows, real offsets, pad segments, empty segments
         slot.x[:T].copy_(x)
