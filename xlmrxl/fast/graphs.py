@@ -382,18 +382,28 @@ class _GraphBase:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         with _capturing():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(max(self.warmup, 1)):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                slot.out = fn()
-        slot.graph = graph
+            _warm_up(fn, max(self.warmup, 1))
+            slot.graph, slot.out = _record(fn, self.pool)
         self.captures += 1
         logger.debug("xlmrxl: captured a CUDA graph for bucket %s", slot.bucket)
+
+
+def _warm_up(fn: Callable[[], Any], n: int) -> None:
+    """``n`` eager runs on a side stream, as PyTorch requires before a capture (lazy init, Triton compiles)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(n):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def _record(fn: Callable[[], Any], pool) -> tuple[Any, Any]:
+    """(graph, outputs): ``fn`` captured into ``pool``; replaying the graph rewrites the same output tensors."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
 
 
 # ---------------------------------------------------------------------------------------------------------------
