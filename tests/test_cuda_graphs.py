@@ -309,6 +309,32 @@ def test_pad_rows_are_inert_even_when_garbage(model):
     assert max_err(got, want, mask.bool()) <= TOL
 
 
+def test_emulated_parity_causal_and_device_max_seqlen():
+    """A decoder's packed (cache-free) route: causal attention inside each segment; and a max_seqlen the host does
+    not know (a tensor): the seqlen bucket is then the token bucket."""
+    m = _model(seed=6, is_decoder=True)
+    seen = []
+    base = packed_run(m.encoder, causal=True)
+
+    def run(x, cu, ms):
+        seen.append(ms)
+        return base(x, cu, ms)
+
+    runner = PackedGraphRunner(run, hidden_size=m.config.hidden_size, dtype=torch.float32, mode="emulate")
+    ids, mask = left_padded(m.config, [9, 4, 7], 9, seed=8)
+    from xlmrxl import fast_path as fp
+
+    with torch.inference_mode():
+        hidden = _embed(m, ids, mask)
+        want = fp.encoder_forward(m.encoder, hidden, mask, m.backend, causal=True)[0]
+        got, _ = _emulated(m, hidden, mask, runner)
+        x, packing = fp.pack(hidden, mask)
+        got_t = packing.unpack(runner(x, packing.cu_seqlens, torch.tensor(packing.max_seqlen)))
+    real = mask.bool()
+    assert max_err(got, want, real) <= TOL and max_err(got_t, want, real) <= TOL
+    assert seen == [16, 24]  # T = 20: seqlen bucket 16 from the host max 9, else the token bucket 24
+
+
 @pytest.mark.triton
 def test_emulated_parity_triton_kernels(model):
     """The same with the Triton kernels (interpreter on CPU): the varlen kernel checks max_seqlen >= every segment,
