@@ -12,8 +12,7 @@ import pytest
 import torch
 from conftest import tiny_config_kwargs
 
-from xlmrxl import fast_path
-from xlmrxl.accelerate import accelerate
+from xlmrxl import accelerate, fast_path
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
