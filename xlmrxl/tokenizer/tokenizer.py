@@ -65,7 +65,7 @@ logger = logging.getLogger("xlmrxl")
 VOCAB_FILE = "sentencepiece.bpe.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus.txt"
+CORPUS_PATH = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
 
 SPIECE_UNDERLINE = "\u2581"
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
