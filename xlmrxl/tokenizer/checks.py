@@ -1,0 +1,42 @@
+"""Checks of the tokenizer's arguments: ints (lengths, multiples) and texts, each error naming the input and the fix."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+
+def check_int(name: str, value: Any, low: int, where: str = "") -> int:
+    """``value`` as an int >= ``low`` (ints, integral floats such as transformers' 1e30 "no limit"); else an error
+    naming the argument (and the file it came from)."""
+    src = f" in {where!r}" if where else ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints, numpy / torch integer scalars
+    except TypeError:
+        raise TypeError(f"{name}{src} must be an int, got {type(value).__name__} {value!r:.40}") from None
+    if value < low:
+        raise ValueError(f"{name}={value}{src} is out of range; it must be >= {low}")
+    return int(value)
+
+
+def check_text(text: Any, where: str) -> str:
+    """``text`` if it is a str SentencePiece can encode; a TypeError / ValueError naming the input otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"{where} is {type(text).__name__} ({text!r:.40}); the tokenizer takes a str, a list of str, or a "
+            "list of (str, str) pairs"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} holds a lone surrogate U+{ord(text[exc.start]):04X} at position {exc.start}: not a Unicode "
+            "character, so it cannot be tokenized. It usually comes from bytes decoded with "
+            "errors='surrogateescape' or a JSON escape such as '\\ud800'; fix the source, or replace it with "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
+    return text

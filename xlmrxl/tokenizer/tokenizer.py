@@ -1,0 +1,497 @@
+"""XLM-RoBERTa tokenizer on the ``sentencepiece`` package, id-for-id equal to transformers 4.56.2's slow
+``XLMRobertaTokenizer`` built from the same ``sentencepiece.bpe.model`` (no transformers needed at run time).
+
+Contract
+--------
+- Files: ``sentencepiece.bpe.model`` (a *unigram* SentencePiece model despite its name), and optionally
+  ``tokenizer_config.json`` / ``special_tokens_map.json`` (``model_max_length``, ``padding_side``,
+  ``truncation_side``, ``clean_up_tokenization_spaces`` are read from them).
+- fairseq id mapping: ``<s>``=0 ``<pad>``=1 ``</s>``=2 ``<unk>``=3; SentencePiece id i >= 3 -> i + 1 (SP's own
+  ``<unk>``/``<s>``/``</s>`` ids 0/1/2 are replaced by the four specials); ``<mask>`` = sp_size + 1;
+  ``len(tokenizer)`` = sp_size + 2.
+- Formatting: single ``<s> A </s>``, pair ``<s> A </s></s> B </s>``; token_type_ids are all 0 and are returned only
+  when asked (``return_token_type_ids=True``), like transformers.
+- Special tokens written in the text (``<s>``, ``<pad>``, ``</s>``, ``<unk>``, ``<mask>``) are recognised as such.
+  ``<mask>`` strips the whitespace on its left (``lstrip=True``), so ``"Hello <mask>!"`` and ``"Hello<mask>!"`` give
+  the same ids; the text on each side of a special token is encoded separately by SentencePiece (so ``"!"`` after a
+  mask becomes ``"▁" "!"``), exactly as transformers' slow and fast tokenizers both do.
+- Padding (``False``/``True``/``"longest"``/``"max_length"``, ``pad_to_multiple_of``), truncation (``True`` /
+  ``"longest_first"`` / ``"only_first"`` / ``"only_second"``) and ``max_length`` follow transformers' rules,
+  including its defaults: ``max_length`` without ``truncation`` (and without padding) truncates ``longest_first``;
+  ``truncation``/``padding="max_length"`` without ``max_length`` use ``model_max_length`` when one is set.
+- ``decode`` joins the pieces, turns ``▁`` into spaces and strips the ends (the slow tokenizer's rule).
+- Bad input is refused with an error naming it (both of transformers' tokenizers fail on these with messages that
+  name neither): a text holding a lone surrogate (ValueError with the input, e.g. ``text_pair[3]``, and the
+  position; transformers' slow tokenizer raises pybind11's "Unable to cast"), a non-str text (TypeError naming its
+  index), truncation to a ``max_length`` below the special tokens (2 for a text, 4 for a pair, 1 without special
+  tokens: slow logs and returns the input untruncated), a non-integer ``max_length`` / ``pad_to_multiple_of``; an
+  empty, garbage, HTML or git-LFS-pointer ``sentencepiece.bpe.model`` and an invalid or non-object
+  ``tokenizer_config.json`` / ``special_tokens_map.json`` (ValueError naming the file and the fix).
+
+Where transformers 4.56.2's slow and fast tokenizers differ (we follow the slow, sentencepiece one; the tests pin
+each point):
+- ``truncation="longest_first"`` on a pair, when the two sides end up equally long and one token is left over: the
+  slow tokenizer keeps it in the first text, the fast one in the second.
+- a truncation that cannot be done (``"only_first"`` / ``"only_second"`` needing more tokens than that side has, or
+  ``"only_second"`` without a pair): slow logs an error and returns the input untruncated; fast raises. A side of
+  exactly the tokens to remove is emptied (fast's result; slow refuses it by one, leaving the input overlong).
+- an empty batch gives empty lists (slow raises); ``return_length`` follows slow (a single input reports its padded
+  length, a batch its unpadded ones).
+- ``decode(..., skip_special_tokens=True)`` where a skipped ``<unk>`` follows a space: slow strips the ends
+  (``"ok"``), fast keeps the space (``"ok "``).
+Everything else matches both: multilingual text, tabs, runs of spaces, leading/trailing spaces, NBSP, zero-width
+spaces, full-width forms, special tokens in text, pairs, padding, batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .checks import check_int, check_text
+from .encoding import BatchEncoding, collate
+from .files import (
+    SPECIAL_TOKEN_ATTRS,
+    VOCAB_FILE,
+    added_token,
+    load_sentencepiece,
+    locate_vocab,
+    read_settings,
+    write_files,
+)
+from .inputs import split_inputs
+from .padding import pad_row, pad_target
+from .strategies import VERY_LARGE_INTEGER, resolve_strategies
+from .truncation import truncate
+
+logger = logging.getLogger("xlmrxl")
+
+SPIECE_UNDERLINE = "\u2581"
+
+
+class XLMRobertaTokenizer:
+    """SentencePiece-backed XLM-RoBERTa tokenizer with transformers' API (see the module docstring)."""
+
+    vocab_files_names = {"vocab_file": VOCAB_FILE}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    bos_token = "<s>"
+    eos_token = "</s>"
+    sep_token = "</s>"
+    cls_token = "<s>"
+    unk_token = "<unk>"
+    pad_token = "<pad>"
+    mask_token = "<mask>"
+    fairseq_offset = 1
+
+    def __init__(
+        self,
+        vocab_file: str | os.PathLike,
+        *,
+        model_max_length: int | None = None,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
+        **kwargs: Any,
+    ):
+        path = Path(vocab_file)
+        self.vocab_file = str(path)
+        self.sp_model = load_sentencepiece(path)
+        self.sp_size = int(self.sp_model.GetPieceSize())
+        self.model_max_length = (
+            check_int("model_max_length", model_max_length, 1) if model_max_length is not None else VERY_LARGE_INTEGER
+        )
+        self.padding_side = self._check_side("padding_side", padding_side)
+        self.truncation_side = self._check_side("truncation_side", truncation_side)
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self.init_kwargs = dict(kwargs)
+
+        self.fairseq_tokens_to_ids = {
+            "<s>": 0,
+            "<pad>": 1,
+            "</s>": 2,
+            "<unk>": 3,
+            "<mask>": self.sp_size + self.fairseq_offset,
+        }
+        self.fairseq_ids_to_tokens = {v: k for k, v in self.fairseq_tokens_to_ids.items()}
+        # Special tokens are matched in raw text, longest first (none is a prefix of another here).
+        specials = sorted(self.fairseq_tokens_to_ids, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
+        self._lstrip = {"<mask>"}  # transformers gives <mask> lstrip=True; the others strip nothing
+
+    @staticmethod
+    def _check_side(name: str, value: str) -> str:
+        if value not in ("left", "right"):
+            raise ValueError(f"{name}={value!r} is not valid; use 'left' or 'right'")
+        return value
+
+    # -- loading and saving -------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained: str | os.PathLike, **kwargs: Any) -> XLMRobertaTokenizer:
+        """Load from a directory holding ``sentencepiece.bpe.model`` (a checkpoint directory), or from the path of
+        the ``.model`` file itself. ``tokenizer_config.json`` settings are read when present; ``kwargs`` win."""
+        vocab, d = locate_vocab(pretrained)
+        config = read_settings(d, {attr: getattr(cls, attr) for attr in SPECIAL_TOKEN_ATTRS})
+        config.update(kwargs)
+        return cls(vocab, **config)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple:
+        """Write ``sentencepiece.bpe.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` (the files
+        transformers writes, so ``transformers.XLMRobertaTokenizer.from_pretrained`` reads them too)."""
+        config = {
+            "added_tokens_decoder": {
+                str(i): added_token(t, t in self._lstrip)
+                for t, i in sorted(self.fairseq_tokens_to_ids.items(), key=lambda kv: kv[1])
+            },
+            "bos_token": self.bos_token,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "cls_token": self.cls_token,
+            "eos_token": self.eos_token,
+            "extra_special_tokens": {},
+            "mask_token": self.mask_token,
+            "model_max_length": self.model_max_length,
+            "pad_token": self.pad_token,
+            "padding_side": self.padding_side,
+            "sep_token": self.sep_token,
+            "sp_model_kwargs": {},
+            "tokenizer_class": "XLMRobertaTokenizer",
+            "truncation_side": self.truncation_side,
+            "unk_token": self.unk_token,
+        }
+        smap = {
+            "bos_token": self.bos_token,
+            "cls_token": self.cls_token,
+            "eos_token": self.eos_token,
+            "mask_token": {k: v for k, v in added_token(self.mask_token, True).items() if k != "special"},
+            "pad_token": self.pad_token,
+            "sep_token": self.sep_token,
+            "unk_token": self.unk_token,
+        }
+        return write_files(save_directory, self.vocab_file, config, smap)
+
+    # -- vocabulary ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.sp_size + self.fairseq_offset + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"XLMRobertaTokenizer(vocab_file={self.vocab_file!r}, vocab_size={len(self)}, "
+            f"model_max_length={self.model_max_length})"
+        )
+
+    @property
+    def bos_token_id(self) -> int:
+        return 0
+
+    @property
+    def cls_token_id(self) -> int:
+        return 0
+
+    @property
+    def pad_token_id(self) -> int:
+        return 1
+
+    @property
+    def eos_token_id(self) -> int:
+        return 2
+
+    @property
+    def sep_token_id(self) -> int:
+        return 2
+
+    @property
+    def unk_token_id(self) -> int:
+        return 3
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.fairseq_tokens_to_ids["<mask>"]
+
+    @property
+    def pad_token_type_id(self) -> int:
+        return 0
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return ["<s>", "</s>", "<unk>", "<pad>", "<mask>"]
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self.convert_tokens_to_ids(t) for t in self.all_special_tokens]
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        return {
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.unk_token,
+            "sep_token": self.sep_token,
+            "pad_token": self.pad_token,
+            "cls_token": self.cls_token,
+            "mask_token": self.mask_token,
+        }
+
+    def get_vocab(self) -> dict[str, int]:
+        return {self._id_to_token(i): i for i in range(len(self))}
+
+    def _id_to_token(self, index: int) -> str:
+        tok = self.fairseq_ids_to_tokens.get(index)
+        if tok is not None:
+            return tok
+        if not 0 <= index - self.fairseq_offset < self.sp_size:
+            raise IndexError(
+                f"token id {index} is out of range for this tokenizer (0..{len(self) - 1}); a model "
+                f"vocabulary padded past len(tokenizer) has rows no token maps to"
+            )
+        return self.sp_model.IdToPiece(index - self.fairseq_offset)
+
+    def _token_to_id(self, token: str) -> int:
+        tid = self.fairseq_tokens_to_ids.get(token)
+        if tid is not None:
+            return tid
+        sp_id = self.sp_model.PieceToId(token)
+        return sp_id + self.fairseq_offset if sp_id else self.unk_token_id
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]):
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        ids = _to_py(ids)
+        if isinstance(ids, int):
+            return self._id_to_token(ids)
+        special = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._id_to_token(int(i)) for i in ids if int(i) not in special]
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        return "".join(tokens).replace(SPIECE_UNDERLINE, " ").strip()
+
+    # -- text -> tokens -----------------------------------------------------------------------------------------
+    def _split_special(self, text: str) -> list[str]:
+        """Split ``text`` around special tokens, applying ``<mask>``'s lstrip to the chunk on its left."""
+        parts = [p for p in self._special_re.split(text) if p]
+        for i, part in enumerate(parts):
+            if part in self._lstrip and i > 0 and parts[i - 1] not in self.fairseq_tokens_to_ids:
+                parts[i - 1] = parts[i - 1].rstrip()
+        return parts
+
+    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        """The pieces of ``text`` (special tokens written in the text stay whole), without ``<s>``/``</s>``."""
+        if kwargs:
+            logger.warning("xlmrxl: tokenize() ignores keyword arguments %s", sorted(kwargs))
+        check_text(text, "text")
+        out: list[str] = []
+        for part in self._split_special(text):
+            if not part:
+                continue
+            if part in self.fairseq_tokens_to_ids:
+                out.append(part)
+            else:
+                out.extend(self.sp_model.encode(part, out_type=str))
+        return out
+
+    def _encode_text(self, text: str) -> list[int]:
+        check_text(text, "text")
+        ids: list[int] = []
+        for part in self._split_special(text):
+            if not part:
+                continue
+            tid = self.fairseq_tokens_to_ids.get(part)
+            if tid is not None:
+                ids.append(tid)
+            else:
+                # SP id 0 is <unk> -> fairseq 3; every other id shifts by the fairseq offset
+                ids.extend(i + self.fairseq_offset if i else self.unk_token_id for i in self.sp_model.encode(part))
+        return ids
+
+    def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
+        if pair_ids is None:
+            return [self.cls_token_id] + list(ids) + [self.sep_token_id]
+        return [self.cls_token_id] + list(ids) + [self.sep_token_id] * 2 + list(pair_ids) + [self.sep_token_id]
+
+    def get_special_tokens_mask(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
+        if pair_ids is None:
+            return [1] + [0] * len(ids) + [1]
+        return [1] + [0] * len(ids) + [1, 1] + [0] * len(pair_ids) + [1]
+
+    @staticmethod
+    def num_special_tokens_to_add(pair: bool = False) -> int:
+        return 4 if pair else 2
+
+    # -- strategies (transformers' rules) -----------------------------------------------------------------------
+    def _prepare(self, ids, pair_ids, add_special_tokens, trunc, max_length, want_tt, want_special, name="the input"):
+        total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
+        if add_special_tokens:
+            total += self.num_special_tokens_to_add(pair_ids is not None)
+        if trunc != "do_not_truncate" and max_length is not None and total > max_length:
+            ids, pair_ids = truncate(ids, pair_ids, total - max_length, trunc, self.truncation_side, name)
+        if add_special_tokens:
+            seq = self.build_inputs_with_special_tokens(ids, pair_ids)
+            special = self.get_special_tokens_mask(ids, pair_ids)
+        else:
+            seq = ids + (pair_ids or [])
+            special = [0] * len(seq)
+        out = {"input_ids": seq}
+        if want_tt:
+            out["token_type_ids"] = [0] * len(seq)
+        if want_special:
+            out["special_tokens_mask"] = special
+        if max_length is None and len(seq) > self.model_max_length:
+            logger.warning(
+                "xlmrxl: sequence of %d tokens is longer than model_max_length=%d; the model will fail "
+                "on it. Pass truncation=True.",
+                len(seq),
+                self.model_max_length,
+            )
+        return out
+
+    # -- the main entry -----------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: None | str | Sequence[str] = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: None | bool | str = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = True,
+        return_token_type_ids: bool | None = False,
+        return_special_tokens_mask: bool = False,
+        return_length: bool = False,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        """Encode one text, a pair, or a batch (list) of texts / pairs; see the module docstring for the rules."""
+        if kwargs.pop("is_split_into_words", False):
+            raise NotImplementedError("is_split_into_words=True is not supported; pass plain strings")
+        if kwargs:
+            logger.warning("xlmrxl: the tokenizer ignores keyword arguments %s", sorted(kwargs))
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use None (lists) or 'pt'")
+        batched, texts, pairs, names, paired = split_inputs(text, text_pair)
+        pad, trunc, max_length = resolve_strategies(
+            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
+        )
+        if trunc != "do_not_truncate" and max_length is not None and texts:
+            need = self.num_special_tokens_to_add(paired) if add_special_tokens else 0
+            if max_length < max(need, 1):
+                raise ValueError(
+                    f"truncation to max_length={max_length} is impossible: "
+                    + (f"{'a pair' if paired else 'a text'} takes {need} special tokens" if need else "")
+                    + (" alone; " if need else "no tokens would be left; ")
+                    + f"pass max_length >= {max(need, 1)} (XLM-R models take up to 512), or truncation=False"
+                )
+        if trunc == "only_second" and any(p is None for p in pairs):
+            # transformers silently keeps such inputs whole; say so once
+            logger.warning("xlmrxl: truncation='only_second' does not truncate inputs that have no text_pair")
+        want_mask = bool(return_attention_mask) if return_attention_mask is not None else True
+        want_tt = bool(return_token_type_ids)
+
+        encs = [
+            self._prepare(
+                self._encode_text(t),
+                self._encode_text(p) if p is not None else None,
+                add_special_tokens,
+                trunc,
+                max_length,
+                want_tt,
+                return_special_tokens_mask,
+                names[i] if batched else "the input",
+            )
+            for i, (t, p) in enumerate(zip(texts, pairs))
+        ]
+        target = pad_target([len(e["input_ids"]) for e in encs], pad, max_length, pad_to_multiple_of)
+        padded = []
+        for e in encs:
+            n = len(e["input_ids"])
+            if target is not None:
+                e = pad_row(e, target, want_mask, self.padding_side, self.pad_token_id, self.pad_token_type_id)
+            elif want_mask:
+                e = dict(e, attention_mask=[1] * n)
+            if return_length:  # as the slow tokenizer: a batch reports unpadded lengths, a single input its padded one
+                e["length"] = n if batched else len(e["input_ids"])
+            padded.append(e)
+        return collate(padded, want_mask, return_tensors, batched)
+
+    def encode(
+        self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs: Any
+    ) -> list[int]:
+        """Ids of one text (or pair), as a list (or a (1, L) tensor with ``return_tensors='pt'``)."""
+        if isinstance(text, (list, tuple)):
+            raise TypeError("encode() takes one text; call the tokenizer itself on a list of texts")
+        kwargs.pop("return_attention_mask", None)
+        return self(text, text_pair, add_special_tokens=add_special_tokens, return_attention_mask=False, **kwargs)[
+            "input_ids"
+        ]
+
+    # -- ids -> text --------------------------------------------------------------------------------------------
+    def decode(
+        self,
+        token_ids,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Text of ``token_ids`` (int, list or tensor): pieces joined, ``▁`` -> space, ends stripped."""
+        ids = _to_py(token_ids)
+        if isinstance(ids, int):
+            ids = [ids]
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        text = self.convert_tokens_to_string(tokens) if tokens else ""
+        clean = (
+            self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        )
+        return clean_up_tokenization(text) if clean else text
+
+    def batch_decode(
+        self,
+        sequences,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        seqs = _to_py(sequences)
+        return [
+            self.decode(
+                s, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+            )
+            for s in seqs
+        ]
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: drop the space before punctuation and English contractions."""
+    for a, b in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
+        text = text.replace(a, b)
+    return text
+
+
+def _to_py(x):
+    """Tensors / numpy arrays / nested lists -> python ints and lists."""
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, (list, tuple)):
+        return [_to_py(v) for v in x]
+    return int(x)
