@@ -5,6 +5,7 @@
     xlmrxl info DIR [--json]
     xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
     xlmrxl quantize SRC DST [--group-size 128]
+    xlmrxl corpus TASK --model DIR --input PATH --output DIR [--engine ray]   (see xlmrxl/corpus/cli.py)
 
 Contract
 --------
@@ -34,6 +35,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .corpus import cli as corpus_cli
 
 logger = logging.getLogger("xlmrxl")
 
@@ -138,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--dtype", default="bfloat16", help="dtype of the layers that stay unquantized")
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
+    corpus_cli.add_parser(sub)
     return p
 
 
@@ -505,6 +509,7 @@ _COMMANDS = {
     "info": _cmd_info,
     "demo": _cmd_demo,
     "quantize": _cmd_quantize,
+    "corpus": corpus_cli.main,
 }
 
 

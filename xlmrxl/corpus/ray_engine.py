@@ -1,0 +1,130 @@
+"""The Ray corpus engine: pending blocks as a Ray Data dataset, mapped by a pool of stateful worker actors.
+
+Each actor (``BlockActor``, one model per GPU, or per CPU worker without GPUs) runs the same ``Worker`` as the local
+engine on one block per call and returns the block's commit record; the driver only plans, collects records and
+writes the manifest. Ray Data restarts an actor that dies and retries its block (``max_restarts`` /
+``max_task_retries``, Ray Data's defaults for actor pools): a block is either committed or recomputed, and a
+retried block that was committed before the crash is skipped by the worker. Two calls may run in one actor at a
+time (``max_concurrency=2``): the next block is read and tokenized while the model computes the current one (the
+worker holds a lock around the model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .inputs import BlockSpec
+from .worker import Worker, WorkerConfig
+
+logger = logging.getLogger("xlmrxl")
+
+
+def import_ray():
+    """``ray`` and ``ray.data``, or an error naming the extra to install."""
+    try:
+        import ray  # optional extra (xlmrxl[ray]): imported only when the Ray engine runs
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "engine='ray' needs Ray Data: pip install 'xlmrxl[ray]' (ray[data] and pyarrow); or use engine='local'"
+        ) from exc
+    return ray
+
+
+def ensure_ray(ray) -> None:
+    """Connect to the cluster named by ``RAY_ADDRESS``, or start a local one (no dashboard), unless already up."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        logger.info("xlmrxl corpus: connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
+        ray.init()
+        return
+    # a local cluster's workers import the same xlmrxl as this process (a source checkout included)
+    here = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+
+
+class BlockActor:
+    """Ray Data actor: a ``Worker`` per actor; a batch of block descriptions in, their commit records out."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.worker = Worker(WorkerConfig(**config))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        n = len(batch["block_id"])
+        records = []
+        for i in range(n):
+            spec = BlockSpec.from_dict({k: _scalar(v[i]) for k, v in batch.items()})
+            records.append(json.dumps(self.worker.process_block(spec)))
+        return {"record": records}
+
+
+def _scalar(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def run_ray(
+    pending: list[BlockSpec],
+    config: WorkerConfig,
+    on_record: Callable[[dict[str, Any]], None],
+    *,
+    workers: int | None = None,
+    num_gpus: float | None = None,
+    progress: bool | None = None,
+) -> None:
+    """Compute every pending block on a Ray cluster; ``on_record`` gets each block's commit record."""
+    ray = import_ray()
+    if not pending:
+        return
+    ensure_ray(ray)
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    if num_gpus is None:
+        num_gpus = 1.0 if gpus >= 1 else 0.0
+    if workers is None:
+        workers = int(gpus // num_gpus) if num_gpus else max(1, int(resources.get("CPU", 1)))
+    workers = max(1, min(int(workers), len(pending)))
+    cpus_each = 1.0 if num_gpus else max(1.0, float(int(resources.get("CPU", 1)) // workers))
+    cfg = config.to_dict()
+    if not num_gpus:
+        cfg["device"] = cfg["device"] or "cpu"
+        cfg["threads"] = cfg["threads"] or int(cpus_each)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our bar counts rows and tokens
+    items = [{k: (-1 if v is None else v) for k, v in b.to_dict().items()} for b in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    out = ds.map_batches(
+        BlockActor,
+        fn_constructor_kwargs={"config": cfg},
+        batch_size=1,
+        concurrency=workers,
+        num_gpus=num_gpus or None,
+        num_cpus=cpus_each,
+        max_concurrency=2,
+    )
+    total = sum(b.rows for b in pending)
+    bar = tqdm(
+        total=total,
+        unit="rows",
+        desc=f"xlmrxl corpus {config.task} (ray x{workers})",
+        disable=None if progress is None else not progress,
+    )
+    t0, tokens = time.perf_counter(), 0
+    try:
+        for row in out.iter_rows():
+            record = json.loads(row["record"])
+            tokens += record.get("tokens", 0)
+            bar.update(record["rows"])
+            bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+            on_record(record)
+    finally:
+        bar.close()
