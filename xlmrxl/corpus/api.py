@@ -45,6 +45,10 @@ FAULT_ENV = "XLMRXL_CORPUS_FAULT"  # tests only: "<block_id>:<marker file>" kill
 _MANIFEST_EVERY_S = 5.0
 
 
+def _as_list(input: Any) -> list:
+    return list(input) if isinstance(input, (list, tuple)) else [input]
+
+
 def run(
     task: str,
     model: str | os.PathLike,
@@ -86,9 +90,14 @@ def run(
     cols = tasks.role_columns(task_cls, text_column, columns)
     files = inputs.discover(input)
     out = Path(output).resolve()
-    for f in files:
-        if Path(f.path).resolve().is_relative_to(out):
-            raise ValueError(f"output {str(output)!r} holds the input file {f.path!r}; pass another output directory")
+    scanned = [Path(p).resolve() for p in _as_list(input) if Path(p).is_dir()]  # directories read whole
+    scanned += [Path(f.path).parent for f in files if not any(Path(p).is_file() for p in _as_list(input))]
+    for root in scanned + [Path(f.path) for f in files]:  # a rerun would read our own blocks as input
+        if out.is_relative_to(root) and root.is_dir() or root.is_relative_to(out):
+            raise ValueError(
+                f"output {str(output)!r} and the input {str(root)!r} overlap (the output's blocks would be read as "
+                "input on a rerun); pass an output directory outside the input"
+            )
     blocks = inputs.plan(files, int(rows_per_block))
     settings = {
         "task": task,

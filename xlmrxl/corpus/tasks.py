@@ -115,7 +115,8 @@ class Task:
         for field in self.schema():
             values = results.get(field.name)
             if pa.types.is_fixed_size_list(field.type):
-                full = np.zeros((n, field.type.list_size), dtype=field.type.value_type.to_pandas_dtype())
+                np_type = np.float16 if field.type.value_type == pa.float16() else np.float32
+                full = np.zeros((n, field.type.list_size), dtype=np_type)
                 if values is not None and len(values):
                     full[valid] = values
                 out[field.name] = _fixed_list(full, valid, field.type.value_type)
