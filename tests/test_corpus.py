@@ -91,6 +91,15 @@ def max_vec_err(a: dict, b: dict, column: str) -> float:
     return err
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: these tiny models gain nothing from more, and the CI machine is shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def mlm(spm_dir, tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("corpus_mlm"), spm_dir)
@@ -281,7 +290,7 @@ def test_crash_while_writing_never_counts_a_half_block(mlm, corpus_dir, tmp_path
     victim = "b-" + hashlib.sha256(b"b").hexdigest()[:8] + "-000001"
     cmd = [sys.executable, "-m", "xlmrxl", "corpus", "embed", "--model", str(mlm), "--input", str(corpus_dir)]
     cmd += ["--output", str(out), "--rows-per-block", "6", "--no-progress", "--device", "cpu"]
-    env = dict(os.environ, XLMRXL_CORPUS_FAULT=f"{victim}:{marker}", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, XLMRXL_CORPUS_FAULT=f"{victim}:{marker}", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     crashed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert crashed.returncode == 17 and marker.exists(), crashed.stderr[-2000:]
     assert not (out / f"part-{victim}.parquet").exists() and not (out / "_commits" / f"{victim}.json").exists()
@@ -342,6 +351,7 @@ def test_local_engine_memory_is_bounded(spm_dir, tmp_path):
     small_model = make_checkpoint(
         tmp_path / "m", spm_dir, num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=37
     )
+    xlmrxl.corpus.run("embed", small_model, _short_rows(tmp_path / "warm.jsonl", 50), tmp_path / "warm", progress=False)
     peaks = {}
     for n in (2_000, 10_000):
         src = _short_rows(tmp_path / f"in{n}.jsonl", n)

@@ -11,6 +11,7 @@ worker holds a lock around the model).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -68,6 +69,18 @@ class BlockActor:
         return {"record": records}
 
 
+def _two_calls_per_actor(ray, workers: int) -> dict[str, Any]:
+    """``workers`` actors, each running two calls at once (the worker's lock lets one use the model while the other
+    reads and tokenizes), in the spelling of the installed Ray."""
+    params = inspect.signature(ray.data.ActorPoolStrategy.__init__).parameters
+    if "enable_true_multi_threading" in params:  # Ray >= 2.50: calls are single-threaded unless asked
+        strategy = ray.data.ActorPoolStrategy(
+            size=workers, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+        )
+        return {"compute": strategy}
+    return {"compute": ray.data.ActorPoolStrategy(size=workers), "max_concurrency": 2}
+
+
 def _scalar(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
@@ -106,10 +119,9 @@ def run_ray(
         BlockActor,
         fn_constructor_kwargs={"config": cfg},
         batch_size=1,
-        concurrency=workers,
         num_gpus=num_gpus or None,
         num_cpus=cpus_each,
-        max_concurrency=2,
+        **_two_calls_per_actor(ray, workers),
     )
     total = sum(b.rows for b in pending)
     bar = tqdm(

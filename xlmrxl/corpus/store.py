@@ -158,6 +158,7 @@ def locked(out: str | os.PathLike):
             raise RuntimeError(f"another xlmrxl corpus run is writing to {str(d)!r}; wait for it to finish") from exc
         _remove_stale_temporaries(d)
         yield d
+        _remove_stale_temporaries(d)  # a worker killed and retried during this run left its temporary file
     finally:
         fh.close()
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -199,6 +201,7 @@ class Worker:
             "tokens": int(sum(prep.lengths)),
             "seconds": round(seconds, 4),
             "fingerprint": self.config.fingerprint,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
             **info,
         }
         store.commit(self.config.output, record)
