@@ -66,6 +66,7 @@ class Prepared:
     items: list[Any]
     lengths: list[int]
     errors: list[str | None]
+    seconds: float = 0.0  # time in the model (lock held) and writing: the block's own cost, waits excluded
 
 
 def pack(lengths: list[int], valid: list[bool], max_batch_tokens: int) -> list[list[int]]:
@@ -140,6 +141,7 @@ class Worker:
         n = len(prep.items)
         valid_list = [prep.errors[i] is None and prep.items[i] is not None for i in range(n)]
         with self._lock:
+            t0 = time.perf_counter()
             if self.task.packs:
                 batches = pack(prep.lengths, valid_list, self.config.max_batch_tokens)
             else:
@@ -171,6 +173,7 @@ class Worker:
                 order.extend(batch)
                 for k, v in out.items():
                     parts.setdefault(k, []).append(v)
+            prep.seconds += time.perf_counter() - t0
         valid = np.array(valid_list, dtype=bool)
         # restore input order: the valid rows' results, sorted by their row index
         restore = np.argsort(np.array(order, dtype=np.int64), kind="stable")
@@ -179,7 +182,7 @@ class Worker:
         cols["error"] = pa.array(prep.errors, type=pa.string())
         return cols
 
-    def write(self, prep: Prepared, cols: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def write(self, prep: Prepared, cols: dict[str, Any]) -> dict[str, Any]:
         """Write the block and its commit record; returns the record."""
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
@@ -189,7 +192,9 @@ class Worker:
             raise ValueError(f"id_column={id_col!r} clashes with an output column; pass another id_column")
         ids = prep.ids if isinstance(prep.ids, pa.Array) else pa.array(prep.ids, type=pa.string())
         table = pa.table({id_col: ids, **cols})
+        t0 = time.perf_counter()
         info = store.write_block(self.config.output, spec.block_id, table, fault=self.config.fault)
+        prep.seconds += time.perf_counter() - t0
         record = {
             "block_id": spec.block_id,
             "file": store.block_path(self.config.output, spec.block_id).name,
@@ -199,7 +204,7 @@ class Worker:
             "rows": spec.rows,
             "errors": sum(e is not None for e in prep.errors),
             "tokens": int(sum(prep.lengths)),
-            "seconds": round(seconds, 4),
+            "seconds": round(prep.seconds, 4),
             "fingerprint": self.config.fingerprint,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             **info,
@@ -216,9 +221,8 @@ class Worker:
         return self._run(self.read(spec))
 
     def _run(self, prep: Prepared) -> dict[str, Any]:
-        t0 = time.perf_counter()
         cols = self.compute(prep)
-        return {**self.write(prep, cols, time.perf_counter() - t0), "skipped": False}
+        return {**self.write(prep, cols), "skipped": False}
 
     def iter_blocks(self, specs: Iterable[inputs.BlockSpec], prefetch: int = 1) -> Iterator[dict[str, Any]]:
         """Commit records of ``specs`` in order, the next ``prefetch`` blocks read and tokenized on a thread while
