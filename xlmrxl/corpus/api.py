@@ -85,8 +85,9 @@ def run(
     if budget < 1:
         raise ValueError(f"max_batch_tokens={max_batch_tokens!r} must be a positive integer")
     model_path = str(Path(model).resolve())
-    if not Path(model_path).is_dir():
-        raise FileNotFoundError(f"model={str(model)!r} is not a checkpoint directory")
+    if not (Path(model_path).is_dir() or task == "comet" and Path(model_path).is_file()):
+        what = "a COMET checkpoint (model.ckpt or its directory)" if task == "comet" else "a checkpoint directory"
+        raise FileNotFoundError(f"model={str(model)!r} is not {what}")
     cols = tasks.role_columns(task_cls, text_column, columns)
     files = inputs.discover(input)
     out = Path(output).resolve()
