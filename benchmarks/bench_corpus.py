@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 if __package__ in (None, ""):  # run as a script
@@ -120,9 +122,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="xlmrxl-bench-corpus-") as tmp:
         tmp = Path(tmp)
         model_dir = make_model(tmp / "model", config, dtype)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         tok = xlmrxl.XLMRobertaTokenizer.from_pretrained(model_dir)
         texts = [fit(t, tok, 500) for t in make_texts(n)]
         pq.write_table(pa.table({"id": list(range(n)), "text": texts}), tmp / "in.parquet")

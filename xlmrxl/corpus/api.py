@@ -15,8 +15,8 @@ Contract
   output (generated ``"<file>:<row>"`` ids when the input has none).
 - ``rows_per_block`` (default 10000) bounds a block; a block never spans two files. ``max_batch_tokens`` (default
   8192) is the token budget of a batch. ``dtype`` (default float32) and ``device`` (default CUDA when present) are
-  the model's; ``engine="ray"`` takes ``workers`` (default: one per GPU, else one per CPU) and ``num_gpus`` per
-  worker. ``truncate=True`` cuts rows longer than the model's maximum instead of reporting them.
+  the model's; ``engine="ray"`` takes ``workers`` (default: one per GPU, else one per node, using its CPUs) and
+  ``num_gpus`` per worker. ``truncate=True`` cuts rows longer than the model's maximum instead of reporting them.
 - Resume: the same call with the same output directory skips finished blocks (commit record and checksum match)
   and computes the rest; other settings (task, model, options, block size, inputs changed) are refused with an error
   saying what differs. Engine, workers, batch budget and device may change between runs.
@@ -35,7 +35,7 @@ from typing import Any
 
 from . import inputs, store, tasks
 from .local import run_local
-from .ray_engine import run_ray
+from .ray_engine import import_ray, run_ray
 from .worker import DEFAULT_MAX_BATCH_TOKENS, WorkerConfig
 
 logger = logging.getLogger("xlmrxl")
@@ -78,8 +78,6 @@ def run(
     if task == "comet":
         tasks.require_comet()
     if engine == "ray":
-        from .ray_engine import import_ray
-
         import_ray()  # fail before any work when the extra is missing
     budget = int(max_batch_tokens) if max_batch_tokens is not None else DEFAULT_MAX_BATCH_TOKENS
     if budget < 1:

@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="parquet / jsonl / text file, a directory or a glob")
     p.add_argument("--output", required=True, help="output directory (created; rerun with the same one to resume)")
     p.add_argument("--engine", default="local", choices=("local", "ray"))
-    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else per CPU)")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else one per node)")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray worker (default 1 when there are GPUs)")
     p.add_argument("--rows-per-block", type=int, default=10_000, help="rows per output block (default 10000)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="token budget of a batch (default 8192)")

@@ -103,8 +103,8 @@ def run_ray(
     gpus = float(resources.get("GPU", 0))
     if num_gpus is None:
         num_gpus = 1.0 if gpus >= 1 else 0.0
-    if workers is None:
-        workers = int(gpus // num_gpus) if num_gpus else max(1, int(resources.get("CPU", 1)))
+    if workers is None:  # one model per GPU; without GPUs one per node (a model per CPU would multiply memory)
+        workers = int(gpus // num_gpus) if num_gpus else max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
     workers = max(1, min(int(workers), len(pending)))
     cpus_each = 1.0 if num_gpus else max(1.0, float(int(resources.get("CPU", 1)) // workers))
     cfg = config.to_dict()
