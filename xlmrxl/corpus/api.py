@@ -26,6 +26,7 @@ Contract
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -73,6 +74,8 @@ def run(
     """Run ``task`` over every row of ``input`` into ``output``; see the module docstring."""
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not supported; use 'local' or 'ray'")
+    if importlib.util.find_spec("pyarrow") is None:
+        raise ImportError("xlmrxl.corpus reads and writes parquet with pyarrow: pip install 'xlmrxl[corpus]'")
     task_cls = tasks.task_class(task)
     options = task_cls.check_options(task_options)
     if task == "comet":

@@ -44,6 +44,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="fill-mask: candidates per mask (default 5)")
     p.add_argument("--batch-size", type=int, default=None, help="comet: COMET's predict batch size (default 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-verify", action="store_true", help="on resume, check finished blocks by size only (not sha256)"
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
@@ -91,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         backend=args.backend,
         progress=False if args.no_progress else True,
+        verify=not args.no_verify,
         **{k: v for k, v in options.items() if v is not None},
     )
     sys.stdout.write(json.dumps(summary) + "\n")

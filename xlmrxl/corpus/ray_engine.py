@@ -28,7 +28,7 @@ from .worker import Worker, WorkerConfig
 logger = logging.getLogger("xlmrxl")
 
 
-def import_ray():
+def import_ray() -> Any:
     """``ray`` and ``ray.data``, or an error naming the extra to install."""
     try:
         import ray  # optional extra (xlmrxl[ray]): imported only when the Ray engine runs
@@ -40,7 +40,7 @@ def import_ray():
     return ray
 
 
-def ensure_ray(ray) -> None:
+def ensure_ray(ray: Any) -> None:
     """Connect to the cluster named by ``RAY_ADDRESS``, or start a local one (no dashboard), unless already up."""
     if ray.is_initialized():
         return
@@ -69,7 +69,7 @@ class BlockActor:
         return {"record": records}
 
 
-def _two_calls_per_actor(ray, workers: int) -> dict[str, Any]:
+def _two_calls_per_actor(ray: Any, workers: int) -> dict[str, Any]:
     """``workers`` actors, each running two calls at once (the worker's lock lets one use the model while the other
     reads and tokenizes), in the spelling of the installed Ray."""
     params = inspect.signature(ray.data.ActorPoolStrategy.__init__).parameters
@@ -102,7 +102,7 @@ def run_ray(
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     if num_gpus is None:
-        num_gpus = 1.0 if gpus >= 1 else 0.0
+        num_gpus = 1.0 if gpus >= 1 and not str(config.device or "").startswith("cpu") else 0.0
     if workers is None:  # one model per GPU; without GPUs one per node (a model per CPU would multiply memory)
         workers = int(gpus // num_gpus) if num_gpus else max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
     workers = max(1, min(int(workers), len(pending)))
