@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -389,3 +390,50 @@ def test_predictor_batch_equals_corpus_run(mlm, embed_runs):
     assert table.column_names == ["id", "text", "embedding", "error"]
     got = by_id(table)
     assert max_vec_err({k: got[k] for k in got}, out, "embedding") <= 1e-6
+
+
+def test_tokenization_runs_ahead_on_a_thread(mlm, corpus_dir, tmp_path, monkeypatch):
+    from xlmrxl.corpus.worker import Worker
+
+    threads = []
+    real = Worker.read
+
+    def spy(self, spec):
+        threads.append(threading.current_thread().name)
+        return real(self, spec)
+
+    monkeypatch.setattr(Worker, "read", spy)
+    xlmrxl.corpus.run("embed", mlm, corpus_dir / "b.jsonl", tmp_path / "out", rows_per_block=5, progress=False)
+    assert threads == ["xlmrxl-corpus-reader"] * 4  # every block read and tokenized beside the model
+
+
+def test_glob_and_list_inputs(mlm, corpus_dir, tmp_path):
+    s = xlmrxl.corpus.run("embed", mlm, str(corpus_dir / "*.jsonl"), tmp_path / "g", progress=False)
+    assert s["rows"] == 17 and read_output(tmp_path / "g").column("id").to_pylist() == [f"j{i}" for i in range(17)]
+    s = xlmrxl.corpus.run(
+        "embed", mlm, [corpus_dir / "c.txt", corpus_dir / "a.parquet"], tmp_path / "l", progress=False
+    )
+    assert s["rows"] == 11 + 23 and s["blocks"] == 2
+
+
+def test_ray_init_connects_to_ray_address_else_starts_a_local_cluster(monkeypatch):
+    from xlmrxl.corpus.ray_engine import ensure_ray
+
+    class FakeRay:
+        def __init__(self):
+            self.calls = []
+
+        def is_initialized(self):
+            return False
+
+        def init(self, **kw):
+            self.calls.append(kw)
+
+    fake = FakeRay()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    ensure_ray(fake)
+    assert fake.calls == [{}]  # ray.init() reads RAY_ADDRESS itself
+    monkeypatch.delenv("RAY_ADDRESS")
+    ensure_ray(fake)
+    assert fake.calls[1]["include_dashboard"] is False
+    assert str(ROOT) in fake.calls[1]["runtime_env"]["env_vars"]["PYTHONPATH"]
