@@ -437,3 +437,42 @@ def test_ray_init_connects_to_ray_address_else_starts_a_local_cluster(monkeypatc
     ensure_ray(fake)
     assert fake.calls[1]["include_dashboard"] is False
     assert str(ROOT) in fake.calls[1]["runtime_env"]["env_vars"]["PYTHONPATH"]
+
+
+def test_out_of_memory_batches_retry_row_by_row_other_errors_fail_the_block(mlm, corpus_dir, tmp_path, monkeypatch):
+    from xlmrxl.corpus.tasks import EmbedTask
+
+    opts = dict(rows_per_block=100, pooling="mean", progress=False)
+    ref = by_id(
+        read_output(xlmrxl.corpus.run("embed", mlm, corpus_dir / "b.jsonl", tmp_path / "ref", **opts)["output"])
+    )
+    real = EmbedTask.forward
+
+    def oom(self, items):
+        if len(items) > 1 or len(items[0]) >= self._longest:  # batches, and rows as long as _longest
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real(self, items)
+
+    monkeypatch.setattr(EmbedTask, "forward", oom)
+    monkeypatch.setattr(EmbedTask, "_longest", 10**9, raising=False)
+    got = by_id(
+        read_output(xlmrxl.corpus.run("embed", mlm, corpus_dir / "b.jsonl", tmp_path / "oom", **opts)["output"])
+    )
+    assert max_vec_err(got, ref, "embedding") <= 1e-6 and all(r["error"] is None for r in got.values())
+    tok = xlmrxl.XLMRobertaTokenizer.from_pretrained(str(mlm))
+    lengths = {f"j{i}": len(tok(t)["input_ids"]) for i, t in enumerate(texts(17, start=100))}
+    monkeypatch.setattr(EmbedTask, "_longest", max(lengths.values()), raising=False)
+    got = by_id(
+        read_output(xlmrxl.corpus.run("embed", mlm, corpus_dir / "b.jsonl", tmp_path / "oom2", **opts)["output"])
+    )
+    too_big = [k for k, n in lengths.items() if n == max(lengths.values())]
+    assert too_big and all("out of memory even alone" in got[k]["error"] for k in too_big)
+    assert all(got[k]["error"] is None for k in lengths if k not in too_big)
+
+    def broken(self, items):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(EmbedTask, "forward", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        xlmrxl.corpus.run("embed", mlm, corpus_dir / "b.jsonl", tmp_path / "bug", **opts)
+    assert not list((tmp_path / "bug").glob("part-*")) and not list((tmp_path / "bug" / "_commits").glob("*.json"))

@@ -9,7 +9,9 @@ sort by length, pack into token-budget batches, compute, restore row order, writ
   ``max_batch_tokens`` real tokens (a longer row runs alone); results are put back in input order. The packed
   forward computes real tokens only, so a row's numbers do not depend on what else is in its batch (up to the
   float rounding of differently shaped matrix products: fp32 within 1e-6).
-- Rows that cannot be processed keep their id and get a reason in the ``error`` column (null when fine).
+- Rows that cannot be processed keep their id and get a reason in the ``error`` column (null when fine). A batch
+  that runs out of memory is retried row by row (a row too large even alone becomes an error row); any other
+  exception fails the block, which is then not committed and is computed again by the next run.
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ def pack(lengths: list[int], valid: list[bool], max_batch_tokens: int) -> list[l
     return batches
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _concat(parts: list[Any]) -> Any:
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
@@ -152,18 +163,25 @@ class Worker:
                 try:
                     out = self.task.forward([prep.items[i] for i in batch])
                 except Exception as exc:
-                    # one failing batch must not lose the block: retry its rows one by one, so only the rows that
-                    # fail get an error (with the reason) and every other row its result
-                    if len(batch) == 1:
-                        prep.errors[batch[0]] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                        valid_list[batch[0]] = False
-                        continue
-                    logger.warning("xlmrxl corpus: a batch failed (%s); retrying its rows one by one", exc)
+                    if not _out_of_memory(exc):  # a bug or a broken model fails the block loudly, never the rows
+                        raise
+                    # out of memory on one batch must not lose the block: retry its rows one by one, so only a row
+                    # too large even alone gets an error (with the reason) and every other row its result
+                    logger.warning(
+                        "xlmrxl corpus: a batch ran out of memory; retrying its %d rows one by one", len(batch)
+                    )
+                    _free_cache()
                     for i in batch:
                         try:
                             one = self.task.forward([prep.items[i]])
                         except Exception as exc1:
-                            prep.errors[i] = f"failed: {type(exc1).__name__}: {str(exc1).splitlines()[0][:200]}"
+                            if not _out_of_memory(exc1):
+                                raise
+                            _free_cache()
+                            prep.errors[i] = (
+                                f"out of memory even alone ({prep.lengths[i]} tokens); lower max_length or pass "
+                                "truncate=True with a smaller max_length"
+                            )
                             valid_list[i] = False
                             continue
                         order.append(i)
