@@ -238,6 +238,8 @@ def _read_lines(spec: BlockSpec) -> list[bytes]:
             if not line:  # end of file before the planned rows: the file shrank since planning
                 raise RuntimeError(f"input {spec.path!r} changed while running (fewer lines than planned); rerun")
             lines.append(line[:-1] if line.endswith(b"\n") else line)
+    if spec.start == 0 and lines and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is no text
+        lines[0] = lines[0][3:]
     return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
 
 

@@ -192,11 +192,16 @@ def check_settings(out: str | os.PathLike, settings: dict[str, Any], fingerprint
         return
     before = old.get("settings", {})
     diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-    detail = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:4])
+    detail = "; ".join(f"{k}: {_short(before.get(k))} then, {_short(settings.get(k))} now" for k in diff[:4])
     raise ValueError(
         f"output directory {str(out)!r} holds results of a run with other settings ({detail or 'format changed'}); "
         "rerun with the same settings to resume, or pass a new output directory"
     )
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_manifest(
