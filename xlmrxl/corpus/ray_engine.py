@@ -27,6 +27,8 @@ from .worker import Worker, WorkerConfig
 
 logger = logging.getLogger("xlmrxl")
 
+_ACTOR_START_S = 1800  # how long the workers may take to start and load their models (XXL from a network disk)
+
 
 def import_ray() -> Any:
     """``ray`` and ``ray.data``, or an error naming the extra to install."""
@@ -73,12 +75,12 @@ def _two_calls_per_actor(ray: Any, workers: int) -> dict[str, Any]:
     """``workers`` actors, each running two calls at once (the worker's lock lets one use the model while the other
     reads and tokenizes), in the spelling of the installed Ray."""
     params = inspect.signature(ray.data.ActorPoolStrategy.__init__).parameters
+    # two blocks in flight per actor, not Ray's default four: no actor hoards blocks another could be running
+    kw = {"size": workers, "max_tasks_in_flight_per_actor": 2}
     if "enable_true_multi_threading" in params:  # Ray >= 2.50: calls are single-threaded unless asked
-        strategy = ray.data.ActorPoolStrategy(
-            size=workers, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
-        )
+        strategy = ray.data.ActorPoolStrategy(**kw, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
         return {"compute": strategy}
-    return {"compute": ray.data.ActorPoolStrategy(size=workers), "max_concurrency": 2}
+    return {"compute": ray.data.ActorPoolStrategy(**kw), "max_concurrency": 2}
 
 
 def _scalar(v: Any) -> Any:
@@ -112,7 +114,11 @@ def run_ray(
         cfg["device"] = cfg["device"] or "cpu"
         cfg["threads"] = cfg["threads"] or int(cpus_each)
     ctx = ray.data.DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "wait_for_min_actors_s") if hasattr(ctx, k)}
     ctx.enable_progress_bars = False  # our bar counts rows and tokens
+    if "wait_for_min_actors_s" in saved:
+        # every worker loads its model before the first block is handed out: blocks spread over all of them
+        ctx.wait_for_min_actors_s = max(int(ctx.wait_for_min_actors_s), _ACTOR_START_S)
     items = [{k: (-1 if v is None else v) for k, v in b.to_dict().items()} for b in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     out = ds.map_batches(
@@ -140,3 +146,5 @@ def run_ray(
             on_record(record)
     finally:
         bar.close()
+        for k, v in saved.items():  # the caller's own Ray Data settings, as they were
+            setattr(ctx, k, v)
