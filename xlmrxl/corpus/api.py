@@ -25,6 +25,7 @@ Contract
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import json
@@ -92,10 +93,12 @@ def run(
     cols = tasks.role_columns(task_cls, text_column, columns)
     files = inputs.discover(input)
     out = Path(output).resolve()
-    scanned = [Path(p).resolve() for p in _as_list(input) if Path(p).is_dir()]  # directories read whole
-    scanned += [Path(f.path).parent for f in files if not any(Path(p).is_file() for p in _as_list(input))]
-    for root in scanned + [Path(f.path) for f in files]:  # a rerun would read our own blocks as input
-        if out.is_relative_to(root) and root.is_dir() or root.is_relative_to(out):
+    given = [Path(p) for p in _as_list(input)]
+    scanned = [p.resolve() for p in given if p.is_dir()]  # directories and globs are listed again on a rerun
+    if any(glob.has_magic(str(p)) and not p.exists() for p in given):
+        scanned += [Path(f.path).parent for f in files]
+    for root in scanned + [Path(f.path) for f in files]:  # a rerun must never read our own blocks as input
+        if (root in scanned and out.is_relative_to(root)) or root.is_relative_to(out):
             raise ValueError(
                 f"output {str(output)!r} and the input {str(root)!r} overlap (the output's blocks would be read as "
                 "input on a rerun); pass an output directory outside the input"
