@@ -11,8 +11,8 @@ in the worker and writing parquet blocks):
 - ``transformers pipeline``: ``pipe(texts, batch_size=B)`` then mean pooling in Python (what one writes first);
 - ``xlmrxl.pipeline``: ``pipe(texts, batch_size=B)`` with ``pooling="mean"`` (padded batches sorted by length);
 - ``corpus local``: ``xlmrxl.corpus.run(..., engine="local")`` (token-budget packing, padding-free forward);
-- ``corpus ray x1`` / ``x2``: ``engine="ray"`` with 1 and 2 CPU workers on a local cluster (includes actor start-up;
-  skipped without Ray or with ``--no-ray``/``--quick``).
+- ``corpus ray x1`` / ``x2``: ``engine="ray"`` with 1 and 2 workers, each on a fresh local cluster (CPU: of 1 and 2
+  CPUs, one torch thread per worker), timed with actor start-up (skipped without Ray or with ``--no-ray``/``--quick``).
 Rows: seconds, rows/s, tokens/s (real tokens) and the speed-up over the transformers pipeline in the same run; for
 the corpus runs also ``rows_per_s_in_blocks``: rows over the busiest worker's time inside blocks (from the commit
 records: compute + write, start-up excluded), which is what scales with workers once the models are loaded.
@@ -200,21 +200,26 @@ def _ray_rows(model_dir: Path, tmp: Path, opts: dict, n: int, tokens: int, cuda:
     out = []
     root = str(Path(__file__).resolve().parents[1])
     env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p), "OMP_NUM_THREADS": "1"}
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-    try:
-        for workers in (1, 2):
+    if ray.is_initialized():
+        ray.shutdown()
+    for workers in (1, 2):
+        # a fresh local cluster of `workers` CPUs (GPUs: all of them), so that each CPU worker runs one torch thread
+        ray.init(
+            num_cpus=None if cuda else workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+        )
+        try:
             t0 = time.perf_counter()
             kw = dict(opts, engine="ray", workers=workers)
             if not cuda:
                 kw["num_gpus"] = 0
             xlmrxl.corpus.run("embed", model_dir, tmp / "in.parquet", tmp / f"out-ray{workers}", **kw)
-            note = "includes actor start-up (model load) + writes" + ("" if cuda else "; CPU workers")
             seconds = time.perf_counter() - t0
+            note = "includes actor start-up (model load) + writes" + ("" if cuda else f"; {workers} CPU, 1 thread each")
             out.append(_row(f"corpus ray x{workers}", seconds, n, tokens, note, tmp / f"out-ray{workers}"))
-    finally:
-        if started:
+        finally:
             ray.shutdown()
     return out
 
