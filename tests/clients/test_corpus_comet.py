@@ -43,12 +43,13 @@ def _comet_checkpoint(root: Path, cls_name: str, encoder: Path, **hparams) -> Pa
     """``root/checkpoints/model.ckpt`` + ``root/hparams.yaml`` for a COMET metric built offline on ``encoder``,
     with its layer-mix weights randomised so a wrong mix shows."""
     cls = getattr(comet.models, cls_name)
+    mix = {"sent_layer": "mix", "word_layer": 2} if cls_name == "XCOMETMetric" else {"layer": "mix"}
     model = cls(
         encoder_model="XLM-RoBERTa-XL",
         pretrained_model=str(encoder),
         load_pretrained_weights=True,
         local_files_only=True,
-        layer="mix",
+        **mix,
         **hparams,
     )
     with torch.no_grad():
@@ -58,7 +59,10 @@ def _comet_checkpoint(root: Path, cls_name: str, encoder: Path, **hparams) -> Pa
     (root / "checkpoints").mkdir(parents=True)
     hp = dict(model.hparams)
     hp["load_pretrained_weights"] = False
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": "2.0.0"}
+    import pytorch_lightning  # COMET's trainer library: its version tags the checkpoint
+
+    version = pytorch_lightning.__version__
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": version}
     torch.save(ckpt, root / "checkpoints" / "model.ckpt")
     ids = {"RegressionMetric": "regression_metric", "XCOMETMetric": "xcomet_metric"}
     (root / "hparams.yaml").write_text(yaml.safe_dump({"class_identifier": ids[cls_name], **hp}))
