@@ -32,12 +32,20 @@ def run_local(
         desc=f"xlmrxl corpus {config.task}",
         disable=None if progress is None else not progress,
     )
-    t0, tokens = time.perf_counter(), 0
+    t0 = time.perf_counter()
+    seen = {"tokens": 0, "rows_in_block": 0}
+
+    def tick(rows: int, tokens: int) -> None:  # after every batch: the bar moves within a block too
+        seen["tokens"] += tokens
+        seen["rows_in_block"] += rows
+        bar.update(rows)
+        bar.set_postfix(tokens_per_s=f"{seen['tokens'] / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+
+    worker.on_batch = tick
     try:
         for record in worker.iter_blocks(pending, prefetch=prefetch):
-            tokens += record.get("tokens", 0)
-            bar.update(record["rows"])
-            bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+            bar.update(record["rows"] - seen["rows_in_block"])  # the block's error rows, never in a batch
+            seen["rows_in_block"] = 0
             on_record(record)
     finally:
         bar.close()

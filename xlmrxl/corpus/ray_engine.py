@@ -120,7 +120,13 @@ def run_ray(
         # every worker loads its model before the first block is handed out: blocks spread over all of them
         ctx.wait_for_min_actors_s = max(int(ctx.wait_for_min_actors_s), _ACTOR_START_S)
     items = [{k: (-1 if v is None else v) for k, v in b.to_dict().items()} for b in pending]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # one Ray block per corpus block (the keyword was `parallelism` before Ray 2.10)
+    blocks_kw = (
+        "override_num_blocks"
+        if "override_num_blocks" in inspect.signature(ray.data.from_items).parameters
+        else "parallelism"
+    )
+    ds = ray.data.from_items(items, **{blocks_kw: len(items)})
     out = ds.map_batches(
         BlockActor,
         fn_constructor_kwargs={"config": cfg},

@@ -23,7 +23,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,7 @@ class Worker:
             backend=config.backend,
         )
         self._lock = threading.Lock()  # one forward at a time; reading and tokenizing run beside it
+        self.on_batch: Callable[[int, int], None] | None = None  # (rows, tokens) after each batch: progress bars
         self.schema = self._schema()
 
     def _schema(self):
@@ -191,6 +192,8 @@ class Worker:
                 order.extend(batch)
                 for k, v in out.items():
                     parts.setdefault(k, []).append(v)
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), sum(prep.lengths[i] for i in batch))
             prep.seconds += time.perf_counter() - t0
         valid = np.array(valid_list, dtype=bool)
         # restore input order: the valid rows' results, sorted by their row index
