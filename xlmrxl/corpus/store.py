@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def _ours(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def locked(out: str | os.PathLike):
+def locked(out: str | os.PathLike) -> Iterator[Path]:
     """Create the output directory if needed (never re-create or clear one), check it holds only our files, and
     hold its lock for the run."""
     d = Path(out)

@@ -219,20 +219,20 @@ class EmbedTask(EncoderTask):
     defaults = {**EncoderTask.defaults, "pooling": "cls", "normalize": False, "vector_dtype": "float32"}
 
     @classmethod
-    def validate(cls, options):
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
         if options["pooling"] not in ("cls", "mean"):
             raise ValueError(f"pooling={options['pooling']!r} is not supported; use 'cls' or 'mean'")
         if str(options["vector_dtype"]) not in ("float32", "float16"):
             raise ValueError(f"vector_dtype={options['vector_dtype']!r} is not supported; use float32 or float16")
         return options
 
-    def schema(self):
+    def schema(self) -> list:
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
         value = pa.float16() if self.options["vector_dtype"] == "float16" else pa.float32()
         return [pa.field("embedding", pa.list_(value, self.model.config.hidden_size))]
 
-    def forward(self, items):
+    def forward(self, items: list) -> dict[str, Any]:
         h, cu, _ = self.packed(items)
         if self.options["pooling"] == "cls":
             pooled = h[cu[:-1]].float()
@@ -258,7 +258,7 @@ class ClassifyTask(EncoderTask):
             torch.sigmoid if multi else (lambda x: torch.softmax(x, dim=-1))
         )
 
-    def schema(self):
+    def schema(self) -> list:
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
         k = len(self.labels)
@@ -269,7 +269,7 @@ class ClassifyTask(EncoderTask):
             pa.field("label", pa.string()),
         ]
 
-    def forward(self, items):
+    def forward(self, items: list) -> dict[str, Any]:
         h, cu, _ = self.packed(items)
         logits = self.model.classifier(h[cu[:-1]].unsqueeze(1)).float()  # the head reads position 0: the <s> state
         probs = self._probs(logits)
@@ -288,7 +288,7 @@ class FillMaskTask(EncoderTask):
     defaults = {**EncoderTask.defaults, "top_k": 5}
 
     @classmethod
-    def validate(cls, options):
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
         if int(options["top_k"]) < 1:
             raise ValueError(f"top_k={options['top_k']!r} must be >= 1")
         return options
@@ -297,20 +297,20 @@ class FillMaskTask(EncoderTask):
         super().__init__(model, options, **kw)
         self._token_str: dict[int, str] = {}
 
-    def schema(self):
+    def schema(self) -> list:
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
         pred = pa.struct([("token", pa.int32()), ("token_str", pa.string()), ("score", pa.float32())])
         return [pa.field("predictions", pa.list_(pa.list_(pred)))]
 
-    def check(self, items, errors):
+    def check(self, items: list, errors: list[str | None]) -> None:
         mask_id = self.tokenizer.mask_token_id
         for i, ids in enumerate(items):
             if ids is not None and mask_id not in ids:
                 errors[i] = f"no {self.tokenizer.mask_token} token (after truncation, if any)"
                 items[i] = None
 
-    def forward(self, items):
+    def forward(self, items: list) -> dict[str, Any]:
         h, cu, flat = self.packed(items)
         where = (flat == self.tokenizer.mask_token_id).nonzero().squeeze(1)
         logits = self.model.lm_head(h[where])  # the LM head at the masks only
@@ -355,7 +355,7 @@ class CometTask(Task):
             segments is not None and "ref" in segments and name != "XCOMETMetric" and name != "UnifiedMetric"
         )
 
-    def schema(self):
+    def schema(self) -> list:
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
         fields = [pa.field("score", pa.float64())]
@@ -372,7 +372,7 @@ class CometTask(Task):
             fields.append(pa.field("error_spans", pa.list_(span)))
         return fields
 
-    def prepare(self, fields, errors):
+    def prepare(self, fields: dict[str, list], errors: list[str | None]) -> tuple[list, list[int]]:
         n = len(fields["src"])
         items: list[dict | None] = [None] * n
         refs = fields.get("ref")
@@ -391,7 +391,7 @@ class CometTask(Task):
             items[i] = sample
         return items, [len(x["src"]) + len(x["mt"]) if x else 0 for x in items]
 
-    def forward(self, items):
+    def forward(self, items: list) -> dict[str, Any]:
         gpus = 1 if self.device.type == "cuda" else 0
         out = self.model.predict(items, batch_size=int(self.options["batch_size"]), gpus=gpus, progress_bar=False)
         result: dict[str, Any] = {"score": [float(s) for s in out.scores]}

@@ -251,7 +251,7 @@ class Worker:
         q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         stop = threading.Event()
 
-        def produce():
+        def produce() -> None:
             try:
                 for spec in specs:
                     if stop.is_set():
