@@ -5,6 +5,7 @@
     xlmrxl info DIR [--json]
     xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
     xlmrxl quantize SRC DST [--group-size 128] [--force]
+    xlmrxl corpus TASK --model DIR --input PATH --output DIR [--engine ray]   (see xlmrxl/corpus/cli.py)
 
 Contract
 --------
@@ -40,6 +41,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint, is_checkpoint_dir
 from .config import XLMRobertaXLConfig
+from .corpus import cli as corpus_cli
 from .parsing import parse_device, parse_dtype
 
 logger = logging.getLogger("xlmrxl")
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
     q.add_argument("--force", action="store_true", help="write into a non-empty DST that is not a checkpoint")
+    corpus_cli.add_parser(sub)
     return p
 
 
@@ -442,6 +445,7 @@ _COMMANDS = {
     "info": _cmd_info,
     "demo": _cmd_demo,
     "quantize": _cmd_quantize,
+    "corpus": corpus_cli.main,
 }
 
 
