@@ -745,7 +745,7 @@ def _mismatch_message(mismatched, directory) -> str:
     return "\n".join(lines) + "\nThis usually means " + "; or ".join(hints) + "."
 
 
-def _quantization_hook(model, quantization, *, dtype, device) -> Callable | None:
+def _quantization_hook(model, quantization, *, dtype, device, method=None, options=None) -> Callable | None:
     """The seam for quantize-while-loading. ``None`` -> no hook.
 
     Otherwise ``xlmrxl.quantization.load_hook(model, quantization, dtype=..., device=...)`` must return a callable
@@ -755,6 +755,8 @@ def _quantization_hook(model, quantization, *, dtype, device) -> Callable | None
     ``nn.Linear``); returning None keeps it (quantized in place, or untouched).
     """
     if quantization is None:
+        if method is not None or options:
+            raise ValueError("quantization_method / quantization_options need quantization='int4'")
         return None
     # TODO(int4 helper): implement xlmrxl.quantization.load_hook with the contract above.
     try:
@@ -764,7 +766,7 @@ def _quantization_hook(model, quantization, *, dtype, device) -> Callable | None
             f"quantization={quantization!r} needs xlmrxl.quantization.load_hook, which is not available yet "
             f"({exc}); load with quantization=None"
         ) from None
-    return load_hook(model, quantization, dtype=dtype, device=device)
+    return load_hook(model, quantization, dtype=dtype, device=device, method=method, options=options)
 
 
 def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, hook, bar) -> None:
@@ -923,6 +925,8 @@ def load_pretrained(
 ):
     """Build ``cls`` from a checkpoint directory; see the module docstring for the rules."""
     kwargs = dict(config_overrides)
+    q_method = kwargs.pop("quantization_method", None)  # xlmrxl.quantization: rtn / mse / gptq ...
+    q_options = kwargs.pop("quantization_options", None)  # ... and its options (gptq: calibration, tokenizer)
     options, init_kwargs, overrides = _split_kwargs(cls, kwargs)
     if dtype is None and options.get("torch_dtype") is not None:
         dtype = options["torch_dtype"]
@@ -959,7 +963,7 @@ def load_pretrained(
 
             prepare_quantized_model(model, config.quantization_config)
         plan = _Plan(model, ckpt, bool(options.get("ignore_mismatched_sizes", False)))
-        hook = _quantization_hook(model, quantization, dtype=target, device=device)
+        hook = _quantization_hook(model, quantization, dtype=target, device=device, method=q_method, options=q_options)
         bar = _progress_bar(progress, ckpt.total_bytes, plan.n_tensors())
         try:
             _materialise(model, plan, ckpt, device, hook, bar)
@@ -979,6 +983,10 @@ def load_pretrained(
     if hasattr(model, "set_backend"):
         model.set_backend(backend)
     model.eval()
+    if quantization is not None:  # gptq quantizes the loaded model here (rtn / mse were done while loading)
+        from .quantization import finish_loading
+
+        finish_loading(model, quantization, method=q_method, options=q_options)
     if output_loading_info:
         info = {
             "missing_keys": list(plan.missing),
