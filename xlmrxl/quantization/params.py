@@ -32,9 +32,10 @@ def codes(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 def _sq_err(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Squared reconstruction error per group (last dim summed), dequantized as the kernels do (one rounding)."""
-    q = codes(w, s, z)
-    w_hat = ((q - 8) * s + z).to(dtype).float()
-    return (w - w_hat).square_().sum(-1)
+    t = (w - (z - 8 * s)).div_(s).round_().clamp_(0, 15).sub_(8).mul_(s).add_(z)  # w_hat, in place
+    if dtype != torch.float32:
+        t = t.to(dtype).float()
+    return t.sub_(w).square_().sum(-1)
 
 
 def _rounded(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
