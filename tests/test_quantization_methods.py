@@ -273,3 +273,35 @@ def test_memory_report_xl_xxl():
     assert xl["total_bytes"] < xxl["total_bytes"] < xxl["bf16_total_bytes"]
     heads = int4_memory_report("xxl", include_lm_head=True)
     assert heads["int4_linears"] == 6 * L + 2
+
+
+def test_cli_quantize_methods_and_info(tmp_path, spm_dir, capsys):
+    import shutil
+
+    from xlmrxl.cli import main
+
+    src = tmp_path / "src"
+    _build(dtype=torch.float32).save_pretrained(src)
+    shutil.copyfile(spm_dir / "sentencepiece.bpe.model", src / "sentencepiece.bpe.model")
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(CALIB[:12]) + "\n", encoding="utf-8")
+    assert main(["quantize", str(src), str(tmp_path / "g"), "--method", "gptq", "--calibration", str(calib)]) == 0
+    out = capsys.readouterr().out
+    assert "quality (gptq): mean relative weight error 0.1" in out, out
+    assert "cosine mean 0.99" in out and "on the 12 calibration texts" in out, out
+    assert "XXL int4 g128: 7." in out, out
+    loaded = XLMRobertaXLForMaskedLM.from_pretrained(tmp_path / "g")
+    assert loaded.config.quantization_config["method"] == "gptq"
+    assert main(["quantize", str(src), str(tmp_path / "m"), "--method", "mse"]) == 0
+    out = capsys.readouterr().out
+    assert "quality (mse): mean relative weight error 0.09" in out and "cosine" not in out, out
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    assert main(["quantize", str(src), str(tmp_path / "x"), "--method", "gptq", "--calibration", str(empty)]) == 1
+    assert "empty.txt' holds no text" in capsys.readouterr().err
+    assert main(["quantize", str(src), str(tmp_path / "y"), "--method", "gptq"]) == 1
+    assert "needs calibration texts" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert main(["info", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "int4 size    THIS MODEL int4 g128:" in out and "XL int4 g128: 2." in out, out

@@ -4,7 +4,7 @@
     xlmrxl embed "some text" --model DIR [--pooling cls|mean|none] [--normalize] [--json]
     xlmrxl info DIR [--json]
     xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
-    xlmrxl quantize SRC DST [--group-size 128]
+    xlmrxl quantize SRC DST [--group-size 128] [--method rtn|mse|gptq] [--calibration FILE]
 
 Contract
 --------
@@ -135,6 +135,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("src")
     q.add_argument("dst")
     q.add_argument("--group-size", type=int, default=128)
+    q.add_argument(
+        "--method",
+        default="rtn",
+        choices=("rtn", "mse", "gptq"),
+        help="rtn: min-max (torchao's); mse: per-group searched scale/zero (data-free); gptq: calibrated",
+    )
+    q.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="texts, one per line: gptq calibrates on them; every method reports its hidden-state cosine on them",
+    )
     q.add_argument("--dtype", default="bfloat16", help="dtype of the layers that stay unquantized")
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
@@ -273,8 +285,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    import xlmrxl
-
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_dir():
         raise FileNotFoundError(f"SRC {str(src)!r} is not a checkpoint directory")
@@ -282,14 +292,14 @@ def _cmd_quantize(args) -> int:
         raise ValueError("DST must differ from SRC (quantize writes a new checkpoint)")
     if args.group_size < 1:
         raise ValueError(f"--group-size {args.group_size} must be positive (128 is the usual choice)")
-    quant: Any = (
-        "int4" if args.group_size == 128 else {"quant_method": "xlmrxl_int4", "bits": 4, "group_size": args.group_size}
-    )
     from .pipelines import parse_device, parse_dtype
+    from .quantization import quality_lines, quantize_checkpoint
 
-    model = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
+    model, quality = quantize_checkpoint(
         str(src),
-        quantization=quant,
+        group_size=args.group_size,
+        method=args.method,
+        calibration=args.calibration,
         dtype=parse_dtype(args.dtype),
         device=parse_device(args.device),
         backend=args.backend or "auto",
@@ -298,7 +308,8 @@ def _cmd_quantize(args) -> int:
     for name in _TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
-    sys.stdout.write(f"wrote the int4 (group size {args.group_size}) checkpoint to {dst}\n")
+    sys.stdout.write(f"wrote the int4 (group size {args.group_size}, {args.method}) checkpoint to {dst}\n")
+    sys.stdout.write("".join(line + "\n" for line in quality_lines(quality)))
     _print_info(checkpoint_info(dst))
     return 0
 
@@ -487,6 +498,18 @@ def _print_info(info: dict[str, Any]) -> None:
             )
     else:
         w("  quantized    no (xlmrxl quantize SRC DST writes an int4 copy)\n")
+    from .quantization import memory_lines  # int4 sizes on the meta device: this shape, XL, XXL
+
+    keys = (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+    )
+    shape = {k: info[k] for k in keys if info.get(k)} if all(info.get(k) for k in keys[:4]) else None
+    w("".join(f"  int4 size    {line}\n" for line in memory_lines(shape)))
     w(f"  tokenizer    {'sentencepiece.bpe.model present' if info['tokenizer'] else 'none in this directory'}\n")
 
 

@@ -39,6 +39,7 @@ from .api import (
     load_hook,
     prepare_quantized_model,
     quantize,
+    quantize_checkpoint,
 )
 from .calibration import load_texts
 from .gptq import gptq_matrix
@@ -50,6 +51,8 @@ from .report import (
     format_memory_report,
     hidden_cosine,
     int4_memory_report,
+    memory_lines,
+    quality_lines,
     quantized_bytes_report,
     weight_error,
     weight_errors,
@@ -70,7 +73,10 @@ __all__ = [
     "load_hook",
     "load_texts",
     "prepare_quantized_model",
+    "memory_lines",
+    "quality_lines",
     "quantize",
+    "quantize_checkpoint",
     "quantize_weight",
     "quantized_bytes_report",
     "weight_error",

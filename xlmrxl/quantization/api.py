@@ -359,3 +359,58 @@ def finish_loading(
         progress=options.pop("progress", None),
         **options,
     )
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike,
+    *,
+    group_size: int = 128,
+    method: str = "rtn",
+    calibration: str | os.PathLike | Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+    device: Any = None,
+    backend: str = "auto",
+    tokenizer: Any = None,
+    progress: bool | None = None,
+    **method_options: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the masked-LM checkpoint ``src`` and quantize it (``xlmrxl quantize``); return ``(model, report)``.
+
+    Without calibration texts, rtn / mse quantize while loading (one full-precision linear alive at a time). With
+    them, the full-precision model is loaded, its final hidden states on the texts kept (fp32, CPU), the model
+    quantized in place (gptq calibrates on the texts) and the hidden states compared. ``report``: ``method``,
+    ``linears``, ``weight_error`` (mean ``||W - Wq||_F / ||W||_F``), ``weight_error_max``, and with texts
+    ``texts`` and ``hidden_cosine`` (``{"mean", "min", "tokens"}``); ``report.quality_lines`` prints it."""
+    from ..modeling import XLMRobertaXLForMaskedLM
+    from .calibration import load_texts
+    from .report import final_hidden_states, hidden_cosine, weight_errors
+
+    _method_options(method, method_options)  # a wrong method / option fails before anything is read
+    if method == "gptq" and calibration is None:
+        raise ValueError("method 'gptq' needs calibration texts (xlmrxl quantize --calibration FILE, one per line)")
+    quant: Any = (
+        "int4" if group_size == 128 else {"quant_method": QUANT_METHOD, "bits": 4, "group_size": int(group_size)}
+    )
+    load = {"dtype": dtype, "device": device, "backend": backend}
+    cos = texts = None
+    if calibration is None:
+        model = XLMRobertaXLForMaskedLM.from_pretrained(
+            src, quantization=quant, quantization_method=method, quantization_options=method_options or None, **load
+        )
+    else:
+        texts = load_texts(calibration)  # a wrong or empty file fails before the weights are read
+        model = XLMRobertaXLForMaskedLM.from_pretrained(src, **load)
+        seqs, _ = calibration_ids(model, texts, tokenizer)
+        reference = final_hidden_states(model, seqs)
+        quantize(model, group_size, method, texts, tokenizer=tokenizer, progress=progress, **method_options)
+        cos = hidden_cosine(reference, model, seqs)
+    errs = weight_errors(model)
+    report = {
+        "method": method,
+        "linears": len(errs),
+        "weight_error": sum(errs.values()) / max(len(errs), 1),
+        "weight_error_max": max(errs.values(), default=0.0),
+        "texts": None if texts is None else len(texts),
+        "hidden_cosine": cos,
+    }
+    return model, report

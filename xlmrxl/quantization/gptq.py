@@ -1,10 +1,10 @@
 """GPTQ: int4 group-wise weights that compensate each column's rounding error with the Hessian of real inputs.
 
-Per linear layer with weight ``W`` (N, K) and calibration inputs ``X`` (real tokens only), ``H = sum x x^T``
-(the ``2 / n`` factor of ``H = 2 X^T X / n`` is dropped: GPTQ only uses ``H`` relative to its damping). Following
-Frantar et al. (2022), no act-order: ``H += percdamp * mean(diag H) * I``, ``U = cholesky(H^-1, upper)``; the
-columns are processed left to right in blocks of ``blocksize``; at the first column of each group its
-``(scale, zero)`` are chosen from the group's current (error-updated) weights (``params``: ``"rtn"`` min-max or ``"mse"`` searched, see
+Per linear layer with weight ``W`` (N, K) and calibration inputs ``X`` (real tokens only), ``H = sum x x^T`` (the ``2
+/ n`` factor of ``H = 2 X^T X / n`` is dropped: GPTQ only uses ``H`` relative to its damping). Following Frantar et
+al. (2022), no act-order: ``H += percdamp * mean(diag H) * I``, ``U = cholesky(H^-1, upper)``; the columns are
+processed left to right in blocks of ``blocksize``; at the first column of each group its ``(scale, zero)`` are chosen
+from the group's current (error-updated) weights (``params``: ``"rtn"`` min-max or ``"mse"`` searched, see
 ``params.py``), each column is rounded, and its error ``(w - w_hat) / U[i, i]`` is spread onto the columns not yet
 processed. The result is the plain format: the same kernels and files serve.
 

@@ -61,6 +61,12 @@ def int4_memory_report(
         model.lm_head.decoder.weight = nn.Parameter(torch.empty_like(model.lm_head.decoder.weight))
     esize = torch.empty((), dtype=dtype).element_size()
     targets = set(_targets(model, include_lm_head))
+    odd = sorted(t for t in targets if model.get_submodule(t).in_features % group_size)
+    if odd:
+        raise ValueError(
+            f"{odd[0]}: in_features={model.get_submodule(odd[0]).in_features} is not a multiple of "
+            f"group_size={group_size}: no int4 layout at this group size"
+        )
     int4 = scales = 0
     seen = set()
     for t in targets:
@@ -95,16 +101,19 @@ def int4_memory_report(
     }
 
 
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
 def format_memory_report(rep: dict[str, Any]) -> str:
-    """One line: ``XXL int4: 7.21 GB (int4 4.83 + scales/zeros 0.30 + embeddings etc. 2.08; bf16 21.4 GB)``."""
-    gb = 1e9
+    """One line: ``XXL int4 g128: 7.23 GB (int4 weights 4.83 GB + scales/zeros 0.30 GB + ...; all-bf16 21.43 GB)``."""
     label = (rep["size"] or f"hidden {rep['hidden_size']}").upper()
     return (
         f"{label} int4 g{rep['group_size']}{' +heads' if rep['include_lm_head'] else ''}: "
-        f"{rep['total_bytes'] / gb:.2f} GB (int4 weights {rep['int4_weight_bytes'] / gb:.2f} + scales/zeros "
-        f"{rep['scales_zeros_bytes'] / gb:.2f} + {rep['dtype']} embeddings {rep['embedding_bytes'] / gb:.2f} + "
-        f"other {(rep['other_bytes'] - rep['embedding_bytes']) / gb:.2f}; all-{rep['dtype']} "
-        f"{rep['bf16_total_bytes'] / gb:.2f} GB)"
+        f"{_size(rep['total_bytes'])} (int4 weights {_size(rep['int4_weight_bytes'])} + scales/zeros "
+        f"{_size(rep['scales_zeros_bytes'])} + {rep['dtype']} embeddings {_size(rep['embedding_bytes'])} + "
+        f"other {_size(rep['other_bytes'] - rep['embedding_bytes'])}; all-{rep['dtype']} "
+        f"{_size(rep['bf16_total_bytes'])})"
     )
 
 
@@ -178,3 +187,34 @@ def hidden_cosine(
         raise ValueError("the reference hidden states do not match these texts (another text list?)")
     cos = torch.nn.functional.cosine_similarity(torch.cat(got), torch.cat(ref), dim=-1)
     return {"mean": float(cos.mean()), "min": float(cos.min()), "tokens": int(cos.numel())}
+
+
+def memory_lines(config: Any = None, group_size: int = 128) -> list[str]:
+    """The int4 size lines ``xlmrxl info`` prints: the given config (a dict or config; skipped if None), then XL
+    and XXL, all computed on the meta device."""
+    lines = []
+    for label, cfg in ([("this model", config)] if config is not None else []) + [("XL", "xl"), ("XXL", "xxl")]:
+        try:
+            rep = int4_memory_report(cfg, group_size)
+            if label == "this model":
+                rep["size"] = "this model"
+            lines.append(format_memory_report(rep))
+        except (ValueError, TypeError) as exc:
+            lines.append(f"{label.upper()} int4 g{group_size}: n/a ({exc})")
+    return lines
+
+
+def quality_lines(report: dict[str, Any]) -> list[str]:
+    """What ``xlmrxl quantize`` prints about the result: method, mean relative weight error, hidden cosine."""
+    out = [
+        f"quality ({report['method']}): mean relative weight error {report['weight_error']:.4f} "
+        f"over {report['linears']} linears (max {report['weight_error_max']:.4f})"
+    ]
+    cos = report.get("hidden_cosine")
+    if cos is not None:
+        out.append(
+            f"quality ({report['method']}): final hidden states vs the unquantized model on the "
+            f"{report['texts']} calibration texts: cosine mean {cos['mean']:.5f}, min {cos['min']:.5f} "
+            f"({cos['tokens']} real tokens)"
+        )
+    return out
