@@ -55,34 +55,41 @@ def int4_memory_report(
     else:
         config = XLMRobertaXLConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "quantization_config"})
     config.tie_word_embeddings = not include_lm_head
+    layers = int(config.num_hidden_layers)
+    config.num_hidden_layers = 1  # layers are identical: build one (on meta) and count it `layers` times
     with torch.device("meta"):
         model = XLMRobertaXLForMaskedLM(config)
+    config.num_hidden_layers = layers
     if include_lm_head:
         model.lm_head.decoder.weight = nn.Parameter(torch.empty_like(model.lm_head.decoder.weight))
     esize = torch.empty((), dtype=dtype).element_size()
-    targets = set(_targets(model, include_lm_head))
+
+    def times(name: str) -> int:
+        return layers if ".encoder.layer." in f".{name}" else 1
+
+    targets = _targets(model, include_lm_head)
     odd = sorted(t for t in targets if model.get_submodule(t).in_features % group_size)
     if odd:
         raise ValueError(
             f"{odd[0]}: in_features={model.get_submodule(odd[0]).in_features} is not a multiple of "
             f"group_size={group_size}: no int4 layout at this group size"
         )
-    int4 = scales = 0
+    int4 = scales = linear_weights = 0
     seen = set()
     for t in targets:
         lin = model.get_submodule(t)
         n, k = lin.out_features, lin.in_features
-        int4 += n * k // 2
-        scales += 2 * (k // group_size) * n * esize
+        int4 += times(t) * n * k // 2
+        scales += times(t) * 2 * (k // group_size) * n * esize
+        linear_weights += times(t) * n * k * esize
         seen.add(id(lin.weight))
     other = 0
-    for p in list(model.parameters()) + list(model.buffers()):
+    for pname, p in list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers()):
         if id(p) in seen or not p.is_floating_point():
             continue
         seen.add(id(p))
-        other += p.numel() * esize
-    emb = model.roberta.embeddings
-    embeddings = sum(p.numel() * esize for p in emb.parameters())
+        other += times(pname) * p.numel() * esize
+    embeddings = sum(p.numel() * esize for p in model.roberta.embeddings.parameters())
     total = int4 + scales + other
     return {
         "size": name,
@@ -91,13 +98,13 @@ def int4_memory_report(
         "group_size": group_size,
         "dtype": str(dtype).replace("torch.", ""),
         "include_lm_head": include_lm_head,
-        "int4_linears": len(targets),
+        "int4_linears": sum(times(t) for t in targets),
         "int4_weight_bytes": int4,
         "scales_zeros_bytes": scales,
         "embedding_bytes": embeddings,
         "other_bytes": other,
         "total_bytes": total,
-        "bf16_total_bytes": total - int4 - scales + sum(model.get_submodule(t).weight.numel() * esize for t in targets),
+        "bf16_total_bytes": total - int4 - scales + linear_weights,
     }
 
 
