@@ -766,7 +766,8 @@ def _quantization_hook(model, quantization, *, dtype, device, method=None, optio
             f"quantization={quantization!r} needs xlmrxl.quantization.load_hook, which is not available yet "
             f"({exc}); load with quantization=None"
         ) from None
-    return load_hook(model, quantization, dtype=dtype, device=device, method=method, options=options)
+    extra = {k: v for k, v in (("method", method), ("options", options)) if v is not None}
+    return load_hook(model, quantization, dtype=dtype, device=device, **extra)
 
 
 def _materialise(model, plan: _Plan, ckpt: _Checkpoint, device: torch.device, hook, bar) -> None:
@@ -984,9 +985,12 @@ def load_pretrained(
         model.set_backend(backend)
     model.eval()
     if quantization is not None:  # gptq quantizes the loaded model here (rtn / mse were done while loading)
-        from .quantization import finish_loading
-
-        finish_loading(model, quantization, method=q_method, options=q_options)
+        try:
+            from .quantization import finish_loading
+        except ImportError:  # a load_hook-only quantization module (the seam's minimum)
+            finish_loading = None
+        if finish_loading is not None:
+            finish_loading(model, quantization, method=q_method, options=q_options)
     if output_loading_info:
         info = {
             "missing_keys": list(plan.missing),
