@@ -369,9 +369,19 @@ def test_quantization_hook_seam(hf_dirs, monkeypatch):
 
         return hook
 
+    finished = []
+
+    def finish_loading(model, quantization, *, method=None, options=None):
+        # the loader's second seam call: after eval(), with the loaded model (gptq quantizes here)
+        assert quantization == "int4-test" and method is None and options is None and not model.training
+        finished.append(model)
+        return model
+
     monkeypatch.setattr(quantization, "load_hook", load_hook)
-    load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", quantization="int4-test")
+    monkeypatch.setattr(quantization, "finish_loading", finish_loading)
+    model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single", quantization="int4-test")
     assert "roberta.encoder.layer.0.attention.self.query" in seen and "lm_head.decoder" in seen, seen
+    assert finished == [model], "finish_loading must run once, on the loaded model"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
     xlmrxl embed "some text" --model DIR [--pooling cls|mean|none] [--normalize] [--json]
     xlmrxl info DIR [--json]
     xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
-    xlmrxl quantize SRC DST [--group-size 128] [--force]
+    xlmrxl quantize SRC DST [--group-size 128] [--method rtn|mse|gptq] [--calibration FILE] [--force]
     xlmrxl corpus TASK --model DIR --input PATH --output DIR [--engine ray]   (see xlmrxl/corpus/cli.py)
 
 Contract
@@ -42,7 +42,12 @@ from typing import Any
 from .checkpoint import Checkpoint, is_checkpoint_dir
 from .config import XLMRobertaXLConfig
 from .corpus import cli as corpus_cli
+from .demo import run_demo
+from .memory import memory_lines
+from .modeling import XLMRobertaXLForMaskedLM
 from .parsing import parse_device, parse_dtype
+from .pipelines import pipeline
+from .quantization import quality_lines, quantize_checkpoint
 
 logger = logging.getLogger("xlmrxl")
 
@@ -110,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("src")
     q.add_argument("dst")
     q.add_argument("--group-size", type=int, default=128)
+    q.add_argument(
+        "--method",
+        default="rtn",
+        choices=("rtn", "mse", "gptq"),
+        help="rtn: min-max (torchao's); mse: per-group searched scale/zero (data-free); gptq: calibrated",
+    )
+    q.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="texts, one per line: gptq calibrates on them; every method reports its hidden-state cosine on them",
+    )
     q.add_argument("--dtype", default="bfloat16", help="dtype of the layers that stay unquantized")
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
@@ -164,7 +181,6 @@ def _inputs(text: str | None) -> list[str]:
 
 
 def _cmd_fill_mask(args) -> int:
-    from .pipelines import pipeline
 
     texts = _inputs(args.text)
     pipe = pipeline(
@@ -197,7 +213,6 @@ def _cmd_fill_mask(args) -> int:
 
 
 def _cmd_embed(args) -> int:
-    from .pipelines import pipeline
 
     texts = _inputs(args.text)
     pooling = None if args.pooling == "none" else args.pooling
@@ -234,7 +249,6 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
     result = run_demo(
@@ -250,8 +264,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    import xlmrxl
-
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_dir():
         raise FileNotFoundError(f"SRC {str(src)!r} is not a checkpoint directory")
@@ -265,12 +277,12 @@ def _cmd_quantize(args) -> int:
         )
     if args.group_size < 1:
         raise ValueError(f"--group-size {args.group_size} must be positive (128 is the usual choice)")
-    quant: Any = (
-        "int4" if args.group_size == 128 else {"quant_method": "xlmrxl_int4", "bits": 4, "group_size": args.group_size}
-    )
-    model = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(
+    model, quality = quantize_checkpoint(
         str(src),
-        quantization=quant,
+        XLMRobertaXLForMaskedLM,
+        group_size=args.group_size,
+        method=args.method,
+        calibration=args.calibration,
         dtype=parse_dtype(args.dtype),
         device=parse_device(args.device),
         backend=args.backend or "auto",
@@ -279,7 +291,8 @@ def _cmd_quantize(args) -> int:
     for name in _TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
-    sys.stdout.write(f"wrote the int4 (group size {args.group_size}) checkpoint to {dst}\n")
+    sys.stdout.write(f"wrote the int4 (group size {args.group_size}, {args.method}) checkpoint to {dst}\n")
+    sys.stdout.write("".join(line + "\n" for line in quality_lines(quality)))
     _print_info(checkpoint_info(dst))
     return 0
 
@@ -427,6 +440,17 @@ def _print_info(info: dict[str, Any]) -> None:
             )
     else:
         w("  quantized    no (xlmrxl quantize SRC DST writes an int4 copy)\n")
+
+    keys = (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+    )
+    shape = {k: info[k] for k in keys if info.get(k)} if all(info.get(k) for k in keys[:4]) else None
+    w("".join(f"  int4 size    {line}\n" for line in memory_lines(shape)))
     w(f"  tokenizer    {'sentencepiece.bpe.model present' if info['tokenizer'] else 'none in this directory'}\n")
 
 

@@ -46,9 +46,8 @@ import torch
 from torch import nn
 
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
-from .tokenizer import XLMRobertaTokenizer
-
 from .parsing import parse_device, parse_dtype
+from .tokenizer import XLMRobertaTokenizer
 
 logger = logging.getLogger("xlmrxl")
 

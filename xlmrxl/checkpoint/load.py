@@ -163,6 +163,7 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
                 f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config saved with its weights"
             )
         config = cls.config_class.from_pretrained(resolve_config_file(directory, record))
+        config._name_or_path = str(directory)  # as transformers: the directory loaded (its tokenizer lives there)
     else:
         config = copy.deepcopy(config)
     for key, value in overrides.items():
@@ -180,7 +181,15 @@ def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:
     return tqdm(total=n, desc="Loading weights", unit="tensor")
 
 
-def _quantization_hook(model: nn.Module, quant: Any, *, dtype: torch.dtype, device: torch.device) -> Callable | None:
+def _quantization_hook(
+    model: nn.Module,
+    quant: Any,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    method: str | None = None,
+    options: dict | None = None,
+) -> Callable | None:
     """The seam for quantize-while-loading. ``None`` -> no hook.
 
     Otherwise ``xlmrxl.quantization.load_hook(model, quantization, dtype=..., device=...)`` returns a callable
@@ -190,8 +199,11 @@ def _quantization_hook(model: nn.Module, quant: Any, *, dtype: torch.dtype, devi
     ``nn.Linear``); returning None keeps it (quantized in place, or untouched).
     """
     if quant is None:
+        if method is not None or options:
+            raise ValueError("quantization_method / quantization_options need quantization='int4'")
         return None
-    return quant_mod.load_hook(model, quant, dtype=dtype, device=device)
+    extra = {k: v for k, v in (("method", method), ("options", options)) if v is not None}
+    return quant_mod.load_hook(model, quant, dtype=dtype, device=device, **extra)
 
 
 def load_pretrained(
@@ -207,7 +219,10 @@ def load_pretrained(
     **config_overrides: Any,
 ) -> nn.Module | tuple[nn.Module, dict[str, list]]:
     """Build ``cls`` from a checkpoint directory; see the module docstring for the rules."""
-    options, init_kwargs, overrides = _split_kwargs(cls, dict(config_overrides))
+    kwargs = dict(config_overrides)
+    q_method = kwargs.pop("quantization_method", None)  # xlmrxl.quantization: rtn / mse / gptq ...
+    q_options = kwargs.pop("quantization_options", None)  # ... and its options (gptq: calibration, tokenizer)
+    options, init_kwargs, overrides = _split_kwargs(cls, kwargs)
     if dtype is None and options.get("torch_dtype") is not None:
         dtype = options["torch_dtype"]
     parse_dtype(dtype)  # a bad dtype is reported before anything is read
@@ -238,7 +253,7 @@ def load_pretrained(
         if getattr(config, "quantization_config", None) is not None:
             quant_mod.prepare_quantized_model(model, config.quantization_config)  # its QuantLinears, on meta
         plan = Plan(model, ckpt, bool(options.get("ignore_mismatched_sizes", False)))
-        hook = _quantization_hook(model, quantization, dtype=target, device=device)
+        hook = _quantization_hook(model, quantization, dtype=target, device=device, method=q_method, options=q_options)
         bar = _progress_bar(progress, ckpt.total_bytes, plan.n_tensors())
         try:
             materialise(model, plan, ckpt, device, hook, bar)
@@ -257,6 +272,8 @@ def load_pretrained(
     if hasattr(model, "set_backend"):
         model.set_backend(backend)
     model.eval()
+    if quantization is not None:  # gptq quantizes the loaded model here (rtn / mse were done while loading)
+        quant_mod.finish_loading(model, quantization, method=q_method, options=q_options)
     if output_loading_info:
         info = {
             "missing_keys": list(plan.missing),
