@@ -54,6 +54,7 @@ from ._utils import (
     num_sms,
     on_tensor_device,
 )
+from .reference.attention import attention_ref, attention_varlen_ref
 
 logger = logging.getLogger("xlmrxl")
 
@@ -832,6 +833,8 @@ def attention(
     causal: bool = False,
 ) -> torch.Tensor:
     """Scaled dot-product attention on (B, H, S, D) tensors; see the module docstring."""
+    if q.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64 (model.double() parity)
+        return attention_ref(q, k, v, attention_mask, scale=scale, causal=causal)
     return _attention(q, k, v, attention_mask, scale=scale, causal=causal)
 
 
@@ -924,6 +927,10 @@ def attention_varlen(
     causal: bool = False,
 ) -> torch.Tensor:
     """Attention over packed variable-length sequences (flash-attn's varlen layout); see the module docstring."""
+    if q.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64
+        return attention_varlen_ref(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
+        )
     return _attention_varlen(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
     )

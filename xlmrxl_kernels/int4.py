@@ -59,6 +59,7 @@ from .reference.int4 import (
     dequantize_int4_ref,
     export_torchao_int4,
     import_torchao_int4,
+    int4_matmul_ref,
     pack_int4,
     quantize_int4_ref,
     unpack_int4,
@@ -266,7 +267,6 @@ def int4_matmul_not_supported(
     return reasons
 
 
-@on_tensor_device
 def int4_matmul(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -279,7 +279,14 @@ def int4_matmul(
     """``act(x @ W_hat.T + bias)`` with ``W_hat`` dequantized from the int4 weight inside the kernel's K loop.
 
     ``x`` ``(..., K)``; packed weight as ``quantize_int4`` returns it; ``bias`` ``(N,)`` or None; ``activation``
-    None or ``"gelu"``. Returns ``(..., N)`` in ``x.dtype``."""
+    None or ``"gelu"``. Returns ``(..., N)`` in ``x.dtype``. float64 ``x`` runs the reference in fp64."""
+    if x.dtype == torch.float64:
+        return int4_matmul_ref(x, qweight, scales, zeros, group_size, bias, activation, upcast=True)
+    return _int4_matmul(x, qweight, scales, zeros, group_size, bias, activation)
+
+
+@on_tensor_device
+def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
     N, K = check_int4_args(qweight, scales, zeros, group_size)
     check(activation in (None, "gelu"), f"activation must be None or 'gelu', got {activation!r}")
     check(

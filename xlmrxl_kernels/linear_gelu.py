@@ -29,6 +29,7 @@ import triton.language as tl
 
 from ._tiles import grouped_tile
 from ._utils import autotune_configs, check, check_same_device, empty, launch_autotuned, on_tensor_device
+from .reference.linear_gelu import linear_gelu_ref, linear_residual_ref
 
 logger = logging.getLogger("xlmrxl")
 
@@ -261,6 +262,8 @@ def _launch(x, weight, bias, residual, epilogue: int) -> torch.Tensor:
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``gelu(x @ weight.T + bias)`` with exact erf GELU, fused into the GEMM epilogue."""
+    if x.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64
+        return linear_gelu_ref(x, weight, bias)
     return _launch(x, weight, bias, None, _EPI_GELU)
 
 
@@ -268,4 +271,6 @@ def linear_residual(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
 ) -> torch.Tensor:
     """``residual + x @ weight.T + bias``, fused into the GEMM epilogue (a new tensor; ``residual`` is not written)."""
+    if x.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64
+        return linear_residual_ref(x, weight, bias, residual)
     return _launch(x, weight, bias, residual, _EPI_RESIDUAL)
