@@ -76,20 +76,26 @@ def require_gpu(what: str) -> None:
 
 
 def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
-    """Median / p20 / p80 time of `fn` in milliseconds. GPU: triton.testing.do_bench (device events, L2 flushed);
-    CPU: wall clock."""
-    if torch.cuda.is_available():
-        import triton.testing
-
-        q = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8], return_mode="median")
-        return {"ms": q[0], "ms_p20": q[1], "ms_p80": q[2]}
+    """Median / p20 / p80 time of `fn` in milliseconds over ``rep`` calls after ``warmup`` untimed calls (counts,
+    on every device). GPU: one pair of CUDA events per call (device time, the host may run ahead); CPU: wall
+    clock."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(rep):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+    if torch.cuda.is_available():
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rep)]
+        torch.cuda.synchronize()
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for _ in range(rep):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return {"ms": statistics.median(times), "ms_p20": times[len(times) // 5], "ms_p80": times[(4 * len(times)) // 5]}
 

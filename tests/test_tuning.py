@@ -223,3 +223,19 @@ def test_shape_keys_bucket_token_counts():
     assert tuning.shape_key("linear_gelu", (torch.randn(3, 3, 16), w, None)) == ("float32", 16, 12, 16, False)
     with pytest.raises(KeyError, match="unknown op"):
         tuning.shape_key("conv", (x,))
+
+
+def test_merge_ships_measured_choices(tmp_path, no_interpreter):
+    t, _ = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": 0.2})
+    t.choose("linear_residual", _residual_args())
+    import pathlib
+
+    defaults = tmp_path / "tuned_defaults.py"
+    defaults.write_text((pathlib.Path(tuning.__file__).with_name("tuned_defaults.py")).read_text())
+    assert tuning.main(["merge", str(tmp_path / "tuning.json"), "--defaults", str(defaults)]) == 0
+    ns = {}
+    exec(defaults.read_text(), ns)
+    assert ns["TUNED_DEFAULTS"] == {"cpu": {"linear_residual|float32|8|12|16|True": "cublas-addmm"}}
+    # a cold tuner with those defaults and tuning off picks them
+    t2 = tuning.Tuner(mode="off", defaults=ns["TUNED_DEFAULTS"], cache_path=tmp_path / "none.json")
+    assert t2.choose("linear_residual", _residual_args()).source == "tuned_defaults"
