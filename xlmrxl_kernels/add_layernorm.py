@@ -200,26 +200,10 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.contiguous().view(-1, n)
 
 
-def add_layernorm(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float = 1e-5,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(LayerNorm(x + residual) * weight + bias, x + residual)``; see the module docstring."""
-    if x.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64
-        return add_layernorm_ref(x, residual, weight, bias, eps)
-    return _add_layernorm(x, residual, weight, bias, eps)
-
-
-@on_tensor_device
-def _add_layernorm(
-    x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
-):
-    """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path."""
+def _check_args(x, residual, weight, bias, eps, dtypes) -> None:
+    """Every check of a call, shared by the kernel and the fp64 (reference) route."""
     check(x.dim() >= 1 and x.shape[-1] >= 1, f"x must have shape (..., N) with N >= 1, got {tuple(x.shape)}")
-    check_dtype("x", x, _DTYPES)
+    check_dtype("x", x, dtypes)
     N = x.shape[-1]
     if residual is not None:
         check(
@@ -236,6 +220,29 @@ def _add_layernorm(
             check(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}")
     check_same_device(x=x, residual=residual, weight=weight, bias=bias)
     check(float(eps) >= 0, f"eps must be >= 0, got {eps}")
+
+
+def add_layernorm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(LayerNorm(x + residual) * weight + bias, x + residual)``; see the module docstring."""
+    if x.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64, after the same checks
+        _check_args(x, residual, weight, bias, eps, (torch.float64,))
+        return add_layernorm_ref(x, residual, weight, bias, eps)
+    return _add_layernorm(x, residual, weight, bias, eps)
+
+
+@on_tensor_device
+def _add_layernorm(
+    x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
+):
+    """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path."""
+    _check_args(x, residual, weight, bias, eps, _DTYPES)
+    N = x.shape[-1]
 
     x2 = _rows(x, N)
     r2 = _rows(residual, N) if residual is not None else x2

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -293,9 +294,9 @@ def _attn_fwd_kernel(
     b = bh // H
     h = bh % H
     if IS_VARLEN:
-        q_start = tl.load(CuQ + b).to(tl.int64)
-        k_start = tl.load(CuK + b).to(tl.int64)
         # clamp to the tensors, so that bad offsets cannot read or write out of bounds
+        q_start = tl.minimum(tl.maximum(tl.load(CuQ + b).to(tl.int64), 0), T_q)
+        k_start = tl.minimum(tl.maximum(tl.load(CuK + b).to(tl.int64), 0), T_k)
         len_q = tl.minimum(tl.load(CuQ + b + 1).to(tl.int64), T_q) - q_start
         len_k = tl.minimum(tl.load(CuK + b + 1).to(tl.int64), T_k) - k_start
     else:
@@ -541,8 +542,8 @@ def _attn_decode_kernel(
     b = bh // H
     h = bh % H
     if IS_VARLEN:
-        q_start = tl.load(CuQ + b).to(tl.int64)
-        k_start = tl.load(CuK + b).to(tl.int64)
+        q_start = tl.minimum(tl.maximum(tl.load(CuQ + b).to(tl.int64), 0), T_q)
+        k_start = tl.minimum(tl.maximum(tl.load(CuK + b).to(tl.int64), 0), T_k)
         len_q = tl.minimum(tl.load(CuQ + b + 1).to(tl.int64), T_q) - q_start
         len_k = tl.minimum(tl.load(CuK + b + 1).to(tl.int64), T_k) - k_start
     else:
@@ -802,7 +803,18 @@ def attention_not_supported(q, k, v, attention_mask=None, *, scale=None, causal=
 
 
 def attention_varlen_not_supported(
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    *,
+    scale=None,
+    causal=False,
+    seqlens_q=None,
+    seqlens_k=None,
 ) -> list[str]:
     """Reasons (possibly none) this call cannot take the kernel; the dispatcher then runs the reference."""
     return _common_reasons(q, k, v)
@@ -914,6 +926,42 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int) 
     )
 
 
+def check_host_seqlens(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    seqlens_q: Sequence[int] | None,
+    seqlens_k: Sequence[int] | None = None,
+) -> None:
+    """Validate host-known sequence lengths against the packed tensors (no device sync; O(B) Python).
+    ``seqlens_k`` defaults to ``seqlens_q`` (self-attention over the same packing)."""
+    if seqlens_k is None:
+        seqlens_k = seqlens_q
+    if seqlens_q is None:
+        seqlens_q = seqlens_k
+    B = cu_seqlens_q.shape[0] - 1 if isinstance(cu_seqlens_q, torch.Tensor) and cu_seqlens_q.dim() == 1 else None
+    for name, lens, rows, mx in (
+        ("seqlens_q", seqlens_q, q.shape[0], max_seqlen_q),
+        ("seqlens_k", seqlens_k, k.shape[0], max_seqlen_k),
+    ):
+        try:
+            lens = [int(n) for n in lens]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a sequence of host integers (one length per sequence)") from None
+        check(B is None or len(lens) == B, f"{name} has {len(lens)} lengths but cu_seqlens describes {B} sequences")
+        bad = next((i for i, n in enumerate(lens) if n < 0), None)
+        check(bad is None, f"{name}[{bad}] = {lens[bad] if bad is not None else 0} is negative")
+        total = sum(lens)
+        check(total <= rows, f"{name} sum to {total} rows but the packed tensor has {rows}")
+        longest = max(lens, default=0)
+        check(
+            longest <= int(mx),
+            f"{name} has a sequence of {longest} tokens but max_seqlen is {mx}; pass the true maximum length",
+        )
+
+
 def attention_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -925,8 +973,17 @@ def attention_varlen(
     *,
     scale: float | None = None,
     causal: bool = False,
+    seqlens_q: Sequence[int] | None = None,
+    seqlens_k: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Attention over packed variable-length sequences (flash-attn's varlen layout); see the module docstring."""
+    """Attention over packed variable-length sequences (flash-attn's varlen layout); see the module docstring.
+
+    ``seqlens_q`` / ``seqlens_k``: the per-sequence lengths as host integers, when the caller has them (packing
+    computes them before building ``cu_seqlens``): they are validated on the host (B entries, >= 0, sum within the
+    packed rows, max within ``max_seqlen_*``) without any device sync; a bad value is a ValueError naming it.
+    The caller vouches that ``cu_seqlens_*`` are their cumulative sums."""
+    if seqlens_q is not None or seqlens_k is not None:
+        check_host_seqlens(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, seqlens_q, seqlens_k)
     if q.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64
         return attention_varlen_ref(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal

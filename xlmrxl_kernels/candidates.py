@@ -181,7 +181,7 @@ def _flash_reasons(q, k, v, attention_mask=None, *, scale=None, causal=False) ->
 
 # -- varlen attention -------------------------------------------------------------------------------------------------
 def attention_varlen_flash(
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, **_host_lengths
 ):
     """PyTorch's bundled FlashAttention-2 varlen forward (``aten._flash_attention_forward``)."""
     out = torch.ops.aten._flash_attention_forward(
@@ -209,7 +209,7 @@ def _varlen_attn():
 
 
 def attention_varlen_torch(
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, **_host_lengths
 ):
     """``torch.nn.attention.varlen.varlen_attn`` (torch >= 2.9), causal aligned bottom-right as flash-attn does."""
     fn = _varlen_attn()
@@ -222,7 +222,9 @@ def attention_varlen_torch(
     return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), **kw)
 
 
-def _varlen_reasons(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False):
+def _varlen_reasons(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, **_host_lengths
+):
     reasons = []
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         return ["needs packed (T, H, D) tensors"]

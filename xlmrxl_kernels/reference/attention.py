@@ -80,7 +80,11 @@ def attention_varlen_ref(
     scale: float | None = None,
     causal: bool = False,
     upcast: bool = True,
+    seqlens_q=None,
+    seqlens_k=None,
 ) -> torch.Tensor:
+    # seqlens_q / seqlens_k (host lengths, validated by the kernel's launcher) are accepted for the same signature;
+    # this oracle reads cu_seqlens on the host anyway
     _check_qkv(q, k, v, 3, "(T, H, D)")
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(
