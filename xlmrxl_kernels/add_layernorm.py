@@ -50,9 +50,11 @@ def _prune_warps(configs, named_args, **kwargs):
 
 
 @triton.autotune(
-    configs=_CONFIGS, key=["N", "BLOCK_M", "BLOCK_N", "HAS_RES"], prune_configs_by={"early_config_prune": _prune_warps}
+    configs=_CONFIGS,
+    key=["M_BUCKET", "N", "BLOCK_M", "BLOCK_N", "HAS_RES"],
+    prune_configs_by={"early_config_prune": _prune_warps},
 )
-@triton.jit
+@triton.jit(do_not_specialize=("M", "M_BUCKET"))  # row counts: one binary for every M, tuned per M bucket
 def _add_layernorm_kernel(
     # pointers
     X,
@@ -61,10 +63,11 @@ def _add_layernorm_kernel(
     B,
     Y,
     H,
-    # sizes
+    # sizes (M_BUCKET only keys the autotune cache)
     M,
     N,
     eps,
+    M_BUCKET,
     # row strides (the last dim is contiguous)
     stride_x,
     stride_r,
@@ -266,7 +269,7 @@ def _add_layernorm(
         launch_autotuned(
             _add_layernorm_kernel,
             grid,
-            (x2, r2, w, b, y2, h2, M, N, float(eps), *strides),
+            (x2, r2, w, b, y2, h2, M, N, float(eps), min(triton.next_power_of_2(M), 65536), *strides),
             dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common),
             lambda named: _prune_warps(_CONFIGS, named, **named)[0],
         )

@@ -227,7 +227,11 @@ def _attn_inner(
     return acc0, acc1, l_i, m_i
 
 
-@triton.jit
+# token counts and lengths change with every batch: never compile a variant per value (==1, %16 specialisation)
+_DYNAMIC = ("max_seqlen_q", "S_q", "S_k", "T_q", "T_k", "stride_lb", "SEQ_Q_KEY", "SEQ_K_KEY")
+
+
+@triton.jit(do_not_specialize=_DYNAMIC)
 def _attn_fwd_kernel(
     # pointers: q/k/v, output, key mask, split-KV partial outputs / log-sum-exps, varlen offsets
     Q,
@@ -443,7 +447,7 @@ def _attn_fwd_kernel(
             )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("R",))
 def _attn_combine_kernel(
     OPart,
     LPart,
@@ -485,7 +489,7 @@ def _attn_combine_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_DYNAMIC)
 def _attn_decode_kernel(
     # pointers and sizes: as _attn_fwd_kernel
     Q,
@@ -633,15 +637,18 @@ def _head_dim_blocks(d: int):
     return d0, (0 if rem == 0 else max(16, triton.next_power_of_2(rem)))
 
 
-def _num_splits(device: torch.device, programs: int, max_seqlen_k: int) -> int:
+def _num_splits(device: torch.device, programs: int, max_seqlen_k: int | None) -> int:
     """Key splits when (batch x heads x query blocks) leaves SMs idle: enough programs to fill the GPU about twice,
-    each split >= 64 keys; a power of 2 (few compiled variants)."""
+    each split >= 64 keys; a power of 2 (few compiled variants). Decode passes ``max_seqlen_k=None``: its split
+    count then depends on the launch shape only, so a KV cache growing during ``generate`` never changes the
+    (compile-time) split count; splits past the cached keys are empty and cost one early exit."""
     if device.type != "cuda":
         return 1
     sms = num_sms(device)
     if programs >= sms:
         return 1
-    want = min(-(-2 * sms // programs), max(1, max_seqlen_k // 64), 16)
+    cap = 16 if max_seqlen_k is None else max(1, max_seqlen_k // 64)
+    want = min(-(-2 * sms // programs), cap, 16)
     return 1 << (want.bit_length() - 1) if want > 1 else 1
 
 
@@ -689,7 +696,7 @@ def _launch(
     if num_splits is None:
         rows_per_program = 1 if decode else 64
         programs = B * H * triton.cdiv(max_seqlen_q, rows_per_program)
-        num_splits = _num_splits(q.device, programs, max_seqlen_k)
+        num_splits = _num_splits(q.device, programs, None if decode else max_seqlen_k)
     check(
         num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
         f"num_splits must be a power of two >= 1, got {num_splits}",

@@ -18,15 +18,17 @@ zero), and computes ``y.T = W_hat @ x.T`` so the dequantized tile is the MMA's r
 fill the MMA's narrow side. Two launch shapes:
 
 - ``M <= 64`` (latency): narrow token tile, ``BLOCK_N = 64`` output features per program, and split-K across
-  whole groups when the output tiles alone cannot fill the GPU (fp32 atomics into a workspace, then a small
-  kernel adds the bias, applies GELU, rounds, and zeroes the workspace again; with no split the epilogue is fused).
-  The workspace is cached per (device, stream) and grows to the next power of two when needed (older buffers are
-  kept, so CUDA graphs that captured them stay valid): no allocation or memset per call. Two host threads
-  launching on one stream at once would share it; use one stream per thread.
+  whole groups when the output tiles alone cannot fill the GPU: each split stores its fp32 partial tile into its
+  own slice of a workspace (plain stores, no atomics, nothing to zero), then a small kernel sums the splits in a
+  fixed order, adds the bias, applies GELU and rounds (with no split the epilogue is fused). Results are
+  therefore deterministic, and the autotuner times the real kernel (no workspace to restore between runs).
+  The workspace is cached per (device, stream) outside CUDA-graph capture (grown to the next power of two;
+  older buffers are kept so graphs that captured them stay valid); inside capture every call allocates its own
+  from the graph's pool, so two graphs never share one. Two host threads launching on one stream at once would
+  share the cached one; use one stream per thread.
 - ``M > 64`` (throughput): autotuned 2-D tiles in super-grouped order, fused epilogue.
 
-Accumulation in fp32; one rounding to ``x.dtype``. With split-K the fp32 summation order varies from run to run
-(atomics), so results can differ in the last bit between runs. Kernel limits: ``group_size`` a power of two >= 32;
+Accumulation in fp32; one rounding to ``x.dtype``. Kernel limits: ``group_size`` a power of two >= 32;
 ``x`` float16 / bfloat16 (float32 only under the interpreter, where it checks the kernel's logic exactly);
 ``int4_matmul_not_supported`` says why a call cannot take the kernel, and the dispatcher then runs the reference.
 ``quantize_int4`` / ``dequantize_int4`` are plain PyTorch (they run once per weight, on any device).
@@ -45,6 +47,7 @@ import triton.language as tl
 
 from ._tiles import grouped_tile
 from ._utils import (
+    _capturing,
     autotune_configs,
     check,
     check_same_device,
@@ -104,7 +107,7 @@ _SMALL_BLOCK_N = 64
 _SMALL_BLOCK_N_INTERPRET = 32
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M", "M_BUCKET"))  # token counts: one binary for every M
 def _int4_matmul_kernel(
     # pointers: activations, packed weight, group scales / zeros, bias, output, fp32 split-K workspace
     x_ptr,
@@ -191,33 +194,43 @@ def _int4_matmul_kernel(
         y_ptrs = y_ptr + m0 * stride_ym + n0 * stride_yn + rn[:, None] * stride_yn + rm[None, :] * stride_ym
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # partial sums over this program's groups; _int4_finalize_kernel applies bias / GELU / rounding
-        ws_ptrs = ws_ptr + m0 * N + n0 + rn[:, None] + rm[None, :] * N
-        tl.atomic_add(ws_ptrs, acc, mask=out_mask)
+        # this split's partial sums, in its own (M, N) slice; _int4_finalize_kernel sums the splits in order
+        ws_ptrs = ws_ptr + pid_k.to(tl.int64) * M * N + m0 * N + n0 + rn[:, None] + rm[None, :] * N
+        tl.store(ws_ptrs, acc, mask=out_mask)
 
 
 _int4_tiled = triton.autotune(
     configs=autotune_configs(_TILED_CONFIGS, _TILED_INTERPRET),
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "HAS_BIAS", "GELU"],
 )(_int4_matmul_kernel)
-# the workspace is accumulated into: restore it after every timing run of the autotuner
+# the workspace is only written (each split its own slice): timing runs need no restore
 _int4_small = triton.autotune(
     configs=autotune_configs(_SMALL_CONFIGS),
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "SPLIT_K", "HAS_BIAS", "GELU", "BLOCK_M"],
-    restore_value=["ws_ptr"],
 )(_int4_matmul_kernel)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M",))
 def _int4_finalize_kernel(
-    ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr
+    ws_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    stride_ym,
+    stride_yn,
+    SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    GELU: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     m = offs // N
     n = offs % N
-    acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
-    tl.store(ws_ptr + offs, tl.zeros_like(acc), mask=mask)  # leave the cached workspace zeroed for the next call
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):  # a fixed order: the same bits on every run
+        acc += tl.load(ws_ptr + split * M * N + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=mask, other=0.0).to(tl.float32)
     if GELU:
@@ -231,18 +244,21 @@ def _num_sms(device: torch.device) -> int:
     return num_sms(device)
 
 
-# (device, stream) -> fp32 split-K workspaces, newest (largest) last; every one is all zeros between calls
+# (device, stream) -> fp32 split-K workspaces, newest (largest) last (uninitialised: every element read was written)
 _WORKSPACES: dict = {}
 
 
 def _workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """A zeroed fp32 buffer of ``numel`` elements for split-K partial sums, reused across calls (the finalize kernel
-    zeroes what it read). Per stream, so concurrent streams never share one; grown, never freed, so a CUDA graph that
-    captured a buffer keeps a valid one."""
+    """An fp32 buffer of ``numel`` elements for the split-K partial tiles. Outside CUDA-graph capture: reused across
+    calls, per stream (concurrent streams never share one), grown but never freed (a graph that captured an older
+    buffer keeps a valid one). Inside capture: a new buffer from the graph's private pool, so each captured graph
+    owns its workspace even when several graphs are captured on one stream and replayed on different ones."""
+    if _capturing(device):
+        return torch.empty(numel, dtype=torch.float32, device=device)
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
     bufs = _WORKSPACES.setdefault(key, [])
     if not bufs or bufs[-1].numel() < numel:
-        bufs.append(torch.zeros(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
+        bufs.append(torch.empty(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
     return bufs[-1][:numel]
 
 
@@ -352,7 +368,7 @@ def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activatio
     # fp32 partial-sum traffic (split x M x N x 4 bytes) than half the packed weight (N x K / 2 bytes)
     split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * M)))
     split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
-    ws = _workspace(x.device, M * N) if split > 1 else y
+    ws = _workspace(x.device, split * M * N) if split > 1 else y
     launch_autotuned(
         _int4_small,
         (tiles, split),
@@ -363,6 +379,6 @@ def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activatio
     if split > 1:
         block = 1024
         _int4_finalize_kernel[(triton.cdiv(M * N, block),)](
-            ws, b, y, M, N, y.stride(0), y.stride(1), HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block
+            ws, b, y, M, N, y.stride(0), y.stride(1), SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block
         )
     return y.reshape(lead + (N,))
