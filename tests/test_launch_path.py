@@ -79,3 +79,18 @@ def test_decode_with_more_splits_than_keys_is_exact():
     v = torch.randn(2, 2, 3, 16)
     out = A._attention(q, k, v, None, num_splits=8)
     torch.testing.assert_close(out, attention_ref(q, k, v), atol=2e-5, rtol=0)
+
+
+@pytest.mark.triton
+def test_linear_checks_once_per_layout(monkeypatch):
+    """The GEMM launcher validates and builds its launch arguments once per argument layout (shape, strides,
+    dtypes, devices); later calls with that layout go straight to the launch."""
+    G = importlib.import_module("xlmrxl_kernels.linear_gelu")
+    G._PLANS.clear()
+    x, w, b = torch.randn(3, 16), torch.randn(8, 16), torch.randn(8)
+    first = G.linear_gelu(x, w, b)
+    assert len(G._PLANS) == 1
+    monkeypatch.setattr(G, "_make_plan", lambda *a, **k: pytest.fail("the plan must come from the cache"))
+    torch.testing.assert_close(G.linear_gelu(x.clone(), w, b), first)
+    with pytest.raises(pytest.fail.Exception):
+        G.linear_gelu(torch.randn(4, 16), w, b)  # a new layout builds a new plan (here: the patched failure)

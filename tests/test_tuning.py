@@ -139,7 +139,7 @@ def test_picks_the_fastest_and_caches_in_memory_and_on_disk(tmp_path, no_interpr
     data = json.loads((tmp_path / "tuning.json").read_text())
     ((ctx, recs),) = data["entries"].items()
     assert ctx.startswith("cpu|torch=") and "triton=" in ctx and "xlmrxl=" in ctx
-    assert recs["linear_residual|float32|8|12|16|True"]["choice"] == "cublas-addmm"
+    assert recs["linear_residual|8|12|16|float32|float32|float32|float32"]["choice"] == "cublas-addmm"
     t2, timer2 = _tuner(tmp_path, {"cublas": 0.1, "cublas-addmm": 9.0})
     c2 = t2.choose("linear_residual", args)
     assert (c2.name, c2.source, timer2.calls) == ("cublas-addmm", "disk", [])
@@ -158,7 +158,7 @@ def test_tuning_off_uses_fixed_defaults(tmp_path, no_interpreter, monkeypatch):
         assert c.reasons["cublas-addmm"] == tuning.Reason.TUNING_OFF
         assert not (tmp_path / "tuning.json").exists()
         # shipped defaults apply when tuning is off (or cannot run)
-        shipped = {"cpu": {"linear_residual|float32|8|12|16|True": "cublas-addmm"}}
+        shipped = {"cpu": {"linear_residual|8|12|16|float32|float32|float32|float32": "cublas-addmm"}}
         t2, _ = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": 0.2}, defaults=shipped)
         c2 = t2.choose("linear_residual", _residual_args())
         assert (c2.name, c2.source) == ("cublas-addmm", "tuned_defaults")
@@ -219,8 +219,10 @@ def test_disabled_kernels_reason(tmp_path, monkeypatch):
 
 def test_shape_keys_bucket_token_counts():
     x, w, b = _linear_args()
-    assert tuning.shape_key("linear_gelu", (x, w, b)) == ("float32", 8, 12, 16, True)
-    assert tuning.shape_key("linear_gelu", (torch.randn(3, 3, 16), w, None)) == ("float32", 16, 12, 16, False)
+    f32 = torch.float32
+    assert tuning.shape_key("linear_gelu", (x, w, b)) == (8, 12, 16, f32, f32, f32)
+    assert tuning.shape_key("linear_gelu", (torch.randn(3, 3, 16), w, None)) == (16, 12, 16, f32, f32)
+    assert tuning.shape_key("linear_gelu", (x.double(), w, b))[-3:] == (torch.float64, f32, f32)
     with pytest.raises(KeyError, match="unknown op"):
         tuning.shape_key("conv", (x,))
 
@@ -235,7 +237,7 @@ def test_merge_ships_measured_choices(tmp_path, no_interpreter):
     assert tuning.main(["merge", str(tmp_path / "tuning.json"), "--defaults", str(defaults)]) == 0
     ns = {}
     exec(defaults.read_text(), ns)
-    assert ns["TUNED_DEFAULTS"] == {"cpu": {"linear_residual|float32|8|12|16|True": "cublas-addmm"}}
+    assert ns["TUNED_DEFAULTS"] == {"cpu": {"linear_residual|8|12|16|float32|float32|float32|float32": "cublas-addmm"}}
     # a cold tuner with those defaults and tuning off picks them
     t2 = tuning.Tuner(mode="off", defaults=ns["TUNED_DEFAULTS"], cache_path=tmp_path / "none.json")
     assert t2.choose("linear_residual", _residual_args()).source == "tuned_defaults"

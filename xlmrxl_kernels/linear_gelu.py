@@ -294,9 +294,18 @@ def linear_residual_not_supported(
     return _not_supported(x, weight, bias, residual) + _slower_than_reference(x)
 
 
-@on_tensor_device
-def _launch(x, weight, bias, residual, epilogue: int, split_k: int | None = None) -> torch.Tensor:
-    """The launcher; ``split_k`` forces a split count (tests reach the split-K path with it)."""
+# (shapes, strides, dtypes, devices, epilogue, split) -> _Plan: a call's checks and launch arguments, computed once
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+class _Plan:
+    """Everything about a launch that depends only on the arguments' metadata: checked once, reused per call."""
+
+    __slots__ = ("lead", "M", "N", "K", "split", "args_tail", "kwargs", "grid", "finalize_grid", "finalize_kwargs")
+
+
+def _make_plan(x, weight, bias, residual, epilogue: int, split_k: int | None) -> _Plan:
     check(weight.dim() == 2, f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
     N, K = weight.shape
     check(
@@ -311,76 +320,110 @@ def _launch(x, weight, bias, residual, epilogue: int, split_k: int | None = None
     reasons = _not_supported(x, weight, bias)
     check(not reasons, "; ".join(reasons) + " (use the reference, or cast the inputs)")
     check_same_device(x=x, weight=weight, bias=bias, residual=residual)
-    lead = tuple(x.shape[:-1])
-    x2 = x.reshape(-1, K)
+    plan = _Plan()
+    plan.lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, K)  # its strides are a function of x's shape and strides
     M = x2.shape[0]
-    y = empty((M, N), dtype=x.dtype, device=x.device)
     if residual is not None:
         check(
-            tuple(residual.shape) == lead + (N,),
-            f"residual must have shape {lead + (N,)} (x's leading dims, N), got {tuple(residual.shape)}",
+            tuple(residual.shape) == plan.lead + (N,),
+            f"residual must have shape {plan.lead + (N,)} (x's leading dims, N), got {tuple(residual.shape)}",
         )
-        r2 = residual.reshape(M, N)
+        r_strides = residual.reshape(M, N).stride()
     else:
-        r2 = y  # never read (EPILOGUE != 2)
-    if M == 0 or N == 0:
-        return y.reshape(lead + (N,))
-    b = bias if bias is not None else y  # never read (HAS_BIAS=False)
-
-    m_bucket = min(triton.next_power_of_2(M), 4096)
-    strides = (
-        x2.stride(0),
-        x2.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        r2.stride(0),
-        r2.stride(1),
-        y.stride(0),
-        y.stride(1),
-    )
+        r_strides = (N, 1)  # never read (EPILOGUE != 2): y's
+    plan.M, plan.N, plan.K = M, N, K
+    m_bucket = min(triton.next_power_of_2(max(M, 1)), 4096)
+    strides = (*x2.stride(), *weight.stride(), *r_strides, N, 1)
     flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, IEEE=x.dtype == torch.float32)
     block_m, block_n, block_k = _SPLIT_TILE_INTERPRET if interpreting() else _SPLIT_TILE
     split = _split_k(x.device, M, N, K, block_m, block_n) if split_k is None else split_k
+    k_split = K
     if split > 1:
         # K chunks of whole 128-multiples (the last one may be shorter); no empty splits
         k_split = triton.cdiv(triton.cdiv(K, split), 128) * 128
         split = triton.cdiv(K, k_split)
+    plan.split = split
+    plan.args_tail = (M, N, K, m_bucket, k_split, *strides)
     if split > 1:
-        ws = _workspace(x.device, split * M * N)
         tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
-        launch_autotuned(
-            _linear_split,
-            (tiles, split),
-            (x2, weight, b, r2, y, ws, M, N, K, m_bucket, k_split, *strides),
-            dict(
-                EVEN_K=K % k_split == 0 and k_split % block_k == 0,
-                SPLIT_K=split,
-                BLOCK_M=block_m,
-                BLOCK_N=block_n,
-                BLOCK_K=block_k,
-                GROUP_M=1,
-                **flags,
-            ),
-            lambda named: _SPLIT_CONFIGS[0],
+        plan.grid = (tiles, split)
+        plan.kwargs = dict(
+            EVEN_K=K % k_split == 0 and k_split % block_k == 0,
+            SPLIT_K=split,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            GROUP_M=1,
+            **flags,
         )
         block = 1024
-        _linear_finalize_kernel[(triton.cdiv(M * N, block),)](
-            ws, b, r2, y, M, N, r2.stride(0), r2.stride(1), y.stride(0), y.stride(1),
-            SPLIT_K=split, HAS_BIAS=bias is not None, EPILOGUE=epilogue, BLOCK=block,
-        )  # fmt: skip
-        return y.reshape(lead + (N,))
+        plan.finalize_grid = (triton.cdiv(M * N, block),)
+        plan.finalize_kwargs = dict(SPLIT_K=split, HAS_BIAS=bias is not None, EPILOGUE=epilogue, BLOCK=block)
+    else:
 
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
 
-    launch_autotuned(
-        _linear_tiled,
-        grid,
-        (x2, weight, b, r2, y, y, M, N, K, m_bucket, K, *strides),
-        dict(EVEN_K=K % 128 == 0, SPLIT_K=1, **flags),  # every BLOCK_K in the configs divides 128
-        lambda named: _prune(_CONFIGS, named)[0],
+        plan.grid = grid
+        plan.kwargs = dict(EVEN_K=K % 128 == 0, SPLIT_K=1, **flags)  # every BLOCK_K in the configs divides 128
+        plan.finalize_grid = plan.finalize_kwargs = None
+    return plan
+
+
+def _split_default(named):
+    return _SPLIT_CONFIGS[0]
+
+
+def _tiled_default(named):
+    return _prune(_CONFIGS, named)[0]
+
+
+@on_tensor_device
+def _launch(x, weight, bias, residual, epilogue: int, split_k: int | None = None) -> torch.Tensor:
+    """The launcher; ``split_k`` forces a split count (tests reach the split-K path with it). Checks, strides,
+    grid and launch flags are computed once per argument layout (``_PLANS``); a call only reshapes, allocates the
+    output and launches."""
+    key = (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        x.device,
+        weight.shape,
+        weight.stride(),
+        weight.dtype,
+        weight.device,
+        None if bias is None else (bias.shape, bias.dtype, bias.device),
+        None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device),
+        epilogue,
+        split_k,
     )
-    return y.reshape(lead + (N,))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(x, weight, bias, residual, epilogue, split_k)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    M, N, K = plan.M, plan.N, plan.K
+    y = empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y.reshape(plan.lead + (N,))
+    x2 = x.reshape(M, K)
+    r2 = residual.reshape(M, N) if residual is not None else y
+    b = bias if bias is not None else y  # never read (HAS_BIAS=False)
+    if plan.split > 1:
+        ws = _workspace(x.device, plan.split * M * N)
+        launch_autotuned(
+            _linear_split, plan.grid, (x2, weight, b, r2, y, ws, *plan.args_tail), plan.kwargs, _split_default
+        )
+        _linear_finalize_kernel[plan.finalize_grid](
+            ws, b, r2, y, M, N, r2.stride(0), r2.stride(1), N, 1, **plan.finalize_kwargs
+        )
+    else:
+        launch_autotuned(
+            _linear_tiled, plan.grid, (x2, weight, b, r2, y, y, *plan.args_tail), plan.kwargs, _tiled_default
+        )
+    return y.reshape(plan.lead + (N,))
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Shipped measured choices, so a cold start on a known GPU is good too: device name -> {key text: candidate}.
 
 Key text is ``<op>|<shape key fields>`` exactly as ``xlmrxl_kernels.tuning`` writes them to its disk cache, e.g.
-``"linear_gelu|bfloat16|4096|10240|2560|True": "triton"``. A device entry applies when its name equals
+``"linear_gelu|4096|10240|2560|bfloat16|bfloat16|bfloat16": "triton"`` (M bucket, N, K, then
+every tensor argument's dtype). A device entry applies when its name equals
 ``torch.cuda.get_device_name()`` or is contained in it ("H100" matches "NVIDIA H100 80GB HBM3").
 
 Filled from GPU runs: ``benchmarks/lease.sh`` runs with ``XLMRXL_TUNING_CACHE=benchmarks/results/<device>/tuning.json``;

@@ -99,8 +99,12 @@ def _b(n: int) -> int:
     return 1 << (n - 1).bit_length() if n <= 65536 else -(-n // 65536) * 65536
 
 
-def _dt(t) -> str:
-    return str(t.dtype).replace("torch.", "")
+def _dtypes(args: Sequence, kwargs: dict) -> tuple:
+    """Every tensor argument's dtype (eligibility depends on them: a cached choice is valid for the whole key)."""
+    out = [a.dtype for a in args if isinstance(a, torch.Tensor)]
+    if kwargs:
+        out += [a.dtype for a in kwargs.values() if isinstance(a, torch.Tensor)]
+    return tuple(out)
 
 
 def _rows(x) -> int:
@@ -108,45 +112,39 @@ def _rows(x) -> int:
 
 
 def shape_key(op: str, args: Sequence, kwargs: dict | None = None) -> tuple:
-    """The bucket a call belongs to: dtype, bucketed token counts, and the sizes that select a different code
-    path. Calls with one key share one measured choice."""
+    """The bucket a call belongs to: bucketed token counts, the sizes and flags that select a different code path,
+    and (last) every tensor argument's dtype. Every candidate's eligibility is a function of the key and the device,
+    so calls with one key share one choice, checked once."""
     kw = kwargs or {}
-    a = list(args)
+    a = args
     if op in ("linear_gelu", "linear_residual"):
         x, w = a[0], a[1]
-        bias = a[2] if len(a) > 2 else kw.get("bias")
-        return (_dt(x), _b(_rows(x)), w.shape[0], w.shape[-1], bias is not None)
-    if op == "add_layernorm":
-        x, res = a[0], (a[1] if len(a) > 1 else kw.get("residual"))
-        return (_dt(x), _b(_rows(x)), x.shape[-1], res is not None)
-    if op == "attention":
+        key = (_b(_rows(x)), w.shape[0], w.shape[-1])
+    elif op == "add_layernorm":
+        x = a[0]
+        key = (_b(_rows(x)), x.shape[-1])
+    elif op == "attention":
         q, k = a[0], a[1]
-        mask = a[3] if len(a) > 3 else kw.get("attention_mask")
-        return (
-            _dt(q),
-            _b(q.shape[0] * q.shape[1]),
-            _b(q.shape[2]),
-            _b(k.shape[2]),
-            q.shape[3],
-            mask is not None,
-            bool(kw.get("causal", False)),
-        )
-    if op == "attention_varlen":
-        q = a[0]
+        key = (_b(q.shape[0] * q.shape[1]), _b(q.shape[2]), _b(k.shape[2]), q.shape[3], bool(kw.get("causal", False)))
+    elif op == "attention_varlen":
+        q, k, v = a[0], a[1], a[2]
         mq = a[5] if len(a) > 5 else kw.get("max_seqlen_q", 0)
         mk = a[6] if len(a) > 6 else kw.get("max_seqlen_k", 0)
-        return (_dt(q), _b(q.shape[0]), q.shape[1], q.shape[2], _b(mq), _b(mk), bool(kw.get("causal", False)))
-    if op == "int4_matmul":
+        dense = q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+        key = (_b(q.shape[0]), q.shape[1], q.shape[2], _b(mq), _b(mk), bool(kw.get("causal", False)), dense)
+    elif op == "int4_matmul":
         x, qw = a[0], a[1]
         group = a[4] if len(a) > 4 else kw.get("group_size", 128)
-        bias = a[5] if len(a) > 5 else kw.get("bias")
         act = a[6] if len(a) > 6 else kw.get("activation")
-        return (_dt(x), _b(_rows(x)), qw.shape[0], 2 * qw.shape[1], group, bias is not None, act)
-    raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(candidates()))}")
+        key = (_b(_rows(x)), qw.shape[0], 2 * qw.shape[1], group, act)
+    else:
+        raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(candidates()))}")
+    # dtypes last; absent arguments (no bias / mask / residual) drop out, which the dtype tuple's length records
+    return key + _dtypes(args, kw)
 
 
 def _key_text(op: str, key: tuple) -> str:
-    return op + "|" + "|".join(str(k) for k in key)
+    return op + "|" + "|".join(str(k).replace("torch.", "") for k in key)
 
 
 # -- timing -----------------------------------------------------------------------------------------------------------
@@ -264,14 +262,13 @@ class Tuner:
         kwargs = kwargs or {}
         device = _device_of(args)
         key = shape_key(op, args, kwargs)
-        mem_key = (device.type, device.index, op, key)
+        mem_key = (device, op, key)
         hit = self._memory.get(mem_key)
-        if hit is not None and not hit.candidate.reasons(device, tuple(args), kwargs):
+        if hit is not None:  # the hot path: one key and one dict lookup
             return hit
         with self._lock:
             choice = self._decide(op, key, device, tuple(args), kwargs)
-        if choice.source != "fallback" or hit is None:
-            self._memory[mem_key] = choice
+        self._memory[mem_key] = choice
         return choice
 
     def _decide(self, op: str, key: tuple, device: torch.device, args: tuple, kwargs: dict) -> Choice:
