@@ -19,6 +19,32 @@ def test_benchmark_help(name, capsys):
     assert "usage" in capsys.readouterr().out.lower()
 
 
+@pytest.mark.parametrize("name", ["compile_sm90", "kernel_resources"])
+def test_tool_help(name, capsys):
+    mod = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--help"])
+    assert exc.value.code == 0 and "usage" in capsys.readouterr().out.lower()
+
+
+def test_kernel_resources_on_an_empty_cache(tmp_path):
+    from benchmarks import kernel_resources
+
+    assert kernel_resources.main(["--cache", str(tmp_path / "none"), "--out", str(tmp_path)]) == 0
+    assert "| kernel |" in (tmp_path / "kernel_resources.md").read_text()
+
+
+def test_compile_sm90_plan_covers_every_kernel():
+    """The ahead-of-time sweep enumerates every kernel and config (compiling them takes minutes: not run here)."""
+    from benchmarks import compile_sm90
+
+    names = [j[0] for j in compile_sm90.jobs(quick=False)]
+    assert len(names) > 600
+    for kind in ("attn tiled", "attn decode", "attn combine", "linear ", "linear split-K", "linear finalize",
+                 "int4 tiled", "int4 small", "int4 finalize", "add_layernorm"):  # fmt: skip
+        assert any(n.startswith(kind) for n in names), kind
+
+
 def test_run_help(capsys):
     from benchmarks import run
 
