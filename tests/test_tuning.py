@@ -241,3 +241,38 @@ def test_merge_ships_measured_choices(tmp_path, no_interpreter):
     # a cold tuner with those defaults and tuning off picks them
     t2 = tuning.Tuner(mode="off", defaults=ns["TUNED_DEFAULTS"], cache_path=tmp_path / "none.json")
     assert t2.choose("linear_residual", _residual_args()).source == "tuned_defaults"
+
+
+# ---- on a GPU: every candidate (SDPA backends, flash varlen, cuBLAS) against the reference; real timings -------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_cuda_candidate_matches_the_reference_gpu(dtype, tmp_path):
+    ran = []
+    for op, (args, kwargs) in _calls().items():
+        args = tuple(
+            (a.to(dtype) if a.is_floating_point() else a).cuda() if isinstance(a, torch.Tensor) else a for a in args
+        )
+        want = _ref(op, tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                              for a in args), kwargs)  # fmt: skip
+        for cand in tuning.candidates(op):
+            if cand.reasons(torch.device("cuda"), args, kwargs):
+                continue
+            try:
+                got = cand.fn(*args, **kwargs)
+            except RuntimeError:
+                if cand.name.startswith("sdpa-"):  # a forced SDPA backend may reject the input: tuning drops it
+                    continue
+                raise
+            for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                assert g.shape == w.shape and g.dtype == dtype, (op, cand.name)
+                err = (g.float() - w.float()).abs().max().item()
+                assert err <= 0.1, f"{op} / {cand.name} ({dtype}): max error {err:.3g}"
+            ran.append((op, cand.name))
+    assert ("attention_varlen", "triton") in ran and ("linear_gelu", "cublas") in ran, ran
+    # the real timer picks something and writes it to disk
+    t = tuning.Tuner(cache_path=tmp_path / "t.json")
+    x = torch.randn(64, 256, device="cuda", dtype=dtype)
+    w = torch.randn(512, 256, device="cuda", dtype=dtype)
+    c = t.choose("linear_gelu", (x, w, None))
+    assert c.source == "measured" and set(c.timings_ms) >= {"triton", "cublas"}
+    assert (tmp_path / "t.json").exists()
