@@ -1001,12 +1001,28 @@ def attention_varlen(
 
 
 @on_tensor_device
-def _attention_varlen(
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
-):
+def _meta(t) -> tuple:
+    """What the metadata checks of a launcher read from one argument (the key of its cached verdict)."""
+    if isinstance(t, torch.Tensor):
+        return (t.shape, t.stride(), t.dtype, t.device)
+    return (type(t), t if isinstance(t, (int, float, str, type(None))) else id(t))
+
+
+# argument layouts whose metadata checks passed (values are checked per call where needed): checks run once
+_CHECKED: set = set()
+_MAX_CHECKED = 4096
+
+
+def _remember(key: tuple) -> None:
+    if len(_CHECKED) >= _MAX_CHECKED:
+        _CHECKED.clear()
+    _CHECKED.add(key)
+
+
+def _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale) -> None:
+    """attention_varlen's checks of everything but the values of cu_seqlens (run once per argument layout)."""
     _check_qkv(q, k, v, 3, "(T, H, D)")
-    T_q, H, D = q.shape
-    T_k = k.shape[0]
+    H = q.shape[1]
     check(k.shape[1] == H, f"q has {H} heads but k/v have {k.shape[1]}; they must match")
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         check(
@@ -1025,13 +1041,26 @@ def _attention_varlen(
         int(max_seqlen_q) >= 0 and int(max_seqlen_k) >= 0,
         f"max_seqlen_q / max_seqlen_k must be >= 0, got {max_seqlen_q} / {max_seqlen_k}",
     )
+    if scale is not None:
+        check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
+
+
+def _attention_varlen(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
+):
+    key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k), _meta(max_seqlen_q),
+           _meta(max_seqlen_k), _meta(scale))  # fmt: skip
+    if key not in _CHECKED:
+        _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+        _remember(key)
+    T_q, H, D = q.shape
+    T_k = k.shape[0]
     max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
     if q.device.type == "cpu" or _debug_checks():
         _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, T_q, max_seqlen_q)
         _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, T_k, max_seqlen_k)
     if scale is None:
         scale = D**-0.5
-    check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
     B = cu_seqlens_q.shape[0] - 1
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     out = empty((T_q, H, D), dtype=q.dtype, device=q.device)
