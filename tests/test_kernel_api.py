@@ -96,3 +96,19 @@ def test_package_imports_without_triton():
         """
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_kernel_files_stay_small_and_never_import_the_model_layer():
+    """Each file one concern: at most 600 lines; xlmrxl_kernels never imports xlmrxl."""
+    import ast
+    import pathlib
+
+    pkg = pathlib.Path(ROOT) / "xlmrxl_kernels"
+    for path in pkg.rglob("*.py"):
+        text = path.read_text()
+        assert text.count("\n") <= 600, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines (max 600)"
+        for node in ast.walk(ast.parse(text)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.append(node.module)
+            assert not any(n == "xlmrxl" or n.startswith("xlmrxl.") for n in names), f"{path} imports xlmrxl"
