@@ -137,6 +137,39 @@ def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
     return 2 * n**3 / (t * 1e-3) / 1e12
 
 
+class LiveRows(list):
+    """Result rows that are also written to ``<out>/<name>.partial.json`` after every ``append`` / ``extend`` (raw
+    rows + environment): a benchmark killed by a timeout keeps what it measured. ``write_results`` for the same
+    name then writes the final files and removes the partial one."""
+
+    def __init__(self, name: str, out_dir: Path | None = None):
+        super().__init__()
+        self.name = name
+        self.out = Path(out_dir) if out_dir is not None else RESULTS / device_slug()
+        self._env = None
+
+    def _flush(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self._env is None:
+            self._env = environment()
+        payload = {"benchmark": self.name, "environment": self._env, "partial": True, "rows": list(self)}
+        tmp = self.out / f".{self.name}.partial.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        os.replace(tmp, self.out / f"{self.name}.partial.json")
+
+    def append(self, row) -> None:
+        super().append(row)
+        self._flush()
+
+    def extend(self, rows) -> None:
+        super().extend(rows)
+        self._flush()
+
+    def __iadd__(self, rows):
+        self.extend(rows)
+        return self
+
+
 def write_results(
     name: str,
     rows: Iterable[dict],
@@ -164,6 +197,7 @@ def write_results(
         for r in rows:
             lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.partial.json").unlink(missing_ok=True)
     return out
 
 

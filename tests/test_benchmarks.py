@@ -111,3 +111,17 @@ def test_e2e_peers_and_partial_results(tmp_path):
     assert bench_e2e.main(["--tiny", "--peers", "hf-sdpa", "--name", "e2e_part", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "e2e_part.md").read_text()
     assert "hf-sdpa" in text and "xlmrxl" not in text.split("|---")[-1]
+
+
+def test_live_rows_survive_a_killed_run(tmp_path):
+    import json
+
+    from benchmarks import harness
+
+    rows = harness.LiveRows("demo", tmp_path)
+    rows.append({"a": 1})
+    rows += [{"a": 2}, {"a": 3}]
+    data = json.loads((tmp_path / "demo.partial.json").read_text())  # what a killed run leaves
+    assert data["partial"] and [r["a"] for r in data["rows"]] == [1, 2, 3] and "device" in data["environment"]
+    harness.write_results("demo", rows, out_dir=tmp_path)
+    assert not (tmp_path / "demo.partial.json").exists() and (tmp_path / "demo.json").exists()
