@@ -301,8 +301,12 @@ def int4_matmul(
     return _int4_matmul(x, qweight, scales, zeros, group_size, bias, activation)
 
 
-@on_tensor_device
-def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
+# (shapes, strides, dtypes, devices, group size, activation) -> launch constants: checked once per layout
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _make_plan(x, qweight, scales, zeros, group_size, bias, activation) -> dict:
     N, K = check_int4_args(qweight, scales, zeros, group_size)
     check(activation in (None, "gelu"), f"activation must be None or 'gelu', got {activation!r}")
     check(
@@ -316,69 +320,94 @@ def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activatio
     reasons = int4_matmul_not_supported(x, qweight, scales, zeros, group_size, bias, activation)
     check(not reasons, "; ".join(reasons) + " (use the reference int4_matmul_ref)")
     check_same_device(x=x, qweight=qweight, scales=scales, zeros=zeros, bias=bias)
-
-    lead = tuple(x.shape[:-1])
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(-1, K)  # its strides are a function of x's layout
     M = x2.shape[0]
-    y = empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
-        return y.reshape(lead + (N,))
-    b = bias if bias is not None else y  # never read without HAS_BIAS
-    block_kp = min(group_size // 2, 64)
     gelu = activation == "gelu"
-    m_bucket = min(triton.next_power_of_2(M), 8192)
     common = dict(
-        GROUP_SIZE=group_size, HAS_BIAS=bias is not None, GELU=gelu, IEEE=x.dtype == torch.float32, BLOCK_KP=block_kp
+        GROUP_SIZE=group_size,
+        HAS_BIAS=bias is not None,
+        GELU=gelu,
+        IEEE=x.dtype == torch.float32,
+        BLOCK_KP=min(group_size // 2, 64),
     )
-    strides = (
-        x2.stride(0),
-        x2.stride(1),
-        qweight.stride(0),
-        qweight.stride(1),
-        scales.stride(0),
-        scales.stride(1),
-        y.stride(0),
-        y.stride(1),
-    )
-    if scales.stride() != zeros.stride():
-        zeros = zeros.contiguous()
-        scales = scales.contiguous()
-        strides = strides[:4] + (scales.stride(0), scales.stride(1)) + strides[6:]
-
+    copy_sz = scales.stride() != zeros.stride()  # one stride pair serves both: copy them contiguous otherwise
+    sz_strides = (scales.shape[1], 1) if copy_sz else scales.stride()
+    plan = dict(
+        lead=tuple(x.shape[:-1]),
+        M=M,
+        N=N,
+        K=K,
+        copy_sz=copy_sz,
+        tail=(M, N, K, min(triton.next_power_of_2(max(M, 1)), 8192), *x2.stride(), *qweight.stride(), *sz_strides,
+              N, 1),
+        split=1,
+    )  # fmt: skip
     if M > SMALL_M:
 
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
 
-        launch_autotuned(
-            _int4_tiled,
-            grid,
-            (x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides),
-            dict(SPLIT_K=1, **common),
-            lambda named: _TILED_CONFIGS[1],
-        )
-        return y.reshape(lead + (N,))
-
+        plan.update(small=False, grid=grid, kwargs=dict(SPLIT_K=1, **common))
+        return plan
     # latency launch: tiles fixed here so the split can fill the GPU
-    block_m = max(16, triton.next_power_of_2(M))
+    block_m = max(16, triton.next_power_of_2(max(M, 1)))
     block_n = _SMALL_BLOCK_N_INTERPRET if interpreting() else _SMALL_BLOCK_N
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     num_groups = K // group_size
     # enough programs for ~4 per SM (balance: a 1.2-wave launch idles most SMs for its last 0.2), but no more
-    # fp32 partial-sum traffic (split x M x N x 4 bytes) than half the packed weight (N x K / 2 bytes)
-    split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * M)))
+    # fp32 partial-sum traffic (split x M x N x 4 bytes, written then read) than about half the packed weight
+    split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * max(M, 1))))
     split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
-    ws = _workspace(x.device, split * M * N) if split > 1 else y
-    launch_autotuned(
-        _int4_small,
-        (tiles, split),
-        (x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides),
-        dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
-        lambda named: _SMALL_CONFIGS[1],
+    block = 1024
+    plan.update(
+        small=True,
+        split=split,
+        grid=(tiles, split),
+        kwargs=dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
+        finalize_grid=(triton.cdiv(M * N, block),),
+        finalize_kwargs=dict(SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block),
     )
+    return plan
+
+
+def _tiled_default(named):
+    return _TILED_CONFIGS[1]
+
+
+def _small_default(named):
+    return _SMALL_CONFIGS[1]
+
+
+def _meta(t) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+@on_tensor_device
+def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
+    """The launcher: checks and launch constants once per argument layout (``_PLANS``), then allocate and launch."""
+    key = (_meta(x), _meta(qweight), _meta(scales), _meta(zeros), _meta(bias), group_size, activation)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(x, qweight, scales, zeros, group_size, bias, activation)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    M, N, K = plan["M"], plan["N"], plan["K"]
+    y = empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y.reshape(plan["lead"] + (N,))
+    x2 = x.reshape(M, K)
+    b = bias if bias is not None else y  # never read without HAS_BIAS
+    if plan["copy_sz"]:
+        scales, zeros = scales.contiguous(), zeros.contiguous()
+    if not plan["small"]:
+        args = (x2, qweight, scales, zeros, b, y, y, *plan["tail"])
+        launch_autotuned(_int4_tiled, plan["grid"], args, plan["kwargs"], _tiled_default)
+        return y.reshape(plan["lead"] + (N,))
+    split = plan["split"]
+    ws = _workspace(x.device, split * M * N) if split > 1 else y
+    args = (x2, qweight, scales, zeros, b, y, ws, *plan["tail"])
+    launch_autotuned(_int4_small, plan["grid"], args, plan["kwargs"], _small_default)
     if split > 1:
-        block = 1024
-        _int4_finalize_kernel[(triton.cdiv(M * N, block),)](
-            ws, b, y, M, N, y.stride(0), y.stride(1), SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block
-        )
-    return y.reshape(lead + (N,))
+        _int4_finalize_kernel[plan["finalize_grid"]](ws, b, y, M, N, N, 1, **plan["finalize_kwargs"])
+    return y.reshape(plan["lead"] + (N,))
