@@ -145,22 +145,33 @@ def _linear_epilogue_kernel(
     rk = tl.arange(0, BLOCK_K)
     m_mask = rm < M - m0
     n_mask = rn < N - n0
-    # this program's K range: all of K, or one split's chunk
-    k0 = pid_k.to(tl.int64) * K_SPLIT
-    k_len = tl.minimum(K - k0, K_SPLIT)
-    x_ptrs = x_ptr + m0 * stride_xm + k0 * stride_xk + rm[:, None] * stride_xm + rk[None, :] * stride_xk
-    # (BLOCK_K, BLOCK_N) of W^T
-    w_ptrs = w_ptr + n0 * stride_wn + k0 * stride_wk + rn[None, :] * stride_wn + rk[:, None] * stride_wk
+    x_ptrs = x_ptr + m0 * stride_xm + rm[:, None] * stride_xm + rk[None, :] * stride_xk
+    w_ptrs = w_ptr + n0 * stride_wn + rn[None, :] * stride_wn + rk[:, None] * stride_wk  # (BLOCK_K, BLOCK_N) of W^T
+    # this program's K range: all of K, or one split's chunk. The unsplit kernel keeps plain pointers: an offset
+    # of unknown alignment there (a runtime K_SPLIT) stopped Triton from vectorising and pipelining the loads
+    # (sm_90 AOT: 255 registers and spills instead of 111-164 and none)
+    if SPLIT_K > 1:
+        # every split runs the same trip count; the last chunk's steps past K load zeros through the K mask
+        # (EVEN_K is False whenever a chunk is short)
+        # K_SPLIT is a multiple of 128 (the launcher makes it so): say so, or the loads lose their alignment
+        k0 = tl.multiple_of(pid_k * K_SPLIT, 128)
+        k_end = K - k0
+        n_steps = tl.cdiv(K_SPLIT, BLOCK_K)
+        x_ptrs += k0 * stride_xk
+        w_ptrs += k0 * stride_wk
+    else:
+        k_end = K
+        n_steps = tl.cdiv(K, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(k_len, BLOCK_K)):
+    for k in range(0, n_steps):
         # rows past M / columns past N load zeros (their results are never stored)
         if EVEN_K:
             a = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
             b = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
         else:
             # the last K step runs past the range: zeros there add nothing to the dot
-            k_left = k_len - k * BLOCK_K
+            k_left = k_end - k * BLOCK_K
             a = tl.load(x_ptrs, mask=m_mask[:, None] & (rk[None, :] < k_left), other=0.0)
             b = tl.load(w_ptrs, mask=n_mask[None, :] & (rk[:, None] < k_left), other=0.0)
         if IEEE:
