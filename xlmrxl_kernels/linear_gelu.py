@@ -149,7 +149,7 @@ def _linear_epilogue_kernel(
     w_ptrs = w_ptr + n0 * stride_wn + rn[None, :] * stride_wn + rk[:, None] * stride_wk  # (BLOCK_K, BLOCK_N) of W^T
     # this program's K range: all of K, or one split's chunk. The unsplit kernel keeps plain pointers: an offset
     # of unknown alignment there (a runtime K_SPLIT) stopped Triton from vectorising and pipelining the loads
-    # (sm_90 AOT: 255 registers and spills instead of 111-164 and none)
+    # (sm_90 AOT: 255 registers and spills instead of 64-164 and none)
     if SPLIT_K > 1:
         # every split runs the same trip count; the last chunk's steps past K load zeros through the K mask
         # (EVEN_K is False whenever a chunk is short)
