@@ -62,7 +62,9 @@ def main(argv=None) -> int:
 
     dev = _RUN["device"]
     compiled = None if args.no_compile else torch.compile(_eager)
-    rows = []
+    rows = harness.LiveRows(
+        "add_layernorm_tiny_cpu" if args.tiny else "add_layernorm", args.out
+    )  # written after every row
     for dname in args.dtypes:
         dtype = DTYPES[dname]
         for n in args.widths:

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     dnames = args.dtypes or (["bf16"] if args.quick else ["fp16", "bf16"])
     if args.tiny:
         dnames = ["fp32"]
-    rows = []
+    rows = harness.LiveRows("attention_tiny_cpu" if args.tiny else "attention", args.out)  # written after every row
     for dname in dnames:
         dtype = DTYPES[dname]
         for D in args.head_dims:

@@ -70,7 +70,9 @@ def main(argv=None) -> int:
     if reason is not None:
         print(f"bench_cache_update: the compiled op is not available ({reason}); timing the PyTorch fallback")
     dtype = DTYPES[args.dtype]
-    rows = []
+    rows = harness.LiveRows(
+        "cache_update_tiny_cpu" if args.tiny else "cache_update", args.out
+    )  # written after every row
     for model in args.models:
         H, D = MODELS[model] if not args.tiny else (4, MODELS[model][1])
         for B, T in cases:

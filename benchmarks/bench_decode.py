@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ours = xlmrxl.from_transformers(hf)
     ext = cache_extension_unavailable_reason(torch.device(device))
 
-    rows = []
+    rows = harness.LiveRows("decode_tiny_cpu" if args.tiny else "decode", args.out)  # written after every row
     for B in args.batches:
         g = torch.Generator().manual_seed(B)
         prompt = torch.randint(3, cfg["vocab_size"], (B, ctx), generator=g).to(device)

@@ -13,6 +13,9 @@ same run (FLOPs counted on real tokens: 2 x linear params per token + attention 
 and peak GPU memory.
 
 `--tiny` runs a tiny configuration on CPU in fp32 (to check the script itself; numbers mean nothing).
+`--peers` picks peers by name (default: all, less the slow ones under `--quick`); results are rewritten after every
+measured row, so a run killed by a timeout keeps what it measured. The XL model is built with random weights
+directly on the GPU in bf16 (no CPU initialisation of 3.5B parameters).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import time
 
 import torch
 
@@ -37,6 +41,7 @@ XL = dict(
     bos_token_id=0,
     eos_token_id=2,
 )
+PEERS = ["hf-eager", "hf-sdpa", "hf-sdpa-compile", "xlmrxl", "hf+xlmrxl.accelerate", "xlmrxl-int4"]
 TINY = dict(XL, vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 
 
@@ -92,7 +97,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-int4", action="store_true")
     p.add_argument("--batches", nargs="*", default=["full", "mixed", "single"])
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results/<device>)")
+    p.add_argument("--peers", nargs="*", default=None, choices=PEERS, help="run only these peers")
+    p.add_argument("--name", default=None, help="results file name (default e2e, or e2e_tiny_cpu with --tiny)")
     args = p.parse_args(argv)
+    peers = set(args.peers) if args.peers is not None else set(PEERS)
+    if args.peers is None and args.quick:
+        peers -= {"hf-eager", "hf-sdpa-compile"}
+    if args.no_compile or args.tiny:
+        peers.discard("hf-sdpa-compile")
+    if args.no_int4:
+        peers.discard("xlmrxl-int4")
+    name = args.name or ("e2e_tiny_cpu" if args.tiny else "e2e")
+    reps = dict(warmup=2, rep=5) if args.tiny else (dict(warmup=2, rep=10) if args.quick else dict(warmup=5, rep=20))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import xlmrxl
@@ -104,7 +120,9 @@ def main(argv=None) -> int:
         cfg, dtype, device = XL, torch.bfloat16, "cuda"
     peak_tflops = harness.matmul_tflops() if device == "cuda" else float("nan")
 
+    t_build = time.perf_counter()
     hf = build_hf(cfg, dtype, device, "sdpa")
+    print(f"model built in {time.perf_counter() - t_build:.1f} s", flush=True)
     batches = {
         k: make_batch(k, cfg["vocab_size"], device, seq=512 if not args.tiny else 32, batch=32 if not args.tiny else 4)
         for k in args.batches
@@ -113,6 +131,15 @@ def main(argv=None) -> int:
         batches["single"] = make_batch("full", cfg["vocab_size"], device, seq=16, batch=1)
 
     rows = []
+    cols = ["batch", "peer", "ms", "tokens_per_s", "speedup_vs_hf_sdpa", "tflops_real", "frac_peak", "peak_mem_gib"]
+
+    def write():
+        # ratios against HF SDPA of the same batch; rewritten after every row (a killed run keeps its numbers)
+        base = {r["batch"]: r["ms"] for r in rows if r["peer"] == "hf-sdpa"}
+        for r in rows:
+            r["speedup_vs_hf_sdpa"] = base[r["batch"]] / r["ms"] if r["batch"] in base else None
+        extra = {"config": cfg, "dtype": str(dtype), "peak_tflops_measured": peak_tflops}
+        return harness.write_results(name, rows, columns=cols, extra=extra, out_dir=args.out)
 
     def run(peer: str, fn, kind: str):
         ids, mask, real = batches[kind]
@@ -121,7 +148,7 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
             fn(ids, mask)  # warm-up / compile
-            t = harness.bench(lambda: fn(ids, mask), warmup=2 if args.tiny else 5, rep=5 if args.tiny else 20)
+            t = harness.bench(lambda: fn(ids, mask), **reps)
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
         tflops = flops_per_forward(cfg, mask) / (t["ms"] * 1e-3) / 1e12
         rows.append(
@@ -139,17 +166,19 @@ def main(argv=None) -> int:
             }
         )
         print(f"{kind:>6} {peer:<22} {t['ms']:9.3f} ms  {real / (t['ms'] * 1e-3):12.0f} tok/s", flush=True)
+        write()
 
     def hf_call(model):
         return lambda ids, mask: model(input_ids=ids, attention_mask=mask).last_hidden_state
 
     for kind in batches:
-        if not args.quick:
+        if "hf-eager" in peers:
             set_attn(hf, "eager")
             run("hf-eager", hf_call(hf), kind)
         set_attn(hf, "sdpa")
-        run("hf-sdpa", hf_call(hf), kind)
-    if not (args.quick or args.no_compile or args.tiny):
+        if "hf-sdpa" in peers:
+            run("hf-sdpa", hf_call(hf), kind)
+    if "hf-sdpa-compile" in peers:
         compiled = torch.compile(hf)
         for kind in batches:
             run("hf-sdpa-compile", hf_call(compiled), kind)
@@ -157,14 +186,16 @@ def main(argv=None) -> int:
         torch._dynamo.reset()
 
     ours = xlmrxl.from_transformers(hf)  # shares hf's parameters
-    for kind in batches:
-        run("xlmrxl", hf_call(ours), kind)
+    if "xlmrxl" in peers:
+        for kind in batches:
+            run("xlmrxl", hf_call(ours), kind)
 
-    xlmrxl.accelerate(hf)
-    for kind in batches:
-        run("hf+xlmrxl.accelerate", hf_call(hf), kind)
+    if "hf+xlmrxl.accelerate" in peers:
+        xlmrxl.accelerate(hf)
+        for kind in batches:
+            run("hf+xlmrxl.accelerate", hf_call(hf), kind)
 
-    if not args.no_int4 and cfg["hidden_size"] % 128 == 0:  # int4 groups of 128 along K
+    if "xlmrxl-int4" in peers and cfg["hidden_size"] % 128 == 0:  # int4 groups of 128 along K
         del hf
         gc.collect()
         xlmrxl.quantize(ours, group_size=128)
@@ -173,18 +204,7 @@ def main(argv=None) -> int:
         for kind in batches:
             run("xlmrxl-int4", hf_call(ours), kind)
 
-    # ratios against HF SDPA of the same batch
-    base = {r["batch"]: r["ms"] for r in rows if r["peer"] == "hf-sdpa"}
-    for r in rows:
-        r["speedup_vs_hf_sdpa"] = base[r["batch"]] / r["ms"] if r["batch"] in base else None
-    cols = ["batch", "peer", "ms", "tokens_per_s", "speedup_vs_hf_sdpa", "tflops_real", "frac_peak", "peak_mem_gib"]
-    out = harness.write_results(
-        "e2e_tiny_cpu" if args.tiny else "e2e",
-        rows,
-        columns=cols,
-        extra={"config": cfg, "dtype": str(dtype), "peak_tflops_measured": peak_tflops},
-        out_dir=args.out,
-    )
+    out = write()
     print(f"wrote {out}")
     return 0
 

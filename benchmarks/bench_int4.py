@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from xlmrxl_kernels.int4 import int4_matmul, quantize_int4
 
     dev = _RUN["device"]
-    rows = []
+    rows = harness.LiveRows("int4_tiny_cpu" if args.tiny else "int4", args.out)  # written after every row
     for K, N in shapes:
         w = torch.randn(N, K, device=dev, dtype=dtype) * 0.02
         q, s, z = quantize_int4(w, GROUP)

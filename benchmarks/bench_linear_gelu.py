@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     dev = _RUN["device"]
     comp_gelu = None if args.no_compile else torch.compile(_eager_gelu)
     comp_res = None if args.no_compile else torch.compile(_eager_residual)
-    rows = []
+    rows = harness.LiveRows("linear_gelu_tiny_cpu" if args.tiny else "linear_gelu", args.out)  # written after every row
     for dname in args.dtypes:
         dtype = DTYPES[dname]
         for op, K, N in shapes:

@@ -76,20 +76,26 @@ def require_gpu(what: str) -> None:
 
 
 def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
-    """Median / p20 / p80 time of `fn` in milliseconds. GPU: triton.testing.do_bench (device events, L2 flushed);
-    CPU: wall clock."""
-    if torch.cuda.is_available():
-        import triton.testing
-
-        q = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8], return_mode="median")
-        return {"ms": q[0], "ms_p20": q[1], "ms_p80": q[2]}
+    """Median / p20 / p80 time of `fn` in milliseconds over ``rep`` calls after ``warmup`` untimed calls (counts,
+    on every device). GPU: one pair of CUDA events per call (device time, the host may run ahead); CPU: wall
+    clock."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(rep):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+    if torch.cuda.is_available():
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rep)]
+        torch.cuda.synchronize()
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for _ in range(rep):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return {"ms": statistics.median(times), "ms_p20": times[len(times) // 5], "ms_p80": times[(4 * len(times)) // 5]}
 
@@ -131,6 +137,39 @@ def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
     return 2 * n**3 / (t * 1e-3) / 1e12
 
 
+class LiveRows(list):
+    """Result rows that are also written to ``<out>/<name>.partial.json`` after every ``append`` / ``extend`` (raw
+    rows + environment): a benchmark killed by a timeout keeps what it measured. ``write_results`` for the same
+    name then writes the final files and removes the partial one."""
+
+    def __init__(self, name: str, out_dir: Path | None = None):
+        super().__init__()
+        self.name = name
+        self.out = Path(out_dir) if out_dir is not None else RESULTS / device_slug()
+        self._env = None
+
+    def _flush(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self._env is None:
+            self._env = environment()
+        payload = {"benchmark": self.name, "environment": self._env, "partial": True, "rows": list(self)}
+        tmp = self.out / f".{self.name}.partial.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        os.replace(tmp, self.out / f"{self.name}.partial.json")
+
+    def append(self, row) -> None:
+        super().append(row)
+        self._flush()
+
+    def extend(self, rows) -> None:
+        super().extend(rows)
+        self._flush()
+
+    def __iadd__(self, rows):
+        self.extend(rows)
+        return self
+
+
 def write_results(
     name: str,
     rows: Iterable[dict],
@@ -158,6 +197,7 @@ def write_results(
         for r in rows:
             lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.partial.json").unlink(missing_ok=True)
     return out
 
 

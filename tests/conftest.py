@@ -28,10 +28,10 @@ REQUIRE_EXT = env_flag("XLMRXL_REQUIRE_EXT")
 
 def _ext_missing_reason():
     try:
-        from xlmrxl_kernels import cache_update
+        from xlmrxl_kernels import cache_extension_available, cache_extension_unavailable_reason
     except ImportError as exc:  # XLMRXL_REQUIRE_EXT=1 and the extension is missing: let the tests fail loudly
         return None if REQUIRE_EXT else str(exc)
-    return None if cache_update.cache_extension_available() else cache_update.cache_extension_unavailable_reason()
+    return None if cache_extension_available() else cache_extension_unavailable_reason()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -324,6 +324,10 @@ A = importlib.import_module("xlmrxl_kernels.attention")
 L = importlib.import_module("xlmrxl_kernels.add_layernorm")
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
+if not os.path.exists(tool):
+    print("AOTSKIP no cuobjdump in this Triton install: register spills cannot be read")
+    sys.exit(0)
+
 def build(fn, types, consts, warps, stages):
     fn = fn.fn if hasattr(fn, "configs") else fn  # unwrap an Autotuner
     sig = {n: types.get(n, "i32") for n in fn.arg_names}
@@ -333,14 +337,13 @@ def build(fn, types, consts, warps, stages):
              if sig[n].startswith("*") or (n.startswith("stride") and sig[n] == "i32")}
     k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=warps, num_stages=stages))
-    stack = None
-    if os.path.exists(tool):
-        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-            f.write(k.asm["cubin"])
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-        m = re.search(r"STACK:(\d+)", out)
-        stack = int(m.group(1)) if m else None
-    return stack
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"STACK:(\d+)", out)
+    if m is None:
+        raise SystemExit(f"cuobjdump printed no STACK field: {out[:500]}")
+    return int(m.group(1))
 
 def attn_types(dt):
     return dict(Q="*" + dt, K="*" + dt, V="*" + dt, Out="*" + dt, Mask="*u8", OPart="*fp32", LPart="*fp32",
@@ -402,5 +405,6 @@ def test_kernels_compile_for_sm90_without_spills():
         pytest.skip(skip[0][8:])
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("AOT")][-1]
     stacks = json.loads(line[3:])
+    assert stacks and all(isinstance(s, int) for s in stacks.values()), f"every variant must report its stack: {stacks}"
     spilled = {name: s for name, s in stacks.items() if s}
     assert not spilled, f"register spills (stack bytes) on sm_90: {spilled}"

@@ -4,14 +4,16 @@ Caches start as fresh random values (the sentinel): after an op, written slots m
 (a copy has no rounding) and every other slot must be unchanged.
 """
 
+import importlib
 import logging
 
 import pytest
 import torch
 
-import xlmrxl_kernels.cache_update as cu
-from xlmrxl_kernels._utils import env_flag
+from xlmrxl_kernels._utils import env_flag, refresh
 from xlmrxl_kernels.reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
+
+cu = importlib.import_module("xlmrxl_kernels.cache_update")  # the module (xlmrxl_kernels.cache_update is the function)
 
 HAS_CUDA = torch.cuda.is_available()
 REQUIRE = env_flag("XLMRXL_REQUIRE_EXT")
@@ -322,8 +324,13 @@ def test_missing_extension_falls_back_with_one_logged_reason(monkeypatch, caplog
 
 def test_require_ext_makes_absence_an_import_error(monkeypatch):
     monkeypatch.setenv("XLMRXL_REQUIRE_EXT", "1")
-    with pytest.raises(ImportError, match="XLMRXL_REQUIRE_EXT=1 but the C\\+\\+ extension"):
-        cu._load("xlmrxl_kernels._C_does_not_exist")
+    refresh()
+    try:
+        with pytest.raises(ImportError, match="XLMRXL_REQUIRE_EXT=1 but the C\\+\\+ extension"):
+            cu._load("xlmrxl_kernels._C_does_not_exist")
+    finally:
+        monkeypatch.undo()
+        refresh()
 
 
 # -- the CUDA kernel's own code, emulated on the host (runs everywhere) ------------------------------------------------

@@ -63,21 +63,30 @@ def test_flags_use_env_flag(monkeypatch):
     cache_update = importlib.import_module("xlmrxl_kernels.cache_update")
 
     monkeypatch.setenv("TRITON_INTERPRET", "false")
+    _utils.refresh()  # switches are read once and cached
     assert not _utils.interpreting() and not backend._interpreting()
     monkeypatch.setenv("XLMRXL_DEBUG_CHECKS", "no")
+    _utils.refresh()
     assert not attention._debug_checks()
     monkeypatch.setenv("XLMRXL_DEBUG_CHECKS", "yes")
+    assert not attention._debug_checks(), "read once: a change needs refresh()"
+    _utils.refresh()
     assert attention._debug_checks()
     monkeypatch.setenv("XLMRXL_REQUIRE_EXT", "off")
+    _utils.refresh()
     assert not cache_update._require_ext()
     monkeypatch.setenv("XLMRXL_POISON", "false")
+    _utils.refresh()
     filled = []
     monkeypatch.setattr(torch.Tensor, "fill_", lambda self, v: filled.append(v) or self)
     _utils.empty((2,), dtype=torch.float32, device="cpu")
     assert filled == [], "XLMRXL_POISON=false must not poison outputs"
     monkeypatch.setenv("XLMRXL_POISON", "1")
+    _utils.refresh()
     _utils.empty((2,), dtype=torch.float32, device="cpu")
     assert len(filled) == 1
+    monkeypatch.undo()
+    _utils.refresh()
 
 
 @pytest.fixture

@@ -1,43 +1,106 @@
 """xlmrxl_kernels: Triton kernels for XLM-RoBERTa-XL, each with a pure-PyTorch reference in
 ``xlmrxl_kernels.reference``, plus the Python face of the compiled KV-cache extension.
 
-Importing this package never needs a GPU, and never needs Triton or the compiled extension: names resolve lazily,
-so a machine without them can still use the references.
+Every public name is bound here, eagerly, to its function: ``xlmrxl_kernels.attention`` is the function whatever was
+imported before (the submodule of the same name stays reachable as ``sys.modules["xlmrxl_kernels.attention"]`` /
+``importlib.import_module``; ``from xlmrxl_kernels.attention import attention`` works too). Write
+``import xlmrxl_kernels.attention as m`` nowhere: Python resolves that through the package attribute, the function.
+
+Importing this package never needs a GPU, and never needs Triton or the compiled extension: without Triton the
+kernel names are bound to stubs that raise ImportError saying so (their ``*_not_supported`` give that reason, so
+a dispatcher runs the references), and the KV-cache ops fall back to their references.
 """
 
 from __future__ import annotations
 
-import importlib
+import types as _types
 
-# public name -> module that defines it
-_EXPORTS = {
-    "add_layernorm": "add_layernorm",
-    "attention": "attention",
-    "attention_varlen": "attention",
-    "linear_gelu": "linear_gelu",
-    "linear_residual": "linear_gelu",
-    "quantize_int4": "int4",
-    "dequantize_int4": "int4",
-    "int4_matmul": "int4",
-    "cache_update": "cache_update",
-    "cache_reorder": "cache_update",
-    "cache_reset": "cache_update",
-    "cache_extension_available": "cache_update",
-}
+from . import env, reference
+from .cache_update import (
+    cache_extension_available,
+    cache_extension_unavailable_reason,
+    cache_reorder,
+    cache_reset,
+    cache_update,
+)
+from .reference.int4 import dequantize_int4_ref as dequantize_int4
+from .reference.int4 import quantize_int4_ref as quantize_int4
 
-__all__ = sorted(_EXPORTS) + ["reference"]
+_TRITON_NAMES = (
+    "add_layernorm",
+    "add_layernorm_not_supported",
+    "attention",
+    "attention_not_supported",
+    "attention_varlen",
+    "attention_varlen_not_supported",
+    "linear_gelu",
+    "linear_gelu_not_supported",
+    "linear_residual",
+    "linear_residual_not_supported",
+    "int4_matmul",
+    "int4_matmul_not_supported",
+)
 
+try:
+    from .add_layernorm import add_layernorm, add_layernorm_not_supported
+    from .attention import attention, attention_not_supported, attention_varlen, attention_varlen_not_supported
+    from .int4 import int4_matmul, int4_matmul_not_supported
+    from .linear_gelu import linear_gelu, linear_gelu_not_supported, linear_residual, linear_residual_not_supported
 
-def __getattr__(name: str):
-    if name == "reference":
-        return importlib.import_module(".reference", __name__)
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'xlmrxl_kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
+    TRITON_UNAVAILABLE_REASON: str | None = None
+except ImportError as _exc:  # no Triton on this machine: the references still work
+    if getattr(_exc, "name", None) not in ("triton", "triton.language"):
+        raise
+    TRITON_UNAVAILABLE_REASON = f"Triton is not importable ({type(_exc).__name__}: {_exc})"
 
+    def _stub(name: str):
+        def missing(*args, **kwargs):
+            raise ImportError(
+                f"xlmrxl_kernels.{name} needs Triton: {TRITON_UNAVAILABLE_REASON}; use xlmrxl_kernels.reference "
+                "(or install triton)"
+            )
 
-def __dir__():
-    return __all__
+        def not_supported(*args, **kwargs) -> list[str]:
+            return [str(TRITON_UNAVAILABLE_REASON)]
+
+        fn = not_supported if name.endswith("_not_supported") else missing
+        fn.__name__ = fn.__qualname__ = name
+        return fn
+
+    for _name in _TRITON_NAMES:
+        globals()[_name] = _stub(_name)
+    del _name
+
+from . import tuning  # noqa: E402  (after the kernels: its candidates name them)
+
+# the package attributes must be the functions, whatever the import machinery bound while loading the submodules
+for _name in ("add_layernorm", "attention", "attention_varlen", "linear_gelu", "cache_update"):
+    if isinstance(globals()[_name], _types.ModuleType):  # pragma: no cover - a regression of the binding above
+        raise ImportError(f"xlmrxl_kernels.{_name} is bound to a module, not the function")
+del _name
+
+__all__ = [
+    "TRITON_UNAVAILABLE_REASON",
+    "add_layernorm",
+    "add_layernorm_not_supported",
+    "attention",
+    "attention_not_supported",
+    "attention_varlen",
+    "attention_varlen_not_supported",
+    "cache_extension_available",
+    "cache_extension_unavailable_reason",
+    "cache_reorder",
+    "cache_reset",
+    "cache_update",
+    "dequantize_int4",
+    "env",
+    "int4_matmul",
+    "int4_matmul_not_supported",
+    "linear_gelu",
+    "linear_gelu_not_supported",
+    "linear_residual",
+    "linear_residual_not_supported",
+    "quantize_int4",
+    "reference",
+    "tuning",
+]

@@ -1,7 +1,9 @@
 """Shared helpers for the kernel files: environment flags, interpreter detection, autotune configs and launches,
 device selection, output allocation, checks.
 
-Nothing here touches a GPU at import time, and nothing here imports Triton (or ``xlmrxl``).
+Nothing here touches a GPU at import time, and nothing here imports Triton (or ``xlmrxl``). ``XLMRXL_*`` switches
+are parsed strictly and once by ``xlmrxl_kernels.env``; ``TRITON_INTERPRET`` is read once (Triton itself reads it
+when a kernel is decorated, so a later change could not take effect anyway): ``refresh()`` re-reads both (tests).
 """
 
 from __future__ import annotations
@@ -13,20 +15,36 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from . import env
+
 logger = logging.getLogger("xlmrxl")
 
 _FALSE = ("", "0", "false", "no", "off")
 
 
 def env_flag(name: str) -> bool:
-    """A boolean environment variable: unset, "", "0", "false", "no", "off" (any case, spaces ignored) are False;
-    anything else ("1", "true", "yes", ...) is True. Every flag of the package is read through this."""
+    """A boolean environment variable. ``XLMRXL_*`` switches known to ``xlmrxl_kernels.env`` are parsed strictly
+    and cached there (a bad value is an error naming the allowed ones); any other name (``TRITON_INTERPRET``):
+    unset, "", "0", "false", "no", "off" (any case, spaces ignored) are False, anything else True."""
+    if name in env.VARIABLES:
+        return bool(env.get(name))
     return os.environ.get(name, "").strip().lower() not in _FALSE
 
 
+_INTERPRETING: list[bool] = []
+
+
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return env_flag("TRITON_INTERPRET")
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``); read once, see ``refresh``."""
+    if not _INTERPRETING:
+        _INTERPRETING.append(env_flag("TRITON_INTERPRET"))
+    return _INTERPRETING[0]
+
+
+def refresh() -> None:
+    """Re-read ``TRITON_INTERPRET`` and every ``XLMRXL_*`` switch on next use (tests that change the environment)."""
+    _INTERPRETING.clear()
+    env.refresh()
 
 
 def autotune_configs(configs: Sequence, interpret_config=None) -> list:

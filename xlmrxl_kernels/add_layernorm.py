@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._utils import autotune_configs, check, check_dtype, check_same_device, empty, launch_autotuned, on_tensor_device
+from .reference.add_layernorm import add_layernorm_ref
 
 logger = logging.getLogger("xlmrxl")
 
@@ -49,9 +50,11 @@ def _prune_warps(configs, named_args, **kwargs):
 
 
 @triton.autotune(
-    configs=_CONFIGS, key=["N", "BLOCK_M", "BLOCK_N", "HAS_RES"], prune_configs_by={"early_config_prune": _prune_warps}
+    configs=_CONFIGS,
+    key=["M_BUCKET", "N", "BLOCK_M", "BLOCK_N", "HAS_RES"],
+    prune_configs_by={"early_config_prune": _prune_warps},
 )
-@triton.jit
+@triton.jit(do_not_specialize=("M", "M_BUCKET"))  # row counts: one binary for every M, tuned per M bucket
 def _add_layernorm_kernel(
     # pointers
     X,
@@ -60,10 +63,11 @@ def _add_layernorm_kernel(
     B,
     Y,
     H,
-    # sizes
+    # sizes (M_BUCKET only keys the autotune cache)
     M,
     N,
     eps,
+    M_BUCKET,
     # row strides (the last dim is contiguous)
     stride_x,
     stride_r,
@@ -199,24 +203,10 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.contiguous().view(-1, n)
 
 
-def add_layernorm(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float = 1e-5,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(LayerNorm(x + residual) * weight + bias, x + residual)``; see the module docstring."""
-    return _add_layernorm(x, residual, weight, bias, eps)
-
-
-@on_tensor_device
-def _add_layernorm(
-    x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
-):
-    """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path."""
+def _check_args(x, residual, weight, bias, eps, dtypes) -> None:
+    """Every check of a call, shared by the kernel and the fp64 (reference) route."""
     check(x.dim() >= 1 and x.shape[-1] >= 1, f"x must have shape (..., N) with N >= 1, got {tuple(x.shape)}")
-    check_dtype("x", x, _DTYPES)
+    check_dtype("x", x, dtypes)
     N = x.shape[-1]
     if residual is not None:
         check(
@@ -234,35 +224,88 @@ def _add_layernorm(
     check_same_device(x=x, residual=residual, weight=weight, bias=bias)
     check(float(eps) >= 0, f"eps must be >= 0, got {eps}")
 
-    x2 = _rows(x, N)
-    r2 = _rows(residual, N) if residual is not None else x2
-    M = x2.shape[0]
+
+def add_layernorm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(LayerNorm(x + residual) * weight + bias, x + residual)``; see the module docstring."""
+    if x.dtype == torch.float64:  # no fp64 kernel: the reference computes in fp64, after the same checks
+        _check_args(x, residual, weight, bias, eps, (torch.float64,))
+        return add_layernorm_ref(x, residual, weight, bias, eps)
+    return _add_layernorm(x, residual, weight, bias, eps)
+
+
+# (shapes, strides, dtypes, devices, eps, limits) -> launch constants: a layout is checked once, then reused
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _make_plan(x, residual, weight, bias, eps, max_fused_n, loop_block_n) -> tuple:
+    _check_args(x, residual, weight, bias, eps, _DTYPES)
+    N = x.shape[-1]
+    M = x.numel() // N
+    common = dict(HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None)
+    if N <= max_fused_n:
+        BLOCK_N = triton.next_power_of_2(N)
+        BLOCK_M = max(1, min(_TILE // BLOCK_N, triton.next_power_of_2(max(M, 1))))
+        kwargs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common)
+        return True, N, M, (triton.cdiv(M, BLOCK_M),), min(triton.next_power_of_2(max(M, 1)), 65536), kwargs
+    BLOCK_N = min(triton.next_power_of_2(loop_block_n), triton.next_power_of_2(N))
+    return False, N, M, (M,), 0, dict(BLOCK_N=BLOCK_N, num_warps=8, **common)
+
+
+def _warps_default(named):
+    return _prune_warps(_CONFIGS, named, **named)[0]
+
+
+@on_tensor_device
+def _add_layernorm(
+    x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
+):
+    """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path. Checks and
+    launch constants are computed once per argument layout (``_PLANS``)."""
+    key = (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        x.device,
+        None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device),
+        None if weight is None else (weight.shape, weight.stride(), weight.dtype, weight.device),
+        None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device),
+        eps,
+        max_fused_n,
+        loop_block_n,
+    )
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(x, residual, weight, bias, eps, max_fused_n, loop_block_n)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    fused, N, M, grid, m_bucket, kwargs = plan
     y = empty(x.shape, dtype=x.dtype, device=x.device)
     h = empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else x
     if M == 0:
         return y, h
+    x2 = _rows(x, N)
+    r2 = _rows(residual, N) if residual is not None else x2
     y2 = y.view(-1, N)
     h2 = h.view(-1, N) if residual is not None else y2  # never written when there is no residual
-    w = weight if weight is not None else x2  # dummy pointer, unused (HAS_W False)
-    b = bias if bias is not None else x2
-    w = w.contiguous() if weight is not None else w
-    b = b.contiguous() if bias is not None else b
-    common = dict(HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None)
-    strides = (x2.stride(0), r2.stride(0), y2.stride(0), h2.stride(0))
-    if N <= max_fused_n:
-        BLOCK_N = triton.next_power_of_2(N)
-        BLOCK_M = max(1, min(_TILE // BLOCK_N, triton.next_power_of_2(M)))
-        grid = (triton.cdiv(M, BLOCK_M),)
+    w = weight.contiguous() if weight is not None else x2  # dummy pointer, unused (HAS_W False)
+    b = bias.contiguous() if bias is not None else x2
+    strides = (x2.stride(0), r2.stride(0), N, N)
+    if fused:
         launch_autotuned(
             _add_layernorm_kernel,
             grid,
-            (x2, r2, w, b, y2, h2, M, N, float(eps), *strides),
-            dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common),
-            lambda named: _prune_warps(_CONFIGS, named, **named)[0],
+            (x2, r2, w, b, y2, h2, M, N, float(eps), m_bucket, *strides),
+            kwargs,
+            _warps_default,
         )
     else:
-        BLOCK_N = min(triton.next_power_of_2(loop_block_n), triton.next_power_of_2(N))
-        _add_layernorm_loop_kernel[(M,)](
-            x2, r2, w, b, y2, h2, N, float(eps), *strides, BLOCK_N=BLOCK_N, num_warps=8, **common
-        )
+        _add_layernorm_loop_kernel[grid](x2, r2, w, b, y2, h2, N, float(eps), *strides, **kwargs)
     return y, h

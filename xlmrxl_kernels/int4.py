@@ -18,15 +18,17 @@ zero), and computes ``y.T = W_hat @ x.T`` so the dequantized tile is the MMA's r
 fill the MMA's narrow side. Two launch shapes:
 
 - ``M <= 64`` (latency): narrow token tile, ``BLOCK_N = 64`` output features per program, and split-K across
-  whole groups when the output tiles alone cannot fill the GPU (fp32 atomics into a workspace, then a small
-  kernel adds the bias, applies GELU, rounds, and zeroes the workspace again; with no split the epilogue is fused).
-  The workspace is cached per (device, stream) and grows to the next power of two when needed (older buffers are
-  kept, so CUDA graphs that captured them stay valid): no allocation or memset per call. Two host threads
-  launching on one stream at once would share it; use one stream per thread.
+  whole groups when the output tiles alone cannot fill the GPU: each split stores its fp32 partial tile into its
+  own slice of a workspace (plain stores, no atomics, nothing to zero), then a small kernel sums the splits in a
+  fixed order, adds the bias, applies GELU and rounds (with no split the epilogue is fused). Results are
+  therefore deterministic, and the autotuner times the real kernel (no workspace to restore between runs).
+  The workspace is cached per (device, stream) outside CUDA-graph capture (grown to the next power of two;
+  older buffers are kept so graphs that captured them stay valid); inside capture every call allocates its own
+  from the graph's pool, so two graphs never share one. Two host threads launching on one stream at once would
+  share the cached one; use one stream per thread.
 - ``M > 64`` (throughput): autotuned 2-D tiles in super-grouped order, fused epilogue.
 
-Accumulation in fp32; one rounding to ``x.dtype``. With split-K the fp32 summation order varies from run to run
-(atomics), so results can differ in the last bit between runs. Kernel limits: ``group_size`` a power of two >= 32;
+Accumulation in fp32; one rounding to ``x.dtype``. Kernel limits: ``group_size`` a power of two >= 32;
 ``x`` float16 / bfloat16 (float32 only under the interpreter, where it checks the kernel's logic exactly);
 ``int4_matmul_not_supported`` says why a call cannot take the kernel, and the dispatcher then runs the reference.
 ``quantize_int4`` / ``dequantize_int4`` are plain PyTorch (they run once per weight, on any device).
@@ -45,6 +47,7 @@ import triton.language as tl
 
 from ._tiles import grouped_tile
 from ._utils import (
+    _capturing,
     autotune_configs,
     check,
     check_same_device,
@@ -59,6 +62,7 @@ from .reference.int4 import (
     dequantize_int4_ref,
     export_torchao_int4,
     import_torchao_int4,
+    int4_matmul_ref,
     pack_int4,
     quantize_int4_ref,
     unpack_int4,
@@ -103,7 +107,7 @@ _SMALL_BLOCK_N = 64
 _SMALL_BLOCK_N_INTERPRET = 32
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M", "M_BUCKET"))  # token counts: one binary for every M
 def _int4_matmul_kernel(
     # pointers: activations, packed weight, group scales / zeros, bias, output, fp32 split-K workspace
     x_ptr,
@@ -190,33 +194,43 @@ def _int4_matmul_kernel(
         y_ptrs = y_ptr + m0 * stride_ym + n0 * stride_yn + rn[:, None] * stride_yn + rm[None, :] * stride_ym
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # partial sums over this program's groups; _int4_finalize_kernel applies bias / GELU / rounding
-        ws_ptrs = ws_ptr + m0 * N + n0 + rn[:, None] + rm[None, :] * N
-        tl.atomic_add(ws_ptrs, acc, mask=out_mask)
+        # this split's partial sums, in its own (M, N) slice; _int4_finalize_kernel sums the splits in order
+        ws_ptrs = ws_ptr + pid_k.to(tl.int64) * M * N + m0 * N + n0 + rn[:, None] + rm[None, :] * N
+        tl.store(ws_ptrs, acc, mask=out_mask)
 
 
 _int4_tiled = triton.autotune(
     configs=autotune_configs(_TILED_CONFIGS, _TILED_INTERPRET),
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "HAS_BIAS", "GELU"],
 )(_int4_matmul_kernel)
-# the workspace is accumulated into: restore it after every timing run of the autotuner
+# the workspace is only written (each split its own slice): timing runs need no restore
 _int4_small = triton.autotune(
     configs=autotune_configs(_SMALL_CONFIGS),
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "SPLIT_K", "HAS_BIAS", "GELU", "BLOCK_M"],
-    restore_value=["ws_ptr"],
 )(_int4_matmul_kernel)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M",))
 def _int4_finalize_kernel(
-    ws_ptr, b_ptr, y_ptr, M, N, stride_ym, stride_yn, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr
+    ws_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    stride_ym,
+    stride_yn,
+    SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    GELU: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     m = offs // N
     n = offs % N
-    acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
-    tl.store(ws_ptr + offs, tl.zeros_like(acc), mask=mask)  # leave the cached workspace zeroed for the next call
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):  # a fixed order: the same bits on every run
+        acc += tl.load(ws_ptr + split * M * N + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=mask, other=0.0).to(tl.float32)
     if GELU:
@@ -230,18 +244,21 @@ def _num_sms(device: torch.device) -> int:
     return num_sms(device)
 
 
-# (device, stream) -> fp32 split-K workspaces, newest (largest) last; every one is all zeros between calls
+# (device, stream) -> fp32 split-K workspaces, newest (largest) last (uninitialised: every element read was written)
 _WORKSPACES: dict = {}
 
 
 def _workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """A zeroed fp32 buffer of ``numel`` elements for split-K partial sums, reused across calls (the finalize kernel
-    zeroes what it read). Per stream, so concurrent streams never share one; grown, never freed, so a CUDA graph that
-    captured a buffer keeps a valid one."""
+    """An fp32 buffer of ``numel`` elements for the split-K partial tiles. Outside CUDA-graph capture: reused across
+    calls, per stream (concurrent streams never share one), grown but never freed (a graph that captured an older
+    buffer keeps a valid one). Inside capture: a new buffer from the graph's private pool, so each captured graph
+    owns its workspace even when several graphs are captured on one stream and replayed on different ones."""
+    if _capturing(device):
+        return torch.empty(numel, dtype=torch.float32, device=device)
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
     bufs = _WORKSPACES.setdefault(key, [])
     if not bufs or bufs[-1].numel() < numel:
-        bufs.append(torch.zeros(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
+        bufs.append(torch.empty(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
     return bufs[-1][:numel]
 
 
@@ -266,7 +283,6 @@ def int4_matmul_not_supported(
     return reasons
 
 
-@on_tensor_device
 def int4_matmul(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -279,7 +295,18 @@ def int4_matmul(
     """``act(x @ W_hat.T + bias)`` with ``W_hat`` dequantized from the int4 weight inside the kernel's K loop.
 
     ``x`` ``(..., K)``; packed weight as ``quantize_int4`` returns it; ``bias`` ``(N,)`` or None; ``activation``
-    None or ``"gelu"``. Returns ``(..., N)`` in ``x.dtype``."""
+    None or ``"gelu"``. Returns ``(..., N)`` in ``x.dtype``. float64 ``x`` runs the reference in fp64."""
+    if x.dtype == torch.float64:
+        return int4_matmul_ref(x, qweight, scales, zeros, group_size, bias, activation, upcast=True)
+    return _int4_matmul(x, qweight, scales, zeros, group_size, bias, activation)
+
+
+# (shapes, strides, dtypes, devices, group size, activation) -> launch constants: checked once per layout
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _make_plan(x, qweight, scales, zeros, group_size, bias, activation) -> dict:
     N, K = check_int4_args(qweight, scales, zeros, group_size)
     check(activation in (None, "gelu"), f"activation must be None or 'gelu', got {activation!r}")
     check(
@@ -293,69 +320,94 @@ def int4_matmul(
     reasons = int4_matmul_not_supported(x, qweight, scales, zeros, group_size, bias, activation)
     check(not reasons, "; ".join(reasons) + " (use the reference int4_matmul_ref)")
     check_same_device(x=x, qweight=qweight, scales=scales, zeros=zeros, bias=bias)
-
-    lead = tuple(x.shape[:-1])
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(-1, K)  # its strides are a function of x's layout
     M = x2.shape[0]
-    y = empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
-        return y.reshape(lead + (N,))
-    b = bias if bias is not None else y  # never read without HAS_BIAS
-    block_kp = min(group_size // 2, 64)
     gelu = activation == "gelu"
-    m_bucket = min(triton.next_power_of_2(M), 8192)
     common = dict(
-        GROUP_SIZE=group_size, HAS_BIAS=bias is not None, GELU=gelu, IEEE=x.dtype == torch.float32, BLOCK_KP=block_kp
+        GROUP_SIZE=group_size,
+        HAS_BIAS=bias is not None,
+        GELU=gelu,
+        IEEE=x.dtype == torch.float32,
+        BLOCK_KP=min(group_size // 2, 64),
     )
-    strides = (
-        x2.stride(0),
-        x2.stride(1),
-        qweight.stride(0),
-        qweight.stride(1),
-        scales.stride(0),
-        scales.stride(1),
-        y.stride(0),
-        y.stride(1),
-    )
-    if scales.stride() != zeros.stride():
-        zeros = zeros.contiguous()
-        scales = scales.contiguous()
-        strides = strides[:4] + (scales.stride(0), scales.stride(1)) + strides[6:]
-
+    copy_sz = scales.stride() != zeros.stride()  # one stride pair serves both: copy them contiguous otherwise
+    sz_strides = (scales.shape[1], 1) if copy_sz else scales.stride()
+    plan = dict(
+        lead=tuple(x.shape[:-1]),
+        M=M,
+        N=N,
+        K=K,
+        copy_sz=copy_sz,
+        tail=(M, N, K, min(triton.next_power_of_2(max(M, 1)), 8192), *x2.stride(), *qweight.stride(), *sz_strides,
+              N, 1),
+        split=1,
+    )  # fmt: skip
     if M > SMALL_M:
 
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
 
-        launch_autotuned(
-            _int4_tiled,
-            grid,
-            (x2, qweight, scales, zeros, b, y, y, M, N, K, m_bucket, *strides),
-            dict(SPLIT_K=1, **common),
-            lambda named: _TILED_CONFIGS[1],
-        )
-        return y.reshape(lead + (N,))
-
+        plan.update(small=False, grid=grid, kwargs=dict(SPLIT_K=1, **common))
+        return plan
     # latency launch: tiles fixed here so the split can fill the GPU
-    block_m = max(16, triton.next_power_of_2(M))
+    block_m = max(16, triton.next_power_of_2(max(M, 1)))
     block_n = _SMALL_BLOCK_N_INTERPRET if interpreting() else _SMALL_BLOCK_N
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     num_groups = K // group_size
     # enough programs for ~4 per SM (balance: a 1.2-wave launch idles most SMs for its last 0.2), but no more
-    # fp32 partial-sum traffic (split x M x N x 4 bytes) than half the packed weight (N x K / 2 bytes)
-    split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * M)))
+    # fp32 partial-sum traffic (split x M x N x 4 bytes, written then read) than about half the packed weight
+    split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * max(M, 1))))
     split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
-    ws = _workspace(x.device, M * N) if split > 1 else y
-    launch_autotuned(
-        _int4_small,
-        (tiles, split),
-        (x2, qweight, scales, zeros, b, y, ws, M, N, K, m_bucket, *strides),
-        dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
-        lambda named: _SMALL_CONFIGS[1],
+    block = 1024
+    plan.update(
+        small=True,
+        split=split,
+        grid=(tiles, split),
+        kwargs=dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
+        finalize_grid=(triton.cdiv(M * N, block),),
+        finalize_kwargs=dict(SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block),
     )
+    return plan
+
+
+def _tiled_default(named):
+    return _TILED_CONFIGS[1]
+
+
+def _small_default(named):
+    return _SMALL_CONFIGS[1]
+
+
+def _meta(t) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+@on_tensor_device
+def _int4_matmul(x, qweight, scales, zeros, group_size=128, bias=None, activation=None):
+    """The launcher: checks and launch constants once per argument layout (``_PLANS``), then allocate and launch."""
+    key = (_meta(x), _meta(qweight), _meta(scales), _meta(zeros), _meta(bias), group_size, activation)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(x, qweight, scales, zeros, group_size, bias, activation)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    M, N, K = plan["M"], plan["N"], plan["K"]
+    y = empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y.reshape(plan["lead"] + (N,))
+    x2 = x.reshape(M, K)
+    b = bias if bias is not None else y  # never read without HAS_BIAS
+    if plan["copy_sz"]:
+        scales, zeros = scales.contiguous(), zeros.contiguous()
+    if not plan["small"]:
+        args = (x2, qweight, scales, zeros, b, y, y, *plan["tail"])
+        launch_autotuned(_int4_tiled, plan["grid"], args, plan["kwargs"], _tiled_default)
+        return y.reshape(plan["lead"] + (N,))
+    split = plan["split"]
+    ws = _workspace(x.device, split * M * N) if split > 1 else y
+    args = (x2, qweight, scales, zeros, b, y, ws, *plan["tail"])
+    launch_autotuned(_int4_small, plan["grid"], args, plan["kwargs"], _small_default)
     if split > 1:
-        block = 1024
-        _int4_finalize_kernel[(triton.cdiv(M * N, block),)](
-            ws, b, y, M, N, y.stride(0), y.stride(1), HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block
-        )
-    return y.reshape(lead + (N,))
+        _int4_finalize_kernel[plan["finalize_grid"]](ws, b, y, M, N, N, 1, **plan["finalize_kwargs"])
+    return y.reshape(plan["lead"] + (N,))

@@ -4,8 +4,9 @@
     y = (h - mean(h)) / sqrt(var(h) + eps) * weight + bias      (over the last dim, biased variance)
 
 Shapes ``(..., N)``; ``weight``/``bias`` ``(N,)`` (either may be None: scale 1 / shift 0). Returns ``(y, h)``, both in
-the input dtype. ``upcast=True`` (default) computes the LayerNorm in fp32 and casts the result (what the kernel
-does); ``upcast=False`` runs it in the input dtype, as ``nn.LayerNorm`` would in a half-precision model.
+the input dtype. ``upcast=True`` (default) computes the LayerNorm in ``promote_types(dtype, float32)`` (fp32 for
+half inputs, what the kernel does; fp64 stays fp64) and casts the result; ``upcast=False`` runs it in the input
+dtype, as ``nn.LayerNorm`` would in a half-precision model.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def add_layernorm_ref(
     h = x if residual is None else x + residual.to(x.dtype)
     n = x.shape[-1]
     if upcast:
-        w = None if weight is None else weight.float()
-        b = None if bias is None else bias.float()
-        y = F.layer_norm(h.float(), (n,), w, b, eps).to(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)  # never below the input's precision (fp64 stays fp64)
+        w = None if weight is None else weight.to(ct)
+        b = None if bias is None else bias.to(ct)
+        y = F.layer_norm(h.to(ct), (n,), w, b, eps).to(x.dtype)
     else:
         w = None if weight is None else weight.to(x.dtype)
         b = None if bias is None else bias.to(x.dtype)

@@ -6,8 +6,9 @@
     ``attention_mask``; it is not an additive bias. ``scale`` defaults to ``D ** -0.5``. ``causal=True`` aligns the
     queries to the end of the keys: query i sees key j iff ``j <= i + S_k - S_q``.
     A query whose keys are all masked returns zeros (as PyTorch SDPA with a bool mask does), never NaN.
-    ``upcast=True`` computes in fp32 and casts to q's dtype (the kernel's numerics); ``upcast=False`` computes in the
-    input dtype like transformers' eager attention (used by the tests as "PyTorch's own error").
+    ``upcast=True`` computes in ``promote_types(q.dtype, float32)`` and casts to q's dtype (fp32 for half inputs:
+    the kernel's numerics; fp64 stays fp64); ``upcast=False`` computes in the input dtype like transformers' eager
+    attention (used by the tests as "PyTorch's own error").
 
 ``attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False,
 upcast=True)``
@@ -48,7 +49,7 @@ def attention_ref(
         raise ValueError(f"q is (B={B}, H={H}, ...) but k/v are {tuple(k.shape)}; batch and heads must match")
     if scale is None:
         scale = D**-0.5
-    dt = torch.float32 if upcast else q.dtype
+    dt = torch.promote_types(q.dtype, torch.float32) if upcast else q.dtype
     scores = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     keep = torch.ones(B, 1, S_q, S_k, dtype=torch.bool, device=q.device)
     if attention_mask is not None:
@@ -79,7 +80,11 @@ def attention_varlen_ref(
     scale: float | None = None,
     causal: bool = False,
     upcast: bool = True,
+    seqlens_q=None,
+    seqlens_k=None,
 ) -> torch.Tensor:
+    # seqlens_q / seqlens_k (host lengths, validated by the kernel's launcher) are accepted for the same signature;
+    # this oracle reads cu_seqlens on the host anyway
     _check_qkv(q, k, v, 3, "(T, H, D)")
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_group(K: int, group_size: int) -> None:
@@ -57,7 +57,7 @@ def check_int4_args(
                 f"{tuple(qweight.shape)} and group_size={group_size}, got {tuple(t.shape)}"
             )
         if t.dtype not in _FLOATS:
-            raise TypeError(f"{name} has dtype {t.dtype}; expected float16, bfloat16 or float32")
+            raise TypeError(f"{name} has dtype {t.dtype}; expected float16, bfloat16, float32 or float64")
     if scales.dtype != zeros.dtype:
         raise TypeError(f"scales ({scales.dtype}) and zeros ({zeros.dtype}) must share one dtype")
     return N, K
@@ -88,7 +88,7 @@ def quantize_int4_ref(weight: torch.Tensor, group_size: int = 128) -> tuple[torc
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (N, K) as nn.Linear stores it, got shape {tuple(weight.shape)}")
     if weight.dtype not in _FLOATS:
-        raise TypeError(f"weight has dtype {weight.dtype}; expected float16, bfloat16 or float32")
+        raise TypeError(f"weight has dtype {weight.dtype}; expected float16, bfloat16, float32 or float64")
     N, K = weight.shape
     _check_group(K, group_size)
     rows = max(1, (1 << 24) // K)  # fp32 temporaries of at most 64 MB (an LM head is 250880 x 2560)
@@ -101,12 +101,13 @@ def quantize_int4_ref(weight: torch.Tensor, group_size: int = 128) -> tuple[torc
 
 def _quantize_rows(weight: torch.Tensor, group_size: int):
     n, K = weight.shape
-    w = weight.float().reshape(n, K // group_size, group_size)
+    ct = torch.promote_types(weight.dtype, torch.float32)  # fp64 weights quantize in fp64
+    w = weight.to(ct).reshape(n, K // group_size, group_size)
     wmin, wmax = w.amin(dim=-1), w.amax(dim=-1)
     scales = ((wmax - wmin).clamp(min=1e-6) / 15).to(weight.dtype)
-    zeros = (wmin + scales.float() * 8).to(weight.dtype)
+    zeros = (wmin + scales.to(ct) * 8).to(weight.dtype)
     # quantize against the rounded (stored) parameters, so dequantization is as close as those allow
-    s, z = scales.float().unsqueeze(-1), zeros.float().unsqueeze(-1)
+    s, z = scales.to(ct).unsqueeze(-1), zeros.to(ct).unsqueeze(-1)
     q = torch.round((w - (z - 8 * s)) / s).clamp_(0, 15).to(torch.uint8).reshape(n, K)
     return pack_int4(q, group_size), scales, zeros
 
@@ -114,11 +115,13 @@ def _quantize_rows(weight: torch.Tensor, group_size: int):
 def dequantize_int4_ref(
     qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int = 128
 ) -> torch.Tensor:
-    """``(q - 8) * scale + zero`` per group, computed in fp32 and rounded once to ``scales.dtype``: (N, K)."""
+    """``(q - 8) * scale + zero`` per group, computed in fp32 (fp64 for fp64 scales) and rounded once to
+    ``scales.dtype``: (N, K)."""
     N, K = check_int4_args(qweight, scales, zeros, group_size)
-    q = unpack_int4(qweight, group_size).float().reshape(N, K // group_size, group_size)
-    s = scales.float().t().unsqueeze(-1)
-    z = zeros.float().t().unsqueeze(-1)
+    ct = torch.promote_types(scales.dtype, torch.float32)
+    q = unpack_int4(qweight, group_size).to(ct).reshape(N, K // group_size, group_size)
+    s = scales.to(ct).t().unsqueeze(-1)
+    z = zeros.to(ct).t().unsqueeze(-1)
     return ((q - 8) * s + z).reshape(N, K).to(scales.dtype)
 
 
@@ -135,7 +138,7 @@ def int4_matmul_ref(
 ) -> torch.Tensor:
     """``act(x @ dequantize(qweight).T + bias)`` in ``x.dtype``; ``activation`` is None or ``"gelu"`` (exact erf).
 
-    ``upcast=True`` computes in fp32 and rounds once (what the kernel does)."""
+    ``upcast=True`` computes in ``promote_types(x.dtype, float32)`` and rounds once (what the kernel does)."""
     N, K = check_int4_args(qweight, scales, zeros, group_size)
     if activation not in (None, "gelu"):
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
@@ -143,7 +146,7 @@ def int4_matmul_ref(
         raise ValueError(f"x has {x.shape[-1]} features in its last dim but the int4 weight has K={K}")
     if bias is not None and tuple(bias.shape) != (N,):
         raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
-    compute = torch.float32 if upcast else x.dtype
+    compute = torch.promote_types(x.dtype, torch.float32) if upcast else x.dtype
     w = dequantize_int4_ref(qweight, scales, zeros, group_size).to(compute)
     y = F.linear(x.to(compute), w, None if bias is None else bias.to(compute))
     if activation == "gelu":

@@ -6,7 +6,8 @@
 ``x`` is ``(..., K)``, ``weight`` ``(N, K)`` as ``nn.Linear`` stores it, ``bias`` ``(N,)`` or None, ``residual``
 ``(..., N)``. By default each runs in the inputs' dtype exactly as transformers' modules do (``F.linear`` then
 ``F.gelu`` / ``+``, rounding after each step); this is what the model layer uses on CPU. ``upcast=True`` computes
-in fp32 and rounds once at the end, which is what the kernels do (fp32 accumulator and epilogue).
+in ``promote_types(dtype, float32)`` and rounds once at the end, which is what the kernels do (fp32 accumulator and
+epilogue); fp64 inputs stay fp64.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def linear_gelu_ref(
     """``gelu(x @ weight.T + bias)`` (exact erf GELU), in ``x.dtype``."""
     _check(x, weight, bias)
     if upcast:
-        b = None if bias is None else bias.float()
-        return F.gelu(F.linear(x.float(), weight.float(), b)).to(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        b = None if bias is None else bias.to(ct)
+        return F.gelu(F.linear(x.to(ct), weight.to(ct), b)).to(x.dtype)
     return F.gelu(F.linear(x, weight, bias))
 
 
@@ -47,6 +49,7 @@ def linear_residual_ref(
     if tuple(residual.shape) != expected:
         raise ValueError(f"residual must have shape {expected} (x's leading dims, N), got {tuple(residual.shape)}")
     if upcast:
-        b = None if bias is None else bias.float()
-        return (residual.float() + F.linear(x.float(), weight.float(), b)).to(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        b = None if bias is None else bias.to(ct)
+        return (residual.to(ct) + F.linear(x.to(ct), weight.to(ct), b)).to(x.dtype)
     return residual + F.linear(x, weight, bias)

@@ -1,0 +1,471 @@
+"""Measured choice of implementation per op, device and shape bucket: never slower than the best candidate here.
+
+The model layer asks once per call::
+
+    choice = tuning.choose("linear_gelu", (x, weight, bias))      # a Choice; cheap after the first call
+    y = choice(x, weight, bias)                                     # runs the chosen candidate
+    choice.name, choice.source, choice.why_not_triton              # what runs, why (Reason vocabulary)
+
+(``tuning.run(op, *args, **kwargs)`` does both.) Candidates per op are in ``xlmrxl_kernels.candidates``: our
+Triton kernel first, then PyTorch implementations of the same maths, then the reference as a last resort.
+
+How a choice is made for ``(device, op, shape key)`` (keys bucket the token counts to powers of two, see
+``shape_key``), first match wins:
+
+1. in memory (this process already chose);
+2. the disk cache, a JSON file keyed by device name and torch / triton / xlmrxl versions (``XLMRXL_TUNING_CACHE``,
+   default ``~/.cache/xlmrxl/tuning.json``), unless ``XLMRXL_TUNING=off``;
+3. measure: on a CUDA device, outside CUDA-graph capture, with ``XLMRXL_TUNING`` on (the default), every eligible
+   candidate runs on the call's own inputs (one warm-up call, which also compiles / autotunes Triton, then a few
+   timed calls with CUDA events, about 2 ms per candidate); the fastest wins, is written to the disk cache, and
+   the choice is logged once at INFO on the ``xlmrxl`` logger;
+4. otherwise (tuning off, inside capture, CPU): the shipped ``tuned_defaults`` for this device when they name an
+   eligible candidate, else the first eligible candidate (Triton when it can take the call).
+
+Eligibility is per call (dtype, device, mask/causal combinations, ``XLMRXL_DISABLE_KERNELS``), so a cached choice
+that cannot take a call is skipped for that call with its reason. A candidate that raises while being measured is
+dropped for that key (reason ``Reason.FAILED``). Nothing here imports Triton or ``xlmrxl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import candidates as _candidates
+from . import env
+from .tuned_defaults import TUNED_DEFAULTS
+
+logger = logging.getLogger("xlmrxl")
+
+__all__ = ["Choice", "Reason", "Tuner", "choose", "run", "shape_key", "candidates", "default_tuner", "cuda_timer"]
+
+
+class Reason:
+    """The vocabulary of "why not this candidate" (prefixes; the text after ": " gives the detail)."""
+
+    CHOSEN = "chosen"
+    SLOWER = "measured slower"  # "measured slower: 0.31 ms vs cublas 0.22 ms"
+    NOT_SUPPORTED = "cannot take this call"  # "cannot take this call: x has dtype float64 ..."
+    DISABLED = "disabled by XLMRXL_DISABLE_KERNELS"
+    TUNING_OFF = "XLMRXL_TUNING=off: fixed default"
+    CAPTURING = "inside CUDA-graph capture: cached choice or fixed default, never timed"
+    NOT_MEASURED = "not measured on this device"  # CPU, or a device measurement is not enabled for
+    DEFAULT_ORDER = "a candidate earlier in the default order can take the call"
+    FAILED = "raised while being measured"
+    FALLBACK = "no candidate can take this call: the reference runs"
+
+
+_SOURCES = ("memory", "disk", "measured", "tuned_defaults", "default", "fallback")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The implementation chosen for one (device, op, shape key); call it with the op's arguments."""
+
+    op: str
+    key: tuple
+    candidate: _candidates.Candidate
+    source: str  # one of _SOURCES
+    reasons: dict = field(default_factory=dict)  # candidate name -> why it was not chosen (Reason + detail)
+    timings_ms: dict = field(default_factory=dict)
+
+    def __call__(self, *args, **kwargs):
+        return self.candidate.fn(*args, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+    @property
+    def why_not_triton(self) -> str | None:
+        """None when Triton runs; else the reason it does not."""
+        return None if self.name == "triton" else self.reasons.get("triton", Reason.DEFAULT_ORDER)
+
+
+# -- shape keys -------------------------------------------------------------------------------------------------------
+def _b(n: int) -> int:
+    """Bucket a token count: the next power of two (1, 2, 4, ..., 65536, then multiples of 65536)."""
+    n = max(int(n), 1)
+    return 1 << (n - 1).bit_length() if n <= 65536 else -(-n // 65536) * 65536
+
+
+def _dtypes(args: Sequence, kwargs: dict) -> tuple:
+    """Every tensor argument's dtype (eligibility depends on them: a cached choice is valid for the whole key)."""
+    out = [a.dtype for a in args if isinstance(a, torch.Tensor)]
+    if kwargs:
+        out += [a.dtype for a in kwargs.values() if isinstance(a, torch.Tensor)]
+    return tuple(out)
+
+
+def _rows(x) -> int:
+    return x.numel() // max(x.shape[-1], 1) if x.dim() else 0
+
+
+def shape_key(op: str, args: Sequence, kwargs: dict | None = None) -> tuple:
+    """The bucket a call belongs to: bucketed token counts, the sizes and flags that select a different code path,
+    and (last) every tensor argument's dtype. Every candidate's eligibility is a function of the key and the device,
+    so calls with one key share one choice, checked once."""
+    kw = kwargs or {}
+    a = args
+    if op in ("linear_gelu", "linear_residual"):
+        x, w = a[0], a[1]
+        key = (_b(_rows(x)), w.shape[0], w.shape[-1])
+    elif op == "add_layernorm":
+        x = a[0]
+        key = (_b(_rows(x)), x.shape[-1])
+    elif op == "attention":
+        q, k = a[0], a[1]
+        key = (_b(q.shape[0] * q.shape[1]), _b(q.shape[2]), _b(k.shape[2]), q.shape[3], bool(kw.get("causal", False)))
+    elif op == "attention_varlen":
+        q, k, v = a[0], a[1], a[2]
+        mq = a[5] if len(a) > 5 else kw.get("max_seqlen_q", 0)
+        mk = a[6] if len(a) > 6 else kw.get("max_seqlen_k", 0)
+        dense = q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+        key = (_b(q.shape[0]), q.shape[1], q.shape[2], _b(mq), _b(mk), bool(kw.get("causal", False)), dense)
+    elif op == "int4_matmul":
+        x, qw = a[0], a[1]
+        group = a[4] if len(a) > 4 else kw.get("group_size", 128)
+        act = a[6] if len(a) > 6 else kw.get("activation")
+        key = (_b(_rows(x)), qw.shape[0], 2 * qw.shape[1], group, act)
+    else:
+        raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(candidates()))}")
+    # dtypes last; absent arguments (no bias / mask / residual) drop out, which the dtype tuple's length records
+    return key + _dtypes(args, kw)
+
+
+def _key_text(op: str, key: tuple) -> str:
+    return op + "|" + "|".join(str(k).replace("torch.", "") for k in key)
+
+
+# -- timing -----------------------------------------------------------------------------------------------------------
+Timer = Callable[[Callable, tuple, dict], float]
+
+
+def cuda_timer(fn: Callable, args: tuple, kwargs: dict, budget_ms: float = 2.0, max_reps: int = 10) -> float:
+    """Median-free quick timing of ``fn(*args, **kwargs)`` in ms per call with CUDA events: one warm-up call
+    (compiles and autotunes a Triton kernel), one timed call to size the loop, then up to ``max_reps`` calls
+    within about ``budget_ms``."""
+    fn(*args, **kwargs)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(*args, **kwargs)
+    end.record()
+    end.synchronize()
+    once = max(start.elapsed_time(end), 1e-3)
+    reps = max(1, min(max_reps, int(budget_ms / once)))
+    start.record()
+    for _ in range(reps):
+        fn(*args, **kwargs)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _device_of(args: Sequence) -> torch.device:
+    for t in args:
+        if isinstance(t, torch.Tensor):
+            return t.device
+    return torch.device("cpu")
+
+
+_NAMES: dict = {}
+
+
+def device_name(device: torch.device) -> str:
+    """``torch.cuda.get_device_name`` for CUDA devices (cached), else the device type."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _NAMES:
+        _NAMES[index] = torch.cuda.get_device_name(index)
+    return _NAMES[index]
+
+
+def _versions() -> str:
+    try:
+        import triton
+
+        tv = triton.__version__
+    except ImportError:
+        tv = "none"
+    try:
+        from importlib.metadata import version
+
+        xv = version("xlmrxl")
+    except Exception:
+        xv = "unknown"
+    return f"torch={torch.__version__}|triton={tv}|xlmrxl={xv}"
+
+
+def default_cache_path() -> Path:
+    """``XLMRXL_TUNING_CACHE`` if set, else ``$XDG_CACHE_HOME/xlmrxl/tuning.json`` (``~/.cache`` by default)."""
+    path = env.get("XLMRXL_TUNING_CACHE")
+    if path:
+        return Path(path).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xlmrxl" / "tuning.json"
+
+
+# -- the dispatcher ---------------------------------------------------------------------------------------------------
+class Tuner:
+    """Chooses, caches and logs. ``timer`` (default ``cuda_timer``), ``cache_path``, ``mode`` ("on"/"off", default
+    ``XLMRXL_TUNING``) and ``measure_devices`` (default: CUDA only) are injectable for tests."""
+
+    def __init__(
+        self,
+        *,
+        timer: Timer | None = None,
+        cache_path: str | os.PathLike | None = None,
+        mode: str | None = None,
+        measure_devices: Sequence[str] = ("cuda",),
+        defaults: dict | None = None,
+    ):
+        self.timer = timer or cuda_timer
+        self._cache_path = Path(cache_path) if cache_path is not None else None
+        self._mode = mode
+        self.measure_devices = tuple(measure_devices)
+        self.defaults = TUNED_DEFAULTS if defaults is None else defaults
+        self.table = _candidates.build()
+        self._fallbacks = {op: _candidates.fallback(op) for op in self.table}
+        self._memory: dict = {}  # (device name, op, key) -> Choice
+        self._disk: dict | None = None  # context -> {key text: record}, loaded once
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        return self._mode if self._mode is not None else str(env.get("XLMRXL_TUNING"))
+
+    @property
+    def cache_path(self) -> Path:
+        return self._cache_path if self._cache_path is not None else default_cache_path()
+
+    def context(self, device: torch.device) -> str:
+        return f"{device_name(device)}|{_versions()}"
+
+    # -- the one call -------------------------------------------------------------------------------------------------
+    def choose(self, op: str, args: Sequence, kwargs: dict | None = None) -> Choice:
+        """The implementation for this call (see the module docstring for the order of sources)."""
+        kwargs = kwargs or {}
+        device = _device_of(args)
+        key = shape_key(op, args, kwargs)
+        mem_key = (device, op, key)
+        hit = self._memory.get(mem_key)
+        if hit is not None:  # the hot path: one key and one dict lookup
+            return hit
+        with self._lock:
+            choice = self._decide(op, key, device, tuple(args), kwargs)
+        self._memory[mem_key] = choice
+        return choice
+
+    def _decide(self, op: str, key: tuple, device: torch.device, args: tuple, kwargs: dict) -> Choice:
+        cands = self.table[op]
+        reasons = {}
+        eligible = []
+        for c in cands:
+            why = c.reasons(device, args, kwargs)
+            if why:
+                prefix = Reason.DISABLED if "XLMRXL_DISABLE_KERNELS" in why[0] else Reason.NOT_SUPPORTED
+                reasons[c.name] = f"{prefix}: {'; '.join(why)}"
+            else:
+                eligible.append(c)
+        if not eligible:
+            return Choice(op, key, self._fallbacks[op], "fallback", {**reasons, "*": Reason.FALLBACK})
+        if len(eligible) == 1:
+            return self._pick(op, key, eligible[0], "default", reasons, eligible, Reason.NOT_SUPPORTED)
+        tuning_on = self.mode == "on"
+        text = _key_text(op, key)
+        if tuning_on and device.type in self.measure_devices:
+            stored = self._disk_lookup(device, text)
+            chosen = next((c for c in eligible if c.name == stored), None)
+            if chosen is not None:
+                return self._pick(op, key, chosen, "disk", reasons, eligible, Reason.SLOWER)
+            if not _capturing(device):
+                return self._measure(op, key, device, args, kwargs, eligible, reasons)
+            why_default = Reason.CAPTURING
+        else:
+            why_default = Reason.TUNING_OFF if not tuning_on else Reason.NOT_MEASURED
+        shipped = self._shipped(device, text)
+        chosen = next((c for c in eligible if c.name == shipped), None)
+        if chosen is not None:
+            return self._pick(op, key, chosen, "tuned_defaults", reasons, eligible, why_default)
+        return self._pick(op, key, eligible[0], "default", reasons, eligible, why_default)
+
+    @staticmethod
+    def _pick(op, key, chosen, source, reasons, eligible, why) -> Choice:
+        reasons = dict(reasons)
+        for c in eligible:
+            if c is not chosen:
+                reasons[c.name] = why
+        return Choice(op, key, chosen, source, reasons)
+
+    def _measure(self, op, key, device, args, kwargs, eligible, reasons) -> Choice:
+        reasons = dict(reasons)
+        timings = {}
+        for c in eligible:
+            try:
+                timings[c.name] = float(self.timer(c.fn, args, kwargs))
+            except Exception as exc:  # e.g. a PyTorch backend that rejects this shape at run time
+                reasons[c.name] = f"{Reason.FAILED}: {type(exc).__name__}: {str(exc)[:200]}"
+        if not timings:
+            return Choice(op, key, self._fallbacks[op], "fallback", {**reasons, "*": Reason.FALLBACK})
+        best_name = min(timings, key=timings.get)
+        best = next(c for c in eligible if c.name == best_name)
+        for name, ms in timings.items():
+            if name != best_name:
+                reasons[name] = f"{Reason.SLOWER}: {ms:.4f} ms vs {best_name} {timings[best_name]:.4f} ms"
+        choice = Choice(op, key, best, "measured", reasons, timings)
+        self._disk_store(device, _key_text(op, key), best_name, timings)
+        logger.info(
+            "xlmrxl: %s %s on %s: %s (%s)",
+            op,
+            key,
+            device_name(device),
+            best_name,
+            ", ".join(f"{n} {ms:.4f} ms" for n, ms in sorted(timings.items(), key=lambda kv: kv[1])),
+        )
+        return choice
+
+    # -- shipped defaults ---------------------------------------------------------------------------------------------
+    def _shipped(self, device: torch.device, text: str) -> str | None:
+        name = device_name(device)
+        for dev, table in self.defaults.items():
+            if dev == name or (dev and dev in name):
+                if text in table:
+                    return table[text]
+        return None
+
+    # -- disk ---------------------------------------------------------------------------------------------------------
+    def _load_disk(self) -> dict:
+        if self._disk is None:
+            self._disk = {}
+            path = self.cache_path
+            try:
+                data = json.loads(path.read_text())
+                if isinstance(data, dict) and isinstance(data.get("entries"), dict):
+                    self._disk = data["entries"]
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                logger.warning("xlmrxl: ignoring the unreadable tuning cache %s (%s)", path, exc)
+        return self._disk
+
+    def _disk_lookup(self, device: torch.device, text: str) -> str | None:
+        rec = self._load_disk().get(self.context(device), {}).get(text)
+        return rec.get("choice") if isinstance(rec, dict) else None
+
+    def _disk_store(self, device: torch.device, text: str, name: str, timings: dict) -> None:
+        entries = self._load_disk()
+        entries.setdefault(self.context(device), {})[text] = {"choice": name, "ms": timings}
+        path = self.cache_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # merge with what another process wrote meanwhile
+                on_disk = json.loads(path.read_text()).get("entries", {})
+                for ctx, recs in on_disk.items():
+                    for k, v in recs.items():
+                        entries.setdefault(ctx, {}).setdefault(k, v)
+            except (OSError, ValueError, AttributeError):
+                pass
+            fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(
+                    {"format": 1, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "entries": entries},
+                    f,
+                    indent=1,
+                    sort_keys=True,
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("xlmrxl: could not write the tuning cache %s (%s); choices stay in memory", path, exc)
+
+    def clear_memory(self) -> None:
+        """Forget the in-memory choices (the disk cache is re-read on next use)."""
+        self._memory.clear()
+        self._disk = None
+
+
+_DEFAULT: list[Tuner] = []
+
+
+def default_tuner() -> Tuner:
+    """The process-wide tuner used by ``choose`` / ``run``."""
+    if not _DEFAULT:
+        _DEFAULT.append(Tuner())
+    return _DEFAULT[0]
+
+
+def choose(op: str, args: Sequence, kwargs: dict | None = None) -> Choice:
+    """The implementation of ``op`` for these arguments (module docstring). Cheap after the first call per key."""
+    return default_tuner().choose(op, args, kwargs)
+
+
+def run(op: str, *args, **kwargs):
+    """``choose(op, args, kwargs)(*args, **kwargs)``."""
+    return default_tuner().choose(op, args, kwargs)(*args, **kwargs)
+
+
+def candidates(op: str | None = None):
+    """Every op's candidate list (or one op's), in default order."""
+    table = default_tuner().table
+    return table if op is None else table[op]
+
+
+# -- shipping measured choices ----------------------------------------------------------------------------------------
+def merge_into_defaults(cache_file: str | os.PathLike, defaults_file: str | os.PathLike | None = None) -> dict:
+    """Copy the measured choices of a tuning cache (as ``benchmarks/lease.sh`` leaves it) into
+    ``tuned_defaults.py``, one entry per device name (the newest versions' choice wins); returns the new table."""
+    data = json.loads(Path(cache_file).read_text())
+    table = {dev: dict(keys) for dev, keys in TUNED_DEFAULTS.items()}
+    for ctx in sorted(data.get("entries", {})):
+        dev = ctx.split("|", 1)[0]
+        for text, rec in data["entries"][ctx].items():
+            if isinstance(rec, dict) and "choice" in rec:
+                table.setdefault(dev, {})[text] = rec["choice"]
+    target = Path(defaults_file) if defaults_file else Path(__file__).with_name("tuned_defaults.py")
+    src = target.read_text()
+    head = src[: src.index("TUNED_DEFAULTS")]
+    body = json.dumps({d: dict(sorted(k.items())) for d, k in sorted(table.items())}, indent=4)
+    body = body.replace("true", "True").replace("false", "False").replace("null", "None")
+    target.write_text(f"{head}TUNED_DEFAULTS: dict[str, dict[str, str]] = {body}\n")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m xlmrxl_kernels.tuning merge CACHE.json`` (ship measured choices) or ``show`` (print the cache)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m xlmrxl_kernels.tuning", description=main.__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="copy a tuning cache's choices into xlmrxl_kernels/tuned_defaults.py")
+    m.add_argument("cache", type=Path)
+    m.add_argument("--defaults", type=Path, default=None, help="the file to rewrite (default: the shipped one)")
+    sub.add_parser("show", help="print the tuning cache of this machine")
+    args = p.parse_args(argv)
+    if args.cmd == "merge":
+        table = merge_into_defaults(args.cache, args.defaults)
+        print(f"{sum(len(v) for v in table.values())} choices for {len(table)} device(s)")
+    else:
+        path = default_cache_path()
+        print(path)
+        print(path.read_text() if path.exists() else "(no cache yet)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
