@@ -48,7 +48,8 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
     ``max_length``), and the mask (B, Kb) is a static device buffer: the caller's mask over ``[0, n + 1)``, zeros
     over the unwritten slots. ``cache_view.get_seq_length()`` is Kb - 1, so the step's query is aligned to the end
     of the view (with one query per row, causality is the mask). After the step the cache's host lengths advance
-    by one. Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
+    by one (``StaticCache.advance``).
+    Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
     too, pass position ids as a static device buffer the same way).
 
 Wiring (the route / layer stack owns this; nothing here imports the model):
@@ -556,13 +557,7 @@ class _DecodeSlot:
 
 def _advance(cache, end: int) -> None:
     """The StaticCache's host lengths after a step that wrote through ``_CacheView`` (no ``update`` call ran)."""
-    advance = getattr(cache, "advance", None)
-    if callable(advance):
-        advance(end)
-        return
-    lengths = cache._lengths  # xlmrxl.StaticCache keeps them per layer on the host
-    for i in range(len(lengths)):
-        lengths[i] = end
+    cache.advance(end - int(cache.get_seq_length()))
 
 
 class DecodeGraphRunner(_GraphBase):
