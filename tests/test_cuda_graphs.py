@@ -851,3 +851,64 @@ def test_cuda_generate_decode_graphs_match_eager():
         assert torch.equal(generate(m, ids.cuda(), **kw), generate(ref, ids.cuda(), **kw))
     (runner,) = _decode_runners_seen
     assert runner.captures == 2  # KV buckets 16 and 19
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the lean stack's cached plans: what they must still see
+# ---------------------------------------------------------------------------------------------------------------
+def test_plans_see_replaced_parameters_moved_storages_and_copies():
+    import copy
+    import pickle
+
+    from xlmrxl.fast.structure import layer_plans
+
+    m = _model(seed=21).set_cuda_graphs("emulate")
+    ref = _model(seed=21).set_cuda_graphs(False)
+    ids, mask = _ids_mask(m.config, [9, 5], 9, [False, True])
+
+    def check():
+        with torch.inference_mode():
+            got = m(ids, attention_mask=mask).last_hidden_state
+            want = ref(ids, attention_mask=mask).last_hidden_state
+        assert max_err(got, want, mask.bool()) <= TOL
+
+    check()
+    plans = layer_plans(m.encoder)
+    assert layer_plans(m.encoder) is plans  # nothing changed: the same plans, no rebuild
+    for model in (m, ref):  # a new Parameter object for a LayerNorm weight (the plan held the old one)
+        ln = model.encoder.layer[1].LayerNorm
+        ln.weight = torch.nn.Parameter(ln.weight.detach() * 1.5)
+    check()
+    assert layer_plans(m.encoder) is not plans
+    for model in (m, ref):  # new storages, same Parameter objects: the fused q/k/v buffer is made again
+        model.double()
+    ids_d = ids
+    with torch.inference_mode():
+        got = m(ids_d, attention_mask=mask).last_hidden_state
+        want = ref(ids_d, attention_mask=mask).last_hidden_state
+    assert got.dtype == torch.float64 and max_err(got, want, mask.bool()) <= 1e-10
+    for model in (m, ref):
+        model.float()
+    check()
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):  # copies start without graph runners
+        assert not clone.encoder._xlmrxl_graph_runners
+        with torch.inference_mode():
+            got = clone(ids, attention_mask=mask).last_hidden_state
+            want = ref(ids, attention_mask=mask).last_hidden_state
+        assert max_err(got, want, mask.bool()) <= TOL and _runner(clone.encoder)._slots
+
+
+def test_hooks_added_after_a_fast_call_are_seen():
+    from xlmrxl.fast.routing import EXACT, Call, route
+
+    m = _model(seed=22)
+    ids, mask = _ids_mask(m.config, [9, 5], 9, [False, True])
+    with torch.inference_mode():
+        h = m.embeddings(input_ids=ids)
+        assert route(m.encoder, Call(hidden_states=h, attention_mask=mask)).path != EXACT
+        handle = m.encoder.layer[1].attention.output.dense.register_forward_hook(lambda *a: None)
+        assert route(m.encoder, Call(hidden_states=h, attention_mask=mask)).path == EXACT
+        handle.remove()
+        assert route(m.encoder, Call(hidden_states=h, attention_mask=mask)).path != EXACT
+        m.encoder.layer[0].intermediate._hf_hook = object()
+        assert route(m.encoder, Call(hidden_states=h, attention_mask=mask)).path == EXACT

@@ -28,6 +28,7 @@ residual stream after layers 0..L-2, the last entry the final LayerNorm output (
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -76,11 +77,15 @@ class _Ops:
         return fn
 
 
+_OPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> {device: _Ops} (not on the backend:
+# a model's deepcopy / pickle copies its backend)
+
+
 def ops_for(be: Backend, device: torch.device) -> _Ops:
     """The resolved ops of ``be`` on ``device``, made once per backend object and device."""
-    cache = be.__dict__.get("_xlmrxl_ops")
+    cache = _OPS.get(be)
     if cache is None:
-        cache = be.__dict__["_xlmrxl_ops"] = {}
+        cache = _OPS[be] = {}
     ops = cache.get(device)
     if ops is None:
         ops = cache[device] = _Ops(be, device)
@@ -283,7 +288,7 @@ def set_graph_mode(encoder: nn.Module, mode: bool | str | None = "auto", *, max_
         d["_xlmrxl_graph_max_tokens"] = int(max_tokens)
     for runner in d.get("_xlmrxl_graph_runners", {}).values():
         runner.reset()
-    d["_xlmrxl_graph_runners"] = {}
+    d["_xlmrxl_graph_runners"] = _Runners()
     d["_xlmrxl_graph_mode"] = resolved
     d["_xlmrxl_graph_reasons"] = ()
 
@@ -300,6 +305,14 @@ def graph_mode(encoder: nn.Module) -> bool | str:
 def graph_reasons(encoder: nn.Module) -> tuple[Reason, ...]:
     """Why the last packed call of ``encoder`` ran eagerly instead of through CUDA graphs (empty: it did not)."""
     return encoder.__dict__.get("_xlmrxl_graph_reasons", ())
+
+
+class _Runners(dict):
+    """Graph runners (closures, device buffers, graphs): a copy of the model or cache (deepcopy, pickle) starts
+    without any and captures its own."""
+
+    def __reduce_ex__(self, protocol: int):
+        return (_Runners, ())
 
 
 class _Holder:
@@ -337,7 +350,7 @@ def _graphed_stack(
     key = (ops, x.dtype, causal)
     runners = d.get("_xlmrxl_graph_runners")
     if runners is None:
-        runners = d["_xlmrxl_graph_runners"] = {}
+        runners = d["_xlmrxl_graph_runners"] = _Runners()
     runner = runners.get(key)
     if runner is None:
         holder = _Holder()
@@ -394,7 +407,7 @@ def _graphed_decode(
         return None
     runners = cache.__dict__.get("_xlmrxl_decode_runners")
     if runners is None:
-        runners = cache.__dict__["_xlmrxl_decode_runners"] = {}
+        runners = cache.__dict__["_xlmrxl_decode_runners"] = _Runners()
     key = (encoder, be, hidden_states.dtype)
     runner = runners.get(key)
     if runner is None:

@@ -245,17 +245,26 @@ class Plans(list):
 
 
 def layer_plans(encoder: nn.Module) -> Plans:
-    """Per-layer plans, cached with the structure check; rebuilt when the route saw a module or weight replaced, or
-    when a parameter's or buffer's storage moved (``model.to()``, ``half()``): one data-pointer pass per call."""
+    """Per-layer plans, cached with the structure check. Rebuilt when anything was assigned since (``version()``: a
+    swapped module or Parameter), or when a q/k/v weight's storage moved (``model.to()``, ``half()``): the plans
+    hold the fused q/k/v buffer, which is made from those storages; every other tensor a plan holds is the
+    Parameter / module itself, which follows its ``.data``. One C-level data-pointer pass over 6 tensors per layer."""
     structure_not_supported(encoder)  # O(1) when nothing was assigned since (packed_stack may run without route)
     st = encoder.__dict__.get("_xlmrxl_structure")
     cached = encoder.__dict__.get("_xlmrxl_plans")
-    if cached is not None and st is not None and cached[0] is st and tuple(map(_DATA_PTR, st.params)) == cached[1]:
-        return cached[2]
+    if (
+        cached is not None
+        and cached[0] is st
+        and cached[1] == _VERSION[0]
+        and tuple(map(_DATA_PTR, st.params)) == cached[2]
+    ):
+        return cached[3]
     plans = Plans(LayerPlan(layer) for layer in encoder.layer)  # (may fuse q/k/v: storages move)
     plans.final = final_norm(encoder)
     plans.generation = object()  # a new identity per rebuild: what the graphs captured so far must not outlive
     if st is not None:
-        st.params = [t for m in st.modules for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
-        encoder.__dict__["_xlmrxl_plans"] = (st, tuple(map(_DATA_PTR, st.params)), plans)
+        names = ("query", "key", "value")
+        qkv = [m for layer in encoder.layer for m in (layer.attention.self._modules[n] for n in names)]
+        st.params = [t for m in qkv for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+        encoder.__dict__["_xlmrxl_plans"] = (st, _VERSION[0], tuple(map(_DATA_PTR, st.params)), plans)
     return plans
