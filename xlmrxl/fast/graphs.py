@@ -52,16 +52,16 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
     Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
     too, pass position ids as a static device buffer the same way).
 
-Wiring (the route / layer stack owns this; nothing here imports the model):
-
-    # once per model (from_pretrained(..., cuda_graphs=None|"auto"|True|False|"emulate"), model.set_cuda_graphs(v)):
-    pool = model_graph_pool(model)
-    encoder._xlmrxl_graphs = PackedGraphRunner(packed_run, hidden_size=H, dtype=model.dtype, mode=v, pool=pool,
-                                                tensors=module_tensors(encoder))
-    # encoder_forward, packed route, no output_hidden_states:
-    x, packing = pack(hidden_states, mask)
-    out = encoder._xlmrxl_graphs(x, packing.cu_seqlens, packing.max_seqlen, key=structure_key)
-    # model.set_cuda_graphs(v): runner.set_mode(v) (False drops every graph); a changed structure key drops them too.
+Wiring (``xlmrxl.fast.stack`` owns it; nothing here imports the model): ``set_graph_mode(encoder, mode)``
+(``model.set_cuda_graphs``, ``from_pretrained(..., cuda_graphs=...)``; else ``XLMRXL_CUDA_GRAPHS`` read at the
+encoder's first fused call) stores the mode on the encoder. ``encoder_forward`` (the packed route of our encoder,
+``forward_packed`` and the transformers patch alike), without ``output_hidden_states``, hands the packed tokens to
+one ``PackedGraphRunner`` per (backend ops, dtype, causal) whose ``run`` is the layer stack on the static buffers,
+keyed by the per-layer plans' generation (a new one whenever a module / Parameter is assigned or a q/k/v storage
+moves); the shared pool is ``model_graph_pool(encoder)``. ``decoder_forward`` with an xlmrxl ``StaticCache`` and one
+new token per row goes through one ``DecodeGraphRunner`` per (encoder, cache). Eager instead, with the reason
+(``xlmrxl.fast.stack.graph_reasons``, code ``cuda_graphs``): mode off, tensors not on CUDA, attention on the
+PyTorch reference (it reads lengths on the host), a call beyond the buckets.
 
 Modes (``resolve_mode``): ``"auto"`` (graphs when the tensors are on CUDA and the call fits the buckets, eager
 otherwise), ``True`` (graphs; an error on CPU tensors, eager with one logged line when a call exceeds the buckets),

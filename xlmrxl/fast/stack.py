@@ -21,6 +21,12 @@ What one packed forward does (``T`` = number of real tokens):
 3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
    ``return_packed=True``, the ``(T, H)`` outputs with their ``Packing``.
 
+**CUDA graphs** (``xlmrxl.fast.graphs``): without ``output_hidden_states``, step 2-3 on the packed tokens run
+through a per-bucket ``PackedGraphRunner`` when the encoder's mode says so (``set_graph_mode``); a one-token
+decode step against ``StaticCache`` through a ``DecodeGraphRunner``. **Lean**: the per-layer plans
+(``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the ops are resolved once per
+backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and imports nothing.
+
 Hidden states, when asked, have transformers' semantics: entry 0 is the embeddings exactly as given, entries 1..L-1 the
 residual stream after layers 0..L-2, the last entry the final LayerNorm output (zeros at padded positions except entry
 0). ``chunk_size_feed_forward`` is ignored (the same maths).
