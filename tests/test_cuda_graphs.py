@@ -912,3 +912,28 @@ def test_hooks_added_after_a_fast_call_are_seen():
         assert route(m.encoder, Call(hidden_states=h, attention_mask=mask)).path != EXACT
         m.encoder.layer[0].intermediate._hf_hook = object()
         assert route(m.encoder, Call(hidden_states=h, attention_mask=mask)).path == EXACT
+
+
+def test_route_check_is_cached_until_something_is_assigned(monkeypatch):
+    """The per-call structure check reads a version counter, not the modules: the fingerprint (O(layers)) is taken
+    again only after a module / Parameter / buffer assignment somewhere."""
+    from xlmrxl.fast import structure
+    from xlmrxl.fast.routing import Call, route
+
+    m = _model(seed=23)
+    ids, mask = _ids_mask(m.config, [9, 5], 9, [False, True])
+    calls = []
+    real = structure._fingerprint
+    monkeypatch.setattr(structure, "_fingerprint", lambda enc: calls.append(1) or real(enc))
+    with torch.inference_mode():
+        h = m.embeddings(input_ids=ids)
+        call = Call(hidden_states=h, attention_mask=mask)
+        route(m.encoder, call)
+        n = len(calls)
+        for _ in range(5):
+            route(m.encoder, call)
+            structure.layer_plans(m.encoder)
+        assert len(calls) == n  # nothing assigned: no fingerprint taken
+        m.encoder.layer[0].attention.output.dense.bias = torch.nn.Parameter(torch.zeros(m.config.hidden_size))
+        route(m.encoder, call)
+        assert len(calls) == n + 1
