@@ -73,15 +73,23 @@ per forward; an unknown value is a ValueError naming the variable and the allowe
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch
+
+from .buckets import (
+    PackedBucket,
+    ceil_bucket,
+    pad_cu_seqlens,
+    plan_packed_bucket,
+    segment_bucket,
+    token_buckets,
+)
 
 logger = logging.getLogger("xlmrxl")
 
@@ -171,81 +179,6 @@ def _capturing():
         _CAPTURING -= 1
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# buckets
-# ---------------------------------------------------------------------------------------------------------------
-def token_buckets(max_tokens: int = 4096, min_tokens: int = 16) -> tuple[int, ...]:
-    """16, 24, 32, 48, 64, 96, ... up to ``max_tokens`` (its own last bucket when it is not on the ladder)."""
-    if min_tokens < 1 or max_tokens < min_tokens:
-        raise ValueError(f"token buckets need 1 <= min_tokens <= max_tokens, got {min_tokens} and {max_tokens}")
-    out: list[int] = []
-    p = 1
-    while p < min_tokens:
-        p *= 2
-    while True:
-        for v in (p, p + p // 2) if p >= 2 else (p,):
-            if v < min_tokens:
-                continue
-            if v >= max_tokens:
-                out.append(max_tokens)
-                return tuple(out)
-            out.append(v)
-        p *= 2
-
-
-def ceil_bucket(n: int, ladder: Sequence[int]) -> int | None:
-    """The smallest bucket >= n, or None when n exceeds the ladder."""
-    i = bisect.bisect_left(ladder, n)
-    return ladder[i] if i < len(ladder) else None
-
-
-def segment_bucket(n: int) -> int:
-    """Segments (``cu_seqlens`` intervals) round up to a power of two, at least 2 (room for one pad segment)."""
-    b = 2
-    while b < n:
-        b *= 2
-    return b
-
-
-class PackedBucket(tuple):
-    """``(tokens, segments, seqlen)``: the static shape one graph is captured for."""
-
-    __slots__ = ()
-
-    def __new__(cls, tokens: int, segments: int, seqlen: int):
-        return super().__new__(cls, (tokens, segments, seqlen))
-
-    tokens = property(lambda self: self[0])
-    segments = property(lambda self: self[1])
-    seqlen = property(lambda self: self[2])
-
-
-def plan_packed_bucket(
-    num_tokens: int, batch: int, max_seqlen: int | None, ladder: Sequence[int], max_segments: int
-) -> PackedBucket | None:
-    """The bucket for ``num_tokens`` real rows in ``batch`` sequences, or None when it does not fit.
-
-    ``max_seqlen`` None (unknown on the host) bounds segments by the token bucket."""
-    tb = ceil_bucket(max(num_tokens, 1), ladder)
-    if tb is None:
-        return None
-    sb = tb if max_seqlen is None else min(tb, ceil_bucket(max(int(max_seqlen), 1), ladder) or tb)
-    pad_segments = -(-(tb - num_tokens) // sb)
-    bb = segment_bucket(batch + max(pad_segments, 1))
-    if bb > max_segments:
-        return None
-    return PackedBucket(tb, bb, sb)
-
-
-def pad_cu_seqlens(cu_seqlens: Sequence[int], bucket: PackedBucket) -> list[int]:
-    """Host-side statement of the padding rule (tests and docs): the real offsets, then the pad rows in segments of
-    at most ``bucket.seqlen`` rows, then empty segments, ``bucket.segments + 1`` offsets in all."""
-    cu = list(cu_seqlens)
-    t = cu[-1]
-    tail = [min(t + j * bucket.seqlen, bucket.tokens) for j in range(1, bucket.segments - len(cu) + 2)]
-    return cu + tail
-
-
 def module_tensors(module: torch.nn.Module) -> Callable[[], list[torch.Tensor]]:
     """``tensors=`` for a runner: every parameter and buffer of ``module`` (what a captured graph may read)."""
 
@@ -255,7 +188,7 @@ def module_tensors(module: torch.nn.Module) -> Callable[[], list[torch.Tensor]]:
     return collect
 
 
-def model_graph_pool(module: torch.nn.Module):
+def model_graph_pool(module: torch.nn.Module) -> Any:
     """One CUDA-graph memory pool per model (stored on the module), shared by all its runners' captures."""
     pool = module.__dict__.get("_xlmrxl_graph_pool")
     if pool is None:
@@ -443,10 +376,10 @@ class PackedGraphRunner(_GraphBase):
         max_tokens: int = 4096,
         min_tokens: int = 16,
         max_segments: int = 512,
-        pool=None,
+        pool: Any = None,
         warmup: int = 2,
         max_graphs: int = 64,
-    ):
+    ) -> None:
         self.run = run
         self.hidden_size, self.dtype = int(hidden_size), dtype
         self.ladder = token_buckets(max_tokens, min_tokens)
@@ -468,7 +401,7 @@ class PackedGraphRunner(_GraphBase):
         """The bucket a call would use (None: it runs eagerly)."""
         return plan_packed_bucket(num_tokens, batch, max_seqlen, self.ladder, self.max_segments)
 
-    def will_use_static(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen) -> bool:
+    def will_use_static(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | torch.Tensor) -> bool:
         """Would this call take the bucketed path (graph or emulated)?"""
         if self._use_static(x.device) is None:
             return False
@@ -571,17 +504,17 @@ class DecodeGraphRunner(_GraphBase):
     def __init__(
         self,
         step: Callable[..., Any],
-        cache,
+        cache: Any,
         *,
         hidden_size: int,
         dtype: torch.dtype,
         mode: bool | str | None = None,
         tensors: Callable[[], Iterable[torch.Tensor]] | None = None,
         min_tokens: int = 16,
-        pool=None,
+        pool: Any = None,
         warmup: int = 2,
         max_graphs: int = 64,
-    ):
+    ) -> None:
         self.step, self.cache = step, cache
         self.hidden_size, self.dtype = int(hidden_size), dtype
         self.ladder = token_buckets(cache.max_length, min(min_tokens, cache.max_length))

@@ -52,6 +52,7 @@ from .graphs import (
     PackedGraphRunner,
     in_capture,
     model_graph_pool,
+    module_tensors,
     resolve_mode,
     token_buckets,
 )
@@ -374,6 +375,7 @@ def _graphed_stack(
             dtype=x.dtype,
             mode=mode,
             pool=pool,
+            tensors=module_tensors(encoder),  # a graph reads addresses: every storage is compared per call
             max_tokens=d.get("_xlmrxl_graph_max_tokens", 4096),
         )
         runner.holder = holder
@@ -424,7 +426,13 @@ def _graphed_decode(
         dev = hidden_states.device
         pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
         runner = runners[key] = DecodeGraphRunner(
-            step, cache, hidden_size=hidden_states.shape[-1], dtype=hidden_states.dtype, mode=mode, pool=pool
+            step,
+            cache,
+            hidden_size=hidden_states.shape[-1],
+            dtype=hidden_states.dtype,
+            mode=mode,
+            pool=pool,
+            tensors=module_tensors(encoder),
         )
     return runner(hidden_states, attention_mask, key=layer_plans(encoder).generation)
 

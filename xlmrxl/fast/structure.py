@@ -20,6 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..reasons import STRUCTURE, Reason
+from .qkv import fused_qkv_module, is_int4
+
+__all__ = ["structure_not_supported", "layer_plans", "LayerPlan", "Plans", "is_int4", "version", "structure_changed"]
 
 _VERSION = [0]
 _DATA_PTR = torch.Tensor.data_ptr
@@ -149,10 +152,6 @@ def _layer_not_supported(layer: nn.Module) -> str | None:
     return None
 
 
-def is_int4(m: nn.Module) -> bool:
-    return all(hasattr(m, a) for a in ("qweight", "scales", "zeros", "group_size"))
-
-
 def _weight_of(m: nn.Module) -> torch.Tensor:
     return m.qweight if is_int4(m) else m.weight
 
@@ -210,8 +209,6 @@ class LayerPlan:
     )
 
     def __init__(self, layer: nn.Module) -> None:
-        from .qkv import fused_qkv_module  # (qkv imports this module)
-
         attn = layer.attention
         sa = attn.self
         self.ln_attn, self.ln_ffn = _ln(attn.self_attn_layer_norm), _ln(layer.LayerNorm)
