@@ -14,12 +14,12 @@ Per layer = the slope (t(L_hi) - t(L_lo)) / (L_hi - L_lo), so the fixed per-forw
 mask checks, unpacking) is reported apart as the intercept. Modes, interleaved round-robin so machine noise hits
 all alike:
 
-- ``off``: today's path (``xlmrxl.fast_path.encoder_forward``).
-- ``emulate``: the CUDA-graph path of ``xlmrxl.fast.graphs`` without capture (static buffers, buckets, slicing)
-  around the same layer stack: what the bucketing adds.
-- ``graphs-replay-stub``: the same runner with the captured stack replaced by nothing: the host work that remains
-  per forward when a graph replays (add about 5-10 us for ``cudaGraphLaunch`` on a GPU).
-- ``off+launchers``: today's path with xlmrxl_kernels' launchers running for real (argument checks, allocation,
+- ``off``: ``model.set_cuda_graphs(False)``: the eager packed route (``xlmrxl.fast.stack.packed_stack``).
+- ``emulate``: ``model.set_cuda_graphs("emulate")``: the CUDA-graph path without capture (static buffers, buckets,
+  slicing) around the same layer stack: what the bucketing adds.
+- ``graphs-replay-stub``: the same runner taking its graph branch with the captured stack replaced by nothing: the
+  host work that remains per forward when a graph replays (add about 5-10 us for ``cudaGraphLaunch`` on a GPU).
+- ``off+launchers``: ``off`` with xlmrxl_kernels' launchers running for real (argument checks, allocation,
   grids, the autotune-cache lookup) and only Triton's ``kernel[grid](...)`` stubbed: the project's whole Python
   per layer (still without Triton's own launch path and cuBLAS's, which need a GPU).
 
@@ -115,11 +115,13 @@ def _stub_backend(bufs: _Buffers):
 
     ops = _stub_ops(bufs)
 
-    class StubBackend(Backend):
-        """Every op resolves to a stub (the fast route is taken; nothing computes)."""
+    from xlmrxl.backend import Impl
 
-        def op(self, op, device, unsupported=None):
-            return ops[op]
+    class StubBackend(Backend):
+        """Every op resolves to a stub counted as a kernel (the fast route is taken; nothing computes)."""
+
+        def resolve(self, op, device):
+            return Impl(ops[op], True)
 
     return StubBackend("reference")
 
@@ -146,11 +148,11 @@ class _LauncherBackend:
     def make():
         import importlib
 
-        from xlmrxl.backend import KERNEL_MODULES, Backend
+        from xlmrxl.backend import KERNEL_MODULES, Backend, Impl
 
         class LauncherBackend(Backend):
-            def op(self, op, device, unsupported=None):
-                return getattr(importlib.import_module(f"xlmrxl_kernels.{KERNEL_MODULES[op]}"), op)
+            def resolve(self, op, device):
+                return Impl(getattr(importlib.import_module(f"xlmrxl_kernels.{KERNEL_MODULES[op]}"), op), True)
 
         return LauncherBackend("reference")
 
@@ -194,50 +196,42 @@ def _launchers():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the graph path, wired at the seam the coordinator wires (encoder_forward's packed part)
+# the modes, through the public API
 # ---------------------------------------------------------------------------------------------------------------
-def _packed_run(encoder, backend):
-    """The packed layer stack, ``run(x, cu_seqlens, max_seqlen) -> (T, H)`` (the seam the runners wrap)."""
-    from xlmrxl import fast_path as fp
+class _NoGraph:
+    """A 'captured graph' whose replay does nothing: what remains is the runner's host work per forward."""
 
-    def run(x, cu, max_seqlen):
-        ops = fp._Ops(backend, x.device)
-        st = fp._Stream(x, ops)
-
-        def attend(q, k, v, scale, layer_idx):
-            return ops.attention_varlen(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scale)
-
-        for i, plan in enumerate(fp._plans(encoder)):
-            fp._layer(plan, st, attend, i)
-        return st.norm(encoder.LayerNorm)
-
-    return run
+    def replay(self) -> None:
+        return None
 
 
-def _encoder_forward_for(model, mode: str):
-    """``xlmrxl.fast_path.encoder_forward`` as the model should call it in ``mode``: today's function ("off"), or
-    one that routes the packed part through a ``PackedGraphRunner`` (built once per model and mode)."""
-    from xlmrxl import fast_path as fp
-    from xlmrxl.fast.graphs import PackedGraphRunner, module_tensors
+@contextlib.contextmanager
+def _fake_capture():
+    """``xlmrxl.fast.graphs``' warm-up and recording replaced: the first call of a bucket runs the stack once into
+    the static buffers (its outputs are what replay 'rewrites'), later calls replay nothing."""
+    from xlmrxl.fast import graphs
 
-    real = fp.encoder_forward
-    if mode == "off":
-        return real
-    enc = model.encoder
-    run = _packed_run(enc, model.backend) if mode == "emulate" else (lambda x, cu, ms: x)
-    runner = PackedGraphRunner(
-        run, hidden_size=model.config.hidden_size, dtype=model.dtype, mode="emulate", tensors=module_tensors(enc)
-    )
+    saved = graphs._warm_up, graphs._record
+    graphs._warm_up = lambda fn, n: None
+    graphs._record = lambda fn, pool: (_NoGraph(), fn())
+    try:
+        yield
+    finally:
+        graphs._warm_up, graphs._record = saved
 
-    def encoder_forward(encoder, hidden_states, attention_mask, backend, **kw):
-        if encoder is not enc or kw.get("output_hidden_states") or kw.get("return_packed"):
-            return real(encoder, hidden_states, attention_mask, backend, **kw)
-        x, packing = fp.pack(hidden_states, attention_mask)
-        key = encoder.__dict__.get("_xlmrxl_structure")
-        out = runner(x, packing.cu_seqlens, packing.max_seqlen, key=None if key is None else key[0])
-        return packing.unpack(out), None
 
-    return encoder_forward
+def _set_mode(model, mode: str) -> None:
+    """``off``: ``set_cuda_graphs(False)``; ``emulate``: ``set_cuda_graphs("emulate")``; ``graphs-replay-stub``:
+    emulate, with the encoder's runner told to take its graph branch (CPU) and the capture faked."""
+    model.set_cuda_graphs("emulate" if mode in ("emulate", "graphs-replay-stub") else False)
+    if mode == "graphs-replay-stub":
+        ids, mask = _inputs("1x128")
+        with torch.inference_mode(), _fake_capture():
+            model(ids)  # makes the runner
+            for runner in model.encoder._xlmrxl_graph_runners.values():
+                runner._use_static = lambda device: "graph"
+                runner.pool = "no-pool"  # (no CUDA: never asked for a real pool)
+                runner.reset()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,25 +263,19 @@ def _quantile(xs: list[float], q: float) -> float:
 def _time(variants: dict, kinds: list[str], rep: int, warmup: int) -> dict:
     """{(layers, kind, variant): [us per forward]}; variants and depths interleaved call by call.
 
-    ``variants``: name -> {layers: (model, encoder_forward)}."""
-    from xlmrxl import fast_path as fp
-
-    real = fp.encoder_forward
+    ``variants``: name -> {layers: model}."""
     out = {(L, k, v): [] for v, per in variants.items() for L in per for k in kinds}
-    try:
+    with _fake_capture():
         for k in kinds:
             ids, mask = _inputs(k)
             for i in range(warmup + rep):
                 for v, per in variants.items():
-                    for L, (model, fwd) in per.items():
-                        fp.encoder_forward = fwd
+                    for L, model in per.items():
                         t0 = time.thread_time_ns()
                         model(ids, attention_mask=mask)
                         dt = (time.thread_time_ns() - t0) / 1e3
                         if i >= warmup:
                             out[(L, k, v)].append(dt)
-    finally:
-        fp.encoder_forward = real
     return out
 
 
@@ -311,7 +299,7 @@ def _profile(per: dict, kind: str, n: int, top: int = 20) -> dict:
     and the fixed per-forward part; the top ``top`` of each. cProfile's own cost per call inflates small
     functions, so ``scale`` (measured slope without the profiler / profiled slope) says by how much."""
     ids, mask = _inputs(kind)
-    (lo, (m_lo, _)), (hi, (m_hi, _)) = sorted(per.items())
+    (lo, m_lo), (hi, m_hi) = sorted(per.items())
     a, b = _own_times(m_lo, ids, mask, n), _own_times(m_hi, ids, mask, n)
     rows = []
     for f in set(a) | set(b):
@@ -384,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in MODES:
             model = _build(L)
             model.set_backend(launch if m == "off+launchers" else stub)
-            variants[m][L] = (model, _encoder_forward_for(model, "off" if m == "off+launchers" else m))
+            with _stub_linear(bufs):
+                _set_mode(model, "off" if m == "off+launchers" else m)
+            variants[m][L] = model
     lo, hi = depths
     with torch.inference_mode(), _stub_linear(bufs):
         times = _time({m: variants[m] for m in MODES if m != "off+launchers"}, kinds, rep, warmup)

@@ -29,6 +29,7 @@ CALLER = "caller"  # a fact the caller established (the transformers patch: no 2
 KV_CACHE = "kv_cache"  # packed: the call decodes with a KV cache
 NO_KV_CACHE = "no_kv_cache"  # cached: the call has no KV cache
 CACHE = "cache"  # cached: the cache (kind, or a bidirectional model) is not one the fused step drives
+CUDA_GRAPHS = "cuda_graphs"  # a packed call runs eagerly, not through CUDA graphs (xlmrxl.fast.stack.graph_reasons)
 # -- the backend (xlmrxl.backend): why an op runs its PyTorch reference ------------------------------------------
 BACKEND = "backend"  # backend="reference"
 DISABLED = "disabled"  # XLMRXL_DISABLE_KERNELS

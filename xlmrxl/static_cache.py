@@ -194,6 +194,23 @@ class StaticCache(Cache):
             return 0
         return self._lengths[layer_idx]
 
+    def advance(self, n: int) -> None:
+        """Count ``n`` more tokens as written in every layer (their K/V were stored into the buffers by other means,
+        e.g. a CUDA-graph decode step writing at device positions); the buffers are not touched."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"StaticCache.advance takes a token count >= 0, got {n!r}")
+        end = max(self._lengths) + n
+        if end > self.max_length:
+            raise ValueError(
+                f"StaticCache is full: it holds {max(self._lengths)} tokens and {n} more were written, but "
+                f"max_length={self.max_length}; allocate StaticCache(..., max_length>={end}) or crop() it"
+            )
+        if len(set(self._lengths)) > 1:
+            raise ValueError(
+                f"StaticCache.advance needs every layer at the same length, got {sorted(set(self._lengths))}"
+            )
+        self._lengths = [end] * self.num_layers
+
     def get_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_layer(layer_idx)
         if self.keys[layer_idx] is None or self._lengths[layer_idx] == 0:

@@ -48,19 +48,20 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
     ``max_length``), and the mask (B, Kb) is a static device buffer: the caller's mask over ``[0, n + 1)``, zeros
     over the unwritten slots. ``cache_view.get_seq_length()`` is Kb - 1, so the step's query is aligned to the end
     of the view (with one query per row, causality is the mask). After the step the cache's host lengths advance
-    by one. Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
+    by one (``StaticCache.advance``).
+    Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
     too, pass position ids as a static device buffer the same way).
 
-Wiring (the route / layer stack owns this; nothing here imports the model):
-
-    # once per model (from_pretrained(..., cuda_graphs=None|"auto"|True|False|"emulate"), model.set_cuda_graphs(v)):
-    pool = model_graph_pool(model)
-    encoder._xlmrxl_graphs = PackedGraphRunner(packed_run, hidden_size=H, dtype=model.dtype, mode=v, pool=pool,
-                                                tensors=module_tensors(encoder))
-    # encoder_forward, packed route, no output_hidden_states:
-    x, packing = pack(hidden_states, mask)
-    out = encoder._xlmrxl_graphs(x, packing.cu_seqlens, packing.max_seqlen, key=structure_key)
-    # model.set_cuda_graphs(v): runner.set_mode(v) (False drops every graph); a changed structure key drops them too.
+Wiring (``xlmrxl.fast.stack`` owns it; nothing here imports the model): ``set_graph_mode(encoder, mode)``
+(``model.set_cuda_graphs``, ``from_pretrained(..., cuda_graphs=...)``; else ``XLMRXL_CUDA_GRAPHS`` read at the
+encoder's first fused call) stores the mode on the encoder. ``encoder_forward`` (the packed route of our encoder,
+``forward_packed`` and the transformers patch alike), without ``output_hidden_states``, hands the packed tokens to
+one ``PackedGraphRunner`` per (backend ops, dtype, causal) whose ``run`` is the layer stack on the static buffers,
+keyed by the per-layer plans' generation (a new one whenever a module / Parameter is assigned or a q/k/v storage
+moves); the shared pool is ``model_graph_pool(encoder)``. ``decoder_forward`` with an xlmrxl ``StaticCache`` and one
+new token per row goes through one ``DecodeGraphRunner`` per (encoder, cache). Eager instead, with the reason
+(``xlmrxl.fast.stack.graph_reasons``, code ``cuda_graphs``): mode off, tensors not on CUDA, attention on the
+PyTorch reference (it reads lengths on the host), a call beyond the buckets.
 
 Modes (``resolve_mode``): ``"auto"`` (graphs when the tensors are on CUDA and the call fits the buckets, eager
 otherwise), ``True`` (graphs; an error on CPU tensors, eager with one logged line when a call exceeds the buckets),
@@ -72,15 +73,23 @@ per forward; an unknown value is a ValueError naming the variable and the allowe
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch
+
+from .buckets import (
+    PackedBucket,
+    ceil_bucket,
+    pad_cu_seqlens,
+    plan_packed_bucket,
+    segment_bucket,
+    token_buckets,
+)
 
 logger = logging.getLogger("xlmrxl")
 
@@ -170,81 +179,6 @@ def _capturing():
         _CAPTURING -= 1
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# buckets
-# ---------------------------------------------------------------------------------------------------------------
-def token_buckets(max_tokens: int = 4096, min_tokens: int = 16) -> tuple[int, ...]:
-    """16, 24, 32, 48, 64, 96, ... up to ``max_tokens`` (its own last bucket when it is not on the ladder)."""
-    if min_tokens < 1 or max_tokens < min_tokens:
-        raise ValueError(f"token buckets need 1 <= min_tokens <= max_tokens, got {min_tokens} and {max_tokens}")
-    out: list[int] = []
-    p = 1
-    while p < min_tokens:
-        p *= 2
-    while True:
-        for v in (p, p + p // 2) if p >= 2 else (p,):
-            if v < min_tokens:
-                continue
-            if v >= max_tokens:
-                out.append(max_tokens)
-                return tuple(out)
-            out.append(v)
-        p *= 2
-
-
-def ceil_bucket(n: int, ladder: Sequence[int]) -> int | None:
-    """The smallest bucket >= n, or None when n exceeds the ladder."""
-    i = bisect.bisect_left(ladder, n)
-    return ladder[i] if i < len(ladder) else None
-
-
-def segment_bucket(n: int) -> int:
-    """Segments (``cu_seqlens`` intervals) round up to a power of two, at least 2 (room for one pad segment)."""
-    b = 2
-    while b < n:
-        b *= 2
-    return b
-
-
-class PackedBucket(tuple):
-    """``(tokens, segments, seqlen)``: the static shape one graph is captured for."""
-
-    __slots__ = ()
-
-    def __new__(cls, tokens: int, segments: int, seqlen: int):
-        return super().__new__(cls, (tokens, segments, seqlen))
-
-    tokens = property(lambda self: self[0])
-    segments = property(lambda self: self[1])
-    seqlen = property(lambda self: self[2])
-
-
-def plan_packed_bucket(
-    num_tokens: int, batch: int, max_seqlen: int | None, ladder: Sequence[int], max_segments: int
-) -> PackedBucket | None:
-    """The bucket for ``num_tokens`` real rows in ``batch`` sequences, or None when it does not fit.
-
-    ``max_seqlen`` None (unknown on the host) bounds segments by the token bucket."""
-    tb = ceil_bucket(max(num_tokens, 1), ladder)
-    if tb is None:
-        return None
-    sb = tb if max_seqlen is None else min(tb, ceil_bucket(max(int(max_seqlen), 1), ladder) or tb)
-    pad_segments = -(-(tb - num_tokens) // sb)
-    bb = segment_bucket(batch + max(pad_segments, 1))
-    if bb > max_segments:
-        return None
-    return PackedBucket(tb, bb, sb)
-
-
-def pad_cu_seqlens(cu_seqlens: Sequence[int], bucket: PackedBucket) -> list[int]:
-    """Host-side statement of the padding rule (tests and docs): the real offsets, then the pad rows in segments of
-    at most ``bucket.seqlen`` rows, then empty segments, ``bucket.segments + 1`` offsets in all."""
-    cu = list(cu_seqlens)
-    t = cu[-1]
-    tail = [min(t + j * bucket.seqlen, bucket.tokens) for j in range(1, bucket.segments - len(cu) + 2)]
-    return cu + tail
-
-
 def module_tensors(module: torch.nn.Module) -> Callable[[], list[torch.Tensor]]:
     """``tensors=`` for a runner: every parameter and buffer of ``module`` (what a captured graph may read)."""
 
@@ -254,7 +188,7 @@ def module_tensors(module: torch.nn.Module) -> Callable[[], list[torch.Tensor]]:
     return collect
 
 
-def model_graph_pool(module: torch.nn.Module):
+def model_graph_pool(module: torch.nn.Module) -> Any:
     """One CUDA-graph memory pool per model (stored on the module), shared by all its runners' captures."""
     pool = module.__dict__.get("_xlmrxl_graph_pool")
     if pool is None:
@@ -442,10 +376,10 @@ class PackedGraphRunner(_GraphBase):
         max_tokens: int = 4096,
         min_tokens: int = 16,
         max_segments: int = 512,
-        pool=None,
+        pool: Any = None,
         warmup: int = 2,
         max_graphs: int = 64,
-    ):
+    ) -> None:
         self.run = run
         self.hidden_size, self.dtype = int(hidden_size), dtype
         self.ladder = token_buckets(max_tokens, min_tokens)
@@ -467,7 +401,7 @@ class PackedGraphRunner(_GraphBase):
         """The bucket a call would use (None: it runs eagerly)."""
         return plan_packed_bucket(num_tokens, batch, max_seqlen, self.ladder, self.max_segments)
 
-    def will_use_static(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen) -> bool:
+    def will_use_static(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | torch.Tensor) -> bool:
         """Would this call take the bucketed path (graph or emulated)?"""
         if self._use_static(x.device) is None:
             return False
@@ -556,13 +490,7 @@ class _DecodeSlot:
 
 def _advance(cache, end: int) -> None:
     """The StaticCache's host lengths after a step that wrote through ``_CacheView`` (no ``update`` call ran)."""
-    advance = getattr(cache, "advance", None)
-    if callable(advance):
-        advance(end)
-        return
-    lengths = cache._lengths  # xlmrxl.StaticCache keeps them per layer on the host
-    for i in range(len(lengths)):
-        lengths[i] = end
+    cache.advance(end - int(cache.get_seq_length()))
 
 
 class DecodeGraphRunner(_GraphBase):
@@ -576,17 +504,17 @@ class DecodeGraphRunner(_GraphBase):
     def __init__(
         self,
         step: Callable[..., Any],
-        cache,
+        cache: Any,
         *,
         hidden_size: int,
         dtype: torch.dtype,
         mode: bool | str | None = None,
         tensors: Callable[[], Iterable[torch.Tensor]] | None = None,
         min_tokens: int = 16,
-        pool=None,
+        pool: Any = None,
         warmup: int = 2,
         max_graphs: int = 64,
-    ):
+    ) -> None:
         self.step, self.cache = step, cache
         self.hidden_size, self.dtype = int(hidden_size), dtype
         self.ladder = token_buckets(cache.max_length, min(min_tokens, cache.max_length))

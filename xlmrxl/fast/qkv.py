@@ -15,9 +15,13 @@ import torch
 import torch.nn as nn
 
 from ..quantization import QuantLinear
-from .structure import is_int4
 
 logger = logging.getLogger("xlmrxl")
+
+
+def is_int4(m: nn.Module) -> bool:
+    """An int4 ``QuantLinear`` (or anything laid out like one)."""
+    return all(hasattr(m, a) for a in ("qweight", "scales", "zeros", "group_size"))
 
 
 def _views_intact(parts, fused: torch.Tensor) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -213,6 +214,15 @@ def _hooks_not_supported(encoder: nn.Module, modules: list[nn.Module]) -> list[R
     g = nn.modules.module
     if getattr(g, "_global_forward_hooks", None) or getattr(g, "_global_forward_pre_hooks", None):
         out.append(Reason(HOOKS, "global module forward hooks are registered; the fused path would skip them"))
+    st = encoder.__dict__.get("_xlmrxl_structure")
+    if (
+        not out
+        and st is not None
+        and st.modules is modules
+        and not any(map(len, st.hook_dicts))
+        and not any(map(dict.__contains__, st.dicts, repeat("_hf_hook")))
+    ):
+        return out  # the common case, scanned at C speed: no hook dict holds anything, nothing is wrapped
     for m in modules:
         if m is not encoder and (m._forward_hooks or m._forward_pre_hooks):
             hooks = list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values())

@@ -21,6 +21,12 @@ What one packed forward does (``T`` = number of real tokens):
 3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
    ``return_packed=True``, the ``(T, H)`` outputs with their ``Packing``.
 
+**CUDA graphs** (``xlmrxl.fast.graphs``): without ``output_hidden_states``, step 2-3 on the packed tokens run
+through a per-bucket ``PackedGraphRunner`` when the encoder's mode says so (``set_graph_mode``); a one-token
+decode step against ``StaticCache`` through a ``DecodeGraphRunner``. **Lean**: the per-layer plans
+(``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the ops are resolved once per
+backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and imports nothing.
+
 Hidden states, when asked, have transformers' semantics: entry 0 is the embeddings exactly as given, entries 1..L-1 the
 residual stream after layers 0..L-2, the last entry the final LayerNorm output (zeros at padded positions except entry
 0). ``chunk_size_feed_forward`` is ignored (the same maths).
@@ -28,6 +34,7 @@ residual stream after layers 0..L-2, the last entry the final LayerNorm output (
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -37,16 +44,26 @@ import torch.nn.functional as F
 
 from ..backend import Backend, Impl
 from ..cache import DynamicCache
+from ..reasons import CUDA_GRAPHS, Reason
 from ..static_cache import StaticCache
+from .graphs import (
+    ENV_VAR,
+    DecodeGraphRunner,
+    PackedGraphRunner,
+    in_capture,
+    model_graph_pool,
+    module_tensors,
+    resolve_mode,
+    token_buckets,
+)
 from .packing import PackedEncoderOutput, Packing, pack
-from .qkv import fused_qkv_module
 from .routing import is_causal
-from .structure import LayerPlan, is_int4, layer_plans
+from .structure import LayerPlan, Plans, is_int4, layer_plans
 
 
 class _Ops:
-    """The op functions of one forward, resolved through the backend once each (not once per layer and call);
-    ``ops.kernel(name)`` says whether the backend resolved ``name`` to its kernel or to the reference."""
+    """The op functions for one (backend, device), resolved through the backend once (``ops_for``: cached on the
+    backend), not once per layer or call; ``ops.kernel(name)`` says whether ``name`` resolved to its kernel."""
 
     def __init__(self, be: Backend, device: torch.device) -> None:
         self.be, self.device = be, device
@@ -67,31 +84,51 @@ class _Ops:
         return fn
 
 
+_OPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> {device: _Ops} (not on the backend:
+# a model's deepcopy / pickle copies its backend)
+
+
+def ops_for(be: Backend, device: torch.device) -> _Ops:
+    """The resolved ops of ``be`` on ``device``, made once per backend object and device."""
+    cache = _OPS.get(be)
+    if cache is None:
+        cache = _OPS[be] = {}
+    ops = cache.get(device)
+    if ops is None:
+        ops = cache[device] = _Ops(be, device)
+    return ops
+
+
 class _Stream:
     """The residual stream of one forward; holds a pending (y, residual) pair when an int4 projection left its
-    residual add to the next LayerNorm."""
+    residual add to the next LayerNorm. LayerNorms come as ``(weight, bias, eps)``, dense projections as
+    ``(weight, bias)`` (``LayerPlan``: no ``nn.Module`` attribute is read per call)."""
+
+    __slots__ = ("x", "pending", "ops", "add_layernorm", "linear_residual")
 
     def __init__(self, x: torch.Tensor, ops: _Ops) -> None:
         self.x = x
         self.pending: torch.Tensor | None = None
         self.ops = ops
+        self.add_layernorm, self.linear_residual = ops.add_layernorm, ops.linear_residual
 
-    def norm(self, ln: nn.LayerNorm) -> torch.Tensor:
+    def norm(self, ln: tuple) -> torch.Tensor:
+        w, b, eps = ln
         if self.pending is not None:
-            h, self.x = self.ops.add_layernorm(self.pending, self.x, ln.weight, ln.bias, ln.eps)
+            h, self.x = self.add_layernorm(self.pending, self.x, w, b, eps)
             self.pending = None
         else:
-            h, _ = self.ops.add_layernorm(self.x, None, ln.weight, ln.bias, ln.eps)
+            h, _ = self.add_layernorm(self.x, None, w, b, eps)
         return h
 
-    def add_projection(self, inp: torch.Tensor, lin, int4: bool) -> None:
-        """x <- x + lin(inp)."""
+    def add_projection(self, inp: torch.Tensor, proj, int4: bool) -> None:
+        """x <- x + proj(inp)."""
         if self.pending is not None:
             self.materialize()
         if int4:
-            self.pending = _int4(self.ops, inp, lin, lin.bias)
+            self.pending = _int4(self.ops, inp, proj, proj.bias)
         else:
-            self.x = self.ops.linear_residual(inp, lin.weight, lin.bias, self.x)
+            self.x = self.linear_residual(inp, proj[0], proj[1], self.x)
 
     def materialize(self) -> torch.Tensor:
         if self.pending is not None:
@@ -105,26 +142,25 @@ def _int4(ops: _Ops, x: torch.Tensor, m: nn.Module, bias: torch.Tensor | None, a
 
 
 def _attention(
-    ops: _Ops, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, scale: float, causal: bool
+    ops: _Ops,
+    kernel: bool,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    packing: Packing,
+    scale: float,
+    causal: bool,
 ) -> torch.Tensor:
-    """Varlen attention on the packed (T, heads, D) views. Where the backend picks the PyTorch reference (CPU, or
-    backend='reference'), the same maths runs as torch SDPA per sequence instead: ``attention_varlen_ref`` is an
-    oracle (masks, fp32 copies, a host sync per call) and would cost more than all the GEMMs on a CPU."""
-    if ops.kernel("attention_varlen") or not packing.lengths:
-        return ops.attention_varlen(
-            q,
-            k,
-            v,
-            packing.cu_seqlens,
-            packing.cu_seqlens,
-            packing.max_seqlen,
-            packing.max_seqlen,
-            scale=scale,
-            causal=causal,
-        )
+    """Varlen attention on the packed (T, heads, D) views (``kernel``: the backend resolved ``attention_varlen`` to
+    its kernel). Where the backend picks the PyTorch reference (CPU, or backend='reference'), the same maths runs as
+    torch SDPA per sequence instead: ``attention_varlen_ref`` is an oracle (masks, fp32 copies, a host sync per call)
+    and would cost more than all the GEMMs on a CPU."""
+    if kernel or not packing.lengths:
+        ms = packing.max_seqlen
+        return ops.attention_varlen(q, k, v, packing.cu_seqlens, packing.cu_seqlens, ms, ms, scale=scale, causal=causal)
     T, nh, d = q.shape
-    if packing.indices is None:  # equal lengths: one batched call on (B, heads, S, D) views
-        B, S = packing.batch, packing.seqlen
+    B, S = packing.batch, packing.seqlen
+    if packing.indices is None and B * S == T:  # equal lengths: one batched call on (B, heads, S, D) views
         qs, ks, vs = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
         o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and S > 1)
         return o.transpose(1, 2).reshape(T, nh, d)
@@ -141,30 +177,27 @@ def _attention(
 
 
 def _layer(plan: LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
-    ops = st.ops
-    T = st.x.shape[0]
     h = st.norm(plan.ln_attn)
-    kind, *what = fused_qkv_module(plan.sa)
+    T = h.shape[0]
+    kind = plan.qkv_kind
     if kind == "dense":
-        W, b = what
+        W, b = plan.qkv
         qkv = F.linear(h, W, b)
     elif kind == "int4":
-        cat = what[0]
-        qkv = _int4(ops, h, cat, cat.bias)
+        cat = plan.qkv
+        qkv = _int4(st.ops, h, cat, cat.bias)
     else:
-        sa = plan.sa
-        outs = []
-        for m in (sa.query, sa.key, sa.value):
-            outs.append(_int4(ops, h, m, m.bias) if is_int4(m) else F.linear(h, m.weight, m.bias))
-        qkv = torch.cat(outs, dim=-1)
-    width = qkv.shape[-1] // 3
-    d = width // plan.heads
-    qkv = qkv.view(T, 3, plan.heads, d)
-    a = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], plan.scale or d**-0.5, layer_idx)
-    st.add_projection(a.reshape(T, width), plan.o, plan.o_int4)
+        o = st.ops
+        qkv = torch.cat([_int4(o, h, m, m.bias) if is_int4(m) else F.linear(h, m.weight, m.bias) for m in plan.qkv], -1)
+    q, k, v = qkv.view(T, 3, plan.heads, plan.head_dim).unbind(1)  # one op for the three strided views
+    a = attend(q, k, v, plan.scale, layer_idx)
+    st.add_projection(a.reshape(T, plan.width), plan.o, plan.o_int4)
     h = st.norm(plan.ln_ffn)
-    up = plan.up
-    u = _int4(ops, h, up, up.bias, "gelu") if plan.up_int4 else ops.linear_gelu(h, up.weight, up.bias)
+    if plan.up_int4:
+        up = plan.up
+        u = _int4(st.ops, h, up, up.bias, "gelu")
+    else:
+        u = st.ops.linear_gelu(h, *plan.up)
     st.add_projection(u, plan.down, plan.down_int4)
 
 
@@ -193,7 +226,13 @@ def encoder_forward(
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * (len(encoder.layer) + 1) if output_hidden_states else None
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    out, collected = packed_stack(encoder, x, packing, be, causal=causal, output_hidden_states=output_hidden_states)
+    plans = layer_plans(encoder)
+    ops = ops_for(be, x.device)
+    if not output_hidden_states:
+        out = _graphed_stack(encoder, plans, x, packing, ops, causal)
+        if out is not None:
+            return _finish(hidden_states, out, None, packing, return_packed)
+    out, collected = _stack(plans, x, packing, ops, causal, bool(output_hidden_states))
     return _finish(hidden_states, out, collected, packing, return_packed)
 
 
@@ -208,26 +247,194 @@ def packed_stack(
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The packed layer stack and final LayerNorm on the ``(T, H)`` real tokens ``x`` delimited by
     ``packing.cu_seqlens``: the unit that runs once per packed forward (no packing, no host sync inside except
-    where the reference attention loops over ``packing.lengths``).
+    where the reference attention loops over ``packing.lengths``). Always eager (``encoder_forward`` is the entry
+    that may replay it as a CUDA graph).
 
     Returns ``(out (T, H), collected)``: ``collected`` is None, or with ``output_hidden_states`` the list
     ``[x, residual after layer 0, ..., after layer L-2, out]`` (packed)."""
-    ops = _Ops(backend, x.device)
+    be = backend if isinstance(backend, Backend) else Backend(backend)
+    return _stack(layer_plans(encoder), x, packing, ops_for(be, x.device), causal, output_hidden_states)
+
+
+def _stack(
+    plans: Plans, x: torch.Tensor, packing: Packing, ops: _Ops, causal: bool, output_hidden_states: bool
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     st = _Stream(x, ops)
+    kernel = ops.kernel("attention_varlen")
 
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, layer_idx: int):
-        return _attention(ops, q, k, v, packing, scale, causal)
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer_idx: int):
+        return _attention(ops, kernel, q, k, v, packing, scale, causal)
 
-    plans = layer_plans(encoder)
-    collected = [x] if output_hidden_states else None
+    if output_hidden_states:
+        collected = [x]
+        last = len(plans) - 1
+        for i, plan in enumerate(plans):
+            _layer(plan, st, attend, i)
+            if i < last:
+                collected.append(st.materialize())
+        out = st.norm(plans.final)
+        collected.append(out)
+        return out, collected
     for i, plan in enumerate(plans):
         _layer(plan, st, attend, i)
-        if output_hidden_states and i < len(plans) - 1:
-            collected.append(st.materialize())
-    out = st.norm(encoder.LayerNorm)
-    if output_hidden_states:
-        collected.append(out)
-    return out, collected
+    return st.norm(plans.final), None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA graphs (xlmrxl.fast.graphs): the packed stack per (token bucket, segment bucket), the StaticCache decode step
+# ---------------------------------------------------------------------------------------------------------------
+def set_graph_mode(encoder: nn.Module, mode: bool | str | None = "auto", *, max_tokens: int | None = None) -> None:
+    """Use CUDA graphs for ``encoder``'s fused calls: ``"auto"`` (on CUDA, when the call fits the buckets), True,
+    False, ``"emulate"`` (the bucketed static-buffer path without capture, for CPU tests); None / ``"auto"`` read
+    ``XLMRXL_CUDA_GRAPHS`` now (once). Drops every captured graph; ``max_tokens``: the largest token bucket
+    (default 4096)."""
+    resolved = resolve_mode(mode)
+    d = encoder.__dict__
+    if max_tokens is not None:
+        token_buckets(int(max_tokens))  # (validates)
+        d["_xlmrxl_graph_max_tokens"] = int(max_tokens)
+    for runner in d.get("_xlmrxl_graph_runners", {}).values():
+        runner.reset()
+    d["_xlmrxl_graph_runners"] = _Runners()
+    d["_xlmrxl_graph_mode"] = resolved
+    d["_xlmrxl_graph_reasons"] = ()
+
+
+def graph_mode(encoder: nn.Module) -> bool | str:
+    """The effective CUDA-graph mode of ``encoder`` (``XLMRXL_CUDA_GRAPHS`` is read at the first call if never set)."""
+    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
+    if mode is None:
+        set_graph_mode(encoder, None)
+        mode = encoder.__dict__["_xlmrxl_graph_mode"]
+    return mode
+
+
+def graph_reasons(encoder: nn.Module) -> tuple[Reason, ...]:
+    """Why the last packed call of ``encoder`` ran eagerly instead of through CUDA graphs (empty: it did not)."""
+    return encoder.__dict__.get("_xlmrxl_graph_reasons", ())
+
+
+class _Runners(dict):
+    """Graph runners (closures, device buffers, graphs): a copy of the model or cache (deepcopy, pickle) starts
+    without any and captures its own."""
+
+    def __reduce_ex__(self, protocol: int):
+        return (_Runners, ())
+
+
+class _Holder:
+    __slots__ = ("plans",)
+
+
+def _graphed_stack(
+    encoder: nn.Module, plans: Plans, x: torch.Tensor, packing: Packing, ops: _Ops, causal: bool
+) -> torch.Tensor | None:
+    """The packed stack through ``PackedGraphRunner`` (captured, or emulated), or None: run it eagerly (the
+    reasons in ``graph_reasons(encoder)``)."""
+    d = encoder.__dict__
+    mode = d.get("_xlmrxl_graph_mode")
+    if mode is None:
+        mode = graph_mode(encoder)
+    if mode is False:
+        return None
+    dev = x.device
+    if mode != "emulate":
+        if dev.type != "cuda":
+            if mode is True:
+                resolve_device_error(dev)
+            d["_xlmrxl_graph_reasons"] = (Reason(CUDA_GRAPHS, f"the tensors are on {dev.type}, not CUDA"),)
+            return None
+        if not ops.kernel("attention_varlen"):
+            d["_xlmrxl_graph_reasons"] = (
+                Reason(
+                    CUDA_GRAPHS,
+                    "attention runs the PyTorch reference, which reads the sequence lengths on the host",
+                ),
+            )
+            return None
+        if in_capture():
+            return None  # someone else's capture records us: no capture inside a capture
+    key = (ops, x.dtype, causal)
+    runners = d.get("_xlmrxl_graph_runners")
+    if runners is None:
+        runners = d["_xlmrxl_graph_runners"] = _Runners()
+    runner = runners.get(key)
+    if runner is None:
+        holder = _Holder()
+        kernel = ops.kernel("attention_varlen")
+
+        def run(xs: torch.Tensor, cu: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+            lengths = () if kernel else tuple(torch.diff(cu).tolist())  # (emulate with the reference attention)
+            p = Packing(cu.shape[0] - 1, 0, None, cu, max_seqlen, lengths)
+            return _stack(holder.plans, xs, p, ops, causal, False)[0]
+
+        pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
+        runner = PackedGraphRunner(
+            run,
+            hidden_size=x.shape[1],
+            dtype=x.dtype,
+            mode=mode,
+            pool=pool,
+            tensors=module_tensors(encoder),  # a graph reads addresses: every storage is compared per call
+            max_tokens=d.get("_xlmrxl_graph_max_tokens", 4096),
+        )
+        runner.holder = holder
+        runners[key] = runner
+    T, B = x.shape[0], packing.batch
+    if runner.bucket(T, B, packing.max_seqlen) is None:
+        d["_xlmrxl_graph_reasons"] = (
+            Reason(
+                CUDA_GRAPHS,
+                f"{T} tokens in {B} sequences exceed the CUDA-graph buckets (max_tokens={runner.ladder[-1]}, "
+                f"max_segments={runner.max_segments})",
+            ),
+        )
+        return None
+    d["_xlmrxl_graph_reasons"] = ()
+    runner.holder.plans = plans
+    return runner(x, packing.cu_seqlens, packing.max_seqlen, key=plans.generation)
+
+
+def resolve_device_error(dev: torch.device) -> None:
+    raise ValueError(
+        f"cuda_graphs=True but the tensors are on {dev.type}; CUDA graphs need a CUDA device. Use "
+        f"cuda_graphs='auto' (graphs only on CUDA) or {ENV_VAR}=emulate to run the bucketed path here"
+    )
+
+
+def _graphed_decode(
+    encoder: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cache: StaticCache, be
+) -> torch.Tensor | None:
+    """One cached decode step (S = 1) against an xlmrxl ``StaticCache`` through ``DecodeGraphRunner``, or None."""
+    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
+    if mode is None:
+        mode = graph_mode(encoder)
+    if mode is False or (mode != "emulate" and (hidden_states.device.type != "cuda" or in_capture())):
+        return None
+    if any(k is None for k in cache.keys) or hidden_states.shape[0] != cache.batch_size:
+        return None
+    runners = cache.__dict__.get("_xlmrxl_decode_runners")
+    if runners is None:
+        runners = cache.__dict__["_xlmrxl_decode_runners"] = _Runners()
+    key = (encoder, be, hidden_states.dtype)
+    runner = runners.get(key)
+    if runner is None:
+
+        def step(hidden: torch.Tensor, mask: torch.Tensor | None, view: Any) -> torch.Tensor:
+            return _decoder_forward(encoder, hidden, mask, view, be, False, None)[0]
+
+        dev = hidden_states.device
+        pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
+        runner = runners[key] = DecodeGraphRunner(
+            step,
+            cache,
+            hidden_size=hidden_states.shape[-1],
+            dtype=hidden_states.dtype,
+            mode=mode,
+            pool=pool,
+            tensors=module_tensors(encoder),
+        )
+    return runner(hidden_states, attention_mask, key=layer_plans(encoder).generation)
 
 
 def decoder_forward(
@@ -262,6 +469,27 @@ def decoder_forward(
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
     be = backend if isinstance(backend, Backend) else Backend(backend)
+    if (
+        type(cache) is StaticCache
+        and hidden_states.shape[1] == 1
+        and not output_hidden_states
+        and (attention_mask is None or attention_mask.dim() == 2)
+    ):
+        last = _graphed_decode(encoder, hidden_states, attention_mask, cache, be)
+        if last is not None:
+            return last, None
+    return _decoder_forward(encoder, hidden_states, attention_mask, cache, be, output_hidden_states, cache_position)
+
+
+def _decoder_forward(
+    encoder: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Any,
+    be: Backend,
+    output_hidden_states: bool | None,
+    cache_position: torch.Tensor | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     B, S, H = hidden_states.shape
     past = int(cache.get_seq_length())
     if attention_mask is not None and tuple(attention_mask.shape) != (B, past + S):
@@ -270,7 +498,7 @@ def decoder_forward(
             f"positions, got {tuple(attention_mask.shape)}"
         )
     x = hidden_states.reshape(B * S, H)
-    ops = _Ops(be, x.device)
+    ops = ops_for(be, x.device)
     st = _Stream(x, ops)
     compact = not _copies_states(cache, past)
     extra = () if cache_position is None else ({"cache_position": cache_position},)
@@ -294,7 +522,7 @@ def decoder_forward(
         _layer(plan, st, attend, i)
         if output_hidden_states and i < len(plans) - 1:
             collected.append(st.materialize().reshape(B, S, H))
-    last = st.norm(encoder.LayerNorm).reshape(B, S, H)
+    last = st.norm(plans.final).reshape(B, S, H)
     if output_hidden_states:
         collected.append(last)
         return last, tuple(collected)
@@ -333,7 +561,7 @@ def _copies_states(cache: Any, past: int) -> bool:
     """Does ``cache.update`` copy the states it is given (so strided views of the QKV output may be handed over)?
     xlmrxl's ``StaticCache`` always (``cache_update`` writes its own buffers); xlmrxl's ``DynamicCache`` once it
     holds tokens (``torch.cat``); anything else is not assumed to."""
-    if type(cache) is StaticCache:
+    if type(cache) is StaticCache or getattr(cache, "copies_states", False):
         return True
     return type(cache) is DynamicCache and past > 0
 

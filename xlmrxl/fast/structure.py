@@ -2,7 +2,15 @@
 
 Works on any module laid out like transformers' ``XLMRobertaXLEncoder`` (ours or transformers' 4.56.x / 5.x). The
 check and the plans are cached on the encoder, keyed on the identity of every module and weight they use, so a module
-swapped since (``quantize``, ``prune_heads``) is seen.
+swapped since (``quantize``, ``prune_heads``) is seen. The key is recomputed only when ``version()`` moved: a counter
+bumped by torch's global module / parameter / buffer registration hooks (any ``setattr`` of a module, parameter or
+buffer anywhere), so the per-call check is O(1); an attribute that is none of those (a plain-function activation
+assigned over ``intermediate_act_fn``) is seen after ``structure_changed()``.
+
+The per-layer plans (``layer_plans``) hold the tensors each layer runs with (LayerNorm weights, the fused q/k/v
+weight, the projections' weights), so a forward reads no ``nn.Module`` attribute; they are re-validated once per
+forward by comparing the data pointers of the encoder's parameters and buffers (one C-level pass), which catches
+``model.to()`` / ``half()`` (same Parameter objects, new storages).
 """
 
 from __future__ import annotations
@@ -12,6 +20,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..reasons import STRUCTURE, Reason
+from .qkv import fused_qkv_module, is_int4
+
+__all__ = ["structure_not_supported", "layer_plans", "LayerPlan", "Plans", "is_int4", "version", "structure_changed"]
+
+_VERSION = [0]
+_DATA_PTR = torch.Tensor.data_ptr
+
+
+def _bump(*_args: object) -> None:
+    _VERSION[0] += 1
+
+
+# any module / parameter / buffer assignment anywhere bumps the version (the hooks return None: nothing is replaced)
+nn.modules.module.register_module_module_registration_hook(_bump)
+nn.modules.module.register_module_parameter_registration_hook(_bump)
+nn.modules.module.register_module_buffer_registration_hook(_bump)
+
+
+def version() -> int:
+    """The structure version: moves whenever a module, parameter or buffer is assigned anywhere."""
+    return _VERSION[0]
+
+
+def structure_changed() -> None:
+    """Tell the cached checks and plans that something they cannot see changed (e.g. a plain-function
+    ``intermediate_act_fn`` assigned over the activation)."""
+    _VERSION[0] += 1
 
 
 def _fingerprint(encoder: nn.Module) -> tuple | None:
@@ -45,10 +80,13 @@ def _fingerprint(encoder: nn.Module) -> tuple | None:
 def structure_not_supported(encoder: nn.Module) -> tuple[list[Reason], list[nn.Module]]:
     """(why the fused layer cannot run these modules, the flat module list), cached on the encoder while every checked
     module and weight stays the same object. Empty reasons: the structure is fine."""
-    key = _fingerprint(encoder)
     cached = encoder.__dict__.get("_xlmrxl_structure")
-    if key is not None and cached is not None and cached[0] == key:
-        return [], cached[1]
+    if cached is not None and cached.version == _VERSION[0]:
+        return [], cached.modules
+    key = _fingerprint(encoder)
+    if key is not None and cached is not None and cached.key == key:
+        cached.version = _VERSION[0]  # something was assigned somewhere, but not here
+        return [], cached.modules
     reasons = []
     layers = getattr(encoder, "layer", None)
     if layers is None or len(layers) == 0:
@@ -65,8 +103,21 @@ def structure_not_supported(encoder: nn.Module) -> tuple[list[Reason], list[nn.M
         reasons.append(Reason(STRUCTURE, "the encoder has no final LayerNorm (encoder.LayerNorm)"))
     modules = list(encoder.modules())
     if key is not None and not reasons:  # only a pass is cached (a meta weight can be filled in place later)
-        encoder.__dict__["_xlmrxl_structure"] = (key, modules)
+        encoder.__dict__["_xlmrxl_structure"] = Structure(key, modules)
     return reasons, modules
+
+
+class Structure:
+    """A passed structure check: its fingerprint, the version it was taken at, the flat module list, and what the
+    per-call checks scan at C speed (every module's forward-hook dicts and ``__dict__``)."""
+
+    __slots__ = ("key", "version", "modules", "hook_dicts", "dicts", "params")
+
+    def __init__(self, key: tuple, modules: list[nn.Module]) -> None:
+        self.key, self.version, self.modules = key, _VERSION[0], modules
+        self.hook_dicts = [d for m in modules[1:] for d in (m._forward_hooks, m._forward_pre_hooks)]
+        self.dicts = [m.__dict__ for m in modules]
+        self.params: list[torch.Tensor] = []
 
 
 def _layer_not_supported(layer: nn.Module) -> str | None:
@@ -99,10 +150,6 @@ def _layer_not_supported(layer: nn.Module) -> str | None:
     if not (_out_features(mods["q"]) == _out_features(mods["k"]) == _out_features(mods["v"])):
         return "q, k and v have different widths"
     return None
-
-
-def is_int4(m: nn.Module) -> bool:
-    return all(hasattr(m, a) for a in ("qweight", "scales", "zeros", "group_size"))
 
 
 def _weight_of(m: nn.Module) -> torch.Tensor:
@@ -139,28 +186,82 @@ def _is_exact_gelu(intermediate) -> bool:
 
 
 class LayerPlan:
-    """The modules one layer runs with, looked up once per structure (not per forward)."""
+    """What one layer runs with, looked up once per structure (not per forward): the LayerNorms as
+    ``(weight, bias, eps)``, the q/k/v GEMM as ``qkv_kind`` ("dense": ``qkv = (W, b)`` the fused weight; "int4": the
+    concatenated ``QuantLinear``; "split": the three modules), and each projection as ``(weight, bias)`` (dense) or
+    its ``QuantLinear`` (``*_int4``)."""
 
-    __slots__ = ("sa", "ln_attn", "ln_ffn", "o", "up", "down", "heads", "scale", "o_int4", "up_int4", "down_int4")
+    __slots__ = (
+        "ln_attn",
+        "ln_ffn",
+        "qkv_kind",
+        "qkv",
+        "o",
+        "up",
+        "down",
+        "heads",
+        "width",
+        "head_dim",
+        "scale",
+        "o_int4",
+        "up_int4",
+        "down_int4",
+    )
 
     def __init__(self, layer: nn.Module) -> None:
         attn = layer.attention
-        self.sa = attn.self
-        self.ln_attn, self.ln_ffn = attn.self_attn_layer_norm, layer.LayerNorm
-        self.o, self.up, self.down = attn.output.dense, layer.intermediate.dense, layer.output.dense
-        self.o_int4, self.up_int4, self.down_int4 = is_int4(self.o), is_int4(self.up), is_int4(self.down)
-        self.heads = _num_heads(self.sa)
-        self.scale = getattr(self.sa, "scaling", None)
+        sa = attn.self
+        self.ln_attn, self.ln_ffn = _ln(attn.self_attn_layer_norm), _ln(layer.LayerNorm)
+        kind, *what = fused_qkv_module(sa)
+        self.qkv_kind = kind
+        self.qkv = tuple(what) if kind == "dense" else what[0] if kind == "int4" else (sa.query, sa.key, sa.value)
+        o, up, down = attn.output.dense, layer.intermediate.dense, layer.output.dense
+        self.o_int4, self.up_int4, self.down_int4 = is_int4(o), is_int4(up), is_int4(down)
+        self.o, self.up, self.down = (m if is_int4(m) else (m.weight, m.bias) for m in (o, up, down))
+        self.heads = _num_heads(sa)
+        self.width = _out_features(sa.query)
+        self.head_dim = self.width // self.heads
+        self.scale = getattr(sa, "scaling", None) or self.head_dim**-0.5
 
 
-def layer_plans(encoder: nn.Module) -> list[LayerPlan]:
-    """Per-layer plans, cached with the structure check (refreshed whenever the route sees a module or
-    weight replaced)."""
-    cached = encoder.__dict__.get("_xlmrxl_plans")
+def _ln(ln: nn.LayerNorm) -> tuple:
+    return (ln.weight, ln.bias, ln.eps)
+
+
+def final_norm(encoder: nn.Module) -> tuple:
+    """The final LayerNorm as ``(weight, bias, eps)``."""
+    return _ln(encoder.LayerNorm)
+
+
+class Plans(list):
+    """The per-layer plans of one structure and one set of storages, plus the final LayerNorm (``final``) and a
+    ``generation`` that changes whenever they are rebuilt (the CUDA-graph runners' invalidation key)."""
+
+    final: tuple
+    generation: object
+
+
+def layer_plans(encoder: nn.Module) -> Plans:
+    """Per-layer plans, cached with the structure check. Rebuilt when anything was assigned since (``version()``: a
+    swapped module or Parameter), or when a q/k/v weight's storage moved (``model.to()``, ``half()``): the plans
+    hold the fused q/k/v buffer, which is made from those storages; every other tensor a plan holds is the
+    Parameter / module itself, which follows its ``.data``. One C-level data-pointer pass over 6 tensors per layer."""
+    structure_not_supported(encoder)  # O(1) when nothing was assigned since (packed_stack may run without route)
     st = encoder.__dict__.get("_xlmrxl_structure")
-    if cached is not None and st is not None and cached[0] is st:
-        return cached[1]
-    plans = [LayerPlan(layer) for layer in encoder.layer]
+    cached = encoder.__dict__.get("_xlmrxl_plans")
+    if (
+        cached is not None
+        and cached[0] is st
+        and cached[1] == _VERSION[0]
+        and tuple(map(_DATA_PTR, st.params)) == cached[2]
+    ):
+        return cached[3]
+    plans = Plans(LayerPlan(layer) for layer in encoder.layer)  # (may fuse q/k/v: storages move)
+    plans.final = final_norm(encoder)
+    plans.generation = object()  # a new identity per rebuild: what the graphs captured so far must not outlive
     if st is not None:
-        encoder.__dict__["_xlmrxl_plans"] = (st, plans)
+        names = ("query", "key", "value")
+        qkv = [m for layer in encoder.layer for m in (layer.attention.self._modules[n] for n in names)]
+        st.params = [t for m in qkv for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+        encoder.__dict__["_xlmrxl_plans"] = (st, _VERSION[0], tuple(map(_DATA_PTR, st.params)), plans)
     return plans

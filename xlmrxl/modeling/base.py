@@ -149,6 +149,23 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
                 module.backend = backend
         return self
 
+    # -- CUDA graphs -------------------------------------------------------------------------------------------
+    def set_cuda_graphs(
+        self, mode: bool | str | None = "auto", *, max_tokens: int | None = None
+    ) -> XLMRobertaXLPreTrainedModel:
+        """CUDA graphs for the fused encoder calls: ``"auto"`` (graphs on CUDA when the call takes the packed route
+        and its token count fits the buckets; eager otherwise, the reason in ``xlmrxl.fast.stack.graph_reasons``),
+        True, False, or ``"emulate"`` (the bucketed static-buffer path without capture: CPU tests). ``"auto"`` / None
+        defer to ``XLMRXL_CUDA_GRAPHS`` (auto / on / off / emulate), read now. The packed layer stack is captured
+        once per (token bucket, segment bucket) on first use; the ``StaticCache`` decode step once per KV-length
+        bucket. Any change drops the graphs captured so far; ``max_tokens``: the largest token bucket (4096)."""
+        from ..fast.stack import set_graph_mode
+
+        for module in self.modules():
+            if isinstance(module, XLMRobertaXLEncoder):
+                set_graph_mode(module, mode, max_tokens=max_tokens)
+        return self
+
     # -- IO -----------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -161,15 +178,20 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         quantization: str | None = None,
         output_loading_info: bool = False,
         progress: Any = None,
+        cuda_graphs: bool | str | None = "auto",
         **config_overrides: Any,
     ) -> Any:
-        """Load a checkpoint directory (transformers' or ours); see ``xlmrxl.checkpoint.load_pretrained``."""
+        """Load a checkpoint directory (transformers' or ours); see ``xlmrxl.checkpoint.load_pretrained``.
+        ``cuda_graphs``: see ``set_cuda_graphs`` (checked before anything is read)."""
+        from ..fast.graphs import resolve_mode
+
+        cuda_graphs = resolve_mode(cuda_graphs)  # a bad value (or XLMRXL_CUDA_GRAPHS) fails before loading
         torch_dtype = config_overrides.pop("torch_dtype", None)
         if dtype is None:
             dtype = torch_dtype
         elif torch_dtype is not None and torch_dtype != dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass only dtype=")
-        return load_pretrained(
+        loaded = load_pretrained(
             cls,
             pretrained_model_name_or_path,
             dtype=dtype,
@@ -180,6 +202,9 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
             progress=progress,
             **config_overrides,
         )
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.set_cuda_graphs(cuda_graphs)
+        return loaded
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "50GB", safe_serialization: bool = True
