@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, FastPathSpy, randomize
+from _oracle import EncoderForwardSpy, FastPathSpy, cache_kw, out_cache, randomize
 from conftest import tiny_config_kwargs
 
 import xlmrxl
@@ -235,17 +235,17 @@ def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fres
         with torch.no_grad():
             out = hf(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
             outs.append(out.logits)
-            pkv = out.past_key_values
+            pkv = out_cache(out)
             for t in range(5, 9):
                 step = torch.full((4, 1), 7 + t)
                 out = hf(
                     step,
                     attention_mask=torch.cat([mask[:, :5], torch.ones(4, t - 4, dtype=mask.dtype)], 1),
-                    past_key_values=pkv,
                     use_cache=True,
+                    **{cache_kw(hf): pkv},  # transformers >= 5.24 takes the cache as `cache`
                 )
                 outs.append(out.logits)
-                pkv = out.past_key_values
+                pkv = out_cache(out)
         return outs, pkv
 
     before, pkv_before = decode()

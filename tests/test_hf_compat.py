@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _oracle import FastPathSpy
 from conftest import tiny_config_kwargs
 
-from xlmrxl import fast_path
-from xlmrxl.accelerate import accelerate
+from xlmrxl import accelerate
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,14 +107,7 @@ def test_accelerated_causal_lm_uses_the_cache_it_is_given(monkeypatch):
     ref, ref_cache, ref_same, ref_notices = _decode(model, ids, 5, monkeypatch)
     assert ref_same, "transformers hands back the cache it is given"
     accelerate(model, backend="reference")
-    calls = {"n": 0}
-    real = fast_path.decoder_forward
-
-    def spy(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fast_path, "decoder_forward", spy)
+    spy = FastPathSpy(monkeypatch)
     got, cache, same, notices = _decode(model, ids, 5, monkeypatch)
     errs = [(a - b).abs().max().item() for a, b in zip(got, ref)]
     assert max(errs) <= 1e-5, f"cached logits differ from transformers' per step: {[f'{e:.3g}' for e in errs]}"
@@ -122,7 +115,7 @@ def test_accelerated_causal_lm_uses_the_cache_it_is_given(monkeypatch):
         f"the cache given holds {cache.get_seq_length()} positions after 8 tokens "
         f"(transformers: {ref_cache.get_seq_length()}); handed back the same object each step: {same}"
     )
-    assert calls["n"] == 4, f"prefill and 3 cached steps must run the fused path, ran {calls['n']}"
+    assert spy.decoder == 4, f"prefill and 3 cached steps must run the fused path, ran {spy.decoder}"
     assert notices <= ref_notices, f"the patch triggers {notices - ref_notices} cache-rename deprecation notices"
 
 

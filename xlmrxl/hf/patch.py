@@ -61,15 +61,34 @@ _SIGNATURES: dict = {}
 _LOCAL = threading.local()  # per-thread captured masks, keyed by id(state): one model may serve several threads
 
 
+# The names transformers has given the encoder's cache argument (and its output field), newest first: 5.24 renamed
+# ``past_key_values`` to ``cache`` (keeping a deprecated alias). The patch reads whichever the installed version's
+# signature declares, so a call is never served with a cache other than the one passed in.
+_CACHE_NAMES = ("cache", "past_key_values")
+
+
 def _signature(cls):
-    """(signature, name of its **kwargs or None, legacy 4.x layout?) of ``cls.forward``, computed once per class."""
+    """(signature, name of its **kwargs or None, legacy 4.x layout?, the cache argument's name) of ``cls.forward``
+    (through transformers' deprecation wrappers), computed once per class."""
     sig = _SIGNATURES.get(cls)
     if sig is None:
         s = inspect.signature(cls.forward)
         params = list(s.parameters.values())[1:]  # drop self
         var_kw = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
-        sig = _SIGNATURES[cls] = (s, var_kw, "output_hidden_states" in s.parameters)
+        cache_kw = next((n for n in _CACHE_NAMES if n in s.parameters), None)
+        if cache_kw is None:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__name__}.forward{s} takes none of the cache arguments xlmrxl knows "
+                f"({', '.join(_CACHE_NAMES)}); this transformers version is not supported by xlmrxl.accelerate"
+            )
+        sig = _SIGNATURES[cls] = (s, var_kw, "output_hidden_states" in s.parameters, cache_kw)
     return sig
+
+
+def _output_cache_field(output_cls: type) -> str:
+    """The field under which ``output_cls`` (a transformers output dataclass) holds the cache in this version."""
+    names = getattr(output_cls, "__dataclass_fields__", {})
+    return next((n for n in _CACHE_NAMES if n in names), "past_key_values")
 
 
 class _AccelState:
@@ -322,7 +341,7 @@ def _fill_hidden_states(collected: dict, all_hs) -> None:
 def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
     state: _AccelState = getattr(self, _STATE)
     original = type(self).forward
-    signature, var_kw, legacy = _signature(type(self))
+    signature, var_kw, legacy, cache_kw = _signature(type(self))
     try:
         bound = signature.bind(self, hidden_states, *args, **kwargs)
     except TypeError:  # arguments transformers' own forward does not take: let it raise its own error
@@ -335,7 +354,10 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
 
     out_hs = bool(get("output_hidden_states", False)) if legacy else False
     B, S = hidden_states.shape[:2]
-    pkv, use_cache = get("past_key_values"), bool(get("use_cache"))
+    pkv = get(cache_kw)
+    if pkv is None:  # an older name passed to a newer transformers (its deprecation alias, in **kwargs)
+        pkv = next((extra[n] for n in _CACHE_NAMES if n != cache_kw and extra.get(n) is not None), None)
+    use_cache = bool(get("use_cache"))
     causal = is_causal(self)  # per call: a later change of config.is_decoder is seen
     caller_reasons = []
     collector = None
@@ -386,7 +408,8 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=last, past_key_values=pkv, hidden_states=all_hs, attentions=None, cross_attentions=None
         )
-    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv if use_cache else None)
+    field = _output_cache_field(BaseModelOutputWithPastAndCrossAttentions)
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, **{field: pkv if use_cache else None})
 
 
 def _new_cache(config: Any, encoder_decoder: bool):
