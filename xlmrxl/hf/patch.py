@@ -47,7 +47,8 @@ from ..fast import stack
 from ..fast.routing import CACHED, EXACT, Call, is_causal, route
 from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
-from ..modeling.base import labels_on_padding
+from ..modeling.base import first_token_padded_reason, labels_on_padding
+from ..outputs import real_rows
 from ..quantization import quantize
 
 logger = logging.getLogger("xlmrxl")
@@ -100,7 +101,7 @@ class _AccelState:
 
     @property
     def captured(self) -> tuple | None:
-        """``(mask,)`` while the base model's forward runs in this thread, else None."""
+        """``(mask, what reads padding or None)`` while the base model's forward runs in this thread, else None."""
         return getattr(_LOCAL, "masks", {}).get(id(self))
 
     @captured.setter
@@ -116,6 +117,16 @@ class _AccelState:
     def padded_loss(self, value: str | None) -> None:
         _set_local("losses", id(self), value)
 
+    @property
+    def packed(self) -> tuple | None:
+        """While a task head's forward runs in this thread: ``()``, then ``(keep mask,)`` once the encoder ran the
+        packed path (read by the masked-LM head's real-rows forward); None outside a head's forward."""
+        return getattr(_LOCAL, "packed", {}).get(id(self))
+
+    @packed.setter
+    def packed(self, value: tuple | None) -> None:
+        _set_local("packed", id(self), value)
+
 
 def _set_local(kind: str, key: int, value: Any) -> None:
     values = _LOCAL.__dict__.setdefault(kind, {})
@@ -123,6 +134,25 @@ def _set_local(kind: str, key: int, value: Any) -> None:
         values.pop(key, None)
     else:
         values[key] = value
+
+
+class _RealRowsLMHead:
+    """A masked-LM head's instance-level ``forward``: after a packed encoder call inside the head's forward, the
+    vocabulary-wide projection runs on the real tokens only (logits at padded positions are 0, as the hidden states
+    there are); otherwise transformers' own forward."""
+
+    def __init__(self, head: nn.Module, encoder: nn.Module) -> None:
+        self.head = head
+        self.encoder = encoder
+
+    def __call__(self, features: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        state = getattr(self.encoder, _STATE, None)
+        packed = state.packed if state is not None else None
+        own = type(self.head).forward
+        if not packed or args or kwargs:
+            return own(self.head, features, *args, **kwargs)
+        state.packed = ()  # consumed: a second call in the same forward runs in full
+        return real_rows(lambda x: own(self.head, x), features, packed[0])
 
 
 class _AcceleratedForward:
@@ -193,6 +223,9 @@ def accelerate(
         )
     setattr(enc, _STATE, _AccelState(be, handles))
     enc.forward = _AcceleratedForward(enc)
+    lm_head = getattr(hf_model, "lm_head", None)
+    if type(hf_model).__name__.endswith("ForMaskedLM") and isinstance(lm_head, nn.Module):
+        lm_head.forward = _RealRowsLMHead(lm_head, enc)
     logger.info(
         "xlmrxl: accelerated %s (backend=%s%s)", type(hf_model).__name__, be.name, ", int4" if quantization else ""
     )
@@ -209,6 +242,9 @@ def deaccelerate(hf_model: nn.Module) -> nn.Module:
     for h in state.handles:
         h.remove()
     enc.__dict__.pop("forward", None)
+    lm_head = getattr(hf_model, "lm_head", None)
+    if isinstance(lm_head, nn.Module) and isinstance(lm_head.__dict__.get("forward"), _RealRowsLMHead):
+        del lm_head.forward
     delattr(enc, _STATE)
     return hf_model
 
@@ -224,9 +260,12 @@ def _capture_mask(module: nn.Module, args: Any, kwargs: Any):
     state = getattr(module.encoder, _STATE, None)
     if state is not None:
         mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
+        reads_padding = None
         if torch.is_tensor(mask) and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             check_binary_mask(mask)  # refused on every path, transformers' own code included (see README)
-        state.captured = (mask,)
+            if getattr(module, "pooler", None) is not None and _first_padded(mask):
+                reads_padding = first_token_padded_reason("the pooler")
+        state.captured = (mask, reads_padding)
 
 
 def _release_mask(module: nn.Module, args: Any, kwargs: Any, output):
@@ -239,12 +278,14 @@ def _capture_loss(module: nn.Module, args: Any, kwargs: Any) -> None:
     state = getattr(_base_model(module).encoder, _STATE, None)
     if state is not None:
         state.padded_loss = _padded_loss(type(module).__name__, kwargs)
+        state.packed = ()
 
 
 def _release_loss(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
     state = getattr(_base_model(module).encoder, _STATE, None)
     if state is not None:
         state.padded_loss = None
+        state.packed = None
 
 
 def _padded_loss(head: str, kwargs: dict) -> str | None:
@@ -252,6 +293,8 @@ def _padded_loss(head: str, kwargs: dict) -> str | None:
     mask = kwargs.get("attention_mask")
     if not torch.is_tensor(mask) or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
+    if head.endswith("ForSequenceClassification") and _first_padded(mask):
+        return first_token_padded_reason("the classification head")
     if kwargs.get("start_positions") is not None and kwargs.get("end_positions") is not None:
         if bool((mask == 0).any()):
             return "the question-answering loss (its softmax covers padded positions)"
@@ -264,6 +307,11 @@ def _padded_loss(head: str, kwargs: dict) -> str | None:
     if labels_on_padding(labels, mask):
         return "the loss has labels on (or predicted from) padded positions"
     return None
+
+
+def _first_padded(mask: torch.Tensor) -> bool:
+    """Is position 0 padding in some row (a left-padded batch)? One host sync."""
+    return mask.dim() >= 2 and mask.shape[-1] > 0 and bool((mask[..., 0] == 0).any())
 
 
 def _padding_mask(
@@ -381,7 +429,7 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
             past_key_values=pkv,
             use_cache=use_cache,
             causal=causal,
-            padded_loss=state.padded_loss,
+            padded_loss=state.padded_loss or (state.captured[1] if state.captured is not None else None),
             caller_reasons=tuple(caller_reasons),
         ),
     )
@@ -398,6 +446,8 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
         last, all_hs = stack.encoder_forward(
             self, hidden_states, r.mask, state.backend, output_hidden_states=out_hs, causal=r.causal
         )
+        if state.packed is not None:  # inside a task head's forward: its masked-LM head may skip padded rows
+            state.packed = (r.mask,)
     if collector is not None:
         _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions  # (transformers is optional)

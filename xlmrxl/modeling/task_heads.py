@@ -53,6 +53,7 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            reads_first=True,  # the head reads <s>: a left-padded batch takes the exact path
         )
         logits = self.classifier(outputs.last_hidden_state)
         loss = None
