@@ -102,7 +102,10 @@ def test_accelerate_every_head(head, monkeypatch):
     with torch.no_grad():
         after = hf(ids, attention_mask=mask, output_hidden_states=True, **_extra(head))
         plain = hf(ids, attention_mask=mask, return_dict=False, **_extra(head))
-    assert spy.calls == 2, "the accelerated model did not take the fast path"
+    # rows 1 and 3 have padding at position 0, from which the classification heads compute their logits: those heads
+    # take the exact path for this batch (tests/test_padded_reads.py), the others the fast path
+    reads_first = head in ("XLMRobertaXLForSequenceClassification", "XLMRobertaXLForMultipleChoice")
+    assert spy.calls == (0 if reads_first else 2), "the accelerated model did not take the expected path"
     err = _compare(before, after, mask)
     assert err <= TOL, f"{head}: accelerated vs original max err {err:.3g}"
     assert isinstance(plain, tuple) and torch.equal(plain[0], after[0]), "return_dict=False must give the tuple"

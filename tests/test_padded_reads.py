@@ -1,8 +1,9 @@
 """What a head reads at padded positions (issue 10): the packed path never computes padded positions (hidden states
-and masked-LM logits there are 0), so a head that reads one — the classification head and the pooler read position 0
-(``<s>``), which is padding in a left-padded row — sends the call to the exact path with a logged reason and equals
-transformers 4.56.2 (fp32, 1e-5); heads whose outputs at padded positions nothing reads (token classification, masked
-LM without labels there) stay on the packed path and equal transformers on real tokens. The masked-LM head computes
+and masked-LM logits there are 0), so a head whose output is computed from one — sequence classification and
+multiple choice read position 0 (``<s>``), which is padding in a left-padded row — sends the call to the exact path
+with a logged reason and equals transformers 4.56.2 (fp32, 1e-5); outputs at padded positions (hidden states, token
+logits, the base model's ``pooler_output`` of a row whose position 0 is padding) are not transformers' and nothing
+reads them (token classification's loss skips them), so those calls stay on the packed path. The masked-LM head computes
 its vocabulary-wide projection on real tokens only. Ours and ``xlmrxl.accelerate``-d transformers models alike."""
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ def _exact_lines(caplog) -> list[str]:
     "cls,reader",
     [
         (XLMRobertaXLForSequenceClassification, "classification head"),
-        (XLMRobertaXLForMultipleChoice, "pooler"),
-        (XLMRobertaXLModel, "pooler"),
+        (XLMRobertaXLForMultipleChoice, "classification head"),
     ],
-    ids=["seq-cls", "multiple-choice", "pooler"],
+    ids=["seq-cls", "multiple-choice"],
 )
 def test_heads_reading_position_zero_of_a_left_padded_batch(cls, reader, accelerated, monkeypatch, caplog, fresh_log):
     model, oracle = _models(cls, accelerated)
@@ -73,7 +73,7 @@ def test_heads_reading_position_zero_of_a_left_padded_batch(cls, reader, acceler
     spy = FastPathSpy(monkeypatch)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="xlmrxl"):
         got, want = model(ids, attention_mask=mask), oracle(ids, attention_mask=mask)
-    key = "pooler_output" if cls is XLMRobertaXLModel else "logits"
+    key = "logits"
     err = max_err(got[key], want[key])
     assert err <= TOL, f"{key} of a left-padded batch {err:.3g} from transformers"
     assert spy.encoder == 0, "a left-padded batch whose position 0 is read must take the exact path"
@@ -87,6 +87,24 @@ def test_heads_reading_position_zero_of_a_left_padded_batch(cls, reader, acceler
         got, want = model(ids, attention_mask=mask), oracle(ids, attention_mask=mask)
     assert spy.encoder == 1, "a right-padded batch takes the packed path"
     assert max_err(got[key], want[key]) <= TOL
+
+
+@pytest.mark.parametrize("accelerated", [False, True], ids=["ours", "accelerated"])
+def test_base_model_pooler_of_a_left_padded_row_is_a_padded_position(accelerated, monkeypatch):
+    """``XLMRobertaXLModel``'s ``pooler_output`` is the pooler applied to position 0: for a row whose position 0 is
+    padding it is a function of a padded position, which the packed path does not compute (as ``last_hidden_state``
+    there). The base model stays on the packed path (serving embeddings with left padding stays fast); its
+    ``pooler_output`` equals transformers' on the rows whose position 0 is real."""
+    model, oracle = _models(XLMRobertaXLModel, accelerated)
+    ids, mask = _batch(model.config, left=True)
+    spy = FastPathSpy(monkeypatch)
+    with torch.no_grad():
+        got, want = model(ids, attention_mask=mask), oracle(ids, attention_mask=mask)
+    assert spy.encoder == 1
+    first_real = mask[:, 0].bool()
+    assert not first_real.all() and first_real.any()
+    assert max_err(got.pooler_output, want.pooler_output, first_real) <= TOL
+    assert max_err(got.last_hidden_state, want.last_hidden_state, mask.bool()) <= TOL
 
 
 @pytest.mark.parametrize("accelerated", [False, True], ids=["ours", "accelerated"])

@@ -27,7 +27,15 @@
   forward hooks on encoder submodules, and (5.x) attentions captured by transformers' hooks.
   ``output_hidden_states`` is served by the fast path in both versions (5.x: the hidden states are handed to
   transformers' output collector as its hooks would).
-- Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only.
+- Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only. A masked-LM
+  head's ``lm_head`` projects the real tokens only after a packed call (logits 0 at padding). A call whose result is
+  computed from a padded position (sequence classification / multiple choice reading ``<s>`` of a left-padded row, a
+  loss over padded positions) runs the exact path, with its reason.
+- The encoder's cache argument is read under the name its signature declares (``cache`` from transformers 5.24,
+  ``past_key_values`` before; the other name is accepted as the deprecated alias) and returned under the output
+  class's field name, so no deprecation warning fires and the cache passed in is the one driven.
+- A model whose ``config.model_type`` is not ``xlm-roberta-xl`` (``BertModel``, ``XLMRobertaModel``) is left
+  unchanged, with a warning, and is not marked accelerated.
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
 """
 
@@ -36,6 +44,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import warnings
 from typing import Any
 
 import torch
@@ -56,6 +65,7 @@ logger = logging.getLogger("xlmrxl")
 __all__ = ["accelerate", "deaccelerate", "is_accelerated"]
 
 _STATE = "_xlmrxl_accel"
+_MODEL_TYPE = "xlm-roberta-xl"  # transformers' config.model_type of the models accelerate() takes
 
 
 _SIGNATURES: dict = {}
@@ -101,7 +111,7 @@ class _AccelState:
 
     @property
     def captured(self) -> tuple | None:
-        """``(mask, what reads padding or None)`` while the base model's forward runs in this thread, else None."""
+        """``(mask,)`` while the base model's forward runs in this thread, else None."""
         return getattr(_LOCAL, "masks", {}).get(id(self))
 
     @captured.setter
@@ -204,6 +214,16 @@ def accelerate(
         if quantization == "int4":
             _quantize(hf_model)
         return hf_model
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    if model_type is not None and model_type != _MODEL_TYPE:
+        # e.g. BertModel or XLMRobertaModel: laid out alike, but another model (learned positions, post-LayerNorm)
+        msg = (
+            f"xlmrxl.accelerate: {type(hf_model).__name__} (model_type={model_type!r}) is not an XLM-RoBERTa-XL "
+            f"model (model_type={_MODEL_TYPE!r}); it was left unchanged and is not accelerated"
+        )
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        return hf_model
     base = _base_model(hf_model)
     enc = base.encoder
     if quantization == "int4":
@@ -260,12 +280,9 @@ def _capture_mask(module: nn.Module, args: Any, kwargs: Any):
     state = getattr(module.encoder, _STATE, None)
     if state is not None:
         mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
-        reads_padding = None
         if torch.is_tensor(mask) and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             check_binary_mask(mask)  # refused on every path, transformers' own code included (see README)
-            if getattr(module, "pooler", None) is not None and _first_padded(mask):
-                reads_padding = first_token_padded_reason("the pooler")
-        state.captured = (mask, reads_padding)
+        state.captured = (mask,)
 
 
 def _release_mask(module: nn.Module, args: Any, kwargs: Any, output):
@@ -293,7 +310,7 @@ def _padded_loss(head: str, kwargs: dict) -> str | None:
     mask = kwargs.get("attention_mask")
     if not torch.is_tensor(mask) or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
-    if head.endswith("ForSequenceClassification") and _first_padded(mask):
+    if head.endswith(("ForSequenceClassification", "ForMultipleChoice")) and _first_padded(mask):
         return first_token_padded_reason("the classification head")
     if kwargs.get("start_positions") is not None and kwargs.get("end_positions") is not None:
         if bool((mask == 0).any()):
@@ -429,7 +446,7 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
             past_key_values=pkv,
             use_cache=use_cache,
             causal=causal,
-            padded_loss=state.padded_loss or (state.captured[1] if state.captured is not None else None),
+            padded_loss=state.padded_loss,
             caller_reasons=tuple(caller_reasons),
         ),
     )

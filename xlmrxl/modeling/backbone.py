@@ -75,6 +75,17 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                 )
             shape = tuple(inputs_embeds.shape[:2])
         batch, seq_len = shape
+        if input_ids is not None and (
+            input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
+        ):
+            raise TypeError(
+                f"input_ids has dtype {input_ids.dtype}; token ids are integers: pass input_ids.long() (or the "
+                "tokenizer's output as is)"
+            )
+        if batch == 0:
+            raise ValueError(
+                f"the input has batch size 0 (shape {shape}); pass at least one sequence (a sequence may be empty)"
+            )
         expected = (batch, seq_len + past_length)
         if attention_mask is not None and tuple(attention_mask.shape) != expected:
             extra = f" (input {shape} plus {past_length} cached tokens)" if past_length else ""
@@ -232,10 +243,8 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             encoder_attention_mask,
             past_length,
         )
-        if padded_loss is None and first_padded and (reads_first or self.pooler is not None):
-            padded_loss = first_token_padded_reason(
-                "the pooler" if self.pooler is not None else "the classification head"
-            )
+        if padded_loss is None and first_padded and reads_first:
+            padded_loss = first_token_padded_reason("the classification head")
         embedding_output = self.embeddings(
             input_ids=input_ids,
             position_ids=position_ids,
