@@ -11,7 +11,7 @@ import pytest
 import torch
 from _oracle import random_model
 from conftest import tiny_config_kwargs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from xlmrxl import XLMRobertaXLConfig
@@ -38,23 +38,23 @@ def models():
 @st.composite
 def calls(draw):
     """Keyword arguments of one forward call, mostly valid, sometimes wrong in one or several ways."""
-    b = draw(st.integers(0, 3))
+    b = draw(st.sampled_from([1, 2, 3] * 6 + [0]))
     s = draw(st.integers(0, 6))
     kw = {}
-    form = draw(st.sampled_from(["ids", "ids", "ids", "embeds", "both", "neither"]))
+    form = draw(st.sampled_from(["ids"] * 12 + ["embeds"] * 5 + ["both", "neither"]))
     if form in ("ids", "both"):
-        hi = draw(st.sampled_from([V, V, V + 3]))
-        lo = draw(st.sampled_from([0, 0, -2]))
+        hi = draw(st.sampled_from([V] * 9 + [V + 3]))
+        lo = draw(st.sampled_from([0] * 9 + [-2]))
         ids = torch.randint(lo, hi, (b, s)) if hi > lo else torch.zeros(b, s, dtype=torch.long)
-        dtype = draw(st.sampled_from([torch.long, torch.long, torch.int32, torch.float32]))
-        shape = draw(st.sampled_from(["ok", "ok", "ok", "1d", "3d"]))
+        dtype = draw(st.sampled_from([torch.long] * 8 + [torch.int32, torch.float32]))
+        shape = draw(st.sampled_from(["ok"] * 18 + ["1d", "3d"]))
         ids = ids.to(dtype)
         kw["input_ids"] = ids.reshape(-1) if shape == "1d" else ids[..., None] if shape == "3d" else ids
     if form in ("embeds", "both"):
-        dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.bfloat16, torch.float64, torch.long]))
-        width = draw(st.sampled_from([H, H, H, H + 1]))
+        dtype = draw(st.sampled_from([torch.float32] * 6 + [torch.bfloat16, torch.float64, torch.long]))
+        width = draw(st.sampled_from([H] * 9 + [H + 1]))
         kw["inputs_embeds"] = torch.randn(b, s, width).to(dtype)
-    mask_kind = draw(st.sampled_from(["none", "binary", "binary", "binary", "nonbinary", "shape"]))
+    mask_kind = draw(st.sampled_from(["none"] * 3 + ["binary"] * 12 + ["nonbinary", "shape"]))
     if mask_kind != "none":
         shape = (b, s) if mask_kind != "shape" else draw(st.sampled_from([(b, s + 1), (b + 1, s), (s,), (b, 1, s)]))
         mask = torch.randint(0, 2, shape)
@@ -67,11 +67,11 @@ def calls(draw):
             mask = mask.float() * 0.5  # 0.5: neither 0 nor 1
         kw["attention_mask"] = mask.to(mdtype) if not (mask_kind == "nonbinary" and mdtype is torch.bool) else mask
     if draw(st.integers(0, 3)) == 0:
-        hi = draw(st.sampled_from([P - 2, P + 2]))
-        pos = torch.randint(draw(st.sampled_from([2, -1])), hi, (draw(st.sampled_from([b, 1])), s))
+        hi = draw(st.sampled_from([P - 2] * 4 + [P + 2]))
+        pos = torch.randint(draw(st.sampled_from([2] * 4 + [-1])), hi, (draw(st.sampled_from([b, 1])), s))
         kw["position_ids"] = pos if draw(st.integers(0, 4)) else pos[..., :-1]
     if draw(st.integers(0, 3)) == 0:
-        kw["token_type_ids"] = torch.randint(0, draw(st.sampled_from([1, 1, 2])), (b, s))
+        kw["token_type_ids"] = torch.randint(0, draw(st.sampled_from([1] * 4 + [2])), (b, s))
     return kw
 
 
@@ -107,6 +107,7 @@ def test_forward_validates_or_equals_the_exact_path(models, kw, head):
     with _ForcedExact():
         want, want_err = _run(model, kw)
     assert (err is None) == (want_err is None), f"fast path: {err!r}; exact path: {want_err!r}"
+    event("result" if err is None else type(err).__name__)
     if err is not None:
         return
     mask = kw.get("attention_mask")
@@ -123,3 +124,22 @@ def test_forward_validates_or_equals_the_exact_path(models, kw, head):
             assert float((got.logits - want.logits)[real].abs().max()) <= TOL
         if mask is not None and mask.numel() and not mask.bool()[:, 0].all():
             assert torch.equal(got.logits, want.logits), "a left-padded batch must take the exact path"
+
+
+def test_zero_length_input_to_a_head_reading_position_zero_is_a_clear_error(models):
+    """Found by the fuzzing above: a (B, 0) input to a classification head (or a base model with a pooler) raised
+    torch's bare IndexError on every path; it is a ValueError saying what to pass. Heads without a position-0 read
+    return the exact path's empty output (tests/test_route.py)."""
+    ids = torch.zeros(2, 0, dtype=torch.long)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"zero-length sequences.*position 0"):
+        models["cls"](ids)
+    with torch.no_grad():
+        assert models["mlm"](ids).logits.shape == (2, 0, V)
+
+
+def test_float_ids_and_empty_batches_are_clear_errors(models):
+    with torch.no_grad():
+        with pytest.raises(TypeError, match=r"input_ids has dtype torch.float32.*\.long\(\)"):
+            models["mlm"](torch.ones(2, 3))
+        with pytest.raises(ValueError, match="batch size 0"):
+            models["mlm"](torch.zeros(0, 3, dtype=torch.long))

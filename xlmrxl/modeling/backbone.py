@@ -243,6 +243,12 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             encoder_attention_mask,
             past_length,
         )
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if seq_len == 0 and (reads_first or self.pooler is not None):
+            raise ValueError(
+                "the input has zero-length sequences, but the pooler / classification head reads position 0 (<s>); "
+                "pass at least one token per row (the tokenizer adds <s> and </s>)"
+            )
         if padded_loss is None and first_padded and reads_first:
             padded_loss = first_token_padded_reason("the classification head")
         embedding_output = self.embeddings(
