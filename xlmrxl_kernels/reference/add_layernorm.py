@@ -30,9 +30,10 @@ def add_layernorm_ref(
     h = x if residual is None else x + residual.to(x.dtype)
     n = x.shape[-1]
     if upcast:
-        w = None if weight is None else weight.float()
-        b = None if bias is None else bias.float()
-        y = F.layer_norm(h.float(), (n,), w, b, eps).to(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)  # at least fp32; float64 stays float64
+        w = None if weight is None else weight.to(ct)
+        b = None if bias is None else bias.to(ct)
+        y = F.layer_norm(h.to(ct), (n,), w, b, eps).to(x.dtype)
     else:
         w = None if weight is None else weight.to(x.dtype)
         b = None if bias is None else bias.to(x.dtype)

@@ -48,7 +48,7 @@ def attention_ref(
         raise ValueError(f"q is (B={B}, H={H}, ...) but k/v are {tuple(k.shape)}; batch and heads must match")
     if scale is None:
         scale = D**-0.5
-    dt = torch.float32 if upcast else q.dtype
+    dt = torch.promote_types(q.dtype, torch.float32) if upcast else q.dtype  # float64 stays float64
     scores = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     keep = torch.ones(B, 1, S_q, S_k, dtype=torch.bool, device=q.device)
     if attention_mask is not None:

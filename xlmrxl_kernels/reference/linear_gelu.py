@@ -33,8 +33,9 @@ def linear_gelu_ref(
     """``gelu(x @ weight.T + bias)`` (exact erf GELU), in ``x.dtype``."""
     _check(x, weight, bias)
     if upcast:
-        b = None if bias is None else bias.float()
-        return F.gelu(F.linear(x.float(), weight.float(), b)).to(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)  # at least fp32; float64 stays float64
+        b = None if bias is None else bias.to(ct)
+        return F.gelu(F.linear(x.to(ct), weight.to(ct), b)).to(x.dtype)
     return F.gelu(F.linear(x, weight, bias))
 
 
@@ -47,6 +48,7 @@ def linear_residual_ref(
     if tuple(residual.shape) != expected:
         raise ValueError(f"residual must have shape {expected} (x's leading dims, N), got {tuple(residual.shape)}")
     if upcast:
-        b = None if bias is None else bias.float()
-        return (residual.float() + F.linear(x.float(), weight.float(), b)).to(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        b = None if bias is None else bias.to(ct)
+        return (residual.to(ct) + F.linear(x.to(ct), weight.to(ct), b)).to(x.dtype)
     return residual + F.linear(x, weight, bias)
