@@ -169,3 +169,43 @@ def test_float64_model_has_float64_parity_with_transformers(accelerated, monkeyp
     assert spy.encoder == 1 and got.dtype == torch.float64
     err = float((got - want)[mask.bool()].abs().max())
     assert err <= 1e-10, f"float64 fast path {err:.3g} from transformers' float64"
+
+
+# -- keep what works: concurrency ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("accelerated", [False, True], ids=["ours", "accelerated"])
+def test_threads_sharing_one_model_are_bit_identical_to_one_thread(accelerated):
+    """Several threads calling one model (different batches and paddings, the fast path) get exactly the outputs a
+    single thread gets: no state leaks between concurrent calls (masks, packing, the MLM head's real rows)."""
+    import threading
+
+    ours = random_model(xlmrxl.XLMRobertaXLForMaskedLM, _cfg(), seed=9)
+    model = xlmrxl.accelerate(hf_twin(ours), backend="reference") if accelerated else ours
+    batches = []
+    for k in range(4):
+        ids = torch.randint(3, 300, (2 + k % 2, 5 + k))
+        mask = torch.ones_like(ids)
+        if k % 2:
+            mask[0, 4:] = 0  # right padding
+        mask[-1, : k % 3] = 0  # left padding
+        batches.append((ids, mask))
+    with torch.no_grad():
+        alone = [model(i, attention_mask=m).logits for i, m in batches]
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            with torch.no_grad():
+                for _ in range(3):
+                    i, m = batches[k]
+                    got.setdefault(k, []).append(model(i, attention_mask=m).logits)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k, outs in got.items():
+        assert all(torch.equal(o, alone[k]) for o in outs), f"thread {k} differs from the single-thread result"
