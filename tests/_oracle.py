@@ -186,3 +186,20 @@ def force_exact(monkeypatch) -> None:
         return [*real(encoder, call), Reason("test", "forced by the test")]
 
     monkeypatch.setattr(routing, "_common_not_supported", forced)
+
+
+def cache_kw(model) -> str:
+    """The keyword ``model``'s forward takes the KV cache under, read from its signature as users' code must:
+    ``cache`` on transformers >= 5.24 (``past_key_values`` is a deprecated alias there), ``past_key_values`` on
+    4.x and on xlmrxl's own models."""
+    import inspect
+
+    fn = getattr(type(model), "forward", None) or model
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def out_cache(out):
+    """The cache an output returns, under its class's field name (``cache`` on transformers >= 5.24)."""
+    fields = getattr(type(out), "__dataclass_fields__", {})
+    return out["cache"] if "cache" in fields and "cache" in out else getattr(out, "past_key_values", None)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, FastPathSpy, randomize
+from _oracle import EncoderForwardSpy, FastPathSpy, cache_kw, out_cache, randomize
 from conftest import tiny_config_kwargs
 
 import xlmrxl
@@ -102,7 +102,10 @@ def test_accelerate_every_head(head, monkeypatch):
     with torch.no_grad():
         after = hf(ids, attention_mask=mask, output_hidden_states=True, **_extra(head))
         plain = hf(ids, attention_mask=mask, return_dict=False, **_extra(head))
-    assert spy.calls == 2, "the accelerated model did not take the fast path"
+    # rows 1 and 3 have padding at position 0, from which the classification heads compute their logits: those heads
+    # take the exact path for this batch (tests/test_padded_reads.py), the others the fast path
+    reads_first = head in ("XLMRobertaXLForSequenceClassification", "XLMRobertaXLForMultipleChoice")
+    assert spy.calls == (0 if reads_first else 2), "the accelerated model did not take the expected path"
     err = _compare(before, after, mask)
     assert err <= TOL, f"{head}: accelerated vs original max err {err:.3g}"
     assert isinstance(plain, tuple) and torch.equal(plain[0], after[0]), "return_dict=False must give the tuple"
@@ -235,17 +238,17 @@ def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fres
         with torch.no_grad():
             out = hf(ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
             outs.append(out.logits)
-            pkv = out.past_key_values
+            pkv = out_cache(out)
             for t in range(5, 9):
                 step = torch.full((4, 1), 7 + t)
                 out = hf(
                     step,
                     attention_mask=torch.cat([mask[:, :5], torch.ones(4, t - 4, dtype=mask.dtype)], 1),
-                    past_key_values=pkv,
                     use_cache=True,
+                    **{cache_kw(hf): pkv},  # transformers >= 5.24 takes the cache as `cache`
                 )
                 outs.append(out.logits)
-                pkv = out.past_key_values
+                pkv = out_cache(out)
         return outs, pkv
 
     before, pkv_before = decode()

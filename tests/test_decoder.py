@@ -3,7 +3,7 @@ incremental decoding, the causal-LM loss and generation hooks. Tiny config, CPU,
 
 import pytest
 import torch
-from _oracle import hf_twin, make_inputs, max_err, random_model, real
+from _oracle import cache_kw, hf_twin, make_inputs, max_err, out_cache, random_model, real
 from conftest import tiny_config_kwargs
 
 from xlmrxl import DynamicCache, EncoderDecoderCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM, XLMRobertaXLModel
@@ -113,20 +113,19 @@ def test_model_without_cross_attention_rejects_encoder_states():
 # -- incremental decoding -------------------------------------------------------------------------------------------
 def decode(model, ids, prefix, past=None, **kw):
     """Prefill ``prefix`` tokens then feed one token at a time; returns (per-position logits, final cache)."""
-    out = model(
-        ids[:, :prefix], attention_mask=torch.ones_like(ids[:, :prefix]), past_key_values=past, use_cache=True, **kw
-    )
-    logits, past = [out.logits], out.past_key_values
+    ckw = cache_kw(model)  # transformers >= 5.24 takes the cache as `cache`
+    out = model(ids[:, :prefix], attention_mask=torch.ones_like(ids[:, :prefix]), use_cache=True, **{ckw: past}, **kw)
+    logits, past = [out.logits], out_cache(out)
     for t in range(prefix, ids.shape[1]):
         out = model(
             ids[:, t : t + 1],
             attention_mask=torch.ones_like(ids[:, : t + 1]),
-            past_key_values=past,
             use_cache=True,
+            **{ckw: past},
             **kw,
         )
         logits.append(out.logits)
-        past = out.past_key_values
+        past = out_cache(out)
     return torch.cat(logits, dim=1), past
 
 
@@ -162,7 +161,7 @@ def test_incremental_decoding_with_left_padding_and_generation_positions():
         a = m.prepare_inputs_for_generation(cur, past_key_values=past, attention_mask=cur_mask)
         # 5.x's hook slices the new tokens by next_sequence_length, which its generate() passes
         extra = {"next_sequence_length": t - (0 if past is None else past.get_seq_length())} if TF5 else {}
-        b = h.prepare_inputs_for_generation(cur, past_key_values=past, attention_mask=cur_mask, **extra)
+        b = h.prepare_inputs_for_generation(cur, attention_mask=cur_mask, **{cache_kw(h): past}, **extra)
         for key in ("input_ids", "attention_mask", "position_ids"):
             if TF5 and key not in b:
                 continue  # 5.x leaves the position ids to the model's forward

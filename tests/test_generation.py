@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from _oracle import random_model
+from _oracle import cache_kw, out_cache, random_model
 from conftest import tiny_config_kwargs
 
 from xlmrxl import XLMRobertaXLConfig, XLMRobertaXLForCausalLM
@@ -53,7 +53,8 @@ def hf_greedy(model, ids, steps):
     next_pos = create_position_ids_from_input_ids(ids, pad).max(dim=1).values + 1
     out_ids = ids
     with torch.no_grad():
-        out = twin(input_ids=ids, attention_mask=mask, past_key_values=transformers.DynamicCache(), use_cache=True)
+        kw = cache_kw(twin)  # transformers >= 5.24 takes the cache as `cache`
+        out = twin(input_ids=ids, attention_mask=mask, use_cache=True, **{kw: transformers.DynamicCache()})
         for i in range(steps):
             token = out.logits[:, -1].argmax(dim=-1)
             out_ids = torch.cat([out_ids, token[:, None]], dim=1)
@@ -62,8 +63,8 @@ def hf_greedy(model, ids, steps):
                 input_ids=token[:, None],
                 attention_mask=mask,
                 position_ids=(next_pos + i)[:, None],
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{kw: out_cache(out)},
             )
     return out_ids
 

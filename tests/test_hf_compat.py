@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _oracle import FastPathSpy
 from conftest import tiny_config_kwargs
 
-from xlmrxl import accelerate, fast_path
+from xlmrxl import accelerate
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,14 +107,7 @@ def test_accelerated_causal_lm_uses_the_cache_it_is_given(monkeypatch):
     ref, ref_cache, ref_same, ref_notices = _decode(model, ids, 5, monkeypatch)
     assert ref_same, "transformers hands back the cache it is given"
     accelerate(model, backend="reference")
-    calls = {"n": 0}
-    real = fast_path.decoder_forward
-
-    def spy(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fast_path, "decoder_forward", spy)
+    spy = FastPathSpy(monkeypatch)
     got, cache, same, notices = _decode(model, ids, 5, monkeypatch)
     errs = [(a - b).abs().max().item() for a, b in zip(got, ref)]
     assert max(errs) <= 1e-5, f"cached logits differ from transformers' per step: {[f'{e:.3g}' for e in errs]}"
@@ -121,7 +115,7 @@ def test_accelerated_causal_lm_uses_the_cache_it_is_given(monkeypatch):
         f"the cache given holds {cache.get_seq_length()} positions after 8 tokens "
         f"(transformers: {ref_cache.get_seq_length()}); handed back the same object each step: {same}"
     )
-    assert calls["n"] == 4, f"prefill and 3 cached steps must run the fused path, ran {calls['n']}"
+    assert spy.decoder == 4, f"prefill and 3 cached steps must run the fused path, ran {spy.decoder}"
     assert notices <= ref_notices, f"the patch triggers {notices - ref_notices} cache-rename deprecation notices"
 
 
@@ -139,7 +133,7 @@ def test_accelerated_greedy_generate_same_tokens_without_mask():
 
 
 def test_hf5_requirements_track_the_test_extra():
-    """tests/requirements-hf5.txt is pyproject's test extra with only the transformers pin replaced (by a 5.x one)."""
+    """tests/requirements-hf5.txt is pyproject's test extra with the transformers pin replaced (by a 5.x one), less Ray."""
     tomllib = pytest.importorskip("tomllib")
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     lines = [
@@ -149,7 +143,8 @@ def test_hf5_requirements_track_the_test_extra():
     def name(req):
         return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
 
-    want = {name(r): r for r in extra if name(r) != "transformers"}
+    # the corpus engine's Ray is no transformers-facing dependency: the hf5 venv runs without it
+    want = {name(r): r for r in extra if name(r) not in ("transformers", "ray")}
     have = {name(r): r for r in lines if name(r) != "transformers"}
     assert have == want, f"requirements-hf5.txt {sorted(have.values())} vs test extra {sorted(want.values())}"
     pins = [r for r in lines if name(r) == "transformers"]

@@ -117,6 +117,18 @@ def test_causal_lm_labels_predicted_from_padding_equal_transformers(monkeypatch)
     def labels(inputs):  # left-padded rows: the first real label is predicted from a pad position
         return {"labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
 
+    def not_from_padding(inputs):  # the same labels, less those whose predicting position is padding
+        mask = inputs["attention_mask"]
+        prev_pad = torch.zeros_like(mask, dtype=torch.bool)
+        prev_pad[:, 1:] = mask[:, :-1] == 0
+        return {"labels": labels(inputs)["labels"].masked_fill(prev_pad, -100)}
+
+    got, theirs, spy = _loss_case("XLMRobertaXLForCausalLM", not_from_padding, monkeypatch)
+    assert abs(got.item() - theirs.item()) <= TOL, f"causal-LM loss {got.item()} vs transformers {theirs.item()}"
+    if int(pytest.importorskip("transformers").__version__.split(".")[0]) >= 5:
+        # a pad predicting the first real token is a query with every key masked (causal + left padding):
+        # transformers 5.x computes that row differently from 4.56.2, the reference xlmrxl follows (6e-4 apart)
+        pytest.skip("transformers 5.x computes fully masked query rows differently from 4.56.2 (xlmrxl's reference)")
     got, theirs, spy = _loss_case("XLMRobertaXLForCausalLM", labels, monkeypatch)
     assert abs(got.item() - theirs.item()) <= TOL, f"causal-LM loss {got.item()} vs transformers {theirs.item()}"
 

@@ -165,3 +165,31 @@ __all__ = [
     "TokenClassifierOutput",
     "QuestionAnsweringModelOutput",
 ]
+
+
+_PACKED = "_xlmrxl_packed_mask"
+
+
+def set_packed_mask(output: ModelOutput, mask: torch.Tensor | None) -> ModelOutput:
+    """Note on ``output`` (not a field: keys, tuples and pytrees are unchanged) that the fused packed path computed it,
+    with ``mask`` (2D keep mask; None: every position real). Positions where the mask is 0 hold zeros."""
+    object.__setattr__(output, _PACKED, (mask,))
+    return output
+
+
+def packed_mask(output: ModelOutput) -> tuple[torch.Tensor | None] | None:
+    """``(mask,)`` if the packed path computed ``output`` (see ``set_packed_mask``), else None (the exact path)."""
+    return output.__dict__.get(_PACKED)
+
+
+def real_rows(module: Any, hidden: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """``module(hidden)`` computed on the rows where ``keep`` (B, S) is true only, scattered back into a (B, S, ...)
+    tensor with zeros at padded positions (the packed path's rule for hidden states, kept for logits): the MLM
+    head's vocabulary-wide projection is not spent on padding."""
+    if keep is None or keep.shape != hidden.shape[:2]:
+        return module(hidden)
+    keep = keep.bool()
+    rows = module(hidden[keep])
+    out = rows.new_zeros(*keep.shape, *rows.shape[1:])
+    out[keep] = rows
+    return out

@@ -27,7 +27,15 @@
   forward hooks on encoder submodules, and (5.x) attentions captured by transformers' hooks.
   ``output_hidden_states`` is served by the fast path in both versions (5.x: the hidden states are handed to
   transformers' output collector as its hooks would).
-- Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only.
+- Outputs at padded positions are zeros (transformers leaves finite junk there); compare real tokens only. A masked-LM
+  head's ``lm_head`` projects the real tokens only after a packed call (logits 0 at padding). A call whose result is
+  computed from a padded position (sequence classification / multiple choice reading ``<s>`` of a left-padded row, a
+  loss over padded positions) runs the exact path, with its reason.
+- The encoder's cache argument is read under the name its signature declares (``cache`` from transformers 5.24,
+  ``past_key_values`` before; the other name is accepted as the deprecated alias) and returned under the output
+  class's field name, so no deprecation warning fires and the cache passed in is the one driven.
+- A model whose ``config.model_type`` is not ``xlm-roberta-xl`` (``BertModel``, ``XLMRobertaModel``) is left
+  unchanged, with a warning, and is not marked accelerated.
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
 """
 
@@ -36,6 +44,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import warnings
 from typing import Any
 
 import torch
@@ -47,7 +56,8 @@ from ..fast import stack
 from ..fast.routing import CACHED, EXACT, Call, is_causal, route
 from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
-from ..modeling.base import labels_on_padding
+from ..modeling.base import first_token_padded_reason, labels_on_padding
+from ..outputs import real_rows
 from ..quantization import quantize
 
 logger = logging.getLogger("xlmrxl")
@@ -55,21 +65,41 @@ logger = logging.getLogger("xlmrxl")
 __all__ = ["accelerate", "deaccelerate", "is_accelerated"]
 
 _STATE = "_xlmrxl_accel"
+_MODEL_TYPE = "xlm-roberta-xl"  # transformers' config.model_type of the models accelerate() takes
 
 
 _SIGNATURES: dict = {}
 _LOCAL = threading.local()  # per-thread captured masks, keyed by id(state): one model may serve several threads
 
 
+# The names transformers has given the encoder's cache argument (and its output field), newest first: 5.24 renamed
+# ``past_key_values`` to ``cache`` (keeping a deprecated alias). The patch reads whichever the installed version's
+# signature declares, so a call is never served with a cache other than the one passed in.
+_CACHE_NAMES = ("cache", "past_key_values")
+
+
 def _signature(cls):
-    """(signature, name of its **kwargs or None, legacy 4.x layout?) of ``cls.forward``, computed once per class."""
+    """(signature, name of its **kwargs or None, legacy 4.x layout?, the cache argument's name) of ``cls.forward``
+    (through transformers' deprecation wrappers), computed once per class."""
     sig = _SIGNATURES.get(cls)
     if sig is None:
         s = inspect.signature(cls.forward)
         params = list(s.parameters.values())[1:]  # drop self
         var_kw = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
-        sig = _SIGNATURES[cls] = (s, var_kw, "output_hidden_states" in s.parameters)
+        cache_kw = next((n for n in _CACHE_NAMES if n in s.parameters), None)
+        if cache_kw is None:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__name__}.forward{s} takes none of the cache arguments xlmrxl knows "
+                f"({', '.join(_CACHE_NAMES)}); this transformers version is not supported by xlmrxl.accelerate"
+            )
+        sig = _SIGNATURES[cls] = (s, var_kw, "output_hidden_states" in s.parameters, cache_kw)
     return sig
+
+
+def _output_cache_field(output_cls: type) -> str:
+    """The field under which ``output_cls`` (a transformers output dataclass) holds the cache in this version."""
+    names = getattr(output_cls, "__dataclass_fields__", {})
+    return next((n for n in _CACHE_NAMES if n in names), "past_key_values")
 
 
 class _AccelState:
@@ -97,6 +127,16 @@ class _AccelState:
     def padded_loss(self, value: str | None) -> None:
         _set_local("losses", id(self), value)
 
+    @property
+    def packed(self) -> tuple | None:
+        """While a task head's forward runs in this thread: ``()``, then ``(keep mask,)`` once the encoder ran the
+        packed path (read by the masked-LM head's real-rows forward); None outside a head's forward."""
+        return getattr(_LOCAL, "packed", {}).get(id(self))
+
+    @packed.setter
+    def packed(self, value: tuple | None) -> None:
+        _set_local("packed", id(self), value)
+
 
 def _set_local(kind: str, key: int, value: Any) -> None:
     values = _LOCAL.__dict__.setdefault(kind, {})
@@ -104,6 +144,25 @@ def _set_local(kind: str, key: int, value: Any) -> None:
         values.pop(key, None)
     else:
         values[key] = value
+
+
+class _RealRowsLMHead:
+    """A masked-LM head's instance-level ``forward``: after a packed encoder call inside the head's forward, the
+    vocabulary-wide projection runs on the real tokens only (logits at padded positions are 0, as the hidden states
+    there are); otherwise transformers' own forward."""
+
+    def __init__(self, head: nn.Module, encoder: nn.Module) -> None:
+        self.head = head
+        self.encoder = encoder
+
+    def __call__(self, features: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        state = getattr(self.encoder, _STATE, None)
+        packed = state.packed if state is not None else None
+        own = type(self.head).forward
+        if not packed or args or kwargs:
+            return own(self.head, features, *args, **kwargs)
+        state.packed = ()  # consumed: a second call in the same forward runs in full
+        return real_rows(lambda x: own(self.head, x), features, packed[0])
 
 
 class _AcceleratedForward:
@@ -155,6 +214,16 @@ def accelerate(
         if quantization == "int4":
             _quantize(hf_model)
         return hf_model
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    if model_type is not None and model_type != _MODEL_TYPE:
+        # e.g. BertModel or XLMRobertaModel: laid out alike, but another model (learned positions, post-LayerNorm)
+        msg = (
+            f"xlmrxl.accelerate: {type(hf_model).__name__} (model_type={model_type!r}) is not an XLM-RoBERTa-XL "
+            f"model (model_type={_MODEL_TYPE!r}); it was left unchanged and is not accelerated"
+        )
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        return hf_model
     base = _base_model(hf_model)
     enc = base.encoder
     if quantization == "int4":
@@ -174,6 +243,9 @@ def accelerate(
         )
     setattr(enc, _STATE, _AccelState(be, handles))
     enc.forward = _AcceleratedForward(enc)
+    lm_head = getattr(hf_model, "lm_head", None)
+    if type(hf_model).__name__.endswith("ForMaskedLM") and isinstance(lm_head, nn.Module):
+        lm_head.forward = _RealRowsLMHead(lm_head, enc)
     logger.info(
         "xlmrxl: accelerated %s (backend=%s%s)", type(hf_model).__name__, be.name, ", int4" if quantization else ""
     )
@@ -190,6 +262,9 @@ def deaccelerate(hf_model: nn.Module) -> nn.Module:
     for h in state.handles:
         h.remove()
     enc.__dict__.pop("forward", None)
+    lm_head = getattr(hf_model, "lm_head", None)
+    if isinstance(lm_head, nn.Module) and isinstance(lm_head.__dict__.get("forward"), _RealRowsLMHead):
+        del lm_head.forward
     delattr(enc, _STATE)
     return hf_model
 
@@ -220,12 +295,14 @@ def _capture_loss(module: nn.Module, args: Any, kwargs: Any) -> None:
     state = getattr(_base_model(module).encoder, _STATE, None)
     if state is not None:
         state.padded_loss = _padded_loss(type(module).__name__, kwargs)
+        state.packed = ()
 
 
 def _release_loss(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
     state = getattr(_base_model(module).encoder, _STATE, None)
     if state is not None:
         state.padded_loss = None
+        state.packed = None
 
 
 def _padded_loss(head: str, kwargs: dict) -> str | None:
@@ -233,6 +310,8 @@ def _padded_loss(head: str, kwargs: dict) -> str | None:
     mask = kwargs.get("attention_mask")
     if not torch.is_tensor(mask) or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
+    if head.endswith(("ForSequenceClassification", "ForMultipleChoice")) and _first_padded(mask):
+        return first_token_padded_reason("the classification head")
     if kwargs.get("start_positions") is not None and kwargs.get("end_positions") is not None:
         if bool((mask == 0).any()):
             return "the question-answering loss (its softmax covers padded positions)"
@@ -245,6 +324,11 @@ def _padded_loss(head: str, kwargs: dict) -> str | None:
     if labels_on_padding(labels, mask):
         return "the loss has labels on (or predicted from) padded positions"
     return None
+
+
+def _first_padded(mask: torch.Tensor) -> bool:
+    """Is position 0 padding in some row (a left-padded batch)? One host sync."""
+    return mask.dim() >= 2 and mask.shape[-1] > 0 and bool((mask[..., 0] == 0).any())
 
 
 def _padding_mask(
@@ -322,7 +406,7 @@ def _fill_hidden_states(collected: dict, all_hs) -> None:
 def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
     state: _AccelState = getattr(self, _STATE)
     original = type(self).forward
-    signature, var_kw, legacy = _signature(type(self))
+    signature, var_kw, legacy, cache_kw = _signature(type(self))
     try:
         bound = signature.bind(self, hidden_states, *args, **kwargs)
     except TypeError:  # arguments transformers' own forward does not take: let it raise its own error
@@ -335,7 +419,10 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
 
     out_hs = bool(get("output_hidden_states", False)) if legacy else False
     B, S = hidden_states.shape[:2]
-    pkv, use_cache = get("past_key_values"), bool(get("use_cache"))
+    pkv = get(cache_kw)
+    if pkv is None:  # an older name passed to a newer transformers (its deprecation alias, in **kwargs)
+        pkv = next((extra[n] for n in _CACHE_NAMES if n != cache_kw and extra.get(n) is not None), None)
+    use_cache = bool(get("use_cache"))
     causal = is_causal(self)  # per call: a later change of config.is_decoder is seen
     caller_reasons = []
     collector = None
@@ -376,6 +463,8 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
         last, all_hs = stack.encoder_forward(
             self, hidden_states, r.mask, state.backend, output_hidden_states=out_hs, causal=r.causal
         )
+        if state.packed is not None:  # inside a task head's forward: its masked-LM head may skip padded rows
+            state.packed = (r.mask,)
     if collector is not None:
         _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions  # (transformers is optional)
@@ -386,7 +475,8 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=last, past_key_values=pkv, hidden_states=all_hs, attentions=None, cross_attentions=None
         )
-    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, past_key_values=pkv if use_cache else None)
+    field = _output_cache_field(BaseModelOutputWithPastAndCrossAttentions)
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, **{field: pkv if use_cache else None})
 
 
 def _new_cache(config: Any, encoder_decoder: bool):

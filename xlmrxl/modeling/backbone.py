@@ -14,9 +14,9 @@ from ..fast import stack
 from ..fast.packing import PackedEncoderOutput
 from ..fast.routing import PACKED, Call, route
 from ..masks import cached_length, non_binary, non_binary_mask_error
-from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions, packed_mask, set_packed_mask
 from ..reasons import describe
-from .base import XLMRobertaXLPreTrainedModel
+from .base import XLMRobertaXLPreTrainedModel, first_token_padded_reason
 from .encoder import XLMRobertaXLEncoder
 from .layers import XLMRobertaXLEmbeddings, XLMRobertaXLPooler
 
@@ -57,7 +57,8 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         encoder_attention_mask: torch.Tensor | None,
         past_length: int,
     ):
-        """Check the inputs; returns (mask_is_full, encoder_mask_is_full) from the same single device sync."""
+        """Check the inputs; returns (mask_is_full, encoder_mask_is_full, first_padded) from the same single device
+        sync (``first_padded``: some row's position 0 is padding, i.e. the batch is left-padded)."""
         c = self.config
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("pass either input_ids or inputs_embeds, not both")
@@ -74,6 +75,17 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                 )
             shape = tuple(inputs_embeds.shape[:2])
         batch, seq_len = shape
+        if input_ids is not None and (
+            input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
+        ):
+            raise TypeError(
+                f"input_ids has dtype {input_ids.dtype}; token ids are integers: pass input_ids.long() (or the "
+                "tokenizer's output as is)"
+            )
+        if batch == 0:
+            raise ValueError(
+                f"the input has batch size 0 (shape {shape}); pass at least one sequence (a sequence may be empty)"
+            )
         expected = (batch, seq_len + past_length)
         if attention_mask is not None and tuple(attention_mask.shape) != expected:
             extra = f" (input {shape} plus {past_length} cached tokens)" if past_length else ""
@@ -108,8 +120,19 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                     f"has (batch, seq_len) = {tuple(encoder_hidden_states.shape[:2])}"
                 )
 
+        if inputs_embeds is not None:
+            # as in transformers, embeddings of a lower precision are promoted to the model's dtype by the position
+            # embeddings; any other dtype (float64 for an fp32 model, integers) is an error, not a silent cast
+            model_dtype = self.embeddings.word_embeddings.weight.dtype
+            if not inputs_embeds.is_floating_point() or torch.promote_types(inputs_embeds.dtype, model_dtype) != (
+                model_dtype
+            ):
+                raise TypeError(
+                    f"inputs_embeds has dtype {inputs_embeds.dtype} but the model computes in {model_dtype}; pass "
+                    f"inputs_embeds.to({model_dtype}) (or convert the model, e.g. model.to({inputs_embeds.dtype}))"
+                )
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return None, None
+            return None, None, None
         # Every data-dependent check goes into one small tensor, read back with one sync.
         ref = input_ids if input_ids is not None else inputs_embeds
         device = ref.device
@@ -133,12 +156,14 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         flags.append((input_ids[:, [-1, 0]] == c.pad_token_id).any().long() if warn_pad and seq_len else zero)
         flags.append(non_binary(attention_mask).long() if attention_mask is not None else zero)
         flags.append(non_binary(enc_mask).long().to(device) if enc_mask is not None else zero)
+        first = attention_mask is not None and seq_len and attention_mask.dim() == 2
+        flags.append((attention_mask[:, 0] == 0).any().long() if first else zero)
         count_rows = absolute and position_ids is None and input_ids is not None and limit is not None
         parts = [torch.stack(flags)]
         if count_rows:
             parts.append((input_ids != c.pad_token_id).sum(dim=1) + past_length)
         values = torch.cat(parts).tolist()
-        bad_ids, bad_tt, bad_pos, mask_full, enc_full, has_pad, bad_mask, bad_enc_mask = values[:8]
+        bad_ids, bad_tt, bad_pos, mask_full, enc_full, has_pad, bad_mask, bad_enc_mask, first_padded = values[:9]
 
         if bad_mask:
             raise non_binary_mask_error(attention_mask)
@@ -160,7 +185,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                 f"got values from {lo} to {hi}"
             )
         if count_rows:
-            for row, n in enumerate(values[8:]):
+            for row, n in enumerate(values[9:]):
                 if n > limit:
                     cached = f" (including {past_length} cached)" if past_length else ""
                     raise ValueError(
@@ -174,7 +199,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
                 "attention_mask your tokenizer returns, or padded positions are attended to",
                 logging.WARNING,
             )
-        return bool(mask_full), bool(enc_full)
+        return bool(mask_full), bool(enc_full), bool(first_padded)
 
     def forward(
         self,
@@ -194,7 +219,11 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         cache_position: torch.Tensor | None = None,
         *,
         padded_loss: str | None = None,
+        reads_first: bool = False,
     ) -> tuple | BaseModelOutputWithPoolingAndCrossAttentions:
+        """transformers 4.56.2's arguments, plus (keyword-only, from the heads): ``padded_loss`` (what in the head's
+        loss reads padded positions) and ``reads_first`` (the head reads position 0, ``<s>``, as the pooler does).
+        Both send a call whose read positions are padding to the exact path (see ``xlmrxl.fast.routing.Call``)."""
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
@@ -204,7 +233,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             use_cache = False
 
         past_length = cached_length(past_key_values)
-        mask_full, enc_full = self._validate(
+        mask_full, enc_full, first_padded = self._validate(
             input_ids,
             inputs_embeds,
             attention_mask,
@@ -214,6 +243,14 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             encoder_attention_mask,
             past_length,
         )
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if seq_len == 0 and (reads_first or self.pooler is not None):
+            raise ValueError(
+                "the input has zero-length sequences, but the pooler / classification head reads position 0 (<s>); "
+                "pass at least one token per row (the tokenizer adds <s> and </s>)"
+            )
+        if padded_loss is None and first_padded and reads_first:
+            padded_loss = first_token_padded_reason("the classification head")
         embedding_output = self.embeddings(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -242,7 +279,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
 
         if not return_dict:
             return (sequence_output, pooled_output) + encoder_outputs.to_tuple()[1:]
-        return BaseModelOutputWithPoolingAndCrossAttentions(
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
             past_key_values=encoder_outputs.past_key_values,
@@ -250,6 +287,8 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
             attentions=encoder_outputs.attentions,
             cross_attentions=encoder_outputs.cross_attentions,
         )
+        packed = packed_mask(encoder_outputs)
+        return set_packed_mask(out, packed[0]) if packed is not None else out
 
     def forward_packed(
         self,
@@ -267,7 +306,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         ``packing.cu_seqlens`` (int32, B+1) delimits each sequence's rows, ``packing.unpack(x)`` restores
         ``(B, S, ...)`` with zeros at padding. For serving embeddings without paying for padding.
         Raises ValueError when the call cannot take the fused path (e.g. autograd recording), saying why."""
-        mask_full, _ = self._validate(
+        mask_full, _, _ = self._validate(
             input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, None, None, 0
         )
         embedding_output = self.embeddings(

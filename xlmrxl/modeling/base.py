@@ -244,3 +244,9 @@ def labels_on_padding(
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return True  # cannot look: assume it does (the route then takes the exact path, as it does under tracing)
     return bool(((attention_mask == 0) & (labels != ignore_index)).any())
+
+
+def first_token_padded_reason(reader: str) -> str:
+    """The route's reason when ``reader`` (the pooler, a classification head) reads position 0 (``<s>``) and some row
+    is left-padded: the packed path never computes padded positions, transformers reads its value there."""
+    return f"{reader} reads position 0 (<s>), which is padding in a left-padded row"

@@ -17,7 +17,7 @@ from ..config import XLMRobertaXLConfig
 from ..fast import stack
 from ..fast.routing import CACHED, PACKED, Call, route
 from ..masks import cached_length, causal_eager_mask, causal_sdpa_mask, expand_mask, padding_eager_mask
-from ..outputs import BaseModelOutputWithPastAndCrossAttentions
+from ..outputs import BaseModelOutputWithPastAndCrossAttentions, set_packed_mask
 from .layers import XLMRobertaXLLayer
 
 
@@ -151,7 +151,8 @@ class XLMRobertaXLEncoder(nn.Module):
             )
             if not return_dict:
                 return tuple(v for v in (last, all_hidden) if v is not None)
-            return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
+            out = BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
+            return set_packed_mask(out, r.mask)  # zeros at padded positions: heads may skip them
         if r.path == CACHED:  # causal self-attention with a KV cache: the fused decoder step (prefill or new tokens)
             self_cache = getattr(past_key_values, "self_attention_cache", past_key_values)
             last, all_hidden = stack.decoder_forward(

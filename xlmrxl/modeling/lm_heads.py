@@ -13,7 +13,7 @@ from torch.nn import CrossEntropyLoss
 from ..config import XLMRobertaXLConfig
 from ..generation import generate
 from ..masks import cached_length, create_position_ids_from_input_ids
-from ..outputs import CausalLMOutputWithCrossAttentions, MaskedLMOutput
+from ..outputs import CausalLMOutputWithCrossAttentions, MaskedLMOutput, packed_mask, real_rows
 from .backbone import XLMRobertaXLModel
 from .base import XLMRobertaXLPreTrainedModel, backbone_tail, labels_on_padding, nested_model
 from .layers import XLMRobertaXLLMHead
@@ -85,7 +85,14 @@ class XLMRobertaXLForMaskedLM(_LMHeadModel):
             if labels_on_padding(labels, attention_mask)
             else None,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        # packed path: the vocabulary-wide head runs on real tokens only (logits at padded positions are 0, as the
+        # hidden states there are; a loss with labels on padding took the exact path)
+        packed = packed_mask(outputs)
+        logits = (
+            real_rows(self.lm_head, outputs.last_hidden_state, packed[0])
+            if packed
+            else self.lm_head(outputs.last_hidden_state)
+        )
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))

@@ -53,6 +53,7 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            reads_first=True,  # the head reads <s>: a left-padded batch takes the exact path
         )
         logits = self.classifier(outputs.last_hidden_state)
         loss = None
@@ -130,6 +131,7 @@ class XLMRobertaXLForMultipleChoice(XLMRobertaXLPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            reads_first=True,  # the pooler reads <s>: a left-padded batch takes the exact path
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         reshaped = logits.view(-1, num_choices)
