@@ -133,7 +133,7 @@ def test_accelerated_greedy_generate_same_tokens_without_mask():
 
 
 def test_hf5_requirements_track_the_test_extra():
-    """tests/requirements-hf5.txt is pyproject's test extra with the transformers pin replaced (by a 5.x one), less Ray."""
+    """tests/requirements-hf5.txt is the test extra with the transformers pin replaced (by a 5.x one), less Ray."""
     tomllib = pytest.importorskip("tomllib")
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     lines = [
