@@ -728,7 +728,10 @@ def test_heads_emulate_match_eager(head):
     cls = getattr(xlmrxl, head)
     m = _model(seed=15, cls=cls).set_cuda_graphs("emulate")
     ref = _model(seed=15, cls=cls).set_cuda_graphs(False)
-    ids, mask = _ids_mask(m.config, [9, 4, 0, 7], 9, [False, True, False, True])
+    # a classification head reads <s>, a pad in a left-padded (or empty) row: such a batch takes the exact path
+    cls_head = head.endswith("SequenceClassification")
+    lengths, left = ([9, 4, 1, 7], [False] * 4) if cls_head else ([9, 4, 0, 7], [False, True, False, True])
+    ids, mask = _ids_mask(m.config, lengths, 9, left)
     with torch.inference_mode():
         got, want = m(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
     where = mask.bool() if got.dim() == 3 else None

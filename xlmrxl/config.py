@@ -181,6 +181,25 @@ class XLMRobertaXLConfig:
         self.validate()
 
     def _set_labels(self, num_labels, id2label, label2id) -> None:
+        for name, value in (("id2label", id2label), ("label2id", label2id)):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(
+                    f"config field {name}={value!r} must be a JSON object mapping "
+                    + ("label ids to label names" if name == "id2label" else "label names to label ids")
+                    + ', e.g. {"0": "NEGATIVE", "1": "POSITIVE"}'
+                )
+        if id2label is not None:
+            try:
+                id2label = {int(k): v for k, v in id2label.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"config field id2label={id2label!r}: its keys must be label ids (integers)") from None
+        if label2id is not None:
+            try:
+                label2id = {k: int(v) for k, v in label2id.items()}
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"config field label2id={label2id!r}: its values must be label ids (integers)"
+                ) from None
         if id2label is None:
             if num_labels is not None and label2id is not None and len(label2id) == num_labels:
                 id2label = {int(v): k for k, v in label2id.items()}
