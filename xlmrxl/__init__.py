@@ -44,6 +44,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
+    if name in ("comet", "clients"):  # COMET / sentence-transformers helpers: submodules, imported on first use
+        return importlib.import_module(f".{name}", __name__)
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'xlmrxl' has no attribute {name!r}")

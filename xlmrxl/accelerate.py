@@ -44,6 +44,7 @@ import torch.nn as nn
 
 from . import fast_path
 from .backend import Backend, log_once
+from .clients import find_encoder
 
 logger = logging.getLogger("xlmrxl")
 
@@ -109,8 +110,8 @@ def _base_model(model):
     enc = getattr(base, "encoder", None)
     if enc is None or not hasattr(enc, "layer") or not hasattr(base, "embeddings"):
         raise TypeError(
-            f"expected a transformers XLMRobertaXLModel or one of its task heads (with .{prefix}.encoder), "
-            f"got {type(model).__module__}.{type(model).__name__}"
+            f"expected a transformers XLMRobertaXLModel or one of its task heads (with .{prefix}.encoder), a COMET "
+            f"model, a SentenceTransformer or a CrossEncoder, got {type(model).__module__}.{type(model).__name__}"
         )
     return base
 
@@ -122,6 +123,8 @@ def _is_xlmrxl_model(model) -> bool:
 def is_accelerated(model) -> bool:
     """True if ``model`` (a transformers model) has been passed through ``accelerate``."""
     try:
+        client = find_encoder(model)  # COMET / sentence-transformers: the encoder inside
+        model = model if client is None else client.model
         return hasattr(_base_model(model).encoder, _STATE)
     except TypeError:
         return False
@@ -135,6 +138,11 @@ def accelerate(hf_model, backend="auto", quantization=None):
     be = backend if isinstance(backend, Backend) else Backend(backend)
     if quantization not in (None, "int4"):
         raise ValueError(f"quantization={quantization!r} is not supported; use None or 'int4'")
+    client = find_encoder(hf_model)  # a COMET model / SentenceTransformer / CrossEncoder: its XL encoder inside
+    if client is not None:
+        accelerate(client.model, be, quantization)
+        client.attach(be)
+        return hf_model
     if _is_xlmrxl_model(hf_model):  # already ours: its encoder takes the fast path natively
         if hasattr(hf_model, "set_backend"):
             hf_model.set_backend(be)
@@ -164,6 +172,11 @@ def accelerate(hf_model, backend="auto", quantization=None):
 
 def deaccelerate(hf_model):
     """Undo ``accelerate``: the encoder runs transformers' own forward again. Returns the same object."""
+    client = find_encoder(hf_model)
+    if client is not None:
+        client.detach()
+        deaccelerate(client.model)
+        return hf_model
     base = _base_model(hf_model)
     enc = base.encoder
     state = getattr(enc, _STATE, None)

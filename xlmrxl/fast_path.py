@@ -612,12 +612,23 @@ def _layer(plan: _LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
 
 
 def encoder_forward(
-    encoder, hidden_states, attention_mask, backend, *, output_hidden_states=False, return_packed=False, causal=None
+    encoder,
+    hidden_states,
+    attention_mask,
+    backend,
+    *,
+    output_hidden_states=False,
+    return_packed=False,
+    causal=None,
+    layer_callback=None,
 ):
     """Run ``encoder``'s layer stack and final LayerNorm on the packed real tokens (see the module docstring).
 
     ``backend``: an ``xlmrxl.backend.Backend`` or a backend name (None: the default). ``causal``: decoder
     self-attention; None reads ``encoder.config.is_decoder`` (or ``encoder.layer[0].is_decoder``).
+    ``layer_callback(i, x, packing)``, when given, sees hidden state ``i`` of transformers' numbering as the layers
+    run (0: the embeddings, i < L: the residual stream after layer i - 1, L: the final LayerNorm output) on the
+    packed ``(T, H)`` tokens, without it being kept (COMET's layer mix accumulates there; it must not modify x).
     Returns ``(last_hidden_state, all_hidden_states_or_None)`` in (B, S, H), or with ``return_packed=True`` a
     ``PackedEncoderOutput`` with (T, H) tensors and the ``Packing`` to unpack them."""
     if hidden_states.dim() != 3:
@@ -629,6 +640,8 @@ def encoder_forward(
     if packing.num_tokens == 0:  # every row fully padded: nothing to compute
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * len(layers) + [zeros] if output_hidden_states else None
+        for i in range(len(layers) + 1) if layer_callback is not None else ():
+            layer_callback(i, zeros, packing)
         return _finish(hidden_states, zeros, collected, packing, return_packed)
     ops = _Ops(be, x.device)
     st = _Stream(x, ops)
@@ -637,13 +650,19 @@ def encoder_forward(
         return _attention(ops, q, k, v, packing, scale, causal)
 
     collected = [x] if output_hidden_states else None
+    if layer_callback is not None:
+        layer_callback(0, x, packing)
     for i, plan in enumerate(_plans(encoder)):
         _layer(plan, st, attend, i)
         if output_hidden_states and i < len(layers) - 1:
             collected.append(st.materialize())
+        if layer_callback is not None and i < len(layers) - 1:
+            layer_callback(i + 1, st.materialize(), packing)
     out = st.norm(encoder.LayerNorm)
     if output_hidden_states:
         collected.append(out)
+    if layer_callback is not None:
+        layer_callback(len(layers), out, packing)
     return _finish(hidden_states, out, collected, packing, return_packed)
 
 
