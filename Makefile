@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 # On a machine without torch, take the pinned CPU build (never let pip resolve a bare or newer torch).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup setup-test demo test test-fast lint format bench clean
+.PHONY: setup setup-test demo test test-fast test-clients client-venv lint format bench clean
 
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_PIN)"
@@ -21,6 +21,27 @@ demo: setup
 
 test: setup-test
 	$(PYTHON) -m pytest -q tests
+
+# The client tests (COMET, sentence-transformers) need package versions the main environment cannot hold
+# (unbabel-comet 2.2.7 pins transformers<5, protobuf<5, numpy<2), so they run in plain virtual environments built here:
+# .venv-clients (unbabel-comet + sentence-transformers 5.x on transformers 4.56.2) and .venv-st5 (sentence-transformers
+# on the newest transformers 5.x). Each is rebuilt only when its requirements file changed (the stamp is a copy of it).
+CLIENT_ENVS := .venv-clients:tests/clients/requirements.txt .venv-st5:tests/clients/requirements-st5.txt
+
+test-clients:
+	@for pair in $(CLIENT_ENVS); do $(MAKE) --no-print-directory client-venv VENV=$${pair%%:*} REQ=$${pair#*:} || exit 1; done
+	@for pair in $(CLIENT_ENVS); do \
+		echo "== tests/clients in $${pair%%:*}"; \
+		$${pair%%:*}/bin/python -m pytest -q tests/clients || exit 1; \
+	done
+
+client-venv:
+	@if cmp -s "$(REQ)" "$(VENV)/.stamp"; then echo "$(VENV): up to date with $(REQ)"; else \
+		echo "$(VENV): building from $(REQ)" && rm -rf "$(VENV)" && $(PYTHON) -m venv "$(VENV)" && \
+		"$(VENV)/bin/python" -m pip install -q "$(TORCH_PIN)" && \
+		"$(VENV)/bin/python" -m pip install -q --no-build-isolation -r "$(REQ)" && \
+		XLMRXL_BUILD_EXT=0 "$(VENV)/bin/python" -m pip install -q --no-build-isolation --no-deps -e . && \
+		cp "$(REQ)" "$(VENV)/.stamp"; fi
 
 lint:
 	@$(PYTHON) -m ruff --version >/dev/null 2>&1 || $(PIP) install "ruff==0.17.6"

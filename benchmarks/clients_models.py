@@ -19,8 +19,10 @@ XL = dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, interm
 TINY = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=91)
 
 
-def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.float32) -> Path:
-    """A transformers XLM-RoBERTa-XL checkpoint directory (random weights) with its tokenizer, built once."""
+def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.float32, weights: bool = True) -> Path:
+    """A transformers XLM-RoBERTa-XL checkpoint directory (random weights) with its tokenizer, built once.
+    ``weights=False`` writes the config and tokenizer only (COMET with ``load_pretrained_weights=False`` builds the
+    model from the config; an XL-sized benchmark randomises it in place instead of writing 7 GB)."""
     import transformers
 
     from xlmrxl.tokenizer import train_sentencepiece
@@ -40,6 +42,11 @@ def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.floa
         eos_token_id=2,
         **(shape or TINY),
     )
+    if not weights:
+        cfg.save_pretrained(root)
+        tok.save_pretrained(root)
+        transformers.XLMRobertaTokenizerFast.from_pretrained(str(root)).save_pretrained(root)
+        return root
     torch.manual_seed(seed)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # an XL model is built directly in its dtype (no fp32 copy first)
@@ -47,7 +54,16 @@ def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.floa
         model = transformers.XLMRobertaXLModel(cfg, add_pooling_layer=False).eval()
     finally:
         torch.set_default_dtype(old)
-    with torch.no_grad():  # every term non-trivial: tokens differ, layers matter, biases and LN scales are random
+    randomise(model)
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    transformers.XLMRobertaTokenizerFast.from_pretrained(str(root)).save_pretrained(root)  # tokenizer.json
+    return root
+
+
+def randomise(model) -> None:
+    """Random weights in place, every term non-trivial: tokens differ, layers matter, biases and LN scales random."""
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0.0, 0.1)
@@ -59,10 +75,6 @@ def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.floa
                 p.normal_(0.0, 3.0 * p.shape[-1] ** -0.5)  # sharp attention: a token's state depends on the others
             else:
                 p.normal_(0.0, 2.0 * p.shape[-1] ** -0.5)
-    model.save_pretrained(root)
-    tok.save_pretrained(root)
-    transformers.XLMRobertaTokenizerFast.from_pretrained(str(root)).save_pretrained(root)  # tokenizer.json
-    return root
 
 
 def _randomise_heads(metric, seed: int, word_scale: float = 1.5) -> None:
@@ -80,21 +92,21 @@ def _randomise_heads(metric, seed: int, word_scale: float = 1.5) -> None:
             head.bias.copy_(torch.tensor([1.5] + [0.0] * (head.bias.numel() - 1)))  # mostly "O", some spans
 
 
-def comet_model(kind: str, encoder: Path, seed: int = 0, **overrides):
-    """A COMET metric on ``encoder`` (random heads), eval mode, gradients off. ``kind``:
+def comet_model(kind: str, encoder: Path, seed: int = 0, *, weights: bool = True, **overrides):
+    """A COMET metric on ``encoder`` (random heads; ``weights=False``: a config-only directory, the encoder built
+    from it and randomised in place), eval mode, gradients off. ``kind``:
     ``xcomet`` (XCOMETMetric: sparsemax mix, no layer norm, word-level head on the last layer), ``kiwi``
     (UnifiedMetric, CometKiwi-XL-shaped: mt + src, sparsemax mix with per-layer normalisation), ``comet22``
     (RegressionMetric: softmax mix with normalisation, average pooling)."""
-    from comet.models import RegressionMetric, UnifiedMetric, XCOMETMetric
-
     import transformers
+    from comet.models import RegressionMetric, UnifiedMetric, XCOMETMetric
 
     layers = transformers.XLMRobertaXLConfig.from_pretrained(str(encoder)).num_hidden_layers
     hidden = transformers.XLMRobertaXLConfig.from_pretrained(str(encoder)).hidden_size
     common = dict(
         encoder_model="XLM-RoBERTa-XL",
         pretrained_model=str(encoder),
-        load_pretrained_weights=True,
+        load_pretrained_weights=weights,
         local_files_only=True,
     )
     torch.manual_seed(seed)
@@ -120,6 +132,8 @@ def comet_model(kind: str, encoder: Path, seed: int = 0, **overrides):
         model = RegressionMetric(**kw, hidden_sizes=[hidden, hidden // 2])
     else:
         raise ValueError(f"unknown COMET kind {kind!r}; use 'xcomet', 'kiwi' or 'comet22'")
+    if not weights:
+        randomise(model.encoder.model)
     _randomise_heads(model, seed)
     return model.eval().requires_grad_(False)
 
