@@ -17,11 +17,23 @@ import torch
 
 pytest.importorskip("comet")
 
+import _client_fixtures  # noqa: E402
+
 import xlmrxl  # noqa: E402
 from benchmarks.clients_models import comet_model, encoder_dir, wmt_samples  # noqa: E402
 from xlmrxl import fast_path  # noqa: E402
 
 TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def xl_dir(tmp_path_factory):
+    return _client_fixtures.tiny_xl_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def xlmrxl_records(monkeypatch, caplog):
+    return _client_fixtures.xlmrxl_records(monkeypatch, caplog)
 
 
 def _predict(model, data, batch_size, **kw):

@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("sentence_transformers")
 
+import _client_fixtures  # noqa: E402
 from sentence_transformers import CrossEncoder, SentenceTransformer  # noqa: E402
 
 import xlmrxl  # noqa: E402
@@ -19,6 +20,11 @@ from benchmarks.clients_models import sentences  # noqa: E402
 from xlmrxl import fast_path  # noqa: E402
 
 TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def xl_dir(tmp_path_factory):
+    return _client_fixtures.tiny_xl_dir(tmp_path_factory)
 
 
 @pytest.fixture
