@@ -31,7 +31,7 @@ def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.floa
     if (root / "config.json").is_file():
         return root
     train_sentencepiece(root, vocab_size=1000)
-    tok = transformers.XLMRobertaTokenizer(str(root / "sentencepiece.bpe.model"))
+    tok = transformers.XLMRobertaTokenizer.from_pretrained(str(root))  # reads sentencepiece.bpe.model (4.x and 5.x)
     cfg = transformers.XLMRobertaXLConfig(
         vocab_size=len(tok),
         max_position_embeddings=514,
@@ -44,8 +44,7 @@ def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.floa
     )
     if not weights:
         cfg.save_pretrained(root)
-        tok.save_pretrained(root)
-        transformers.XLMRobertaTokenizerFast.from_pretrained(str(root)).save_pretrained(root)
+        _save_tokenizer(tok, root)
         return root
     torch.manual_seed(seed)
     old = torch.get_default_dtype()
@@ -56,9 +55,19 @@ def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.floa
         torch.set_default_dtype(old)
     randomise(model)
     model.save_pretrained(root)
-    tok.save_pretrained(root)
-    transformers.XLMRobertaTokenizerFast.from_pretrained(str(root)).save_pretrained(root)  # tokenizer.json
+    _save_tokenizer(tok, root)
     return root
+
+
+def _save_tokenizer(tok, root: Path) -> None:
+    """transformers' tokenizer files (4.x: the slow tokenizer's, then the fast one's tokenizer.json, which COMET's
+    ``XLMRobertaTokenizerFast`` would otherwise convert at every load; 5.x writes tokenizer.json itself)."""
+    import transformers
+
+    tok.save_pretrained(root)
+    fast = getattr(transformers, "XLMRobertaTokenizerFast", None)
+    if fast is not None and not (root / "tokenizer.json").is_file():
+        fast.from_pretrained(str(root)).save_pretrained(root)
 
 
 def randomise(model) -> None:
