@@ -23,16 +23,22 @@ test: setup-test
 	$(PYTHON) -m pytest -q tests
 
 # The client tests (COMET, sentence-transformers) need package versions the main environment cannot hold
-# (unbabel-comet 2.2.7 pins transformers<5, protobuf<5, numpy<2), so they run in plain virtual environments built here:
-# .venv-clients (unbabel-comet + sentence-transformers 5.x on transformers 4.56.2) and .venv-st5 (sentence-transformers
-# on the newest transformers 5.x). Each is rebuilt only when its requirements file changed (the stamp is a copy of it).
+# (unbabel-comet 2.2.7 pins transformers<5, protobuf<5, numpy<2), so they run in plain virtual environments built here
+# (never --system-site-packages): .venv-clients (unbabel-comet + sentence-transformers 5.x on transformers 4.56.2) and
+# .venv-st5 (sentence-transformers on the newest transformers 5.x), under CLIENT_VENVS_DIR (default: this checkout;
+# .ci/run puts them in a cache directory so CI runs share them). Each is rebuilt only when its requirements file
+# changed (the stamp is a copy of it). xlmrxl itself is not installed there: the tests import this checkout's code
+# (PYTHONPATH), so one environment serves every checkout and is never stale.
+CLIENT_VENVS_DIR ?= $(CURDIR)
 CLIENT_ENVS := .venv-clients:tests/clients/requirements.txt .venv-st5:tests/clients/requirements-st5.txt
 
 test-clients:
-	@for pair in $(CLIENT_ENVS); do $(MAKE) --no-print-directory client-venv VENV=$${pair%%:*} REQ=$${pair#*:} || exit 1; done
+	@for pair in $(CLIENT_ENVS); do \
+		$(MAKE) --no-print-directory client-venv VENV="$(CLIENT_VENVS_DIR)/$${pair%%:*}" REQ=$${pair#*:} || exit 1; \
+	done
 	@for pair in $(CLIENT_ENVS); do \
 		echo "== tests/clients in $${pair%%:*}"; \
-		$${pair%%:*}/bin/python -m pytest -q tests/clients || exit 1; \
+		PYTHONPATH="$(CURDIR)" "$(CLIENT_VENVS_DIR)/$${pair%%:*}/bin/python" -m pytest -q tests/clients || exit 1; \
 	done
 
 client-venv:
@@ -40,7 +46,6 @@ client-venv:
 		echo "$(VENV): building from $(REQ)" && rm -rf "$(VENV)" && $(PYTHON) -m venv "$(VENV)" && \
 		"$(VENV)/bin/python" -m pip install -q "$(TORCH_PIN)" && \
 		"$(VENV)/bin/python" -m pip install -q --no-build-isolation -r "$(REQ)" && \
-		XLMRXL_BUILD_EXT=0 "$(VENV)/bin/python" -m pip install -q --no-build-isolation --no-deps -e . && \
 		cp "$(REQ)" "$(VENV)/.stamp"; fi
 
 lint:
