@@ -9,6 +9,7 @@ layer stack and the layer mix never sees a padded layer; ``deaccelerate`` restor
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 
@@ -129,6 +130,10 @@ def test_accelerate_twice_and_backend_update(xl_dir):
     patch = model.encoder.__dict__["forward"]
     xlmrxl.accelerate(model, backend="reference")
     assert model.encoder.__dict__["forward"] is patch and patch.backend.name == "reference"
+    twin = copy.deepcopy(model)  # an accelerated model deep-copies (plain objects, no closures)
+    assert twin.encoder.__dict__["forward"].metric is twin
+    data = wmt_samples(3, 2, 15, seed=8)
+    _same_output(_predict(twin, data, 2), _predict(model, data, 2), tol=0.0)
     xlmrxl.deaccelerate(model)
     xlmrxl.deaccelerate(model)  # idempotent
 
