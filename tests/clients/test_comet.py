@@ -134,6 +134,8 @@ def test_accelerate_twice_and_backend_update(xl_dir):
     assert twin.encoder.__dict__["forward"].metric is twin
     data = wmt_samples(3, 2, 15, seed=8)
     _same_output(_predict(twin, data, 2), _predict(model, data, 2), tol=0.0)
+    xlmrxl.deaccelerate(model.encoder.model)  # only the transformers model: COMET's own code runs again
+    _same_output(_predict(model, data, 2), _predict(twin, data, 2))
     xlmrxl.deaccelerate(model)
     xlmrxl.deaccelerate(model)  # idempotent
 

@@ -113,6 +113,8 @@ class _EncoderForward:
         wrapper = metric.encoder
         model = wrapper.model
         mix = getattr(metric, "layerwise_attention", None)
+        if "forward" not in model.encoder.__dict__:  # the transformers model was deaccelerated on its own
+            return type(wrapper).forward(wrapper, input_ids, attention_mask, **kwargs)
         reason = fast_path.unsupported_reason(
             model.encoder, attention_mask=attention_mask, training=model.training, hidden_states=None
         )  # logs its own reason once
