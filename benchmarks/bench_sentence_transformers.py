@@ -93,7 +93,13 @@ def main(argv=None) -> int:
         st = _build(args.tiny, dtype, device, Path(tmp))
 
     def encode():
-        return st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, convert_to_tensor=True)
+        return st.encode(
+            texts,
+            batch_size=args.batch_size,
+            normalize_embeddings=True,
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
 
     peers = {"sentence-transformers": xlmrxl.deaccelerate, "st+xlmrxl": xlmrxl.accelerate}
     times, embs, peak = {p: [] for p in peers}, {}, {}
