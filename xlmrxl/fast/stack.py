@@ -43,6 +43,9 @@ from .qkv import fused_qkv_module
 from .routing import is_causal
 from .structure import LayerPlan, is_int4, layer_plans
 
+# ``layer_callback(i, hidden_state, packing)`` of ``encoder_forward`` / ``packed_stack``
+LayerCallback = Callable[[int, torch.Tensor, Packing], None]
+
 
 class _Ops:
     """The op functions of one forward, resolved through the backend once each (not once per layer and call);
@@ -177,11 +180,13 @@ def encoder_forward(
     output_hidden_states: bool | None = False,
     return_packed: bool = False,
     causal: bool = None,
+    layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None] | PackedEncoderOutput:
     """Run ``encoder``'s layer stack and final LayerNorm on the packed real tokens (see the module docstring).
 
     ``backend``: an ``xlmrxl.backend.Backend`` or a backend name (None: the default). ``causal``: decoder
     self-attention; None reads ``encoder.config.is_decoder`` (or ``encoder.layer[0].is_decoder``).
+    ``layer_callback``: see ``packed_stack`` (a fully padded batch calls it with ``(0, H)`` zeros for every state).
     Returns ``(last_hidden_state, all_hidden_states_or_None)`` in (B, S, H), or with ``return_packed=True`` a
     ``PackedEncoderOutput`` with (T, H) tensors and the ``Packing`` to unpack them."""
     if hidden_states.dim() != 3:
@@ -192,8 +197,13 @@ def encoder_forward(
     if packing.num_tokens == 0:  # every row fully padded (or no columns): nothing to compute
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * (len(encoder.layer) + 1) if output_hidden_states else None
+        for i in range(len(encoder.layer) + 1) if layer_callback is not None else ():
+            layer_callback(i, zeros, packing)
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    out, collected = packed_stack(encoder, x, packing, be, causal=causal, output_hidden_states=output_hidden_states)
+    # a layer_callback runs Python between the layers: such a call always runs this eager stack, never a CUDA graph
+    out, collected = packed_stack(
+        encoder, x, packing, be, causal=causal, output_hidden_states=output_hidden_states, layer_callback=layer_callback
+    )
     return _finish(hidden_states, out, collected, packing, return_packed)
 
 
@@ -205,13 +215,19 @@ def packed_stack(
     *,
     causal: bool,
     output_hidden_states: bool = False,
+    layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The packed layer stack and final LayerNorm on the ``(T, H)`` real tokens ``x`` delimited by
     ``packing.cu_seqlens``: the unit that runs once per packed forward (no packing, no host sync inside except
     where the reference attention loops over ``packing.lengths``).
 
     Returns ``(out (T, H), collected)``: ``collected`` is None, or with ``output_hidden_states`` the list
-    ``[x, residual after layer 0, ..., after layer L-2, out]`` (packed)."""
+    ``[x, residual after layer 0, ..., after layer L-2, out]`` (packed).
+
+    ``layer_callback(i, h, packing)``, when given, is handed those same L + 1 states as they are computed (``i`` in
+    transformers' numbering, ``h`` packed ``(T, H)``), without them being kept: COMET's layer mix accumulates there
+    (``xlmrxl.clients``). It must not modify ``h`` (the next layer may update it in place: clone what it keeps). A
+    callback runs Python between the layers, so this call is always eager (never a captured CUDA graph)."""
     ops = _Ops(backend, x.device)
     st = _Stream(x, ops)
 
@@ -220,13 +236,19 @@ def packed_stack(
 
     plans = layer_plans(encoder)
     collected = [x] if output_hidden_states else None
+    if layer_callback is not None:
+        layer_callback(0, x, packing)
     for i, plan in enumerate(plans):
         _layer(plan, st, attend, i)
         if output_hidden_states and i < len(plans) - 1:
             collected.append(st.materialize())
+        if layer_callback is not None and i < len(plans) - 1:
+            layer_callback(i + 1, st.materialize(), packing)
     out = st.norm(encoder.LayerNorm)
     if output_hidden_states:
         collected.append(out)
+    if layer_callback is not None:
+        layer_callback(len(plans), out, packing)
     return out, collected
 
 
