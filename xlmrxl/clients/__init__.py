@@ -20,7 +20,7 @@ from .base import Client, describe
 __all__ = ["Client", "find_encoder", "describe"]
 
 
-def find_encoder(obj) -> Client | None:
+def find_encoder(obj: object) -> Client | None:
     """The ``Client`` wrapping ``obj``'s XLM-RoBERTa-XL encoder, or None when ``obj`` is no known client."""
     modules = {c.__module__.split(".")[0] for c in type(obj).__mro__}
     if "comet" in modules:

@@ -25,12 +25,12 @@ class Client:
     detach: Callable = _nothing
 
 
-def describe(obj) -> str:
+def describe(obj: object) -> str:
     """``module.Class`` of ``obj``, for error messages."""
     return f"{type(obj).__module__}.{type(obj).__name__}"
 
 
-def is_xlmrxl_model(m) -> bool:
+def is_xlmrxl_model(m: object) -> bool:
     """A transformers (or xlmrxl) XLM-RoBERTa-XL model: ``XLMRobertaXLModel`` or one of its task heads."""
     return (
         isinstance(m, nn.Module)

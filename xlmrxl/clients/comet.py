@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn as nn
 
 from ..backend import Backend, log_once
 from ..fast import stack
@@ -33,7 +34,7 @@ __all__ = ["find_encoder", "attach", "detach"]
 _PATCH = "_xlmrxl_comet"  # on the encoder wrapper: the _EncoderForward installed as its forward
 
 
-def find_encoder(metric) -> Client:
+def find_encoder(metric: nn.Module) -> Client:
     """The ``Client`` of a COMET model whose encoder is XLM-RoBERTa-XL; TypeError naming what was found otherwise."""
     wrapper = getattr(metric, "encoder", None)
     model = getattr(wrapper, "model", None)
@@ -54,7 +55,7 @@ def find_encoder(metric) -> Client:
     )
 
 
-def attach(metric, backend: Backend) -> None:
+def attach(metric: nn.Module, backend: Backend) -> None:
     """Install the packed layer-mix forward on ``metric.encoder`` and ``metric.layerwise_attention`` (idempotent:
     a second call only updates the backend)."""
     wrapper = metric.encoder
@@ -78,7 +79,7 @@ def attach(metric, backend: Backend) -> None:
         mix.forward = _MixForward(mix)
 
 
-def detach(metric) -> None:
+def detach(metric: nn.Module) -> None:
     """Undo ``attach``: COMET's own forwards run again."""
     wrapper = getattr(metric, "encoder", None)
     if wrapper is None or wrapper.__dict__.pop(_PATCH, None) is None:

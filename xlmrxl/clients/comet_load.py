@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
+from ..backend import Backend
 from ..hf import accelerate
+from ..parsing import DeviceArg, DtypeArg, parse_device, parse_dtype
 
 logger = logging.getLogger("xlmrxl")
 
@@ -44,33 +47,29 @@ def _encoder_is_local(name: str) -> bool:
         return False
 
 
-def _dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).replace("torch.", ""), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use e.g. 'bfloat16', 'float16' or 'float32'")
-    return value
-
-
 def load(
-    path_or_checkpoint,
-    dtype=None,
-    device=None,
-    quantization=None,
+    path_or_checkpoint: str | os.PathLike,
+    dtype: DtypeArg = None,
+    device: DeviceArg = None,
+    quantization: str | None = None,
     *,
-    backend="auto",
+    backend: Backend | str | None = "auto",
     local_files_only: bool | None = None,
     pretrained_model: str | None = None,
-):
+) -> nn.Module:
     """A COMET model loaded with COMET's own loader, in eval mode without gradients, cast to ``dtype``, moved to
     ``device``, then passed through ``xlmrxl.accelerate`` (``backend``, ``quantization``: None or "int4").
+    ``dtype`` / ``device`` mean what they mean everywhere in xlmrxl (``xlmrxl.parsing``); None or ``dtype="auto"``:
+    as stored, ``device=None``: where COMET loads it (CPU).
 
     ``path_or_checkpoint``: a COMET model directory or its ``checkpoints/model.ckpt``. COMET rebuilds the encoder from
     the config and tokenizer of ``hparams.yaml``'s ``pretrained_model`` (the weights come from the checkpoint);
     ``pretrained_model=`` points it at another directory holding them. ``local_files_only`` (None: True when those
     files are a local directory or already in the hub cache) keeps COMET off the network."""
     ckpt = _checkpoint_file(path_or_checkpoint)
+    dt = parse_dtype(dtype)  # bad values fail before anything is loaded
+    dt = None if dt == "auto" else dt  # "auto": the dtype the checkpoint holds, i.e. no cast
+    dev = None if device is None else parse_device(device)
     import yaml  # comet's dependencies (optional extra): imported only when a COMET model is loaded
     from comet.models import load_from_checkpoint, str2model
 
@@ -91,8 +90,7 @@ def load(
             pretrained_model=pretrained_model,
         )
     model.eval().requires_grad_(False)
-    dt = _dtype(dtype)
-    if dt is not None or device is not None:
-        model.to(device=device, dtype=dt)
+    if dt is not None or dev is not None:
+        model.to(device=dev, dtype=dt)
     logger.info("xlmrxl: loaded COMET %s from %s", type(model).__name__, ckpt)
     return accelerate(model, backend=backend, quantization=quantization)

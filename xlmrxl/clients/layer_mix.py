@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn as nn
 
 __all__ = ["PackedLayerMix", "PackedLayers", "mix_unsupported_reason"]
 
 
-def mix_unsupported_reason(module) -> str | None:
+def mix_unsupported_reason(module: nn.Module) -> str | None:
     """None when COMET's ``LayerwiseAttention`` ``module`` can be mixed on packed tokens, else why not."""
     params = getattr(module, "scalar_parameters", None)
     if params is None or not hasattr(module, "gamma") or not hasattr(module, "transform_fn"):
@@ -38,7 +39,7 @@ def mix_unsupported_reason(module) -> str | None:
 class PackedLayerMix:
     """The ``layer_callback`` of one forward: accumulates COMET's mix, keeps the layers in ``keep`` (packed)."""
 
-    def __init__(self, module, num_states: int, keep: Iterable[int] = ()):
+    def __init__(self, module: nn.Module | None, num_states: int, keep: Iterable[int] = ()) -> None:
         if module is not None and num_states != module.num_layers:
             raise ValueError(
                 f"COMET's layer mix expects {module.num_layers} hidden states, the encoder gives {num_states}"
@@ -96,7 +97,7 @@ class PackedLayers:
     """Stands for COMET's ``encoder_out["all_layers"]`` (L + 1 states): the layers kept are served as (B, S, H),
     and the patched ``LayerwiseAttention`` reads the packed mix from it; no other layer exists any more."""
 
-    def __init__(self, mix: PackedLayerMix, attention_mask: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, mix: PackedLayerMix, attention_mask: torch.Tensor, dtype: torch.dtype) -> None:
         self.mix = mix
         self.attention_mask = attention_mask
         self.dtype = dtype
@@ -117,7 +118,7 @@ class PackedLayers:
             )
         return self.mix.packing.unpack(self.mix.kept[k]).to(self.dtype)
 
-    def mixed(self, module, mask) -> torch.Tensor:
+    def mixed(self, module: nn.Module, mask: torch.Tensor | None) -> torch.Tensor:
         """The mix of ``module`` for ``mask`` (the one the encoder ran with)."""
         if self.mix.module is not module:
             raise RuntimeError("these hidden states were mixed for another LayerwiseAttention module")

@@ -16,7 +16,7 @@ from .base import Client, describe, is_xlmrxl_model
 __all__ = ["find_encoder"]
 
 
-def find_encoder(obj) -> Client:
+def find_encoder(obj: object) -> Client:
     """The ``Client`` of a SentenceTransformer / CrossEncoder (or any sentence-transformers module holding one)."""
     if not isinstance(obj, nn.Module):
         raise TypeError(f"xlmrxl cannot accelerate {describe(obj)}: it holds no torch module")
