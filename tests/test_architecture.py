@@ -164,6 +164,8 @@ TYPED = (
     "outputs",
     "pipelines",
     "demo",
+    "clients",
+    "comet",
 )
 
 

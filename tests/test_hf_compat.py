@@ -133,7 +133,7 @@ def test_accelerated_greedy_generate_same_tokens_without_mask():
 
 
 def test_hf5_requirements_track_the_test_extra():
-    """tests/requirements-hf5.txt is the test extra with the transformers pin replaced (by a 5.x one), less Ray."""
+    """tests/requirements-hf5.txt is the test extra with only the transformers pin replaced (by a 5.x one)."""
     tomllib = pytest.importorskip("tomllib")
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     lines = [
@@ -143,8 +143,7 @@ def test_hf5_requirements_track_the_test_extra():
     def name(req):
         return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
 
-    # the corpus engine's Ray is no transformers-facing dependency: the hf5 venv runs without it
-    want = {name(r): r for r in extra if name(r) not in ("transformers", "ray")}
+    want = {name(r): r for r in extra if name(r) != "transformers"}
     have = {name(r): r for r in lines if name(r) != "transformers"}
     assert have == want, f"requirements-hf5.txt {sorted(have.values())} vs test extra {sorted(want.values())}"
     pins = [r for r in lines if name(r) == "transformers"]

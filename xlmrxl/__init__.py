@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 
+# ``xlmrxl.clients`` / ``xlmrxl.comet`` (``xlmrxl.comet.load``): the COMET and sentence-transformers helpers. Importing
+# them imports neither comet nor sentence_transformers (optional extras, imported inside the functions that need them).
+from . import clients, comet
 from .backend import Backend, resolve_backend
 from .cache import DynamicCache, EncoderDecoderCache
 from .config import XLMRobertaXLConfig
@@ -49,6 +52,8 @@ __all__ = [
     "XLMRobertaXLPreTrainedModel",
     "__version__",
     "accelerate",
+    "clients",
+    "comet",
     "deaccelerate",
     "from_transformers",
     "is_accelerated",

@@ -60,6 +60,9 @@ from .packing import PackedEncoderOutput, Packing, pack
 from .routing import is_causal
 from .structure import LayerPlan, Plans, is_int4, layer_plans
 
+# ``layer_callback(i, hidden_state, packing)`` of ``encoder_forward`` / ``packed_stack``
+LayerCallback = Callable[[int, torch.Tensor, Packing], None]
+
 
 class _Ops:
     """The op functions for one (backend, device), resolved through the backend once (``ops_for``: cached on the
@@ -210,11 +213,13 @@ def encoder_forward(
     output_hidden_states: bool | None = False,
     return_packed: bool = False,
     causal: bool = None,
+    layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None] | PackedEncoderOutput:
     """Run ``encoder``'s layer stack and final LayerNorm on the packed real tokens (see the module docstring).
 
     ``backend``: an ``xlmrxl.backend.Backend`` or a backend name (None: the default). ``causal``: decoder
     self-attention; None reads ``encoder.config.is_decoder`` (or ``encoder.layer[0].is_decoder``).
+    ``layer_callback``: see ``packed_stack`` (a fully padded batch calls it with ``(0, H)`` zeros for every state).
     Returns ``(last_hidden_state, all_hidden_states_or_None)`` in (B, S, H), or with ``return_packed=True`` a
     ``PackedEncoderOutput`` with (T, H) tensors and the ``Packing`` to unpack them."""
     if hidden_states.dim() != 3:
@@ -225,14 +230,17 @@ def encoder_forward(
     if packing.num_tokens == 0:  # every row fully padded (or no columns): nothing to compute
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * (len(encoder.layer) + 1) if output_hidden_states else None
+        for i in range(len(encoder.layer) + 1) if layer_callback is not None else ():
+            layer_callback(i, zeros, packing)
         return _finish(hidden_states, zeros, collected, packing, return_packed)
     plans = layer_plans(encoder)
     ops = ops_for(be, x.device)
-    if not output_hidden_states:
+    # a layer_callback runs Python between the layers: such a call always runs the eager stack, never a CUDA graph
+    if not output_hidden_states and layer_callback is None:
         out = _graphed_stack(encoder, plans, x, packing, ops, causal)
         if out is not None:
             return _finish(hidden_states, out, None, packing, return_packed)
-    out, collected = _stack(plans, x, packing, ops, causal, bool(output_hidden_states))
+    out, collected = _stack(plans, x, packing, ops, causal, bool(output_hidden_states), layer_callback)
     return _finish(hidden_states, out, collected, packing, return_packed)
 
 
@@ -244,6 +252,7 @@ def packed_stack(
     *,
     causal: bool,
     output_hidden_states: bool = False,
+    layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The packed layer stack and final LayerNorm on the ``(T, H)`` real tokens ``x`` delimited by
     ``packing.cu_seqlens``: the unit that runs once per packed forward (no packing, no host sync inside except
@@ -251,13 +260,23 @@ def packed_stack(
     that may replay it as a CUDA graph).
 
     Returns ``(out (T, H), collected)``: ``collected`` is None, or with ``output_hidden_states`` the list
-    ``[x, residual after layer 0, ..., after layer L-2, out]`` (packed)."""
+    ``[x, residual after layer 0, ..., after layer L-2, out]`` (packed).
+
+    ``layer_callback(i, h, packing)``, when given, is handed those same L + 1 states as they are computed (``i`` in
+    transformers' numbering, ``h`` packed ``(T, H)``), without them being kept: COMET's layer mix accumulates there
+    (``xlmrxl.clients``). It must not modify ``h`` (the next layer may update it in place: clone what it keeps)."""
     be = backend if isinstance(backend, Backend) else Backend(backend)
-    return _stack(layer_plans(encoder), x, packing, ops_for(be, x.device), causal, output_hidden_states)
+    return _stack(layer_plans(encoder), x, packing, ops_for(be, x.device), causal, output_hidden_states, layer_callback)
 
 
 def _stack(
-    plans: Plans, x: torch.Tensor, packing: Packing, ops: _Ops, causal: bool, output_hidden_states: bool
+    plans: Plans,
+    x: torch.Tensor,
+    packing: Packing,
+    ops: _Ops,
+    causal: bool,
+    output_hidden_states: bool,
+    layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     st = _Stream(x, ops)
     kernel = ops.kernel("attention_varlen")
@@ -265,15 +284,24 @@ def _stack(
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer_idx: int):
         return _attention(ops, kernel, q, k, v, packing, scale, causal)
 
-    if output_hidden_states:
-        collected = [x]
+    if output_hidden_states or layer_callback is not None:
+        collected = [x] if output_hidden_states else None
+        if layer_callback is not None:
+            layer_callback(0, x, packing)
         last = len(plans) - 1
         for i, plan in enumerate(plans):
             _layer(plan, st, attend, i)
             if i < last:
-                collected.append(st.materialize())
+                h = st.materialize()
+                if collected is not None:
+                    collected.append(h)
+                if layer_callback is not None:
+                    layer_callback(i + 1, h, packing)
         out = st.norm(plans.final)
-        collected.append(out)
+        if collected is not None:
+            collected.append(out)
+        if layer_callback is not None:
+            layer_callback(len(plans), out, packing)
         return out, collected
     for i, plan in enumerate(plans):
         _layer(plan, st, attend, i)

@@ -4,15 +4,18 @@
     model = xlmrxl.accelerate(model)          # the same object; forward now runs xlmrxl's fast encoder path
 
 - ``accelerate(hf_model, backend="auto", quantization=None)`` takes ``XLMRobertaXLModel`` or any of its task heads
-  (transformers 4.56.x and 5.x) and returns **the same object**. Only the encoder module's ``forward`` is replaced,
-  on the instance (the encoder forward is the level whose contract is the same in both versions: embeddings in,
-  ``BaseModelOutputWithPastAndCrossAttentions`` out), so embeddings, heads, losses, output types, ``pipeline(...)``
-  and ``Trainer.predict`` are transformers' own code. The fused path (``xlmrxl.fast``) packs the real tokens,
-  fuses q/k/v into one GEMM whose weight the three ``nn.Linear`` parameters become views of (state_dict unchanged,
-  memory not doubled), and runs attention/add+LayerNorm/GELU FFN through ``xlmrxl.backend.Backend(backend)``:
-  Triton kernels on CUDA, PyTorch references elsewhere. ``quantization="int4"`` first swaps the encoder's linear
-  layers for ``xlmrxl.quantization.QuantLinear`` (int4 group-128 weights); such a model saved with transformers'
-  ``save_pretrained`` reloads (bit for bit) with xlmrxl's ``from_pretrained``, not with transformers'.
+  (transformers 4.56.x and 5.x), or a client built on one (a COMET model, a sentence-transformers
+  ``SentenceTransformer`` / ``CrossEncoder``: ``xlmrxl.clients`` finds the model inside and adds the client's own
+  patches, COMET's packed layer mix), and returns **the same object**. Only the encoder module's ``forward`` is
+  replaced, on the instance (the encoder forward is the level whose contract is the same in both versions: embeddings
+  in, ``BaseModelOutputWithPastAndCrossAttentions`` out), so embeddings, heads, losses, output types,
+  ``pipeline(...)`` and ``Trainer.predict`` are transformers' own code. The fused path (``xlmrxl.fast``) packs the
+  real tokens, fuses q/k/v into one GEMM whose weight the three ``nn.Linear`` parameters become views of (state_dict
+  unchanged, memory not doubled), and runs attention/add+LayerNorm/GELU FFN through
+  ``xlmrxl.backend.Backend(backend)``: Triton kernels on CUDA, PyTorch references elsewhere. ``quantization="int4"``
+  first swaps the encoder's linear layers for ``xlmrxl.quantization.QuantLinear`` (int4 group-128 weights); such a
+  model saved with transformers' ``save_pretrained`` reloads (bit for bit) with xlmrxl's ``from_pretrained``, not with
+  transformers'.
 - The padding mask: transformers hands its encoder an already-expanded mask (4D additive float, 4D bool, 2D, or None,
   depending on version and attention implementation). A forward pre-hook on the base model captures the user's 2D
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
@@ -52,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backend import Backend
+from ..clients import find_encoder
 from ..fast import stack
 from ..fast.routing import CACHED, EXACT, Call, is_causal, route
 from ..masks import check_binary_mask
@@ -185,15 +189,17 @@ def _base_model(model: nn.Module):
     enc = getattr(base, "encoder", None)
     if enc is None or not hasattr(enc, "layer") or not hasattr(base, "embeddings"):
         raise TypeError(
-            f"expected a transformers XLMRobertaXLModel or one of its task heads (with .{prefix}.encoder), "
-            f"got {type(model).__module__}.{type(model).__name__}"
+            f"expected a transformers XLMRobertaXLModel or one of its task heads (with .{prefix}.encoder), a COMET "
+            f"model, a SentenceTransformer or a CrossEncoder, got {type(model).__module__}.{type(model).__name__}"
         )
     return base
 
 
 def is_accelerated(model: nn.Module) -> bool:
-    """True if ``model`` (a transformers model) has been passed through ``accelerate``."""
+    """True if ``model`` (a transformers model or a client holding one) has been passed through ``accelerate``."""
     try:
+        client = find_encoder(model)  # COMET / sentence-transformers: the encoder inside
+        model = model if client is None else client.model
         return hasattr(_base_model(model).encoder, _STATE)
     except TypeError:
         return False
@@ -209,6 +215,11 @@ def accelerate(
     be = backend if isinstance(backend, Backend) else Backend(backend)
     if quantization not in (None, "int4"):
         raise ValueError(f"quantization={quantization!r} is not supported; use None or 'int4'")
+    client = find_encoder(hf_model)  # a COMET model / SentenceTransformer / CrossEncoder: its XL encoder inside
+    if client is not None:
+        accelerate(client.model, be, quantization)
+        client.attach(be)
+        return hf_model
     if isinstance(hf_model, XLMRobertaXLPreTrainedModel):  # already ours: its encoder routes itself
         hf_model.set_backend(be)
         if quantization == "int4":
@@ -254,6 +265,11 @@ def accelerate(
 
 def deaccelerate(hf_model: nn.Module) -> nn.Module:
     """Undo ``accelerate``: the encoder runs transformers' own forward again. Returns the same object."""
+    client = find_encoder(hf_model)
+    if client is not None:
+        client.detach()
+        deaccelerate(client.model)
+        return hf_model
     base = _base_model(hf_model)
     enc = base.encoder
     state = getattr(enc, _STATE, None)
