@@ -31,7 +31,7 @@ from xlmrxl import (
     XLMRobertaXLForCausalLM,
     quantization,
 )
-from xlmrxl.fast import stack
+from xlmrxl.fast import layer, stack
 from xlmrxl.generation import generate
 from xlmrxl.modeling import create_position_ids_from_input_ids
 
@@ -243,7 +243,8 @@ def test_step_work_qkv_gemm_cache_update_prefix_attention(monkeypatch):
         updates.append(tuple(kn.shape))
         return real_update(kc, vc, kn, vn, positions, lengths)
 
-    monkeypatch.setattr(stack, "F", proxy)
+    monkeypatch.setattr(stack, "F", proxy)  # the cached path's SDPA
+    monkeypatch.setattr(layer, "F", proxy)  # the fused layer's GEMMs
     monkeypatch.setattr(xstatic, "cache_update", cache_update)
     with torch.no_grad():
         for start, n in ((0, 4), (4, 2), (6, 1)):

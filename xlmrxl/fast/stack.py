@@ -34,7 +34,6 @@ residual stream after layers 0..L-2, the last entry the final LayerNorm output (
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backend import Backend, Impl
+from ..backend import Backend
 from ..cache import DynamicCache
 from ..reasons import CUDA_GRAPHS, Reason
 from ..static_cache import StaticCache
@@ -56,152 +55,13 @@ from .graphs import (
     resolve_mode,
     token_buckets,
 )
+from .layer import Ops, Stream, ops_for, packed_attention, run_layer
 from .packing import PackedEncoderOutput, Packing, pack
 from .routing import is_causal
-from .structure import LayerPlan, Plans, is_int4, layer_plans
+from .structure import Plans, layer_plans
 
 # ``layer_callback(i, hidden_state, packing)`` of ``encoder_forward`` / ``packed_stack``
 LayerCallback = Callable[[int, torch.Tensor, Packing], None]
-
-
-class _Ops:
-    """The op functions for one (backend, device), resolved through the backend once (``ops_for``: cached on the
-    backend), not once per layer or call; ``ops.kernel(name)`` says whether ``name`` resolved to its kernel."""
-
-    def __init__(self, be: Backend, device: torch.device) -> None:
-        self.be, self.device = be, device
-        self.impls: dict[str, Impl] = {}
-
-    def kernel(self, name: str) -> bool:
-        return self._impl(name).kernel
-
-    def _impl(self, name: str) -> Impl:
-        impl = self.impls.get(name)
-        if impl is None:
-            impl = self.impls[name] = self.be.resolve(name, self.device)
-        return impl
-
-    def __getattr__(self, name: str) -> Callable:
-        fn = self._impl(name).fn
-        setattr(self, name, fn)
-        return fn
-
-
-_OPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> {device: _Ops} (not on the backend:
-# a model's deepcopy / pickle copies its backend)
-
-
-def ops_for(be: Backend, device: torch.device) -> _Ops:
-    """The resolved ops of ``be`` on ``device``, made once per backend object and device."""
-    cache = _OPS.get(be)
-    if cache is None:
-        cache = _OPS[be] = {}
-    ops = cache.get(device)
-    if ops is None:
-        ops = cache[device] = _Ops(be, device)
-    return ops
-
-
-class _Stream:
-    """The residual stream of one forward; holds a pending (y, residual) pair when an int4 projection left its
-    residual add to the next LayerNorm. LayerNorms come as ``(weight, bias, eps)``, dense projections as
-    ``(weight, bias)`` (``LayerPlan``: no ``nn.Module`` attribute is read per call)."""
-
-    __slots__ = ("x", "pending", "ops", "add_layernorm", "linear_residual")
-
-    def __init__(self, x: torch.Tensor, ops: _Ops) -> None:
-        self.x = x
-        self.pending: torch.Tensor | None = None
-        self.ops = ops
-        self.add_layernorm, self.linear_residual = ops.add_layernorm, ops.linear_residual
-
-    def norm(self, ln: tuple) -> torch.Tensor:
-        w, b, eps = ln
-        if self.pending is not None:
-            h, self.x = self.add_layernorm(self.pending, self.x, w, b, eps)
-            self.pending = None
-        else:
-            h, _ = self.add_layernorm(self.x, None, w, b, eps)
-        return h
-
-    def add_projection(self, inp: torch.Tensor, proj, int4: bool) -> None:
-        """x <- x + proj(inp)."""
-        if self.pending is not None:
-            self.materialize()
-        if int4:
-            self.pending = _int4(self.ops, inp, proj, proj.bias)
-        else:
-            self.x = self.linear_residual(inp, proj[0], proj[1], self.x)
-
-    def materialize(self) -> torch.Tensor:
-        if self.pending is not None:
-            self.x = self.pending + self.x
-            self.pending = None
-        return self.x
-
-
-def _int4(ops: _Ops, x: torch.Tensor, m: nn.Module, bias: torch.Tensor | None, activation: str | None = None):
-    return ops.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
-
-
-def _attention(
-    ops: _Ops,
-    kernel: bool,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    packing: Packing,
-    scale: float,
-    causal: bool,
-) -> torch.Tensor:
-    """Varlen attention on the packed (T, heads, D) views (``kernel``: the backend resolved ``attention_varlen`` to
-    its kernel). Where the backend picks the PyTorch reference (CPU, or backend='reference'), the same maths runs as
-    torch SDPA per sequence instead: ``attention_varlen_ref`` is an oracle (masks, fp32 copies, a host sync per call)
-    and would cost more than all the GEMMs on a CPU."""
-    if kernel or not packing.lengths:
-        ms = packing.max_seqlen
-        return ops.attention_varlen(q, k, v, packing.cu_seqlens, packing.cu_seqlens, ms, ms, scale=scale, causal=causal)
-    T, nh, d = q.shape
-    B, S = packing.batch, packing.seqlen
-    if packing.indices is None and B * S == T:  # equal lengths: one batched call on (B, heads, S, D) views
-        qs, ks, vs = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and S > 1)
-        return o.transpose(1, 2).reshape(T, nh, d)
-    out = q.new_empty((T, nh, d))
-    start = 0
-    for n in packing.lengths:
-        if n:
-            sl = slice(start, start + n)
-            qs, ks, vs = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-            o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and n > 1)
-            out[sl] = o[0].transpose(0, 1)
-        start += n
-    return out
-
-
-def _layer(plan: LayerPlan, st: _Stream, attend, layer_idx: int) -> None:
-    h = st.norm(plan.ln_attn)
-    T = h.shape[0]
-    kind = plan.qkv_kind
-    if kind == "dense":
-        W, b = plan.qkv
-        qkv = F.linear(h, W, b)
-    elif kind == "int4":
-        cat = plan.qkv
-        qkv = _int4(st.ops, h, cat, cat.bias)
-    else:
-        o = st.ops
-        qkv = torch.cat([_int4(o, h, m, m.bias) if is_int4(m) else F.linear(h, m.weight, m.bias) for m in plan.qkv], -1)
-    q, k, v = qkv.view(T, 3, plan.heads, plan.head_dim).unbind(1)  # one op for the three strided views
-    a = attend(q, k, v, plan.scale, layer_idx)
-    st.add_projection(a.reshape(T, plan.width), plan.o, plan.o_int4)
-    h = st.norm(plan.ln_ffn)
-    if plan.up_int4:
-        up = plan.up
-        u = _int4(st.ops, h, up, up.bias, "gelu")
-    else:
-        u = st.ops.linear_gelu(h, *plan.up)
-    st.add_projection(u, plan.down, plan.down_int4)
 
 
 def encoder_forward(
@@ -273,16 +133,16 @@ def _stack(
     plans: Plans,
     x: torch.Tensor,
     packing: Packing,
-    ops: _Ops,
+    ops: Ops,
     causal: bool,
     output_hidden_states: bool,
     layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    st = _Stream(x, ops)
+    st = Stream(x, ops)
     kernel = ops.kernel("attention_varlen")
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer_idx: int):
-        return _attention(ops, kernel, q, k, v, packing, scale, causal)
+        return packed_attention(ops, kernel, q, k, v, packing, scale, causal)
 
     if output_hidden_states or layer_callback is not None:
         collected = [x] if output_hidden_states else None
@@ -290,7 +150,7 @@ def _stack(
             layer_callback(0, x, packing)
         last = len(plans) - 1
         for i, plan in enumerate(plans):
-            _layer(plan, st, attend, i)
+            run_layer(plan, st, attend, i)
             if i < last:
                 h = st.materialize()
                 if collected is not None:
@@ -304,7 +164,7 @@ def _stack(
             layer_callback(len(plans), out, packing)
         return out, collected
     for i, plan in enumerate(plans):
-        _layer(plan, st, attend, i)
+        run_layer(plan, st, attend, i)
     return st.norm(plans.final), None
 
 
@@ -355,7 +215,7 @@ class _Holder:
 
 
 def _graphed_stack(
-    encoder: nn.Module, plans: Plans, x: torch.Tensor, packing: Packing, ops: _Ops, causal: bool
+    encoder: nn.Module, plans: Plans, x: torch.Tensor, packing: Packing, ops: Ops, causal: bool
 ) -> torch.Tensor | None:
     """The packed stack through ``PackedGraphRunner`` (captured, or emulated), or None: run it eagerly (the
     reasons in ``graph_reasons(encoder)``)."""
@@ -527,7 +387,7 @@ def _decoder_forward(
         )
     x = hidden_states.reshape(B * S, H)
     ops = ops_for(be, x.device)
-    st = _Stream(x, ops)
+    st = Stream(x, ops)
     compact = not _copies_states(cache, past)
     extra = () if cache_position is None else ({"cache_position": cache_position},)
     sdpa = None if ops.kernel("attention") else _SdpaCausal(attention_mask, B, S, past, x.device)
@@ -547,7 +407,7 @@ def _decoder_forward(
     collected = [hidden_states] if output_hidden_states else None
     plans = layer_plans(encoder)
     for i, plan in enumerate(plans):
-        _layer(plan, st, attend, i)
+        run_layer(plan, st, attend, i)
         if output_hidden_states and i < len(plans) - 1:
             collected.append(st.materialize().reshape(B, S, H))
     last = st.norm(plans.final).reshape(B, S, H)
