@@ -205,3 +205,37 @@ def test_backend_and_disable_kernels_come_from_the_parser(monkeypatch):
     assert Backend().name == "reference"  # cached: read once, not per call
     env.refresh()
     assert Backend().name == "auto"
+
+
+# -- the packed stack hands its host lengths to attention_varlen -----------------------------------------------------
+def test_packed_stack_validates_host_lengths_without_sync(monkeypatch):
+    from xlmrxl.fast.packing import pack
+
+    m, inputs = _setup(seed=5)
+    m.set_backend("triton")  # CPU: the Triton kernels under TRITON_INTERPRET=1
+    seen = []
+    real = stack._attention
+
+    def spy(*a, **k):
+        seen.append(a[-1])  # check_lengths
+        return real(*a, **k)
+
+    monkeypatch.setattr(stack, "_attention", spy)
+    with torch.inference_mode():
+        hidden = m.embeddings(input_ids=inputs["input_ids"])
+        x, packing = pack(hidden, inputs["attention_mask"])
+        good, _ = stack.packed_stack(m.encoder, x, packing, m.backend, causal=False)
+        assert seen == [True] + [False] * (m.config.num_hidden_layers - 1)  # checked once per forward
+        lens = list(packing.lengths)
+        bad_cases = {
+            "sum to": [lens[0] + 100, *lens[1:]],  # more rows than the packed tensor has
+            "max_seqlen": [packing.max_seqlen + 1, max(lens[1] - 1, 0), *lens[2:]],  # longer than max_seqlen
+            "lengths but cu_seqlens describes": lens[:-1],  # one sequence missing
+            "negative": [-1, *lens[1:]],
+        }
+        for what, corrupt in bad_cases.items():
+            p = dataclasses.replace(packing, lengths=tuple(corrupt))
+            with pytest.raises(ValueError, match=f"seqlens_q.*{what}|{what}.*seqlens_q|seqlens_q\\[0\\].*{what}"):
+                stack.packed_stack(m.encoder, x, p, m.backend, causal=False)
+        again, _ = stack.packed_stack(m.encoder, x, packing, m.backend, causal=False)
+    assert torch.equal(good, again)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -245,9 +245,24 @@ class Backend:
         *,
         scale: float | None = None,
         causal: bool = False,
+        seqlens_q: Sequence[int] | None = None,
+        seqlens_k: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        return self.op("attention_varlen", q.device)(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
+        fn = self.op("attention_varlen", q.device)
+        if seqlens_q is None and seqlens_k is None:
+            return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal)
+        return fn(
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            scale=scale,
+            causal=causal,
+            seqlens_q=seqlens_q,
+            seqlens_k=seqlens_k,
         )
 
     def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
