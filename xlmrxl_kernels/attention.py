@@ -510,8 +510,18 @@ def _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
 def _attention_varlen(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
 ):
-    key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k), _meta(max_seqlen_q),
-           _meta(max_seqlen_k), _meta(scale))  # fmt: skip
+    T = torch.Tensor
+    if (type(max_seqlen_q) is int and type(max_seqlen_k) is int and (scale is None or type(scale) is float)
+            and isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and isinstance(cu_seqlens_q, T)
+            and isinstance(cu_seqlens_k, T)):  # fmt: skip
+        # the usual call, keyed inline (a _meta call per argument costs more than the rest of the launch path)
+        key = ("varlen", q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, v.shape, v.stride(),
+               v.dtype, cu_seqlens_q.shape, cu_seqlens_q.stride(), cu_seqlens_q.dtype, cu_seqlens_q.device,
+               cu_seqlens_k.shape, cu_seqlens_k.stride(), cu_seqlens_k.dtype, cu_seqlens_k.device, k.device, v.device,
+               max_seqlen_q, max_seqlen_k, scale)  # fmt: skip
+    else:
+        key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k),
+               _meta(max_seqlen_q), _meta(max_seqlen_k), _meta(scale))  # fmt: skip
     if key not in _CHECKED:
         _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
         _remember(key)
