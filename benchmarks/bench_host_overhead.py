@@ -95,7 +95,9 @@ def _stub_ops(bufs: _Buffers) -> dict:
     def linear_gelu(x, weight, bias):
         return bufs.get((x.shape[0], weight.shape[0]))
 
-    def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, causal=False):
+    def attention_varlen(
+        q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, causal=False, seqlens_q=None, seqlens_k=None
+    ):
         return bufs.get(tuple(q.shape))
 
     def attention(q, k, v, mask=None, *, scale=None, causal=False):
@@ -159,13 +161,16 @@ class _LauncherBackend:
 
 @contextlib.contextmanager
 def _launchers():
-    """Triton launches stubbed; CPU tensors let through the launchers' device guard (``TRITON_INTERPRET=1``, read
-    per call); the CPU-only host validation of ``cu_seqlens`` (skipped on CUDA) skipped here too."""
+    """Triton launches stubbed; CPU tensors let through the launchers' device guard (``TRITON_INTERPRET=1``, re-read
+    on entry and exit); the CPU-only host validation of ``cu_seqlens`` (skipped on CUDA) skipped here too."""
+    import importlib
     import os
 
     from triton.runtime import interpreter, jit
 
-    import xlmrxl_kernels.attention as attn
+    from xlmrxl_kernels import _utils
+
+    attn = importlib.import_module("xlmrxl_kernels.attention")  # (the package's `attention` is the function)
 
     def noop(*args, **kwargs):
         return None
@@ -179,6 +184,7 @@ def _launchers():
     for c, _ in saved:
         c.__getitem__ = getitem
     os.environ["TRITON_INTERPRET"] = "1"
+    _utils.refresh()  # (the launchers read TRITON_INTERPRET once)
     attn._check_cu_seqlens = noop
     try:
         yield
@@ -192,6 +198,7 @@ def _launchers():
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = env
+        _utils.refresh()
         attn._check_cu_seqlens = check
 
 

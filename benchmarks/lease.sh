@@ -13,7 +13,7 @@
 # (XLMRXL_TUNING_CACHE); `python -m xlmrxl_kernels.tuning merge <that file>` copies them into the shipped defaults.
 # A step whose budget no longer fits in what is left of LEASE_BUDGET_S is skipped (recorded as such); a step whose
 # script does not exist (bench_host_overhead.py, bench_comet.py, bench_corpus.py are added by other work) is
-# recorded as absent.
+# recorded as absent. bench_host_overhead measures graphs off and on (emulated / replay-stubbed) in one run.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,8 +33,9 @@ PLAN=(
   "linear-gelu|30|-|$PY -m benchmarks.bench_linear_gelu --quick --no-compile --dtypes bf16 --out \$OUT"
   "add-layernorm|15|-|$PY -m benchmarks.bench_add_layernorm --quick --out \$OUT"
   "int4|30|-|$PY -m benchmarks.bench_int4 --quick --out \$OUT"
+  "int4-methods|15|benchmarks/bench_int4_methods.py|$PY -m benchmarks.bench_int4_methods --quick --layers 2 --out \$OUT"
   "kernel-resources|10|-|$PY -m benchmarks.kernel_resources --out \$OUT"
-  "host-overhead|30|benchmarks/bench_host_overhead.py|$PY -m benchmarks.bench_host_overhead --graphs on --out \$OUT && $PY -m benchmarks.bench_host_overhead --graphs off --out \$OUT"
+  "host-overhead|15|benchmarks/bench_host_overhead.py|$PY -m benchmarks.bench_host_overhead --quick --out \$OUT"
   "cache-update|10|-|$PY -m benchmarks.bench_cache_update --quick --out \$OUT"
   "decode|15|-|$PY -m benchmarks.bench_decode --quick --out \$OUT"
   "comet|25|benchmarks/bench_comet.py|$PY -m benchmarks.bench_comet --quick --out \$OUT"

@@ -56,6 +56,17 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _env_fresh():
+    """Every test starts and ends with ``XLMRXL_*`` switches re-read (``xlmrxl_kernels.env`` caches them); a test
+    that changes one mid-test calls ``env.refresh()`` itself."""
+    from xlmrxl_kernels import env
+
+    env.refresh()
+    yield
+    env.refresh()
+
+
 def tiny_config_kwargs(**overrides):
     """The tiny XLM-RoBERTa-XL shape used across tests: hidden 64, 4 heads (head dim 16), 3 layers,
     intermediate 91 (not a multiple of 8)."""

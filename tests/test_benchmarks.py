@@ -94,6 +94,16 @@ def test_lease_dry_run_fits_the_budget():
     for name, _, cmd in steps:  # every benchmark writes where the lease collects results
         if "benchmarks.bench_" in cmd:
             assert "--out $OUT" in cmd, name
+    # every step calls a script that exists (or is conditional on it) with flags that script accepts
+    for name, _, cmd in steps:
+        for mod, args in re.findall(r"-m benchmarks\.(\w+)((?: --?[\w-]+(?: [^-&$][^ &]*)*)*)", cmd):
+            path = root / "benchmarks" / f"{mod}.py"
+            if not path.exists():
+                assert "(if benchmarks/" in cmd, f"{name}: {path} is missing and the step is not conditional"
+                continue
+            src = path.read_text()
+            for flag in re.findall(r"(--[\w-]+)", args):
+                assert f'"{flag}"' in src, f"{name}: {mod} has no {flag} option"
     # a shorter lease that the plan does not fit is refused
     short = subprocess.run(
         ["bash", str(root / "benchmarks" / "lease.sh"), "--dry-run"],

@@ -14,6 +14,7 @@ from test_pipelines import make_checkpoint
 
 import xlmrxl
 from xlmrxl.cli import checkpoint_info, main
+from xlmrxl_kernels import env
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +240,7 @@ def test_quantize(spm_dir, tmp_path, capsys):
 
 def test_demo_quick(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XLMRXL_CACHE", str(tmp_path / "cache"))
+    env.refresh()
     argv = ["demo", "--quick", "--backends", "reference", "--no-transformers", "--repeats", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -252,6 +254,7 @@ def test_demo_quick(tmp_path, monkeypatch, capsys):
     assert "reusing" in capsys.readouterr().out
     # deterministic: a second cache gets the same bytes
     monkeypatch.setenv("XLMRXL_CACHE", str(tmp_path / "cache2"))
+    env.refresh()
     from xlmrxl.demo import build_demo_checkpoint
 
     again = build_demo_checkpoint(quick=True)

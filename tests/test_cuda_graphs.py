@@ -27,6 +27,7 @@ from xlmrxl.fast.graphs import (
     token_buckets,
 )
 from xlmrxl.reasons import CUDA_GRAPHS
+from xlmrxl_kernels import env
 
 TOL = 1e-5
 
@@ -164,13 +165,16 @@ def test_runner_static_cu_matches_rule():
 # ---------------------------------------------------------------------------------------------------------------
 def test_resolve_mode_and_env(monkeypatch):
     monkeypatch.delenv(graphs.ENV_VAR, raising=False)
+    env.refresh()
     assert resolve_mode() == "auto" and resolve_mode("auto") == "auto"
     assert resolve_mode(True) is True and resolve_mode(False) is False and resolve_mode("emulate") == "emulate"
     for raw, want in (("emulate", "emulate"), ("off", False), ("1", True), (" On ", True), ("", "auto")):
         monkeypatch.setenv(graphs.ENV_VAR, raw)
+        env.refresh()
         assert resolve_mode() == want and resolve_mode("auto") == want
         assert resolve_mode(False) is False  # an explicit choice wins over the environment
     monkeypatch.setenv(graphs.ENV_VAR, "sometimes")
+    env.refresh()
     with pytest.raises(ValueError, match=r"XLMRXL_CUDA_GRAPHS='sometimes'.*auto, on, off, emulate"):
         resolve_mode()
     with pytest.raises(ValueError, match="XLMRXL_CUDA_GRAPHS"):
@@ -181,6 +185,7 @@ def test_resolve_mode_and_env(monkeypatch):
 
 def test_modes_on_cpu(monkeypatch):
     monkeypatch.delenv(graphs.ENV_VAR, raising=False)
+    env.refresh()
     calls = []
 
     def run(x, cu, ms):
@@ -195,6 +200,7 @@ def test_modes_on_cpu(monkeypatch):
     with pytest.raises(ValueError, match="cuda_graphs=True but the tensors are on cpu"):
         PackedGraphRunner(run, hidden_size=4, dtype=torch.float32, mode=True)(x, cu, 5)
     monkeypatch.setenv(graphs.ENV_VAR, "emulate")
+    env.refresh()
     calls.clear()
     r = PackedGraphRunner(run, hidden_size=4, dtype=torch.float32)
     assert torch.equal(r(x, cu, 5), x + 1) and calls == [16]
@@ -672,6 +678,7 @@ def test_model_api_emulate_matches_eager(case):
 def test_model_api_batch_shapes_share_a_bucket(monkeypatch):
     """17 real tokens in 1, 2, 3 rows, left and right padded, batch 1: one token bucket; env var mode."""
     monkeypatch.setenv(graphs.ENV_VAR, "emulate")
+    env.refresh()
     m = _model(seed=12)  # the variable is read at the first fused call
     ref = _model(seed=12).set_cuda_graphs(False)
     with torch.inference_mode():
@@ -743,11 +750,13 @@ def test_env_var_unknown_value_is_an_error(monkeypatch, tmp_path):
     m = _model(seed=16)
     m.save_pretrained(tmp_path)
     monkeypatch.setenv(graphs.ENV_VAR, "sometimes")
+    env.refresh()
     with pytest.raises(ValueError, match=r"XLMRXL_CUDA_GRAPHS='sometimes'.*auto, on, off, emulate"):
         XLMRobertaXLModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="XLMRXL_CUDA_GRAPHS"), torch.inference_mode():
         _model(seed=16)(torch.tensor([[0, 5, 6, 2]]))
     monkeypatch.setenv(graphs.ENV_VAR, "off")
+    env.refresh()
     loaded = XLMRobertaXLModel.from_pretrained(tmp_path, cuda_graphs="emulate")  # an explicit choice wins
     assert stack.graph_mode(loaded.encoder) == "emulate"
     assert stack.graph_mode(XLMRobertaXLModel.from_pretrained(tmp_path).encoder) is False

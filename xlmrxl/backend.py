@@ -4,29 +4,55 @@ Choice, in order of precedence: ``backend=`` (``from_pretrained``, ``Backend(...
 ``XLMRXL_BACKEND``, then ``"auto"``.
 
 - ``"reference"``: always the PyTorch reference (``xlmrxl_kernels.reference``).
-- ``"auto"``: the kernel when the tensors are on a CUDA device and Triton imports; otherwise the reference.
+- ``"auto"``: on a CUDA device, the measured choice per op and shape bucket (``xlmrxl_kernels.tuning``: our Triton
+  kernel or the fastest PyTorch implementation of the same maths, timed once per bucket outside CUDA-graph capture,
+  cached in memory and on disk; ``XLMRXL_TUNING=off``: the shipped defaults); elsewhere the reference (nothing is
+  timed on a CPU).
 - ``"triton"``: the kernel; on CPU tensors only under ``TRITON_INTERPRET=1`` (how CI tests the kernels), an error
   otherwise. A call using a feature a kernel lacks (``output_attentions``, relative positions, ...) still falls back.
 
 Every fallback logs one line (once per op and reason) on the ``xlmrxl`` logger saying why; the reasons are
 ``xlmrxl.reasons.Reason`` lists (``Backend.kernel_not_supported``), as the route's and the kernels' are.
 ``Backend.resolve(op, device)`` says which implementation it picked (``Impl.kernel``).
-``XLMRXL_DISABLE_KERNELS=op1,op2`` turns single ops off (for bisecting or benchmarking).
+``XLMRXL_DISABLE_KERNELS=op1,op2`` turns single ops off (for bisecting or benchmarking). Every ``XLMRXL_*`` switch
+is read through ``xlmrxl_kernels.env`` (strict, cached; ``Backend()`` runs ``env.check_all()``, so a bad value fails
+when a model is built, naming the variable and its allowed values).
+
+A measured op (``MeasuredOp``) costs one shape key and one dict lookup per call once its bucket is chosen; the
+choice is logged once at INFO with the reasons the other candidates lost, as ``xlmrxl.reasons`` codes
+(``tuning_reasons``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
+from xlmrxl_kernels import env
+from xlmrxl_kernels import tuning as _tuning
 from xlmrxl_kernels._utils import interpreting as _interpreting  # reads TRITON_INTERPRET as the kernels do
 
-from .reasons import BACKEND, DEVICE, DISABLED, TRITON, Reason, describe
+from .reasons import (
+    BACKEND,
+    CAPTURE,
+    DEFAULT_ORDER,
+    DEVICE,
+    DISABLED,
+    KERNEL,
+    MEASURE_FAILED,
+    NO_CANDIDATE,
+    NOT_MEASURED,
+    SLOWER,
+    TRITON,
+    TUNING_OFF,
+    Reason,
+    describe,
+)
 
 logger = logging.getLogger("xlmrxl")
 
@@ -40,11 +66,11 @@ class BackendError(RuntimeError):
 
 def resolve_backend(backend: str | None = None) -> str:
     """Return the effective backend name from the argument, else ``XLMRXL_BACKEND``, else ``"auto"``."""
-    name = backend if backend is not None else os.environ.get("XLMRXL_BACKEND", "auto")
-    name = str(name).strip().lower()
+    if backend is None:
+        return str(env.get("XLMRXL_BACKEND"))  # (validated by the env parser)
+    name = str(backend).strip().lower()
     if name not in BACKENDS:
-        src = "backend=" if backend is not None else "XLMRXL_BACKEND="
-        raise ValueError(f"unknown backend {src}{name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend backend={name!r}; choose one of {', '.join(BACKENDS)}")
     return name
 
 
@@ -102,10 +128,11 @@ KERNEL_MODULES = {
 class Backend:
     """Per-model op dispatcher. ``Backend("auto").add_layernorm(...)`` runs the kernel or the reference."""
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, tuner: _tuning.Tuner | None = None) -> None:
+        env.check_all()  # every XLMRXL_* switch, once per model: a bad value fails here, naming the variable
         self.name = resolve_backend(name)
-        disabled = os.environ.get("XLMRXL_DISABLE_KERNELS", "")
-        self.disabled = {s.strip() for s in disabled.split(",") if s.strip()}
+        self.disabled = set(env.get("XLMRXL_DISABLE_KERNELS"))
+        self.tuner = tuner  # None: the process-wide tuner (xlmrxl_kernels.tuning.default_tuner())
         if self.name == "triton":
             missing = triton_not_supported()
             if missing:
@@ -160,6 +187,8 @@ class Backend:
         """The implementation of ``op`` for tensors on ``device``: the kernel or the reference (same signature)."""
         if op not in KERNEL_MODULES:
             raise KeyError(f"unknown op {op!r}; known: {', '.join(sorted(KERNEL_MODULES))}")
+        if self.name == "auto" and device.type in MEASURED_DEVICES:
+            return Impl(self._measured(op, device), True)
         if not self.use_kernel(op, device):
             return Impl(_ref(op), False)
         kern_mod = importlib.import_module(f"xlmrxl_kernels.{KERNEL_MODULES[op]}")
@@ -167,6 +196,15 @@ class Backend:
         if not_supported is None:
             return Impl(getattr(kern_mod, op), True)
         return Impl(_GuardedKernel(self, op, getattr(kern_mod, op), not_supported), True)
+
+    def _measured(self, op: str, device: torch.device) -> MeasuredOp:
+        per_backend = _MEASURED.get(self)
+        if per_backend is None:
+            per_backend = _MEASURED[self] = {}
+        fn = per_backend.get((op, device))
+        if fn is None:
+            fn = per_backend[(op, device)] = MeasuredOp(op, self.tuner or _tuning.default_tuner())
+        return fn
 
     def op(self, op: str, device: torch.device) -> Callable:
         """The function (kernel or reference, same signature) to run ``op`` with."""
@@ -207,9 +245,24 @@ class Backend:
         *,
         scale: float | None = None,
         causal: bool = False,
+        seqlens_q: Sequence[int] | None = None,
+        seqlens_k: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        return self.op("attention_varlen", q.device)(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal
+        fn = self.op("attention_varlen", q.device)
+        if seqlens_q is None and seqlens_k is None:
+            return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal)
+        return fn(
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            scale=scale,
+            causal=causal,
+            seqlens_q=seqlens_q,
+            seqlens_k=seqlens_k,
         )
 
     def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -249,3 +302,75 @@ class _GuardedKernel:
             log_once(f"xlmrxl: {self.op} runs the PyTorch reference: {describe(reasons)}", level)
             return _ref(self.op)(*args, **kwargs)
         return self.fn(*args, **kwargs)
+
+
+# -- measured choice (backend="auto" on CUDA) ----------------------------------------------------------------------
+MEASURED_DEVICES: tuple[str, ...] = ("cuda",)  # device types where "auto" asks the tuner (never a CPU: no timing)
+# backend -> {(op, device): MeasuredOp}: one per backend object, kept off it (a model's deepcopy / pickle copies its
+# backend; the tuner holds a lock)
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# xlmrxl_kernels.tuning.Reason prefixes -> xlmrxl.reasons codes (one vocabulary for route, backend and kernels)
+_TUNING_CODES: tuple[tuple[str, str], ...] = (
+    (_tuning.Reason.SLOWER, SLOWER),
+    (_tuning.Reason.DISABLED, DISABLED),
+    (_tuning.Reason.NOT_SUPPORTED, KERNEL),
+    (_tuning.Reason.TUNING_OFF, TUNING_OFF),
+    (_tuning.Reason.CAPTURING, CAPTURE),
+    (_tuning.Reason.NOT_MEASURED, NOT_MEASURED),
+    (_tuning.Reason.DEFAULT_ORDER, DEFAULT_ORDER),
+    (_tuning.Reason.FAILED, MEASURE_FAILED),
+    (_tuning.Reason.FALLBACK, NO_CANDIDATE),
+)
+
+
+def tuning_reason(candidate: str, text: str) -> Reason:
+    """One of the tuner's "why not ``candidate``" texts as a ``Reason`` with an ``xlmrxl.reasons`` code."""
+    code = next((c for prefix, c in _TUNING_CODES if str(text).startswith(prefix)), KERNEL)
+    return Reason(code, f"{candidate}: {text}")
+
+
+def tuning_reasons(choice: _tuning.Choice) -> list[Reason]:
+    """Why each candidate other than the chosen one does not run (``xlmrxl.reasons`` codes)."""
+    return [tuning_reason(name, text) for name, text in choice.reasons.items()]
+
+
+def _choice_capture_bound(choice: _tuning.Choice) -> bool:
+    """True when the choice was a stand-in made inside CUDA-graph capture (not kept: measured later, outside)."""
+    return _tuning.Reason.CAPTURING in choice.reasons.values()
+
+
+class MeasuredOp:
+    """``op`` through the measured choice: per call one shape key and one dict lookup (``choices``, per bucket).
+    The first call of a bucket asks the tuner, which times the candidates on CUDA outside capture (and logs that
+    choice) or takes the cached / shipped / default choice (logged here, once, at INFO). A stand-in chosen inside
+    CUDA-graph capture is used for that call only; nothing is timed there."""
+
+    __slots__ = ("op", "tuner", "choices", "_key")
+
+    def __init__(self, op: str, tuner: _tuning.Tuner) -> None:
+        self.op, self.tuner = op, tuner
+        self.choices: dict[tuple, _tuning.Choice] = {}
+        self._key = _tuning.shape_key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        choice = self.choices.get(self._key(self.op, args, kwargs))
+        if choice is None:
+            choice = self.choose(args, kwargs)
+        return choice.candidate.fn(*args, **kwargs)
+
+    def choose(self, args: tuple, kwargs: dict) -> _tuning.Choice:
+        """The choice for this call's bucket (the slow path: first call of a bucket)."""
+        key = self._key(self.op, args, kwargs)
+        choice = self.tuner.choose(self.op, args, kwargs)
+        if _choice_capture_bound(choice):
+            return choice
+        self.choices[key] = choice
+        if choice.source == "measured":
+            return choice  # the tuner logged it, with the timings
+        why = tuning_reasons(choice)
+        log_once(
+            f"xlmrxl: {self.op} {key}: {choice.name} ({choice.source})"
+            + (f"; not chosen: {describe(why)}" if why else "")
+        )
+        return choice

@@ -34,6 +34,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from xlmrxl_kernels import env
 from xlmrxl_kernels._utils import interpreting as _interpreting
 
 from . import pipelines
@@ -66,8 +67,8 @@ CHECK_TEXTS = [
 
 def cache_root() -> Path:
     """``$XLMRXL_CACHE`` if set, else ``~/.cache/xlmrxl``."""
-    env = os.environ.get("XLMRXL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "xlmrxl"
+    path = env.get("XLMRXL_CACHE")  # xlmrxl_kernels.env: cached (env.refresh() re-reads)
+    return Path(str(path)).expanduser() if path else Path.home() / ".cache" / "xlmrxl"
 
 
 def demo_dir(quick: bool = False) -> Path:

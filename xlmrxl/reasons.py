@@ -35,7 +35,15 @@ BACKEND = "backend"  # backend="reference"
 DISABLED = "disabled"  # XLMRXL_DISABLE_KERNELS
 DEVICE = "device"  # the tensors are not on a CUDA device
 TRITON = "triton"  # Triton does not import
-KERNEL = "kernel"  # the kernel's own <op>_not_supported(...) list
+KERNEL = "kernel"  # the kernel's own <op>_not_supported(...) list (or a candidate's: it cannot take the call)
+# -- the measured choice (xlmrxl_kernels.tuning via xlmrxl.backend.tuning_reasons): why a candidate does not run ------
+SLOWER = "slower"  # measured slower than the chosen candidate on this device and shape bucket
+TUNING_OFF = "tuning_off"  # XLMRXL_TUNING=off: the shipped / fixed default runs
+CAPTURE = "capture"  # inside CUDA-graph capture: the cached choice or the default, never timed
+NOT_MEASURED = "not_measured"  # nothing is timed on this device (CPU)
+DEFAULT_ORDER = "default_order"  # an earlier candidate in the default order can take the call
+MEASURE_FAILED = "measure_failed"  # the candidate raised while being measured
+NO_CANDIDATE = "no_candidate"  # no candidate can take the call: the reference runs
 
 
 class Reason(str):

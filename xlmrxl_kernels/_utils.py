@@ -47,6 +47,17 @@ def refresh() -> None:
     env.refresh()
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for host integers (``triton.cdiv`` from Python goes through Triton's function wrapper: a few
+    microseconds per call on the launch path)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for host integers, without Triton's function wrapper (0 -> 0, 1 -> 1, 5 -> 8)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def autotune_configs(configs: Sequence, interpret_config=None) -> list:
     """The autotune list for a kernel: all of ``configs`` on a GPU, one config under the interpreter.
 
@@ -86,8 +97,7 @@ def launch_autotuned(kernel, grid, args: tuple, kwargs: dict, default: Callable[
     ``xlmrxl`` logger; one eager warm-up call before capture gets the tuned config into the graph instead. Outside
     capture, and under the interpreter, this is exactly ``kernel[grid](*args, **kwargs)``.
     """
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    if not _capturing(device) or _tuned(kernel, args, kwargs):
+    if not _capturing(_first_device(args)) or _tuned(kernel, args, kwargs):
         kernel[grid](*args, **kwargs)
         return
     named = {**dict(zip(kernel.arg_names, args)), **kwargs}
@@ -106,6 +116,16 @@ def launch_autotuned(kernel, grid, args: tuple, kwargs: dict, default: Callable[
 _WARNED: set = set()
 
 
+def _first_device(args: tuple) -> torch.device:
+    a = args[0] if args else None
+    if isinstance(a, torch.Tensor):  # every launcher's first argument
+        return a.device
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return torch.device("cpu")
+
+
 def on_tensor_device(fn: Callable) -> Callable:
     """Decorator for kernel launchers: run ``fn`` with the device of its first tensor argument made current.
 
@@ -118,13 +138,24 @@ def on_tensor_device(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        a = args[0] if args else None
+        if isinstance(a, torch.Tensor):  # the usual case: the first argument is a tensor
+            dev = a.device
+            if dev.type == "cuda":
+                if dev.index is not None and dev.index != torch.cuda.current_device():
+                    with torch.cuda.device(dev.index):
+                        return fn(*args, **kwargs)
+                return fn(*args, **kwargs)
+            if interpreting():
+                return fn(*args, **kwargs)
         for a in args:
             if isinstance(a, torch.Tensor):
                 dev = a.device
-                if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
-                    with torch.cuda.device(dev.index):
-                        return fn(*args, **kwargs)
-                if dev.type != "cuda" and not interpreting():
+                if dev.type == "cuda":
+                    if dev.index is not None and dev.index != torch.cuda.current_device():
+                        with torch.cuda.device(dev.index):
+                            return fn(*args, **kwargs)
+                elif not interpreting():
                     # otherwise Triton fails with "0 active drivers", which tells a user nothing
                     raise RuntimeError(
                         f"the Triton kernels need CUDA tensors, got a tensor on {dev.type}. On CPU use the PyTorch "
@@ -152,7 +183,7 @@ def empty(shape, *, dtype: torch.dtype, device) -> torch.Tensor:
     """Allocate a kernel output. With ``XLMRXL_POISON=1`` (set by the tests) it is pre-filled with NaN
     (or the dtype's max for integers) so that any element a kernel forgets to write is caught."""
     out = torch.empty(shape, dtype=dtype, device=device)
-    if env_flag("XLMRXL_POISON"):
+    if env.get("XLMRXL_POISON"):
         if out.is_floating_point():
             out.fill_(float("nan"))
         else:

@@ -25,7 +25,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import autotune_configs, check, check_dtype, check_same_device, empty, launch_autotuned, on_tensor_device
+from ._utils import (
+    autotune_configs,
+    cdiv,
+    check,
+    check_dtype,
+    check_same_device,
+    empty,
+    launch_autotuned,
+    next_power_of_2,
+    on_tensor_device,
+)
 from .reference.add_layernorm import add_layernorm_ref
 
 logger = logging.getLogger("xlmrxl")
@@ -250,11 +260,11 @@ def _make_plan(x, residual, weight, bias, eps, max_fused_n, loop_block_n) -> tup
     M = x.numel() // N
     common = dict(HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None)
     if N <= max_fused_n:
-        BLOCK_N = triton.next_power_of_2(N)
-        BLOCK_M = max(1, min(_TILE // BLOCK_N, triton.next_power_of_2(max(M, 1))))
+        BLOCK_N = next_power_of_2(N)
+        BLOCK_M = max(1, min(_TILE // BLOCK_N, next_power_of_2(max(M, 1))))
         kwargs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common)
-        return True, N, M, (triton.cdiv(M, BLOCK_M),), min(triton.next_power_of_2(max(M, 1)), 65536), kwargs
-    BLOCK_N = min(triton.next_power_of_2(loop_block_n), triton.next_power_of_2(N))
+        return True, N, M, (cdiv(M, BLOCK_M),), min(next_power_of_2(max(M, 1)), 65536), kwargs
+    BLOCK_N = min(next_power_of_2(loop_block_n), next_power_of_2(N))
     return False, N, M, (M,), 0, dict(BLOCK_N=BLOCK_N, num_warps=8, **common)
 
 

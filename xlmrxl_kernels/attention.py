@@ -40,7 +40,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import triton
 
 from ._attention_kernels import (  # noqa: F401  (tests and benchmarks/compile_sm90.py reach them here)
     _NARROW,
@@ -54,6 +53,7 @@ from ._attention_kernels import (  # noqa: F401  (tests and benchmarks/compile_s
     _tiled_default,
 )
 from ._utils import (
+    cdiv,
     check,
     check_dtype,
     check_same_device,
@@ -61,6 +61,7 @@ from ._utils import (
     env_flag,
     interpreting,
     launch_autotuned,
+    next_power_of_2,
     num_sms,
     on_tensor_device,
 )
@@ -95,7 +96,7 @@ def _head_dim_blocks(d: int):
         return 16, 0
     d0 = 1 << (d.bit_length() - 1)
     rem = d - d0
-    return d0, (0 if rem == 0 else max(16, triton.next_power_of_2(rem)))
+    return d0, (0 if rem == 0 else max(16, next_power_of_2(rem)))
 
 
 def _num_splits(device: torch.device, programs: int, max_seqlen_k: int | None) -> int:
@@ -119,7 +120,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _bucket(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    return next_power_of_2(max(int(n), 1))
 
 
 def _launch(
@@ -156,7 +157,7 @@ def _launch(
     decode = max_seqlen_q <= DECODE_MAX_SQ
     if num_splits is None:
         rows_per_program = 1 if decode else 64
-        programs = B * H * triton.cdiv(max_seqlen_q, rows_per_program)
+        programs = B * H * cdiv(max_seqlen_q, rows_per_program)
         num_splits = _num_splits(q.device, programs, None if decode else max_seqlen_k)
     check(
         num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
@@ -207,14 +208,14 @@ def _launch(
         NUM_SPLITS=num_splits,
     )
     if decode:
-        block_d = triton.next_power_of_2(D)
+        block_d = next_power_of_2(D)
         # SEQ_*_KEY only key the tiled kernel's autotuning: constant here, so they never add compiled variants
         _attn_decode_kernel[(max_seqlen_q * B * H, num_splits)](
             *args, 0, 0, BLOCK_D=block_d, **flags, **_decode_launch_params(block_d)
         )
     else:
         dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
-        grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
+        grid = lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
         launch_autotuned(
             _fwd_tiled,
             grid,
@@ -244,7 +245,7 @@ def _launch(
             lpart.stride(1),
             out_rows.stride(0),
             HEAD_DIM=D,
-            BLOCK_D=triton.next_power_of_2(D),
+            BLOCK_D=next_power_of_2(D),
             NUM_SPLITS=num_splits,
             num_warps=4,
         )
@@ -509,8 +510,18 @@ def _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
 def _attention_varlen(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
 ):
-    key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k), _meta(max_seqlen_q),
-           _meta(max_seqlen_k), _meta(scale))  # fmt: skip
+    T = torch.Tensor
+    if (type(max_seqlen_q) is int and type(max_seqlen_k) is int and (scale is None or type(scale) is float)
+            and isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and isinstance(cu_seqlens_q, T)
+            and isinstance(cu_seqlens_k, T)):  # fmt: skip
+        # the usual call, keyed inline (a _meta call per argument costs more than the rest of the launch path)
+        key = ("varlen", q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, v.shape, v.stride(),
+               v.dtype, cu_seqlens_q.shape, cu_seqlens_q.stride(), cu_seqlens_q.dtype, cu_seqlens_q.device,
+               cu_seqlens_k.shape, cu_seqlens_k.stride(), cu_seqlens_k.dtype, cu_seqlens_k.device, k.device, v.device,
+               max_seqlen_q, max_seqlen_k, scale)  # fmt: skip
+    else:
+        key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k),
+               _meta(max_seqlen_q), _meta(max_seqlen_k), _meta(scale))  # fmt: skip
     if key not in _CHECKED:
         _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
         _remember(key)

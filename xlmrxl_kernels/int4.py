@@ -49,11 +49,13 @@ from ._tiles import grouped_tile
 from ._utils import (
     _capturing,
     autotune_configs,
+    cdiv,
     check,
     check_same_device,
     empty,
     interpreting,
     launch_autotuned,
+    next_power_of_2,
     num_sms,
     on_tensor_device,
 )
@@ -258,7 +260,7 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
     bufs = _WORKSPACES.setdefault(key, [])
     if not bufs or bufs[-1].numel() < numel:
-        bufs.append(torch.empty(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
+        bufs.append(torch.empty(next_power_of_2(numel), dtype=torch.float32, device=device))
     return bufs[-1][:numel]
 
 
@@ -338,33 +340,33 @@ def _make_plan(x, qweight, scales, zeros, group_size, bias, activation) -> dict:
         N=N,
         K=K,
         copy_sz=copy_sz,
-        tail=(M, N, K, min(triton.next_power_of_2(max(M, 1)), 8192), *x2.stride(), *qweight.stride(), *sz_strides,
+        tail=(M, N, K, min(next_power_of_2(max(M, 1)), 8192), *x2.stride(), *qweight.stride(), *sz_strides,
               N, 1),
         split=1,
     )  # fmt: skip
     if M > SMALL_M:
 
         def grid(meta):
-            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
+            return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]), 1)
 
         plan.update(small=False, grid=grid, kwargs=dict(SPLIT_K=1, **common))
         return plan
     # latency launch: tiles fixed here so the split can fill the GPU
-    block_m = max(16, triton.next_power_of_2(max(M, 1)))
+    block_m = max(16, next_power_of_2(max(M, 1)))
     block_n = _SMALL_BLOCK_N_INTERPRET if interpreting() else _SMALL_BLOCK_N
-    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    tiles = cdiv(M, block_m) * cdiv(N, block_n)
     num_groups = K // group_size
     # enough programs for ~4 per SM (balance: a 1.2-wave launch idles most SMs for its last 0.2), but no more
     # fp32 partial-sum traffic (split x M x N x 4 bytes, written then read) than about half the packed weight
     split = max(1, min(num_groups, (4 * _num_sms(x.device)) // tiles, K // (16 * max(M, 1))))
-    split = triton.cdiv(num_groups, triton.cdiv(num_groups, split))  # no empty splits
+    split = cdiv(num_groups, cdiv(num_groups, split))  # no empty splits
     block = 1024
     plan.update(
         small=True,
         split=split,
         grid=(tiles, split),
         kwargs=dict(SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, **common),
-        finalize_grid=(triton.cdiv(M * N, block),),
+        finalize_grid=(cdiv(M * N, block),),
         finalize_kwargs=dict(SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu, BLOCK=block),
     )
     return plan

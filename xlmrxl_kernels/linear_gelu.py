@@ -38,11 +38,13 @@ from ._tiles import grouped_tile
 from ._utils import (
     _capturing,
     autotune_configs,
+    cdiv,
     check,
     check_same_device,
     empty,
     interpreting,
     launch_autotuned,
+    next_power_of_2,
     num_sms,
     on_tensor_device,
 )
@@ -258,7 +260,7 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
     bufs = _WORKSPACES.setdefault(key, [])
     if not bufs or bufs[-1].numel() < numel:
-        bufs.append(torch.empty(triton.next_power_of_2(numel), dtype=torch.float32, device=device))
+        bufs.append(torch.empty(next_power_of_2(numel), dtype=torch.float32, device=device))
     return bufs[-1][:numel]
 
 
@@ -268,10 +270,10 @@ def _split_k(device: torch.device, M: int, N: int, K: int, block_m: int, block_n
     if M > SPLIT_M or K < 512:
         return 1
     sms = num_sms(device) if device.type == "cuda" else 4  # the interpreter: 4, so tiny tests take the split path
-    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    tiles = cdiv(M, block_m) * cdiv(N, block_n)
     if tiles >= sms:
         return 1
-    split = min(triton.cdiv(2 * sms, tiles), K // 256, max(1, K // (8 * M)), 32)
+    split = min(cdiv(2 * sms, tiles), K // 256, max(1, K // (8 * M)), 32)
     return max(1, split)
 
 
@@ -344,7 +346,7 @@ def _make_plan(x, weight, bias, residual, epilogue: int, split_k: int | None) ->
     else:
         r_strides = (N, 1)  # never read (EPILOGUE != 2): y's
     plan.M, plan.N, plan.K = M, N, K
-    m_bucket = min(triton.next_power_of_2(max(M, 1)), 4096)
+    m_bucket = min(next_power_of_2(max(M, 1)), 4096)
     strides = (*x2.stride(), *weight.stride(), *r_strides, N, 1)
     flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, IEEE=x.dtype == torch.float32)
     block_m, block_n, block_k = _SPLIT_TILE_INTERPRET if interpreting() else _SPLIT_TILE
@@ -352,12 +354,12 @@ def _make_plan(x, weight, bias, residual, epilogue: int, split_k: int | None) ->
     k_split = K
     if split > 1:
         # K chunks of whole 128-multiples (the last one may be shorter); no empty splits
-        k_split = triton.cdiv(triton.cdiv(K, split), 128) * 128
-        split = triton.cdiv(K, k_split)
+        k_split = cdiv(cdiv(K, split), 128) * 128
+        split = cdiv(K, k_split)
     plan.split = split
     plan.args_tail = (M, N, K, m_bucket, k_split, *strides)
     if split > 1:
-        tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+        tiles = cdiv(M, block_m) * cdiv(N, block_n)
         plan.grid = (tiles, split)
         plan.kwargs = dict(
             EVEN_K=K % k_split == 0 and k_split % block_k == 0,
@@ -369,12 +371,12 @@ def _make_plan(x, weight, bias, residual, epilogue: int, split_k: int | None) ->
             **flags,
         )
         block = 1024
-        plan.finalize_grid = (triton.cdiv(M * N, block),)
+        plan.finalize_grid = (cdiv(M * N, block),)
         plan.finalize_kwargs = dict(SPLIT_K=split, HAS_BIAS=bias is not None, EPILOGUE=epilogue, BLOCK=block)
     else:
 
         def grid(meta):
-            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1)
+            return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]), 1)
 
         plan.grid = grid
         plan.kwargs = dict(EVEN_K=K % 128 == 0, SPLIT_K=1, **flags)  # every BLOCK_K in the configs divides 128

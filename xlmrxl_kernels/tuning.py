@@ -268,7 +268,8 @@ class Tuner:
             return hit
         with self._lock:
             choice = self._decide(op, key, device, tuple(args), kwargs)
-        self._memory[mem_key] = choice
+        if Reason.CAPTURING not in choice.reasons.values():  # a stand-in made inside capture is not kept
+            self._memory[mem_key] = choice
         return choice
 
     def _decide(self, op: str, key: tuple, device: torch.device, args: tuple, kwargs: dict) -> Choice:

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xlmrxl_kernels import env
+
 from . import inputs, store, tasks
 from .local import run_local
 from .ray_engine import import_ray, run_ray
@@ -128,7 +130,7 @@ def run(
         backend=backend,
         task_options=options,
         verify=verify,
-        fault=os.environ.get(FAULT_ENV) or None,
+        fault=str(env.get(FAULT_ENV)) or None,
     )
     t0 = time.perf_counter()
     with store.locked(out):

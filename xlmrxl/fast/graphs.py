@@ -67,20 +67,22 @@ Modes (``resolve_mode``): ``"auto"`` (graphs when the tensors are on CUDA and th
 otherwise), ``True`` (graphs; an error on CPU tensors, eager with one logged line when a call exceeds the buckets),
 ``False`` (eager, always), ``"emulate"`` (the bucketed static-buffer path exactly, with ``run`` called on the static
 buffers instead of captured: how CPU tests prove bucketing, padding and slicing). ``None`` or ``"auto"`` defer to
-``XLMRXL_CUDA_GRAPHS`` (auto / on / off / emulate, and 1/0/true/false/yes/no), read once per ``set_mode`` call, never
-per forward; an unknown value is a ValueError naming the variable and the allowed values.
+``XLMRXL_CUDA_GRAPHS`` (auto / on / off / emulate, and 1/0/true/false/yes/no), parsed by ``xlmrxl_kernels.env``
+(cached; ``env.refresh()`` re-reads), never per forward; an unknown value is an ``EnvError`` (a ValueError) naming
+the variable and the allowed values.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch
+
+from xlmrxl_kernels import env
 
 from .buckets import (
     PackedBucket,
@@ -151,15 +153,7 @@ def resolve_mode(mode: bool | str | None = None) -> bool | str:
             )
         if got != "auto":
             return got
-    raw = os.environ.get(ENV_VAR, "")
-    if not raw.strip():
-        return "auto"
-    got = _SPELLINGS.get(raw.strip().lower())
-    if got is None:
-        raise ValueError(
-            f"unknown {ENV_VAR}={raw!r}; allowed values: {', '.join(MODE_VALUES)} (also 1/0, true/false, yes/no)"
-        )
-    return got
+    return _SPELLINGS[str(env.get(ENV_VAR))]  # xlmrxl_kernels.env: strict (EnvError names the variable), cached
 
 
 def in_capture() -> bool:

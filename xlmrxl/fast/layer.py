@@ -109,14 +109,26 @@ def packed_attention(
     packing: Packing,
     scale: float,
     causal: bool,
+    check_lengths: bool = False,
 ) -> torch.Tensor:
     """Varlen attention on the packed (T, heads, D) views (``kernel``: the backend resolved ``attention_varlen`` to
     its kernel). Where the backend picks the PyTorch reference (CPU, or backend='reference'), the same maths runs as
     torch SDPA per sequence instead: ``attention_varlen_ref`` is an oracle (masks, fp32 copies, a host sync per call)
-    and would cost more than all the GEMMs on a CPU."""
+    and would cost more than all the GEMMs on a CPU.
+
+    ``check_lengths`` (the first layer of a forward: every layer shares the packing) hands the packing's host
+    lengths to the op as ``seqlens_q`` / ``seqlens_k``, which validates them against ``cu_seqlens``' shape, the
+    packed rows and ``max_seqlen`` in Python, without a device sync (so also inside CUDA-graph capture; the graph
+    runners pass no host lengths: their tail sequence is a padding bucket)."""
     if kernel or not packing.lengths:
         ms = packing.max_seqlen
-        return ops.attention_varlen(q, k, v, packing.cu_seqlens, packing.cu_seqlens, ms, ms, scale=scale, causal=causal)
+        cu = packing.cu_seqlens
+        if check_lengths and packing.lengths:
+            lens = packing.lengths
+            return ops.attention_varlen(
+                q, k, v, cu, cu, ms, ms, scale=scale, causal=causal, seqlens_q=lens, seqlens_k=lens
+            )
+        return ops.attention_varlen(q, k, v, cu, cu, ms, ms, scale=scale, causal=causal)
     T, nh, d = q.shape
     B, S = packing.batch, packing.seqlen
     if packing.indices is None and B * S == T:  # equal lengths: one batched call on (B, heads, S, D) views

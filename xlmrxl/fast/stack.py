@@ -142,7 +142,7 @@ def _stack(
     kernel = ops.kernel("attention_varlen")
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer_idx: int):
-        return packed_attention(ops, kernel, q, k, v, packing, scale, causal)
+        return packed_attention(ops, kernel, q, k, v, packing, scale, causal, layer_idx == 0)
 
     if output_hidden_states or layer_callback is not None:
         collected = [x] if output_hidden_states else None
