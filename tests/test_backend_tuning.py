@@ -214,13 +214,13 @@ def test_packed_stack_validates_host_lengths_without_sync(monkeypatch):
     m, inputs = _setup(seed=5)
     m.set_backend("triton")  # CPU: the Triton kernels under TRITON_INTERPRET=1
     seen = []
-    real = stack._attention
+    real = stack.packed_attention
 
     def spy(*a, **k):
         seen.append(a[-1])  # check_lengths
         return real(*a, **k)
 
-    monkeypatch.setattr(stack, "_attention", spy)
+    monkeypatch.setattr(stack, "packed_attention", spy)
     with torch.inference_mode():
         hidden = m.embeddings(input_ids=inputs["input_ids"])
         x, packing = pack(hidden, inputs["attention_mask"])

@@ -232,8 +232,16 @@ def test_temp_files_of_a_crashed_save_are_removed_by_the_next(tmp_path):
     live.write_bytes(b"in progress")
     mine = out / ".xlmrxl-tmp-not-ours"
     mine.write_bytes(b"user file")
+    # safetensors writes through its own .tmpXXXXXX file: ours sits in a scratch directory of the dead save
+    scratch = out / f".xlmrxl-tmp.{pid}.0123abcd.model-00002-of-00002.safetensors.d"
+    scratch.mkdir()
+    (scratch / ".tmpAbC123").write_bytes(b"half written by safetensors")
+    theirs = out / ".tmpXyZ789"  # not in a scratch directory of ours: the user's, left alone
+    theirs.write_bytes(b"user file")
     save_pretrained(model, out)
     assert not dead.exists() and live.exists() and mine.exists()
+    assert not scratch.exists() and theirs.exists()
+    assert not [f for f in os.listdir(out) if f.endswith(".d")], "a save leaves no scratch directory behind"
 
 
 def test_index_config_digest_rolls_forward(tmp_path, caplog):

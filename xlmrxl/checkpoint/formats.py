@@ -371,9 +371,19 @@ def _fsync_path(path: str) -> None:
 
 
 def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` with ``safetensors.torch.save_file``, then fsync it."""
-    save_file({name: _standalone(t) for name, t in tensors.items()}, path, metadata=metadata)
-    _fsync_path(path)
+    """Write ``tensors`` to ``path`` with ``safetensors.torch.save_file``, then fsync it.
+
+    safetensors (>= 0.7) itself writes through a ``.tmpXXXXXX`` file beside its target and renames it: a process
+    killed meanwhile would leave that file in the user's checkpoint directory under a name no later save could
+    claim as ours. So it writes inside ``<path>.d/`` (a directory named like ``path``: the next save removes it with
+    our other temporary files when this process is gone), and the finished file moves out to ``path``."""
+    scratch = path + ".d"
+    os.mkdir(scratch)
+    inner = os.path.join(scratch, "weights.safetensors")
+    save_file({name: _standalone(t) for name, t in tensors.items()}, inner, metadata=metadata)
+    _fsync_path(inner)
+    os.replace(inner, path)
+    os.rmdir(scratch)
 
 
 def write_bin(path: str, tensors: dict[str, torch.Tensor]) -> None:

@@ -164,10 +164,16 @@ def _recover(directory: str) -> None:
         logger.info("finished the interrupted save in %s (its config.json)", directory)
     for entry in os.scandir(directory):
         m = _TEMP.match(entry.name)
-        if m is None or entry.is_dir(follow_symlinks=False) or _pid_alive(int(m.group(1))):
+        if m is None or entry.is_symlink() or _pid_alive(int(m.group(1))):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
+        with contextlib.suppress(OSError):  # cleaning up is best effort: it never fails a save
+            if entry.is_dir(follow_symlinks=False):  # a safetensors scratch directory (formats.write_safetensors):
+                for inner in os.scandir(entry.path):  # only the files safetensors writes there, never deeper
+                    if inner.is_file(follow_symlinks=False):
+                        os.unlink(inner.path)
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
             logger.info("removed %s, left by an interrupted save", entry.path)
 
 
