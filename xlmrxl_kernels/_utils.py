@@ -41,10 +41,24 @@ def interpreting() -> bool:
     return _INTERPRETING[0]
 
 
+# the launchers' caches of launch plans (some constants depend on interpreting()): refresh() empties them
+PLAN_CACHES: list = []
+
+
+def plan_cache() -> dict:
+    """A new launch-plan cache (argument layout -> checked launch constants), emptied by ``refresh()``."""
+    cache: dict = {}
+    PLAN_CACHES.append(cache)
+    return cache
+
+
 def refresh() -> None:
-    """Re-read ``TRITON_INTERPRET`` and every ``XLMRXL_*`` switch on next use (tests that change the environment)."""
+    """Re-read ``TRITON_INTERPRET`` and every ``XLMRXL_*`` switch on next use (tests that change the environment);
+    empty the launchers' cached launch plans."""
     _INTERPRETING.clear()
     env.refresh()
+    for cache in PLAN_CACHES:
+        cache.clear()
 
 
 def cdiv(a: int, b: int) -> int:
@@ -88,16 +102,23 @@ def _tuned(kernel, args: tuple, kwargs: dict) -> bool:
         return False
 
 
-def launch_autotuned(kernel, grid, args: tuple, kwargs: dict, default: Callable[[dict], object]) -> None:
+def launch_autotuned(
+    kernel, grid, args: tuple, kwargs: dict, default: Callable[[dict], object], cuda: bool | None = None
+) -> None:
     """``kernel[grid](*args, **kwargs)`` for a ``triton.autotune`` kernel, safe inside CUDA-graph capture.
 
     Autotuning benchmarks every config with synchronising timings, which breaks a ``torch.cuda.graph`` capture. So
     when the current stream is capturing and this key has not been tuned yet, the launch skips the autotuner and
     runs ``default(named_args)`` (a ``triton.Config`` valid for these arguments) directly, with one warning on the
     ``xlmrxl`` logger; one eager warm-up call before capture gets the tuned config into the graph instead. Outside
-    capture, and under the interpreter, this is exactly ``kernel[grid](*args, **kwargs)``.
+    capture, and under the interpreter, this is exactly ``kernel[grid](*args, **kwargs)``. ``cuda``: whether the
+    arguments are on a CUDA device, when the caller knows (a cached launch plan); else read from the arguments.
     """
-    if not _capturing(_first_device(args)) or _tuned(kernel, args, kwargs):
+    if cuda is None:
+        capturing = _capturing(_first_device(args))
+    else:
+        capturing = cuda and torch.cuda.is_current_stream_capturing()
+    if not capturing or _tuned(kernel, args, kwargs):
         kernel[grid](*args, **kwargs)
         return
     named = {**dict(zip(kernel.arg_names, args)), **kwargs}
