@@ -32,6 +32,7 @@ from ._utils import (
     check_dtype,
     check_same_device,
     empty,
+    empty_as,
     launch_autotuned,
     next_power_of_2,
     on_tensor_device,
@@ -312,12 +313,12 @@ def _add_layernorm(
     if direct is not None:
         # 2-D rows with a contiguous last dim, contiguous weight and bias: the tensors go to the kernel as they are
         tail, cuda = direct
-        y = empty(x.shape, dtype=x.dtype, device=x.device)
+        y = empty_as(x)
         if residual is None:
             args = (x, x, x if weight is None else weight, x if bias is None else bias, y, y, *tail)
             h = x
         else:
-            h = empty(x.shape, dtype=x.dtype, device=x.device)
+            h = empty_as(x)
             args = (x, residual, x if weight is None else weight, x if bias is None else bias, y, h, *tail)
         launch_autotuned(_add_layernorm_kernel, plan[3], args, plan[5], _warps_default, cuda)
         return y, h

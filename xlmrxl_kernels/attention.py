@@ -58,6 +58,7 @@ from ._utils import (
     check_dtype,
     check_same_device,
     empty,
+    empty_as,
     env_flag,
     interpreting,
     launch_autotuned,
@@ -375,17 +376,25 @@ def check_host_seqlens(
     if seqlens_q is None:
         seqlens_q = seqlens_k
     B = cu_seqlens_q.shape[0] - 1 if isinstance(cu_seqlens_q, torch.Tensor) and cu_seqlens_q.dim() == 1 else None
-    for name, lens, rows, mx in (
-        ("seqlens_q", seqlens_q, q.shape[0], max_seqlen_q),
-        ("seqlens_k", seqlens_k, k.shape[0], max_seqlen_k),
+    todo = [("seqlens_q", seqlens_q, q.shape[0], max_seqlen_q)]
+    if not (  # self-attention over one packing: the k check would repeat the q check exactly
+        seqlens_k is seqlens_q
+        and k.shape[0] == q.shape[0]
+        and type(max_seqlen_q) is int
+        and type(max_seqlen_k) is int
+        and max_seqlen_k == max_seqlen_q
     ):
-        try:
-            lens = [int(n) for n in lens]
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a sequence of host integers (one length per sequence)") from None
+        todo.append(("seqlens_k", seqlens_k, k.shape[0], max_seqlen_k))
+    for name, lens, rows, mx in todo:
+        if type(lens) is not list or not all(type(n) is int for n in lens):
+            try:
+                lens = [int(n) for n in lens]
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be a sequence of host integers (one length per sequence)") from None
         check(B is None or len(lens) == B, f"{name} has {len(lens)} lengths but cu_seqlens describes {B} sequences")
-        bad = next((i for i, n in enumerate(lens) if n < 0), None)
-        check(bad is None, f"{name}[{bad}] = {lens[bad] if bad is not None else 0} is negative")
+        if lens and min(lens) < 0:
+            bad = next(i for i, n in enumerate(lens) if n < 0)
+            check(False, f"{name}[{bad}] = {lens[bad]} is negative")
         total = sum(lens)
         check(total <= rows, f"{name} sum to {total} rows but the packed tensor has {rows}")
         longest = max(lens, default=0)
@@ -497,7 +506,7 @@ def _attention_varlen(
             _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
         if contiguous:
             q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        out = empty(out_shape, dtype=q.dtype, device=q.device)
+        out = empty_as(q, out_shape)
         if launch is not None:
             _run_launch_plan(launch, q, k, v, out, q, cu_seqlens_q, cu_seqlens_k)
         return out

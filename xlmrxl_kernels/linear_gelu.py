@@ -42,6 +42,7 @@ from ._utils import (
     check,
     check_same_device,
     empty,
+    empty_as,
     interpreting,
     launch_autotuned,
     next_power_of_2,
@@ -435,7 +436,7 @@ def _launch(x, weight, bias, residual, epilogue: int, split_k: int | None = None
             _PLANS.clear()
         _PLANS[key] = plan
     if plan.direct:
-        y = empty((plan.M, plan.N), dtype=x.dtype, device=x.device)
+        y = empty_as(x, (plan.M, plan.N))
         args = (x, weight, y if bias is None else bias, y if residual is None else residual, y, y, *plan.args_tail)
         launch_autotuned(_linear_tiled, plan.grid, args, plan.kwargs, _tiled_default, plan.cuda)
         return y
