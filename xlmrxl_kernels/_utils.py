@@ -177,17 +177,36 @@ def on_tensor_device(fn: Callable) -> Callable:
                         with torch.cuda.device(dev.index):
                             return fn(*args, **kwargs)
                 elif not interpreting():
-                    # otherwise Triton fails with "0 active drivers", which tells a user nothing
-                    raise RuntimeError(
-                        f"the Triton kernels need CUDA tensors, got a tensor on {dev.type}. On CPU use the PyTorch "
-                        "references (xlmrxl_kernels.reference.<op>_ref, or backend='auto' / 'reference' in the "
-                        "model), or set TRITON_INTERPRET=1 before the first kernel import to run the kernels in "
-                        "Triton's CPU interpreter (for testing)"
-                    )
+                    raise _not_cuda(dev)
                 break
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _not_cuda(dev: torch.device) -> RuntimeError:
+    # otherwise Triton fails with "0 active drivers", which tells a user nothing
+    return RuntimeError(
+        f"the Triton kernels need CUDA tensors, got a tensor on {dev.type}. On CPU use the PyTorch "
+        "references (xlmrxl_kernels.reference.<op>_ref, or backend='auto' / 'reference' in the "
+        "model), or set TRITON_INTERPRET=1 before the first kernel import to run the kernels in "
+        "Triton's CPU interpreter (for testing)"
+    )
+
+
+def device_switch(t: torch.Tensor):
+    """``on_tensor_device`` inlined for the hot launchers (no wrapper frame): ``None`` when launches for ``t`` can
+    run as they are (``t`` on the current CUDA device, or on CPU under the interpreter), else the
+    ``torch.cuda.device`` context to run them in; a CPU tensor outside the interpreter is the same clear error."""
+    dev = t.device
+    if dev.type == "cuda":
+        index = dev.index
+        if index is not None and index != torch.cuda.current_device():
+            return torch.cuda.device(index)
+        return None
+    if interpreting():
+        return None
+    raise _not_cuda(dev)
 
 
 @functools.cache

@@ -31,11 +31,11 @@ from ._utils import (
     check,
     check_dtype,
     check_same_device,
+    device_switch,
     empty,
     empty_as,
     launch_autotuned,
     next_power_of_2,
-    on_tensor_device,
     plan_cache,
 )
 from .reference.add_layernorm import add_layernorm_ref
@@ -285,12 +285,15 @@ def _warps_default(named):
     return _prune_warps(_CONFIGS, named, **named)[0]
 
 
-@on_tensor_device
 def _add_layernorm(
     x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
 ):
     """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path. Checks and
     launch constants are computed once per argument layout (``_PLANS``)."""
+    ctx = device_switch(x)
+    if ctx is not None:
+        with ctx:
+            return _add_layernorm(x, residual, weight, bias, eps, max_fused_n=max_fused_n, loop_block_n=loop_block_n)
     key = (
         x.shape,
         x.stride(),

@@ -57,6 +57,7 @@ from ._utils import (
     check,
     check_dtype,
     check_same_device,
+    device_switch,
     empty,
     empty_as,
     env_flag,
@@ -479,10 +480,14 @@ def _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
         check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
 
 
-@on_tensor_device
 def _attention_varlen(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
 ):
+    ctx = device_switch(q) if isinstance(q, torch.Tensor) else None
+    if ctx is not None:
+        with ctx:
+            return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
+                                     causal=causal, num_splits=num_splits)  # fmt: skip
     T = torch.Tensor
     if (type(max_seqlen_q) is int and type(max_seqlen_k) is int and (scale is None or type(scale) is float)
             and isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and isinstance(cu_seqlens_q, T)

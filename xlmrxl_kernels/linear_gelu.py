@@ -41,13 +41,13 @@ from ._utils import (
     cdiv,
     check,
     check_same_device,
+    device_switch,
     empty,
     empty_as,
     interpreting,
     launch_autotuned,
     next_power_of_2,
     num_sms,
-    on_tensor_device,
     plan_cache,
 )
 from .reference.linear_gelu import linear_gelu_ref, linear_residual_ref
@@ -410,11 +410,14 @@ def _tiled_default(named):
     return _prune(_CONFIGS, named)[0]
 
 
-@on_tensor_device
 def _launch(x, weight, bias, residual, epilogue: int, split_k: int | None = None) -> torch.Tensor:
     """The launcher; ``split_k`` forces a split count (tests reach the split-K path with it). Checks, strides,
     grid and launch flags are computed once per argument layout (``_PLANS``); a call only reshapes, allocates the
     output and launches."""
+    ctx = device_switch(x)
+    if ctx is not None:
+        with ctx:
+            return _launch(x, weight, bias, residual, epilogue, split_k)
     key = (
         x.shape,
         x.stride(),
