@@ -130,6 +130,20 @@ def test_on_tensor_device_switches_only_when_needed(cuda_mock):
     assert cuda_mock["entered"] == [1, 2]
 
 
+def test_device_switch_matches_on_tensor_device(cuda_mock, monkeypatch):
+    """The hot launchers' inlined guard: a context only for another CUDA device, the same error on CPU."""
+    t = torch.randn(2, 3)
+    assert _utils.device_switch(_fake_cuda(t, 0)) is None, "no switch when the device is already current"
+    with _utils.device_switch(_fake_cuda(t, 1)):
+        assert cuda_mock["current"] == 1
+    assert cuda_mock["current"] == 0 and cuda_mock["entered"] == [1]
+    monkeypatch.setattr(_utils, "interpreting", lambda: True)
+    assert _utils.device_switch(t) is None, "CPU tensors run under the interpreter"
+    monkeypatch.setattr(_utils, "interpreting", lambda: False)
+    with pytest.raises(RuntimeError, match="need CUDA tensors"):
+        _utils.device_switch(t)
+
+
 @triton.jit
 def _copy_kernel(X, Y, N, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)

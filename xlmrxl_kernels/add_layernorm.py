@@ -31,10 +31,12 @@ from ._utils import (
     check,
     check_dtype,
     check_same_device,
+    device_switch,
     empty,
+    empty_as,
     launch_autotuned,
     next_power_of_2,
-    on_tensor_device,
+    plan_cache,
 )
 from .reference.add_layernorm import add_layernorm_ref
 
@@ -250,7 +252,7 @@ def add_layernorm(
 
 
 # (shapes, strides, dtypes, devices, eps, limits) -> launch constants: a layout is checked once, then reused
-_PLANS: dict = {}
+_PLANS: dict = plan_cache()
 _MAX_PLANS = 4096
 
 
@@ -263,21 +265,35 @@ def _make_plan(x, residual, weight, bias, eps, max_fused_n, loop_block_n) -> tup
         BLOCK_N = next_power_of_2(N)
         BLOCK_M = max(1, min(_TILE // BLOCK_N, next_power_of_2(max(M, 1))))
         kwargs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common)
-        return True, N, M, (cdiv(M, BLOCK_M),), min(next_power_of_2(max(M, 1)), 65536), kwargs
+        m_bucket = min(next_power_of_2(max(M, 1)), 65536)
+        direct = None
+        rows = (x,) if residual is None else (x, residual)
+        if (
+            M > 0
+            and all(t.dim() == 2 and (t.stride(1) == 1 or N == 1) for t in rows)
+            and all(t is None or t.is_contiguous() for t in (weight, bias))
+        ):
+            # what the general path passes, read off at plan time: (x2, r2) are x, residual themselves
+            r_stride = x.stride(0) if residual is None else residual.stride(0)
+            direct = ((M, N, float(eps), m_bucket, x.stride(0), r_stride, N, N), x.device.type == "cuda")
+        return True, N, M, (cdiv(M, BLOCK_M),), m_bucket, kwargs, direct
     BLOCK_N = min(next_power_of_2(loop_block_n), next_power_of_2(N))
-    return False, N, M, (M,), 0, dict(BLOCK_N=BLOCK_N, num_warps=8, **common)
+    return False, N, M, (M,), 0, dict(BLOCK_N=BLOCK_N, num_warps=8, **common), None
 
 
 def _warps_default(named):
     return _prune_warps(_CONFIGS, named, **named)[0]
 
 
-@on_tensor_device
 def _add_layernorm(
     x, residual, weight, bias, eps=1e-5, *, max_fused_n: int = MAX_FUSED_N, loop_block_n: int = _LOOP_BLOCK_N
 ):
     """The launcher; ``max_fused_n`` / ``loop_block_n`` exist so that tests can reach the wide-row path. Checks and
     launch constants are computed once per argument layout (``_PLANS``)."""
+    ctx = device_switch(x)
+    if ctx is not None:
+        with ctx:
+            return _add_layernorm(x, residual, weight, bias, eps, max_fused_n=max_fused_n, loop_block_n=loop_block_n)
     key = (
         x.shape,
         x.stride(),
@@ -296,7 +312,20 @@ def _add_layernorm(
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = plan
-    fused, N, M, grid, m_bucket, kwargs = plan
+    direct = plan[6]
+    if direct is not None:
+        # 2-D rows with a contiguous last dim, contiguous weight and bias: the tensors go to the kernel as they are
+        tail, cuda = direct
+        y = empty_as(x)
+        if residual is None:
+            args = (x, x, x if weight is None else weight, x if bias is None else bias, y, y, *tail)
+            h = x
+        else:
+            h = empty_as(x)
+            args = (x, residual, x if weight is None else weight, x if bias is None else bias, y, h, *tail)
+        launch_autotuned(_add_layernorm_kernel, plan[3], args, plan[5], _warps_default, cuda)
+        return y, h
+    fused, N, M, grid, m_bucket, kwargs, _ = plan
     y = empty(x.shape, dtype=x.dtype, device=x.device)
     h = empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else x
     if M == 0:

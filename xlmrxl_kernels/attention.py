@@ -57,13 +57,16 @@ from ._utils import (
     check,
     check_dtype,
     check_same_device,
+    device_switch,
     empty,
+    empty_as,
     env_flag,
     interpreting,
     launch_autotuned,
     next_power_of_2,
     num_sms,
     on_tensor_device,
+    plan_cache,
 )
 from .reference.attention import attention_ref, attention_varlen_ref
 
@@ -123,114 +126,77 @@ def _bucket(n: int) -> int:
     return next_power_of_2(max(int(n), 1))
 
 
-def _launch(
-    q,
-    k,
-    v,
-    out,
-    mask,
-    cu_q,
-    cu_k,
-    *,
-    B,
-    H,
-    D,
-    max_seqlen_q,
-    max_seqlen_k,
-    S_q,
-    S_k,
-    T_q,
-    T_k,
-    q_strides,
-    k_strides,
-    v_strides,
-    o_strides,
-    m_strides,
-    scale,
-    causal,
-    varlen,
-    num_splits=None,
-):
+def _launch(q, k, v, out, mask, cu_q, cu_k, *, varlen, **meta) -> None:
     """Pick the decode or the tiled kernel, allocate split-KV buffers when needed, launch. Rows of ``out`` are
-    (R, H, D) contiguous: R = B * S_q padded (row = b * S_q + i), R = T_q varlen."""
+    (R, H, D) contiguous: R = B * S_q padded (row = b * S_q + i), R = T_q varlen. ``meta``: ``_make_launch_plan``'s
+    keyword arguments (B, H, D, max_seqlen_q/k, S_q/k, T_q/k, q/k/v/o/m_strides, scale, causal, num_splits)."""
+    R = out.shape[0] * (out.shape[1] if not varlen else 1)
+    plan = _make_launch_plan(q.dtype, q.device, mask is not None, R, varlen=varlen, **meta)
+    _run_launch_plan(plan, q, k, v, out, mask, cu_q, cu_k)
+
+
+def _make_launch_plan(
+    dtype, device, has_mask, R, *, B, H, D, max_seqlen_q, max_seqlen_k, S_q, S_k, T_q, T_k, q_strides, k_strides,
+    v_strides, o_strides, m_strides, scale, causal, varlen, num_splits=None
+) -> tuple:  # fmt: skip
+    """Everything about a launch that depends only on metadata: the kernel, its grid, the host-integer arguments
+    after the tensors, the constexprs, the split-KV buffers' sizes. ``_run_launch_plan`` launches it."""
     BLOCK_D0, BLOCK_D1 = _head_dim_blocks(D)
     decode = max_seqlen_q <= DECODE_MAX_SQ
     if num_splits is None:
         rows_per_program = 1 if decode else 64
         programs = B * H * cdiv(max_seqlen_q, rows_per_program)
-        num_splits = _num_splits(q.device, programs, None if decode else max_seqlen_k)
+        num_splits = _num_splits(device, programs, None if decode else max_seqlen_k)
     check(
         num_splits >= 1 and (num_splits & (num_splits - 1)) == 0,
         f"num_splits must be a power of two >= 1, got {num_splits}",
     )
-    R = out.shape[0] * (out.shape[1] if not varlen else 1)
     if num_splits > 1:
-        opart = torch.empty((num_splits, R, H, D), dtype=torch.float32, device=q.device)
-        lpart = torch.empty((num_splits, R, H), dtype=torch.float32, device=q.device)
-        ps, ls = opart.stride(0), lpart.stride(0)
+        # the strides of the contiguous (num_splits, R, H, D) / (num_splits, R, H) fp32 buffers allocated per call
+        ps, ls = R * H * D, R * H
         lb, lh, lm = (0 if varlen else S_q * H), 1, H
     else:
-        opart, lpart, ps, ls, lb, lh, lm = out, out, 0, 0, 0, 0, 0
+        ps, ls, lb, lh, lm = 0, 0, 0, 0, 0
     qk_scale = float(scale) * _LOG2E
-    args = (
-        q,
-        k,
-        v,
-        out,
-        mask,
-        opart,
-        lpart,
-        cu_q,
-        cu_k,
-        H,
-        max_seqlen_q,
-        S_q,
-        S_k,
-        T_q,
-        T_k,
-        qk_scale,
-        *q_strides,
-        *k_strides,
-        *v_strides,
-        *o_strides,
-        *m_strides,
-        ps,
-        ls,
-        lb,
-        lh,
-        lm,
-    )
-    flags = dict(
-        HEAD_DIM=D,
-        IS_VARLEN=varlen,
-        HAS_MASK=mask is not None and not varlen,
-        IS_CAUSAL=bool(causal),
-        NUM_SPLITS=num_splits,
-    )
+    tail = (H, max_seqlen_q, S_q, S_k, T_q, T_k, qk_scale, *q_strides, *k_strides, *v_strides, *o_strides,
+            *m_strides, ps, ls, lb, lh, lm)  # fmt: skip
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=has_mask and not varlen, IS_CAUSAL=bool(causal),
+                 NUM_SPLITS=num_splits)  # fmt: skip
     if decode:
         block_d = next_power_of_2(D)
         # SEQ_*_KEY only key the tiled kernel's autotuning: constant here, so they never add compiled variants
-        _attn_decode_kernel[(max_seqlen_q * B * H, num_splits)](
-            *args, 0, 0, BLOCK_D=block_d, **flags, **_decode_launch_params(block_d)
-        )
+        grid = (max_seqlen_q * B * H, num_splits)
+        tail = tail + (0, 0)
+        kwargs = dict(BLOCK_D=block_d, **flags, **_decode_launch_params(block_d))
     else:
-        dot_f32 = interpreting() and q.dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
+        dot_f32 = interpreting() and dtype == torch.bfloat16  # the interpreter's tl.dot misreads bf16 operands
         grid = lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]) * B * H, num_splits)  # noqa: E731
-        launch_autotuned(
-            _fwd_tiled,
-            grid,
-            args + (_bucket(max_seqlen_q), _bucket(max_seqlen_k)),
-            dict(
-                BLOCK_D0=BLOCK_D0,
-                BLOCK_D1=BLOCK_D1,
-                PAD_D0=BLOCK_D0 > D,
-                PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
-                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                DOT_F32=dot_f32,
-                **flags,
-            ),
-            _tiled_default,
+        tail = tail + (_bucket(max_seqlen_q), _bucket(max_seqlen_k))
+        kwargs = dict(
+            BLOCK_D0=BLOCK_D0,
+            BLOCK_D1=BLOCK_D1,
+            PAD_D0=BLOCK_D0 > D,
+            PAD_D1=BLOCK_D1 > 0 and BLOCK_D0 + BLOCK_D1 > D,
+            DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+            DOT_F32=dot_f32,
+            **flags,
         )
+    return decode, grid, tail, kwargs, num_splits, R, H, D, device.type == "cuda"
+
+
+def _run_launch_plan(plan: tuple, q, k, v, out, mask, cu_q, cu_k) -> None:
+    """Launch a ``_make_launch_plan`` plan on these tensors (their metadata must be the plan's)."""
+    decode, grid, tail, kwargs, num_splits, R, H, D, cuda = plan
+    if num_splits > 1:
+        opart = torch.empty((num_splits, R, H, D), dtype=torch.float32, device=q.device)
+        lpart = torch.empty((num_splits, R, H), dtype=torch.float32, device=q.device)
+    else:
+        opart = lpart = out
+    args = (q, k, v, out, mask, opart, lpart, cu_q, cu_k, *tail)
+    if decode:
+        _attn_decode_kernel[grid](*args, **kwargs)
+    else:
+        launch_autotuned(_fwd_tiled, grid, args, kwargs, _tiled_default, cuda)
     if num_splits > 1:
         out_rows = out.view(R, H, D)
         _attn_combine_kernel[(R * H,)](
@@ -411,17 +377,25 @@ def check_host_seqlens(
     if seqlens_q is None:
         seqlens_q = seqlens_k
     B = cu_seqlens_q.shape[0] - 1 if isinstance(cu_seqlens_q, torch.Tensor) and cu_seqlens_q.dim() == 1 else None
-    for name, lens, rows, mx in (
-        ("seqlens_q", seqlens_q, q.shape[0], max_seqlen_q),
-        ("seqlens_k", seqlens_k, k.shape[0], max_seqlen_k),
+    todo = [("seqlens_q", seqlens_q, q.shape[0], max_seqlen_q)]
+    if not (  # self-attention over one packing: the k check would repeat the q check exactly
+        seqlens_k is seqlens_q
+        and k.shape[0] == q.shape[0]
+        and type(max_seqlen_q) is int
+        and type(max_seqlen_k) is int
+        and max_seqlen_k == max_seqlen_q
     ):
-        try:
-            lens = [int(n) for n in lens]
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a sequence of host integers (one length per sequence)") from None
+        todo.append(("seqlens_k", seqlens_k, k.shape[0], max_seqlen_k))
+    for name, lens, rows, mx in todo:
+        if type(lens) is not list or not all(type(n) is int for n in lens):
+            try:
+                lens = [int(n) for n in lens]
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be a sequence of host integers (one length per sequence)") from None
         check(B is None or len(lens) == B, f"{name} has {len(lens)} lengths but cu_seqlens describes {B} sequences")
-        bad = next((i for i, n in enumerate(lens) if n < 0), None)
-        check(bad is None, f"{name}[{bad}] = {lens[bad] if bad is not None else 0} is negative")
+        if lens and min(lens) < 0:
+            bad = next(i for i, n in enumerate(lens) if n < 0)
+            check(False, f"{name}[{bad}] = {lens[bad]} is negative")
         total = sum(lens)
         check(total <= rows, f"{name} sum to {total} rows but the packed tensor has {rows}")
         longest = max(lens, default=0)
@@ -506,62 +480,100 @@ def _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
         check(math.isfinite(float(scale)), f"scale must be a finite number, got {scale}")
 
 
-@on_tensor_device
 def _attention_varlen(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale=None, causal=False, num_splits=None
 ):
+    ctx = device_switch(q) if isinstance(q, torch.Tensor) else None
+    if ctx is not None:
+        with ctx:
+            return _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
+                                     causal=causal, num_splits=num_splits)  # fmt: skip
     T = torch.Tensor
     if (type(max_seqlen_q) is int and type(max_seqlen_k) is int and (scale is None or type(scale) is float)
             and isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and isinstance(cu_seqlens_q, T)
-            and isinstance(cu_seqlens_k, T)):  # fmt: skip
-        # the usual call, keyed inline (a _meta call per argument costs more than the rest of the launch path)
-        key = ("varlen", q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, v.shape, v.stride(),
+            and isinstance(cu_seqlens_k, T) and type(causal) is bool
+            and (num_splits is None or type(num_splits) is int)):  # fmt: skip
+        # the usual call: one key of the whole layout -> a cached launch plan (checked once per layout)
+        key = (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, v.shape, v.stride(),
                v.dtype, cu_seqlens_q.shape, cu_seqlens_q.stride(), cu_seqlens_q.dtype, cu_seqlens_q.device,
                cu_seqlens_k.shape, cu_seqlens_k.stride(), cu_seqlens_k.dtype, cu_seqlens_k.device, k.device, v.device,
-               max_seqlen_q, max_seqlen_k, scale)  # fmt: skip
-    else:
-        key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k),
-               _meta(max_seqlen_q), _meta(max_seqlen_k), _meta(scale))  # fmt: skip
+               max_seqlen_q, max_seqlen_k, scale, causal, num_splits)  # fmt: skip
+        plan = _VARLEN_PLANS.get(key)
+        if plan is None:
+            _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+            plan = _varlen_plan(q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale, causal, num_splits)
+            if len(_VARLEN_PLANS) >= _MAX_CHECKED:
+                _VARLEN_PLANS.clear()
+            _VARLEN_PLANS[key] = plan
+        contiguous, out_shape, launch = plan
+        if q.device.type == "cpu" or _debug_checks():
+            _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+            _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+        if contiguous:
+            q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        out = empty_as(q, out_shape)
+        if launch is not None:
+            _run_launch_plan(launch, q, k, v, out, q, cu_seqlens_q, cu_seqlens_k)
+        return out
+    key = ("varlen", _meta(q), _meta(k), _meta(v), _meta(cu_seqlens_q), _meta(cu_seqlens_k),
+           _meta(max_seqlen_q), _meta(max_seqlen_k), _meta(scale))  # fmt: skip
     if key not in _CHECKED:
         _check_varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
         _remember(key)
+    max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
+    if q.device.type == "cpu" or _debug_checks():
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    contiguous, out_shape, launch = _varlen_plan(
+        q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale, causal, num_splits
+    )
+    if contiguous:
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out = empty(out_shape, dtype=q.dtype, device=q.device)
+    if launch is not None:
+        _run_launch_plan(launch, q, k, v, out, q, cu_seqlens_q, cu_seqlens_k)
+    return out
+
+
+# (varlen argument layout, max_seqlen_*, scale, causal, num_splits) -> (copy q/k/v?, out shape, launch plan)
+_VARLEN_PLANS: dict = plan_cache()
+
+
+def _varlen_plan(q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale, causal, num_splits) -> tuple:
+    """The launch constants of attention_varlen for one argument layout (after its checks)."""
     T_q, H, D = q.shape
     T_k = k.shape[0]
     max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
-    if q.device.type == "cpu" or _debug_checks():
-        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, T_q, max_seqlen_q)
-        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, T_k, max_seqlen_k)
     if scale is None:
         scale = D**-0.5
     B = cu_seqlens_q.shape[0] - 1
+    contiguous = any(t.stride(-1) != 1 and t.shape[-1] != 1 for t in (q, k, v))
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out = empty((T_q, H, D), dtype=q.dtype, device=q.device)
-    if max_seqlen_q > 0 and T_q > 0:
-        _launch(
-            q,
-            k,
-            v,
-            out,
-            q,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            B=B,
-            H=H,
-            D=D,
-            max_seqlen_q=max_seqlen_q,
-            max_seqlen_k=max_seqlen_k,
-            S_q=0,
-            S_k=0,
-            T_q=T_q,
-            T_k=T_k,
-            q_strides=(0, q.stride(1), q.stride(0)),
-            k_strides=(0, k.stride(1), k.stride(0)),
-            v_strides=(0, v.stride(1), v.stride(0)),
-            o_strides=(0, out.stride(1), out.stride(0)),
-            m_strides=(0, 0),
-            scale=scale,
-            causal=causal,
-            varlen=True,
-            num_splits=num_splits,
-        )
-    return out
+    out_shape = (T_q, H, D)
+    if not (max_seqlen_q > 0 and T_q > 0):
+        return contiguous, out_shape, None
+    launch = _make_launch_plan(
+        q.dtype,
+        q.device,
+        True,  # varlen passes q as the (unused) mask
+        T_q,
+        B=B,
+        H=H,
+        D=D,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        S_q=0,
+        S_k=0,
+        T_q=T_q,
+        T_k=T_k,
+        q_strides=(0, q.stride(1), q.stride(0)),
+        k_strides=(0, k.stride(1), k.stride(0)),
+        v_strides=(0, v.stride(1), v.stride(0)),
+        o_strides=(0, D, H * D),  # out: a contiguous (T_q, H, D)
+        m_strides=(0, 0),
+        scale=scale,
+        causal=causal,
+        varlen=True,
+        num_splits=num_splits,
+    )
+    return contiguous, out_shape, launch
