@@ -12,13 +12,14 @@ setup:
 	$(PIP) install --no-build-isolation -e .
 
 # Reinstall only when what the install depends on changed (pyproject, setup.py, the C++ sources, this checkout's
-# path, the Python) or the compiled extension is gone: a rerun of `make test` starts the tests at once.
+# path, the Python) or the compiled extension is gone: a rerun of `make test` starts the tests at once. The check
+# imports xlmrxl isolated (-I: not from the current directory) so it sees what is installed, not this checkout.
 SETUP_KEY = { cat pyproject.toml setup.py csrc/*; echo "$(CURDIR)"; $(PYTHON) -VV; } | sha256sum | cut -c1-16
 SETUP_STAMP := build/.setup-test.stamp
 
 setup-test:
 	@if [ -f "$(SETUP_STAMP)" ] && [ "$$(cat $(SETUP_STAMP))" = "$$($(SETUP_KEY))" ] && ls xlmrxl_kernels/_C*.so >/dev/null 2>&1 \
-		&& $(PYTHON) -c "import xlmrxl, os, sys; sys.exit(os.path.dirname(os.path.dirname(xlmrxl.__file__)) != '$(CURDIR)')"; then \
+		&& $(PYTHON) -I -c "import xlmrxl, os, sys; sys.exit(os.path.dirname(os.path.dirname(xlmrxl.__file__)) != '$(CURDIR)')"; then \
 		echo "setup-test: installed and unchanged (delete $(SETUP_STAMP) to force)"; exit 0; fi; \
 	{ $(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_PIN)"; } && \
 	$(PIP) install --no-build-isolation setuptools wheel pybind11 ninja && \
