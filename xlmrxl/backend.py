@@ -248,10 +248,8 @@ class Backend:
         seqlens_q: Sequence[int] | None = None,
         seqlens_k: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        fn = self.op("attention_varlen", q.device)
-        if seqlens_q is None and seqlens_k is None:
-            return fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale, causal=causal)
-        return fn(
+        # every implementation (kernel, reference, measured candidates) takes the host lengths, None included
+        return self.op("attention_varlen", q.device)(
             q,
             k,
             v,

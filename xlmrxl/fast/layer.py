@@ -123,12 +123,8 @@ def packed_attention(
     if kernel or not packing.lengths:
         ms = packing.max_seqlen
         cu = packing.cu_seqlens
-        if check_lengths and packing.lengths:
-            lens = packing.lengths
-            return ops.attention_varlen(
-                q, k, v, cu, cu, ms, ms, scale=scale, causal=causal, seqlens_q=lens, seqlens_k=lens
-            )
-        return ops.attention_varlen(q, k, v, cu, cu, ms, ms, scale=scale, causal=causal)
+        lens = packing.lengths if check_lengths and packing.lengths else None
+        return ops.attention_varlen(q, k, v, cu, cu, ms, ms, scale=scale, causal=causal, seqlens_q=lens, seqlens_k=lens)
     T, nh, d = q.shape
     B, S = packing.batch, packing.seqlen
     if packing.indices is None and B * S == T:  # equal lengths: one batched call on (B, heads, S, D) views
