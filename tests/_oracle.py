@@ -203,3 +203,15 @@ def out_cache(out):
     """The cache an output returns, under its class's field name (``cache`` on transformers >= 5.24)."""
     fields = getattr(type(out), "__dataclass_fields__", {})
     return out["cache"] if "cache" in fields and "cache" in out else getattr(out, "past_key_values", None)
+
+
+# the backbone and every task head, by class name (ours and transformers' share the names)
+HEADS = [
+    "XLMRobertaXLModel",
+    "XLMRobertaXLForMaskedLM",
+    "XLMRobertaXLForCausalLM",
+    "XLMRobertaXLForSequenceClassification",
+    "XLMRobertaXLForMultipleChoice",
+    "XLMRobertaXLForTokenClassification",
+    "XLMRobertaXLForQuestionAnswering",
+]

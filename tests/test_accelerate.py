@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, FastPathSpy, cache_kw, out_cache, randomize
+from _oracle import HEADS, EncoderForwardSpy, FastPathSpy, cache_kw, out_cache, randomize
 from conftest import tiny_config_kwargs
 
 import xlmrxl
@@ -20,15 +20,6 @@ from xlmrxl import accelerate, deaccelerate, from_transformers, is_accelerated, 
 transformers = pytest.importorskip("transformers")
 TF5 = int(transformers.__version__.split(".")[0]) >= 5  # the GPU machine runs 5.x: no head_mask / relative positions
 
-HEADS = [
-    "XLMRobertaXLModel",
-    "XLMRobertaXLForMaskedLM",
-    "XLMRobertaXLForCausalLM",
-    "XLMRobertaXLForSequenceClassification",
-    "XLMRobertaXLForMultipleChoice",
-    "XLMRobertaXLForTokenClassification",
-    "XLMRobertaXLForQuestionAnswering",
-]
 TOL = 1e-5
 
 

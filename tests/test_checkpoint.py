@@ -418,7 +418,7 @@ def test_sharded_round_trip_keeps_other_files_and_drops_stale_shards(hf_dirs, tm
 
 def test_shared_storage_views_save_fine(hf_mlm, hf_dirs, tmp_path):
     model = load_pretrained(xlmrxl.XLMRobertaXLForMaskedLM, hf_dirs / "single")
-    from xlmrxl.fast_path import fuse_qkv
+    from xlmrxl.fast import fuse_qkv
 
     sa = model.roberta.encoder.layer[0].attention.self
     W, _ = fuse_qkv(sa)

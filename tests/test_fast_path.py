@@ -11,7 +11,7 @@ import logging
 
 import pytest
 import torch
-from _oracle import EncoderForwardSpy, assert_lowp, force_exact, hf_twin, randomize
+from _oracle import HEADS, EncoderForwardSpy, assert_lowp, force_exact, hf_twin, randomize
 from conftest import tiny_config_kwargs
 
 import xlmrxl
@@ -22,15 +22,6 @@ from xlmrxl.reasons import codes
 
 transformers = pytest.importorskip("transformers")
 
-HEADS = [
-    "XLMRobertaXLModel",
-    "XLMRobertaXLForMaskedLM",
-    "XLMRobertaXLForCausalLM",
-    "XLMRobertaXLForSequenceClassification",
-    "XLMRobertaXLForMultipleChoice",
-    "XLMRobertaXLForTokenClassification",
-    "XLMRobertaXLForQuestionAnswering",
-]
 TOL = 1e-5
 
 

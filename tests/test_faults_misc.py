@@ -10,23 +10,13 @@ import logging
 
 import pytest
 import torch
-from _oracle import FastPathSpy, hf_twin, random_model
+from _oracle import HEADS, FastPathSpy, hf_twin, random_model
 from conftest import tiny_config_kwargs
 
 import xlmrxl
 from xlmrxl import XLMRobertaXLConfig
 
 transformers = pytest.importorskip("transformers")
-
-MODEL_CLASSES = [
-    "XLMRobertaXLModel",
-    "XLMRobertaXLForMaskedLM",
-    "XLMRobertaXLForCausalLM",
-    "XLMRobertaXLForSequenceClassification",
-    "XLMRobertaXLForMultipleChoice",
-    "XLMRobertaXLForTokenClassification",
-    "XLMRobertaXLForQuestionAnswering",
-]
 
 
 def _cfg(**kw):
@@ -64,7 +54,7 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is not usable")
-@pytest.mark.parametrize("name", MODEL_CLASSES)
+@pytest.mark.parametrize("name", HEADS)
 def test_every_model_class_from_pretrained_cuda_without_cuda_says_how_to_fix(name, checkpoint):
     cls = getattr(xlmrxl, name)
     for device in ("cuda", "cuda:0", torch.device("cuda"), 0):

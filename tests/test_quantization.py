@@ -256,7 +256,7 @@ def test_concat_share_storage(device):
 
 
 def test_quantize_drops_fused_dense_qkv():
-    from xlmrxl.fast_path import fuse_qkv
+    from xlmrxl.fast import fuse_qkv
 
     model = _model()
     sa = model.roberta.encoder.layer[0].attention.self
