@@ -2,7 +2,8 @@
 
 Bytes moved per call (the minimum for this op): read x and residual, write y and h = 4 x rows x N x element size
 (weight and bias, 2 x N, are negligible). GB/s = bytes / median time; the ceiling is the device-to-device copy
-bandwidth measured in the same run (``harness.copy_bandwidth_gbs``).
+bandwidth measured in the same run (``harness.copy_bandwidth_gbs``: the lease's probe). ``pct_of_roofline``: our time
+against ``benchmarks.roofline.add_layernorm``'s floor on the probe's peaks.
 
 Peers: eager ``h = x + r; y = F.layer_norm(h, ...)`` (two kernels, h written then re-read) and ``torch.compile`` of
 that function. Shapes: rows of 2560 (XL) and 4096 (XXL), 8k-64k rows, fp16 and bf16. Target
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 logger = logging.getLogger("xlmrxl")
 
@@ -52,11 +53,11 @@ def main(argv=None) -> int:
         _RUN.update(device="cpu", warmup=0, rep=2)
         args.widths, args.no_compile, args.dtypes = [80], True, ["fp32"]
         row_counts = [64]
-        copy_gbs = harness.copy_bandwidth_gbs(1 << 20)
     else:
         harness.require_gpu("bench_add_layernorm")
         row_counts = [16384] if args.quick else [8192, 16384, 32768, 65536]
-        copy_gbs = harness.copy_bandwidth_gbs()
+    roof = harness.peaks()  # the lease's probe (or measured now); None on a CPU without a probe
+    copy_gbs = roof.gbs if roof else harness.measured_copy_gbs(1 << 20)
 
     from xlmrxl_kernels.add_layernorm import add_layernorm
 
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
                 w = torch.randn(n, device=dev, dtype=dtype)
                 b = torch.randn(n, device=dev, dtype=dtype)
                 nbytes = 4 * m * n * x.element_size()
+                cost = roofline.add_layernorm(m, n, dtype_bytes=x.element_size())
                 t_ours, _ = _time(lambda: add_layernorm(x, r, w, b, 1e-5))
                 t_eager, _ = _time(lambda: _eager(x, r, w, b, 1e-5))
                 t_comp, comp_err = (None, "skipped") if compiled is None else _time(lambda: compiled(x, r, w, b, 1e-5))
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
                         "eager_GBps": gbs(t_eager),
                         "compile_GBps": gbs(t_comp),
                         "pct_of_copy": None if t_ours is None else 100 * gbs(t_ours) / copy_gbs,
+                        "pct_of_roofline": harness.pct_of_roofline(t_ours, cost, roof),
                         "x_vs_eager": None if None in (t_ours, t_eager) else t_eager / t_ours,
                         "x_vs_compile": None if None in (t_ours, t_comp) else t_comp / t_ours,
                         "note": comp_err or "",
@@ -101,6 +104,7 @@ def main(argv=None) -> int:
         "rows",
         "xlmrxl_GBps",
         "pct_of_copy",
+        "pct_of_roofline",
         "eager_GBps",
         "compile_GBps",
         "x_vs_eager",

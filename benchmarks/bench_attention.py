@@ -15,7 +15,11 @@ Contenders:
 A contender whose backend rejects the input is listed with the error in ``note``.
 
 Decode: S_q 1, S_k 512, H 32, D 80, B 1 and 32, with a padding mask (ours, efficient, cuDNN) and without (flash):
-median microseconds and GB/s of K and V read (decode is memory-bound).
+median microseconds and GB/s of K and V read (decode is memory-bound; L2 is evicted before every timed decode call,
+since one sequence's K and V fit in L2).
+
+``pct_of_roofline``: the contender's time against the op's floor (``benchmarks.roofline.attention`` on real tokens,
+``decode_attention``) on the peaks the lease's probe measured.
 
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
@@ -29,10 +33,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _RUN = {"device": "cuda", "warmup": 10, "rep": 50}  # --tiny: CPU, 1 + 2 calls
+_ROOF: dict = {"peak": None}  # roofline.Peak of this device (the lease's probe), set by main
 
 
 def _sync():
@@ -40,11 +45,11 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _time(fn):
+def _time(fn, flush_l2: bool = False):
     try:
         fn()  # compile / fail early outside the timer
         _sync()
-        return harness.bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])["ms"], ""
+        return harness.bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"], flush_l2=flush_l2)["ms"], ""
     except Exception as exc:  # a backend that rejects the input is reported, not fatal
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
 
@@ -88,6 +93,7 @@ def prefill_rows(dtype, dname, D, B=32, S=512, H=32, quick=False):
     packed = [t.transpose(1, 2)[mask].contiguous() for t in (q, k, v)]  # (T, H, D)
     max_len = int(lens.max())
     flops = 4.0 * D * H * float((lens.double() ** 2).sum())
+    cost = roofline.attention(lens.tolist(), H, D, dtype_bytes=q.element_size())
     contenders = {
         "xlmrxl-padded": lambda: attention(q, k, v, mask),
         "xlmrxl-varlen": lambda: attention_varlen(*packed, cu, cu, max_len, max_len),
@@ -123,6 +129,7 @@ def prefill_rows(dtype, dname, D, B=32, S=512, H=32, quick=False):
                 "contender": name,
                 "ms": t,
                 "TFLOPs": None if t is None else flops / (t * 1e-3) / 1e12,
+                "pct_of_roofline": harness.pct_of_roofline(t, cost, _ROOF["peak"]),
                 "note": note,
             }
         )
@@ -141,6 +148,7 @@ def decode_rows(dtype, dname, B, D=80, S_k=512, H=32):
     mask = torch.ones(B, S_k, dtype=torch.bool, device=dev)
     mask[:, : S_k // 10] = False  # some left padding so the mask does work
     nbytes = 2 * B * H * S_k * D * q.element_size()
+    cost = roofline.decode_attention(B, S_k, H, D, dtype_bytes=q.element_size())
     contenders = {
         "xlmrxl-mask": lambda: attention(q, k, v, mask),
         "xlmrxl-nomask": lambda: attention(q, k, v),
@@ -150,7 +158,7 @@ def decode_rows(dtype, dname, B, D=80, S_k=512, H=32):
     }
     rows = []
     for name, fn in contenders.items():
-        t, note = _time(fn)
+        t, note = _time(fn, flush_l2=True)
         rows.append(
             {
                 "mode": "decode",
@@ -164,6 +172,7 @@ def decode_rows(dtype, dname, B, D=80, S_k=512, H=32):
                 "ms": t,
                 "us": None if t is None else t * 1e3,
                 "KV_GBps": None if t is None else nbytes / (t * 1e-3) / 1e9,
+                "pct_of_roofline": harness.pct_of_roofline(t, cost, _ROOF["peak"]),
                 "note": note,
             }
         )
@@ -190,6 +199,7 @@ def main(argv=None) -> int:
         harness.require_gpu("bench_attention")
         sizes, decode_sizes, batches = {}, {}, (1, 32)
 
+    _ROOF["peak"] = harness.peaks()
     dnames = args.dtypes or (["bf16"] if args.quick else ["fp16", "bf16"])
     if args.tiny:
         dnames = ["fp32"]
@@ -213,6 +223,7 @@ def main(argv=None) -> int:
         "contender",
         "ms",
         "TFLOPs",
+        "pct_of_roofline",
         "x_vs_flash_njt",
         "us",
         "KV_GBps",

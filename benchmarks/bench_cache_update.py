@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 MODELS = {"XL": (32, 80), "XXL": (32, 128)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -59,12 +59,12 @@ def main(argv=None) -> int:
     if args.tiny:
         _RUN.update(device="cpu", warmup=0, rep=2)
         cases = [(1, 1), (1, 16), (2, 1)]
-        copy_gbs = harness.copy_bandwidth_gbs(1 << 20)
     else:
         harness.require_gpu("bench_cache_update")
         tokens = [1, 64, 1024, 16384] if args.quick else [1, 16, 64, 256, 1024, 4096, 16384]
         cases = [(1, t) for t in tokens] + [(32, 1)]
-        copy_gbs = harness.copy_bandwidth_gbs()
+    roof = harness.peaks()  # the lease's probe (or measured now); None on a CPU without a probe
+    copy_gbs = roof.gbs if roof else harness.measured_copy_gbs(1 << 20)
     dev = _RUN["device"]
     reason = cache_extension_unavailable_reason(torch.device(dev))
     if reason is not None:
@@ -101,6 +101,7 @@ def main(argv=None) -> int:
             slices()
             assert torch.equal(want, k_cache[:, :, past : past + T]), "cache_update wrote other values than slicing"
             nbytes = 2 * 2 * B * H * T * D * k_cache.element_size()
+            cost = roofline.cache_update(B * T, H, D, dtype_bytes=k_cache.element_size())
             t_ours, err = _time(ours)
             t_slice, _ = _time(slices)
             t_index, _ = _time(index_copy)
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
                     "index_copy_us": None if t_index is None else 1e3 * t_index,
                     "xlmrxl_GBps": gbs(t_ours),
                     "pct_of_copy": None if t_ours is None else 100 * gbs(t_ours) / copy_gbs,
+                    "pct_of_roofline": harness.pct_of_roofline(t_ours, cost, roof),
                     "slice_GBps": gbs(t_slice),
                     "index_copy_GBps": gbs(t_index),
                     "x_vs_slice": None if None in (t_ours, t_slice) else t_slice / t_ours,
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
         "dtype",
         "xlmrxl_GBps",
         "pct_of_copy",
+        "pct_of_roofline",
         "slice_GBps",
         "index_copy_GBps",
         "x_vs_slice",

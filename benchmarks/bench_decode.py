@@ -11,6 +11,10 @@ Between timed calls each cache is rewound to the 511-token prefix (dynamic: ``cr
 length, so no zeroing kernel is timed; transformers' static: overwritten in place at ``cache_position``).
 Position ids are passed explicitly (the padding-index rule: 513 for the new token) to every peer.
 
+``pct_of_roofline``: the step's time against ``benchmarks.roofline.decode_step`` (every weight read once, the K/V
+cache read, the new token written: memory-bound) on the probe's peaks; the LM head is not counted, so the figure is
+a slight overestimate of how far from the floor a step is. ``transformers``: the version every hf-* row ran.
+
 ``--tiny`` runs a tiny configuration on CPU in fp32 (to check the script itself; numbers mean nothing).
 """
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 XL = dict(
     vocab_size=250880,
@@ -101,6 +105,7 @@ def main(argv=None) -> int:
     ours = xlmrxl.from_transformers(hf)
     ext = cache_extension_unavailable_reason(torch.device(device))
 
+    roof = harness.peaks()  # the lease's probe (or measured now); None on a CPU without a probe
     rows = harness.LiveRows("decode_tiny_cpu" if args.tiny else "decode", args.out)  # written after every row
     for B in args.batches:
         g = torch.Generator().manual_seed(B)
@@ -186,6 +191,10 @@ def main(argv=None) -> int:
                     "ms_p20": t.get("ms_p20"),
                     "ms_p80": t.get("ms_p80"),
                     "tokens_per_s": None if ms is None else B / (ms * 1e-3),
+                    "pct_of_roofline": harness.pct_of_roofline(
+                        ms, roofline.decode_step(cfg, B, ctx, dtype_bytes=torch.finfo(dtype).bits // 8), roof
+                    ),
+                    "transformers": transformers.__version__ if name.startswith("hf") else "",
                     "note": note,
                 }
             )
@@ -196,7 +205,8 @@ def main(argv=None) -> int:
         for r in rows:
             if r["batch"] == B:
                 r["x_vs_hf_dynamic"] = None if None in (base, r["ms"]) else base / r["ms"]
-    cols = ["batch", "cached_tokens", "peer", "ms", "ms_p20", "ms_p80", "tokens_per_s", "x_vs_hf_dynamic", "note"]
+    cols = ["batch", "cached_tokens", "peer", "ms", "ms_p20", "ms_p80", "tokens_per_s", "x_vs_hf_dynamic"]
+    cols += ["pct_of_roofline", "transformers", "note"]
     name = "decode_tiny_cpu" if args.tiny else "decode"
     out = harness.write_results(name, rows, columns=cols, out_dir=args.out)
     print(f"decode: results in {out}")

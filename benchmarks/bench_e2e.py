@@ -10,7 +10,9 @@ model, the same transformers object after `xlmrxl.accelerate`, and xlmrxl's own 
 through `xlmrxl.from_transformers`), in bf16 and int4 (`xlmrxl.quantize`, group 128).
 Reported: median ms, tokens/s on real tokens, ratio to HF SDPA, the fraction of the bf16 GEMM peak measured in the
 same run (FLOPs counted on real tokens: 2 x linear params per token + attention 4 x S x hidden per token per layer),
-and peak GPU memory.
+peak GPU memory, ``pct_of_roofline`` (the forward's floor, ``benchmarks.roofline.forward_floor_s``: every op at its own
+limit on the peaks the lease's probe measured, real tokens only, divided by the measured time), ``first_call_s``
+(the first call: compiles and tunes included) and, on transformers rows, the transformers version that ran.
 
 `--tiny` runs a tiny configuration on CPU in fp32 (to check the script itself; numbers mean nothing).
 `--peers` picks peers by name (default: all, less the slow ones under `--quick`); results are rewritten after every
@@ -27,7 +29,7 @@ import time
 
 import torch
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 XL = dict(
     vocab_size=250880,
@@ -118,7 +120,11 @@ def main(argv=None) -> int:
     else:
         harness.require_gpu("bench_e2e")
         cfg, dtype, device = XL, torch.bfloat16, "cuda"
-    peak_tflops = harness.matmul_tflops() if device == "cuda" else float("nan")
+    roof = harness.peaks()  # the lease's probe (or measured now); None on a CPU without a probe
+    peak_tflops = roof.tflops if roof else float("nan")
+    from importlib import metadata
+
+    hf_version = metadata.version("transformers")
 
     t_build = time.perf_counter()
     hf = build_hf(cfg, dtype, device, "sdpa")
@@ -130,8 +136,10 @@ def main(argv=None) -> int:
     if args.tiny and "single" in batches:
         batches["single"] = make_batch("full", cfg["vocab_size"], device, seq=16, batch=1)
 
+    bytes_per = torch.finfo(dtype).bits // 8
     rows = []
-    cols = ["batch", "peer", "ms", "tokens_per_s", "speedup_vs_hf_sdpa", "tflops_real", "frac_peak", "peak_mem_gib"]
+    cols = ["batch", "peer", "ms", "tokens_per_s", "speedup_vs_hf_sdpa", "pct_of_roofline", "tflops_real", "frac_peak"]
+    cols += ["peak_mem_gib", "first_call_s", "transformers"]
 
     def write():
         # ratios against HF SDPA of the same batch; rewritten after every row (a killed run keeps its numbers)
@@ -147,7 +155,11 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
+            t0 = time.perf_counter()
             fn(ids, mask)  # warm-up / compile
+            if device == "cuda":
+                torch.cuda.synchronize()
+            first = time.perf_counter() - t0
             t = harness.bench(lambda: fn(ids, mask), **reps)
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
         tflops = flops_per_forward(cfg, mask) / (t["ms"] * 1e-3) / 1e12
@@ -162,7 +174,14 @@ def main(argv=None) -> int:
                 "tokens_per_s": real / (t["ms"] * 1e-3),
                 "tflops_real": tflops,
                 "frac_peak": tflops / peak_tflops if peak_tflops == peak_tflops else None,
+                "pct_of_roofline": None
+                if roof is None
+                else harness.pct_of_roofline(
+                    t["ms"], roofline.forward_floor_s(cfg, mask.sum(1).tolist(), roof, dtype_bytes=bytes_per), None
+                ),
                 "peak_mem_gib": peak_mem,
+                "first_call_s": first,
+                "transformers": hf_version if peer.startswith("hf") else "",
             }
         )
         print(f"{kind:>6} {peer:<22} {t['ms']:9.3f} ms  {real / (t['ms'] * 1e-3):12.0f} tok/s", flush=True)

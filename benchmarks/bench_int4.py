@@ -10,6 +10,11 @@ Peers, same inputs: ``F.linear`` with the bf16 weight (cuBLAS; ``x_vs_bf16`` is 
 ``_convert_weight_to_int4pack``), where this torch has it. Shapes (K, N): (2560, 7680) fused QKV,
 (2560, 10240) FFN up, (10240, 2560) FFN down; M in 1, 4, 16, 64, 256, 2048, 8192.
 
+At M <= 128 every timed call (ours and the peers) first evicts L2 (``harness.bench(flush_l2=True)``): the 3.5-39 MB
+weights would otherwise stay in the H100's 50 MB L2 between calls, and the row would measure L2, not HBM; the ``l2``
+column says which rows were flushed. ``pct_of_roofline``: our time against ``benchmarks.roofline.int4_linear``'s
+floor on the probe's peaks.
+
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
 
@@ -22,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 _RUN = {"device": "cuda", "warmup": 10, "rep": 50}
 SHAPES = [(2560, 7680), (2560, 10240), (10240, 2560)]
@@ -30,8 +35,8 @@ TOKENS = [1, 4, 16, 64, 256, 2048, 8192]
 GROUP = 128
 
 
-def _time(fn):
-    return harness.try_bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])
+def _time(fn, flush_l2: bool = False):
+    return harness.try_bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"], flush_l2=flush_l2)
 
 
 def _tinygemm(qweight, scales, zeros):
@@ -59,10 +64,11 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is first imported
         _RUN.update(device="cpu", warmup=0, rep=2)
         shapes, tokens, dtype, args.no_torchao = [(256, 96)], [1, 80], torch.float32, True
-        copy_gbs, peak = harness.copy_bandwidth_gbs(1 << 20), None
     else:
         harness.require_gpu("bench_int4")
-        copy_gbs, peak = harness.copy_bandwidth_gbs(), harness.matmul_tflops()
+    roof = harness.peaks()  # the lease's probe (or measured now); None on a CPU without a probe
+    copy_gbs = roof.gbs if roof else harness.measured_copy_gbs(1 << 20)
+    peak = roof.tflops if roof else None
 
     from xlmrxl_kernels.int4 import int4_matmul, quantize_int4
 
@@ -76,9 +82,11 @@ def main(argv=None) -> int:
             x = torch.randn(M, K, device=dev, dtype=dtype)
             nbytes = q.numel() + 2 * s.numel() * s.element_size() + (M * K + M * N) * x.element_size()
             flops = 2.0 * M * N * K
-            t_ours, note = _time(lambda: int4_matmul(x, q, s, z, GROUP))
-            t_bf16, _ = _time(lambda: F.linear(x, w))
-            t_tiny, tnote = (None, tiny_note) if tiny is None else _time(lambda: tiny(x))
+            fl = M <= 128
+            cost = roofline.int4_linear(M, K, N, group=GROUP, dtype_bytes=x.element_size(), bias=False)
+            t_ours, note = _time(lambda: int4_matmul(x, q, s, z, GROUP), fl)
+            t_bf16, _ = _time(lambda: F.linear(x, w), fl)
+            t_tiny, tnote = (None, tiny_note) if tiny is None else _time(lambda: tiny(x), fl)
             gbs = None if t_ours is None else nbytes / (t_ours * 1e-3) / 1e9
             tflops = None if t_ours is None else flops / (t_ours * 1e-3) / 1e12
             rows.append(
@@ -86,6 +94,8 @@ def main(argv=None) -> int:
                     "K": K,
                     "N": N,
                     "M": M,
+                    "l2": ("flushed" if fl else "warm") if torch.cuda.is_available() else "n/a (cpu)",
+                    "pct_of_roofline": harness.pct_of_roofline(t_ours, cost, roof),
                     "x_vs_bf16": None if None in (t_ours, t_bf16) else t_bf16 / t_ours,
                     "x_vs_tinygemm": None if None in (t_ours, t_tiny) else t_tiny / t_ours,
                     "ours_GBps": gbs,
@@ -104,6 +114,8 @@ def main(argv=None) -> int:
         "K",
         "N",
         "M",
+        "l2",
+        "pct_of_roofline",
         "x_vs_bf16",
         "x_vs_tinygemm",
         "ours_GBps",

@@ -10,7 +10,10 @@ Columns, per shape:
 - ``eager``: ``F.gelu(F.linear(x, w, b))`` / ``r + F.linear(x, w, b)`` (cuBLAS with bias, then a second kernel);
 - ``compile``: ``torch.compile`` of the eager function.
 Shapes are XLM-R-XL's: FFN up 2560 -> 10240 (+GELU), FFN down 10240 -> 2560 (+residual), attention output
-2560 -> 2560 (+residual), at M = 4096 .. 16384 tokens.
+2560 -> 2560 (+residual), at M = 4096 .. 16384 tokens, and at M = 16 and 128 (latency batches: memory-bound). At
+M <= 128 every timed call first evicts L2 (``harness.bench(flush_l2=True)``: the weights come from HBM, as they do
+in a forward); the ``l2`` column says which rows were flushed. ``pct_of_roofline`` is our time against the op's
+floor (``benchmarks.roofline.linear``) on the peaks the lease's probe measured.
 
 ``--tiny`` runs tiny shapes on CPU with the Triton interpreter (to check the script itself; numbers mean nothing).
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import harness
+from benchmarks import harness, roofline
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _RUN = {"device": "cuda", "warmup": 10, "rep": 50}
@@ -40,8 +43,8 @@ def _eager_residual(x, w, b, r):
     return r + F.linear(x, w, b)
 
 
-def _time(fn):
-    return harness.try_bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"])
+def _time(fn, flush_l2: bool = False):
+    return harness.try_bench(fn, warmup=_RUN["warmup"], rep=_RUN["rep"], flush_l2=flush_l2)
 
 
 def main(argv=None) -> int:
@@ -58,12 +61,12 @@ def main(argv=None) -> int:
         _RUN.update(device="cpu", warmup=0, rep=2)
         args.no_compile, args.dtypes = True, ["fp32"]
         DTYPES["fp32"] = torch.float32
-        token_counts, shapes = [40], [("gelu", 64, 96), ("residual", 96, 64)]
-        peak = None
+        token_counts, shapes = [8, 40], [("gelu", 64, 96), ("residual", 96, 64)]
     else:
         harness.require_gpu("bench_linear_gelu")
-        token_counts = [8192] if args.quick else [4096, 8192, 16384]
-        peak = harness.matmul_tflops()
+        token_counts = [16, 128, 8192] if args.quick else [16, 128, 4096, 8192, 16384]
+    roof = harness.peaks()  # the probe's numbers in a lease (or measured now); None on a CPU without a probe
+    peak = roof.tflops if roof else None
 
     from xlmrxl_kernels.linear_gelu import _EPI_NONE, _launch, linear_gelu, linear_residual
 
@@ -80,16 +83,18 @@ def main(argv=None) -> int:
                 b = torch.randn(N, device=dev, dtype=dtype)
                 r = torch.randn(M, N, device=dev, dtype=dtype)
                 flops = 2.0 * M * N * K
-                t_gemm, _ = _time(lambda: x @ w.t())
-                t_noepi, _ = _time(lambda: _launch(x, w, None, None, _EPI_NONE))
+                fl = M <= 128  # latency rows: weights from HBM, not from the L2 the previous call warmed
+                cost = roofline.linear(M, K, N, dtype_bytes=x.element_size(), residual=op == "residual")
+                t_gemm, _ = _time(lambda: x @ w.t(), fl)
+                t_noepi, _ = _time(lambda: _launch(x, w, None, None, _EPI_NONE), fl)
                 if op == "gelu":
-                    t_ours, _ = _time(lambda: linear_gelu(x, w, b))
-                    t_eager, _ = _time(lambda: _eager_gelu(x, w, b))
-                    t_comp, note = (None, "skipped") if comp_gelu is None else _time(lambda: comp_gelu(x, w, b))
+                    t_ours, _ = _time(lambda: linear_gelu(x, w, b), fl)
+                    t_eager, _ = _time(lambda: _eager_gelu(x, w, b), fl)
+                    t_comp, note = (None, "skipped") if comp_gelu is None else _time(lambda: comp_gelu(x, w, b), fl)
                 else:
-                    t_ours, _ = _time(lambda: linear_residual(x, w, b, r))
-                    t_eager, _ = _time(lambda: _eager_residual(x, w, b, r))
-                    t_comp, note = (None, "skipped") if comp_res is None else _time(lambda: comp_res(x, w, b, r))
+                    t_ours, _ = _time(lambda: linear_residual(x, w, b, r), fl)
+                    t_eager, _ = _time(lambda: _eager_residual(x, w, b, r), fl)
+                    t_comp, note = (None, "skipped") if comp_res is None else _time(lambda: comp_res(x, w, b, r), fl)
                 tf = lambda t: None if t is None else flops / (t * 1e-3) / 1e12  # noqa: E731
                 rows.append(
                     {
@@ -98,7 +103,10 @@ def main(argv=None) -> int:
                         "M": M,
                         "K": K,
                         "N": N,
+                        "l2": ("flushed" if fl else "warm") if torch.cuda.is_available() else "n/a (cpu)",
                         "ours_TFLOPs": tf(t_ours),
+                        "pct_of_roofline": harness.pct_of_roofline(t_ours, cost, roof),
+                        "eager_pct_of_roofline": harness.pct_of_roofline(t_eager, cost, roof),
                         "pct_of_peak": None if peak is None or t_ours is None else 100 * tf(t_ours) / peak,
                         "vs_bare_gemm": None if None in (t_ours, t_gemm) else t_gemm / t_ours,
                         "epi_extra_pct": None if None in (t_ours, t_noepi) else 100 * (t_ours / t_noepi - 1),
@@ -122,7 +130,10 @@ def main(argv=None) -> int:
         "M",
         "K",
         "N",
+        "l2",
         "ours_TFLOPs",
+        "pct_of_roofline",
+        "eager_pct_of_roofline",
         "pct_of_peak",
         "vs_bare_gemm",
         "epi_extra_pct",
@@ -136,7 +147,8 @@ def main(argv=None) -> int:
         "note",
     ]
     name = "linear_gelu_tiny_cpu" if args.tiny else "linear_gelu"
-    out = harness.write_results(name, rows, columns=cols, extra={"peak_bf16_TFLOPs": peak}, out_dir=args.out)
+    extra = {"peak_bf16_TFLOPs": peak, "peak_GBps": roof.gbs if roof else None}
+    out = harness.write_results(name, rows, columns=cols, extra=extra, out_dir=args.out)
     print(f"linear_gelu: measured bf16 GEMM peak {peak if peak is None else round(peak)} TFLOP/s; results in {out}")
     return 0
 

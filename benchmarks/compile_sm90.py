@@ -1,6 +1,6 @@
 """Compile every kernel variant for an H100 (sm_90) ahead of time, without a GPU, and report registers and spills.
 
-    python -m benchmarks.compile_sm90 [--quick] [--out DIR] [--jobs N]
+    python -m benchmarks.compile_sm90 [--quick | --lease] [--out DIR] [--jobs N] [--deadline-s S] [--limit N]
 
 Uses Triton's own compiler and bundled ptxas / cuobjdump (``triton.compile`` with ``GPUTarget("cuda", 90, 32)``):
 every autotune config of every kernel, both half dtypes, each head dim / mask / varlen / causal / split option and
@@ -8,6 +8,13 @@ GEMM epilogue the launchers can produce. Writes ``compile_sm90.json`` and ``comp
 variant: registers per thread, stack bytes (spills), shared memory) to ``--out`` (default
 ``benchmarks/results/sm90-aot/``). Exit status 1 if a variant fails to compile. Must run *without*
 ``TRITON_INTERPRET`` (it is removed from the environment here). What it cannot see: timing, occupancy in practice.
+
+``--lease`` is the lease's precompile step (``benchmarks/lease.sh``): bf16 only (what the lease times), every
+variant the timed benchmarks can launch, ordered so what the end-to-end step needs first compiles first (head dim 80
+attention, the GEMM epilogues, add + LayerNorm at 2560; then int4; then head dim 128, decode, the rest). The
+binaries land in Triton's on-disk cache (``TRITON_CACHE_DIR``), keyed as the runtime keys them, so the steps that
+follow load instead of compiling. ``--deadline-s`` stops starting new compiles after that many seconds and records
+the variants it did not reach (``planned`` vs ``variants`` in the JSON): a step cut short still writes its table.
 """
 
 from __future__ import annotations
@@ -182,42 +189,92 @@ def jobs(quick: bool) -> list[tuple]:
     return out
 
 
+def _lease_rank(job: tuple) -> int:
+    """Compile order for the lease: what bench_e2e's forward launches first, then int4, then the rest."""
+    name = job[0]
+    if ("D80" in name and ("varlen" in name or "mask" in name) and "tiled" in name) or name.startswith("linear"):
+        return 0
+    if name.startswith("add_layernorm") and ("N2560" in name or "loop" in name):
+        return 0
+    if name.startswith("int4"):
+        return 1
+    if "tiled" in name and "D128" in name:
+        return 2
+    return 3
+
+
+def lease_jobs() -> list[tuple]:
+    """bf16 variants at head dims 80 and 128 (no causal: the encoder), in the lease's priority order."""
+    todo = [j for j in jobs(quick=False) if "fp16" not in j[0] and "D64" not in j[0] and "causal" not in j[0]]
+    return sorted(todo, key=_lease_rank)  # stable: the sweep's own order within a rank
+
+
+def _run_jobs(todo: list[tuple], n_jobs: int, deadline_s: float | None, t0: float) -> list[dict]:
+    """Compile ``todo`` (in order) on ``n_jobs`` processes; past the deadline nothing new starts."""
+
+    def late() -> bool:
+        return deadline_s is not None and time.perf_counter() - t0 > deadline_s
+
+    rows: list[dict] = []
+    if n_jobs <= 1:
+        for i, j in enumerate(todo):
+            if late():
+                break
+            rows.append(_compile(j))
+            if (i + 1) % 20 == 0:
+                print(f"  {i + 1}/{len(todo)}", flush=True)
+        return rows
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    with ProcessPoolExecutor(n_jobs) as pool:
+        pending, it = set(), iter(todo)
+        for j in itertools.islice(it, 2 * n_jobs):
+            pending.add(pool.submit(_compile, j))
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            rows += [f.result() for f in done]
+            if not late():
+                for j in itertools.islice(it, len(done)):
+                    pending.add(pool.submit(_compile, j))
+            elif not pending:
+                break
+        pool.shutdown(cancel_futures=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="bf16, head dim 80, no causal/split variants")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     p.add_argument("--jobs", type=int, default=1, help="parallel compiles")
     p.add_argument("--only", default=None, help="only variants whose name contains this text")
+    p.add_argument("--lease", action="store_true", help="bf16, what the lease times, in its priority order")
+    p.add_argument("--deadline-s", type=float, default=None, help="start no compile after this many seconds")
+    p.add_argument("--limit", type=int, default=None, help="compile at most this many variants (a rehearsal)")
     args = p.parse_args(argv)
     try:
         import triton.backends.nvidia  # noqa: F401
     except ImportError:
         print("this Triton has no NVIDIA backend: nothing to compile")
         return 0
-    todo = [j for j in jobs(args.quick) if args.only is None or args.only in j[0]]
+    todo = [j for j in (lease_jobs() if args.lease else jobs(args.quick)) if args.only is None or args.only in j[0]]
+    todo = todo[: args.limit] if args.limit is not None else todo
     print(f"{len(todo)} variants", flush=True)
     t0 = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(_compile, todo))
-    else:
-        rows = []
-        for i, j in enumerate(todo):
-            rows.append(_compile(j))
-            if (i + 1) % 20 == 0:
-                print(f"  {i + 1}/{len(todo)}", flush=True)
+    rows = _run_jobs(todo, args.jobs, args.deadline_s, t0)
     import triton
 
     args.out.mkdir(parents=True, exist_ok=True)
     failed = [r for r in rows if "error" in r]
     spilled = [r for r in rows if r.get("stack") or r.get("local")]
-    meta = {"triton": triton.__version__, "target": "sm_90", "variants": len(rows), "failed": len(failed),
-            "spilled": len(spilled), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    meta = {"triton": triton.__version__, "target": "sm_90", "planned": len(todo), "variants": len(rows),
+            "failed": len(failed), "spilled": len(spilled), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     (args.out / "compile_sm90.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     lines = [
         f"### sm_90 ahead-of-time compile (triton {triton.__version__})",
         "",
-        f"{len(rows)} variants, {len(failed)} failed, {len(spilled)} with spills (stack or local bytes)",
+        f"{len(rows)} of {len(todo)} planned variants compiled in {meta['seconds']} s, {len(failed)} failed, "
+        f"{len(spilled)} with spills (stack or local bytes)",
         "",
         "| variant | warps | stages | regs | stack | shared | error |",
         "|---|---|---|---|---|---|---|",

@@ -34,19 +34,19 @@ def device_slug() -> str:
     return "".join(c if c.isalnum() else "-" for c in device_name().lower()).strip("-")
 
 
+def _dist_version(name: str) -> str | None:
+    """An installed distribution's version, read from its metadata (no import: transformers takes seconds)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = None
-    try:
-        import transformers
-
-        transformers_version = transformers.__version__
-    except Exception:
-        transformers_version = None
+    triton_version = _dist_version("triton") or _dist_version("pytorch-triton")
+    transformers_version = _dist_version("transformers")
     try:
         commit = (
             subprocess.run(
@@ -75,10 +75,22 @@ def require_gpu(what: str) -> None:
         raise SystemExit(0)
 
 
-def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
+_L2_FLUSH: dict = {}
+
+
+def _flush_l2() -> None:
+    """Overwrite a 256 MiB buffer (5x the H100's and H200's 50 MB L2) so the next call reads its operands from HBM."""
+    buf = _L2_FLUSH.get("buf")
+    if buf is None:
+        buf = _L2_FLUSH["buf"] = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    buf.zero_()
+
+
+def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50, flush_l2: bool = False) -> dict:
     """Median / p20 / p80 time of `fn` in milliseconds over ``rep`` calls after ``warmup`` untimed calls (counts,
     on every device). GPU: one pair of CUDA events per call (device time, the host may run ahead); CPU: wall
-    clock."""
+    clock. ``flush_l2``: on a GPU, evict L2 before every timed call (outside the timed events), so small-M GEMMs
+    read their weights from HBM as in a real forward, not from a cache the previous call warmed."""
     for _ in range(warmup):
         fn()
     times = []
@@ -86,6 +98,8 @@ def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rep)]
         torch.cuda.synchronize()
         for start, end in events:
+            if flush_l2:
+                _flush_l2()
             start.record()
             fn()
             end.record()
@@ -100,11 +114,11 @@ def bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50) -> dict:
     return {"ms": statistics.median(times), "ms_p20": times[len(times) // 5], "ms_p80": times[(4 * len(times)) // 5]}
 
 
-def try_bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50):
+def try_bench(fn: Callable[[], object], *, warmup: int = 10, rep: int = 50, flush_l2: bool = False):
     """``(median ms, None)``, or ``(None, error)`` when ``fn`` cannot run here: a peer that rejects the input or is
     missing is reported in the results, not fatal."""
     try:
-        return bench(fn, warmup=warmup, rep=rep)["ms"], None
+        return bench(fn, warmup=warmup, rep=rep, flush_l2=flush_l2)["ms"], None
     except Exception as exc:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
 
@@ -120,21 +134,68 @@ def default_dtype(dtype):
         torch.set_default_dtype(old)
 
 
-def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
-    """Measured device-to-device copy bandwidth (bytes read + written) in GB/s: the ceiling for memory-bound ops."""
-    n = nbytes // 2
-    src = torch.empty(n, dtype=torch.bfloat16, device="cuda" if torch.cuda.is_available() else "cpu")
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def measured_copy_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (bytes read + written) in GB/s, measured now on random data."""
+    src = torch.randn(nbytes // 4, device=_device()).to(torch.bfloat16)
     dst = torch.empty_like(src)
-    t = bench(lambda: dst.copy_(src))["ms"]
+    t = bench(lambda: dst.copy_(src), warmup=5, rep=20)["ms"]
     return 2 * src.numel() * src.element_size() / (t * 1e-3) / 1e9
 
 
-def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
-    """Measured dense GEMM throughput in TFLOP/s: the ceiling for compute-bound ops."""
-    a = torch.randn(n, n, dtype=dtype, device="cuda")
-    b = torch.randn(n, n, dtype=dtype, device="cuda")
-    t = bench(lambda: a @ b)["ms"]
+def measured_matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
+    """Dense GEMM throughput in TFLOP/s, measured now on random data (cuBLAS on a GPU)."""
+    a = torch.randn(n, n, device=_device()).to(dtype)
+    b = torch.randn(n, n, device=_device()).to(dtype)
+    t = bench(lambda: a @ b, warmup=5, rep=20)["ms"]
     return 2 * n**3 / (t * 1e-3) / 1e12
+
+
+def _probed() -> dict | None:
+    """The probe the lease ran first (``LEASE_PEAKS_JSON``), when it was measured on this device."""
+    path = os.environ.get("LEASE_PEAKS_JSON")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("device") == device_name() else None
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Copy bandwidth in GB/s: the lease's probe of this device when there is one, else measured now."""
+    probed = _probed()
+    return float(probed["copy_gbs"]) if probed else measured_copy_gbs(nbytes)
+
+
+def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:
+    """Dense bf16 GEMM TFLOP/s: the lease's probe of this device when there is one, else measured now."""
+    probed = _probed()
+    return float(probed["bf16_tflops"]) if probed else measured_matmul_tflops(n, dtype)
+
+
+def peaks():
+    """This device's ``roofline.Peak`` (probe or measurement on a GPU; the probe's CPU numbers in a rehearsal;
+    else None: no roofline column on a CPU without a probe)."""
+    from benchmarks.roofline import Peak
+
+    probed = _probed()
+    if probed:
+        return Peak(float(probed["bf16_tflops"]), float(probed["copy_gbs"]))
+    if torch.cuda.is_available():
+        return Peak(matmul_tflops(), copy_bandwidth_gbs())
+    return None
+
+
+def pct_of_roofline(ms, cost, peak):
+    """100 x (the op's floor on this device) / measured time: see ``benchmarks.roofline``."""
+    from benchmarks.roofline import pct_of_roofline as pct
+
+    return pct(ms, cost, peak)
 
 
 class LiveRows(list):
