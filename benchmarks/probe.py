@@ -11,7 +11,6 @@ measures small sizes on the CPU in fp32 so the script itself can be checked; tho
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -29,27 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     n, nbytes = (8192, 1 << 30) if gpu else (512, 1 << 24)
     tflops = harness.measured_matmul_tflops(n, torch.bfloat16 if gpu else torch.float32)
     gbs = harness.measured_copy_gbs(nbytes)
-    env = harness.environment()
-    data = {
-        "device": env["device"],
+    extra = {
+        "device": harness.device_name(),
         "bf16_tflops": tflops,
         "copy_gbs": gbs,
-        "gemm_n": n,
-        "copy_bytes": nbytes,
         "dtype": "bf16" if gpu else "fp32 (cpu: not a bf16 peak)",
-        "environment": env,
     }
-    out = Path(args.out) if args.out is not None else harness.RESULTS / harness.device_slug()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "probe.md").write_text(
-        "### probe\n\n"
-        f"{env['device']} · torch {env['torch']} · commit {env['commit']} · {env['date']}\n\n"
-        "| measure | value | size |\n|---|---|---|\n"
-        f"| dense GEMM ({data['dtype']}) | {tflops:.1f} TFLOP/s | {n}^3 |\n"
-        f"| copy (read + write) | {gbs:.0f} GB/s | {nbytes / 2**20:.0f} MiB |\n"
-    )
-    print(f"probe: {tflops:.1f} TFLOP/s, {gbs:.0f} GB/s on {env['device']}; wrote {out / 'probe.json'}")
+    rows = [
+        {"measure": f"dense GEMM ({extra['dtype']})", "value": tflops, "unit": "TFLOP/s", "size": f"{n}^3"},
+        {"measure": "copy (read + write)", "value": gbs, "unit": "GB/s", "size": f"{nbytes / 2**20:.0f} MiB"},
+    ]
+    out = harness.write_results("probe", rows, extra=extra, out_dir=args.out)
+    print(f"probe: {tflops:.1f} TFLOP/s, {gbs:.0f} GB/s on {extra['device']}; wrote {out / 'probe.json'}")
     return 0
 
 
