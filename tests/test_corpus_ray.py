@@ -94,7 +94,7 @@ def test_ray_resume_recomputes_only_the_deleted_block(ray_run, mlm, data):
 
 def test_ray_worker_killed_mid_run_output_complete(cluster, mlm, data, local_single, tmp_path, monkeypatch):
     out, marker = tmp_path / "out", tmp_path / "killed"
-    victim = "b-" + hashlib.sha256(b"b").hexdigest()[:8] + "-000001"
+    victim = "b-jsonl-" + hashlib.sha256(b"b.jsonl").hexdigest()[:8] + "-000001"
     monkeypatch.setenv(FAULT_ENV, f"{victim}:{marker}")
     summary = xlmrxl.corpus.run("embed", mlm, data, out, engine="ray", workers=2, rows_per_block=6, **OPTS)
     assert marker.exists(), "the fault was not injected: no worker died"
