@@ -227,3 +227,30 @@ def test_bad_structured_inputs_get_clear_errors(mlm, tmp_path):
     rows = by_id(read_output(tmp_path / "o-j.json"))
     assert rows["j.json:0"]["error"] is None and "not a JSON object or string" in rows["j.json:1"]["error"]
     assert "missing value in column 'text'" in rows["x"]["error"]
+
+
+def test_csv_records_split_as_the_csv_module_reads_them():
+    """Block boundaries are byte offsets of records: quoted newlines, doubled quotes and a quote inside an unquoted
+    field (common in tsv: 5" screen) must split exactly as csv.reader parses."""
+    import csv
+    import random
+
+    from xlmrxl.corpus import formats
+
+    rng = random.Random(0)
+    pieces = ["a", " ", '"', ",", "\t", "\n", "\r\n", "é", '""']
+    for _ in range(500):
+        fmt = rng.choice(["csv", "tsv"])
+        rows = [["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(3)] for _ in range(4)]
+        buf = io.StringIO(newline="")
+        quoting = rng.choice([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])
+        csv.writer(buf, delimiter=formats.DELIMITERS[fmt], quoting=quoting).writerows(rows)
+        raws = [raw for _, raw in formats.records(io.BytesIO(buf.getvalue().encode()), fmt)]
+        assert [formats.parse_record(raw, fmt)[0] for raw in raws] == rows
+    unquoted = b'id\ttext\n1\tHe said "hi\n2\t5" screen\n'
+    raws = [raw for _, raw in formats.records(io.BytesIO(unquoted), "tsv")]
+    assert [formats.parse_record(raw, "tsv")[0] for raw in raws] == [
+        ["id", "text"],
+        ["1", 'He said "hi'],
+        ["2", '5" screen'],
+    ]

@@ -1,8 +1,9 @@
 """Corpus input formats parsed by what they are: csv / tsv records (a header, quoted fields that may span lines) and
 one JSON list per ``.json`` file; ``inputs.py`` plans and reads blocks with these.
 
-- csv / tsv: RFC 4180 quoting (``"`` quotes a field, ``""`` is a quote inside one); a record ends at a newline outside
-  quotes, so a block boundary is a byte offset found by one scan, as for jsonl. The first record is the header.
+- csv / tsv: quoting as the csv module reads it (``"`` at a field's start opens a quoted field, ``""`` is a quote
+  inside one; a ``"`` inside an unquoted field is text); a record ends at a newline outside a quoted field, so a
+  block boundary is a byte offset found by one scan, as for jsonl. The first record is the header.
 - json: the whole file is one JSON list of objects or strings (parsed once per file and process, then sliced).
 """
 
@@ -17,11 +18,35 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 DELIMITERS = {"csv": ",", "tsv": "\t"}
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a long text is the task's to judge (truncate=True)
 
 
-def records(fh: BinaryIO, quoted: bool) -> Iterator[tuple[int, bytes]]:
+def _inside_after(line: bytes, inside: bool, delim: int) -> bool:
+    """Whether a quoted field is still open at the end of ``line``, as the csv module reads quotes: a ``"`` opens a
+    quoted field only at a field's start, ``""`` inside one is a quote, a lone ``"`` closes it."""
+    if b'"' not in line:
+        return inside
+    field_start, i, n = not inside, 0, len(line)
+    while i < n:
+        c = line[i]
+        if inside:
+            if c == 0x22:
+                if i + 1 < n and line[i + 1] == 0x22:
+                    i += 2
+                    continue
+                inside = False
+        else:
+            if c == 0x22 and field_start:
+                inside = True
+            field_start = c == delim
+        i += 1
+    return inside
+
+
+def records(fh: BinaryIO, fmt: str) -> Iterator[tuple[int, bytes]]:
     """``(byte offset, raw bytes)`` of each record from the file's current position: one line each, or for csv /
-    tsv (``quoted``) the lines up to a newline outside quotes. An unterminated quote ends with the file."""
+    tsv the lines up to a newline outside a quoted field. An unterminated quote ends with the file."""
+    delim = ord(DELIMITERS[fmt]) if fmt in DELIMITERS else None
     pos = fh.tell()
     start, parts, inside = pos, [], False
     for line in fh:
@@ -29,8 +54,8 @@ def records(fh: BinaryIO, quoted: bool) -> Iterator[tuple[int, bytes]]:
             start = pos
         parts.append(line)
         pos += len(line)
-        if quoted and line.count(b'"') % 2:
-            inside = not inside
+        if delim is not None:
+            inside = _inside_after(line, inside, delim)
         if not inside:
             yield start, b"".join(parts)
             parts = []
@@ -43,7 +68,7 @@ def record_starts(path: str, every: int, fmt: str) -> tuple[int, list[int]]:
     not) and the byte offset of every ``every``-th row's start."""
     starts, n = [], 0
     with open(path, "rb") as fh:
-        recs = records(fh, fmt in DELIMITERS)
+        recs = records(fh, fmt)
         if fmt in DELIMITERS and next(recs, None) is None:
             raise ValueError(f"input {path!r} is empty: a {fmt} input starts with a header line naming its columns")
         for pos, _ in recs:
@@ -80,7 +105,7 @@ def parse_record(raw: bytes, fmt: str) -> tuple[list[str] | None, str | None]:
 def header(path: str, fmt: str) -> list[str]:
     """The column names of a csv / tsv file (its first record), or an error saying what is wrong."""
     with open(path, "rb") as fh:
-        first = next(records(fh, True), (0, b""))[1]
+        first = next(records(fh, fmt), (0, b""))[1]
     names, err = parse_record(first, fmt)
     if err or not names:
         raise ValueError(
@@ -94,7 +119,7 @@ def read_records(path: str, offset: int, rows: int, fmt: str) -> list[bytes]:
     """``rows`` raw records from byte ``offset`` (a record's start); an error if the file has fewer now."""
     with open(path, "rb") as fh:
         fh.seek(offset)
-        out = [_strip_newline(raw) for _, (_, raw) in zip(range(rows), records(fh, fmt in DELIMITERS))]
+        out = [_strip_newline(raw) for _, (_, raw) in zip(range(rows), records(fh, fmt))]
     if len(out) < rows:  # end of file before the planned rows: the file shrank since planning
         raise RuntimeError(f"input {path!r} changed while running (fewer rows than planned); rerun")
     return out
