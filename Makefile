@@ -58,6 +58,7 @@ CLIENT_VENVS_DIR ?= $(HOME)/.cache/xlmrxl/venvs
 HF5_VENV := $(CLIENT_VENVS_DIR)/.venv-hf5
 HF5_TESTS ?= $(shell grep -l transformers tests/test_*.py)
 CLIENT_ENVS := .venv-clients:tests/clients/requirements.txt .venv-st5:tests/clients/requirements-st5.txt
+CLIENT_CORPUS_TESTS ?= tests/test_corpus.py tests/test_corpus_owns.py tests/test_bench_corpus.py
 
 test-hf5:
 	@$(MAKE) --no-print-directory venv VENV="$(HF5_VENV)" REQ=tests/requirements-hf5.txt PROJECT_DEPS=1
@@ -72,6 +73,8 @@ test-clients:
 		echo "== tests/clients in $(CLIENT_VENVS_DIR)/$${pair%%:*}"; \
 		PYTHONPATH="$(CURDIR)" "$(CLIENT_VENVS_DIR)/$${pair%%:*}/bin/python" -m pytest -q tests/clients || exit 1; \
 	done
+	@echo "== corpus tests on pyarrow 21 / numpy 1.26 in $(CLIENT_VENVS_DIR)/.venv-clients"
+	PYTHONPATH="$(CURDIR)" "$(CLIENT_VENVS_DIR)/.venv-clients/bin/python" -m pytest -q $(CLIENT_CORPUS_TESTS)
 
 # `make venv VENV=<dir> REQ=<requirements file> [PROJECT_DEPS=1]`: build or update one of the venvs above.
 venv:

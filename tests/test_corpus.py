@@ -141,12 +141,12 @@ def test_every_row_exactly_once_with_stable_ids(embed_runs):
     base, small, _ = embed_runs
     table = read_output(base / "small")
     ids = table.column("id").to_pylist()
-    want = [f"p{i}" for i in range(23)] + [f"j{i}" for i in range(17)] + [f"c:{i}" for i in range(11)]
+    want = [f"p{i}" for i in range(23)] + [f"j{i}" for i in range(17)] + [f"c.txt:{i}" for i in range(11)]
     assert sorted(ids) == sorted(want) and len(ids) == len(set(ids)) == 51
     assert small["complete"] and small["rows"] == 51 and small["error_rows"] == 0
     assert small["blocks"] == 4 + 3 + 2  # blocks never span two files
     # each block keeps its rows in input order
-    first = pq.read_table(sorted((base / "small").glob("part-a-*.parquet"))[0]).column("id").to_pylist()
+    first = pq.read_table(sorted((base / "small").glob("part-a-parquet-*.parquet"))[0]).column("id").to_pylist()
     assert first == [f"p{i}" for i in range(6)]
     manifest = json.loads((base / "small" / "_manifest.json").read_text())
     assert manifest["complete"] and manifest["finished_rows"] == 51 and len(manifest["blocks"]) == 9
@@ -163,7 +163,7 @@ def test_same_numbers_any_block_size_or_batch(embed_runs):
 def test_embed_matches_pipeline(mlm, embed_runs):
     base, _, _ = embed_runs
     table = read_output(base / "small")
-    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32())
     out = by_id(table)
     pipe = xlmrxl.pipeline("feature-extraction", model=str(mlm), device="cpu", pooling="mean", normalize=True)
     want = texts(23)
@@ -174,13 +174,16 @@ def test_embed_matches_pipeline(mlm, embed_runs):
     assert err <= 1e-5, f"corpus embed vs xlmrxl.pipeline: max error {err:.3g}"
 
 
+@pytest.mark.skipif(
+    int(pa.__version__.split(".")[0]) < 15, reason="parquet float16 needs pyarrow >= 15 (refused before)"
+)
 def test_embed_cls_float16(mlm, tmp_path):
     rows = texts(9)
     pq.write_table(pa.table({"text": rows}), tmp_path / "in.parquet")
     xlmrxl.corpus.run("embed", mlm, tmp_path / "in.parquet", tmp_path / "out", vector_dtype="float16", progress=False)
     table = read_output(tmp_path / "out")
-    assert table.schema.field("embedding").type == pa.list_(pa.float16(), 64)
-    assert table.column("id").to_pylist() == [f"in:{i}" for i in range(9)]  # generated ids
+    assert table.schema.field("embedding").type == pa.list_(pa.float16())
+    assert table.column("id").to_pylist() == [f"in.parquet:{i}" for i in range(9)]  # generated ids
     pipe = xlmrxl.pipeline("feature-extraction", model=str(mlm), device="cpu", pooling="cls")
     ref = pipe(rows, batch_size=1).numpy()
     got = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
@@ -241,25 +244,27 @@ def test_bad_rows_are_reported_never_dropped(mlm, tmp_path):
     out = by_id(read_output(tmp_path / "out"))
     assert s["rows"] == 6 + 3 + 5 == len(read_output(tmp_path / "out"))
     errors = {k: r["error"] for k, r in out.items()}
-    assert errors["t:0"] is None and errors["t:5"] is None and out["t:0"]["embedding"] is not None
-    assert errors["t:1"] == errors["t:2"] == "empty text"
-    assert "not valid UTF-8" in errors["t:3"]
-    assert "too long" in errors["t:4"] and "truncate=True" in errors["t:4"] and out["t:4"]["embedding"] is None
+    assert errors["t.txt:0"] is None and errors["t.txt:5"] is None and out["t.txt:0"]["embedding"] is not None
+    assert errors["t.txt:1"] == errors["t.txt:2"] == "empty text"
+    assert "not valid UTF-8" in errors["t.txt:3"]
+    assert (
+        "too long" in errors["t.txt:4"] and "truncate=True" in errors["t.txt:4"] and out["t.txt:4"]["embedding"] is None
+    )
     assert errors["a"] is None and "missing value in column 'text'" in errors["b"]
     assert [r for r in read_output(tmp_path / "out").to_pylist() if r["id"] is None][0]["error"].startswith(
         "missing id"
     )
-    assert errors["j0"] is None and "not a JSON object" in errors["j:1"]
-    assert "not a JSON object" in errors["j:2"] and "holds a int" in errors["j3"]
+    assert errors["j0"] is None and "not a JSON object" in errors["j.jsonl:1"]
+    assert "not a JSON object" in errors["j.jsonl:2"] and "holds a int" in errors["j3"]
     assert "missing value" in errors["j4"]
     assert s["error_rows"] == sum(e is not None for e in errors.values())
     # truncate=True computes the long row (first max_length tokens) instead of reporting it
     s2 = xlmrxl.corpus.run("embed", mlm, d / "t.txt", tmp_path / "out2", progress=False, truncate=True)
     t2 = by_id(read_output(tmp_path / "out2"))
-    assert t2["t:4"]["error"] is None and t2["t:4"]["embedding"] is not None and s2["error_rows"] == 3
+    assert t2["t.txt:4"]["error"] is None and t2["t.txt:4"]["embedding"] is not None and s2["error_rows"] == 3
     # fill-mask: a row without <mask> is an error row
     xlmrxl.corpus.run("fill-mask", mlm, d / "t.txt", tmp_path / "out3", progress=False)
-    assert "no <mask>" in by_id(read_output(tmp_path / "out3"))["t:0"]["error"]
+    assert "no <mask>" in by_id(read_output(tmp_path / "out3"))["t.txt:0"]["error"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,7 +293,7 @@ def test_crash_while_writing_never_counts_a_half_block(mlm, corpus_dir, tmp_path
     """The worker dies after writing a block's temporary file, before the rename (XLMRXL_CORPUS_FAULT): the block is
     not counted, the blocks before it are; the rerun removes the temporary file and completes."""
     out, marker = tmp_path / "out", tmp_path / "killed"
-    victim = "b-" + hashlib.sha256(b"b").hexdigest()[:8] + "-000001"
+    victim = "b-jsonl-" + hashlib.sha256(b"b.jsonl").hexdigest()[:8] + "-000001"
     cmd = [sys.executable, "-m", "xlmrxl", "corpus", "embed", "--model", str(mlm), "--input", str(corpus_dir)]
     cmd += ["--output", str(out), "--rows-per-block", "6", "--no-progress", "--device", "cpu"]
     env = dict(os.environ, XLMRXL_CORPUS_FAULT=f"{victim}:{marker}", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

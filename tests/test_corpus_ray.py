@@ -77,8 +77,8 @@ def test_ray_every_id_once_same_numbers_as_local(ray_run, local_single):
     got = by_id(table)
     err = max_vec_err(got, local_single, "embedding")
     assert err <= 1e-6, f"ray engine (2 workers, blocks of 6) vs local one row at a time: max error {err:.3g}"
-    assert got["bad:1"]["error"] == "empty text" and "UTF-8" in got["bad:2"]["error"]
-    assert summary["error_rows"] == 2 and got["bad:0"]["error"] is None
+    assert got["bad.txt:1"]["error"] == "empty text" and "UTF-8" in got["bad.txt:2"]["error"]
+    assert summary["error_rows"] == 2 and got["bad.txt:0"]["error"] is None
     records = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
     assert len({r["worker"] for r in records}) == 2, "both Ray workers should have written blocks"
 
@@ -94,7 +94,7 @@ def test_ray_resume_recomputes_only_the_deleted_block(ray_run, mlm, data):
 
 def test_ray_worker_killed_mid_run_output_complete(cluster, mlm, data, local_single, tmp_path, monkeypatch):
     out, marker = tmp_path / "out", tmp_path / "killed"
-    victim = "b-" + hashlib.sha256(b"b").hexdigest()[:8] + "-000001"
+    victim = "b-jsonl-" + hashlib.sha256(b"b.jsonl").hexdigest()[:8] + "-000001"
     monkeypatch.setenv(FAULT_ENV, f"{victim}:{marker}")
     summary = xlmrxl.corpus.run("embed", mlm, data, out, engine="ray", workers=2, rows_per_block=6, **OPTS)
     assert marker.exists(), "the fault was not injected: no worker died"

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
-import logging
-
 # ``xlmrxl.clients`` / ``xlmrxl.comet`` (``xlmrxl.comet.load``): the COMET and sentence-transformers helpers. Importing
 # them imports neither comet nor sentence_transformers (optional extras, imported inside the functions that need them).
-from . import clients, comet
+# ``xlmrxl.logging``: the stderr handler and level of everything xlmrxl logs (the name ``logging`` in this namespace
+# is that module, as ``transformers.logging`` is; modules of the package that ``import logging`` get the standard
+# library's).
+from . import clients, comet, logging
 from .backend import Backend, resolve_backend
 from .cache import DynamicCache, EncoderDecoderCache
 from .config import XLMRobertaXLConfig
@@ -30,8 +31,6 @@ from .pipelines import pipeline
 from .quantization import quantize
 from .static_cache import StaticCache
 from .tokenizer import XLMRobertaTokenizer
-
-logging.getLogger("xlmrxl").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
@@ -57,6 +56,7 @@ __all__ = [
     "deaccelerate",
     "from_transformers",
     "is_accelerated",
+    "logging",
     "pipeline",
     "quantize",
     "resolve_backend",

@@ -21,8 +21,9 @@ Contract
   ``quantization={"quant_method": "xlmrxl_int4", "bits": 4, "group_size": N}``.
   A DST that is a non-empty directory but not a checkpoint is refused unless ``--force``; the save never touches
   files of DST that are not part of a checkpoint.
-- ``--backend`` / ``--device`` / ``--dtype`` on the commands that run a model. Logs go to stderr: warnings by default,
-  ``-v`` INFO (shows why an op runs the PyTorch reference instead of a kernel), ``-vv`` DEBUG.
+- ``--backend`` / ``--device`` / ``--dtype`` on the commands that run a model. Logs go to stderr
+  (``xlmrxl.logging``): warnings by default (or ``XLMRXL_VERBOSITY``), ``-v`` INFO (shows why an op runs the
+  PyTorch reference instead of a kernel), ``-vv`` DEBUG: ``set_verbosity`` for the command's duration.
 - ``main(argv=None) -> int``: 0 on success, 1 on an error (one line on stderr, ``-v`` adds the traceback), 2 on a
   usage error.
 """
@@ -43,6 +44,7 @@ from .checkpoint import Checkpoint, is_checkpoint_dir
 from .config import XLMRobertaXLConfig
 from .corpus import cli as corpus_cli
 from .demo import run_demo
+from .logging import DEBUG, INFO, set_verbosity
 from .memory import memory_lines
 from .modeling import XLMRobertaXLForMaskedLM
 from .parsing import parse_device, parse_dtype
@@ -144,12 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logging.DEBUG if args.verbose >= 2 else logging.INFO if args.verbose == 1 else logging.WARNING
     old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(level)
+    if args.verbose:  # else the level stays: warning, or what XLMRXL_VERBOSITY / set_verbosity chose
+        set_verbosity(DEBUG if args.verbose >= 2 else INFO)
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -163,7 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"xlmrxl {args.command}: error: {exc}\n")
         return 1
     finally:
-        logger.removeHandler(handler)
         logger.setLevel(old_level)
 
 

@@ -7,12 +7,15 @@ manifest.
 Contract
 --------
 - ``task``: ``"embed"`` / ``"classify"`` / ``"fill-mask"`` / ``"comet"`` (columns and options: ``tasks.py``).
-  ``model``: a checkpoint directory (a COMET checkpoint for ``comet``). ``input``: a parquet / jsonl / text file, a
-  directory or a glob of them (``inputs.py``). ``output``: a directory, created if needed; one that holds other
-  files is refused.
+  ``model``: a checkpoint directory (a COMET checkpoint for ``comet``). ``input``: a parquet, jsonl, json, csv,
+  tsv or text file, a directory or a glob of them, each parsed by its suffix (``inputs.py``; compressed files are
+  refused). ``output``: a directory, created if needed; one that holds other files, or ``part-*`` files that are
+  not this run's blocks, is refused.
 - ``text_column`` names the text column (text tasks); ``columns`` maps the task's roles to input columns
-  (``comet``: ``{"src": ..., "mt": ..., "ref": ...}``; by default the role names). ``id_column`` is carried to the
-  output (generated ``"<file>:<row>"`` ids when the input has none).
+  (``comet``: ``{"src": ..., "mt": ..., "ref": ...}``; by default the role names). The same names select parquet
+  columns, jsonl / json object keys and csv / tsv header names; a jsonl line or json item that is a plain string is
+  the text, and text files are one text per line. ``id_column`` is carried to the output when the input has it
+  (else generated ``"<file>:<row>"`` ids, ``<file>`` the path below the input root, suffix included).
 - ``rows_per_block`` (default 10000) bounds a block; a block never spans two files. ``max_batch_tokens`` (default
   8192) is the token budget of a batch. ``dtype`` (default float32) and ``device`` (default CUDA when present) are
   the model's; ``engine="ray"`` takes ``workers`` (default: one per GPU, else one per node, using its CPUs) and
@@ -107,6 +110,7 @@ def run(
             )
     blocks = inputs.plan(files, int(rows_per_block))
     settings = {
+        "format": store.FORMAT,  # outputs of an older layout are refused, never mixed with new blocks
         "task": task,
         "model": model_path,
         "options": options,
@@ -135,6 +139,7 @@ def run(
     t0 = time.perf_counter()
     with store.locked(out):
         store.check_settings(out, settings, fingerprint)
+        store.check_blocks(out, {b.block_id for b in blocks}, fingerprint)
         records: dict[str, dict[str, Any]] = {}
         for b in blocks:
             rec = store.finished(out, b.block_id, fingerprint, verify=verify)

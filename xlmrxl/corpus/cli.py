@@ -22,20 +22,28 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``corpus`` subcommand to the ``xlmrxl`` parser's subparsers."""
     p = sub.add_parser(
         "corpus",
-        help="run a task over a whole corpus (parquet / jsonl / text) into parquet blocks, resumable, local or Ray",
+        help="run a task over a whole corpus (parquet / jsonl / json / csv / tsv / text) into parquet blocks, "
+        "resumable, local or Ray",
         description="Embed, classify, fill masks or score with COMET over every row of the input; rerun to resume.",
     )
     p.add_argument("task", choices=TASK_NAMES)
     p.add_argument("--model", required=True, help="checkpoint directory (a COMET checkpoint for comet)")
-    p.add_argument("--input", required=True, help="parquet / jsonl / text file, a directory or a glob")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="a .parquet, .jsonl (objects or strings per line), .json (one list), .csv / .tsv (with a header line) "
+        "or text file (one text per line), a directory or a glob of them",
+    )
     p.add_argument("--output", required=True, help="output directory (created; rerun with the same one to resume)")
     p.add_argument("--engine", default="local", choices=("local", "ray"))
     p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else one per node)")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray worker (default 1 when there are GPUs)")
     p.add_argument("--rows-per-block", type=int, default=10_000, help="rows per output block (default 10000)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="token budget of a batch (default 8192)")
-    p.add_argument("--id-column", default="id")
-    p.add_argument("--text-column", default="text")
+    p.add_argument("--id-column", default="id", help="carried to the output when present (else <file>:<row> ids)")
+    p.add_argument(
+        "--text-column", default="text", help="parquet column, json key or csv / tsv header name of the text"
+    )
     p.add_argument("--columns", default=None, help="role=column pairs, e.g. src=source,mt=hyp,ref=reference")
     p.add_argument("--truncate", action="store_true", help="cut rows longer than the model's maximum")
     p.add_argument("--pooling", default=None, choices=("cls", "mean"), help="embed: pooling (default cls)")

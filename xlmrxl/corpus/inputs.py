@@ -1,13 +1,26 @@
 """Corpus inputs: find the input files, cut each into blocks of at most ``rows_per_block`` rows, read one block.
 
-- Input: a parquet / jsonl / text file, a directory (every ``*.parquet``, ``*.jsonl``, ``*.txt`` below it, sorted), or
-  a glob. The format comes from the suffix (``.parquet``, ``.jsonl`` / ``.ndjson``, anything else is text).
-- A block never spans two files. Parquet row counts come from the footer; jsonl / text files are scanned once for
-  line starts (byte offsets are kept at block boundaries, so a block is read by one seek, never by re-reading the file).
-- Generated ids (input without the id column, text files): ``"<key>:<row>"`` with ``key`` the file's path relative
-  to the input root without its suffix (the file stem for a single file) and ``row`` the 0-based row in that file.
-- Reading never raises for one bad row: undecodable bytes, invalid JSON, a null or non-string field become that
-  row's error (the id is kept), so every row reaches the output.
+- Input: a file, a directory (every ``*.parquet``, ``*.jsonl``, ``*.json``, ``*.csv``, ``*.tsv``, ``*.txt`` below
+  it, sorted), a glob or a list of them. The format comes from the suffix, and each is parsed as what it is:
+
+  - ``.parquet`` / ``.pq``: columns by name.
+  - ``.jsonl`` / ``.ndjson``: one JSON object per line (columns are its keys), or one JSON string per line (the text).
+  - ``.json``: one JSON list of objects or strings, as jsonl's lines (read whole: use jsonl for large inputs).
+  - ``.csv`` / ``.tsv``: the first line is a header naming the columns; quoted fields may span lines.
+  - ``.txt`` / ``.text`` and any other suffix: one text per line.
+
+  Columns are chosen the same way in every format: ``text_column`` (default ``"text"``) or ``columns`` (role ->
+  column) name them, and the ``id_column`` (default ``"id"``) is used when the input has it. A compressed file
+  (``.gz``, ``.zst``, ...) is refused: decompress it first.
+- A block never spans two files. Parquet row counts come from the footer; jsonl / csv / tsv / text files are scanned
+  once for row starts (byte offsets are kept at block boundaries, so a block is read by one seek, never by
+  re-reading the file).
+- Keys: each file's path relative to the input root, suffix included (the file name for a single file), so
+  ``a.jsonl`` and ``a.txt`` never share one; two files with one key (a list naming ``x/a.txt`` and ``y/a.txt``) are
+  refused, naming both. Block names and generated ids (input without the id column, text files: ``"<key>:<row>"``,
+  ``row`` the 0-based data row in that file) come from the key.
+- Reading never raises for one bad row: undecodable bytes, invalid JSON, a null or non-string field, a csv row with
+  the wrong number of fields become that row's error (the id is kept), so every row reaches the output.
 """
 
 from __future__ import annotations
@@ -20,14 +33,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import formats
+
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-TEXT_SUFFIXES = (".txt", ".text", ".tsv")
+JSON_SUFFIXES = (".json",)
+CSV_SUFFIXES = (".csv", ".tsv")
+TEXT_SUFFIXES = (".txt", ".text")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".7z")
+KNOWN_SUFFIXES = PARQUET_SUFFIXES + JSONL_SUFFIXES + JSON_SUFFIXES + CSV_SUFFIXES + TEXT_SUFFIXES
 
 
 @dataclasses.dataclass(frozen=True)
 class InputFile:
-    """One input file: its path, format (``parquet`` / ``jsonl`` / ``text``) and stable key (for ids and names)."""
+    """One input file: its path, format (``parquet`` / ``jsonl`` / ``json`` / ``csv`` / ``tsv`` / ``text``) and
+    stable key (for ids and names)."""
 
     path: str
     fmt: str
@@ -78,22 +98,40 @@ class BlockRows:
 
 def _fmt(path: Path) -> str:
     suffix = path.suffix.lower()
+    if suffix in COMPRESSED_SUFFIXES:
+        raise ValueError(
+            f"input {str(path)!r} is compressed ({suffix}); decompress it first (e.g. to .jsonl, .csv or .txt)"
+        )
     if suffix in PARQUET_SUFFIXES:
         return "parquet"
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
+    if suffix in JSON_SUFFIXES:
+        return "json"
+    if suffix in CSV_SUFFIXES:
+        return suffix[1:]
     return "text"
 
 
+def _check_unique(files: list[InputFile]) -> None:
+    seen: dict[str, str] = {}
+    for f in files:
+        if f.key in seen:
+            raise ValueError(
+                f"input files {seen[f.key]!r} and {f.path!r} share the key {f.key!r} (their block names and "
+                "generated ids would collide); pass their common directory instead, or rename one"
+            )
+        seen[f.key] = f.path
+
+
 def discover(input: str | os.PathLike | list) -> list[InputFile]:
-    """The input files, sorted, each with its format and key; an error naming what was wrong when there are none."""
+    """The input files, sorted, each with its format and key (unique: a collision is an error naming both files);
+    an error naming what was wrong when there are none."""
     if isinstance(input, (list, tuple)):
         files: list[InputFile] = []
         for one in input:
             files.extend(discover(one))
-        keys = [f.key for f in files]
-        if len(set(keys)) != len(keys):
-            raise ValueError("two input files share a name (their ids would collide); pass a directory instead")
+        _check_unique(files)
         return files
     text = os.fspath(input)
     p = Path(text)
@@ -104,12 +142,12 @@ def discover(input: str | os.PathLike | list) -> list[InputFile]:
         paths = sorted(
             q
             for q in p.rglob("*")
-            if q.is_file()
-            and not q.name.startswith((".", "_"))
-            and q.suffix.lower() in PARQUET_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES
+            if q.is_file() and not q.name.startswith((".", "_")) and q.suffix.lower() in KNOWN_SUFFIXES
         )
         if not paths:
-            raise FileNotFoundError(f"input directory {text!r} holds no .parquet, .jsonl or .txt files")
+            raise FileNotFoundError(
+                f"input directory {text!r} holds no .parquet, .jsonl, .json, .csv, .tsv or .txt files"
+            )
     elif glob.has_magic(text):
         paths = sorted(Path(q) for q in glob.glob(text, recursive=True) if Path(q).is_file())
         if not paths:
@@ -120,8 +158,9 @@ def discover(input: str | os.PathLike | list) -> list[InputFile]:
     out = []
     for q in paths:
         st = q.stat()
-        key = q.relative_to(root).with_suffix("").as_posix()
+        key = q.relative_to(root).as_posix()
         out.append(InputFile(str(q.resolve()), _fmt(q), key, st.st_size, st.st_mtime_ns))
+    _check_unique(out)
     return out
 
 
@@ -130,19 +169,6 @@ def _block_id(f: InputFile, index: int) -> str:
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in f.key)[-40:].strip("-") or "input"
     digest = hashlib.sha256(f.key.encode()).hexdigest()[:8]
     return f"{slug}-{digest}-{index:06d}"
-
-
-def _line_starts(path: str, every: int) -> tuple[int, list[int]]:
-    """Number of rows (lines; a last line without newline counts, an empty tail does not) and the byte offset of
-    every ``every``-th row's start."""
-    starts, n, pos = [], 0, 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if n % every == 0:
-                starts.append(pos)
-            pos += len(line)
-            n += 1
-    return n, starts
 
 
 def plan(files: list[InputFile], rows_per_block: int) -> list[BlockSpec]:
@@ -159,12 +185,21 @@ def plan(files: list[InputFile], rows_per_block: int) -> list[BlockSpec]:
             except Exception as exc:
                 raise ValueError(f"input {f.path!r} is not a readable parquet file: {exc}") from exc
             starts = [None] * ((n + rows_per_block - 1) // rows_per_block)
+        elif f.fmt == "json":
+            n = len(formats.json_rows(f.path))
+            starts = [None] * ((n + rows_per_block - 1) // rows_per_block)
         else:
-            n, starts = _line_starts(f.path, rows_per_block)
+            n, starts = formats.record_starts(f.path, rows_per_block, f.fmt)
         for i, off in enumerate(starts):
             start = i * rows_per_block
             blocks.append(
                 BlockSpec(_block_id(f, i), f.path, f.fmt, f.key, start, min(n, start + rows_per_block), offset=off)
+            )
+    seen: dict[str, str] = {}
+    for b in blocks:
+        if seen.setdefault(b.block_id, b.path) != b.path:
+            raise ValueError(
+                f"input files {seen[b.block_id]!r} and {b.path!r} get the same block name {b.block_id!r}; rename one"
             )
     return blocks
 
@@ -248,7 +283,7 @@ def _read_text(spec: BlockSpec, columns: dict[str, str]) -> BlockRows:
     if roles != ["text"]:
         raise ValueError(
             f"text input {spec.path!r} has one text per line, but this task needs the columns {roles}; "
-            "use a jsonl or parquet input"
+            "use a parquet, jsonl, json, csv or tsv input"
         )
     ids = [f"{spec.key}:{spec.start + i}" for i in range(spec.rows)]
     texts, errors = [], []
@@ -259,25 +294,80 @@ def _read_text(spec: BlockSpec, columns: dict[str, str]) -> BlockRows:
     return BlockRows(ids, {"text": texts}, errors)
 
 
+def _json_row(obj: Any, gen_id: str, id_column: str, columns: dict[str, str], fields: dict, ids: list) -> str | None:
+    """Append one JSON value (an object: columns by key; a string: the text) to ``ids`` / ``fields``; its error."""
+    err = None
+    if isinstance(obj, str):
+        if list(columns) == ["text"]:
+            ids.append(gen_id)
+            text, err = check_text(obj, "text")
+            fields["text"].append(text)
+            return err
+        obj, err = {}, f"a JSON string, but this task needs the columns {list(columns.values())}: write objects"
+    elif not isinstance(obj, dict):
+        obj, err = {}, f"not a JSON object or string (a JSON {type(obj).__name__})"
+    rid = obj.get(id_column)
+    ids.append(gen_id if rid is None else str(rid))  # JSON ids are written as strings
+    for role, col in columns.items():
+        text, ferr = (None, None) if err else check_text(obj.get(col), col)
+        fields[role].append(text)
+        err = err or ferr
+    return err
+
+
 def _read_jsonl(spec: BlockSpec, id_column: str, columns: dict[str, str]) -> BlockRows:
     ids: list[Any] = []
     fields: dict[str, list[Any]] = {role: [] for role in columns}
     errors: list[str | None] = []
     for i, raw in enumerate(_read_lines(spec)):
-        gen_id = f"{spec.key}:{spec.start + i}"
-        err = None
         try:
             obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError(f"a JSON {type(obj).__name__}, not an object")
         except UnicodeDecodeError as exc:
-            obj, err = {}, f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            obj = ValueError(f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})")
         except ValueError as exc:
-            obj, err = {}, f"line is not a JSON object ({str(exc).splitlines()[0][:80]})"
-        rid = obj.get(id_column)
-        ids.append(gen_id if rid is None else str(rid))  # jsonl ids are written as strings
+            obj = ValueError(f"line is not a JSON object or string ({str(exc).splitlines()[0][:80]})")
+        err = _json_row(
+            {} if isinstance(obj, ValueError) else obj, f"{spec.key}:{spec.start + i}", id_column, columns, fields, ids
+        )
+        errors.append(str(obj) if isinstance(obj, ValueError) else err)
+    return BlockRows(ids, fields, errors)
+
+
+def _read_json(spec: BlockSpec, id_column: str, columns: dict[str, str]) -> BlockRows:
+    ids: list[Any] = []
+    fields: dict[str, list[Any]] = {role: [] for role in columns}
+    errors: list[str | None] = []
+    rows = formats.json_rows(spec.path)
+    if len(rows) < spec.stop:
+        raise RuntimeError(f"input {spec.path!r} changed while running (fewer rows than planned); rerun")
+    for i in range(spec.start, spec.stop):
+        errors.append(_json_row(rows[i], f"{spec.key}:{i}", id_column, columns, fields, ids))
+    return BlockRows(ids, fields, errors)
+
+
+def _read_csv(spec: BlockSpec, id_column: str, columns: dict[str, str]) -> BlockRows:
+    names = formats.header(spec.path, spec.fmt)
+    missing = sorted({c for c in columns.values() if c not in names})
+    if missing:
+        raise ValueError(
+            f"{spec.fmt} input {spec.path!r} has no column {', '.join(map(repr, missing))} in its header (it has "
+            f"{names}); pass text_column= / columns= naming the header's columns"
+        )
+    where = {c: names.index(c) for c in set(columns.values()) | ({id_column} & set(names))}
+    ids: list[Any] = []
+    fields: dict[str, list[Any]] = {role: [] for role in columns}
+    errors: list[str | None] = []
+    raws = formats.read_records(spec.path, spec.offset or 0, spec.rows, spec.fmt)
+    for i, raw in enumerate(raws):
+        row, err = formats.parse_record(raw, spec.fmt)
+        rid = row[where[id_column]] if row is not None and where.get(id_column, len(row)) < len(row) else None
+        if row is not None and len(row) != len(names):
+            row, err = None, f"row has {len(row)} fields, the header {len(names)}"
+        if id_column in where and not rid and err is None:
+            err = f"missing id in column {id_column!r}"
+        ids.append(rid or f"{spec.key}:{spec.start + i}")
         for role, col in columns.items():
-            text, ferr = (None, None) if err else check_text(obj.get(col), col)
+            text, ferr = (None, None) if row is None else check_text(row[where[col]], col)
             fields[role].append(text)
             err = err or ferr
         errors.append(err)
@@ -291,4 +381,8 @@ def read_block(spec: BlockSpec, id_column: str, columns: dict[str, str]) -> Bloc
         return _read_parquet(spec, id_column, columns)
     if spec.fmt == "jsonl":
         return _read_jsonl(spec, id_column, columns)
+    if spec.fmt == "json":
+        return _read_json(spec, id_column, columns)
+    if spec.fmt in formats.DELIMITERS:
+        return _read_csv(spec, id_column, columns)
     return _read_text(spec, columns)

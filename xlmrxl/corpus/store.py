@@ -12,6 +12,9 @@ directory fsynced, and only then is its commit record written the same way; the 
 A block counts as finished only when its commit record matches the run's fingerprint and the file on disk has the
 recorded size and sha256, so a crash at any moment never leaves a half-written block counted as finished, and a
 block deleted or corrupted later is simply recomputed. Nothing outside these names is ever written or removed.
+
+Only the blocks listed in the manifest are results. A run refuses to start in a directory holding ``part-*`` files
+that are not its own blocks (another run's with other settings, another tool's): ``check_blocks``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ logger = logging.getLogger("xlmrxl")
 MANIFEST = "_manifest.json"  # "_" and "." names are skipped by pyarrow.dataset: pq.read_table(out) reads the blocks
 COMMITS = "_commits"
 LOCK = ".xlmrxl-corpus.lock"
-FORMAT = "xlmrxl-corpus/1"
+FORMAT = "xlmrxl-corpus/2"  # 2: vector columns are list<float> (null lists of zero length), keys keep the suffix
 _TMP_SUFFIX = ".tmp"
 
 
@@ -176,6 +179,36 @@ def _remove_stale_temporaries(d: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def check_blocks(out: str | os.PathLike, planned: set[str], fingerprint: str) -> None:
+    """Refuse a directory holding ``part-*`` files that are not this run's: a block this run does not plan, or one
+    committed by a run with other settings (the manifest moved away), or another tool's. They would be read back as
+    results (``pq.read_table(out)`` reads every ``part-*``), so nothing starts until they are gone; none is removed
+    (they may be someone's data). A planned block without a commit record (a crash between its rename and its
+    commit) is this run's and is simply written again."""
+    d = Path(out)
+    alien = []
+    for p in sorted(d.glob("part-*")):
+        block_id = p.name[len("part-") : -len(".parquet")] if p.name.endswith(".parquet") else None
+        if block_id is None or block_id not in planned:
+            alien.append(p.name)
+            continue
+        try:
+            rec = json.loads((d / COMMITS / f"{block_id}.json").read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            rec = {}
+        if rec.get("fingerprint") != fingerprint:
+            alien.append(p.name)
+    if alien:
+        names = ", ".join(alien[:3]) + (f" and {len(alien) - 3} more" if len(alien) > 3 else "")
+        raise FileExistsError(
+            f"output directory {str(d)!r} holds {len(alien)} part-* file(s) that are not blocks of this run ({names}): "
+            "left by a run with other settings or written by another tool, they would be read back as results; "
+            "pass a new output directory, or move them away (with _commits/ and _manifest.json) to start afresh here"
+        )
+
+
 def read_manifest(out: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(out) / MANIFEST
     if not path.exists():
@@ -183,7 +216,10 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({exc}); move it away to start this output afresh") from exc
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON ({exc}); pass a new output directory, or move it away with the "
+            "directory's part-* files and _commits/ to start afresh here"
+        ) from exc
 
 
 def check_settings(out: str | os.PathLike, settings: dict[str, Any], fingerprint: str) -> None:

@@ -7,15 +7,17 @@ bad rows, has the same schema. The encoder tasks run the padding-free path (``fo
 and read what they need from the packed states; ``comet`` hands the whole block to COMET's own ``predict``.
 
 Output columns (besides the id column and ``error``):
-- ``embed``: ``embedding`` fixed-size list of float32 (``vector_dtype="float16"``: float16); ``pooling`` ``"cls"``
+- ``embed``: ``embedding`` list of ``hidden_size`` float32 (``vector_dtype="float16"``: float16); ``pooling`` ``"cls"``
   (default) or ``"mean"`` (over real tokens), ``normalize=True`` L2-normalises (in float32, before the cast).
 - ``classify``: ``logits`` and ``probabilities`` (softmax; sigmoid for ``multi_label_classification`` or one
-  label), fixed-size lists of float32, ``label_id`` (argmax) and ``label`` (the config's ``id2label``).
+  label), lists of ``num_labels`` float32, ``label_id`` (argmax) and ``label`` (the config's ``id2label``).
 - ``fill-mask``: ``predictions``, one list per ``<mask>`` of ``top_k`` (default 5) ``{token, token_str, score}``,
   the LM head run only at the mask positions, scores the float32 softmax over the vocabulary (as
   ``xlmrxl.pipeline("fill-mask")``).
 - ``comet``: ``score`` (float64) and, for XCOMET models, ``error_spans`` (``{text, start, end, severity,
   confidence}``), from ``xlmrxl.comet.load(model)``'s ``predict``.
+
+An error row is null in every result column (a vector column holds a null list of zero length: ``null_lists``).
 """
 
 from __future__ import annotations
@@ -58,13 +60,25 @@ def parse_device(device: None | str | torch.device) -> torch.device:
     return dev
 
 
-def _fixed_list(values: np.ndarray, valid: np.ndarray, pa_type):
-    """(N, K) values -> a fixed-size-list array with nulls where ``valid`` is False."""
+def null_lists(values: np.ndarray | None, valid: np.ndarray, value_type: Any) -> Any:
+    """A ``list<value_type>`` array of ``len(valid)`` rows: the rows of ``values`` (one per valid row, in order) where
+    ``valid`` is True, a null list of zero length elsewhere.
+
+    Built from explicit offsets and a validity mask: pyarrow < 22 cannot write a null list that has values behind it
+    ("Lists with non-zero length null components", which every fixed-size list null has), this writes on 14 and later.
+    Both engines and ``xlmrxl.ray.Predictor`` build their vector columns here."""
     import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
-    n, k = values.shape
-    flat = pa.array(values.reshape(-1), type=pa_type)
-    return pa.FixedSizeListArray.from_arrays(flat, k, mask=pa.array(~valid))
+    valid = np.asarray(valid, dtype=bool)
+    np_type = np.float16 if value_type == pa.float16() else np.float32
+    rows = np.zeros((0, 0), dtype=np_type) if values is None or not len(values) else np.asarray(values, dtype=np_type)
+    if int(valid.sum()) != len(rows):
+        raise ValueError(f"{len(rows)} result rows for {int(valid.sum())} valid rows")
+    width = rows.shape[1] if rows.ndim == 2 else 0
+    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+    np.cumsum(valid.astype(np.int32) * width, out=offsets[1:])
+    flat = pa.array(rows.reshape(-1), type=value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat, mask=pa.array(~valid, type=pa.bool_()))
 
 
 class Task:
@@ -114,12 +128,8 @@ class Task:
         out = {}
         for field in self.schema():
             values = results.get(field.name)
-            if pa.types.is_fixed_size_list(field.type):
-                np_type = np.float16 if field.type.value_type == pa.float16() else np.float32
-                full = np.zeros((n, field.type.list_size), dtype=np_type)
-                if values is not None and len(values):
-                    full[valid] = values
-                out[field.name] = _fixed_list(full, valid, field.type.value_type)
+            if pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type):
+                out[field.name] = null_lists(values, valid, field.type.value_type)
             else:
                 full_list: list[Any] = [None] * n
                 if values is not None:
@@ -224,13 +234,21 @@ class EmbedTask(EncoderTask):
             raise ValueError(f"pooling={options['pooling']!r} is not supported; use 'cls' or 'mean'")
         if str(options["vector_dtype"]) not in ("float32", "float16"):
             raise ValueError(f"vector_dtype={options['vector_dtype']!r} is not supported; use float32 or float16")
+        if options["vector_dtype"] == "float16":
+            import pyarrow as pa  # optional extra (xlmrxl[corpus])
+
+            if int(pa.__version__.split(".")[0]) < 15:  # parquet float16 arrived in pyarrow 15
+                raise ValueError(
+                    f"vector_dtype='float16' needs pyarrow >= 15 to write parquet (pyarrow {pa.__version__} is "
+                    "installed); pip install 'pyarrow>=15', or use vector_dtype='float32'"
+                )
         return options
 
     def schema(self) -> list:
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
         value = pa.float16() if self.options["vector_dtype"] == "float16" else pa.float32()
-        return [pa.field("embedding", pa.list_(value, self.model.config.hidden_size))]
+        return [pa.field("embedding", pa.list_(value))]
 
     def forward(self, items: list) -> dict[str, Any]:
         h, cu, _ = self.packed(items)
@@ -261,10 +279,9 @@ class ClassifyTask(EncoderTask):
     def schema(self) -> list:
         import pyarrow as pa  # optional extra (xlmrxl[corpus])
 
-        k = len(self.labels)
         return [
-            pa.field("logits", pa.list_(pa.float32(), k)),
-            pa.field("probabilities", pa.list_(pa.float32(), k)),
+            pa.field("logits", pa.list_(pa.float32())),
+            pa.field("probabilities", pa.list_(pa.float32())),
             pa.field("label_id", pa.int32()),
             pa.field("label", pa.string()),
         ]
