@@ -21,6 +21,32 @@ logger = logging.getLogger("xlmrxl")
 TASK_NAMES = ("embed", "classify", "rerank", "fill-mask", "comet")
 
 
+def _server_class() -> type:
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, minus re-raising the signal after the graceful shutdown: SIGTERM exits 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):  # noqa: ANN201  (uvicorn's own signature)
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to the ``xlmrxl`` parser's subparsers."""
     p = sub.add_parser(
@@ -65,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("xlmrxl serve: binding %s without an API key: anyone who can reach it can use it", args.host)
     failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
+    server: Any = None
 
     def on_load_error(exc: BaseException) -> None:
         failed.append(exc)
@@ -94,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     )
     level = "info" if args.verbose else "warning"
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=level, timeout_graceful_shutdown=None)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     server.run()
     if failed:
         sys.stderr.write(f"xlmrxl serve: error: the model did not load: {failed[0]}\n")
