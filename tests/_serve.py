@@ -66,6 +66,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+        for name in ("TRITON_INTERPRET", "XLMRXL_POISON"):  # conftest sets them for kernel tests; a server runs plain
+            full_env.pop(name, None)
         self.log_path = log
         self.log = open(log, "wb") if log else subprocess.DEVNULL
         cmd = [sys.executable, "-m", "xlmrxl", "serve", str(model), "--port", str(self.port), "--device", "cpu"]

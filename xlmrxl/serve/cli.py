@@ -119,7 +119,9 @@ def main(args: argparse.Namespace) -> int:
         on_load_error=on_load_error,
     )
     level = "info" if args.verbose else "warning"
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=level, timeout_graceful_shutdown=None)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=level, access_log=bool(args.verbose), timeout_keep_alive=30
+    )
     server = _server_class()(config)
     server.run()
     if failed:

@@ -102,7 +102,7 @@ async def _compute(state: ServeState, request: Request, rows: list[Row]) -> list
             if remaining <= 0:
                 job.cancel()
                 raise ServeError(504, "timeout", f"not answered within --request-timeout {state.request_timeout} s")
-            done, _ = await asyncio.wait({job.future}, timeout=min(0.05, remaining))
+            done, _ = await asyncio.wait({job.future}, timeout=min(0.1, remaining))
             if done:
                 break
             if await request.is_disconnected():
@@ -118,6 +118,10 @@ async def _compute(state: ServeState, request: Request, rows: list[Row]) -> list
 
 
 async def _rows(state: ServeState, texts: list, truncate: bool, direction: str, pairs: list | None = None) -> list:
+    """Tokenized rows: small requests on the event loop (cheaper than a thread hop), large ones on a thread."""
+    chars = sum(len(t) for t in texts) + sum(len(t) for t in pairs or ())
+    if chars <= 20_000:
+        return state.runner.rows(texts, truncate, direction.lower(), pairs)
     return await run_in_threadpool(state.runner.rows, texts, truncate, direction.lower(), pairs)
 
 
