@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,7 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
             "request_timeout": state.request_timeout,
             "ready": state.ready,
             "version": __version__,
+            "pid": os.getpid(),
         }
 
     @app.get("/metrics")
