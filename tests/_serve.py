@@ -73,11 +73,14 @@ class Server:
         cmd = [sys.executable, "-m", "xlmrxl", "serve", str(model), "--port", str(self.port), "--device", "cpu"]
         self.proc = subprocess.Popen(cmd + list(args), cwd=ROOT, env=full_env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + timeout
+        self.startup: list[tuple[int, dict]] = []  # (status, body) of /health while starting
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}: {self.read_log()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                r = httpx.get(self.url + "/health", timeout=2)
+                self.startup.append((r.status_code, r.json()))
+                if r.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -107,6 +107,26 @@ def test_full_queue_answers_429_at_once(slow_server):
         assert c.post("/embed", json={"inputs": "after the burst"}).status_code == 200
 
 
+def test_health_says_503_until_warmed_up(slow_server):
+    statuses = [status for status, _ in slow_server.startup]
+    assert statuses[-1] == 200 and 503 in statuses, statuses  # warm-up lasts 3 s here
+    body = next(b for s, b in slow_server.startup if s == 503)
+    assert body["error_type"] == "unhealthy" and "warming up" in body["error"]
+
+
+def test_request_timeout_answers_504(mlm, tmp_path):
+    args = ("--task", "embed", "--request-timeout", "0.5")
+    s = Server(mlm, *args, env={"XLMRXL_SERVE_TEST_DELAY": "1.0"}, log=tmp_path / "timeout.log")
+    try:
+        with s.client() as c:
+            t0 = time.perf_counter()
+            r = c.post("/embed", json={"inputs": "too slow"})
+            assert time.perf_counter() - t0 < 0.95
+            _error(r, 504, "timeout", "--request-timeout 0.5")
+    finally:
+        s.stop()
+
+
 def test_client_disconnect_drops_unstarted_rows(slow_server, mlm):
     with slow_server.client() as c:
         before = metric(c.get("/metrics").text, "xlmrxl_rows_dropped_total")

@@ -17,6 +17,7 @@ import xlmrxl
 from xlmrxl.tokenizer import CORPUS_PATH
 
 REQUESTS, CLIENTS = 2000, 64
+_ONE_REQUEST_BUCKET = 'xlmrxl_batch_requests_bucket{le="1.0"}'
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def test_load_2000_requests_64_clients(mlm, tmp_path, capsys):
     want = dict(zip(pool, pipe(pool, batch_size=32).numpy()))
     rng = random.Random(1)
     plan = [rng.sample(pool, rng.randint(1, 4)) for _ in range(REQUESTS)]
-    server = Server(mlm, "--task", "embed", "--max-batch-tokens", "2048", log=tmp_path / "load.log")
+    args = ("--task", "embed", "--max-batch-tokens", "2048", "--device", "cpu,cpu")  # two model workers
+    server = Server(mlm, *args, log=tmp_path / "load.log")
     latencies: list[float] = []
     errors: list[str] = []
 
@@ -87,6 +89,7 @@ def test_load_2000_requests_64_clients(mlm, tmp_path, capsys):
         seconds = asyncio.run(main())
         with server.client() as c:
             metrics = c.get("/metrics").text
+            info = c.get("/info").json()
     finally:
         server.stop()
     assert not errors, errors[:5]
@@ -99,4 +102,6 @@ def test_load_2000_requests_64_clients(mlm, tmp_path, capsys):
             f"\nserve load: {REQUESTS} requests, {CLIENTS} clients: {REQUESTS / seconds:.0f} req/s, "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {batches:.0f} model batches ({per_batch:.1f} requests each)"
         )
-    assert per_batch > 1.5  # requests from different clients shared model batches
+    single = next(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(_ONE_REQUEST_BUCKET))
+    assert single < batches  # some model batches held rows of several clients' requests
+    assert info["model_device"] == ["cpu", "cpu"]

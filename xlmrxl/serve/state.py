@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -57,6 +59,9 @@ class ServeState:
             )
             r.warm_up()
             runners.append(r)
+        delay = float(os.environ.get("XLMRXL_SERVE_TEST_DELAY", "0") or 0)
+        if delay:  # tests only: a warm-up long enough to see /health say 503
+            time.sleep(10 * delay)
         self.runners = runners
         self.max_input_tokens = runners[0].max_input_tokens
         if self.max_input_chars is None:
