@@ -15,7 +15,7 @@ from _serve import Server, make_checkpoint, metric, texts
 
 import xlmrxl
 from xlmrxl.serve.engine import Engine, Overloaded
-from xlmrxl.serve.runners import Row, infer_task
+from xlmrxl.serve.runners import Row, infer_task, sentence_transformers_defaults
 
 TOL = 1e-6
 
@@ -226,6 +226,25 @@ def test_task_inference(mlm, clf, reranker, tmp_path):
     assert (infer_task(mlm), infer_task(clf), infer_task(reranker)) == ("fill-mask", "classify", "rerank")
     (tmp_path / "hparams.yaml").write_text("pretrained_model: x\n")
     assert infer_task(tmp_path) == "comet"
+
+
+def test_sentence_transformers_directory_settings(tmp_path):
+    import json
+
+    modules = [{"path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules.append({"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling").mkdir()
+    old_style = {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(old_style))
+    assert sentence_transformers_defaults(tmp_path) == {"pooling": "mean", "normalize": False}
+    modules.append({"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls"}))
+    assert sentence_transformers_defaults(tmp_path) == {"pooling": "cls", "normalize": True}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
+    with pytest.raises(ValueError, match="'max' is not served"):
+        sentence_transformers_defaults(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

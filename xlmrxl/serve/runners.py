@@ -81,17 +81,28 @@ def infer_task(model_dir: str | Path) -> str:
 
 
 def sentence_transformers_defaults(model_dir: str | Path) -> dict[str, Any]:
-    """Pooling / normalize of a sentence-transformers directory (``1_Pooling/config.json``, a Normalize module)."""
+    """Pooling / normalize of a sentence-transformers directory (its Pooling module's config, a Normalize module);
+    empty for a plain checkpoint."""
     path = Path(model_dir)
-    out: dict[str, Any] = {}
-    pool = path / "1_Pooling" / "config.json"
-    if pool.is_file():
-        cfg = json.loads(pool.read_text(encoding="utf-8"))
-        out["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
-    modules = path / "modules.json"
-    if modules.is_file():
-        types = [m.get("type", "") for m in json.loads(modules.read_text(encoding="utf-8"))]
-        out["normalize"] = any(t.endswith("Normalize") for t in types)
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    out: dict[str, Any] = {"normalize": any(m.get("type", "").endswith("Normalize") for m in modules)}
+    for m in modules:
+        cfg_file = path / m.get("path", "") / "config.json"
+        if not m.get("type", "").endswith("Pooling") or not cfg_file.is_file():
+            continue
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        mode = cfg.get("pooling_mode")  # sentence-transformers 5.x; older ones: one flag per mode
+        if mode is None:
+            flags = [k[len("pooling_mode_") :] for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+            mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(flags[0], flags[0]) if len(flags) == 1 else flags
+        if mode not in ("cls", "mean"):
+            raise ValueError(
+                f"{str(path)!r}: sentence-transformers pooling {mode!r} is not served; xlmrxl serve pools cls or mean"
+            )
+        out["pooling"] = mode
     return out
 
 
