@@ -284,3 +284,30 @@ def test_engine_budget_order_and_drop():
         await engine.stop()
 
     asyncio.run(main())
+
+
+def test_cli_errors(tmp_path, capsys):
+    from xlmrxl.cli import main
+
+    assert main(["serve", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--task", "embed", "--max-batch-tokens", "0"]) == 1
+    assert "max_batch_tokens=0" in capsys.readouterr().err
+
+
+def test_a_model_that_fails_to_load_exits_1(mlm, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from _serve import ROOT, free_port
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "sentencepiece.bpe.model", "tokenizer_config.json"):
+        if (mlm / name).exists():
+            shutil.copy(mlm / name, broken / name)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    cmd = [sys.executable, "-m", "xlmrxl", "serve", str(broken), "--port", str(free_port()), "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "did not load" in r.stderr, r.stderr[-2000:]

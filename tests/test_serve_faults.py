@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import torch
 from _serve import Server, make_checkpoint, metric, texts
 
 import xlmrxl
@@ -26,7 +27,8 @@ def mlm(spm_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(mlm, tmp_path_factory):
     log = tmp_path_factory.mktemp("faults_logs") / "server.log"
-    s = Server(mlm, "--task", "embed", "--max-client-batch-size", "4", "--payload-limit", "20000", log=log)
+    args = ("--max-client-batch-size", "4", "--payload-limit", "20000", "--max-input-tokens", "16", "--auto-truncate")
+    s = Server(mlm, "--task", "embed", *args, log=log)
     yield s
     s.stop()
 
@@ -86,6 +88,19 @@ def test_too_large_and_too_many(server):
         _error(c.get("/nowhere"), 404)
         _error(c.get("/embed"), 405)
         assert c.post("/embed", json={"inputs": "still fine"}).status_code == 200
+
+
+def test_max_input_tokens_and_auto_truncate(server, mlm):
+    text = texts(1, start=3)[0] * 3  # > 16 tokens, < 32 * 16 characters
+    model = xlmrxl.XLMRobertaXLModel.from_pretrained(str(mlm), add_pooling_layer=False).eval()
+    tok = xlmrxl.XLMRobertaTokenizer.from_pretrained(mlm)
+    ids = tok(text, truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+    want = torch.nn.functional.normalize(model(input_ids=ids).last_hidden_state[:, 0], dim=-1).detach().numpy()
+    with server.client() as c:
+        assert c.get("/info").json()["max_input_length"] == 16
+        r = c.post("/embed", json={"inputs": text})  # --auto-truncate: cut to 16 tokens
+        assert r.status_code == 200 and np.abs(np.array(r.json()) - want).max() <= 1e-6
+        _error(c.post("/embed", json={"inputs": text, "truncate": False}), 413, "validation", "more than the limit 16")
 
 
 def test_full_queue_answers_429_at_once(slow_server):
