@@ -311,3 +311,24 @@ def test_a_model_that_fails_to_load_exits_1(mlm, tmp_path):
     cmd = [sys.executable, "-m", "xlmrxl", "serve", str(broken), "--port", str(free_port()), "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "did not load" in r.stderr, r.stderr[-2000:]
+
+
+def test_engine_failed_batch_fails_its_requests_only():
+    class Flaky(_Echo):
+        def forward(self, rows):
+            if any(r.item == "boom" for r in rows):
+                raise RuntimeError("CUDA error: device-side assert")
+            return super().forward(rows)
+
+    async def main():
+        engine = Engine([Flaky()], max_batch_tokens=2, max_concurrent_requests=8)
+        engine.start()
+        bad = engine.enqueue([Row("ok", 1), Row("boom", 1), Row("late", 1)])
+        good = engine.enqueue([Row("fine", 1)])
+        with pytest.raises(RuntimeError, match="device-side"):
+            await bad.future
+        assert await good.future == ["fine"]
+        assert engine.active == 0 and not engine.jobs
+        await engine.stop()
+
+    asyncio.run(main())

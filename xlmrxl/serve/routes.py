@@ -1,6 +1,7 @@
 """Routes of ``xlmrxl serve``: text-embeddings-inference's, OpenAI's ``/v1/embeddings``, ``/fill-mask`` and ``/comet``.
 
-Every compute route checks its inputs (count and characters before tokenizing), tokenizes on a worker thread, hands
+Answers are ``JSONResponse`` objects (``json.dumps``; no response-model validation of thousands of floats). Every
+compute route checks its inputs (count and characters before tokenizing), tokenizes (a large request on a thread), hands
 the rows to the engine and waits for them with the request's timeout, dropping its unstarted rows when the client
 disconnects. Response shapes:
 
@@ -166,7 +167,7 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/embed")
-    async def embed(body: EmbedRequest, request: Request) -> list:
+    async def embed(body: EmbedRequest, request: Request) -> JSONResponse:
         _ready(state, "embed")
         texts, _ = _texts(state, body.inputs)
         rows = await _rows(state, texts, _truncate(state, body.truncate), body.truncation_direction)
@@ -174,10 +175,10 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
         for r in rows:
             r.options["normalize"] = normalize
         out = await _compute(state, request, rows)
-        return [v.tolist() for v in out]
+        return JSONResponse([v.tolist() for v in out])
 
     @app.post("/v1/embeddings")
-    async def openai_embeddings(body: OpenAIEmbeddingsRequest, request: Request) -> dict:
+    async def openai_embeddings(body: OpenAIEmbeddingsRequest, request: Request) -> JSONResponse:
         _ready(state, "v1/embeddings")
         hidden = state.runner.model.config.hidden_size
         if body.dimensions is not None and body.dimensions != hidden:
@@ -204,7 +205,7 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
             data.append({"object": "embedding", "embedding": emb, "index": i})
         tokens = sum(r.tokens for r in rows)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return {"object": "list", "data": data, "model": body.model or state.model_name, "usage": usage}
+        return JSONResponse({"object": "list", "data": data, "model": body.model or state.model_name, "usage": usage})
 
     def _scored(scores: list[float]) -> list[dict]:
         labels = state.runner.labels
@@ -212,7 +213,7 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
         return [{"score": scores[i], "label": labels[i]} for i in order]
 
     @app.post("/predict")
-    async def predict(body: PredictRequest, request: Request) -> list:
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         _ready(state, "predict")
         items, single = _texts(state, body.inputs)
         pairs = None
@@ -224,10 +225,10 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
         for r in rows:
             r.options["raw_scores"] = body.raw_scores
         out = [_scored(s) for s in await _compute(state, request, rows)]
-        return out[0] if single else out
+        return JSONResponse(out[0] if single else out)
 
     @app.post("/rerank")
-    async def rerank(body: RerankRequest, request: Request) -> list:
+    async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
         _ready(state, "rerank")
         texts, _ = _texts(state, body.texts, "texts")
         _texts(state, body.query, "query")
@@ -243,10 +244,10 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
             if body.return_text:
                 entry["text"] = texts[i]
             ranked.append(entry)
-        return ranked
+        return JSONResponse(ranked)
 
     @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest) -> list:
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
         _ready(state, "tokenize")
         texts, _ = _texts(state, body.inputs)
         tok = state.runner.tokenizer
@@ -258,10 +259,10 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
                 [{"id": t, "text": tok.convert_ids_to_tokens(t), "special": t in special} for t in ids] for ids in enc
             ]
 
-        return await run_in_threadpool(run)
+        return JSONResponse(await run_in_threadpool(run))
 
     @app.post("/fill-mask")
-    async def fill_mask(body: FillMaskRequest, request: Request) -> list:
+    async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
         _ready(state, "fill-mask")
         texts, single = _texts(state, body.inputs)
         rows = await _rows(state, texts, _truncate(state, body.truncate), body.truncation_direction)
@@ -271,10 +272,10 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
                 raise InputError(f"inputs[{i}] holds no {state.runner.tokenizer.mask_token} token (after truncation)")
             r.options["top_k"] = body.top_k
         out = await _compute(state, request, rows)
-        return out[0] if single else out
+        return JSONResponse(out[0] if single else out)
 
     @app.post("/comet")
-    async def comet(body: CometRequest, request: Request) -> dict:
+    async def comet(body: CometRequest, request: Request) -> JSONResponse:
         _ready(state, "comet")
         _texts(state, body.src, "src")
         _texts(state, body.mt, "mt")
@@ -295,4 +296,4 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
         result: dict[str, Any] = {"scores": scores, "system_score": float(np.mean(scores))}
         if state.runner.comet.xcomet:
             result["error_spans"] = [r["error_spans"] for r in out]
-        return result
+        return JSONResponse(result)
