@@ -15,7 +15,7 @@ from _serve import Server, make_checkpoint, metric, texts
 
 import xlmrxl
 from xlmrxl.serve.engine import Engine, Overloaded
-from xlmrxl.serve.runners import Row, infer_task, sentence_transformers_defaults
+from xlmrxl.serve.runners import Row, Runner, infer_task, sentence_transformers_defaults
 
 TOL = 1e-6
 
@@ -332,3 +332,13 @@ def test_engine_failed_batch_fails_its_requests_only():
         await engine.stop()
 
     asyncio.run(main())
+
+
+def test_int4_quantization_on_load(spm_dir, tmp_path):
+    d = make_checkpoint(tmp_path / "m", spm_dir, hidden_size=128, intermediate_size=256, num_attention_heads=4)
+    runner = Runner(str(d), "embed", device="cpu", quantization="int4", pooling="mean")
+    inputs = texts(4)
+    got = np.stack(runner.forward(runner.rows(inputs, truncate=True)))
+    model = xlmrxl.XLMRobertaXLModel.from_pretrained(str(d), quantization="int4", add_pooling_layer=False)
+    pipe = xlmrxl.pipeline("feature-extraction", model=model.eval(), tokenizer=d, pooling="mean")
+    assert np.abs(got - pipe(inputs, batch_size=1).numpy()).max() <= 1e-5
