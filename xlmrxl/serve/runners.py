@@ -259,10 +259,19 @@ class Runner:
             )
         return out
 
-    def warm_up(self) -> None:
-        """One small batch through the model (kernel choice, CUDA graphs) before the server says it is ready."""
+    def warm_up(self, max_batch_tokens: int = 0) -> None:
+        """Batches through the model before the server says it is ready: one small one, and on a GPU one per
+        4x step of real tokens up to ``max_batch_tokens`` (the measured kernel choice and CUDA graphs of those
+        sizes are settled before the first client waits on them)."""
         if self.task == "comet":
             self.forward([Row({"src": "Hello.", "mt": "Hallo.", "ref": "Hallo."}, 4)])
             return
         text = "Hello world." + (f" {self.tokenizer.mask_token}" if self.task == "fill-mask" else "")
         self.forward(self.rows([text], truncate=True))
+        tokens = 64
+        while self.device.type == "cuda" and tokens <= max_batch_tokens:
+            n = min(self.max_input_tokens, tokens)
+            tok = self.tokenizer
+            ids = [tok.bos_token_id] + [tok.unk_token_id] * (n - 2) + [tok.eos_token_id]
+            self.forward([Row(ids, n) for _ in range(max(1, tokens // n))])
+            tokens *= 4

@@ -57,7 +57,7 @@ class ServeState:
                 pooling=self.pooling,
                 max_input_tokens=self.max_input_tokens,
             )
-            r.warm_up()
+            r.warm_up(self.max_batch_tokens)
             runners.append(r)
         delay = float(os.environ.get("XLMRXL_SERVE_TEST_DELAY", "0") or 0)
         if delay:  # tests only: a warm-up long enough to see /health say 503
