@@ -114,10 +114,11 @@ def test_full_queue_answers_429_at_once(slow_server):
         results = list(pool.map(send, range(10)))
     codes = [r.status_code for r, _ in results]
     assert codes.count(200) >= 3 and codes.count(429) >= 1, codes
+    fastest_answer = min(seconds for r, seconds in results if r.status_code == 200)  # >= 2 batches of 0.3 s
     for r, seconds in results:
         if r.status_code == 429:
             _error(r, 429, "overloaded", "max-concurrent-requests")
-            assert seconds < 0.3  # refused before any batch ran, not after waiting
+            assert seconds < fastest_answer  # refused at once, not after waiting for a place
     with slow_server.client() as c:
         assert c.post("/embed", json={"inputs": "after the burst"}).status_code == 200
 
@@ -145,10 +146,10 @@ def test_request_timeout_answers_504(mlm, tmp_path):
 def test_client_disconnect_drops_unstarted_rows(slow_server, mlm):
     with slow_server.client() as c:
         before = metric(c.get("/metrics").text, "xlmrxl_rows_dropped_total")
-    with pytest.raises(httpx.ReadTimeout):  # 4 rows, one per 0.3 s batch: the client leaves after the first
-        with slow_server.client(timeout=0.4) as c:
-            c.post("/embed", json={"inputs": texts(4)})
-    time.sleep(1.0)
+    with pytest.raises(httpx.ReadTimeout):  # 6 rows, one per 0.3 s batch: the client leaves after about two
+        with slow_server.client(timeout=0.6) as c:
+            c.post("/embed", json={"inputs": texts(6)})
+    time.sleep(1.5)
     with slow_server.client() as c:
         after = metric(c.get("/metrics").text, "xlmrxl_rows_dropped_total")
         r = c.post("/embed", json={"inputs": texts(2, start=9), "normalize": False})
