@@ -165,6 +165,8 @@ def test_classify_predict_and_rerank(clf, reranker, tmp_path):
         with server.client() as c:
             batch = c.post("/predict", json={"inputs": inputs}).json()
             raw = c.post("/predict", json={"inputs": inputs[0], "raw_scores": True}).json()
+            pairs = c.post("/predict", json={"inputs": [[inputs[1], inputs[2]]], "raw_scores": True}).json()
+            not_pairs = c.post("/predict", json={"inputs": [["a", "b", "c"]]})
             wrong = c.post("/embed", json={"inputs": "x"})
     finally:
         server.stop()
@@ -175,6 +177,11 @@ def test_classify_predict_and_rerank(clf, reranker, tmp_path):
         assert max(abs(by_label[k] - float(probs[i])) for i, k in enumerate(["neg", "neu", "pos"])) <= TOL
     assert max(abs(g["score"] - float(logits[0][["neg", "neu", "pos"].index(g["label"])])) for g in raw) <= TOL
     assert wrong.status_code == 422 and "--task embed" in wrong.json()["error"]
+    with torch.no_grad():
+        pair_logits = model(**tok(inputs[1], inputs[2], return_tensors="pt")).logits[0]
+    got = {g["label"]: g["score"] for g in pairs[0]}
+    assert max(abs(got[k] - float(pair_logits[i])) for i, k in enumerate(["neg", "neu", "pos"])) <= TOL
+    assert not_pairs.status_code == 422 and "pairs" in not_pairs.json()["error"]
 
     rmodel = xlmrxl.XLMRobertaXLForSequenceClassification.from_pretrained(str(reranker)).eval()
     query, docs = "what is this?", texts(5, start=30)
@@ -287,7 +294,11 @@ def test_engine_budget_order_and_drop():
 
 
 def test_cli_errors(tmp_path, capsys):
-    from xlmrxl.cli import main
+    from xlmrxl.cli import _parser, main
+
+    args = _parser().parse_args(["serve", "somewhere"])  # never another address unless --host says so
+    assert (args.host, args.port, args.max_batch_tokens) == ("127.0.0.1", 8080, 16384)
+    assert (args.max_concurrent_requests, args.max_client_batch_size, args.api_key, args.task) == (512, 32, None, None)
 
     assert main(["serve", str(tmp_path / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
