@@ -34,7 +34,7 @@ class Overloaded(RuntimeError):
 class Job:
     """One request's rows and their results."""
 
-    def __init__(self, rows: list[Row], loop: asyncio.AbstractEventLoop):
+    def __init__(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> None:
         self.rows = rows
         self.results: list[Any] = [None] * len(rows)
         self.next = 0  # first row not yet handed to a worker
@@ -57,7 +57,7 @@ class Engine:
         max_concurrent_requests: int = 512,
         on_batch: Callable[..., None] | None = None,
         on_drop: Callable[[int], None] | None = None,
-    ):
+    ) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens={max_batch_tokens} must be >= 1")
         if max_concurrent_requests < 1:

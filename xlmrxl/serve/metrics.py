@@ -20,7 +20,7 @@ _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class Metrics:
     """The app's metrics; ``render()`` is the /metrics body."""
 
-    def __init__(self, queue_depth: Callable[[], float], active: Callable[[], float]):
+    def __init__(self, queue_depth: Callable[[], float], active: Callable[[], float]) -> None:
         self.registry = r = CollectorRegistry()
         Gauge("xlmrxl_queue_depth", "rows waiting for a model batch", registry=r).set_function(queue_depth)
         Gauge("xlmrxl_active_requests", "requests queued or running", registry=r).set_function(active)

@@ -42,7 +42,7 @@ _CLASSES = {
 class InputError(ValueError):
     """A request input the server refuses (status 413 for too long / too many, 422 otherwise)."""
 
-    def __init__(self, message: str, status: int = 422, error_type: str = "validation"):
+    def __init__(self, message: str, status: int = 422, error_type: str = "validation") -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
@@ -120,7 +120,7 @@ class Runner:
         quantization: str | None = None,
         pooling: str = "cls",
         max_input_tokens: int | None = None,
-    ):
+    ) -> None:
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not served; use one of {', '.join(TASKS)}")
         if pooling not in ("cls", "mean"):

@@ -16,7 +16,7 @@ from .runners import Runner
 class ServeError(Exception):
     """An error answered with ``status`` and ``{"error", "error_type"}``."""
 
-    def __init__(self, status: int, error_type: str, message: str):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(message)
         self.status, self.error_type = status, error_type
 
@@ -28,7 +28,7 @@ def error_response(status: int, error_type: str, message: str) -> JSONResponse:
 class ServeState:
     """What the routes share: settings, the runners and the engine once loaded, the metrics."""
 
-    def __init__(self, **settings: Any):
+    def __init__(self, **settings: Any) -> None:
         self.__dict__.update(settings)
         self.runners: list[Runner] = []
         self.engine: Engine | None = None
