@@ -6,6 +6,7 @@
     xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
     xlmrxl quantize SRC DST [--group-size 128] [--method rtn|mse|gptq] [--calibration FILE] [--force]
     xlmrxl corpus TASK --model DIR --input PATH --output DIR [--engine ray]   (see xlmrxl/corpus/cli.py)
+    xlmrxl serve MODEL_DIR [--task embed] [--port 8080]   (see xlmrxl/serve/cli.py)
 
 Contract
 --------
@@ -50,6 +51,7 @@ from .modeling import XLMRobertaXLForMaskedLM
 from .parsing import parse_device, parse_dtype
 from .pipelines import pipeline
 from .quantization import quality_lines, quantize_checkpoint
+from .serve import cli as serve_cli
 
 logger = logging.getLogger("xlmrxl")
 
@@ -134,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
     q.add_argument("--force", action="store_true", help="write into a non-empty DST that is not a checkpoint")
     corpus_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
     return p
 
 
@@ -468,6 +471,7 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "quantize": _cmd_quantize,
     "corpus": corpus_cli.main,
+    "serve": serve_cli.main,
 }
 
 

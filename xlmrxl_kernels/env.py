@@ -87,6 +87,8 @@ VARIABLES: dict[str, Variable] = {
         ),
         Variable("XLMRXL_CACHE", "path", "", "cache directory of the demo assets (default ~/.cache/xlmrxl)"),
         Variable("XLMRXL_CORPUS_FAULT", "path", "", "tests only: <block_id>:<marker file> kills a corpus worker once"),
+        Variable("XLMRXL_API_KEY", "path", "", "xlmrxl serve: the API key clients must send (as --api-key)"),
+        Variable("XLMRXL_SERVE_TEST_DELAY", "path", "", "tests only: serve sleeps this per batch (10x at warm-up)"),
         Variable("XLMRXL_BUILD_EXT", "bool", True, "setup.py: build the compiled extension"),
         Variable("XLMRXL_CUDA", "bool", True, "setup.py: build the CUDA part of the extension"),
     )
