@@ -120,7 +120,7 @@ PLAN=(
   "comet|20|core|benchmarks/bench_comet.py|$PY -m benchmarks.bench_comet --quick --out $RES|$PY -m benchmarks.bench_comet --tiny --quick --out $RES"
   "corpus|15|core|benchmarks/bench_corpus.py|$PY -m benchmarks.bench_corpus --quick --no-ray --out $RES|$PY -m benchmarks.bench_corpus --tiny --quick --no-ray --out $RES"
   "kernel-resources|10|core|-|$PY -m benchmarks.kernel_resources --out $RES|$PY -m benchmarks.kernel_resources --out $RES"
-  "serve|40|extra|benchmarks/bench_serve.py|$PY -m benchmarks.bench_serve --quick --out $RES|$PY -m benchmarks.bench_serve --tiny --quick --out $RES"
+  "serve|60|extra|benchmarks/bench_serve.py|$PY -m benchmarks.bench_serve --quick --layers 6 --out $RES|$PY -m benchmarks.bench_serve --tiny --quick --out $RES"
   "int4-methods|15|extra|benchmarks/bench_int4_methods.py|$PY -m benchmarks.bench_int4_methods --quick --layers 2 --out $RES|$PY -m benchmarks.bench_int4_methods --tiny --quick --out $RES"
   "e2e-compile|60|extra|-|$PY -m benchmarks.bench_e2e --quick --batches mixed --peers hf-sdpa hf-sdpa-compile --name e2e_compile --out $RES|$PY -m benchmarks.bench_e2e --tiny --quick --batches mixed --peers hf-sdpa --name e2e_compile --out $RES"
   "gpu-tests-rest|60|extra|-|$PY -m pytest -q -p no:cacheprovider -m gpu --junitxml=$RES/gpu-tests-rest.xml -k 'not ($GPU_CORE)' tests|$PY -m pytest -q -p no:cacheprovider -m gpu --junitxml=$RES/gpu-tests-rest.xml -k 'not ($GPU_CORE)' $GPU_FILES"
