@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench_serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, fp32 on CPU (a smoke run)")
     ap.add_argument("--quick", action="store_true", help="fewer requests")
+    ap.add_argument("--layers", type=int, default=None, help="encoder layers (default: the model's; the lease: 6)")
     ap.add_argument("--requests", type=int, default=None, help="requests per concurrency level at 64 clients")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<device>)")
     ap.add_argument("--serve-baseline", default=None, choices=("transformers", "st"), help=argparse.SUPPRESS)
@@ -192,6 +193,8 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available() and not args.tiny
     config = TINY if args.tiny else (XL if cuda else CPU)
+    if args.layers is not None:  # XL's widths at fewer layers: builds, saves and loads in seconds (the lease)
+        config = dict(config, num_hidden_layers=args.layers)
     dtype = torch.bfloat16 if cuda else torch.float32
     dname, device = ("bfloat16", "cuda") if cuda else ("float32", "cpu")
     n64 = args.requests or (80 if args.tiny and args.quick else 400 if args.tiny or args.quick else 2000)
