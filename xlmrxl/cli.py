@@ -3,7 +3,7 @@
     xlmrxl fill-mask "Paris is the <mask> of France." --model DIR [--top-k 5] [--targets a,b] [--json]
     xlmrxl embed "some text" --model DIR [--pooling cls|mean|none] [--normalize] [--json]
     xlmrxl info DIR [--json]
-    xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
+    xlmrxl demo [--model DIR] [--quick] [--backends reference,triton] [--no-transformers]
     xlmrxl quantize SRC DST [--group-size 128] [--method rtn|mse|gptq] [--calibration FILE] [--force]
     xlmrxl corpus TASK --model DIR --input PATH --output DIR [--engine ray]   (see xlmrxl/corpus/cli.py)
 
@@ -105,9 +105,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the offline demo on a small random-weight model")
     demo.add_argument("--quick", action="store_true", help="an even smaller model and fewer inputs (tests)")
+    demo.add_argument("--model", default=None, help="a checkpoint directory to run on (default: random-weight model)")
     demo.add_argument("--backends", default=None, help="comma-separated subset of reference,triton to check")
     demo.add_argument("--no-transformers", action="store_true", help="do not compare with transformers")
-    demo.add_argument("--repeats", type=int, default=None, help="timed forwards per backend")
+    demo.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 10-50, about 30 s)")
     demo.add_argument("--device", default=None)
     demo.add_argument("--dtype", default=None)
 
@@ -254,6 +255,7 @@ def _cmd_demo(args) -> int:
     result = run_demo(
         sys.stdout,
         quick=args.quick,
+        model=args.model,
         device=args.device,
         dtype=args.dtype,
         repeats=args.repeats,
