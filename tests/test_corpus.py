@@ -177,7 +177,9 @@ def test_embed_matches_pipeline(mlm, embed_runs):
 def test_embed_cls_float16(mlm, tmp_path):
     rows = texts(9)
     pq.write_table(pa.table({"text": rows}), tmp_path / "in.parquet")
-    xlmrxl.corpus.run("embed", mlm, tmp_path / "in.parquet", tmp_path / "out", vector_dtype="float16", progress=False)
+    xlmrxl.corpus.run(
+        "embed", mlm, tmp_path / "in.parquet", tmp_path / "out", vector_dtype="float16", pooling="cls", progress=False
+    )
     table = read_output(tmp_path / "out")
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 64)
     assert table.column("id").to_pylist() == [f"in:{i}" for i in range(9)]  # generated ids

@@ -27,10 +27,12 @@ Contract
   list gives a list of results, except a list of one, which is unwrapped (as transformers does). ``targets=``
   (a word or a list) restricts the candidates, as transformers does (a word outside the vocabulary is replaced by
   its first token, with a warning). An input without ``<mask>`` is an error naming it.
-- ``"feature-extraction"``: ``pooling=None`` gives each input's token states, a float32 tensor (real tokens, H)
-  (``<s>``/``</s>`` included); ``"cls"`` the ``<s>`` state; ``"mean"`` the mean over real tokens only (the
-  attention mask). ``normalize=True`` L2-normalises. Pooled results of a list come stacked as one (N, H) tensor;
-  token states as a list of tensors. Tensors are returned on the CPU.
+- ``"feature-extraction"``: ``pooling=None`` (the default, as transformers' pipeline) gives each input's token
+  states, a float32 tensor (real tokens, H) (``<s>``/``</s>`` included); ``"cls"`` the ``<s>`` state; ``"mean"`` the
+  mean over real tokens only (the attention mask); ``"auto"``: the pooled default of every xlmrxl surface
+  (``xlmrxl.pooling``: the checkpoint's sentence-transformers pooling, else mean), as ``xlmrxl embed`` and
+  ``xlmrxl corpus embed`` use. ``normalize=True`` L2-normalises. Pooled results of a list come stacked as one
+  (N, H) tensor; token states as a list of tensors. Tensors are returned on the CPU.
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ from torch import nn
 
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
 from .parsing import parse_device, parse_dtype
+from .pooling import AUTO, resolve_pooling
 from .tokenizer import XLMRobertaTokenizer
 
 logger = logging.getLogger("xlmrxl")
 
 TASKS = ("fill-mask", "feature-extraction")
-POOLINGS = (None, "cls", "mean")
+POOLINGS = (None, "cls", "mean", AUTO)
 _PROGRESS_MIN_INPUTS = 64
 
 
@@ -255,6 +258,7 @@ class FeatureExtractionPipeline(Pipeline):
         super().__init__(model, tokenizer, device, **defaults)
         if not hasattr(model, "roberta") and not hasattr(model, "encoder"):
             raise TypeError(f"feature-extraction needs an XLM-RoBERTa-XL model, got {type(model).__name__}")
+        self.checkpoint: str | None = None  # the directory the model came from: its pooling config, if any
 
     @torch.inference_mode()
     def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
@@ -262,7 +266,9 @@ class FeatureExtractionPipeline(Pipeline):
         opts = self._options(kwargs)
         pooling = opts["pooling"]
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not valid; use None (token states), 'cls' or 'mean'")
+            raise ValueError(f"pooling={pooling!r} is not valid; use None (token states), 'auto', 'cls' or 'mean'")
+        if pooling == AUTO:
+            pooling, opts["normalize"] = resolve_pooling(AUTO, self.checkpoint, bool(opts["normalize"]))
         texts, single = self._as_list(inputs)
         results: list[torch.Tensor | None] = [None] * len(texts)
         for idx, enc in self._batches(texts, opts["batch_size"], opts["progress"]):
@@ -347,7 +353,12 @@ def pipeline(
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = XLMRobertaTokenizer.from_pretrained(tokenizer)
     net.eval()
-    return _PIPELINES[task](net, tokenizer, dev, **kwargs)
+    pipe = _PIPELINES[task](net, tokenizer, dev, **kwargs)
+    if isinstance(pipe, FeatureExtractionPipeline) and isinstance(model, (str, os.PathLike)):
+        pipe.checkpoint = str(model)
+        if pipe.defaults["pooling"] == AUTO:  # say the choice now, not at the first call
+            resolve_pooling(AUTO, pipe.checkpoint, bool(pipe.defaults["normalize"]))
+    return pipe
 
 
 def _stderr_is_tty() -> bool:
