@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
     q.add_argument("--force", action="store_true", help="write into a non-empty DST that is not a checkpoint")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
     corpus_cli.add_parser(sub)
     return p
 
@@ -196,6 +198,7 @@ def _cmd_quantize(args) -> int:
         dtype=parse_dtype(args.dtype),
         device=parse_device(args.device),
         backend=args.backend or "auto",
+        progress=False if args.quiet else (True if args.progress else None),
     )
     model.save_pretrained(str(dst))
     for name in _TOKENIZER_FILES:
