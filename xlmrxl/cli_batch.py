@@ -169,7 +169,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
 
     def compute(texts: list[str]) -> list[Any]:
-        res = pipe(texts, targets=targets) if targets else pipe(texts)
+        res = pipe(texts, targets=targets, progress=False) if targets else pipe(texts, progress=False)
         return [res] if len(texts) == 1 else res  # the pipeline unwraps a list of one, as transformers' does
 
     def ok(n: int, text: str, res: Any) -> None:
@@ -211,7 +211,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     )
 
     def compute(texts: list[str]) -> list[Any]:
-        return list(pipe(texts))
+        return list(pipe(texts, progress=False))  # the bar is over the lines (_run)
 
     def ok(n: int, text: str, e: torch.Tensor) -> None:
         rows = e.tolist()

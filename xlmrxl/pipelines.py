@@ -16,7 +16,8 @@ Contract
   leaves a given model's backend alone). Other keywords become call defaults (``top_k``, ``pooling``, ``batch_size``,
   ...).
 - Inputs are batched (``batch_size``, default 8; sorted by length to cut padding, results in input order) with a
-  tqdm progress bar on long lists (``progress=None``: shown for 64+ inputs when stderr is a terminal).
+  tqdm progress bar on long lists (``progress=None``: shown for 64+ inputs when stderr is a terminal or
+  ``XLMRXL_PROGRESS=on``; ``xlmrxl.progress``).
 - ``"fill-mask"``: the encoder runs once per batch, then the LM head runs **only at the ``<mask>`` positions**
   (hidden states gathered there first, so the (tokens x vocab) logits are never built). Scores are the softmax over
   all vocabulary columns, computed in float32 (transformers uses the model dtype; identical in fp32).
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ from torch import nn
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
 from .parsing import parse_device, parse_dtype
 from .pooling import AUTO, resolve_pooling
+from .progress import progress_bar
+from .progress import resolve as resolve_progress
 from .tokenizer import XLMRobertaTokenizer
 
 logger = logging.getLogger("xlmrxl")
@@ -114,12 +116,8 @@ class Pipeline:
         ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"]  # tokenized once
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         pad = self.tokenizer.pad_token_id
-        show = progress if progress is not None else (len(texts) >= _PROGRESS_MIN_INPUTS and _stderr_is_tty())
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(texts), desc=self.task, unit="input")
+        show = progress if progress is not None else (len(texts) >= _PROGRESS_MIN_INPUTS and resolve_progress(None))
+        bar = progress_bar(len(texts), self.task, "input", True) if show else None
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
@@ -359,7 +357,3 @@ def pipeline(
         if pipe.defaults["pooling"] == AUTO:  # say the choice now, not at the first call
             resolve_pooling(AUTO, pipe.checkpoint, bool(pipe.defaults["normalize"]))
     return pipe
-
-
-def _stderr_is_tty() -> bool:
-    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
