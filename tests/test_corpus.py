@@ -314,7 +314,7 @@ def test_refuses_other_settings_and_foreign_directories(mlm, corpus_dir, tmp_pat
     out = tmp_path / "out"
     xlmrxl.corpus.run("embed", mlm, corpus_dir / "c.txt", out, progress=False)
     with pytest.raises(ValueError, match="other settings.*pooling"):
-        xlmrxl.corpus.run("embed", mlm, corpus_dir / "c.txt", out, pooling="mean", progress=False)
+        xlmrxl.corpus.run("embed", mlm, corpus_dir / "c.txt", out, pooling="cls", progress=False)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

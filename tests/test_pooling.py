@@ -58,6 +58,8 @@ def _corpus(model, tmp_path, name):
     src = tmp_path / f"{name}.txt"
     src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     out = xlmrxl.corpus.run("embed", model, src, tmp_path / name, progress=False)["output"]
+    manifest = json.loads((tmp_path / name / "_manifest.json").read_text())
+    assert manifest["settings"]["options"]["pooling"] in ("cls", "mean")  # settled by the driver, not "auto"
     return np.asarray(pq.read_table(out).column("embedding").to_pylist(), dtype=np.float32)
 
 

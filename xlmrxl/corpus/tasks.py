@@ -101,6 +101,11 @@ class Task:
     def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
         return options
 
+    @classmethod
+    def resolve(cls, options: dict[str, Any], model: str) -> dict[str, Any]:
+        """Options that depend on the checkpoint, settled once by the driver (recorded in the manifest)."""
+        return options
+
     def schema(self) -> list:
         raise NotImplementedError
 
@@ -223,9 +228,14 @@ class EmbedTask(EncoderTask):
 
     def __init__(self, model, options, **kw):
         super().__init__(model, options, **kw)
-        # "auto": the checkpoint's sentence-transformers pooling, else xlmrxl.pooling.DEFAULT_POOLING (mean)
-        pooling, normalize = resolve_pooling(self.options["pooling"], model, bool(self.options["normalize"]))
-        self.options = {**self.options, "pooling": pooling, "normalize": normalize}
+        # "auto" (xlmrxl.ray.Predictor; corpus.run settles it in the driver): the checkpoint's sentence-transformers
+        # pooling, else xlmrxl.pooling.DEFAULT_POOLING (mean)
+        self.options = self.resolve(self.options, model)
+
+    @classmethod
+    def resolve(cls, options: dict[str, Any], model: str) -> dict[str, Any]:
+        pooling, normalize = resolve_pooling(options["pooling"], model, bool(options["normalize"]))
+        return {**options, "pooling": pooling, "normalize": normalize}
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
