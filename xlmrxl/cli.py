@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("directory")
     info.add_argument("--json", action="store_true")
 
-    demo = sub.add_parser("demo", help="run the offline demo on a small random-weight model")
+    demo = sub.add_parser(
+        "demo", help="check and time the fused path against the exact one (random-weight model, or --model DIR)"
+    )
     demo.add_argument("--quick", action="store_true", help="an even smaller model and fewer inputs (tests)")
     demo.add_argument("--model", default=None, help="a checkpoint directory to run on (default: random-weight model)")
     demo.add_argument("--backends", default=None, help="comma-separated subset of reference,triton to check")

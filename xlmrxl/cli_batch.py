@@ -94,6 +94,7 @@ def _run(
     limit: int,
     write_ok,
     write_error,
+    validate: Callable[[str], str | None] | None = None,
 ) -> int:
     """Compute every good line (chunk by chunk, a failed chunk line by line) and write records in input order."""
     items = _lines(args.text)
@@ -107,6 +108,8 @@ def _run(
             length = len(tokenizer(text, return_attention_mask=False)["input_ids"])
             if length > limit:
                 error = f"{length} tokens; the model takes at most {limit}: shorten the line"
+            elif validate is not None:
+                error = validate(text)
         return error
 
     chunk = max(1, args.batch_size) * CHUNK_BATCHES
@@ -191,7 +194,12 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(f"{text if text is not None else ''}\n  error (line {n}): {error}\n")
 
-    return _run(args, compute, pipe.tokenizer, _limit(pipe.model), ok, bad)
+    mask = pipe.tokenizer.mask_token
+
+    def validate(text: str) -> str | None:
+        return None if mask in text else f"no {mask} token: put {mask} where a word should be predicted"
+
+    return _run(args, compute, pipe.tokenizer, _limit(pipe.model), ok, bad, validate)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -198,7 +198,7 @@ class FillMaskPipeline(Pipeline):
             if not bool(has_mask.all()):
                 bad = idx[int((~has_mask).nonzero()[0, 0])]
                 raise ValueError(
-                    f"fill-mask input {bad} has no {self.tokenizer.mask_token} token: "
+                    f"fill-mask inputs[{bad}] has no {self.tokenizer.mask_token} token: "
                     f"{texts[bad]!r}; put {self.tokenizer.mask_token} where a word should be predicted"
                 )
             hidden = self._encode(enc)
