@@ -373,8 +373,12 @@ def _transformers_model(path: Path, dtype: torch.dtype, device: torch.device) ->
     except Exception:
         return None
     prev = logging.getLogger("transformers").level
+    tlog = transformers.utils.logging
+    bar_was_on = getattr(tlog, "is_progress_bar_enabled", lambda: False)()
     try:
         transformers.logging.set_verbosity_error()
+        if bar_was_on:
+            tlog.disable_progress_bar()  # transformers 5's "Loading weights" bar would cut into the report
         kw = {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
         model = transformers.XLMRobertaXLModel.from_pretrained(str(path), add_pooling_layer=False, **kw)
         return model.to(device).eval()
@@ -383,3 +387,5 @@ def _transformers_model(path: Path, dtype: torch.dtype, device: torch.device) ->
         return None
     finally:
         logging.getLogger("transformers").setLevel(prev)
+        if bar_was_on:
+            tlog.enable_progress_bar()
