@@ -180,7 +180,9 @@ def test_embed_matches_pipeline(mlm, embed_runs):
 def test_embed_cls_float16(mlm, tmp_path):
     rows = texts(9)
     pq.write_table(pa.table({"text": rows}), tmp_path / "in.parquet")
-    xlmrxl.corpus.run("embed", mlm, tmp_path / "in.parquet", tmp_path / "out", vector_dtype="float16", progress=False)
+    xlmrxl.corpus.run(
+        "embed", mlm, tmp_path / "in.parquet", tmp_path / "out", vector_dtype="float16", pooling="cls", progress=False
+    )
     table = read_output(tmp_path / "out")
     assert table.schema.field("embedding").type == pa.list_(pa.float16())
     assert table.column("id").to_pylist() == [f"in.parquet:{i}" for i in range(9)]  # generated ids
@@ -317,7 +319,7 @@ def test_refuses_other_settings_and_foreign_directories(mlm, corpus_dir, tmp_pat
     out = tmp_path / "out"
     xlmrxl.corpus.run("embed", mlm, corpus_dir / "c.txt", out, progress=False)
     with pytest.raises(ValueError, match="other settings.*pooling"):
-        xlmrxl.corpus.run("embed", mlm, corpus_dir / "c.txt", out, pooling="mean", progress=False)
+        xlmrxl.corpus.run("embed", mlm, corpus_dir / "c.txt", out, pooling="cls", progress=False)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

@@ -113,7 +113,7 @@ def test_predictor_in_a_ray_data_pipeline(cluster, mlm, local_single):
     ds = ray.data.from_items(rows).map_batches(
         xlmrxl.ray.Predictor,
         fn_constructor_kwargs=kw,
-        concurrency=2,
+        compute=ray.data.ActorPoolStrategy(size=2),  # as the README: concurrency= is deprecated in Ray Data
         batch_size=5,
         num_cpus=1,
     )

@@ -124,7 +124,7 @@ def test_padded_vocab_rows_never_predicted(spm_dir, tmp_path):
 
 
 def test_fill_mask_errors(fill, ckpt):
-    with pytest.raises(ValueError, match=r"input 1 has no <mask>.*'no mask here'"):
+    with pytest.raises(ValueError, match=r"inputs\[1\] has no <mask>.*'no mask here'"):
         fill(["a <mask>", "no mask here"])
     with pytest.raises(ValueError, match="top_k"):
         fill("a <mask>", top_k=0)

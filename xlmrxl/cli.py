@@ -1,17 +1,19 @@
 """The ``xlmrxl`` command line (also ``python -m xlmrxl``).
 
     xlmrxl fill-mask "Paris is the <mask> of France." --model DIR [--top-k 5] [--targets a,b] [--json]
-    xlmrxl embed "some text" --model DIR [--pooling cls|mean|none] [--normalize] [--json]
+    xlmrxl embed "some text" --model DIR [--pooling auto|cls|mean|none] [--normalize] [--json]
+    xlmrxl classify "some text" --model DIR [--json]
     xlmrxl info DIR [--json]
-    xlmrxl demo [--quick] [--backends reference,triton] [--no-transformers]
+    xlmrxl demo [--model DIR] [--quick] [--backends reference,triton] [--no-transformers]
     xlmrxl quantize SRC DST [--group-size 128] [--method rtn|mse|gptq] [--calibration FILE] [--force]
     xlmrxl corpus TASK --model DIR --input PATH --output DIR [--engine ray]   (see xlmrxl/corpus/cli.py)
     xlmrxl serve MODEL_DIR [--task embed] [--port 8080]   (see xlmrxl/serve/cli.py)
 
 Contract
 --------
-- ``fill-mask`` / ``embed`` take the text as an argument, or one input per line on stdin when it is omitted or
-  ``-`` (empty lines skipped). Plain output is for people; ``--json`` writes one JSON object per input (JSON Lines).
+- ``fill-mask`` / ``embed`` / ``classify`` take the text as an argument, or one input per line on stdin when it is
+  omitted or ``-``; a bad stdin line gets an error record and the others their output, exit 1 if any failed
+  (``xlmrxl.cli_batch``). Plain output is for people; ``--json`` writes one JSON object per input (JSON Lines).
   ``embed`` writes each embedding as a JSON array (one line per input; token states with ``--pooling none``).
 - ``info`` reads ``config.json`` (validated) and the weights files' headers with the loader's own reader (a corrupt
   or truncated file is an error, exit 1; no weights are loaded, so it is instant even
@@ -41,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import cli_batch
 from .checkpoint import Checkpoint, is_checkpoint_dir
 from .config import XLMRobertaXLConfig
 from .corpus import cli as corpus_cli
@@ -49,7 +52,6 @@ from .logging import DEBUG, INFO, set_verbosity
 from .memory import memory_lines
 from .modeling import XLMRobertaXLForMaskedLM
 from .parsing import parse_device, parse_dtype
-from .pipelines import pipeline
 from .quantization import quality_lines, quantize_checkpoint
 from .serve import cli as serve_cli
 
@@ -85,33 +87,20 @@ def _parser() -> argparse.ArgumentParser:
             help=f"float32, bfloat16 or float16 (default: {dtype_default or 'float32'})",
         )
 
-    fm = sub.add_parser("fill-mask", help="predict the <mask> token(s) of each input")
-    fm.add_argument("text", nargs="?", default=None, help="input text with <mask>; omit (or -) to read stdin lines")
-    fm.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer)")
-    fm.add_argument("--top-k", type=int, default=5)
-    fm.add_argument("--targets", default=None, help="comma-separated candidate words to score instead")
-    fm.add_argument("--batch-size", type=int, default=8)
-    fm.add_argument("--json", action="store_true", help="one JSON object per input")
-    run_opts(fm)
-
-    em = sub.add_parser("embed", help="sentence embeddings (or token states) of each input")
-    em.add_argument("text", nargs="?", default=None, help="input text; omit (or -) to read stdin lines")
-    em.add_argument("--model", required=True, help="checkpoint directory")
-    em.add_argument("--pooling", default="mean", choices=("cls", "mean", "none"))
-    em.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
-    em.add_argument("--batch-size", type=int, default=8)
-    em.add_argument("--json", action="store_true", help="one JSON object per input, with the input text")
-    run_opts(em)
+    cli_batch.add_parsers(sub, run_opts)
 
     info = sub.add_parser("info", help="summarise a checkpoint directory without loading its weights")
     info.add_argument("directory")
     info.add_argument("--json", action="store_true")
 
-    demo = sub.add_parser("demo", help="run the offline demo on a small random-weight model")
+    demo = sub.add_parser(
+        "demo", help="check and time the fused path against the exact one (random-weight model, or --model DIR)"
+    )
     demo.add_argument("--quick", action="store_true", help="an even smaller model and fewer inputs (tests)")
+    demo.add_argument("--model", default=None, help="a checkpoint directory to run on (default: random-weight model)")
     demo.add_argument("--backends", default=None, help="comma-separated subset of reference,triton to check")
     demo.add_argument("--no-transformers", action="store_true", help="do not compare with transformers")
-    demo.add_argument("--repeats", type=int, default=None, help="timed forwards per backend")
+    demo.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 10-50, about 30 s)")
     demo.add_argument("--device", default=None)
     demo.add_argument("--dtype", default=None)
 
@@ -135,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default=None)
     q.add_argument("--backend", default=None, choices=("auto", "triton", "reference"))
     q.add_argument("--force", action="store_true", help="write into a non-empty DST that is not a checkpoint")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
     corpus_cli.add_parser(sub)
     serve_cli.add_parser(sub)
     return p
@@ -171,90 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # commands that run a model
 # ---------------------------------------------------------------------------------------------------------------
-def _inputs(text: str | None) -> list[str]:
-    if text is not None and text != "-":
-        return [text]
-    lines = [ln.rstrip("\r\n") for ln in sys.stdin]
-    texts = [ln for ln in lines if ln.strip()]
-    if not texts:
-        raise ValueError("no input: pass TEXT, or one input per line on stdin")
-    return texts
-
-
-def _cmd_fill_mask(args) -> int:
-
-    texts = _inputs(args.text)
-    pipe = pipeline(
-        "fill-mask",
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-    )
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
-    results = pipe(texts, targets=targets) if targets else pipe(texts)
-    if len(texts) == 1:  # the pipeline unwraps a list of one, as transformers' does
-        results = [results]
-    out = sys.stdout
-    for text, res in zip(texts, results):
-        if args.json:
-            out.write(json.dumps({"input": text, "predictions": res}, ensure_ascii=False) + "\n")
-            continue
-        out.write(f"{text}\n")
-        groups = [res] if res and isinstance(res[0], dict) else res
-        for g, preds in enumerate(groups):
-            if len(groups) > 1:
-                out.write(f"  mask {g + 1}:\n")
-            for p in preds:
-                out.write(f"  {p['score']:.4f}  {p['token_str']!r:<16} {p['sequence']}\n")
-    out.flush()
-    return 0
-
-
-def _cmd_embed(args) -> int:
-
-    texts = _inputs(args.text)
-    pooling = None if args.pooling == "none" else args.pooling
-    pipe = pipeline(
-        "feature-extraction",
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        pooling=pooling,
-        normalize=args.normalize,
-        batch_size=args.batch_size,
-    )
-    embs = pipe(texts)
-    out = sys.stdout
-    for text, e in zip(texts, embs):
-        values = (
-            [[round(float(v), 6) for v in row] for row in e.tolist()]
-            if e.dim() == 2
-            else [round(float(v), 6) for v in e.tolist()]
-        )
-        if args.json:
-            out.write(
-                json.dumps(
-                    {"input": text, "pooling": args.pooling, "shape": list(e.shape), "embedding": values},
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
-        else:
-            out.write(json.dumps(values) + "\n")
-    out.flush()
-    return 0
-
-
 def _cmd_demo(args) -> int:
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
     result = run_demo(
         sys.stdout,
         quick=args.quick,
+        model=args.model,
         device=args.device,
         dtype=args.dtype,
         repeats=args.repeats,
@@ -287,6 +201,7 @@ def _cmd_quantize(args) -> int:
         dtype=parse_dtype(args.dtype),
         device=parse_device(args.device),
         backend=args.backend or "auto",
+        progress=False if args.quiet else (True if args.progress else None),
     )
     model.save_pretrained(str(dst))
     for name in _TOKENIZER_FILES:
@@ -465,8 +380,9 @@ def _cmd_info(args) -> int:
 
 
 _COMMANDS = {
-    "fill-mask": _cmd_fill_mask,
-    "embed": _cmd_embed,
+    "fill-mask": cli_batch.cmd_fill_mask,
+    "embed": cli_batch.cmd_embed,
+    "classify": cli_batch.cmd_classify,
     "info": _cmd_info,
     "demo": _cmd_demo,
     "quantize": _cmd_quantize,

@@ -1,4 +1,6 @@
-"""``xlmrxl demo``: a two-minute, offline tour on a small random-weight model of the XLM-RoBERTa-XL architecture.
+"""``xlmrxl demo``: a two-minute, offline proof, on a mixed-length multilingual batch, that the padding-free fused path
+gives the exact path's numbers, and how much faster it is. Default model: a small random-weight model of the
+XLM-RoBERTa-XL architecture; ``--model DIR``: a real checkpoint.
 
 Contract
 --------
@@ -8,21 +10,30 @@ Contract
   vocabulary = tokenizer size rounded up to a multiple of 128, as the real 250880 is) saved with our
   ``save_pretrained``. The build is written to a temporary directory and renamed into place, so an interrupted
   build is never mistaken for a finished one. ``quick=True`` (tests) builds an even smaller model in ``demo-quick``.
-- Runs fill-mask on a few multilingual sentences, then a **self-check** of every backend available here against an
-  fp32 reference run (``reference`` always; ``triton`` on CUDA, or on CPU under ``TRITON_INTERPRET=1``;
-  transformers' own model when transformers is installed): max abs difference of the last hidden state on real
-  tokens (tolerance 1e-4 in fp32; in bf16/fp16 at most 2x the reference backend's own error + 1e-3), then a
-  **timing table** (median forward latency per backend, and transformers'). The model runs in bf16 on CUDA and in
-  fp32 on CPU unless ``dtype`` says otherwise.
-- Says plainly that the weights are random, and how to point the CLI at a real checkpoint.
-- ``run_demo(...)`` returns a dict with the results (the self-check diffs, timings) and writes the report to
-  ``out`` (stdout by default); a failing backend is reported, not raised, and marks the check as failed.
+  ``model=DIR`` skips the build and runs everything below on that checkpoint (its own tokenizer).
+- The batch: rows of 1 to 4 consecutive lines of the bundled multilingual corpus (``xlmrxl/data/corpus.txt``),
+  right-padded; the share of padding the fused path skips is printed.
+- **Check**: the fused, padding-free path (``forward`` under ``inference_mode``; each kernel backend available here)
+  against our exact path (the transformers-equivalent code, padded, forced by ``padded_loss``), on real tokens:
+  max abs difference of the last hidden state, the tolerance printed beside it (1e-4 in fp32; in bf16/fp16 2x the
+  exact path's own error against an fp32 run + 1e-3). transformers' own model is checked too when installed.
+- **Timing**: the contenders run interleaved (exact, fused, ..., exact, fused, ...), after a warm-up, ``repeats``
+  rounds (default: at least 10, then until 50 rounds or 30 s); min and median per row, and the exact path's median
+  over each row's (the speed-up). Rows: exact; fused with PyTorch ops; fused with the Triton kernels (a GPU only;
+  under ``TRITON_INTERPRET=1`` on CPU they are checked, not timed); transformers when installed. bf16 on CUDA, fp32
+  on CPU unless ``dtype`` says otherwise.
+- Says plainly that the demo model's weights are random (its fill-mask predictions are meaningless) and how to run
+  on a real checkpoint (``xlmrxl demo --model DIR``).
+- ``run_demo(...)`` returns a dict (checks, timings, ratios, padding share, ok) and writes the report to ``out``
+  (stdout by default); a failing contender is reported, not raised, and marks the check as failed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -32,7 +43,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from torch import nn
 
 from xlmrxl_kernels import env
 from xlmrxl_kernels._utils import interpreting as _interpreting
@@ -40,8 +50,8 @@ from xlmrxl_kernels._utils import interpreting as _interpreting
 from . import pipelines
 from .backend import triton_not_supported
 from .config import XLMRobertaXLConfig
-from .modeling import XLMRobertaXLForMaskedLM
-from .tokenizer import XLMRobertaTokenizer, train_sentencepiece
+from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
+from .tokenizer import CORPUS_PATH, XLMRobertaTokenizer, train_sentencepiece
 
 logger = logging.getLogger("xlmrxl")
 
@@ -57,12 +67,7 @@ SENTENCES = [
     "我们明天下午在<mask>见面。",
     "يفتح السوق القديم أبوابه كل <mask>.",
 ]
-CHECK_TEXTS = [
-    "Die Straßenbahn fährt alle zehn Minuten bis zum Hauptbahnhof.",
-    "Το πλοίο για τη Νάξο φεύγει κάθε πρωί.",
-    "Pizza tonight? 🍕 or sushi?",
-    "मेरी दादी हर सुबह बगीचे में फूलों को पानी देती हैं।",
-]
+EXACT_REASON = "xlmrxl demo: the exact path, timed against the fused one"
 
 
 def cache_root() -> Path:
@@ -116,18 +121,30 @@ def build_demo_checkpoint(directory: Path | None = None, *, quick: bool = False)
 def available_backends() -> list[str]:
     """``reference`` always; ``triton`` when CUDA is present or the Triton CPU interpreter is on."""
     names = ["reference"]
-    interpreting = _interpreting()
-    if torch.cuda.is_available() or interpreting:
+    if torch.cuda.is_available() or _interpreting():
         if not triton_not_supported():
             names.append("triton")
     return names
 
 
-def _median_ms(fns: dict[str, Any], repeats: int) -> dict[str, float]:
-    """Median latency of each function in ms. The runs are interleaved (a, b, a, b, ...) so that a change in machine
-    load hits every contender alike rather than whichever happened to run during it."""
+def demo_batch(rows: int = 16, seed: int = 0) -> list[str]:
+    """``rows`` texts of 1 to 4 consecutive lines of the bundled multilingual corpus (mixed lengths, fixed seed)."""
+    lines = [ln.strip() for ln in CORPUS_PATH.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        k = rng.choice((1, 1, 1, 2, 2, 3, 4))
+        start = rng.randrange(len(lines) - k)
+        out.append(" ".join(lines[start : start + k]))
+    return out
 
-    def timed(fn):
+
+def interleaved_ms(fns: dict[str, Any], repeats: int | None, budget_s: float = 30.0) -> dict[str, dict[str, float]]:
+    """Min and median latency (ms) of each function, run interleaved (a, b, a, b, ...) after one warm-up each, so a
+    change in machine load hits every contender alike. ``repeats=None``: at least 10 rounds, then until 50 rounds or
+    ``budget_s`` seconds."""
+
+    def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
         if torch.cuda.is_available():
@@ -135,18 +152,27 @@ def _median_ms(fns: dict[str, Any], repeats: int) -> dict[str, float]:
         return (time.perf_counter() - t0) * 1e3
 
     for fn in fns.values():
-        timed(fn)  # warm-up (compilation, caches)
+        timed(fn)  # warm-up (compilation, caches, tuning)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    t0 = time.perf_counter()
+    rounds = 0
+    while True:
         for name, fn in fns.items():
             times[name].append(timed(fn))
-    return {name: statistics.median(t) for name, t in times.items()}
+        rounds += 1
+        if repeats is not None:
+            if rounds >= repeats:
+                break
+        elif rounds >= 50 or (rounds >= 10 and time.perf_counter() - t0 > budget_s):
+            break
+    return {n: {"min": min(t), "median": statistics.median(t), "runs": len(t)} for n, t in times.items()}
 
 
 def run_demo(
     out: TextIO | None = None,
     *,
     quick: bool = False,
+    model: str | os.PathLike | None = None,
     device: str | None = None,
     dtype: str | None = None,
     repeats: int | None = None,
@@ -155,142 +181,211 @@ def run_demo(
 ) -> dict[str, Any]:
     """Build (once) and run the demo; write the report to ``out``. Returns the results as a dict.
 
-    ``backends`` limits the self-check to these (default: all available); ``compare_transformers=False`` skips
-    transformers' model; ``repeats`` is the number of timed forwards (default 5, 2 when ``quick``)."""
+    ``model``: a checkpoint directory to run on instead of the random-weight demo model; ``backends`` limits the
+    fused contenders to these (default: all available); ``compare_transformers=False`` skips transformers' model;
+    ``repeats``: timed rounds (default: adaptive, see the module docstring)."""
 
     out = out if out is not None else sys.stdout
     w = out.write
     dev = pipelines.parse_device("auto" if device is None else device)  # the demo shows the kernels: a GPU if usable
     parsed = pipelines.parse_dtype(dtype)
     run_dtype = parsed if isinstance(parsed, torch.dtype) else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    interpreting = _interpreting()
-    repeats = repeats if repeats is not None else (2 if quick else 5)
-
     t0 = time.perf_counter()
-    built = not (demo_dir(quick) / _DONE).is_file()
-    path = build_demo_checkpoint(quick=quick)
-    w(
-        f"xlmrxl demo: {'built' if built else 'reusing'} the demo checkpoint at {path} "
-        f"({time.perf_counter() - t0:.1f} s)\n"
-    )
-    w(
-        "NOTE: this model has RANDOM weights (XLM-RoBERTa-XL architecture, shrunk), so its predictions are "
-        "meaningless.\n      For real predictions, download a checkpoint (e.g. facebook/xlm-roberta-xl) and run:\n"
-        '      xlmrxl fill-mask "Paris is the <mask> of France." --model /path/to/xlm-roberta-xl\n\n'
-    )
-
-    tok = XLMRobertaTokenizer.from_pretrained(path)
-    model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=run_dtype, device=dev, backend="reference")
-    cfg = model.config
-    w(
-        f"model: hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
-        f"{cfg.hidden_size // cfg.num_attention_heads}, {cfg.num_hidden_layers} layers, intermediate "
-        f"{cfg.intermediate_size}, vocab {cfg.vocab_size} (tokenizer {len(tok)}), "
-        f"{model.num_parameters() / 1e6:.2f} M parameters, {str(run_dtype).replace('torch.', '')} on {dev}\n\n"
-    )
-
-    # -- fill-mask --------------------------------------------------------------------------------------------
-    fill = pipelines.pipeline("fill-mask", model=model, tokenizer=tok, backend=None, top_k=3)
-    sentences = SENTENCES[:2] if quick else SENTENCES
-    w("fill-mask (top 3):\n")
-    for text, preds in zip(sentences, fill(sentences)):
-        shown = ", ".join(f"{p['token_str']!r} {p['score']:.4f}" for p in preds)
-        w(f"  {text}\n      -> {shown}\n")
-    w("\n")
-
-    # -- self-check -------------------------------------------------------------------------------------------
-    texts = CHECK_TEXTS[:2] if quick else CHECK_TEXTS
-    enc = tok(texts, padding=True, return_tensors="pt")
-    real = enc["attention_mask"].bool()
-
-    def hidden(m: nn.Module, e):
-        with torch.inference_mode():
-            o = m.roberta(input_ids=e["input_ids"], attention_mask=e["attention_mask"])
-            return (o.last_hidden_state if hasattr(o, "last_hidden_state") else o[0]).float().cpu()
-
-    truth_model = XLMRobertaXLForMaskedLM.from_pretrained(path, dtype=torch.float32, device="cpu", backend="reference")
-    truth = hidden(truth_model, enc)[real]
+    if model is None:
+        built = not (demo_dir(quick) / _DONE).is_file()
+        path = build_demo_checkpoint(quick=quick)
+        w(
+            f"xlmrxl demo: {'built' if built else 'reusing'} the demo checkpoint at {path} "
+            f"({time.perf_counter() - t0:.1f} s)\n"
+        )
+        w(
+            "NOTE: this model has RANDOM weights (the XLM-RoBERTa-XL architecture, shrunk), so its predictions are "
+            "meaningless;\n      the demo shows that the fused path computes the same numbers, faster. To run it on "
+            "a real checkpoint\n      (e.g. a local copy of facebook/xlm-roberta-xl):  xlmrxl demo --model DIR\n\n"
+        )
+    else:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--model {str(path)!r} has no config.json; pass a checkpoint directory")
+        w(f"xlmrxl demo on the checkpoint {path}\n\n")
     have = available_backends()
     if backends is not None:
         unknown = [b for b in backends if b not in ("reference", "triton")]
         if unknown:
             raise ValueError(f"unknown backend(s) {', '.join(unknown)} for the demo; choose from reference, triton")
-        missing = [b for b in backends if b not in have]
-        for b in missing:
-            w(f"(backend {b!r} is not available here: it needs CUDA, or TRITON_INTERPRET=1 on CPU)\n")
+        for b in backends:
+            if b not in have:
+                w(f"(backend {b!r} is not available here: it needs CUDA, or TRITON_INTERPRET=1 on CPU)\n")
         have = [b for b in have if b in backends]
-    e_dev = {k: v.to(dev) for k, v in enc.items()}
-    rows: list[dict[str, Any]] = []
-    runners = {}
 
-    def check(name: str, run):
-        row: dict[str, Any] = {"backend": name}
-        try:
-            got = run()[real]
-            row["max_abs_diff"] = float((got - truth).abs().max())
-            runners[name] = run
-        except Exception as exc:  # report, do not crash the demo
-            row["error"] = f"{type(exc).__name__}: {exc}"
-        rows.append(row)
+    tok = XLMRobertaTokenizer.from_pretrained(path)
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    cls = XLMRobertaXLForMaskedLM if model is None or any("MaskedLM" in a for a in archs) else XLMRobertaXLModel
+    extra = {} if cls is XLMRobertaXLForMaskedLM else {"add_pooling_layer": False}
+    nets = {b: cls.from_pretrained(path, dtype=run_dtype, device=dev, backend=b, **extra) for b in have}
+    net = next(iter(nets.values())) if nets else cls.from_pretrained(path, dtype=run_dtype, device=dev, **extra)
+    cfg = net.config
+    w(
+        f"model: hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
+        f"{cfg.hidden_size // cfg.num_attention_heads}, {cfg.num_hidden_layers} layers, intermediate "
+        f"{cfg.intermediate_size}, vocab {cfg.vocab_size}, {net.num_parameters() / 1e6:.2f} M parameters, "
+        f"{str(run_dtype).replace('torch.', '')} on {dev}\n"
+    )
 
-    for name in have:
-        check(name, lambda n=name: (model.set_backend(n), hidden(model, e_dev))[1])
+    # -- the batch --------------------------------------------------------------------------------------------
+    texts = demo_batch(6 if quick else 16)
+    enc = tok(texts, padding=True, truncation=True, max_length=min(512, cfg.max_position_embeddings - 2))
+    enc = {k: torch.tensor(enc[k]).to(dev) for k in ("input_ids", "attention_mask")}
+    real = enc["attention_mask"].bool()
+    n_real, n_padded = int(real.sum()), real.numel()
+    padding = 1.0 - n_real / n_padded
+    lens = real.sum(1).tolist()
+    w(
+        f"batch: {len(texts)} rows of the bundled multilingual corpus, {min(lens)} to {max(lens)} tokens: "
+        f"{n_real} real tokens of {n_padded} padded; the fused path skips the padding "
+        f"({100 * padding:.1f}% of the batch)\n\n"
+    )
+
+    def backbone(m):
+        return getattr(m, "roberta", m)
+
+    def exact():
+        with torch.inference_mode():
+            return backbone(net)(**enc, padded_loss=EXACT_REASON).last_hidden_state
+
+    def fused(b):
+        def run():
+            with torch.inference_mode():
+                return backbone(nets[b])(**enc).last_hidden_state
+
+        return run
+
+    contenders: dict[str, Any] = {"exact": exact}
+    labels = {"exact": "exact path (transformers' code, padded)"}
+    for b in have:
+        contenders[f"fused-{b}"] = fused(b)
+        labels[f"fused-{b}"] = "fused, padding-free, " + ("PyTorch ops" if b == "reference" else "Triton kernels")
     hf = _transformers_model(path, run_dtype, dev) if compare_transformers else None
     if hf is not None:
-        check("transformers", lambda: hidden(hf, e_dev))
-    # Tolerance: fp32 must agree closely; in 16-bit dtypes the house rule "error vs fp32 <= 2x plain PyTorch's
-    # error in the same dtype", with the reference backend as plain PyTorch.
+        import transformers
+
+        def hf_run():
+            with torch.inference_mode():
+                return hf(**enc).last_hidden_state
+
+        contenders["transformers"] = hf_run
+        labels["transformers"] = f"transformers {transformers.__version__} (padded)"
+
+    # -- check ------------------------------------------------------------------------------------------------
+    base = exact()[real].float()
     if run_dtype == torch.float32:
         tol = 1e-4
-    else:
-        base = next((r.get("max_abs_diff") for r in rows if r["backend"] == "reference"), None)
-        if base is None:
-            model.set_backend("reference")
-            base = float((hidden(model, e_dev)[real] - truth).abs().max())
-        tol = 2 * base + 1e-3
-    for row in rows:
-        row["ok"] = "max_abs_diff" in row and row["max_abs_diff"] <= tol
-    w(f"self-check: last hidden state on {int(real.sum())} real tokens vs an fp32 reference run (tolerance {tol:g}):\n")
-    for row in rows:
-        status = "ok" if row["ok"] else "FAILED"
-        detail = f"max |diff| = {row['max_abs_diff']:.3e}" if "max_abs_diff" in row else row["error"]
-        note = " (Triton CPU interpreter)" if row["backend"] == "triton" and dev.type == "cpu" and interpreting else ""
-        w(f"  {row['backend']:<13} {status:<7} {detail}{note}\n")
+    else:  # house rule: the error vs fp32 within 2x plain PyTorch's own (the exact path in this dtype) + 1e-3
+        truth_net = cls.from_pretrained(path, dtype=torch.float32, device=dev, backend="reference", **extra)
+        with torch.inference_mode():
+            truth = backbone(truth_net)(**enc, padded_loss=EXACT_REASON).last_hidden_state[real].float()
+        del truth_net
+        tol = 2 * float((base - truth).abs().max()) + 1e-3
+    checks: list[dict[str, Any]] = []
+    for name, fn in contenders.items():
+        if name == "exact":
+            continue
+        row: dict[str, Any] = {"name": name, "tolerance": tol}
+        try:
+            row["max_abs_diff"] = float((fn()[real].float() - base).abs().max())
+            row["ok"] = row["max_abs_diff"] <= tol
+        except Exception as exc:  # report, do not crash the demo
+            row["error"], row["ok"] = f"{type(exc).__name__}: {exc}", False
+        checks.append(row)
+    w(
+        f"check: last hidden state on the {n_real} real tokens vs the exact path (values up to "
+        f"{float(base.abs().max()):.2f}; tolerance {tol:g} absolute):\n"
+    )
+    for row in checks:
+        detail = f"max |diff| = {row['max_abs_diff']:.2e}" if "max_abs_diff" in row else row["error"]
+        w(f"  {labels[row['name']]:<44} {'ok' if row['ok'] else 'FAILED':<7} {detail}\n")
     w("\n")
 
     # -- timing -----------------------------------------------------------------------------------------------
-    timings: dict[str, float] = {}
-    w(f"forward latency, batch of {len(texts)} ({enc['input_ids'].shape[1]} tokens padded), median of {repeats}:\n")
-    timed = {name: fn for name, fn in runners.items() if not (name == "triton" and dev.type == "cpu")}
-    timings.update(_median_ms(timed, repeats))
-    for name in runners:
-        if name not in timings:
-            w(f"  {name:<13}       n/a     (Triton's CPU interpreter checks correctness; time it on a GPU)\n")
-        else:
-            w(f"  {name:<13} {timings[name]:9.2f} ms\n")
-    if hf is None and compare_transformers:
-        w("  (install transformers to time it here too)\n")
-    model.set_backend("auto")
-    ok = bool(rows) and all(r["ok"] for r in rows)
-    verdict = "passed" if ok else "FAILED" if rows else "not run (no backend to check here)"
-    w(f"\nself-check {verdict}; total demo time {time.perf_counter() - t0:.1f} s\n")
-    return {"path": str(path), "checks": rows, "timings_ms": timings, "ok": ok}
+    failed = {r["name"] for r in checks if "error" in r}
+    untimed = {n for n in contenders if n == "fused-triton" and dev.type == "cpu"}
+    timed = {n: fn for n, fn in contenders.items() if n not in failed | untimed}
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # one thread: steadier timings on a shared machine (the gain is the same)
+    try:
+        timings = interleaved_ms(timed, 3 if quick and repeats is None else repeats)
+    finally:
+        torch.set_num_threads(threads)
+    runs = next(iter(timings.values()))["runs"]
+    where = "1 CPU thread" if dev.type == "cpu" else str(dev)
+    w(f"forward latency of the batch, {runs} interleaved rounds on {where} (ms; speed-up = exact median / row's):\n")
+    w(f"  {'':<44} {'min':>9} {'median':>9}  speed-up\n")
+    ratios = {n: timings["exact"]["median"] / t["median"] for n, t in timings.items()}
+    for name in contenders:
+        if name in timings:
+            t = timings[name]
+            w(f"  {labels[name]:<44} {t['min']:9.2f} {t['median']:9.2f}  {ratios[name]:.2f}x\n")
+        elif name in untimed:
+            w(f"  {labels[name]:<44}       n/a (Triton's CPU interpreter checks correctness; time it on a GPU)\n")
+    if "fused-triton" in timings and "fused-reference" in timings:
+        r = timings["fused-reference"]["median"] / timings["fused-triton"]["median"]
+        w(f"  Triton kernels vs PyTorch ops (both fused, padding-free): {r:.2f}x\n")
+    if "transformers" in timings:
+        for name in timings:
+            if name.startswith("fused"):
+                r = timings["transformers"]["median"] / timings[name]["median"]
+                w(f"  {labels[name]} vs transformers: {r:.2f}x\n")
+    elif compare_transformers:
+        w("  (transformers is not installed: pip install transformers to add it as a row)\n")
+    if dev.type == "cpu":
+        w("  (no GPU here: on CPU the gain is the skipped padding alone; the Triton kernels need a GPU)\n")
+    w("\n")
+
+    # -- fill-mask --------------------------------------------------------------------------------------------
+    if isinstance(net, XLMRobertaXLForMaskedLM):
+        fill = pipelines.pipeline("fill-mask", model=net, tokenizer=tok, backend=None, top_k=3)
+        note = " (RANDOM weights: these predictions are meaningless)" if model is None else ""
+        w(f"fill-mask, top 3{note}:\n")
+        for text, preds in zip(SENTENCES[:2] if quick else SENTENCES, fill(SENTENCES[:2] if quick else SENTENCES)):
+            shown = ", ".join(f"{p['token_str']!r} {p['score']:.4f}" for p in preds)
+            w(f"  {text}\n      -> {shown}\n")
+        w("\n")
+    ok = bool(checks) and all(r["ok"] for r in checks)
+    verdict = "passed" if ok else "FAILED" if checks else "not run (no fused backend to check here)"
+    w(f"check {verdict}; total demo time {time.perf_counter() - t0:.1f} s\n")
+    return {
+        "path": str(path),
+        "checks": checks,
+        "timings_ms": timings,
+        "speedup": ratios,
+        "padding_avoided": padding,
+        "real_tokens": n_real,
+        "padded_tokens": n_padded,
+        "ok": ok,
+    }
 
 
-def _transformers_model(path: Path, dtype: torch.dtype, device: torch.device):
-    """transformers' own model from the demo checkpoint, or None when transformers is not installed."""
+def _transformers_model(path: Path, dtype: torch.dtype, device: torch.device) -> Any:
+    """transformers' own base model from the checkpoint, or None when transformers is not installed."""
     try:
         import transformers
     except Exception:
         return None
     prev = logging.getLogger("transformers").level
+    tlog = transformers.utils.logging
+    bar_was_on = getattr(tlog, "is_progress_bar_enabled", lambda: False)()
     try:
         transformers.logging.set_verbosity_error()
+        if bar_was_on:
+            tlog.disable_progress_bar()  # transformers 5's "Loading weights" bar would cut into the report
         kw = {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
-        model = transformers.XLMRobertaXLForMaskedLM.from_pretrained(str(path), **kw)
+        model = transformers.XLMRobertaXLModel.from_pretrained(str(path), add_pooling_layer=False, **kw)
         return model.to(device).eval()
     except Exception as exc:
-        logger.info("xlmrxl: could not load the demo checkpoint in transformers (%s)", exc)
+        logger.info("xlmrxl: could not load the checkpoint in transformers (%s)", exc)
         return None
     finally:
         logging.getLogger("transformers").setLevel(prev)
+        if bar_was_on:
+            tlog.enable_progress_bar()

@@ -16,7 +16,8 @@ Contract
   leaves a given model's backend alone). Other keywords become call defaults (``top_k``, ``pooling``, ``batch_size``,
   ...).
 - Inputs are batched (``batch_size``, default 8; sorted by length to cut padding, results in input order) with a
-  tqdm progress bar on long lists (``progress=None``: shown for 64+ inputs when stderr is a terminal).
+  tqdm progress bar on long lists (``progress=None``: shown for 64+ inputs when stderr is a terminal or
+  ``XLMRXL_PROGRESS=on``; ``xlmrxl.progress``).
 - ``"fill-mask"``: the encoder runs once per batch, then the LM head runs **only at the ``<mask>`` positions**
   (hidden states gathered there first, so the (tokens x vocab) logits are never built). Scores are the softmax over
   all vocabulary columns, computed in float32 (transformers uses the model dtype; identical in fp32).
@@ -27,17 +28,18 @@ Contract
   list gives a list of results, except a list of one, which is unwrapped (as transformers does). ``targets=``
   (a word or a list) restricts the candidates, as transformers does (a word outside the vocabulary is replaced by
   its first token, with a warning). An input without ``<mask>`` is an error naming it.
-- ``"feature-extraction"``: ``pooling=None`` gives each input's token states, a float32 tensor (real tokens, H)
-  (``<s>``/``</s>`` included); ``"cls"`` the ``<s>`` state; ``"mean"`` the mean over real tokens only (the
-  attention mask). ``normalize=True`` L2-normalises. Pooled results of a list come stacked as one (N, H) tensor;
-  token states as a list of tensors. Tensors are returned on the CPU.
+- ``"feature-extraction"``: ``pooling=None`` (the default, as transformers' pipeline) gives each input's token
+  states, a float32 tensor (real tokens, H) (``<s>``/``</s>`` included); ``"cls"`` the ``<s>`` state; ``"mean"`` the
+  mean over real tokens only (the attention mask); ``"auto"``: the pooled default of every xlmrxl surface
+  (``xlmrxl.pooling``: the checkpoint's sentence-transformers pooling, else mean), as ``xlmrxl embed`` and
+  ``xlmrxl corpus embed`` use. ``normalize=True`` L2-normalises. Pooled results of a list come stacked as one
+  (N, H) tensor; token states as a list of tensors. Tensors are returned on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,12 +49,15 @@ from torch import nn
 
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel
 from .parsing import parse_device, parse_dtype
+from .pooling import AUTO, resolve_pooling
+from .progress import progress_bar
+from .progress import resolve as resolve_progress
 from .tokenizer import XLMRobertaTokenizer
 
 logger = logging.getLogger("xlmrxl")
 
 TASKS = ("fill-mask", "feature-extraction")
-POOLINGS = (None, "cls", "mean")
+POOLINGS = (None, "cls", "mean", AUTO)
 _PROGRESS_MIN_INPUTS = 64
 
 
@@ -111,12 +116,8 @@ class Pipeline:
         ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"]  # tokenized once
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         pad = self.tokenizer.pad_token_id
-        show = progress if progress is not None else (len(texts) >= _PROGRESS_MIN_INPUTS and _stderr_is_tty())
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(texts), desc=self.task, unit="input")
+        show = progress if progress is not None else (len(texts) >= _PROGRESS_MIN_INPUTS and resolve_progress(None))
+        bar = progress_bar(len(texts), self.task, "input", True) if show else None
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
@@ -197,7 +198,7 @@ class FillMaskPipeline(Pipeline):
             if not bool(has_mask.all()):
                 bad = idx[int((~has_mask).nonzero()[0, 0])]
                 raise ValueError(
-                    f"fill-mask input {bad} has no {self.tokenizer.mask_token} token: "
+                    f"fill-mask inputs[{bad}] has no {self.tokenizer.mask_token} token: "
                     f"{texts[bad]!r}; put {self.tokenizer.mask_token} where a word should be predicted"
                 )
             hidden = self._encode(enc)
@@ -255,6 +256,7 @@ class FeatureExtractionPipeline(Pipeline):
         super().__init__(model, tokenizer, device, **defaults)
         if not hasattr(model, "roberta") and not hasattr(model, "encoder"):
             raise TypeError(f"feature-extraction needs an XLM-RoBERTa-XL model, got {type(model).__name__}")
+        self.checkpoint: str | None = None  # the directory the model came from: its pooling config, if any
 
     @torch.inference_mode()
     def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
@@ -262,7 +264,9 @@ class FeatureExtractionPipeline(Pipeline):
         opts = self._options(kwargs)
         pooling = opts["pooling"]
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not valid; use None (token states), 'cls' or 'mean'")
+            raise ValueError(f"pooling={pooling!r} is not valid; use None (token states), 'auto', 'cls' or 'mean'")
+        if pooling == AUTO:
+            pooling, opts["normalize"] = resolve_pooling(AUTO, self.checkpoint, bool(opts["normalize"]))
         texts, single = self._as_list(inputs)
         results: list[torch.Tensor | None] = [None] * len(texts)
         for idx, enc in self._batches(texts, opts["batch_size"], opts["progress"]):
@@ -347,8 +351,9 @@ def pipeline(
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = XLMRobertaTokenizer.from_pretrained(tokenizer)
     net.eval()
-    return _PIPELINES[task](net, tokenizer, dev, **kwargs)
-
-
-def _stderr_is_tty() -> bool:
-    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    pipe = _PIPELINES[task](net, tokenizer, dev, **kwargs)
+    if isinstance(pipe, FeatureExtractionPipeline) and isinstance(model, (str, os.PathLike)):
+        pipe.checkpoint = str(model)
+        if pipe.defaults["pooling"] == AUTO:  # say the choice now, not at the first call
+            resolve_pooling(AUTO, pipe.checkpoint, bool(pipe.defaults["normalize"]))
+    return pipe

@@ -3,7 +3,7 @@
     import ray, xlmrxl.ray
     ds = ray.data.read_parquet("s3://bucket/texts/")
     ds = ds.map_batches(xlmrxl.ray.Predictor, fn_constructor_kwargs=dict(task="embed", model="/models/xlm-roberta-xl",
-                        pooling="mean"), concurrency=4, num_gpus=1, batch_size=4096)
+                        pooling="mean"), compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1, batch_size=4096)
     ds.write_parquet("s3://bucket/embeddings/")
 
 Each actor loads the model once (on its GPU, or on the CPU without one). A batch (pyarrow table, pandas frame or dict

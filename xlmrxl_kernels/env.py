@@ -72,6 +72,15 @@ VARIABLES: dict[str, Variable] = {
             ("on", "off"),
             (("1", "on"), ("true", "on"), ("yes", "on"), ("auto", "on"), ("0", "off"), ("false", "off"), ("no", "off")),
         ),
+        Variable(
+            "XLMRXL_PROGRESS",
+            "choice",
+            "auto",
+            "progress bars on stderr (quantize, stdin batch commands, COMET predict): auto (when stderr is a "
+            "terminal), on, off",
+            ("auto", "on", "off"),
+            (("1", "on"), ("true", "on"), ("yes", "on"), ("0", "off"), ("false", "off"), ("no", "off")),
+        ),
         Variable("XLMRXL_TUNING_CACHE", "path", "", "file of measured choices (default ~/.cache/xlmrxl/tuning.json)"),
         Variable("XLMRXL_DISABLE_KERNELS", "ops", frozenset(), "comma-separated ops that always run PyTorch"),
         Variable("XLMRXL_DEBUG_CHECKS", "bool", False, "validate cu_seqlens on the device too (a sync per call)"),

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import quantization as quant_mod
 from ..parsing import AUTO, DeviceArg, DtypeArg, parse_device, parse_dtype
+from ..progress import resolve as resolve_progress
 from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file
 from .plan import NoRandomInitOnMeta, Plan, materialise
 
@@ -174,11 +175,11 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
 
 
 def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:
-    if progress is None:
-        progress = total_bytes > _PROGRESS_MIN_BYTES and sys.stderr is not None and sys.stderr.isatty()
+    if progress is None:  # xlmrxl.progress's rule (stderr a terminal, or XLMRXL_PROGRESS=on), for big checkpoints
+        progress = total_bytes > _PROGRESS_MIN_BYTES and resolve_progress(None)
     if not progress:
         return None
-    return tqdm(total=n, desc="Loading weights", unit="tensor")
+    return tqdm(total=n, desc="Loading weights", unit="tensor", file=sys.stderr)
 
 
 def _quantization_hook(

@@ -95,6 +95,7 @@ def run(
     if not (Path(model_path).is_dir() or task == "comet" and Path(model_path).is_file()):
         what = "a COMET checkpoint (model.ckpt or its directory)" if task == "comet" else "a checkpoint directory"
         raise FileNotFoundError(f"model={str(model)!r} is not {what}")
+    options = task_cls.resolve(options, model_path)  # e.g. embed's pooling "auto": the checkpoint's, else mean
     cols = tasks.role_columns(task_cls, text_column, columns)
     files = inputs.discover(input)
     out = Path(output).resolve()

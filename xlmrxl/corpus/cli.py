@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from ..pooling import HELP as POOLING_HELP
+
 TASK_NAMES = ("embed", "classify", "fill-mask", "comet")
 
 
@@ -46,7 +48,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--columns", default=None, help="role=column pairs, e.g. src=source,mt=hyp,ref=reference")
     p.add_argument("--truncate", action="store_true", help="cut rows longer than the model's maximum")
-    p.add_argument("--pooling", default=None, choices=("cls", "mean"), help="embed: pooling (default cls)")
+    p.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean"), help=f"embed: {POOLING_HELP}")
     p.add_argument("--normalize", action="store_true", help="embed: L2-normalise")
     p.add_argument("--vector-dtype", default=None, choices=("float32", "float16"), help="embed: stored vector type")
     p.add_argument("--top-k", type=int, default=None, help="fill-mask: candidates per mask (default 5)")

@@ -227,12 +227,43 @@ def check_settings(out: str | os.PathLike, settings: dict[str, Any], fingerprint
     old = read_manifest(out)
     if old is None or old.get("fingerprint") == fingerprint:
         return
-    before = old.get("settings", {})
-    diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-    detail = "; ".join(f"{k}: {_short(before.get(k))} then, {_short(settings.get(k))} now" for k in diff[:4])
+    changes = settings_changes(old.get("settings", {}), settings)
+    detail = "; ".join(changes) if changes else "the manifest's format changed"
     raise ValueError(
-        f"output directory {str(out)!r} holds results of a run with other settings ({detail or 'format changed'}); "
-        "rerun with the same settings to resume, or pass a new output directory"
+        f"output directory {str(out)!r} holds results of a run with other settings: {detail}. Rerun with the same "
+        "settings to resume, or pass a new output directory"
+    )
+
+
+def settings_changes(before: Any, now: Any, name: str = "") -> list[str]:
+    """One ``name: old -> new`` line per setting whose value changed, nested options by dotted name
+    (``options.pooling: 'cls' -> 'mean'``); input files by path (added, removed, size or mtime changed)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for key in sorted(set(before) | set(now), key=str):
+            sub = f"{name}.{key}" if name else str(key)
+            if key not in before:
+                out.append(f"{sub}: (not set) -> {_short(now[key])}")
+            elif key not in now:
+                out.append(f"{sub}: {_short(before[key])} -> (not set)")
+            else:
+                out += settings_changes(before[key], now[key], sub)
+        return out
+    if _file_list(before) and _file_list(now):
+        return settings_changes(
+            {f[0]: {"size": f[1], "mtime_ns": f[2]} for f in before},
+            {f[0]: {"size": f[1], "mtime_ns": f[2]} for f in now},
+            name,
+        )
+    if before != now:
+        return [f"{name}: {_short(before)} -> {_short(now)}"]
+    return []
+
+
+def _file_list(value: Any) -> bool:
+    """The ``inputs`` setting: ``[[path, size, mtime_ns], ...]``."""
+    return isinstance(value, list) and all(
+        isinstance(f, (list, tuple)) and len(f) == 3 and isinstance(f[0], str) for f in value
     )
 
 

@@ -7,8 +7,9 @@ bad rows, has the same schema. The encoder tasks run the padding-free path (``fo
 and read what they need from the packed states; ``comet`` hands the whole block to COMET's own ``predict``.
 
 Output columns (besides the id column and ``error``):
-- ``embed``: ``embedding`` list of ``hidden_size`` float32 (``vector_dtype="float16"``: float16); ``pooling`` ``"cls"``
-  (default) or ``"mean"`` (over real tokens), ``normalize=True`` L2-normalises (in float32, before the cast).
+- ``embed``: ``embedding`` list of ``hidden_size`` float32 (``vector_dtype="float16"``: float16); ``pooling`` ``"auto"``
+  (default: the checkpoint's sentence-transformers pooling, else mean; ``xlmrxl.pooling``), ``"cls"`` or ``"mean"``
+  (over real tokens), ``normalize=True`` L2-normalises (in float32, before the cast).
 - ``classify``: ``logits`` and ``probabilities`` (softmax; sigmoid for ``multi_label_classification`` or one
   label), lists of ``num_labels`` float32, ``label_id`` (argmax) and ``label`` (the config's ``id2label``).
 - ``fill-mask``: ``predictions``, one list per ``<mask>`` of ``top_k`` (default 5) ``{token, token_str, score}``,
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 
 import xlmrxl
+
+from ..pooling import AUTO, resolve_pooling
 
 logger = logging.getLogger("xlmrxl")
 
@@ -110,6 +113,11 @@ class Task:
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return options
+
+    @classmethod
+    def resolve(cls, options: dict[str, Any], model: str) -> dict[str, Any]:
+        """Options that depend on the checkpoint, settled once by the driver (recorded in the manifest)."""
         return options
 
     def schema(self) -> list:
@@ -226,12 +234,23 @@ class EncoderTask(Task):
 
 class EmbedTask(EncoderTask):
     name = "embed"
-    defaults = {**EncoderTask.defaults, "pooling": "cls", "normalize": False, "vector_dtype": "float32"}
+    defaults = {**EncoderTask.defaults, "pooling": AUTO, "normalize": False, "vector_dtype": "float32"}
+
+    def __init__(self, model, options, **kw):
+        super().__init__(model, options, **kw)
+        # "auto" (xlmrxl.ray.Predictor; corpus.run settles it in the driver): the checkpoint's sentence-transformers
+        # pooling, else xlmrxl.pooling.DEFAULT_POOLING (mean)
+        self.options = self.resolve(self.options, model)
+
+    @classmethod
+    def resolve(cls, options: dict[str, Any], model: str) -> dict[str, Any]:
+        pooling, normalize = resolve_pooling(options["pooling"], model, bool(options["normalize"]))
+        return {**options, "pooling": pooling, "normalize": normalize}
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
-        if options["pooling"] not in ("cls", "mean"):
-            raise ValueError(f"pooling={options['pooling']!r} is not supported; use 'cls' or 'mean'")
+        if options["pooling"] not in (AUTO, "cls", "mean"):
+            raise ValueError(f"pooling={options['pooling']!r} is not supported; use 'auto', 'cls' or 'mean'")
         if str(options["vector_dtype"]) not in ("float32", "float16"):
             raise ValueError(f"vector_dtype={options['vector_dtype']!r} is not supported; use float32 or float16")
         if options["vector_dtype"] == "float16":

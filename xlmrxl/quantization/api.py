@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..progress import progress_bar
 from .calibration import encode, find_tokenizer, load_texts
 from .gptq import GPTQ_DEFAULTS, gptq_quantize
 from .linear import ERRORS_ATTR, QuantLinear
@@ -28,6 +29,35 @@ logger = logging.getLogger("xlmrxl")
 QUANT_METHOD = "xlmrxl_int4"
 _ENCODER_LINEAR = re.compile(r"(^|\.)encoder\.layer\.\d+\.")
 _HEAD_LINEAR = re.compile(r"(^|\.)(lm_head|pooler|classifier|qa_outputs)(\.|$)")
+_LAYER = re.compile(r"^(.*?encoder\.layer\.\d+)\.")
+
+
+def _layer_of(name: str) -> str:
+    """The encoder layer a linear belongs to (``roberta.encoder.layer.3``), or the name itself (a head)."""
+    m = _LAYER.match(name)
+    return m.group(1) if m else name
+
+
+class _LayerBar:
+    """A progress bar that moves by one when the last of a layer's linears is quantized (``xlmrxl.progress``)."""
+
+    def __init__(self, names: Sequence[str], method: str, progress: bool | None) -> None:
+        self.left: dict[str, int] = {}
+        for n in names:
+            self.left[_layer_of(n)] = self.left.get(_layer_of(n), 0) + 1
+        self.bar = progress_bar(len(self.left), f"xlmrxl quantize {method}", "layer", progress)
+
+    def done(self, name: str) -> None:
+        layer = _layer_of(name)
+        self.left[layer] -= 1
+        if self.left[layer] == 0:
+            self.bar.update(1)
+            del self.left[layer]
+            if not self.left:
+                self.bar.close()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _gptq_defaults() -> dict:
@@ -168,8 +198,8 @@ def quantize(
     ``method``: ``"rtn"`` (min-max, torchao's; the default), ``"mse"`` (per-group searched scale / zero, data-free;
     options ``grid``, ``max_shrink``, ``refine_steps``) or ``"gptq"`` (needs ``calibration``: a text file, one text
     per line, or a list of strings, tokenized with ``tokenizer`` or the model's own beside its checkpoint; options
-    ``percdamp``, ``blocksize``, ``batch_size``, ``seed``, ``max_samples``, ``params``). ``progress``: a GPTQ
-    progress bar on stderr (None: when stderr is a terminal)."""
+    ``percdamp``, ``blocksize``, ``batch_size``, ``seed``, ``max_samples``, ``params``). ``progress``: a bar per
+    layer on stderr, every method (None: when stderr is a terminal or ``XLMRXL_PROGRESS=on``; ``xlmrxl.progress``)."""
     if isinstance(method, bool):  # the old positional form quantize(model, group_size, include_lm_head)
         method, include_lm_head = "rtn", method
     options = _method_options(method, method_options)
@@ -201,13 +231,19 @@ def quantize(
         rest = [n for n in names if n not in errors]
         if rest:
             options["heads"] = "mse"  # linears outside the encoder layers (heads): data-free
-    for name in rest:
-        lin = model.get_submodule(name)
-        q = _quantize_one(lin, group_size, "mse" if method == "gptq" else method, {} if method == "gptq" else options)
-        with torch.no_grad():
-            errors[name] = _relative_error(q, lin.weight)
-        q.backend = backend
-        _replace(model, name, q)
+    bar = _LayerBar(rest, method if method != "gptq" else "mse (heads)", progress)
+    try:
+        for name in rest:
+            lin = model.get_submodule(name)
+            m_opts = {} if method == "gptq" else options
+            q = _quantize_one(lin, group_size, "mse" if method == "gptq" else method, m_opts)
+            with torch.no_grad():
+                errors[name] = _relative_error(q, lin.weight)
+            q.backend = backend
+            _replace(model, name, q)
+            bar.done(name)
+    finally:
+        bar.close()
     _record(model, names, group_size, include_lm_head, method, options)
     setattr(model, ERRORS_ATTR, errors)
     _drop_fused_qkv(model)
@@ -314,9 +350,11 @@ def load_hook(
 
         load_texts(options["calibration"])  # a wrong or empty file fails now, not after loading 20 GB
         return None
-    for k in ("calibration", "tokenizer", "progress"):
+    progress = options.pop("progress", None)
+    for k in ("calibration", "tokenizer"):
         options.pop(k, None)
     _record(model, targets, group, opts["include_lm_head"], method, options)
+    bar = _LayerBar(targets, method, progress)  # moves as the loader reads each layer's weights
     names = set(targets)
     errors: dict[str, float] = {}
     setattr(model, ERRORS_ATTR, errors)
@@ -329,6 +367,7 @@ def load_hook(
             errors[name] = _relative_error(q, module.weight)
         q.backend = getattr(model, "backend", None)
         module.weight = None  # release the full-precision weight now (the loader keeps no other reference)
+        bar.done(name)
         return q
 
     return hook
@@ -390,8 +429,9 @@ def quantize_checkpoint(
     load = {"dtype": dtype, "device": device, "backend": backend}
     cos = texts = None
     if calibration is None:
+        q_options = {**method_options, "progress": progress} if progress is not None else method_options or None
         model = model_class.from_pretrained(
-            src, quantization=quant, quantization_method=method, quantization_options=method_options or None, **load
+            src, quantization=quant, quantization_method=method, quantization_options=q_options, **load
         )
     else:
         texts = load_texts(calibration)  # a wrong or empty file fails before the weights are read

@@ -19,7 +19,6 @@ Hessians. Deterministic: two runs with one seed give identical bits.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from xlmrxl_kernels.reference.int4 import pack_int4
 
+from ..progress import progress_bar
 from .calibration import batches
 from .linear import QuantLinear
 from .params import codes, group_params
@@ -121,15 +121,6 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype, causal: bool) -> torc
     return out
 
 
-def _progress(total: int, progress: bool | None):
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="GPTQ", unit="layer", file=sys.stderr)
-
-
 def gptq_quantize(
     model: nn.Module,
     names: Sequence[str],
@@ -162,7 +153,7 @@ def gptq_quantize(
     was_training = model.training
     model.eval()
     layers = base.encoder.layer
-    bar = _progress(len(layers), progress)
+    bar = progress_bar(len(layers), "xlmrxl quantize gptq", "layer", progress)
     try:
         with torch.no_grad():
             data = []
@@ -177,11 +168,9 @@ def gptq_quantize(
                         model.get_submodule(n).backend = backend
                 for item in data:  # this layer's (now quantized) output is the next layer's input
                     item[0] = layer(item[0], attention_mask=item[2])[0]
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         model.train(was_training)
     return errors
 
