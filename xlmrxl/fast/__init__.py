@@ -1,5 +1,6 @@
 """The fused path: padding-free (packed) and cached-decoding execution of an XLM-RoBERTa-XL layer stack.
 
+- ``execute``: ``run(encoder, route, ...)``, the one way to act on a route (packed, cached or exact execution).
 - ``routing``: the one decision, per call, of how the encoder runs (packed, cached, exact) and why not faster.
 - ``structure``: what the route checks on the modules (layout, LayerNorms, GELU, int4) and the per-layer plans.
 - ``packing``: gather the real tokens into ``(T, H)`` and scatter back (flash-attention's ``bert_padding``).
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+from .execute import run
 from .packing import PackedEncoderOutput, Packing, pack
 from .qkv import fuse_qkv
 from .routing import CACHED, EXACT, PACKED, Call, Route, route
@@ -19,6 +21,7 @@ from .stack import decoder_forward, encoder_forward, graph_reasons, packed_stack
 
 __all__ = [
     "route",
+    "run",
     "Call",
     "Route",
     "PACKED",

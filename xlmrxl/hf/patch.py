@@ -56,8 +56,8 @@ import torch.nn.functional as F
 
 from ..backend import Backend
 from ..clients import find_encoder
-from ..fast import stack
-from ..fast.routing import CACHED, EXACT, Call, is_causal, route
+from ..fast.execute import run
+from ..fast.routing import CACHED, EXACT, PACKED, Call, is_causal, route
 from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
 from ..modeling.base import first_token_padded_reason, labels_on_padding
@@ -466,21 +466,22 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
             caller_reasons=tuple(caller_reasons),
         ),
     )
+    if r.path == CACHED and pkv is None:
+        pkv = _new_cache(self.config, encoder_decoder=legacy)
+    ran = run(
+        self,
+        r,
+        hidden_states,
+        state.backend,
+        cache=pkv,
+        output_hidden_states=out_hs,
+        exact=lambda: original(self, hidden_states, *args, **kwargs),
+    )
     if r.path == EXACT:
-        return original(self, hidden_states, *args, **kwargs)
-    if r.path == CACHED:
-        if pkv is None:
-            pkv = _new_cache(self.config, encoder_decoder=legacy)
-        self_cache = getattr(pkv, "self_attention_cache", pkv)
-        last, all_hs = stack.decoder_forward(
-            self, hidden_states, r.mask, self_cache, state.backend, output_hidden_states=out_hs
-        )
-    else:
-        last, all_hs = stack.encoder_forward(
-            self, hidden_states, r.mask, state.backend, output_hidden_states=out_hs, causal=r.causal
-        )
-        if state.packed is not None:  # inside a task head's forward: its masked-LM head may skip padded rows
-            state.packed = (r.mask,)
+        return ran
+    last, all_hs = ran
+    if r.path == PACKED and state.packed is not None:  # inside a task head's forward: its LM head may skip padding
+        state.packed = (r.mask,)
     if collector is not None:
         _fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions  # (transformers is optional)

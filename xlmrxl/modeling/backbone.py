@@ -10,9 +10,9 @@ from torch import nn
 
 from ..backend import log_once
 from ..config import XLMRobertaXLConfig
-from ..fast import stack
+from ..fast.execute import run
 from ..fast.packing import PackedEncoderOutput
-from ..fast.routing import PACKED, Call, route
+from ..fast.routing import PACKED, Call, Route, route
 from ..masks import cached_length, non_binary, non_binary_mask_error
 from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions, packed_mask, set_packed_mask
 from ..reasons import describe
@@ -315,17 +315,19 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         r = route(
             self.encoder, Call(hidden_states=embedding_output, attention_mask=attention_mask, mask_is_full=mask_full)
         )
-        if r.path != PACKED:
-            raise ValueError(
-                "forward_packed runs only on the fused padding-free path, which this call cannot take: "
-                + describe(r.not_supported[PACKED])
-            )
-        return stack.encoder_forward(
+        return run(
             self.encoder,
+            r,
             embedding_output,
-            r.mask,
             self.backend,
             output_hidden_states=bool(output_hidden_states),
             return_packed=True,
-            causal=r.causal,
+            exact=lambda: _not_packed(r),
         )
+
+
+def _not_packed(r: Route) -> None:
+    raise ValueError(
+        "forward_packed runs only on the fused padding-free path, which this call cannot take: "
+        + describe(r.not_supported[PACKED])
+    )
