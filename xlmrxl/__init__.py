@@ -28,6 +28,7 @@ from .modeling import (
 )
 from .pipelines import pipeline
 from .quantization import quantize
+from .record import last_route, reset_stats, stats
 from .static_cache import StaticCache
 from .tokenizer import XLMRobertaTokenizer
 
@@ -57,8 +58,11 @@ __all__ = [
     "deaccelerate",
     "from_transformers",
     "is_accelerated",
+    "last_route",
     "pipeline",
     "quantize",
+    "reset_stats",
     "resolve_backend",
+    "stats",
     "to_transformers",
 ]

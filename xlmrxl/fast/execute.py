@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import stats
+from .. import record
 from ..backend import Backend
 from . import stack
 from .layer import ops_for
@@ -49,16 +49,16 @@ def run(
     ``stack.encoder_forward`` (packed route only)."""
     path = route.path
     if not torch.compiler.is_compiling():  # (torch.compile traces this call: nothing recorded inside the graph)
-        stats.record_route(encoder, route)
-        if stats.debug_enabled():
-            stats.log_call(route, hidden_states)
+        record.record_route(encoder, route)
+        if record.debug_enabled():
+            record.log_call(route, hidden_states)
     if path == EXACT:
         if exact is None:
-            raise ValueError(f"this call cannot take the fused path: {stats.describe_route(route)}")
+            raise ValueError(f"this call cannot take the fused path: {record.describe_route(route)}")
         return exact()
     be = backend if isinstance(backend, Backend) else Backend(backend)
     if not torch.compiler.is_compiling():
-        stats.record_ops(ops_for(be, hidden_states.device))
+        record.record_ops(ops_for(be, hidden_states.device))
     if path == CACHED:
         self_cache = getattr(cache, "self_attention_cache", cache)
         return stack.decoder_forward(

@@ -55,13 +55,13 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
 Wiring (``xlmrxl.fast.stack`` owns it; nothing here imports the model): ``set_graph_mode(encoder, mode)``
 (``model.set_cuda_graphs``, ``from_pretrained(..., cuda_graphs=...)``; else ``XLMRXL_CUDA_GRAPHS`` read at the
 encoder's first fused call) stores the mode on the encoder. ``encoder_forward`` (the packed route of our encoder,
-``forward_packed`` and the transformers patch alike), without ``output_hidden_states``, hands the packed tokens to
-one ``PackedGraphRunner`` per (backend ops, dtype, causal) whose ``run`` is the layer stack on the static buffers,
-keyed by the per-layer plans' generation (a new one whenever a module / Parameter is assigned or a q/k/v storage
-moves); the shared pool is ``model_graph_pool(encoder)``. ``decoder_forward`` with an xlmrxl ``StaticCache`` and one
-new token per row goes through one ``DecodeGraphRunner`` per (encoder, cache). Eager instead, with the reason
-(``xlmrxl.fast.stack.graph_reasons``, code ``cuda_graphs``): mode off, tensors not on CUDA, attention on the
-PyTorch reference (it reads lengths on the host), a call beyond the buckets.
+``forward_packed``, the transformers patch and COMET's encoder alike) hands the packed tokens to one
+``PackedGraphRunner`` per (backend ops, dtype, causal, hidden states, layer mix) whose ``run`` is the layer stack on
+the static buffers, keyed by the per-layer plans' generation (a new one whenever a module / Parameter is assigned or
+a q/k/v storage moves); the shared pool is ``model_graph_pool(encoder)``. ``decoder_forward`` with an xlmrxl
+``StaticCache`` and one new token per row goes through one ``DecodeGraphRunner`` per (encoder, cache). Eager
+instead, with the reason (``xlmrxl.fast.stack.graph_reasons``, code ``cuda_graphs``): mode off, tensors not on CUDA,
+attention on the PyTorch reference (it reads lengths on the host), a call beyond the buckets.
 
 Modes (``resolve_mode``): ``"auto"`` (graphs when the tensors are on CUDA and the call fits the buckets, eager
 otherwise), ``True`` (graphs; an error on CPU tensors, eager with one logged line when a call exceeds the buckets),
@@ -84,6 +84,7 @@ import torch
 
 from xlmrxl_kernels import env
 
+from .. import record
 from .buckets import (
     PackedBucket,
     ceil_bucket,
@@ -253,6 +254,7 @@ class _GraphBase:
         self._weights = _Weights(tensors)
         self._slots: OrderedDict = OrderedDict()
         self.captures = 0  # graphs captured so far (tests, logs)
+        self.last_event: str | None = None  # the last call: "captured", "replayed", "emulated" or None (eager)
         self.mode: bool | str = "auto"
         self.set_mode(mode)
 
@@ -289,6 +291,14 @@ class _GraphBase:
             return None  # someone else is capturing us: run straight into their graph, never nest a capture
         return "graph"
 
+    def _replayed(self, captured: bool) -> None:
+        record.count_graph("replays")
+        self.last_event = "captured" if captured else "replayed"
+
+    def _emulated(self) -> None:
+        record.count_graph("emulated")
+        self.last_event = "emulated"
+
     def _check_weights(self, key: Hashable) -> None:
         if self._weights.changed(key) and self._slots:
             logger.debug("xlmrxl: CUDA graphs dropped (weights or modules changed)")
@@ -313,6 +323,7 @@ class _GraphBase:
             _warm_up(fn, max(self.warmup, 1))
             slot.graph, slot.out = _record(fn, self.pool)
         self.captures += 1
+        record.count_graph("captures")
         logger.debug("xlmrxl: captured a CUDA graph for bucket %s", slot.bucket)
 
 
@@ -404,6 +415,7 @@ class PackedGraphRunner(_GraphBase):
 
     def __call__(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen, *, key: Hashable = None):
         how = self._use_static(x.device)
+        self.last_event = None
         if how is None:
             return self.run(x, cu_seqlens, max_seqlen)
         T, B = x.shape[0], cu_seqlens.shape[0] - 1
@@ -434,15 +446,18 @@ class PackedGraphRunner(_GraphBase):
         torch.add(slot.tail[: bb - B], T, out=tail)
         tail.clamp_(max=tb)
         if how == "graph":
-            if slot.graph is None:
+            captured = slot.graph is None
+            if captured:
                 self._capture(slot, lambda: self.run(slot.x, slot.cu, sb))
                 self._weights.snapshot()
             slot.graph.replay()
+            self._replayed(captured)
         else:
             fresh = slot.out is None
             slot.out = self.run(slot.x, slot.cu, sb)
             if fresh:
                 self._weights.snapshot()
+            self._emulated()
         return _slice_out(slot.out, T)
 
 
@@ -522,6 +537,7 @@ class DecodeGraphRunner(_GraphBase):
 
     def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, *, key: Hashable = None):
         cache = self.cache
+        self.last_event = None
         B, S, H = hidden.shape
         n = int(cache.get_seq_length())
         end = n + S
@@ -564,15 +580,18 @@ class DecodeGraphRunner(_GraphBase):
         if end < kb:
             slot.keep[:, end:].zero_()
         if how == "graph":
-            if slot.graph is None:
+            captured = slot.graph is None
+            if captured:
                 # the warm-up runs write this step's K/V too (same slot, same values): harmless, then replayed
                 self._capture(slot, lambda: self.step(slot.hidden, slot.keep, slot.view))
                 self._weights.snapshot()
             slot.graph.replay()
+            self._replayed(captured)
         else:
             fresh = slot.out is None
             slot.out = self.step(slot.hidden, slot.keep, slot.view)
             if fresh:
                 self._weights.snapshot()
+            self._emulated()
         _advance(cache, end)
         return _clone_out(slot.out)

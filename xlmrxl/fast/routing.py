@@ -188,24 +188,37 @@ def _mode_not_supported(encoder: nn.Module, hidden_states: torch.Tensor) -> list
         if p:
             out.append(Reason(TRAINING, f"training mode with dropout p={p} (call model.eval() for inference)"))
     if torch.is_grad_enabled():
-        if hidden_states.requires_grad:
-            out.append(
-                Reason(
-                    AUTOGRAD,
-                    "autograd is recording (the inputs require grad) and the fast path is inference-only; "
-                    "run under torch.inference_mode() / torch.no_grad()",
-                )
-            )
-        elif any(p.requires_grad for p in encoder.parameters()):
-            out.append(
-                Reason(
-                    AUTOGRAD,
-                    "autograd is recording (grad mode on and parameters require grad) and the fast path is "
-                    "inference-only; run under torch.inference_mode() / torch.no_grad(), or call "
-                    "model.requires_grad_(False)",
-                )
-            )
+        reason = _autograd_reason(encoder, hidden_states)
+        if reason is not None:
+            out.append(reason)
     return out
+
+
+def _autograd_reason(encoder: nn.Module, hidden_states: torch.Tensor) -> Reason | None:
+    """Grad mode is on: say what makes autograd record this call, the encoder's parameters or its input (None:
+    nothing requires grad, so nothing is recorded)."""
+    params = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    if params:
+        total = sum(1 for _ in encoder.parameters())
+        also = (
+            " (and the input hidden states given require grad)"
+            if hidden_states.requires_grad and hidden_states.is_leaf
+            else ""
+        )
+        return Reason(
+            AUTOGRAD,
+            f"autograd is recording: {len(params)} of the encoder's {total} parameters require grad (e.g. "
+            f"{params[0]}){also}, and the fast path is inference-only; run under torch.inference_mode() / "
+            "torch.no_grad(), or call model.requires_grad_(False)",
+        )
+    if hidden_states.requires_grad:
+        return Reason(
+            AUTOGRAD,
+            "autograd is recording: the encoder's input hidden states require grad (inputs_embeds, or the "
+            "embeddings' parameters, require grad; the encoder's own parameters do not), and the fast path is "
+            "inference-only; run under torch.inference_mode() / torch.no_grad(), or detach the input",
+        )
+    return None
 
 
 def _hooks_not_supported(encoder: nn.Module, modules: list[nn.Module]) -> list[Reason]:

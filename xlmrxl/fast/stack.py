@@ -21,11 +21,12 @@ What one packed forward does (``T`` = number of real tokens):
 3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
    ``return_packed=True``, the ``(T, H)`` outputs with their ``Packing``.
 
-**CUDA graphs** (``xlmrxl.fast.graphs``): without ``output_hidden_states``, step 2-3 on the packed tokens run
-through a per-bucket ``PackedGraphRunner`` when the encoder's mode says so (``set_graph_mode``); a one-token
-decode step against ``StaticCache`` through a ``DecodeGraphRunner``. **Lean**: the per-layer plans
-(``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the ops are resolved once per
-backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and imports nothing.
+**CUDA graphs** (``xlmrxl.fast.graphs``): step 2-3 on the packed tokens (with the hidden states and COMET's layer
+mix as further outputs of the graph, when asked) run through a per-bucket ``PackedGraphRunner`` when the encoder's
+mode says so (``set_graph_mode``); a one-token decode step against ``StaticCache`` through a ``DecodeGraphRunner``.
+**Lean**: the per-layer plans (``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the
+ops are resolved once per backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and
+imports nothing.
 
 Hidden states, when asked, have transformers' semantics: entry 0 is the embeddings exactly as given, entries 1..L-1 the
 residual stream after layers 0..L-2, the last entry the final LayerNorm output (zeros at padded positions except entry
@@ -41,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import record
 from ..backend import Backend
 from ..cache import DynamicCache
 from ..reasons import CUDA_GRAPHS, Reason
@@ -95,11 +97,12 @@ def encoder_forward(
         return _finish(hidden_states, zeros, collected, packing, return_packed)
     plans = layer_plans(encoder)
     ops = ops_for(be, x.device)
-    # a layer_callback runs Python between the layers: such a call always runs the eager stack, never a CUDA graph
-    if not output_hidden_states and layer_callback is None:
-        out = _graphed_stack(encoder, plans, x, packing, ops, causal)
-        if out is not None:
-            return _finish(hidden_states, out, None, packing, return_packed)
+    # hidden states and a capturable layer callback (COMET's mix: ``graph_key``) are outputs of the graph too; any
+    # other callback runs Python between the layers, so such a call runs the eager stack
+    if layer_callback is None or getattr(layer_callback, "graph_key", None) is not None:
+        ran = _graphed_stack(encoder, plans, x, packing, ops, causal, bool(output_hidden_states), layer_callback)
+        if ran is not None:
+            return _finish(hidden_states, ran[0], ran[1], packing, return_packed)
     out, collected = _stack(plans, x, packing, ops, causal, bool(output_hidden_states), layer_callback)
     return _finish(hidden_states, out, collected, packing, return_packed)
 
@@ -211,14 +214,24 @@ class _Runners(dict):
 
 
 class _Holder:
-    __slots__ = ("plans",)
+    __slots__ = ("plans", "callback")
 
 
 def _graphed_stack(
-    encoder: nn.Module, plans: Plans, x: torch.Tensor, packing: Packing, ops: Ops, causal: bool
-) -> torch.Tensor | None:
-    """The packed stack through ``PackedGraphRunner`` (captured, or emulated), or None: run it eagerly (the
-    reasons in ``graph_reasons(encoder)``)."""
+    encoder: nn.Module,
+    plans: Plans,
+    x: torch.Tensor,
+    packing: Packing,
+    ops: Ops,
+    causal: bool,
+    hidden: bool = False,
+    callback: Any = None,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None] | None:
+    """The packed stack through ``PackedGraphRunner`` (captured, or emulated): ``(out, collected hidden states or
+    None)``, or None: run it eagerly (the reasons in ``graph_reasons(encoder)``). With ``hidden`` the L + 1 hidden
+    states are outputs of the graph; a capturable ``callback`` (``graph_key``, ``static_twin``, ``load``, ``begin``,
+    ``results``, ``finish``: COMET's ``PackedLayerMix``) runs inside it on a static twin whose inputs (the mix
+    weights) are copied in before each run, its results handed back by ``finish``."""
     d = encoder.__dict__
     mode = d.get("_xlmrxl_graph_mode")
     if mode is None:
@@ -233,6 +246,7 @@ def _graphed_stack(
             d["_xlmrxl_graph_reasons"] = (Reason(CUDA_GRAPHS, f"the tensors are on {dev.type}, not CUDA"),)
             return None
         if not ops.kernel("attention_varlen"):
+            record.graph_fallback()
             d["_xlmrxl_graph_reasons"] = (
                 Reason(
                     CUDA_GRAPHS,
@@ -242,34 +256,16 @@ def _graphed_stack(
             return None
         if in_capture():
             return None  # someone else's capture records us: no capture inside a capture
-    key = (ops, x.dtype, causal)
+    key = (ops, x.dtype, causal, hidden, None if callback is None else callback.graph_key)
     runners = d.get("_xlmrxl_graph_runners")
     if runners is None:
         runners = d["_xlmrxl_graph_runners"] = _Runners()
     runner = runners.get(key)
     if runner is None:
-        holder = _Holder()
-        kernel = ops.kernel("attention_varlen")
-
-        def run(xs: torch.Tensor, cu: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-            lengths = () if kernel else tuple(torch.diff(cu).tolist())  # (emulate with the reference attention)
-            p = Packing(cu.shape[0] - 1, 0, None, cu, max_seqlen, lengths)
-            return _stack(holder.plans, xs, p, ops, causal, False)[0]
-
-        pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
-        runner = PackedGraphRunner(
-            run,
-            hidden_size=x.shape[1],
-            dtype=x.dtype,
-            mode=mode,
-            pool=pool,
-            tensors=module_tensors(encoder),  # a graph reads addresses: every storage is compared per call
-            max_tokens=d.get("_xlmrxl_graph_max_tokens", 4096),
-        )
-        runner.holder = holder
-        runners[key] = runner
+        runner = runners[key] = _packed_runner(encoder, x, ops, causal, hidden, mode)
     T, B = x.shape[0], packing.batch
     if runner.bucket(T, B, packing.max_seqlen) is None:
+        record.graph_fallback()
         d["_xlmrxl_graph_reasons"] = (
             Reason(
                 CUDA_GRAPHS,
@@ -279,8 +275,55 @@ def _graphed_stack(
         )
         return None
     d["_xlmrxl_graph_reasons"] = ()
-    runner.holder.plans = plans
-    return runner(x, packing.cu_seqlens, packing.max_seqlen, key=plans.generation)
+    holder = runner.holder
+    holder.plans = plans
+    if callback is not None:
+        if holder.callback is None:
+            holder.callback = callback.static_twin()
+        holder.callback.load(callback)  # this call's inputs (COMET: the mix weights) into the static twin
+    elif holder.callback is not None:
+        holder.callback = None
+    res = runner(x, packing.cu_seqlens, packing.max_seqlen, key=plans.generation)
+    d["_xlmrxl_last_graph"] = runner.last_event
+    if not isinstance(res, tuple):
+        return res, None
+    n = len(plans) + 1 if hidden else 0
+    if callback is not None:
+        callback.finish(res[1 + n :], packing)
+    return res[0], list(res[1 : 1 + n]) if hidden else None
+
+
+def _packed_runner(encoder: nn.Module, x: torch.Tensor, ops: Ops, causal: bool, hidden: bool, mode) -> Any:
+    """A ``PackedGraphRunner`` whose ``run`` is the layer stack (and hidden states, callback) on static buffers."""
+    holder = _Holder()
+    holder.callback = None
+    kernel = ops.kernel("attention_varlen")
+
+    def run(xs: torch.Tensor, cu: torch.Tensor, max_seqlen: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        lengths = () if kernel else tuple(torch.diff(cu).tolist())  # (emulate with the reference attention)
+        p = Packing(cu.shape[0] - 1, 0, None, cu, max_seqlen, lengths)
+        cb = holder.callback
+        if cb is not None:
+            cb.begin(p)
+        out, collected = _stack(holder.plans, xs, p, ops, causal, hidden, cb)
+        extra = () if cb is None else tuple(cb.results())
+        if not hidden and not extra:
+            return out
+        return (out, *(collected or ()), *extra)
+
+    dev = x.device
+    pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
+    runner = PackedGraphRunner(
+        run,
+        hidden_size=x.shape[1],
+        dtype=x.dtype,
+        mode=mode,
+        pool=pool,
+        tensors=module_tensors(encoder),  # a graph reads addresses: every storage is compared per call
+        max_tokens=encoder.__dict__.get("_xlmrxl_graph_max_tokens", 4096),
+    )
+    runner.holder = holder
+    return runner
 
 
 def resolve_device_error(dev: torch.device) -> None:
@@ -322,7 +365,9 @@ def _graphed_decode(
             pool=pool,
             tensors=module_tensors(encoder),
         )
-    return runner(hidden_states, attention_mask, key=layer_plans(encoder).generation)
+    out = runner(hidden_states, attention_mask, key=layer_plans(encoder).generation)
+    encoder.__dict__["_xlmrxl_last_graph"] = runner.last_event
+    return out
 
 
 def decoder_forward(

@@ -1,4 +1,4 @@
-"""A record of what ran: per-process counters (``xlmrxl.stats()``), each model's ``last_route``, a DEBUG line per call.
+"""The record of what ran: per-process counters (``xlmrxl.stats()``), each model's ``last_route``, a DEBUG line a call.
 
     xlmrxl.stats()             # {"routes": {"packed": 12, "exact": 1}, "fallbacks": {"autograd": 1},
                                #  "ops": {"attention_varlen": {"kernel": 12, "pytorch": 0}, ...},
@@ -77,17 +77,14 @@ def record_ops(ops: Any) -> None:
     _OPS[ops] += 1
 
 
-def record_graph(encoder: Any, event: str) -> None:
-    """A CUDA-graph event of ``encoder``'s packed call: ``captured``, ``replayed``, ``emulated`` or ``eager``."""
-    _GRAPHS[{"captured": "captures", "replayed": "replays"}.get(event, event)] += 1
-    if event == "eager":
-        _FALLBACKS["cuda_graphs"] += 1
-    elif encoder is not None:
-        encoder.__dict__[_LAST_GRAPH] = event
+def graph_fallback() -> None:
+    """A packed call ran eagerly where CUDA graphs were asked for (a ``cuda_graphs`` reason)."""
+    _GRAPHS["eager"] += 1
+    _FALLBACKS["cuda_graphs"] += 1
 
 
 def count_graph(event: str) -> None:
-    """A CUDA-graph event outside a model's call (a runner used on its own)."""
+    """A CUDA-graph runner's event: ``captures``, ``replays`` or ``emulated``."""
     _GRAPHS[event] += 1
 
 
