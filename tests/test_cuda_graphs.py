@@ -15,8 +15,8 @@ from tests.conftest import tiny_config_kwargs
 from xlmrxl import XLMRobertaXLConfig, XLMRobertaXLModel
 from xlmrxl.backend import Backend
 from xlmrxl.fast import Packing, graphs, pack, packed_stack, stack
+from xlmrxl.fast.decode_graph import DecodeGraphRunner
 from xlmrxl.fast.graphs import (
-    DecodeGraphRunner,
     PackedBucket,
     PackedGraphRunner,
     ceil_bucket,

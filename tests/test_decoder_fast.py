@@ -22,7 +22,7 @@ from _oracle import FastPathSpy as Spy
 from _oracle import assert_lowp, force_exact, left_padded, max_err, random_model
 from conftest import tiny_config_kwargs
 
-import xlmrxl.static_cache as xstatic
+import xlmrxl.caches.static as xstatic
 from xlmrxl import (
     DynamicCache,
     EncoderDecoderCache,

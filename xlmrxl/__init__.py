@@ -13,7 +13,7 @@ import logging
 # them imports neither comet nor sentence_transformers (optional extras, imported inside the functions that need them).
 from . import clients, comet
 from .backend import Backend, resolve_backend
-from .cache import DynamicCache, EncoderDecoderCache
+from .caches import DynamicCache, EncoderDecoderCache, StaticCache
 from .config import XLMRobertaXLConfig
 from .hf import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
 from .modeling import (
@@ -29,7 +29,6 @@ from .modeling import (
 from .pipelines import pipeline
 from .quantization import quantize
 from .record import last_route, reset_stats, stats
-from .static_cache import StaticCache
 from .tokenizer import XLMRobertaTokenizer
 
 logging.getLogger("xlmrxl").addHandler(logging.NullHandler())

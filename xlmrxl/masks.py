@@ -1,4 +1,4 @@
-"""Masks, positions and cache lengths: the small helpers the exact path and generation share.
+"""Masks and positions: the small helpers the exact path and generation share.
 
 Position ids follow fairseq's ``make_positions`` (padding index rule); the additive float masks are built exactly as
 transformers 4.56.2 builds them (``AttentionMaskConverter`` and ``get_extended_attention_mask``).
@@ -12,8 +12,6 @@ import torch
 
 __all__ = [
     "create_position_ids_from_input_ids",
-    "cached_length",
-    "cached_layer",
     "non_binary",
     "non_binary_mask_error",
     "check_binary_mask",
@@ -28,24 +26,6 @@ def create_position_ids_from_input_ids(
     mask = input_ids.ne(padding_idx).int()
     incremental_indices = (torch.cumsum(mask, dim=1).type_as(mask) + past_key_values_length) * mask
     return incremental_indices.long() + padding_idx
-
-
-def cached_length(past_key_values: Any) -> int:
-    if past_key_values is None:
-        return 0
-    if hasattr(past_key_values, "get_seq_length"):
-        return int(past_key_values.get_seq_length())
-    if len(past_key_values) == 0 or past_key_values[0][0] is None:
-        return 0
-    return int(past_key_values[0][0].shape[-2])
-
-
-def cached_layer(cache: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one layer's K/V without appending: our ``Cache.get_layer`` or transformers' ``layers[i].keys``."""
-    if hasattr(cache, "get_layer"):
-        return cache.get_layer(layer_idx)
-    layer = cache.layers[layer_idx]
-    return layer.keys, layer.values
 
 
 def expand_mask(mask: torch.Tensor, dtype: torch.dtype, tgt_len: int) -> torch.Tensor:

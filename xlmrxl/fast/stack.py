@@ -44,12 +44,11 @@ import torch.nn.functional as F
 
 from .. import record
 from ..backend import Backend
-from ..cache import DynamicCache
+from ..caches import DynamicCache, StaticCache
 from ..reasons import CUDA_GRAPHS, Reason
-from ..static_cache import StaticCache
+from .decode_graph import DecodeGraphRunner
 from .graphs import (
     ENV_VAR,
-    DecodeGraphRunner,
     PackedGraphRunner,
     in_capture,
     model_graph_pool,

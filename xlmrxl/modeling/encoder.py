@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from ..backend import Backend
-from ..cache import DynamicCache, EncoderDecoderCache
+from ..caches import DynamicCache, EncoderDecoderCache, cached_length
 from ..config import XLMRobertaXLConfig
 from ..fast.execute import run
 from ..fast.routing import CACHED, EXACT, PACKED, Call, route
-from ..masks import cached_length, exact_masks
+from ..masks import exact_masks
 from ..outputs import BaseModelOutputWithPastAndCrossAttentions, set_packed_mask
 from .layers import XLMRobertaXLLayer
 

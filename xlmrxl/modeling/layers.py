@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..caches.view import cached_layer
 from ..config import XLMRobertaXLConfig
-from ..masks import cached_layer, create_position_ids_from_input_ids
+from ..masks import create_position_ids_from_input_ids
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
