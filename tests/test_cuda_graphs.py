@@ -14,7 +14,7 @@ from tests._oracle import left_padded, max_err, random_model
 from tests.conftest import tiny_config_kwargs
 from xlmrxl import XLMRobertaXLConfig, XLMRobertaXLModel
 from xlmrxl.backend import Backend
-from xlmrxl.fast import Packing, graphs, pack, packed_stack, stack
+from xlmrxl.fast import Packing, decode, graphs, pack, packed_stack, stack
 from xlmrxl.fast.decode_graph import DecodeGraphRunner
 from xlmrxl.fast.graphs import (
     PackedBucket,
@@ -51,7 +51,7 @@ def packed_run(encoder, backend="reference", causal=False):
 def eager_decode(encoder, hidden, mask, cache, backend="reference"):
     """The fused decoder step, never through a graph runner (the reference the runners are compared with)."""
     be = backend if isinstance(backend, Backend) else Backend(backend)
-    return stack._decoder_forward(encoder, hidden, mask, cache, be, False, None)
+    return decode._decoder_forward(encoder, hidden, mask, cache, be, False, None)
 
 
 def decode_step(encoder, backend="reference"):

@@ -6,18 +6,19 @@
 - ``packing``: gather the real tokens into ``(T, H)`` and scatter back (flash-attention's ``bert_padding``).
 - ``qkv``: the fused ``(3H, H)`` q/k/v weight the three projections become views of.
 - ``stack``: the layer stack on packed tokens (``encoder_forward``; its unpadded core, ``packed_stack``, is the unit
-  to capture or instrument) and with a KV cache (``decoder_forward``); CUDA graphs per encoder
+  to capture or instrument) and, in ``decode``, with a KV cache (``decoder_forward``); CUDA graphs per encoder
   (``set_graph_mode``, ``graph_reasons``: why the last packed call ran eagerly).
 - ``graphs``: the CUDA-graph runners (buckets, static buffers, capture, replay).
 """
 
 from __future__ import annotations
 
+from .decode import decoder_forward
 from .execute import run
 from .packing import PackedEncoderOutput, Packing, pack
 from .qkv import fuse_qkv
 from .routing import CACHED, EXACT, PACKED, Call, Route, route
-from .stack import decoder_forward, encoder_forward, graph_reasons, packed_stack, set_graph_mode
+from .stack import encoder_forward, graph_reasons, packed_stack, set_graph_mode
 
 __all__ = [
     "route",

@@ -5,7 +5,7 @@
 
 The one place every caller (our encoder's forward, ``forward_packed``, the transformers patch in ``xlmrxl.hf``,
 COMET's encoder in ``xlmrxl.clients``) hands a route to: ``PACKED`` runs ``stack.encoder_forward`` (``(last,
-all_hidden)``, or a ``PackedEncoderOutput`` with ``return_packed``), ``CACHED`` runs ``stack.decoder_forward`` on the
+all_hidden)``, or a ``PackedEncoderOutput`` with ``return_packed``), ``CACHED`` runs ``decode.decoder_forward`` on the
 cache's self-attention cache (``(last, all_hidden)``), ``EXACT`` returns ``exact()``: the caller's own unfused code
 (ours, transformers' or COMET's), whatever it returns. It also keeps the record of what ran (``xlmrxl.stats``):
 the route counted, ``last_route`` on the encoder, and at DEBUG one line per call.
@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .. import record
 from ..backend import Backend
-from . import stack
+from . import decode, stack
 from .layer import ops_for
 from .routing import CACHED, EXACT, Route
 
@@ -61,7 +61,7 @@ def run(
         record.record_ops(ops_for(be, hidden_states.device))
     if path == CACHED:
         self_cache = getattr(cache, "self_attention_cache", cache)
-        return stack.decoder_forward(
+        return decode.decoder_forward(
             encoder,
             hidden_states,
             route.mask,

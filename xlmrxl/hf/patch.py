@@ -21,7 +21,7 @@
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
   to be a plain padding (+ causal) mask; when it cannot be, that is a reason the route reports.
 - Causal LMs (``is_decoder``) with a KV cache (``use_cache`` / ``past_key_values``: transformers' ``DynamicCache`` /
-  ``EncoderDecoderCache``) run ``stack.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
+  ``EncoderDecoderCache``) run ``fast.decode.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
   causal=True)``; the cache returned is the one transformers would return.
 - ``xlmrxl.fast.route`` decides each call (packed, cached or exact), exactly as for our own encoder; ``is_decoder``
   is read from the config per call. Whatever cannot be accelerated runs the **original** encoder code for that call,
