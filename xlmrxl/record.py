@@ -28,9 +28,9 @@ __all__ = ["stats", "reset_stats", "last_route", "LastRoute"]
 
 logger = logging.getLogger("xlmrxl")
 
-_ROUTES: Counter = Counter()
+ROUTES: Counter = Counter()
 _FALLBACKS: Counter = Counter()
-_OPS: Counter = Counter()  # resolved op table (xlmrxl.fast.layer.Ops) -> fused forwards that ran with it
+OPS: Counter = Counter()  # resolved op table (xlmrxl.fast.layer.Ops) -> fused forwards that ran with it
 _GRAPHS: Counter = Counter()
 _LAST = "_xlmrxl_last_route"  # on the encoder: the Route of its last call
 _LAST_GRAPH = "_xlmrxl_last_graph"  # on the encoder: how its last packed call used CUDA graphs (None: eagerly)
@@ -61,20 +61,10 @@ class LastRoute:
         return self.why
 
 
-def record_route(encoder: Any, route: Any) -> None:
-    """Count ``route`` and keep it as ``encoder``'s last (called by ``xlmrxl.fast.run`` once per call)."""
-    _ROUTES[route.path] += 1
-    d = encoder.__dict__
-    d[_LAST] = (route.path, route.not_supported, route.wanted)  # (no tensor kept alive: the mask is not)
-    d[_LAST_GRAPH] = None
-    if route.path == "exact":
-        for r in route.reasons:
-            _FALLBACKS[r.code] += 1
-
-
-def record_ops(ops: Any) -> None:
-    """One fused forward ran with the resolved op table ``ops``."""
-    _OPS[ops] += 1
+def count_fallbacks(route: Any) -> None:
+    """Count the reasons of a call that runs the exact path (``xlmrxl.fast.run`` counts each route inline)."""
+    for reason in route.reasons:
+        _FALLBACKS[reason.code] += 1
 
 
 def graph_fallback() -> None:
@@ -92,14 +82,14 @@ def stats(reset: bool = False) -> dict[str, dict]:
     """The counters since the process started or the last reset (see the module docstring); ``reset=True``
     returns them and sets them back to zero."""
     ops: dict[str, dict[str, int]] = {}
-    for table, n in _OPS.items():
+    for table, n in OPS.items():
         for name in list(getattr(table, "impls", {})):
             kind = "kernel" if table.kernel(name) else "pytorch"
             entry = ops.setdefault(name, {"kernel": 0, "pytorch": 0})
             entry[kind] += n
     graphs = {k: _GRAPHS.get(k, 0) for k in ("captures", "replays", "emulated", "eager")}
     out = {
-        "routes": {k: _ROUTES.get(k, 0) for k in ("packed", "cached", "exact")},
+        "routes": {k: ROUTES.get(k, 0) for k in ("packed", "cached", "exact")},
         "fallbacks": dict(_FALLBACKS),
         "ops": ops,
         "graphs": graphs,
@@ -111,7 +101,7 @@ def stats(reset: bool = False) -> dict[str, dict]:
 
 def reset_stats() -> None:
     """Set every counter of ``stats()`` back to zero (``last_route`` of each model is kept)."""
-    for c in (_ROUTES, _FALLBACKS, _OPS, _GRAPHS):
+    for c in (ROUTES, _FALLBACKS, OPS, _GRAPHS):
         c.clear()
 
 
@@ -127,14 +117,6 @@ def last_route(model: Any) -> LastRoute | None:
             graph = m.__dict__.get(_LAST_GRAPH)
             return LastRoute(path, reasons, not_supported, graph, () if graph else graph_reasons)
     return None
-
-
-def describe_route(route: Any) -> str:
-    return describe(route.reasons)
-
-
-def debug_enabled() -> bool:
-    return logger.isEnabledFor(logging.DEBUG)
 
 
 def log_call(route: Any, hidden_states: Any) -> None:

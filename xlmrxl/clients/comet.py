@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..backend import Backend, log_once
-from ..fast.execute import run
 from ..fast.routing import PACKED, Call, route
+from ..fast.stack import run
 from .base import Client, describe, is_xlmrxl_model
 from .layer_mix import PackedLayerMix, PackedLayers, mix_unsupported_reason
 

@@ -1,6 +1,5 @@
 """The fused path: padding-free (packed) and cached-decoding execution of an XLM-RoBERTa-XL layer stack.
 
-- ``execute``: ``run(encoder, route, ...)``, the one way to act on a route (packed, cached or exact execution).
 - ``routing``: the one decision, per call, of how the encoder runs (packed, cached, exact) and why not faster.
 - ``structure``: what the route checks on the modules (layout, LayerNorms, GELU, int4) and the per-layer plans.
 - ``packing``: gather the real tokens into ``(T, H)`` and scatter back (flash-attention's ``bert_padding``).
@@ -14,11 +13,10 @@
 from __future__ import annotations
 
 from .decode import decoder_forward
-from .execute import run
-from .packing import PackedEncoderOutput, Packing, pack
+from .packing import PackedEncoderOutput, Packing
 from .qkv import fuse_qkv
 from .routing import CACHED, EXACT, PACKED, Call, Route, route
-from .stack import encoder_forward, graph_reasons, packed_stack, set_graph_mode
+from .stack import encoder_forward, graph_reasons, pack, packed_stack, run, set_graph_mode
 
 __all__ = [
     "route",

@@ -1,6 +1,6 @@
 """The fused layer stack with a KV cache: ``decoder_forward`` (incremental decoding, or a prefill that fills the
 cache), eagerly or, for one new token per row against an xlmrxl ``StaticCache``, through a ``DecodeGraphRunner``
-(``xlmrxl.fast.decode_graph``) when the encoder's CUDA-graph mode says so (``xlmrxl.fast.stack.set_graph_mode``)."""
+(``xlmrxl.fast.decode_graph``) when the encoder's CUDA-graph mode says so (``xlmrxl.fast.graphs.set_graph_mode``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import record
 from ..backend import Backend
 from ..caches import DynamicCache, StaticCache
 from .decode_graph import DecodeGraphRunner
-from .graphs import in_capture, model_graph_pool, module_tensors
+from .graphs import _Runners, graph_mode, in_capture, model_graph_pool, module_tensors
 from .layer import Stream, ops_for, run_layer
-from .stack import _Runners, graph_mode
 from .structure import layer_plans
 
 __all__ = ["decoder_forward"]
@@ -120,6 +120,7 @@ def _decoder_forward(
         )
     x = hidden_states.reshape(B * S, H)
     ops = ops_for(be, x.device)
+    record.OPS[ops] += 1
     st = Stream(x, ops)
     compact = not _copies_states(cache, past)
     extra = () if cache_position is None else ({"cache_position": cache_position},)

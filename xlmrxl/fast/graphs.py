@@ -99,6 +99,9 @@ __all__ = [
     "model_graph_pool",
     "module_tensors",
     "in_capture",
+    "set_graph_mode",
+    "graph_mode",
+    "graph_reasons",
 ]
 
 ENV_VAR = "XLMRXL_CUDA_GRAPHS"
@@ -440,3 +443,47 @@ class PackedGraphRunner(_GraphBase):
                 self._weights.snapshot()
             self._emulated()
         return _slice_out(slot.out, T)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the mode of an encoder (its runners live on it)
+# ---------------------------------------------------------------------------------------------------------------
+def set_graph_mode(
+    encoder: torch.nn.Module, mode: bool | str | None = "auto", *, max_tokens: int | None = None
+) -> None:
+    """Use CUDA graphs for ``encoder``'s fused calls: ``"auto"`` (on CUDA, when the call fits the buckets), True,
+    False, ``"emulate"`` (the bucketed static-buffer path without capture, for CPU tests); None / ``"auto"`` read
+    ``XLMRXL_CUDA_GRAPHS`` now (once). Drops every captured graph; ``max_tokens``: the largest token bucket
+    (default 4096)."""
+    resolved = resolve_mode(mode)
+    d = encoder.__dict__
+    if max_tokens is not None:
+        token_buckets(int(max_tokens))  # (validates)
+        d["_xlmrxl_graph_max_tokens"] = int(max_tokens)
+    for runner in d.get("_xlmrxl_graph_runners", {}).values():
+        runner.reset()
+    d["_xlmrxl_graph_runners"] = _Runners()
+    d["_xlmrxl_graph_mode"] = resolved
+    d["_xlmrxl_graph_reasons"] = ()
+
+
+def graph_mode(encoder: torch.nn.Module) -> bool | str:
+    """The effective CUDA-graph mode of ``encoder`` (``XLMRXL_CUDA_GRAPHS`` is read at the first call if never set)."""
+    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
+    if mode is None:
+        set_graph_mode(encoder, None)
+        mode = encoder.__dict__["_xlmrxl_graph_mode"]
+    return mode
+
+
+def graph_reasons(encoder: torch.nn.Module) -> tuple:
+    """Why the last packed call of ``encoder`` ran eagerly instead of through CUDA graphs (empty: it did not)."""
+    return encoder.__dict__.get("_xlmrxl_graph_reasons", ())
+
+
+class _Runners(dict):
+    """Graph runners (closures, device buffers, graphs): a copy of the model or cache (deepcopy, pickle) starts
+    without any and captures its own."""
+
+    def __reduce_ex__(self, protocol: int):
+        return (_Runners, ())

@@ -44,7 +44,7 @@ from ..reasons import (
     Reason,
     describe,
 )
-from .structure import structure_not_supported
+from .structure import VERSION, structure_not_supported
 
 __all__ = ["PACKED", "CACHED", "EXACT", "Call", "Route", "route", "is_causal"]
 
@@ -119,7 +119,7 @@ def route(encoder: nn.Module, call: Call) -> Route:
         packed.append(Reason(KV_CACHE, "a KV cache (past_key_values / use_cache) is in use"))
         cached.extend(_cache_not_supported(call, causal))
     else:
-        cached.append(Reason(NO_KV_CACHE, "no KV cache in this call (past_key_values / use_cache)"))
+        cached.append(_NO_CACHE)
         packed.extend(_mask_not_supported(call.attention_mask, call.hidden_states, 0))
     path = PACKED if not packed else CACHED if not cached else EXACT
     mask = None if call.attention_mask is None or call.mask_is_full else call.attention_mask
@@ -130,6 +130,7 @@ def route(encoder: nn.Module, call: Call) -> Route:
     return r
 
 
+_NO_CACHE = Reason(NO_KV_CACHE, "no KV cache in this call (past_key_values / use_cache)")
 _COMPILING = {
     p: (
         Reason(
@@ -171,7 +172,11 @@ def _common_not_supported(encoder: nn.Module, call: Call) -> list[Reason]:
     if call.padded_loss and call.attention_mask is not None and not call.mask_is_full:
         out.append(Reason(PADDED_LOSS, f"{call.padded_loss} (the packed path never computes padded positions)"))
     out.extend(_mode_not_supported(encoder, call.hidden_states))
-    reasons, modules = structure_not_supported(encoder)
+    st = encoder.__dict__.get("_xlmrxl_structure")  # (its cached pass, read here: one file fewer per call)
+    if st is not None and st.version == VERSION[0]:
+        reasons, modules = (), st.modules
+    else:
+        reasons, modules = structure_not_supported(encoder)
     out.extend(reasons)
     out.extend(_hooks_not_supported(encoder, modules))
     return out

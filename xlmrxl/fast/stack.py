@@ -36,6 +36,7 @@ residual stream after layers 0..L-2, the last entry the final LayerNorm output (
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import DEBUG
 from typing import Any
 
 import torch
@@ -43,23 +44,126 @@ import torch.nn as nn
 
 from .. import record
 from ..backend import Backend
-from ..reasons import CUDA_GRAPHS, Reason
-from .graphs import (
+from ..reasons import CUDA_GRAPHS, Reason, describe
+from . import decode
+from .graphs import (  # noqa: F401  (the encoder's graph API, here too)
     ENV_VAR,
     PackedGraphRunner,
+    _Runners,
+    graph_mode,
+    graph_reasons,
     in_capture,
     model_graph_pool,
     module_tensors,
-    resolve_mode,
-    token_buckets,
+    set_graph_mode,
 )
 from .layer import Ops, Stream, ops_for, packed_attention, run_layer
-from .packing import PackedEncoderOutput, Packing, pack
-from .routing import is_causal
-from .structure import Plans, layer_plans
+from .packing import PackedEncoderOutput, Packing
+from .routing import CACHED, EXACT, Route, is_causal
+from .structure import _DATA_PTR, VERSION, Plans, layer_plans
+
+
+def _plans(encoder: nn.Module) -> Plans:
+    """``layer_plans(encoder)``, its cached answer read here when nothing was assigned and no q/k/v storage moved."""
+    d = encoder.__dict__
+    cached, st = d.get("_xlmrxl_plans"), d.get("_xlmrxl_structure")
+    v = VERSION[0]
+    if cached is not None and cached[0] is st and cached[1] == v and st.version == v:
+        if tuple(map(_DATA_PTR, st.params)) == cached[2]:
+            return cached[3]
+    return layer_plans(encoder)
+
 
 # ``layer_callback(i, hidden_state, packing)`` of ``encoder_forward`` / ``packed_stack``
 LayerCallback = Callable[[int, torch.Tensor, Packing], None]
+
+
+def run(
+    encoder: nn.Module,
+    route: Route,
+    hidden_states: torch.Tensor,
+    backend: Backend | str | None,
+    *,
+    exact: Callable[[], Any] | None = None,
+    cache: Any = None,
+    output_hidden_states: bool = False,
+    cache_position: torch.Tensor | None = None,
+    return_packed: bool = False,
+    layer_callback: LayerCallback | None = None,
+) -> Any:
+    """Run ``route`` (``xlmrxl.fast.route``'s decision for this call) on ``encoder`` (see the module docstring).
+
+    ``exact``: the caller's exact execution, called without arguments when the route is ``EXACT`` (None: an
+    ``EXACT`` route is a ValueError naming its reasons). ``cache``: the KV cache a ``CACHED`` route drives (an
+    encoder-decoder cache's ``self_attention_cache`` is used). ``return_packed`` / ``layer_callback``: of
+    ``stack.encoder_forward`` (packed route only)."""
+    path = route.path
+    if not torch.compiler.is_compiling():  # (torch.compile traces this call: nothing recorded inside the graph)
+        record.ROUTES[path] += 1  # (counting: integer increments, no call)
+        d = encoder.__dict__
+        d["_xlmrxl_last_route"] = (path, route.not_supported, route.wanted)
+        d["_xlmrxl_last_graph"] = None
+        if path == EXACT:
+            record.count_fallbacks(route)
+        if record.logger.isEnabledFor(DEBUG):
+            record.log_call(route, hidden_states)
+    if path == EXACT:
+        if exact is None:
+            raise ValueError(f"this call cannot take the fused path: {describe(route.reasons)}")
+        return exact()
+    be = backend if isinstance(backend, Backend) else Backend(backend)
+    if path == CACHED:
+        self_cache = getattr(cache, "self_attention_cache", cache)
+        return decode.decoder_forward(
+            encoder,
+            hidden_states,
+            route.mask,
+            self_cache,
+            be,
+            output_hidden_states=bool(output_hidden_states),
+            cache_position=cache_position,
+        )
+    return encoder_forward(
+        encoder,
+        hidden_states,
+        route.mask,
+        be,
+        output_hidden_states=bool(output_hidden_states),
+        return_packed=return_packed,
+        causal=route.causal,
+        layer_callback=layer_callback,
+    )
+
+
+def pack(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, Packing]:
+    """Gather the real tokens of ``hidden_states`` (B, S, H) per the 2D ``attention_mask`` (nonzero = real).
+
+    One host sync (the per-row lengths) when a mask is given; none without one."""
+    B, S = hidden_states.shape[:2]
+    dev = hidden_states.device
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
+        raise ValueError(
+            f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if attention_mask is None or S == 0:  # (no columns: every row is empty, nothing to read)
+        cu = torch.arange(B + 1, dtype=torch.int32, device=dev) * S
+        p = Packing(B, S, None, cu, S, (S,) * B)
+        return hidden_states.reshape(B * S, *hidden_states.shape[2:]), p
+    keep = attention_mask.to(device=dev) != 0
+    lengths = keep.sum(dim=1, dtype=torch.int32)
+    lens = lengths.tolist()  # the one host sync of the forward
+    total = sum(lens)
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    cu[1:] = torch.cumsum(lengths, dim=0, dtype=torch.int32)
+    if total == B * S:
+        p = Packing(B, S, None, cu, S, tuple(lens))
+    else:
+        # Stable sort puts real positions first, in order: their indices without a second sync (nonzero would sync).
+        order = torch.argsort((~keep).reshape(-1).to(torch.int8), stable=True)
+        p = Packing(B, S, order[:total], cu, max(lens) if lens else 0, tuple(lens))
+    flat = hidden_states.reshape(B * S, *hidden_states.shape[2:])  # (Packing.pack, inline)
+    return (flat if p.indices is None else flat.index_select(0, p.indices)), p
 
 
 def encoder_forward(
@@ -85,14 +189,15 @@ def encoder_forward(
     be = backend if isinstance(backend, Backend) else Backend(backend)
     causal = is_causal(encoder) if causal is None else bool(causal)
     x, packing = pack(hidden_states, attention_mask)
-    if packing.num_tokens == 0:  # every row fully padded (or no columns): nothing to compute
+    if x.shape[0] == 0:  # every row fully padded (or no columns): nothing to compute
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * (len(encoder.layer) + 1) if output_hidden_states else None
         for i in range(len(encoder.layer) + 1) if layer_callback is not None else ():
             layer_callback(i, zeros, packing)
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    plans = layer_plans(encoder)
+    plans = _plans(encoder)
     ops = ops_for(be, x.device)
+    record.OPS[ops] += 1
     # hidden states and a capturable layer callback (COMET's mix: ``graph_key``) are outputs of the graph too; any
     # other callback runs Python between the layers, so such a call runs the eager stack
     if layer_callback is None or getattr(layer_callback, "graph_key", None) is not None:
@@ -170,43 +275,7 @@ def _stack(
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA graphs (xlmrxl.fast.graphs): the packed stack per (token bucket, segment bucket), the StaticCache decode step
 # ---------------------------------------------------------------------------------------------------------------
-def set_graph_mode(encoder: nn.Module, mode: bool | str | None = "auto", *, max_tokens: int | None = None) -> None:
-    """Use CUDA graphs for ``encoder``'s fused calls: ``"auto"`` (on CUDA, when the call fits the buckets), True,
-    False, ``"emulate"`` (the bucketed static-buffer path without capture, for CPU tests); None / ``"auto"`` read
-    ``XLMRXL_CUDA_GRAPHS`` now (once). Drops every captured graph; ``max_tokens``: the largest token bucket
-    (default 4096)."""
-    resolved = resolve_mode(mode)
-    d = encoder.__dict__
-    if max_tokens is not None:
-        token_buckets(int(max_tokens))  # (validates)
-        d["_xlmrxl_graph_max_tokens"] = int(max_tokens)
-    for runner in d.get("_xlmrxl_graph_runners", {}).values():
-        runner.reset()
-    d["_xlmrxl_graph_runners"] = _Runners()
-    d["_xlmrxl_graph_mode"] = resolved
-    d["_xlmrxl_graph_reasons"] = ()
-
-
-def graph_mode(encoder: nn.Module) -> bool | str:
-    """The effective CUDA-graph mode of ``encoder`` (``XLMRXL_CUDA_GRAPHS`` is read at the first call if never set)."""
-    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
-    if mode is None:
-        set_graph_mode(encoder, None)
-        mode = encoder.__dict__["_xlmrxl_graph_mode"]
-    return mode
-
-
-def graph_reasons(encoder: nn.Module) -> tuple[Reason, ...]:
-    """Why the last packed call of ``encoder`` ran eagerly instead of through CUDA graphs (empty: it did not)."""
-    return encoder.__dict__.get("_xlmrxl_graph_reasons", ())
-
-
-class _Runners(dict):
-    """Graph runners (closures, device buffers, graphs): a copy of the model or cache (deepcopy, pickle) starts
-    without any and captures its own."""
-
-    def __reduce_ex__(self, protocol: int):
-        return (_Runners, ())
+_NOT_CUDA: dict[str, tuple[Reason, ...]] = {}  # device type -> the reason (made once: a packed CPU call makes none)
 
 
 class _Holder:
@@ -239,7 +308,10 @@ def _graphed_stack(
         if dev.type != "cuda":
             if mode is True:
                 resolve_device_error(dev)
-            d["_xlmrxl_graph_reasons"] = (Reason(CUDA_GRAPHS, f"the tensors are on {dev.type}, not CUDA"),)
+            off = _NOT_CUDA.get(dev.type)
+            if off is None:
+                off = _NOT_CUDA[dev.type] = (Reason(CUDA_GRAPHS, f"the tensors are on {dev.type}, not CUDA"),)
+            d["_xlmrxl_graph_reasons"] = off
             return None
         if not ops.kernel("attention_varlen"):
             record.graph_fallback()

@@ -56,8 +56,8 @@ import torch.nn.functional as F
 
 from ..backend import Backend
 from ..clients import find_encoder
-from ..fast.execute import run
 from ..fast.routing import CACHED, EXACT, PACKED, Call, is_causal, route
+from ..fast.stack import run
 from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
 from ..modeling.base import first_token_padded_reason, labels_on_padding

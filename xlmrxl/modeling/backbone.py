@@ -9,9 +9,9 @@ from torch import nn
 
 from ..caches.view import cached_length
 from ..config import XLMRobertaXLConfig
-from ..fast.execute import run
 from ..fast.packing import PackedEncoderOutput
 from ..fast.routing import PACKED, Call, Route, route
+from ..fast.stack import run
 from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions, packed_mask, set_packed_mask
 from ..reasons import describe
 from .base import XLMRobertaXLPreTrainedModel, first_token_padded_reason
@@ -96,15 +96,16 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         """transformers 4.56.2's arguments, plus (keyword-only, from the heads): ``padded_loss`` (what in the head's
         loss reads padded positions) and ``reads_first`` (the head reads position 0, ``<s>``, as the pooler does).
         Both send a call whose read positions are padding to the exact path (see ``xlmrxl.fast.routing.Call``)."""
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
+        c = self.config  # (the heads' _flags, inline: the forward enters few files before its first kernel)
+        output_attentions = c.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = c.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = c.return_dict if return_dict is None else return_dict
         if self.config.is_decoder:
             use_cache = self.config.use_cache if use_cache is None else use_cache
         else:
             use_cache = False
 
-        past_length = cached_length(past_key_values)
+        past_length = 0 if past_key_values is None else cached_length(past_key_values)
         mask_full, enc_full, first_padded = self._validate(
             input_ids,
             inputs_embeds,

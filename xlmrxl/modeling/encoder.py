@@ -14,8 +14,8 @@ from torch import nn
 from ..backend import Backend
 from ..caches import DynamicCache, EncoderDecoderCache, cached_length
 from ..config import XLMRobertaXLConfig
-from ..fast.execute import run
 from ..fast.routing import CACHED, EXACT, PACKED, Call, route
+from ..fast.stack import run
 from ..masks import exact_masks
 from ..outputs import BaseModelOutputWithPastAndCrossAttentions, set_packed_mask
 from .layers import XLMRobertaXLLayer

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..backend import log_once
-from ..masks import non_binary, non_binary_mask_error
+from ..masks import non_binary_mask_error
 
 __all__ = ["Inputs", "validate_inputs"]
 
@@ -170,8 +170,8 @@ def _read_flags(c: Any, x: Inputs, shape: tuple[int, int], enc_mask: torch.Tenso
         (mask == 1).all().long() if mask is not None else zero + 1,
         (enc_mask == 1).all().long().to(device) if enc_mask is not None else zero + 1,
         (ids[:, [-1, 0]] == c.pad_token_id).any().long() if warn_pad else zero,
-        non_binary(mask).long() if mask is not None else zero,
-        non_binary(enc_mask).long().to(device) if enc_mask is not None else zero,
+        _non_binary(mask, zero),
+        _non_binary(enc_mask, zero).to(device),
         (mask[:, 0] == 0).any().long() if first else zero,
     ]
     count_rows = absolute and x.position_ids is None and ids is not None and _position_limit(c) is not None
@@ -179,6 +179,13 @@ def _read_flags(c: Any, x: Inputs, shape: tuple[int, int], enc_mask: torch.Tenso
     if count_rows:
         parts.append((ids != c.pad_token_id).sum(dim=1) + x.past_length)
     return torch.cat(parts).tolist(), count_rows
+
+
+def _non_binary(mask: torch.Tensor | None, zero: torch.Tensor) -> torch.Tensor:
+    """1 when ``mask`` holds a value other than 0 and 1 (``xlmrxl.masks.non_binary``, as a long flag), else 0."""
+    if mask is None or mask.dtype == torch.bool:
+        return zero
+    return ((mask != 0) & (mask != 1)).any().long()
 
 
 def _raise_on_ranges(c: Any, x: Inputs, bad_ids: int, bad_tt: int, bad_pos: int) -> None:
