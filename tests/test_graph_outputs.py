@@ -91,3 +91,26 @@ def test_layer_mix_inside_the_graph(layer_norm):
             assert (g - w).abs()[real].max() <= TOL
             assert float(g[~real].abs().max()) == 0
         assert (got[2] - want[2]).abs().max() <= TOL
+
+
+def test_accelerated_transformers_hidden_states_inside_the_graph():
+    """A transformers model patched by ``xlmrxl.accelerate`` (4.x: ``output_hidden_states`` argument; 5.x: the
+    output collector): its hidden states come out of the emulated graph, equal to graphs off."""
+    pytest.importorskip("transformers")
+    from _oracle import hf_twin
+
+    m = _model(seed=8)
+    hf = xlmrxl.accelerate(hf_twin(m), backend="reference")
+    ids, mask = left_padded(m.config, [7, 3, 5], 8, seed=5)
+    outs = {}
+    with torch.inference_mode():
+        for mode in (False, "emulate"):
+            stack.set_graph_mode(hf.encoder, mode)
+            outs[mode] = hf(ids, attention_mask=mask, output_hidden_states=True)
+            assert xlmrxl.last_route(hf).path == "packed"
+            assert xlmrxl.last_route(hf).graph == (None if mode is False else "emulated")
+    real = mask.bool()
+    want, got = outs[False].hidden_states, outs["emulate"].hidden_states
+    assert len(got) == len(want) == m.config.num_hidden_layers + 1
+    for g, w in zip(got, want):
+        assert (g - w).abs()[real].max() <= TOL
