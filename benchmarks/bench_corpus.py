@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from xlmrxl.tiny import tiny_shape
+
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import harness
@@ -55,7 +57,7 @@ BASE = dict(
     bos_token_id=0,
     eos_token_id=2,
 )
-TINY = dict(BASE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY = dict(BASE, **tiny_shape(num_hidden_layers=2, intermediate_size=128))
 CPU = dict(BASE, hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=4096)
 XL = dict(BASE, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240)
 

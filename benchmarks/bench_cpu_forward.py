@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from xlmrxl.tiny import tiny_shape
+
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import harness
@@ -44,7 +46,7 @@ CONFIG = dict(
 )
 
 
-TINY = dict(CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY = dict(CONFIG, **tiny_shape(num_hidden_layers=2, intermediate_size=128))
 
 
 def make_batch(kind: str, batch: int = 8, seq: int = 128, seed: int = 0):

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import harness, roofline
+from xlmrxl.tiny import tiny_shape
 
 XL = dict(
     vocab_size=250880,
@@ -41,15 +42,7 @@ XL = dict(
     eos_token_id=2,
     is_decoder=True,
 )
-TINY = dict(
-    XL,
-    vocab_size=1000,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=128,
-    max_position_embeddings=34,
-)
+TINY = dict(XL, vocab_size=1000, max_position_embeddings=34, **tiny_shape(num_hidden_layers=2, intermediate_size=128))
 
 
 def _rewind_static(cache, length: int) -> None:

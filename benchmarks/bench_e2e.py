@@ -30,6 +30,7 @@ import time
 import torch
 
 from benchmarks import harness, roofline
+from xlmrxl.tiny import tiny_shape
 
 XL = dict(
     vocab_size=250880,
@@ -44,7 +45,7 @@ XL = dict(
     eos_token_id=2,
 )
 PEERS = ["hf-eager", "hf-sdpa", "hf-sdpa-compile", "xlmrxl", "hf+xlmrxl.accelerate", "xlmrxl-int4"]
-TINY = dict(XL, vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY = dict(XL, vocab_size=1000, **tiny_shape(num_hidden_layers=2, intermediate_size=128))
 
 
 def make_batch(kind: str, vocab: int, device, seed: int = 0, seq: int = 512, batch: int = 32):

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from xlmrxl.tiny import tiny_shape
+
 XL = dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240)
-TINY = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=91)
+TINY = tiny_shape()
 
 
 def encoder_dir(root, shape: dict | None = None, seed: int = 0, dtype=torch.float32, weights: bool = True) -> Path:

@@ -151,10 +151,10 @@ class FastPathSpy:
     fused path ran."""
 
     def __init__(self, monkeypatch):
-        from xlmrxl.fast import stack
+        from xlmrxl.fast import decode, stack
 
         self.encoder = self.decoder = 0
-        real_enc, real_dec = stack.encoder_forward, stack.decoder_forward
+        real_enc, real_dec = stack.encoder_forward, decode.decoder_forward
 
         def enc(*a, **k):
             self.encoder += 1
@@ -165,7 +165,7 @@ class FastPathSpy:
             return real_dec(*a, **k)
 
         monkeypatch.setattr(stack, "encoder_forward", enc)
-        monkeypatch.setattr(stack, "decoder_forward", dec)
+        monkeypatch.setattr(decode, "decoder_forward", dec)
 
     @property
     def calls(self) -> int:

@@ -17,6 +17,7 @@ os.environ.setdefault("XLMRXL_POISON", "1")
 
 import pytest  # noqa: E402
 
+from xlmrxl.tiny import tiny_config_kwargs  # noqa: E402, F401  (the shared tiny config; tests import it from here)
 from xlmrxl_kernels._utils import env_flag  # noqa: E402  (imports neither Triton nor a kernel)
 
 HAS_CUDA = torch.cuda.is_available()
@@ -65,28 +66,6 @@ def _env_fresh():
     env.refresh()
     yield
     env.refresh()
-
-
-def tiny_config_kwargs(**overrides):
-    """The tiny XLM-RoBERTa-XL shape used across tests: hidden 64, 4 heads (head dim 16), 3 layers,
-    intermediate 91 (not a multiple of 8)."""
-    kw = dict(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=91,
-        max_position_embeddings=66,
-        type_vocab_size=1,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        layer_norm_eps=1e-5,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-    )
-    kw.update(overrides)
-    return kw
 
 
 @pytest.fixture(scope="session")

@@ -216,7 +216,7 @@ def test_fallbacks_run_transformers_code(case, monkeypatch, caplog, fresh_log):
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton)])
 def test_cached_decoding_matches_transformers(backend, monkeypatch, caplog, fresh_log):
     """Causal LM with a KV cache: a prefill (with left padding) then single-token steps, through
-    ``xlmrxl.fast.stack.decoder_forward`` (fused QKV, cache.update, backend attention with causal=True), equal to
+    ``xlmrxl.fast.decode.decoder_forward`` (fused QKV, cache.update, backend attention with causal=True), equal to
     transformers' own incremental decoding on real tokens."""
     torch.manual_seed(21)
     hf = _hf("XLMRobertaXLForCausalLM", num_hidden_layers=2)

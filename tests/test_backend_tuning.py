@@ -209,7 +209,7 @@ def test_backend_and_disable_kernels_come_from_the_parser(monkeypatch):
 
 # -- the packed stack hands its host lengths to attention_varlen -----------------------------------------------------
 def test_packed_stack_validates_host_lengths_without_sync(monkeypatch):
-    from xlmrxl.fast.packing import pack
+    from xlmrxl.fast import pack
 
     m, inputs = _setup(seed=5)
     m.set_backend("triton")  # CPU: the Triton kernels under TRITON_INTERPRET=1

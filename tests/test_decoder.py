@@ -7,7 +7,7 @@ from _oracle import cache_kw, hf_twin, make_inputs, max_err, out_cache, random_m
 from conftest import tiny_config_kwargs
 
 from xlmrxl import DynamicCache, EncoderDecoderCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM, XLMRobertaXLModel
-from xlmrxl.cache import Cache
+from xlmrxl.caches import Cache
 from xlmrxl.modeling import create_position_ids_from_input_ids
 
 transformers = pytest.importorskip("transformers")

@@ -1,4 +1,4 @@
-"""Cached decoding through the fused path (``fast.stack.decoder_forward``) in our own ``XLMRobertaXLForCausalLM``.
+"""Cached decoding through the fused path (``fast.decode.decoder_forward``) in our own ``XLMRobertaXLForCausalLM``.
 
 With ``use_cache`` / ``past_key_values`` (DynamicCache, StaticCache, the EncoderDecoderCache the model creates, legacy
 tuples) the encoder runs ``decoder_forward``: a prefill of several tokens, multi-token chunks and one-token steps,
@@ -22,7 +22,7 @@ from _oracle import FastPathSpy as Spy
 from _oracle import assert_lowp, force_exact, left_padded, max_err, random_model
 from conftest import tiny_config_kwargs
 
-import xlmrxl.static_cache as xstatic
+import xlmrxl.caches.static as xstatic
 from xlmrxl import (
     DynamicCache,
     EncoderDecoderCache,
@@ -31,7 +31,8 @@ from xlmrxl import (
     XLMRobertaXLForCausalLM,
     quantization,
 )
-from xlmrxl.fast import layer, stack
+from xlmrxl.fast import decode as fast_decode
+from xlmrxl.fast import layer
 from xlmrxl.generation import generate
 from xlmrxl.modeling import create_position_ids_from_input_ids
 
@@ -243,7 +244,7 @@ def test_step_work_qkv_gemm_cache_update_prefix_attention(monkeypatch):
         updates.append(tuple(kn.shape))
         return real_update(kc, vc, kn, vn, positions, lengths)
 
-    monkeypatch.setattr(stack, "F", proxy)  # the cached path's SDPA
+    monkeypatch.setattr(fast_decode, "F", proxy)  # the cached path's SDPA
     monkeypatch.setattr(layer, "F", proxy)  # the fused layer's GEMMs
     monkeypatch.setattr(xstatic, "cache_update", cache_update)
     with torch.no_grad():
@@ -285,7 +286,7 @@ def test_decoder_forward_reads_no_tensor_on_the_host(monkeypatch):
             with monkeypatch.context() as mp:
                 for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"):
                     mp.setattr(torch.Tensor, name, no_sync)
-                out, _ = stack.decoder_forward(enc, x, mask[:, : start + n], cache, m.backend)
+                out, _ = fast_decode.decoder_forward(enc, x, mask[:, : start + n], cache, m.backend)
             assert out.shape == (B, n, H) and torch.isfinite(out).all()
     assert cache.get_seq_length() == 6
 

@@ -231,7 +231,7 @@ def test_beam_search_is_exact_when_the_beam_covers_the_vocab(cache):
 
 
 def test_beam_search_reorders_the_static_cache(model, monkeypatch):
-    import xlmrxl.static_cache as sc
+    import xlmrxl.caches.static as sc
 
     calls = []
     real = sc.cache_reorder

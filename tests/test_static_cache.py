@@ -7,7 +7,7 @@ from _oracle import left_padded, random_model
 from conftest import tiny_config_kwargs
 
 from xlmrxl import DynamicCache, EncoderDecoderCache, StaticCache, XLMRobertaXLConfig, XLMRobertaXLForCausalLM
-from xlmrxl.cache import Cache
+from xlmrxl.caches import Cache
 from xlmrxl.modeling import create_position_ids_from_input_ids
 
 TOL = 1e-5

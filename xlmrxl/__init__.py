@@ -14,7 +14,7 @@ from __future__ import annotations
 # library's).
 from . import clients, comet, logging
 from .backend import Backend, resolve_backend
-from .cache import DynamicCache, EncoderDecoderCache
+from .caches import DynamicCache, EncoderDecoderCache, StaticCache
 from .config import XLMRobertaXLConfig
 from .hf import accelerate, deaccelerate, from_transformers, is_accelerated, to_transformers
 from .modeling import (
@@ -29,7 +29,7 @@ from .modeling import (
 )
 from .pipelines import pipeline
 from .quantization import quantize
-from .static_cache import StaticCache
+from .record import last_route, reset_stats, stats
 from .tokenizer import XLMRobertaTokenizer
 
 __version__ = "0.1.0"
@@ -56,9 +56,12 @@ __all__ = [
     "deaccelerate",
     "from_transformers",
     "is_accelerated",
+    "last_route",
     "logging",
     "pipeline",
     "quantize",
+    "reset_stats",
     "resolve_backend",
+    "stats",
     "to_transformers",
 ]

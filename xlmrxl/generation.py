@@ -51,10 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import DynamicCache, EncoderDecoderCache
+from .caches import DynamicCache, EncoderDecoderCache, StaticCache
 from .masks import create_position_ids_from_input_ids
 from .outputs import ModelOutput
-from .static_cache import StaticCache
 
 logger = logging.getLogger("xlmrxl")
 

@@ -1,4 +1,4 @@
-"""Masks, positions and cache lengths: the small helpers the exact path and generation share.
+"""Masks and positions: the small helpers the exact path and generation share.
 
 Position ids follow fairseq's ``make_positions`` (padding index rule); the additive float masks are built exactly as
 transformers 4.56.2 builds them (``AttentionMaskConverter`` and ``get_extended_attention_mask``).
@@ -12,11 +12,10 @@ import torch
 
 __all__ = [
     "create_position_ids_from_input_ids",
-    "cached_length",
-    "cached_layer",
     "non_binary",
     "non_binary_mask_error",
     "check_binary_mask",
+    "exact_masks",
 ]
 
 
@@ -27,24 +26,6 @@ def create_position_ids_from_input_ids(
     mask = input_ids.ne(padding_idx).int()
     incremental_indices = (torch.cumsum(mask, dim=1).type_as(mask) + past_key_values_length) * mask
     return incremental_indices.long() + padding_idx
-
-
-def cached_length(past_key_values: Any) -> int:
-    if past_key_values is None:
-        return 0
-    if hasattr(past_key_values, "get_seq_length"):
-        return int(past_key_values.get_seq_length())
-    if len(past_key_values) == 0 or past_key_values[0][0] is None:
-        return 0
-    return int(past_key_values[0][0].shape[-2])
-
-
-def cached_layer(cache: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one layer's K/V without appending: our ``Cache.get_layer`` or transformers' ``layers[i].keys``."""
-    if hasattr(cache, "get_layer"):
-        return cache.get_layer(layer_idx)
-    layer = cache.layers[layer_idx]
-    return layer.keys, layer.values
 
 
 def expand_mask(mask: torch.Tensor, dtype: torch.dtype, tgt_len: int) -> torch.Tensor:
@@ -121,3 +102,56 @@ def check_binary_mask(mask: torch.Tensor | None, name: str = "attention_mask") -
     """Raise ``non_binary_mask_error`` when ``mask`` holds anything but 0 / 1 (one host sync; none for bool)."""
     if mask is not None and mask.dtype != torch.bool and bool(non_binary(mask)):
         raise non_binary_mask_error(mask, name)
+
+
+def exact_masks(
+    config: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+    encoder_attention_mask: torch.Tensor | None,
+    past_length: int,
+    sdpa_masks: bool,
+    mask_is_full: bool | None,
+    encoder_mask_is_full: bool | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The exact path's additive self- and cross-attention masks, exactly as 4.56.2's XLMRobertaXLModel.forward
+    builds them from the 2D masks (None where they are all zeros: adding zeros changes nothing)."""
+    batch, seq_len = hidden_states.shape[:2]
+    dtype, device = hidden_states.dtype, hidden_states.device
+    # (tracing / compiling: never branch on data; a mask of ones gives the same result, built or not)
+    recording = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if attention_mask is not None and mask_is_full is None:
+        mask_is_full = False if recording else bool(torch.all(attention_mask == 1))
+    full = attention_mask is None or mask_is_full
+    if not config.is_decoder:
+        if full:
+            self_mask = None
+        elif sdpa_masks:
+            self_mask = expand_mask(attention_mask, dtype, seq_len)
+        else:
+            self_mask = padding_eager_mask(attention_mask, dtype)
+    else:
+        mask2d = attention_mask
+        if mask2d is None:
+            mask2d = torch.ones((batch, seq_len + past_length), device=device)
+        if sdpa_masks:
+            self_mask = (
+                None
+                if full and (seq_len == 1 or past_length == 0)
+                else causal_sdpa_mask(mask2d, seq_len, past_length, dtype)
+            )
+        else:
+            self_mask = causal_eager_mask(mask2d, seq_len, dtype)
+
+    cross_mask = None
+    if config.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
+        if encoder_mask_is_full is None:
+            encoder_mask_is_full = False if recording else bool(torch.all(encoder_attention_mask == 1))
+        if not encoder_mask_is_full:
+            cross_mask = (
+                expand_mask(encoder_attention_mask, dtype, seq_len)
+                if sdpa_masks
+                else padding_eager_mask(encoder_attention_mask, dtype)
+            )
+    return self_mask, cross_mask

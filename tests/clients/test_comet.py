@@ -124,6 +124,27 @@ def test_predict_matches_comet(kind, overrides, xl_dir, monkeypatch):
     assert again.scores == want[3].scores, "deaccelerate must restore COMET's own code"
 
 
+@pytest.mark.parametrize("kind", ["xcomet", "comet22", "kiwi"])
+def test_predict_under_emulated_cuda_graphs(kind, xl_dir):
+    """``XLMRXL_CUDA_GRAPHS=emulate`` (the captured graph's static-buffer path, on CPU): COMET's layer mix runs inside
+    the graph, every batch takes the graph route, and the scores equal those with graphs off."""
+    model = comet_model(kind, xl_dir)
+    data = wmt_samples(7, 1, 25, seed=3, ref=kind != "kiwi")
+    xlmrxl.accelerate(model)
+    enc = model.encoder.model.encoder
+    stack.set_graph_mode(enc, False)
+    want = _predict(model, data, 3)
+    assert xlmrxl.last_route(model).graph is None
+    stack.set_graph_mode(enc, "emulate")
+    xlmrxl.reset_stats()
+    got = _predict(model, data, 3)
+    counts = xlmrxl.stats()
+    assert counts["routes"]["packed"] >= 3 and counts["routes"]["exact"] == 0  # (one per batch and input kind)
+    assert counts["graphs"]["emulated"] == counts["routes"]["packed"] and counts["graphs"]["eager"] == 0
+    assert xlmrxl.last_route(model).graph == "emulated"
+    _same_output(got, want)
+
+
 def test_accelerate_twice_and_backend_update(xl_dir):
     model = comet_model("comet22", xl_dir)
     xlmrxl.accelerate(model)

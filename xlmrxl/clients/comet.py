@@ -6,7 +6,7 @@ transformers encoder at ``metric.encoder.model``: that is what ``xlmrxl.accelera
 ``output_hidden_states=True``, returning every layer as ``all_layers``), then ``metric.layerwise_attention(all_layers,
 mask)`` and, for XCOMET's word-level head (``word_level_training``), ``all_layers[word_layer]``; a fixed ``layer=<int>``
 reads one layer. ``attach`` replaces, on the instances, (1) the encoder wrapper's ``forward``: embeddings, then
-``xlmrxl.fast.stack.encoder_forward`` on the packed tokens with ``PackedLayerMix`` as its layer callback, returning
+``xlmrxl.fast.run`` on the packed tokens with ``PackedLayerMix`` as its layer callback, returning
 COMET's dict with ``all_layers`` a ``PackedLayers`` (the mix plus the one or two layers a head reads), and (2) the layer
 mix's ``forward``: handed a ``PackedLayers``, it returns the mix computed as the layers ran; handed anything else,
 COMET's own code. Whatever the fused path cannot run (training mode, i.e. ``mc_dropout``; autograd recording; a wrapper
@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..backend import Backend, log_once
-from ..fast import stack
 from ..fast.routing import PACKED, Call, route
+from ..fast.stack import run
 from .base import Client, describe, is_xlmrxl_model
 from .layer_mix import PackedLayerMix, PackedLayers, mix_unsupported_reason
 
@@ -121,17 +121,24 @@ class _EncoderForward:
         # the encoder's one decision, logged once (the accelerated model inside COMET's own code decides the same):
         # training with dropout (mc_dropout), autograd recording, hooks, a non-2D mask
         r = route(model.encoder, Call(hidden_states=emb, attention_mask=attention_mask, causal=False))
-        if r.path != PACKED:
-            return type(wrapper).forward(wrapper, input_ids, attention_mask, **kwargs)
-        reason = None if mix is None else mix_unsupported_reason(mix)
-        if reason is not None:
-            log_once(f"xlmrxl: COMET's own encoder code runs: {reason}")
-            return type(wrapper).forward(wrapper, input_ids, attention_mask, **kwargs)
-        num_states = len(model.encoder.layer) + 1
-        callback = PackedLayerMix(mix, num_states, keep=_wanted_layers(metric))
-        out = stack.encoder_forward(
-            model.encoder, emb, r.mask, self.backend, return_packed=True, causal=False, layer_callback=callback
+        callback = None
+        if r.path == PACKED:
+            reason = None if mix is None else mix_unsupported_reason(mix)
+            if reason is not None:
+                log_once(f"xlmrxl: COMET's own encoder code runs: {reason}")
+                return type(wrapper).forward(wrapper, input_ids, attention_mask, **kwargs)
+            callback = PackedLayerMix(mix, len(model.encoder.layer) + 1, keep=_wanted_layers(metric))
+        out = run(
+            model.encoder,
+            r,
+            emb,
+            self.backend,
+            return_packed=True,
+            layer_callback=callback,
+            exact=lambda: type(wrapper).forward(wrapper, input_ids, attention_mask, **kwargs),
         )
+        if r.path != PACKED:
+            return out
         last = out.packing.unpack(out.last_hidden_state)
         return {
             "sentemb": last[:, 0, :],

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from ..fast.packing import Packing
+
 __all__ = ["PackedLayerMix", "PackedLayers", "mix_unsupported_reason"]
 
 
@@ -57,6 +59,44 @@ class PackedLayerMix:
                 self.weights = module.transform_fn(w, dim=0)  # COMET's own softmax / sparsemax
                 self.gamma = module.gamma.detach().float()
 
+    @property
+    def graph_key(self) -> tuple:
+        """What a CUDA graph of the stack with this mix depends on (the weights are inputs, copied in by ``load``)."""
+        if self.module is None:
+            return (self.num_states, tuple(sorted(self.keep)), None)
+        w = self.weights
+        return (self.num_states, tuple(sorted(self.keep)), bool(self.module.layer_norm), w.device, w.dtype)
+
+    def static_twin(self) -> PackedLayerMix:
+        """The copy a captured graph runs: its weights and gamma are static buffers (``load`` fills them)."""
+        twin = PackedLayerMix(None, self.num_states, self.keep)
+        twin.module = self.module
+        if self.module is not None:
+            twin.weights, twin.gamma = self.weights.clone(), self.gamma.clone()
+        return twin
+
+    def load(self, other: PackedLayerMix) -> None:
+        """Copy ``other``'s weights (this call's) into this twin's static buffers."""
+        if self.module is not None:
+            self.weights.copy_(other.weights)
+            self.gamma.copy_(other.gamma)
+
+    def begin(self, packing: Packing) -> None:
+        """Start a forward (inside the graph: no state from a previous run is read)."""
+        self.acc, self.kept, self._rows, self.packing = None, {}, None, packing
+
+    def results(self) -> tuple[torch.Tensor, ...]:
+        """The forward's outputs, each with the packed tokens as rows: the accumulated mix, then the kept layers."""
+        acc = () if self.module is None else (self.acc,)
+        return acc + tuple(self.kept[k] for k in sorted(self.keep))
+
+    def finish(self, results: tuple[torch.Tensor, ...], packing: Packing) -> None:
+        """Adopt ``results`` (of a twin's graph run, sliced to this call's tokens) as this forward's."""
+        self.packing = packing
+        if self.module is not None:
+            self.acc, results = results[0], results[1:]
+        self.kept = dict(zip(sorted(self.keep), results))
+
     def __call__(self, i: int, x: torch.Tensor, packing) -> None:
         self.packing = packing
         if i in self.keep:
@@ -66,20 +106,20 @@ class PackedLayerMix:
         term = self.weights[i].to(x.device) * (self._normalise(x, packing) if self.module.layer_norm else x.float())
         self.acc = term if self.acc is None else self.acc.add_(term)
 
-    def _row_ids(self, packing, device) -> torch.Tensor:
-        """(T,) row index of every packed token."""
+    def _row_ids(self, packing, device, tokens: int) -> torch.Tensor:
+        """(T,) row index of every packed token (from ``cu_seqlens``: no host sync, the same inside a graph)."""
         if self._rows is None:
-            idx = packing.indices
-            if idx is None:
-                idx = torch.arange(packing.num_tokens, device=device)
-            self._rows = torch.div(idx, packing.seqlen, rounding_mode="floor")
+            cu = packing.cu_seqlens.to(device)
+            counts = torch.diff(cu).long()
+            rows = torch.arange(counts.shape[0], device=device)
+            self._rows = torch.repeat_interleave(rows, counts, output_size=tokens)
         return self._rows
 
     def _normalise(self, x: torch.Tensor, packing) -> torch.Tensor:
         """COMET's per-row normalisation (its ``_layer_norm``) on packed tokens, in fp32."""
         xf = x.float()
-        rows = self._row_ids(packing, x.device)
-        B, H = packing.batch, x.shape[-1]
+        rows = self._row_ids(packing, x.device, x.shape[0])
+        B, H = packing.cu_seqlens.shape[0] - 1, x.shape[-1]
         count = torch.diff(packing.cu_seqlens.to(x.device)).float() * H  # real elements per row
         mean = torch.zeros(B, device=x.device).index_add_(0, rows, xf.sum(-1)) / count
         centred = xf - mean[rows, None]

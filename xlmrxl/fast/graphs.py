@@ -39,29 +39,18 @@ Two runners, each wrapping a callable that the layer stack provides (the seams; 
     * Inside someone else's capture (``torch.cuda.is_current_stream_capturing()``), ``run`` runs directly: never a
       capture inside a capture. ``in_capture()`` tells other code (the measured-choice dispatcher: no timing then).
 
-``DecodeGraphRunner(step, cache, ...)``
-    One cached decode step (S = 1 new token per row) against an ``xlmrxl.StaticCache``.
-    ``step(hidden (B, 1, H), keep (B, Kb), cache_view) -> (B, 1, H)`` is the fused decoder stack (e.g.
-    ``decoder_forward(encoder, hidden, keep, cache_view, backend)[0]``). Nothing on the host is baked in: the write
-    slot is the device tensor ``positions`` (B,) int64 read by ``cache_update`` in the graph, the keys seen are the
-    fixed view ``cache.keys[l][:, :, :Kb]`` of a KV-length bucket Kb >= n + 1 (same ladder, capped at
-    ``max_length``), and the mask (B, Kb) is a static device buffer: the caller's mask over ``[0, n + 1)``, zeros
-    over the unwritten slots. ``cache_view.get_seq_length()`` is Kb - 1, so the step's query is aligned to the end
-    of the view (with one query per row, causality is the mask). After the step the cache's host lengths advance
-    by one (``StaticCache.advance``).
-    Token positions for the embeddings stay outside (the caller computes them; to capture the embeddings
-    too, pass position ids as a static device buffer the same way).
+``DecodeGraphRunner`` (``xlmrxl.fast.decode_graph``): the one-token decode step against a ``StaticCache``.
 
 Wiring (``xlmrxl.fast.stack`` owns it; nothing here imports the model): ``set_graph_mode(encoder, mode)``
 (``model.set_cuda_graphs``, ``from_pretrained(..., cuda_graphs=...)``; else ``XLMRXL_CUDA_GRAPHS`` read at the
 encoder's first fused call) stores the mode on the encoder. ``encoder_forward`` (the packed route of our encoder,
-``forward_packed`` and the transformers patch alike), without ``output_hidden_states``, hands the packed tokens to
-one ``PackedGraphRunner`` per (backend ops, dtype, causal) whose ``run`` is the layer stack on the static buffers,
-keyed by the per-layer plans' generation (a new one whenever a module / Parameter is assigned or a q/k/v storage
-moves); the shared pool is ``model_graph_pool(encoder)``. ``decoder_forward`` with an xlmrxl ``StaticCache`` and one
-new token per row goes through one ``DecodeGraphRunner`` per (encoder, cache). Eager instead, with the reason
-(``xlmrxl.fast.stack.graph_reasons``, code ``cuda_graphs``): mode off, tensors not on CUDA, attention on the
-PyTorch reference (it reads lengths on the host), a call beyond the buckets.
+``forward_packed``, the transformers patch and COMET's encoder alike) hands the packed tokens to one
+``PackedGraphRunner`` per (backend ops, dtype, causal, hidden states, layer mix) whose ``run`` is the layer stack on
+the static buffers, keyed by the per-layer plans' generation (a new one whenever a module / Parameter is assigned or
+a q/k/v storage moves); the shared pool is ``model_graph_pool(encoder)``. ``decoder_forward`` with an xlmrxl
+``StaticCache`` and one new token per row goes through one ``DecodeGraphRunner`` per (encoder, cache). Eager
+instead, with the reason (``xlmrxl.fast.stack.graph_reasons``, code ``cuda_graphs``): mode off, tensors not on CUDA,
+attention on the PyTorch reference (it reads lengths on the host), a call beyond the buckets.
 
 Modes (``resolve_mode``): ``"auto"`` (graphs when the tensors are on CUDA and the call fits the buckets, eager
 otherwise), ``True`` (graphs; an error on CPU tensors, eager with one logged line when a call exceeds the buckets),
@@ -84,6 +73,7 @@ import torch
 
 from xlmrxl_kernels import env
 
+from .. import record
 from .buckets import (
     PackedBucket,
     ceil_bucket,
@@ -106,10 +96,12 @@ __all__ = [
     "plan_packed_bucket",
     "pad_cu_seqlens",
     "PackedGraphRunner",
-    "DecodeGraphRunner",
     "model_graph_pool",
     "module_tensors",
     "in_capture",
+    "set_graph_mode",
+    "graph_mode",
+    "graph_reasons",
 ]
 
 ENV_VAR = "XLMRXL_CUDA_GRAPHS"
@@ -253,6 +245,7 @@ class _GraphBase:
         self._weights = _Weights(tensors)
         self._slots: OrderedDict = OrderedDict()
         self.captures = 0  # graphs captured so far (tests, logs)
+        self.last_event: str | None = None  # the last call: "captured", "replayed", "emulated" or None (eager)
         self.mode: bool | str = "auto"
         self.set_mode(mode)
 
@@ -289,6 +282,14 @@ class _GraphBase:
             return None  # someone else is capturing us: run straight into their graph, never nest a capture
         return "graph"
 
+    def _replayed(self, captured: bool) -> None:
+        record.count_graph("replays")
+        self.last_event = "captured" if captured else "replayed"
+
+    def _emulated(self) -> None:
+        record.count_graph("emulated")
+        self.last_event = "emulated"
+
     def _check_weights(self, key: Hashable) -> None:
         if self._weights.changed(key) and self._slots:
             logger.debug("xlmrxl: CUDA graphs dropped (weights or modules changed)")
@@ -313,6 +314,7 @@ class _GraphBase:
             _warm_up(fn, max(self.warmup, 1))
             slot.graph, slot.out = _record(fn, self.pool)
         self.captures += 1
+        record.count_graph("captures")
         logger.debug("xlmrxl: captured a CUDA graph for bucket %s", slot.bucket)
 
 
@@ -395,15 +397,9 @@ class PackedGraphRunner(_GraphBase):
         """The bucket a call would use (None: it runs eagerly)."""
         return plan_packed_bucket(num_tokens, batch, max_seqlen, self.ladder, self.max_segments)
 
-    def will_use_static(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | torch.Tensor) -> bool:
-        """Would this call take the bucketed path (graph or emulated)?"""
-        if self._use_static(x.device) is None:
-            return False
-        ms = max_seqlen if isinstance(max_seqlen, int) else None
-        return self.bucket(x.shape[0], cu_seqlens.shape[0] - 1, ms) is not None
-
     def __call__(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen, *, key: Hashable = None):
         how = self._use_static(x.device)
+        self.last_event = None
         if how is None:
             return self.run(x, cu_seqlens, max_seqlen)
         T, B = x.shape[0], cu_seqlens.shape[0] - 1
@@ -434,145 +430,60 @@ class PackedGraphRunner(_GraphBase):
         torch.add(slot.tail[: bb - B], T, out=tail)
         tail.clamp_(max=tb)
         if how == "graph":
-            if slot.graph is None:
+            captured = slot.graph is None
+            if captured:
                 self._capture(slot, lambda: self.run(slot.x, slot.cu, sb))
                 self._weights.snapshot()
             slot.graph.replay()
+            self._replayed(captured)
         else:
             fresh = slot.out is None
             slot.out = self.run(slot.x, slot.cu, sb)
             if fresh:
                 self._weights.snapshot()
+            self._emulated()
         return _slice_out(slot.out, T)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the cached decode step
+# the mode of an encoder (its runners live on it)
 # ---------------------------------------------------------------------------------------------------------------
-class _CacheView:
-    """What the decoder stack sees as its cache during a captured step: writes at the device ``positions``, returns
-    the fixed (B, heads, Kb, D) prefix views of the StaticCache's buffers (shapes constant per bucket)."""
-
-    copies_states = True  # cache_update copies: strided views of the QKV output may be handed over
-
-    def __init__(self, cache, kb: int, positions: torch.Tensor):
-        self.cache, self.kb, self.positions = cache, kb, positions
-
-    def get_seq_length(self, layer_idx: int | None = 0) -> int:
-        return self.kb - 1  # one new query aligned to the end of the Kb-slot view; the mask hides the unwritten
-
-    def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
-        from xlmrxl_kernels.cache_update import cache_update
-
-        keys, values = self.cache.keys[layer_idx], self.cache.values[layer_idx]
-        cache_update(keys, values, key_states, value_states, self.positions)
-        return keys[:, :, : self.kb], values[:, :, : self.kb]
-
-
-class _DecodeSlot:
-    __slots__ = ("bucket", "hidden", "keep", "view", "graph", "out")
-
-    def __init__(self, bucket, batch: int, hidden: int, dtype, mask_dtype, device, cache, positions):
-        kb = bucket[0]
-        self.bucket = bucket
-        self.hidden = torch.zeros((batch, 1, hidden), dtype=dtype, device=device)
-        self.keep = torch.zeros((batch, kb), dtype=mask_dtype, device=device)
-        self.view = _CacheView(cache, kb, positions)
-        self.graph = None
-        self.out = None
+def set_graph_mode(
+    encoder: torch.nn.Module, mode: bool | str | None = "auto", *, max_tokens: int | None = None
+) -> None:
+    """Use CUDA graphs for ``encoder``'s fused calls: ``"auto"`` (on CUDA, when the call fits the buckets), True,
+    False, ``"emulate"`` (the bucketed static-buffer path without capture, for CPU tests); None / ``"auto"`` read
+    ``XLMRXL_CUDA_GRAPHS`` now (once). Drops every captured graph; ``max_tokens``: the largest token bucket
+    (default 4096)."""
+    resolved = resolve_mode(mode)
+    d = encoder.__dict__
+    if max_tokens is not None:
+        token_buckets(int(max_tokens))  # (validates)
+        d["_xlmrxl_graph_max_tokens"] = int(max_tokens)
+    for runner in d.get("_xlmrxl_graph_runners", {}).values():
+        runner.reset()
+    d["_xlmrxl_graph_runners"] = _Runners()
+    d["_xlmrxl_graph_mode"] = resolved
+    d["_xlmrxl_graph_reasons"] = ()
 
 
-def _advance(cache, end: int) -> None:
-    """The StaticCache's host lengths after a step that wrote through ``_CacheView`` (no ``update`` call ran)."""
-    cache.advance(end - int(cache.get_seq_length()))
+def graph_mode(encoder: torch.nn.Module) -> bool | str:
+    """The effective CUDA-graph mode of ``encoder`` (``XLMRXL_CUDA_GRAPHS`` is read at the first call if never set)."""
+    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
+    if mode is None:
+        set_graph_mode(encoder, None)
+        mode = encoder.__dict__["_xlmrxl_graph_mode"]
+    return mode
 
 
-class DecodeGraphRunner(_GraphBase):
-    """One-token decode steps against a ``StaticCache`` through KV-length buckets (see the module docstring).
+def graph_reasons(encoder: torch.nn.Module) -> tuple:
+    """Why the last packed call of ``encoder`` ran eagerly instead of through CUDA graphs (empty: it did not)."""
+    return encoder.__dict__.get("_xlmrxl_graph_reasons", ())
 
-    ``step(hidden (B, S, H), mask (B, past + S) or None, cache) -> (B, S, H)`` (or a tuple of such): called with the
-    static buffers and a ``_CacheView`` on the bucketed path, and as given (the real cache) on the eager one
-    (prefill, S > 1, an unallocated cache, mode off). ``cache`` the StaticCache; ``hidden_size`` / ``dtype`` of the
-    step's hidden states."""
 
-    def __init__(
-        self,
-        step: Callable[..., Any],
-        cache: Any,
-        *,
-        hidden_size: int,
-        dtype: torch.dtype,
-        mode: bool | str | None = None,
-        tensors: Callable[[], Iterable[torch.Tensor]] | None = None,
-        min_tokens: int = 16,
-        pool: Any = None,
-        warmup: int = 2,
-        max_graphs: int = 64,
-    ) -> None:
-        self.step, self.cache = step, cache
-        self.hidden_size, self.dtype = int(hidden_size), dtype
-        self.ladder = token_buckets(cache.max_length, min(min_tokens, cache.max_length))
-        self._positions: torch.Tensor | None = None
+class _Runners(dict):
+    """Graph runners (closures, device buffers, graphs): a copy of the model or cache (deepcopy, pickle) starts
+    without any and captures its own."""
 
-        def collect() -> list[torch.Tensor]:  # the cache's buffers are read by the graphs too
-            own = list(tensors()) if tensors is not None else []
-            return own + [t for t in (*cache.keys, *cache.values) if t is not None]
-
-        super().__init__(mode=mode, pool=pool, tensors=collect, warmup=warmup, max_graphs=max_graphs)
-
-    def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, *, key: Hashable = None):
-        cache = self.cache
-        B, S, H = hidden.shape
-        n = int(cache.get_seq_length())
-        end = n + S
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, end):
-            raise ValueError(
-                f"attention_mask must be (batch, past + 1) = ({B}, {end}) with {n} cached positions, got "
-                f"{tuple(attention_mask.shape)}"
-            )
-        how = self._use_static(hidden.device)
-        if (
-            how is None
-            or S != 1
-            or H != self.hidden_size
-            or hidden.dtype != self.dtype
-            or B != cache.batch_size
-            or any(k is None for k in cache.keys)
-        ):
-            return self.step(hidden, attention_mask, cache)  # eager: prefill, several tokens, unallocated cache
-        if end > cache.max_length:
-            raise ValueError(
-                f"StaticCache is full: it holds {n} tokens and got 1 more, but max_length={cache.max_length}; "
-                f"allocate StaticCache(..., max_length>={end}) or crop() it"
-            )
-        self._check_weights(key)
-        kb = ceil_bucket(end, self.ladder)
-        mask_dtype = attention_mask.dtype if attention_mask is not None else torch.long
-        bucket = (kb, mask_dtype)
-        if self._positions is None or self._positions.device != hidden.device:
-            self._positions = torch.zeros(B, dtype=torch.int64, device=hidden.device)
-        slot = self._slot(
-            bucket,
-            lambda: _DecodeSlot(bucket, B, H, self.dtype, mask_dtype, hidden.device, cache, self._positions),
-        )
-        self._positions.fill_(n)
-        slot.hidden.copy_(hidden)
-        if attention_mask is None:
-            slot.keep[:, :end].fill_(1)
-        else:
-            slot.keep[:, :end].copy_(attention_mask)
-        if end < kb:
-            slot.keep[:, end:].zero_()
-        if how == "graph":
-            if slot.graph is None:
-                # the warm-up runs write this step's K/V too (same slot, same values): harmless, then replayed
-                self._capture(slot, lambda: self.step(slot.hidden, slot.keep, slot.view))
-                self._weights.snapshot()
-            slot.graph.replay()
-        else:
-            fresh = slot.out is None
-            slot.out = self.step(slot.hidden, slot.keep, slot.view)
-            if fresh:
-                self._weights.snapshot()
-        _advance(cache, end)
-        return _clone_out(slot.out)
+    def __reduce_ex__(self, protocol: int):
+        return (_Runners, ())

@@ -1,4 +1,5 @@
-"""Packing: gather the real tokens of a padded batch into ``(T, H)`` and scatter them back (``bert_padding``)."""
+"""Packing: where the real tokens of a padded batch sit in ``(T, H)`` and how to scatter them back (``bert_padding``;
+the gather itself is ``xlmrxl.fast.stack.pack``, on the path to the first kernel)."""
 
 from __future__ import annotations
 
@@ -35,36 +36,6 @@ class Packing:
         out = x.new_zeros((self.batch * self.seqlen, *x.shape[1:]))
         out.index_copy_(0, self.indices, x)
         return out.reshape(self.batch, self.seqlen, *x.shape[1:])
-
-
-def pack(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, Packing]:
-    """Gather the real tokens of ``hidden_states`` (B, S, H) per the 2D ``attention_mask`` (nonzero = real).
-
-    One host sync (the per-row lengths) when a mask is given; none without one."""
-    B, S = hidden_states.shape[:2]
-    dev = hidden_states.device
-    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
-        raise ValueError(
-            f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    if attention_mask is None or S == 0:  # (no columns: every row is empty, nothing to read)
-        cu = torch.arange(B + 1, dtype=torch.int32, device=dev) * S
-        p = Packing(B, S, None, cu, S, (S,) * B)
-        return p.pack(hidden_states), p
-    keep = attention_mask.to(device=dev) != 0
-    lengths = keep.sum(dim=1, dtype=torch.int32)
-    lens = lengths.tolist()  # the one host sync of the forward
-    total = sum(lens)
-    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
-    cu[1:] = torch.cumsum(lengths, dim=0, dtype=torch.int32)
-    if total == B * S:
-        p = Packing(B, S, None, cu, S, tuple(lens))
-    else:
-        # Stable sort puts real positions first, in order: their indices without a second sync (nonzero would sync).
-        order = torch.argsort((~keep).reshape(-1).to(torch.int8), stable=True)
-        p = Packing(B, S, order[:total], cu, max(lens) if lens else 0, tuple(lens))
-    return p.pack(hidden_states), p
 
 
 @dataclass

@@ -44,7 +44,7 @@ from ..reasons import (
     Reason,
     describe,
 )
-from .structure import structure_not_supported
+from .structure import VERSION, structure_not_supported
 
 __all__ = ["PACKED", "CACHED", "EXACT", "Call", "Route", "route", "is_causal"]
 
@@ -119,7 +119,7 @@ def route(encoder: nn.Module, call: Call) -> Route:
         packed.append(Reason(KV_CACHE, "a KV cache (past_key_values / use_cache) is in use"))
         cached.extend(_cache_not_supported(call, causal))
     else:
-        cached.append(Reason(NO_KV_CACHE, "no KV cache in this call (past_key_values / use_cache)"))
+        cached.append(_NO_CACHE)
         packed.extend(_mask_not_supported(call.attention_mask, call.hidden_states, 0))
     path = PACKED if not packed else CACHED if not cached else EXACT
     mask = None if call.attention_mask is None or call.mask_is_full else call.attention_mask
@@ -130,6 +130,7 @@ def route(encoder: nn.Module, call: Call) -> Route:
     return r
 
 
+_NO_CACHE = Reason(NO_KV_CACHE, "no KV cache in this call (past_key_values / use_cache)")
 _COMPILING = {
     p: (
         Reason(
@@ -171,7 +172,11 @@ def _common_not_supported(encoder: nn.Module, call: Call) -> list[Reason]:
     if call.padded_loss and call.attention_mask is not None and not call.mask_is_full:
         out.append(Reason(PADDED_LOSS, f"{call.padded_loss} (the packed path never computes padded positions)"))
     out.extend(_mode_not_supported(encoder, call.hidden_states))
-    reasons, modules = structure_not_supported(encoder)
+    st = encoder.__dict__.get("_xlmrxl_structure")  # (its cached pass, read here: one file fewer per call)
+    if st is not None and st.version == VERSION[0]:
+        reasons, modules = (), st.modules
+    else:
+        reasons, modules = structure_not_supported(encoder)
     out.extend(reasons)
     out.extend(_hooks_not_supported(encoder, modules))
     return out
@@ -188,24 +193,37 @@ def _mode_not_supported(encoder: nn.Module, hidden_states: torch.Tensor) -> list
         if p:
             out.append(Reason(TRAINING, f"training mode with dropout p={p} (call model.eval() for inference)"))
     if torch.is_grad_enabled():
-        if hidden_states.requires_grad:
-            out.append(
-                Reason(
-                    AUTOGRAD,
-                    "autograd is recording (the inputs require grad) and the fast path is inference-only; "
-                    "run under torch.inference_mode() / torch.no_grad()",
-                )
-            )
-        elif any(p.requires_grad for p in encoder.parameters()):
-            out.append(
-                Reason(
-                    AUTOGRAD,
-                    "autograd is recording (grad mode on and parameters require grad) and the fast path is "
-                    "inference-only; run under torch.inference_mode() / torch.no_grad(), or call "
-                    "model.requires_grad_(False)",
-                )
-            )
+        reason = _autograd_reason(encoder, hidden_states)
+        if reason is not None:
+            out.append(reason)
     return out
+
+
+def _autograd_reason(encoder: nn.Module, hidden_states: torch.Tensor) -> Reason | None:
+    """Grad mode is on: say what makes autograd record this call, the encoder's parameters or its input (None:
+    nothing requires grad, so nothing is recorded)."""
+    params = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    if params:
+        total = sum(1 for _ in encoder.parameters())
+        also = (
+            " (and the input hidden states given require grad)"
+            if hidden_states.requires_grad and hidden_states.is_leaf
+            else ""
+        )
+        return Reason(
+            AUTOGRAD,
+            f"autograd is recording: {len(params)} of the encoder's {total} parameters require grad (e.g. "
+            f"{params[0]}){also}, and the fast path is inference-only; run under torch.inference_mode() / "
+            "torch.no_grad(), or call model.requires_grad_(False)",
+        )
+    if hidden_states.requires_grad:
+        return Reason(
+            AUTOGRAD,
+            "autograd is recording: the encoder's input hidden states require grad (inputs_embeds, or the "
+            "embeddings' parameters, require grad; the encoder's own parameters do not), and the fast path is "
+            "inference-only; run under torch.inference_mode() / torch.no_grad(), or detach the input",
+        )
+    return None
 
 
 def _hooks_not_supported(encoder: nn.Module, modules: list[nn.Module]) -> list[Reason]:

@@ -1,4 +1,4 @@
-"""The fused layer stack: on packed tokens (``encoder_forward``) and with a KV cache (``decoder_forward``).
+"""The fused layer stack on packed tokens (``encoder_forward``) and its CUDA-graph modes (KV cache: ``decode``).
 
 ``encoder`` is any module laid out like transformers' ``XLMRobertaXLEncoder``
 (``encoder.layer[i].attention.self.query``, ..., ``encoder.LayerNorm``): ours or transformers' own (4.56.x and 5.x
@@ -21,11 +21,12 @@ What one packed forward does (``T`` = number of real tokens):
 3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
    ``return_packed=True``, the ``(T, H)`` outputs with their ``Packing``.
 
-**CUDA graphs** (``xlmrxl.fast.graphs``): without ``output_hidden_states``, step 2-3 on the packed tokens run
-through a per-bucket ``PackedGraphRunner`` when the encoder's mode says so (``set_graph_mode``); a one-token
-decode step against ``StaticCache`` through a ``DecodeGraphRunner``. **Lean**: the per-layer plans
-(``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the ops are resolved once per
-backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and imports nothing.
+**CUDA graphs** (``xlmrxl.fast.graphs``): step 2-3 on the packed tokens (with the hidden states and COMET's layer
+mix as further outputs of the graph, when asked) run through a per-bucket ``PackedGraphRunner`` when the encoder's
+mode says so (``set_graph_mode``); a one-token decode step against ``StaticCache`` through a ``DecodeGraphRunner``.
+**Lean**: the per-layer plans (``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the
+ops are resolved once per backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and
+imports nothing.
 
 Hidden states, when asked, have transformers' semantics: entry 0 is the embeddings exactly as given, entries 1..L-1 the
 residual stream after layers 0..L-2, the last entry the final LayerNorm output (zeros at padded positions except entry
@@ -35,33 +36,134 @@ residual stream after layers 0..L-2, the last entry the final LayerNorm output (
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import DEBUG
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import record
 from ..backend import Backend
-from ..cache import DynamicCache
-from ..reasons import CUDA_GRAPHS, Reason
-from ..static_cache import StaticCache
-from .graphs import (
+from ..reasons import CUDA_GRAPHS, Reason, describe
+from . import decode
+from .graphs import (  # noqa: F401  (the encoder's graph API, here too)
     ENV_VAR,
-    DecodeGraphRunner,
     PackedGraphRunner,
+    _Runners,
+    graph_mode,
+    graph_reasons,
     in_capture,
     model_graph_pool,
     module_tensors,
-    resolve_mode,
-    token_buckets,
+    set_graph_mode,
 )
 from .layer import Ops, Stream, ops_for, packed_attention, run_layer
-from .packing import PackedEncoderOutput, Packing, pack
-from .routing import is_causal
-from .structure import Plans, layer_plans
+from .packing import PackedEncoderOutput, Packing
+from .routing import CACHED, EXACT, Route, is_causal
+from .structure import _DATA_PTR, VERSION, Plans, layer_plans
+
+
+def _plans(encoder: nn.Module) -> Plans:
+    """``layer_plans(encoder)``, its cached answer read here when nothing was assigned and no q/k/v storage moved."""
+    d = encoder.__dict__
+    cached, st = d.get("_xlmrxl_plans"), d.get("_xlmrxl_structure")
+    v = VERSION[0]
+    if cached is not None and cached[0] is st and cached[1] == v and st.version == v:
+        if tuple(map(_DATA_PTR, st.params)) == cached[2]:
+            return cached[3]
+    return layer_plans(encoder)
+
 
 # ``layer_callback(i, hidden_state, packing)`` of ``encoder_forward`` / ``packed_stack``
 LayerCallback = Callable[[int, torch.Tensor, Packing], None]
+
+
+def run(
+    encoder: nn.Module,
+    route: Route,
+    hidden_states: torch.Tensor,
+    backend: Backend | str | None,
+    *,
+    exact: Callable[[], Any] | None = None,
+    cache: Any = None,
+    output_hidden_states: bool = False,
+    cache_position: torch.Tensor | None = None,
+    return_packed: bool = False,
+    layer_callback: LayerCallback | None = None,
+) -> Any:
+    """Run ``route`` (``xlmrxl.fast.route``'s decision for this call) on ``encoder`` (see the module docstring).
+
+    ``exact``: the caller's exact execution, called without arguments when the route is ``EXACT`` (None: an
+    ``EXACT`` route is a ValueError naming its reasons). ``cache``: the KV cache a ``CACHED`` route drives (an
+    encoder-decoder cache's ``self_attention_cache`` is used). ``return_packed`` / ``layer_callback``: of
+    ``stack.encoder_forward`` (packed route only)."""
+    path = route.path
+    if not torch.compiler.is_compiling():  # (torch.compile traces this call: nothing recorded inside the graph)
+        record.ROUTES[path] += 1  # (counting: integer increments, no call)
+        d = encoder.__dict__
+        d["_xlmrxl_last_route"] = (path, route.not_supported, route.wanted)
+        d["_xlmrxl_last_graph"] = None
+        if path == EXACT:
+            record.count_fallbacks(route)
+        if record.logger.isEnabledFor(DEBUG):
+            record.log_call(route, hidden_states)
+    if path == EXACT:
+        if exact is None:
+            raise ValueError(f"this call cannot take the fused path: {describe(route.reasons)}")
+        return exact()
+    be = backend if isinstance(backend, Backend) else Backend(backend)
+    if path == CACHED:
+        self_cache = getattr(cache, "self_attention_cache", cache)
+        return decode.decoder_forward(
+            encoder,
+            hidden_states,
+            route.mask,
+            self_cache,
+            be,
+            output_hidden_states=bool(output_hidden_states),
+            cache_position=cache_position,
+        )
+    return encoder_forward(
+        encoder,
+        hidden_states,
+        route.mask,
+        be,
+        output_hidden_states=bool(output_hidden_states),
+        return_packed=return_packed,
+        causal=route.causal,
+        layer_callback=layer_callback,
+    )
+
+
+def pack(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, Packing]:
+    """Gather the real tokens of ``hidden_states`` (B, S, H) per the 2D ``attention_mask`` (nonzero = real).
+
+    One host sync (the per-row lengths) when a mask is given; none without one."""
+    B, S = hidden_states.shape[:2]
+    dev = hidden_states.device
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
+        raise ValueError(
+            f"attention_mask must have shape (batch, seq) = ({B}, {S}) to match the hidden states, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if attention_mask is None or S == 0:  # (no columns: every row is empty, nothing to read)
+        cu = torch.arange(B + 1, dtype=torch.int32, device=dev) * S
+        p = Packing(B, S, None, cu, S, (S,) * B)
+        return hidden_states.reshape(B * S, *hidden_states.shape[2:]), p
+    keep = attention_mask.to(device=dev) != 0
+    lengths = keep.sum(dim=1, dtype=torch.int32)
+    lens = lengths.tolist()  # the one host sync of the forward
+    total = sum(lens)
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    cu[1:] = torch.cumsum(lengths, dim=0, dtype=torch.int32)
+    if total == B * S:
+        p = Packing(B, S, None, cu, S, tuple(lens))
+    else:
+        # Stable sort puts real positions first, in order: their indices without a second sync (nonzero would sync).
+        order = torch.argsort((~keep).reshape(-1).to(torch.int8), stable=True)
+        p = Packing(B, S, order[:total], cu, max(lens) if lens else 0, tuple(lens))
+    flat = hidden_states.reshape(B * S, *hidden_states.shape[2:])  # (Packing.pack, inline)
+    return (flat if p.indices is None else flat.index_select(0, p.indices)), p
 
 
 def encoder_forward(
@@ -87,19 +189,21 @@ def encoder_forward(
     be = backend if isinstance(backend, Backend) else Backend(backend)
     causal = is_causal(encoder) if causal is None else bool(causal)
     x, packing = pack(hidden_states, attention_mask)
-    if packing.num_tokens == 0:  # every row fully padded (or no columns): nothing to compute
+    if x.shape[0] == 0:  # every row fully padded (or no columns): nothing to compute
         zeros = x.new_zeros((0, hidden_states.shape[-1]))
         collected = [zeros] * (len(encoder.layer) + 1) if output_hidden_states else None
         for i in range(len(encoder.layer) + 1) if layer_callback is not None else ():
             layer_callback(i, zeros, packing)
         return _finish(hidden_states, zeros, collected, packing, return_packed)
-    plans = layer_plans(encoder)
+    plans = _plans(encoder)
     ops = ops_for(be, x.device)
-    # a layer_callback runs Python between the layers: such a call always runs the eager stack, never a CUDA graph
-    if not output_hidden_states and layer_callback is None:
-        out = _graphed_stack(encoder, plans, x, packing, ops, causal)
-        if out is not None:
-            return _finish(hidden_states, out, None, packing, return_packed)
+    record.OPS[ops] += 1
+    # hidden states and a capturable layer callback (COMET's mix: ``graph_key``) are outputs of the graph too; any
+    # other callback runs Python between the layers, so such a call runs the eager stack
+    if layer_callback is None or getattr(layer_callback, "graph_key", None) is not None:
+        ran = _graphed_stack(encoder, plans, x, packing, ops, causal, bool(output_hidden_states), layer_callback)
+        if ran is not None:
+            return _finish(hidden_states, ran[0], ran[1], packing, return_packed)
     out, collected = _stack(plans, x, packing, ops, causal, bool(output_hidden_states), layer_callback)
     return _finish(hidden_states, out, collected, packing, return_packed)
 
@@ -171,54 +275,28 @@ def _stack(
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA graphs (xlmrxl.fast.graphs): the packed stack per (token bucket, segment bucket), the StaticCache decode step
 # ---------------------------------------------------------------------------------------------------------------
-def set_graph_mode(encoder: nn.Module, mode: bool | str | None = "auto", *, max_tokens: int | None = None) -> None:
-    """Use CUDA graphs for ``encoder``'s fused calls: ``"auto"`` (on CUDA, when the call fits the buckets), True,
-    False, ``"emulate"`` (the bucketed static-buffer path without capture, for CPU tests); None / ``"auto"`` read
-    ``XLMRXL_CUDA_GRAPHS`` now (once). Drops every captured graph; ``max_tokens``: the largest token bucket
-    (default 4096)."""
-    resolved = resolve_mode(mode)
-    d = encoder.__dict__
-    if max_tokens is not None:
-        token_buckets(int(max_tokens))  # (validates)
-        d["_xlmrxl_graph_max_tokens"] = int(max_tokens)
-    for runner in d.get("_xlmrxl_graph_runners", {}).values():
-        runner.reset()
-    d["_xlmrxl_graph_runners"] = _Runners()
-    d["_xlmrxl_graph_mode"] = resolved
-    d["_xlmrxl_graph_reasons"] = ()
-
-
-def graph_mode(encoder: nn.Module) -> bool | str:
-    """The effective CUDA-graph mode of ``encoder`` (``XLMRXL_CUDA_GRAPHS`` is read at the first call if never set)."""
-    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
-    if mode is None:
-        set_graph_mode(encoder, None)
-        mode = encoder.__dict__["_xlmrxl_graph_mode"]
-    return mode
-
-
-def graph_reasons(encoder: nn.Module) -> tuple[Reason, ...]:
-    """Why the last packed call of ``encoder`` ran eagerly instead of through CUDA graphs (empty: it did not)."""
-    return encoder.__dict__.get("_xlmrxl_graph_reasons", ())
-
-
-class _Runners(dict):
-    """Graph runners (closures, device buffers, graphs): a copy of the model or cache (deepcopy, pickle) starts
-    without any and captures its own."""
-
-    def __reduce_ex__(self, protocol: int):
-        return (_Runners, ())
+_NOT_CUDA: dict[str, tuple[Reason, ...]] = {}  # device type -> the reason (made once: a packed CPU call makes none)
 
 
 class _Holder:
-    __slots__ = ("plans",)
+    __slots__ = ("plans", "callback")
 
 
 def _graphed_stack(
-    encoder: nn.Module, plans: Plans, x: torch.Tensor, packing: Packing, ops: Ops, causal: bool
-) -> torch.Tensor | None:
-    """The packed stack through ``PackedGraphRunner`` (captured, or emulated), or None: run it eagerly (the
-    reasons in ``graph_reasons(encoder)``)."""
+    encoder: nn.Module,
+    plans: Plans,
+    x: torch.Tensor,
+    packing: Packing,
+    ops: Ops,
+    causal: bool,
+    hidden: bool = False,
+    callback: Any = None,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None] | None:
+    """The packed stack through ``PackedGraphRunner`` (captured, or emulated): ``(out, collected hidden states or
+    None)``, or None: run it eagerly (the reasons in ``graph_reasons(encoder)``). With ``hidden`` the L + 1 hidden
+    states are outputs of the graph; a capturable ``callback`` (``graph_key``, ``static_twin``, ``load``, ``begin``,
+    ``results``, ``finish``: COMET's ``PackedLayerMix``) runs inside it on a static twin whose inputs (the mix
+    weights) are copied in before each run, its results handed back by ``finish``."""
     d = encoder.__dict__
     mode = d.get("_xlmrxl_graph_mode")
     if mode is None:
@@ -230,9 +308,13 @@ def _graphed_stack(
         if dev.type != "cuda":
             if mode is True:
                 resolve_device_error(dev)
-            d["_xlmrxl_graph_reasons"] = (Reason(CUDA_GRAPHS, f"the tensors are on {dev.type}, not CUDA"),)
+            off = _NOT_CUDA.get(dev.type)
+            if off is None:
+                off = _NOT_CUDA[dev.type] = (Reason(CUDA_GRAPHS, f"the tensors are on {dev.type}, not CUDA"),)
+            d["_xlmrxl_graph_reasons"] = off
             return None
         if not ops.kernel("attention_varlen"):
+            record.graph_fallback()
             d["_xlmrxl_graph_reasons"] = (
                 Reason(
                     CUDA_GRAPHS,
@@ -242,34 +324,16 @@ def _graphed_stack(
             return None
         if in_capture():
             return None  # someone else's capture records us: no capture inside a capture
-    key = (ops, x.dtype, causal)
+    key = (ops, x.dtype, causal, hidden, None if callback is None else callback.graph_key)
     runners = d.get("_xlmrxl_graph_runners")
     if runners is None:
         runners = d["_xlmrxl_graph_runners"] = _Runners()
     runner = runners.get(key)
     if runner is None:
-        holder = _Holder()
-        kernel = ops.kernel("attention_varlen")
-
-        def run(xs: torch.Tensor, cu: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-            lengths = () if kernel else tuple(torch.diff(cu).tolist())  # (emulate with the reference attention)
-            p = Packing(cu.shape[0] - 1, 0, None, cu, max_seqlen, lengths)
-            return _stack(holder.plans, xs, p, ops, causal, False)[0]
-
-        pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
-        runner = PackedGraphRunner(
-            run,
-            hidden_size=x.shape[1],
-            dtype=x.dtype,
-            mode=mode,
-            pool=pool,
-            tensors=module_tensors(encoder),  # a graph reads addresses: every storage is compared per call
-            max_tokens=d.get("_xlmrxl_graph_max_tokens", 4096),
-        )
-        runner.holder = holder
-        runners[key] = runner
+        runner = runners[key] = _packed_runner(encoder, x, ops, causal, hidden, mode)
     T, B = x.shape[0], packing.batch
     if runner.bucket(T, B, packing.max_seqlen) is None:
+        record.graph_fallback()
         d["_xlmrxl_graph_reasons"] = (
             Reason(
                 CUDA_GRAPHS,
@@ -279,8 +343,55 @@ def _graphed_stack(
         )
         return None
     d["_xlmrxl_graph_reasons"] = ()
-    runner.holder.plans = plans
-    return runner(x, packing.cu_seqlens, packing.max_seqlen, key=plans.generation)
+    holder = runner.holder
+    holder.plans = plans
+    if callback is not None:
+        if holder.callback is None:
+            holder.callback = callback.static_twin()
+        holder.callback.load(callback)  # this call's inputs (COMET: the mix weights) into the static twin
+    elif holder.callback is not None:
+        holder.callback = None
+    res = runner(x, packing.cu_seqlens, packing.max_seqlen, key=plans.generation)
+    d["_xlmrxl_last_graph"] = runner.last_event
+    if not isinstance(res, tuple):
+        return res, None
+    n = len(plans) + 1 if hidden else 0
+    if callback is not None:
+        callback.finish(res[1 + n :], packing)
+    return res[0], list(res[1 : 1 + n]) if hidden else None
+
+
+def _packed_runner(encoder: nn.Module, x: torch.Tensor, ops: Ops, causal: bool, hidden: bool, mode) -> Any:
+    """A ``PackedGraphRunner`` whose ``run`` is the layer stack (and hidden states, callback) on static buffers."""
+    holder = _Holder()
+    holder.callback = None
+    kernel = ops.kernel("attention_varlen")
+
+    def run(xs: torch.Tensor, cu: torch.Tensor, max_seqlen: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        lengths = () if kernel else tuple(torch.diff(cu).tolist())  # (emulate with the reference attention)
+        p = Packing(cu.shape[0] - 1, 0, None, cu, max_seqlen, lengths)
+        cb = holder.callback
+        if cb is not None:
+            cb.begin(p)
+        out, collected = _stack(holder.plans, xs, p, ops, causal, hidden, cb)
+        extra = () if cb is None else tuple(cb.results())
+        if not hidden and not extra:
+            return out
+        return (out, *(collected or ()), *extra)
+
+    dev = x.device
+    pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
+    runner = PackedGraphRunner(
+        run,
+        hidden_size=x.shape[1],
+        dtype=x.dtype,
+        mode=mode,
+        pool=pool,
+        tensors=module_tensors(encoder),  # a graph reads addresses: every storage is compared per call
+        max_tokens=encoder.__dict__.get("_xlmrxl_graph_max_tokens", 4096),
+    )
+    runner.holder = holder
+    return runner
 
 
 def resolve_device_error(dev: torch.device) -> None:
@@ -288,170 +399,6 @@ def resolve_device_error(dev: torch.device) -> None:
         f"cuda_graphs=True but the tensors are on {dev.type}; CUDA graphs need a CUDA device. Use "
         f"cuda_graphs='auto' (graphs only on CUDA) or {ENV_VAR}=emulate to run the bucketed path here"
     )
-
-
-def _graphed_decode(
-    encoder: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cache: StaticCache, be
-) -> torch.Tensor | None:
-    """One cached decode step (S = 1) against an xlmrxl ``StaticCache`` through ``DecodeGraphRunner``, or None."""
-    mode = encoder.__dict__.get("_xlmrxl_graph_mode")
-    if mode is None:
-        mode = graph_mode(encoder)
-    if mode is False or (mode != "emulate" and (hidden_states.device.type != "cuda" or in_capture())):
-        return None
-    if any(k is None for k in cache.keys) or hidden_states.shape[0] != cache.batch_size:
-        return None
-    runners = cache.__dict__.get("_xlmrxl_decode_runners")
-    if runners is None:
-        runners = cache.__dict__["_xlmrxl_decode_runners"] = _Runners()
-    key = (encoder, be, hidden_states.dtype)
-    runner = runners.get(key)
-    if runner is None:
-
-        def step(hidden: torch.Tensor, mask: torch.Tensor | None, view: Any) -> torch.Tensor:
-            return _decoder_forward(encoder, hidden, mask, view, be, False, None)[0]
-
-        dev = hidden_states.device
-        pool = model_graph_pool(encoder) if dev.type == "cuda" and mode != "emulate" else None
-        runner = runners[key] = DecodeGraphRunner(
-            step,
-            cache,
-            hidden_size=hidden_states.shape[-1],
-            dtype=hidden_states.dtype,
-            mode=mode,
-            pool=pool,
-            tensors=module_tensors(encoder),
-        )
-    return runner(hidden_states, attention_mask, key=layer_plans(encoder).generation)
-
-
-def decoder_forward(
-    encoder: nn.Module,
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    cache: Any,
-    backend: Backend | str | None,
-    *,
-    output_hidden_states: bool | None = False,
-    cache_position: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """Causal self-attention with a KV cache (incremental decoding, or a prefill that fills the cache).
-
-    ``hidden_states`` (B, S, H) are the new tokens' embeddings; ``attention_mask`` the 2D (B, past + S) keep mask
-    (left padding: zeros over the pads of the cached prefix and of the new tokens) or None (every key is real; pass
-    None for an all-ones mask, so no mask is read per layer); ``cache`` anything with
-    ``update(key_states, value_states, layer_idx[, cache_kwargs]) -> (keys, values)`` in (B, heads, K, D) and
-    ``get_seq_length()`` (xlmrxl's ``DynamicCache`` / ``StaticCache``, transformers' ``DynamicCache``; pass
-    ``.self_attention_cache`` of an encoder-decoder cache). ``cache_position``, when given, is handed to ``update``
-    as ``cache_kwargs={"cache_position": ...}`` (as the exact path does).
-
-    Nothing is packed (the cache is laid out per row). Per layer, on the ``B * S`` new rows only: one fused-QKV GEMM,
-    ``cache.update`` with this step's K/V (``StaticCache``: the compiled ``cache_update`` op writes strided views of
-    the QKV output in place; other caches get compact copies, so they never pin the QKV buffer),
-    ``backend.attention(q, K, V, mask, causal=True)`` with the S new queries against the cache's filled prefix
-    (queries aligned to the end of the keys; the kernel's decode path serves S <= 4), output projection + residual,
-    GELU FFN + residual. The cached length is read once per call (a host int for xlmrxl's caches): no host sync per
-    layer. Query rows that see no real key (left-padding positions of a prefill) come out of the kernel as zeros (of
-    the reference route: attending to their own key); only real positions are meaningful, as on the exact path.
-    Returns ``(last_hidden_state, all_hidden_states_or_None)``, both (B, S, H) per entry."""
-    if hidden_states.dim() != 3:
-        raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
-    be = backend if isinstance(backend, Backend) else Backend(backend)
-    if (
-        type(cache) is StaticCache
-        and hidden_states.shape[1] == 1
-        and not output_hidden_states
-        and (attention_mask is None or attention_mask.dim() == 2)
-    ):
-        last = _graphed_decode(encoder, hidden_states, attention_mask, cache, be)
-        if last is not None:
-            return last, None
-    return _decoder_forward(encoder, hidden_states, attention_mask, cache, be, output_hidden_states, cache_position)
-
-
-def _decoder_forward(
-    encoder: nn.Module,
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    cache: Any,
-    be: Backend,
-    output_hidden_states: bool | None,
-    cache_position: torch.Tensor | None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    B, S, H = hidden_states.shape
-    past = int(cache.get_seq_length())
-    if attention_mask is not None and tuple(attention_mask.shape) != (B, past + S):
-        raise ValueError(
-            f"attention_mask must be (batch, past + seq) = ({B}, {past + S}) with {past} cached "
-            f"positions, got {tuple(attention_mask.shape)}"
-        )
-    x = hidden_states.reshape(B * S, H)
-    ops = ops_for(be, x.device)
-    st = Stream(x, ops)
-    compact = not _copies_states(cache, past)
-    extra = () if cache_position is None else ({"cache_position": cache_position},)
-    sdpa = None if ops.kernel("attention") else _SdpaCausal(attention_mask, B, S, past, x.device)
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, layer_idx: int):
-        T, nh, d = q.shape
-        q4, k4, v4 = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
-        if compact:  # the cache keeps what it is given: hand it compact K/V, not views pinning the QKV buffer
-            k4, v4 = k4.contiguous(), v4.contiguous()
-        keys, values = cache.update(k4, v4, layer_idx, *extra)
-        if sdpa is not None:
-            o = sdpa(q4, keys, values, scale)
-        else:
-            o = ops.attention(q4, keys, values, attention_mask, scale=scale, causal=True)
-        return o.transpose(1, 2).reshape(T, nh, d)
-
-    collected = [hidden_states] if output_hidden_states else None
-    plans = layer_plans(encoder)
-    for i, plan in enumerate(plans):
-        run_layer(plan, st, attend, i)
-        if output_hidden_states and i < len(plans) - 1:
-            collected.append(st.materialize().reshape(B, S, H))
-    last = st.norm(plans.final).reshape(B, S, H)
-    if output_hidden_states:
-        collected.append(last)
-        return last, tuple(collected)
-    return last, None
-
-
-class _SdpaCausal:
-    """Where the backend picks the PyTorch reference for ``attention`` (CPU, ``backend="reference"``), the cached
-    causal attention runs as torch SDPA with a boolean keep mask built once per forward (not per layer):
-    ``attention_ref`` is an oracle (fp32 copies of the whole cache, explicit masks) and SDPA is the same maths, as the
-    exact path computes it. No mask at all for a one-token step without padding; ``is_causal`` for a prefill without
-    padding. A query row that would see no key (a pad position of a left-padded prefill) is let see its own key, so
-    no SDPA backend can return NaN for it; no real position ever reads a pad position's output."""
-
-    def __init__(
-        self, mask2d: torch.Tensor | None, B: int, S: int, past: int, device: torch.device | str | None
-    ) -> None:
-        self.is_causal = mask2d is None and S > 1 and past == 0
-        keep = None
-        if mask2d is not None or (S > 1 and past > 0):
-            K = past + S
-            i = torch.arange(S, device=device)[:, None]
-            keep = torch.arange(K, device=device)[None, :] <= i + past  # (S, K) causal, aligned to the end
-            if mask2d is not None:
-                keep = keep[None, None] & (mask2d != 0)[:, None, None, :]  # (B, 1, S, K)
-                own = torch.zeros_like(keep[0, 0])
-                own[:, past:] = torch.eye(S, dtype=torch.bool, device=device)
-                keep = keep | (own & ~keep.any(dim=-1, keepdim=True))
-        self.keep = keep
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, is_causal=self.is_causal, scale=scale)
-
-
-def _copies_states(cache: Any, past: int) -> bool:
-    """Does ``cache.update`` copy the states it is given (so strided views of the QKV output may be handed over)?
-    xlmrxl's ``StaticCache`` always (``cache_update`` writes its own buffers); xlmrxl's ``DynamicCache`` once it
-    holds tokens (``torch.cat``); anything else is not assumed to."""
-    if type(cache) is StaticCache or getattr(cache, "copies_states", False):
-        return True
-    return type(cache) is DynamicCache and past > 0
 
 
 def _finish(

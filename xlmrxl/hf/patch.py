@@ -21,7 +21,7 @@
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
   to be a plain padding (+ causal) mask; when it cannot be, that is a reason the route reports.
 - Causal LMs (``is_decoder``) with a KV cache (``use_cache`` / ``past_key_values``: transformers' ``DynamicCache`` /
-  ``EncoderDecoderCache``) run ``stack.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
+  ``EncoderDecoderCache``) run ``fast.decode.decoder_forward``: fused QKV, ``cache.update``, ``backend.attention(...,
   causal=True)``; the cache returned is the one transformers would return.
 - ``xlmrxl.fast.route`` decides each call (packed, cached or exact), exactly as for our own encoder; ``is_decoder``
   is read from the config per call. Whatever cannot be accelerated runs the **original** encoder code for that call,
@@ -56,13 +56,14 @@ import torch.nn.functional as F
 
 from ..backend import Backend
 from ..clients import find_encoder
-from ..fast import stack
-from ..fast.routing import CACHED, EXACT, Call, is_causal, route
+from ..fast.routing import CACHED, EXACT, PACKED, Call, is_causal, route
+from ..fast.stack import run
 from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
 from ..modeling.base import first_token_padded_reason, labels_on_padding
 from ..outputs import real_rows
 from ..quantization import quantize
+from .inputs import capture_state, fill_hidden_states, new_cache, padding_mask
 
 logger = logging.getLogger("xlmrxl")
 
@@ -347,75 +348,6 @@ def _first_padded(mask: torch.Tensor) -> bool:
     return mask.dim() >= 2 and mask.shape[-1] > 0 and bool((mask[..., 0] == 0).any())
 
 
-def _padding_mask(
-    state: _AccelState, mask: torch.Tensor | None, B: int, S: int, causal: bool
-) -> tuple[torch.Tensor | None, str | None]:
-    """The call's 2D keep mask (or None: every key real) and None; or (None, why it cannot be read).
-    The user's 2D mask captured at the model's forward wins (it covers the cached keys too); else the mask the encoder
-    was given is read back: 2D as is, 4D when it is a plain padding (+ causal) mask over the call's own keys."""
-    if state.captured is not None:
-        m = state.captured[0]
-        if m is None or (torch.is_tensor(m) and m.dim() == 2 and m.shape[0] == B):
-            return m, None
-    # The encoder was called directly, or with a mask the model expanded itself: read it back from what we got.
-    if mask is None:
-        return None, None
-    if not torch.is_tensor(mask):
-        return None, f"attention mask of type {type(mask).__name__} is not a tensor"
-    if mask.dim() == 2:
-        return mask, None
-    if (
-        mask.dim() != 4
-        or mask.shape[0] != B
-        or mask.shape[1] != 1
-        or mask.shape[-1] != S
-        or mask.shape[2] not in (1, S)
-    ):
-        return None, f"attention mask of shape {tuple(mask.shape)} is not a (batch, 1, q, keys) padding mask"
-    keep = mask if mask.dtype == torch.bool else mask == 0  # additive masks: 0 = attend, dtype-min = masked
-    row = keep[:, 0, -1, :]
-    if keep.shape[2] > 1 or causal:
-        expected = row[:, None, None, :].expand(B, 1, S, S)
-        if causal:
-            expected = expected & torch.ones(S, S, dtype=torch.bool, device=keep.device).tril()
-        if keep.shape[2] == 1 or not torch.equal(keep, expected):
-            return None, "the 4D attention mask is not a plain padding mask (custom masks run the exact path)"
-    return row, None
-
-
-def _capture_state(config: Any):
-    """transformers 5.x records hidden states / attentions with hooks on the layers while a collection is active.
-    Returns (reason or None, the collected-outputs dict to fill with hidden states or None)."""
-    try:
-        from transformers.utils.output_capturing import _active_collector
-    except Exception:
-        return None, None
-    try:
-        collected = _active_collector.get()
-    except Exception:  # pragma: no cover - private API changed
-        return "cannot tell whether transformers is capturing layer outputs", None
-    keys = [k for k in (collected or {}) if not k.startswith("_")]
-    if not keys:
-        return None, None
-    tie = getattr(config, "tie_last_hidden_states", None)
-    if (
-        keys == ["hidden_states"]
-        and isinstance(collected["hidden_states"], list)
-        and not collected["hidden_states"]
-        and tie in (None, True)
-    ):
-        return None, collected
-    return f"transformers is capturing {', '.join(keys)} with layer hooks (output_attentions)", None
-
-
-def _fill_hidden_states(collected: dict, all_hs) -> None:
-    """Append the hidden states the way transformers' capture hooks would (its selection of indices honoured)."""
-    out = collected["hidden_states"]
-    selection = collected.get("_hidden_states_layers")
-    for h in all_hs:
-        out.append(h if selection is None or len(out) in selection else None)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the replacement encoder forward
 # ---------------------------------------------------------------------------------------------------------------
@@ -443,12 +375,12 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
     caller_reasons = []
     collector = None
     if not legacy:
-        reason, collector = _capture_state(getattr(self, "config", None))
+        reason, collector = capture_state(getattr(self, "config", None))
         if reason is not None:
             caller_reasons.append(reason)
         elif collector is not None:
             out_hs = True
-    mask2d, reason = _padding_mask(state, get("attention_mask"), B, S, causal)
+    mask2d, reason = padding_mask(state.captured, get("attention_mask"), B, S, causal)
     if reason is not None:
         caller_reasons.append(reason)
     r = route(
@@ -466,23 +398,24 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
             caller_reasons=tuple(caller_reasons),
         ),
     )
+    if r.path == CACHED and pkv is None:
+        pkv = new_cache(self.config, encoder_decoder=legacy)
+    ran = run(
+        self,
+        r,
+        hidden_states,
+        state.backend,
+        cache=pkv,
+        output_hidden_states=out_hs,
+        exact=lambda: original(self, hidden_states, *args, **kwargs),
+    )
     if r.path == EXACT:
-        return original(self, hidden_states, *args, **kwargs)
-    if r.path == CACHED:
-        if pkv is None:
-            pkv = _new_cache(self.config, encoder_decoder=legacy)
-        self_cache = getattr(pkv, "self_attention_cache", pkv)
-        last, all_hs = stack.decoder_forward(
-            self, hidden_states, r.mask, self_cache, state.backend, output_hidden_states=out_hs
-        )
-    else:
-        last, all_hs = stack.encoder_forward(
-            self, hidden_states, r.mask, state.backend, output_hidden_states=out_hs, causal=r.causal
-        )
-        if state.packed is not None:  # inside a task head's forward: its masked-LM head may skip padded rows
-            state.packed = (r.mask,)
+        return ran
+    last, all_hs = ran
+    if r.path == PACKED and state.packed is not None:  # inside a task head's forward: its LM head may skip padding
+        state.packed = (r.mask,)
     if collector is not None:
-        _fill_hidden_states(collector, all_hs)
+        fill_hidden_states(collector, all_hs)
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions  # (transformers is optional)
 
     if legacy:  # 4.x returns whatever cache it was handed (or created)
@@ -493,16 +426,3 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
         )
     field = _output_cache_field(BaseModelOutputWithPastAndCrossAttentions)
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, **{field: pkv if use_cache else None})
-
-
-def _new_cache(config: Any, encoder_decoder: bool):
-    """The cache transformers' own encoder would create for ``use_cache=True`` without one."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    def dyn():
-        try:
-            return DynamicCache(config=config)
-        except TypeError:  # older signatures take no config
-            return DynamicCache()
-
-    return EncoderDecoderCache(dyn(), dyn()) if encoder_decoder else dyn()

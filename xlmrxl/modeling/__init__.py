@@ -11,7 +11,7 @@ Contract:
   ``attn_implementation="eager"``). fp32 parity with transformers is ~1e-7.
 - Full 4.56.2 feature set: ``head_mask`` ([H] or [L, H]), ``position_embedding_type`` relative_key /
   relative_key_query, ``output_attentions`` / ``output_hidden_states``, decoder mode (causal + padding mask),
-  cross-attention, ``past_key_values`` (``xlmrxl.cache`` objects, transformers' own cache objects, or legacy tuples;
+  cross-attention, ``past_key_values`` (``xlmrxl.caches`` objects, transformers' own cache objects, or legacy tuples;
   an ``EncoderDecoderCache`` is returned when the model creates one, as 4.56.2 does), ``return_dict=False`` tuples.
 - Models register **no buffers**: position ids and zero token types are computed on the fly, so the checkpoint loader
   can build a model under ``torch.device("meta")`` and materialise parameters straight into the target dtype/device.

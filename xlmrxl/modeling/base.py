@@ -14,6 +14,7 @@ from ..backend import Backend
 from ..checkpoint import load_pretrained, save_pretrained
 from ..config import XLMRobertaXLConfig
 from ..outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from ..record import LastRoute, last_route
 from .encoder import XLMRobertaXLEncoder
 from .layers import XLMRobertaXLLMHead
 
@@ -114,6 +115,13 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         return getattr(self, self.base_model_prefix, self)
 
     # -- properties ---------------------------------------------------------------------------------------------
+    @property
+    def last_route(self) -> LastRoute | None:
+        """The route of this model's last forward (``xlmrxl.record.LastRoute``: ``path``, ``reasons``, ``graph``,
+        ``why``); None before the first."""
+        encoder = getattr(self.base_model, "encoder", None)
+        return last_route(encoder) if encoder is not None else None
+
     @property
     def device(self) -> torch.device:
         for p in self.parameters():

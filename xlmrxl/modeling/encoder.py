@@ -1,7 +1,7 @@
 """The encoder: the layer stack and final LayerNorm, run fused (packed / cached) or on the exact path.
 
-Takes the **2D** (B, K) attention mask; builds the additive masks the exact-path layers need as transformers 4.56.2
-does; which path runs is decided by ``xlmrxl.fast.route``.
+Takes the **2D** (B, K) attention mask. ``forward`` is "route, then run": ``xlmrxl.fast.route`` decides how the call
+runs, ``xlmrxl.fast.run`` runs it (the exact path: ``_exact``, with the masks of ``xlmrxl.masks.exact_masks``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from ..backend import Backend
-from ..cache import DynamicCache, EncoderDecoderCache
+from ..caches import DynamicCache, EncoderDecoderCache, cached_length
 from ..config import XLMRobertaXLConfig
-from ..fast import stack
-from ..fast.routing import CACHED, PACKED, Call, route
-from ..masks import cached_length, causal_eager_mask, causal_sdpa_mask, expand_mask, padding_eager_mask
+from ..fast.routing import CACHED, EXACT, PACKED, Call, route
+from ..fast.stack import run
+from ..masks import exact_masks
 from ..outputs import BaseModelOutputWithPastAndCrossAttentions, set_packed_mask
 from .layers import XLMRobertaXLLayer
 
@@ -46,58 +46,6 @@ class XLMRobertaXLEncoder(nn.Module):
                 f"head_mask must have shape [num_heads] or [num_layers, num_heads], got {tuple(head_mask.shape)}"
             )
         return head_mask.to(dtype=dtype)
-
-    def _masks(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        encoder_hidden_states: torch.Tensor | None,
-        encoder_attention_mask: torch.Tensor | None,
-        past_length: int,
-        sdpa_masks: bool,
-        mask_is_full: bool | None,
-        encoder_mask_is_full: bool | None,
-    ):
-        """The additive self- and cross-attention masks exactly as 4.56.2's XLMRobertaXLModel.forward builds them
-        (None where they are all zeros: adding zeros changes nothing)."""
-        batch, seq_len = hidden_states.shape[:2]
-        dtype, device = hidden_states.dtype, hidden_states.device
-        # (tracing / compiling: never branch on data; a mask of ones gives the same result, built or not)
-        recording = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if attention_mask is not None and mask_is_full is None:
-            mask_is_full = False if recording else bool(torch.all(attention_mask == 1))
-        full = attention_mask is None or mask_is_full
-        if not self.config.is_decoder:
-            if full:
-                self_mask = None
-            elif sdpa_masks:
-                self_mask = expand_mask(attention_mask, dtype, seq_len)
-            else:
-                self_mask = padding_eager_mask(attention_mask, dtype)
-        else:
-            mask2d = attention_mask
-            if mask2d is None:
-                mask2d = torch.ones((batch, seq_len + past_length), device=device)
-            if sdpa_masks:
-                self_mask = (
-                    None
-                    if full and (seq_len == 1 or past_length == 0)
-                    else causal_sdpa_mask(mask2d, seq_len, past_length, dtype)
-                )
-            else:
-                self_mask = causal_eager_mask(mask2d, seq_len, dtype)
-
-        cross_mask = None
-        if self.config.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
-            if encoder_mask_is_full is None:
-                encoder_mask_is_full = False if recording else bool(torch.all(encoder_attention_mask == 1))
-            if not encoder_mask_is_full:
-                cross_mask = (
-                    expand_mask(encoder_attention_mask, dtype, seq_len)
-                    if sdpa_masks
-                    else padding_eager_mask(encoder_attention_mask, dtype)
-                )
-        return self_mask, cross_mask
 
     def forward(
         self,
@@ -140,50 +88,73 @@ class XLMRobertaXLEncoder(nn.Module):
                 padded_loss=padded_loss,
             ),
         )
-        if r.path == PACKED:
-            last, all_hidden = stack.encoder_forward(
-                self,
+        out = run(
+            self,
+            r,
+            hidden_states,
+            self.backend,
+            cache=past_key_values,
+            output_hidden_states=bool(output_hidden_states),
+            cache_position=cache_position,
+            exact=lambda: self._exact(
                 hidden_states,
-                r.mask,
-                self.backend,
-                output_hidden_states=bool(output_hidden_states),
-                causal=r.causal,
-            )
-            if not return_dict:
-                return tuple(v for v in (last, all_hidden) if v is not None)
-            out = BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, hidden_states=all_hidden)
-            return set_packed_mask(out, r.mask)  # zeros at padded positions: heads may skip them
-        if r.path == CACHED:  # causal self-attention with a KV cache: the fused decoder step (prefill or new tokens)
-            self_cache = getattr(past_key_values, "self_attention_cache", past_key_values)
-            last, all_hidden = stack.decoder_forward(
-                self,
-                hidden_states,
-                r.mask,
-                self_cache,
-                self.backend,
-                output_hidden_states=bool(output_hidden_states),
-                cache_position=cache_position,
-            )
-            if not return_dict:
-                return tuple(v for v in (last, past_key_values, all_hidden) if v is not None)
-            return BaseModelOutputWithPastAndCrossAttentions(
-                last_hidden_state=last, past_key_values=past_key_values, hidden_states=all_hidden
-            )
+                attention_mask,
+                head_mask,
+                encoder_hidden_states,
+                encoder_attention_mask,
+                past_key_values,
+                bool(output_attentions),
+                bool(output_hidden_states),
+                cache_position,
+                mask_is_full,
+                encoder_mask_is_full,
+            ),
+        )
+        if r.path == EXACT:
+            hidden, past_key_values, all_hidden, all_attn, all_cross = out
+        else:
+            (hidden, all_hidden), all_attn, all_cross = out, None, None
+            past_key_values = past_key_values if r.path == CACHED else None
+        if not return_dict:
+            return tuple(v for v in (hidden, past_key_values, all_hidden, all_attn, all_cross) if v is not None)
+        result = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values,
+            hidden_states=all_hidden,
+            attentions=all_attn,
+            cross_attentions=all_cross,
+        )
+        return set_packed_mask(result, r.mask) if r.path == PACKED else result  # zeros at padding: heads may skip
 
-        past_length = cached_length(past_key_values)
-
+    def _exact(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        head_mask: torch.Tensor | list | None,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+        past_key_values: Any,
+        output_attentions: bool,
+        output_hidden_states: bool,
+        cache_position: torch.Tensor | None,
+        mask_is_full: bool | None,
+        encoder_mask_is_full: bool | None,
+    ) -> tuple:
+        """The exact (unfused) path, as transformers 4.56.2 runs it: ``(last, cache, hidden states, attentions,
+        cross-attentions)``."""
         sdpa_masks = (
             getattr(self.config, "attn_implementation", "sdpa") == "sdpa"
             and self.config.position_embedding_type == "absolute"
             and head_mask is None
             and not output_attentions
         )
-        self_mask, cross_mask = self._masks(
+        self_mask, cross_mask = exact_masks(
+            self.config,
             hidden_states,
             attention_mask,
             encoder_hidden_states,
             encoder_attention_mask,
-            past_length,
+            cached_length(past_key_values),
             sdpa_masks,
             mask_is_full,
             encoder_mask_is_full,
@@ -214,13 +185,4 @@ class XLMRobertaXLEncoder(nn.Module):
         hidden_states = self.LayerNorm(hidden_states)
         if output_hidden_states:
             all_hidden = all_hidden + (hidden_states,)
-
-        if not return_dict:
-            return tuple(v for v in (hidden_states, past_key_values, all_hidden, all_attn, all_cross) if v is not None)
-        return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
-            hidden_states=all_hidden,
-            attentions=all_attn,
-            cross_attentions=all_cross,
-        )
+        return hidden_states, past_key_values, all_hidden, all_attn, all_cross

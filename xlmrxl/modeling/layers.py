@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..caches.view import cached_layer
 from ..config import XLMRobertaXLConfig
-from ..masks import cached_layer, create_position_ids_from_input_ids
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,10 @@ class XLMRobertaXLEmbeddings(nn.Module):
     ) -> torch.Tensor:
         if position_ids is None and self.position_embedding_type == "absolute":
             if input_ids is not None:
-                position_ids = create_position_ids_from_input_ids(input_ids, self.padding_idx, past_key_values_length)
+                # xlmrxl.masks.create_position_ids_from_input_ids (fairseq's make_positions), inline
+                real = input_ids.ne(self.padding_idx).int()
+                position_ids = (torch.cumsum(real, dim=1).type_as(real) + past_key_values_length) * real
+                position_ids = position_ids.long() + self.padding_idx
             else:
                 position_ids = self.create_position_ids_from_inputs_embeds(inputs_embeds)
         if inputs_embeds is None:

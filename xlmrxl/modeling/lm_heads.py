@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import CrossEntropyLoss
 
+from ..caches.view import cached_length
 from ..config import XLMRobertaXLConfig
 from ..generation import generate
-from ..masks import cached_length, create_position_ids_from_input_ids
+from ..masks import create_position_ids_from_input_ids
 from ..outputs import CausalLMOutputWithCrossAttentions, MaskedLMOutput, packed_mask, real_rows
 from .backbone import XLMRobertaXLModel
 from .base import XLMRobertaXLPreTrainedModel, backbone_tail, labels_on_padding, nested_model

@@ -10,7 +10,7 @@ states it receives. ``update`` writes the step's (B, H, T, D) states into slots 
 prefix views** ``keys[:, :, :n + T]`` / ``values[:, :, :n + T]`` (no copy), so attention only ever sees cached
 tokens and the attention mask keeps its usual (B, n + T) shape.
 
-It implements the ``xlmrxl.cache.Cache`` contract (``update``, ``get_seq_length``, ``get_layer``,
+It implements the ``xlmrxl.caches.Cache`` contract (``update``, ``get_seq_length``, ``get_layer``,
 ``get_max_cache_shape``, ``reorder_cache``, ``crop``, ``reset``) and therefore works as ``past_key_values`` of our
 models, and inside an ``EncoderDecoderCache(StaticCache(...), StaticCache(...))`` for decoders with
 cross-attention (the cross-attention one needs ``max_length`` >= the encoder length).
@@ -38,7 +38,7 @@ import torch
 
 from xlmrxl_kernels.cache_update import cache_reorder, cache_reset, cache_update
 
-from .cache import Cache
+from .dynamic import Cache
 
 logger = logging.getLogger("xlmrxl")
 

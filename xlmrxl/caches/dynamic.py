@@ -2,7 +2,7 @@
 ``EncoderDecoderCache`` pair, mirroring transformers 4.56.2's classes of the same names.
 
 The contract the attention layers rely on (and the only methods they call), so any ``Cache`` subclass, e.g. the
-preallocated ``xlmrxl.static_cache.StaticCache``, slots in:
+preallocated ``xlmrxl.caches.StaticCache``, slots in:
 
 - ``update(key_states, value_states, layer_idx, cache_kwargs=None) -> (keys, values)``: append this step's
   (B, H, S_new, D) states for one layer and return everything cached for it, (B, H, S_past + S_new, D).
