@@ -166,6 +166,12 @@ TYPED = (
     "demo",
     "clients",
     "comet",
+    "serve",
+    "logging",
+    "record",
+    "tiny",
+    "pooling",
+    "progress",
 )
 
 
