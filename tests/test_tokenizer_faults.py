@@ -257,7 +257,7 @@ def _valid_text(x) -> bool:
 
 
 def _plain(enc) -> dict:
-    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in dict(enc).items()}
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in dict(enc).items()}
 
 
 def _lengths(ids) -> list[int]:

@@ -40,3 +40,18 @@ def check_text(text: Any, where: str) -> str:
             "text.encode('utf-8', 'replace').decode('utf-8')"
         ) from None
     return text
+
+
+class UnsupportedArgument(TypeError, ValueError):
+    """A keyword argument (or value) transformers takes that this tokenizer does not implement: refused by name
+    rather than dropped. A TypeError, like any unexpected keyword; also a ValueError for bad values."""
+
+
+def refuse_unknown(where: str, kwargs: dict[str, Any], fix: str = "") -> None:
+    """Raise ``UnsupportedArgument`` naming every keyword in ``kwargs`` (the ones ``where`` does not implement)."""
+    if kwargs:
+        names = ", ".join(f"{k}={v!r:.40}" for k, v in sorted(kwargs.items()))
+        raise UnsupportedArgument(
+            f"{where} got keyword argument(s) it does not implement: {names}. They are refused rather than ignored; "
+            + (fix or "drop them, or use transformers' tokenizer for them")
+        )

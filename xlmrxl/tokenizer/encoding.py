@@ -32,20 +32,36 @@ class BatchEncoding(dict):
         self.update(state)
 
 
+def as_tensor(rows: Any, return_tensors: str, key: str = "input_ids"):
+    """``rows`` (a list, or a list of equal-length lists) as a long tensor ('pt') or int64 array ('np')."""
+    lengths = {len(r) for r in rows if isinstance(r, (list, tuple))}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"cannot make one tensor of {key!r} from sequences of lengths {sorted(lengths)}; pass "
+            f"padding=True (and truncation=True for overlong inputs) with return_tensors={return_tensors!r}"
+        )
+    if return_tensors == "np":
+        import numpy as np
+
+        return np.asarray(rows, dtype=np.int64)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def convert(enc: BatchEncoding, return_tensors: str | None) -> BatchEncoding:
+    """``enc`` with every field made a tensor / array (batched fields; in place); unchanged for None."""
+    if return_tensors is not None:
+        for k, v in enc.items():
+            enc[k] = as_tensor(v, return_tensors, k)
+    return enc
+
+
 def collate(padded: list[dict[str, Any]], want_mask: bool, return_tensors: str | None, batched: bool) -> BatchEncoding:
     """The encoded rows as one ``BatchEncoding``: lists of rows for a batch, one row's lists for a single input, or
-    ``(batch, length)`` long tensors with ``return_tensors='pt'`` (the rows must then have one length)."""
+    ``(batch, length)`` long tensors / int64 arrays with ``return_tensors='pt'`` / ``'np'`` (the rows must then
+    have one length)."""
     keys = list(padded[0].keys()) if padded else ["input_ids"] + (["attention_mask"] if want_mask else [])
-    if return_tensors == "pt":
-        lengths = {len(e["input_ids"]) for e in padded}
-        if len(lengths) > 1:
-            raise ValueError(
-                f"cannot make one tensor from sequences of lengths {sorted(lengths)}; pass "
-                "padding=True (and truncation=True for overlong inputs) with return_tensors='pt'"
-            )
-        data = {k: torch.tensor([e[k] for e in padded], dtype=torch.long) for k in keys}
-    elif batched:
-        data = {k: [e[k] for e in padded] for k in keys}
-    else:
-        data = dict(padded[0])
-    return BatchEncoding(data)
+    if return_tensors is not None:
+        return convert(BatchEncoding({k: [e[k] for e in padded] for k in keys}), return_tensors)
+    if batched:
+        return BatchEncoding({k: [e[k] for e in padded] for k in keys})
+    return BatchEncoding(dict(padded[0]))

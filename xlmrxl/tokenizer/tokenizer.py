@@ -52,8 +52,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checks import check_int, check_text
-from .encoding import BatchEncoding, collate
+from .calls import EncodeMixin
+from .checks import check_int, check_text, refuse_unknown
 from .files import (
     SPECIAL_TOKEN_ATTRS,
     VOCAB_FILE,
@@ -63,17 +63,15 @@ from .files import (
     read_settings,
     write_files,
 )
-from .inputs import split_inputs
-from .padding import pad_row, pad_target
-from .strategies import VERY_LARGE_INTEGER, resolve_strategies
-from .truncation import truncate
+from .offsets import Normalizer, piece_offsets
+from .strategies import VERY_LARGE_INTEGER
 
 logger = logging.getLogger("xlmrxl")
 
 SPIECE_UNDERLINE = "\u2581"
 
 
-class XLMRobertaTokenizer:
+class XLMRobertaTokenizer(EncodeMixin):
     """SentencePiece-backed XLM-RoBERTa tokenizer with transformers' API (see the module docstring)."""
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -122,6 +120,7 @@ class XLMRobertaTokenizer:
         specials = sorted(self.fairseq_tokens_to_ids, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
         self._lstrip = {"<mask>"}  # transformers gives <mask> lstrip=True; the others strip nothing
+        self._normalizer = None  # built on the first return_offsets_mapping=True
 
     @staticmethod
     def _check_side(name: str, value: str) -> str:
@@ -284,34 +283,75 @@ class XLMRobertaTokenizer:
                 parts[i - 1] = parts[i - 1].rstrip()
         return parts
 
-    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
-        """The pieces of ``text`` (special tokens written in the text stay whole), without ``<s>``/``</s>``."""
-        if kwargs:
-            logger.warning("xlmrxl: tokenize() ignores keyword arguments %s", sorted(kwargs))
+    def tokenize(
+        self,
+        text: str,
+        pair: str | None = None,
+        add_special_tokens: bool = False,
+        *,
+        split_special_tokens: bool = False,
+        is_split_into_words: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
+        """The pieces of ``text`` (special tokens written in the text stay whole unless ``split_special_tokens``);
+        with ``pair`` and ``add_special_tokens=True`` the pieces of the model input, as the fast tokenizer gives.
+        ``is_split_into_words`` changes nothing here (one text is one word), as in transformers."""
+        refuse_unknown("XLMRobertaTokenizer.tokenize", kwargs)
         check_text(text, "text")
+        if pair is not None or add_special_tokens:
+            ids = self(text, pair, add_special_tokens=add_special_tokens, split_special_tokens=split_special_tokens)
+            return self.convert_ids_to_tokens(ids["input_ids"])
         out: list[str] = []
-        for part in self._split_special(text):
+        for part in [text] if split_special_tokens else self._split_special(text):
             if not part:
                 continue
-            if part in self.fairseq_tokens_to_ids:
+            if part in self.fairseq_tokens_to_ids and not split_special_tokens:
                 out.append(part)
             else:
                 out.extend(self.sp_model.encode(part, out_type=str))
         return out
 
-    def _encode_text(self, text: str) -> list[int]:
+    def _encode_text(self, text: str, split_special_tokens: bool = False) -> list[int]:
         check_text(text, "text")
         ids: list[int] = []
-        for part in self._split_special(text):
+        for part in [text] if split_special_tokens else self._split_special(text):
             if not part:
                 continue
-            tid = self.fairseq_tokens_to_ids.get(part)
+            tid = None if split_special_tokens else self.fairseq_tokens_to_ids.get(part)
             if tid is not None:
                 ids.append(tid)
             else:
                 # SP id 0 is <unk> -> fairseq 3; every other id shifts by the fairseq offset
                 ids.extend(i + self.fairseq_offset if i else self.unk_token_id for i in self.sp_model.encode(part))
         return ids
+
+    def _encode_offsets(self, text: str, split_special_tokens: bool = False) -> tuple[list[int], list]:
+        """Ids of ``text`` and each token's ``(start, end)`` character offsets, as transformers' fast tokenizer
+        gives them (a special token written in the text spans the whitespace its ``lstrip`` took)."""
+        check_text(text, "text")
+        ids: list[int] = []
+        offs: list[tuple[int, int]] = []
+        pos = 0
+        parts = [text] if split_special_tokens else self._special_re.split(text)
+        for i, part in enumerate(parts):
+            special = i % 2 == 1 and not split_special_tokens
+            if special:
+                start = pos
+                if part in self._lstrip:  # the whitespace before it belongs to it
+                    start -= len(parts[i - 1]) - len(parts[i - 1].rstrip())
+                ids.append(self.fairseq_tokens_to_ids[part])
+                offs.append((start, pos + len(part)))
+            elif part:
+                chunk = part
+                if i + 1 < len(parts) and parts[i + 1] in self._lstrip and not split_special_tokens:
+                    chunk = part.rstrip()
+                if self._normalizer is None:
+                    self._normalizer = Normalizer(self.vocab_file)
+                for sp_id, (s, e) in piece_offsets(self._normalizer, self.sp_model, chunk, f"text {text!r:.60}"):
+                    ids.append(sp_id + self.fairseq_offset if sp_id else self.unk_token_id)
+                    offs.append((pos + s, pos + e))
+            pos += len(part)
+        return ids, offs
 
     def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
         if pair_ids is None:
@@ -327,123 +367,20 @@ class XLMRobertaTokenizer:
     def num_special_tokens_to_add(pair: bool = False) -> int:
         return 4 if pair else 2
 
-    # -- strategies (transformers' rules) -----------------------------------------------------------------------
-    def _prepare(self, ids, pair_ids, add_special_tokens, trunc, max_length, want_tt, want_special, name="the input"):
-        total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
-        if add_special_tokens:
-            total += self.num_special_tokens_to_add(pair_ids is not None)
-        if trunc != "do_not_truncate" and max_length is not None and total > max_length:
-            ids, pair_ids = truncate(ids, pair_ids, total - max_length, trunc, self.truncation_side, name)
-        if add_special_tokens:
-            seq = self.build_inputs_with_special_tokens(ids, pair_ids)
-            special = self.get_special_tokens_mask(ids, pair_ids)
-        else:
-            seq = ids + (pair_ids or [])
-            special = [0] * len(seq)
-        out = {"input_ids": seq}
-        if want_tt:
-            out["token_type_ids"] = [0] * len(seq)
-        if want_special:
-            out["special_tokens_mask"] = special
-        if max_length is None and len(seq) > self.model_max_length:
-            logger.warning(
-                "xlmrxl: sequence of %d tokens is longer than model_max_length=%d; the model will fail "
-                "on it. Pass truncation=True.",
-                len(seq),
-                self.model_max_length,
-            )
-        return out
-
-    # -- the main entry -----------------------------------------------------------------------------------------
-    def __call__(
-        self,
-        text: str | Sequence[str],
-        text_pair: None | str | Sequence[str] = None,
-        *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: None | bool | str = None,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool | None = True,
-        return_token_type_ids: bool | None = False,
-        return_special_tokens_mask: bool = False,
-        return_length: bool = False,
-        **kwargs: Any,
-    ) -> BatchEncoding:
-        """Encode one text, a pair, or a batch (list) of texts / pairs; see the module docstring for the rules."""
-        if kwargs.pop("is_split_into_words", False):
-            raise NotImplementedError("is_split_into_words=True is not supported; pass plain strings")
-        if kwargs:
-            logger.warning("xlmrxl: the tokenizer ignores keyword arguments %s", sorted(kwargs))
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use None (lists) or 'pt'")
-        batched, texts, pairs, names, paired = split_inputs(text, text_pair)
-        pad, trunc, max_length = resolve_strategies(
-            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
-        )
-        if trunc != "do_not_truncate" and max_length is not None and texts:
-            need = self.num_special_tokens_to_add(paired) if add_special_tokens else 0
-            if max_length < max(need, 1):
-                raise ValueError(
-                    f"truncation to max_length={max_length} is impossible: "
-                    + (f"{'a pair' if paired else 'a text'} takes {need} special tokens" if need else "")
-                    + (" alone; " if need else "no tokens would be left; ")
-                    + f"pass max_length >= {max(need, 1)} (XLM-R models take up to 512), or truncation=False"
-                )
-        if trunc == "only_second" and any(p is None for p in pairs):
-            # transformers silently keeps such inputs whole; say so once
-            logger.warning("xlmrxl: truncation='only_second' does not truncate inputs that have no text_pair")
-        want_mask = bool(return_attention_mask) if return_attention_mask is not None else True
-        want_tt = bool(return_token_type_ids)
-
-        encs = [
-            self._prepare(
-                self._encode_text(t),
-                self._encode_text(p) if p is not None else None,
-                add_special_tokens,
-                trunc,
-                max_length,
-                want_tt,
-                return_special_tokens_mask,
-                names[i] if batched else "the input",
-            )
-            for i, (t, p) in enumerate(zip(texts, pairs))
-        ]
-        target = pad_target([len(e["input_ids"]) for e in encs], pad, max_length, pad_to_multiple_of)
-        padded = []
-        for e in encs:
-            n = len(e["input_ids"])
-            if target is not None:
-                e = pad_row(e, target, want_mask, self.padding_side, self.pad_token_id, self.pad_token_type_id)
-            elif want_mask:
-                e = dict(e, attention_mask=[1] * n)
-            if return_length:  # as the slow tokenizer: a batch reports unpadded lengths, a single input its padded one
-                e["length"] = n if batched else len(e["input_ids"])
-            padded.append(e)
-        return collate(padded, want_mask, return_tensors, batched)
-
-    def encode(
-        self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs: Any
-    ) -> list[int]:
-        """Ids of one text (or pair), as a list (or a (1, L) tensor with ``return_tensors='pt'``)."""
-        if isinstance(text, (list, tuple)):
-            raise TypeError("encode() takes one text; call the tokenizer itself on a list of texts")
-        kwargs.pop("return_attention_mask", None)
-        return self(text, text_pair, add_special_tokens=add_special_tokens, return_attention_mask=False, **kwargs)[
-            "input_ids"
-        ]
-
     # -- ids -> text --------------------------------------------------------------------------------------------
     def decode(
         self,
         token_ids,
         skip_special_tokens: bool = False,
         clean_up_tokenization_spaces: bool | None = None,
+        spaces_between_special_tokens: bool = True,
+        use_source_tokenizer: bool = False,
         **kwargs: Any,
     ) -> str:
-        """Text of ``token_ids`` (int, list or tensor): pieces joined, ``▁`` -> space, ends stripped."""
+        """Text of ``token_ids`` (int, list or tensor): pieces joined, ``▁`` -> space, ends stripped.
+        ``spaces_between_special_tokens`` and ``use_source_tokenizer`` only concern added (non-special) tokens,
+        which this tokenizer has none of: they change nothing, as in transformers."""
+        refuse_unknown("XLMRobertaTokenizer.decode", kwargs)
         ids = _to_py(token_ids)
         if isinstance(ids, int):
             ids = [ids]
@@ -461,10 +398,14 @@ class XLMRobertaTokenizer:
         clean_up_tokenization_spaces: bool | None = None,
         **kwargs: Any,
     ) -> list[str]:
+        """``decode`` of each sequence (the keywords are ``decode``'s)."""
         seqs = _to_py(sequences)
         return [
             self.decode(
-                s, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+                s,
+                skip_special_tokens=skip_special_tokens,
+                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                **kwargs,
             )
             for s in seqs
         ]
