@@ -57,29 +57,51 @@ def _refuse(where: str, why: str) -> UnsupportedArgument:
     )
 
 
+def _clusters(text: str) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each (approximate) grapheme cluster of ``text``."""
+    out: list[tuple[int, int]] = []
+    for k, c in enumerate(text):
+        if out and _extends(c, text[k - 1]):
+            out[-1] = (out[-1][0], k + 1)
+        else:
+            out.append((k, k + 1))
+    return out
+
+
 def fast_normalized(norm: Normalizer, text: str, where: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """The fast tokenizer's normalized ``text`` (a list of chars) and each char's ``(start, end)`` in ``text``."""
+    """The fast tokenizer's normalized ``text`` (a list of chars) and each char's ``(start, end)`` in ``text``.
+
+    The fast tokenizer maps a cluster under 6 bytes as a whole, by the first entry of the map that is a prefix of
+    it (so a CR LF becomes the one space CR maps to, e + U+0301 becomes é); a longer one, and a lone char, char
+    by char. Output char i
+    of an input of n chars is aligned to input char min(i, n - 1); a char mapped to nothing is dropped."""
     chars: list[str] = []
     align: list[tuple[int, int]] = []
     expanded = False  # whether the last output char is an insertion (the fast tokenizer's "+1" change)
-    for k, c in enumerate(text):
-        if k and _extends(c, text[k - 1]):
-            start = k - 1
-            while start and _extends(text[start], text[start - 1]):
-                start -= 1
-            cluster = text[start : k + 1]
-            short = len(cluster.encode("utf-8")) < 6  # the fast tokenizer maps clusters under 6 bytes as a whole
-            if short and (norm(cluster) != cluster or any(norm(x) != x for x in cluster)):
-                raise _refuse(where, f"the character cluster {cluster!r} at position {start} is normalized as a whole")
-        n = norm(c)
+    units: list[tuple[int, int, str]] = []  # (start, stop, the map entry that replaces text[start:stop])
+    for start, stop in _clusters(text):
+        cluster = text[start:stop]
+        if stop - start == 1 or len(cluster.encode("utf-8")) >= 6:
+            units += [(k, k + 1, text[k]) for k in range(start, stop)]
+        elif norm(cluster[0]) != cluster[0]:
+            units.append((start, stop, cluster[0]))
+        elif norm(cluster[1]) == cluster[1] and norm(cluster[:2]) != cluster[:2]:  # a 2-char entry (e + U+0301)
+            units.append((start, stop, cluster[:2]))
+        elif norm(cluster) == cluster and all(norm(x) == x for x in cluster):
+            units += [(k, k + 1, text[k]) for k in range(start, stop)]
+        else:
+            raise _refuse(where, f"the character cluster {cluster!r} at position {start} is normalized as a whole")
+    for start, stop, key in units:
+        n = norm(key)
         if not n:
             if not chars or expanded:
-                raise _refuse(where, f"the character {c!r} at position {k} is removed by normalization")
+                raise _refuse(where, f"the character {text[start]!r} at position {start} is removed by normalization")
             continue
-        for x in n:
+        for i, x in enumerate(n):
+            k = start + min(i, stop - start - 1)
             chars.append(x)
             align.append((k, k + 1))
-        expanded = len(n) > 1
+        expanded = len(n) > stop - start
     while chars and chars[-1] in WHITE_SPACE:  # Strip(right)
         chars.pop()
         align.pop()

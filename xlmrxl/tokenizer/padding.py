@@ -24,12 +24,12 @@ def pad_target(lengths: list[int], pad: str, max_length: int | None, pad_to_mult
 
 
 def pad_row(
-    enc: dict[str, list[int]], length: int, want_mask: bool, side: str, pad_id: int, pad_type_id: int
-) -> dict[str, list[int]]:
+    enc: dict[str, list], length: int, want_mask: bool, side: str, pad_id: int, pad_type_id: int
+) -> dict[str, list]:
     """``enc`` padded to ``length`` on ``side`` (adding ``attention_mask`` when ``want_mask``)."""
     n = len(enc["input_ids"])
     gap = length - n
-    fills = {"input_ids": pad_id, "token_type_ids": pad_type_id, "special_tokens_mask": 1}
+    fills = {"input_ids": pad_id, "token_type_ids": pad_type_id, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
     out = {}
     if want_mask:
         enc = dict(enc, attention_mask=[1] * n)

@@ -298,9 +298,13 @@ class XLMRobertaTokenizer(EncodeMixin):
         ``is_split_into_words`` changes nothing here (one text is one word), as in transformers."""
         refuse_unknown("XLMRobertaTokenizer.tokenize", kwargs)
         check_text(text, "text")
-        if pair is not None or add_special_tokens:
-            ids = self(text, pair, add_special_tokens=add_special_tokens, split_special_tokens=split_special_tokens)
-            return self.convert_ids_to_tokens(ids["input_ids"])
+        if pair is not None or add_special_tokens:  # the fast tokenizer's tokenize(text, pair, add_special_tokens)
+            first = self.tokenize(text, split_special_tokens=split_special_tokens)
+            second = None if pair is None else self.tokenize(pair, split_special_tokens=split_special_tokens)
+            if not add_special_tokens:
+                return first + (second or [])
+            out = [self.cls_token] + first + [self.sep_token]
+            return out + ([self.sep_token] + second + [self.sep_token] if second is not None else [])
         out: list[str] = []
         for part in [text] if split_special_tokens else self._split_special(text):
             if not part:
