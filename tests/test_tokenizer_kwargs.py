@@ -30,6 +30,13 @@ SHORT = ["Hello <mask>!", "週末は友達と山に登りました。", "  leadi
 PAIRS = [(LONG[0], SHORT[1]), (SHORT[0], LONG[3]), (LONG[4], LONG[5])]
 WORDS = [["Hello", "wor ld", " café", "<mask>", "今天"], ["a", "b"], ["Утром", "над", "рекой"]]
 METHODS = ["__call__", "encode", "encode_plus", "batch_encode_plus", "pad", "decode", "batch_decode", "tokenize"]
+HELPERS = [
+    "get_special_tokens_mask",
+    "build_inputs_with_special_tokens",
+    "create_token_type_ids_from_sequences",
+    "convert_ids_to_tokens",
+    "from_pretrained",
+]
 # keywords transformers reads from **kwargs (documented, not in the signatures)
 HIDDEN = {
     "__call__": ["split_special_tokens"],
@@ -39,7 +46,7 @@ HIDDEN = {
     "tokenize": ["split_special_tokens", "is_split_into_words"],
 }
 POSITIONAL = {"self", "kwargs", "text", "text_pair", "batch_text_or_text_pairs", "encoded_inputs", "token_ids"}
-POSITIONAL |= {"sequences"}
+POSITIONAL |= {"sequences", "token_ids_0", "token_ids_1", "ids", "pretrained_model_name_or_path", "init_inputs"}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +111,7 @@ SLOW_CASES = {
 }
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + HELPERS)
 def test_every_transformers_kwarg_has_a_case(method):
     covered = set(SLOW_CASES) | set(SPECIAL)
     missing = [k for k in kwargs_of(method) if k not in covered]
@@ -353,7 +360,44 @@ def test_tokenize_kwargs(toks):
             assert ours.tokenize(t, SHORT[1], add_special_tokens=True) == fast.tokenize(t, SHORT[1], True), t
 
 
+def test_special_token_helpers(toks):
+    ours, slow, _ = toks
+    ids = ours(SHORT[0])["input_ids"]
+    a, b = ours(LONG[0])["input_ids"], [5, 6, 7]
+    for x in (ids, a):
+        assert ours.get_special_tokens_mask(x, already_has_special_tokens=True) == slow.get_special_tokens_mask(
+            x, already_has_special_tokens=True
+        )
+    for pair in (None, b):
+        for name in (
+            "get_special_tokens_mask",
+            "build_inputs_with_special_tokens",
+            "create_token_type_ids_from_sequences",
+        ):
+            got = getattr(ours, name)(token_ids_0=a, token_ids_1=pair)
+            assert got == getattr(slow, name)(token_ids_0=a, token_ids_1=pair), name
+    assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == slow.convert_ids_to_tokens(ids, True)
+
+
+def test_constructor_kwargs(spm_dir):
+    loading = dict(cache_dir="/nowhere", force_download=False, local_files_only=True, token=None, revision="main")
+    tok = XLMRobertaTokenizer.from_pretrained(spm_dir, trust_remote_code=False, use_fast=False, **loading)
+    assert tok(LONG[0])["input_ids"] == XLMRobertaTokenizer.from_pretrained(spm_dir)(LONG[0])["input_ids"]
+    XLMRobertaTokenizer.from_pretrained(spm_dir, bos_token="<s>", mask_token={"content": "<mask>"}, sp_model_kwargs={})
+    for bad in (dict(bos_token="[CLS]"), dict(sp_model_kwargs={"enable_sampling": True}), dict(do_lower_case=True)):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            XLMRobertaTokenizer.from_pretrained(spm_dir, **bad)
+    slow = transformers.XLMRobertaTokenizer.from_pretrained(str(spm_dir), split_special_tokens=True)
+    ours = XLMRobertaTokenizer.from_pretrained(spm_dir, split_special_tokens=True)
+    for t in (SHORT[0], "a <s> b </s>"):
+        assert ours(t)["input_ids"] == slow(t)["input_ids"] and ours.tokenize(t) == slow.tokenize(t), t
+        assert ours(t, split_special_tokens=False)["input_ids"] == slow(t, split_special_tokens=False)["input_ids"]
+
+
 SPECIAL = {
+    "already_has_special_tokens": test_special_token_helpers,
+    **{k: test_constructor_kwargs for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")},
+    "trust_remote_code": test_constructor_kwargs,
     "return_overflowing_tokens": test_overflow_matches_fast,
     "return_offsets_mapping": test_offsets_match_fast,
     "is_split_into_words": test_is_split_into_words,

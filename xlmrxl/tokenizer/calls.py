@@ -57,12 +57,14 @@ class EncodeMixin:
         return_offsets_mapping: bool = False,
         return_length: bool = False,
         verbose: bool = True,
-        split_special_tokens: bool = False,
+        split_special_tokens: bool | None = None,
         **kwargs: Any,
     ) -> BatchEncoding:
         """Encode one text, a pair, or a batch (list) of texts / pairs; ``text_target`` (and ``text_pair_target``)
         are encoded with the same settings into ``labels``. See tokenizer.py's docstring for the rules."""
         refuse_unknown("XLMRobertaTokenizer.__call__", kwargs)
+        if split_special_tokens is None:
+            split_special_tokens = self.split_special_tokens
         opts = dict(
             add_special_tokens=add_special_tokens,
             padding=padding,

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .calls import EncodeMixin
-from .checks import check_int, check_text, refuse_unknown
+from .checks import check_init_kwargs, check_int, check_text, refuse_unknown
 from .files import (
     SPECIAL_TOKEN_ATTRS,
     VOCAB_FILE,
@@ -94,6 +94,7 @@ class XLMRobertaTokenizer(EncodeMixin):
         padding_side: str = "right",
         truncation_side: str = "right",
         clean_up_tokenization_spaces: bool = False,
+        split_special_tokens: bool = False,
         **kwargs: Any,
     ):
         path = Path(vocab_file)
@@ -106,7 +107,11 @@ class XLMRobertaTokenizer(EncodeMixin):
         self.padding_side = self._check_side("padding_side", padding_side)
         self.truncation_side = self._check_side("truncation_side", truncation_side)
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.init_kwargs = dict(kwargs)
+        self.split_special_tokens = bool(split_special_tokens)  # the default of every call, as in transformers
+        fixed = dict(self.special_tokens_map, sp_model_kwargs={}, model_input_names=self.model_input_names)
+        fixed.update(additional_special_tokens=[], added_tokens_decoder=None, extra_special_tokens={})
+        fixed.update(tokenizer_class="XLMRobertaTokenizer", add_prefix_space=None, name_or_path=None)
+        self.init_kwargs = check_init_kwargs(kwargs, fixed)
 
         self.fairseq_tokens_to_ids = {
             "<s>": 0,
@@ -289,7 +294,7 @@ class XLMRobertaTokenizer(EncodeMixin):
         pair: str | None = None,
         add_special_tokens: bool = False,
         *,
-        split_special_tokens: bool = False,
+        split_special_tokens: bool | None = None,
         is_split_into_words: bool = False,
         **kwargs: Any,
     ) -> list[str]:
@@ -298,6 +303,8 @@ class XLMRobertaTokenizer(EncodeMixin):
         ``is_split_into_words`` changes nothing here (one text is one word), as in transformers."""
         refuse_unknown("XLMRobertaTokenizer.tokenize", kwargs)
         check_text(text, "text")
+        if split_special_tokens is None:
+            split_special_tokens = self.split_special_tokens
         if pair is not None or add_special_tokens:  # the fast tokenizer's tokenize(text, pair, add_special_tokens)
             first = self.tokenize(text, split_special_tokens=split_special_tokens)
             second = None if pair is None else self.tokenize(pair, split_special_tokens=split_special_tokens)
@@ -357,15 +364,37 @@ class XLMRobertaTokenizer(EncodeMixin):
             pos += len(part)
         return ids, offs
 
-    def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        if pair_ids is None:
-            return [self.cls_token_id] + list(ids) + [self.sep_token_id]
-        return [self.cls_token_id] + list(ids) + [self.sep_token_id] * 2 + list(pair_ids) + [self.sep_token_id]
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
+        if token_ids_1 is None:
+            return [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
+        sep = [self.sep_token_id]
+        return [self.cls_token_id] + list(token_ids_0) + sep + sep + list(token_ids_1) + sep
 
-    def get_special_tokens_mask(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        if pair_ids is None:
-            return [1] + [0] * len(ids) + [1]
-        return [1] + [0] * len(ids) + [1, 1] + [0] * len(pair_ids) + [1]
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
+        """1 where ``build_inputs_with_special_tokens`` puts a special token; with ``already_has_special_tokens``,
+        1 at every special id of ``token_ids_0`` (transformers' rule)."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError(
+                    "already_has_special_tokens=True takes one sequence that already holds its special tokens; "
+                    "pass token_ids_1=None"
+                )
+            special = set(self.all_special_ids)
+            return [1 if t in special else 0 for t in token_ids_0]
+        if token_ids_1 is None:
+            return [1] + [0] * len(token_ids_0) + [1]
+        return [1] + [0] * len(token_ids_0) + [1, 1] + [0] * len(token_ids_1) + [1]
+
+    def create_token_type_ids_from_sequences(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """All zeros, one per token of the model input (XLM-R does not use token types)."""
+        return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
 
     @staticmethod
     def num_special_tokens_to_add(pair: bool = False) -> int:
