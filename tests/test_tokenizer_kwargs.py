@@ -8,6 +8,8 @@ import inspect
 import logging
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xlmrxl.tokenizer import XLMRobertaTokenizer
 from xlmrxl.tokenizer.checks import UnsupportedArgument
@@ -428,3 +430,29 @@ def test_unknown_kwarg_is_refused_by_name(toks, method):
             getattr(ours, method)(arg, return_tensors="tf")
         else:
             raise TypeError("return_tensors: n/a")
+
+
+# -- fuzz: offsets on odd text -----------------------------------------------------------------------------------
+_CHARS = st.one_of(
+    st.characters(exclude_categories=("Cs",)),
+    st.sampled_from(["<mask>", "</s>", " ", "  ", "\t", "\n", "\r\n", "\u2581", "\u00a0", "e\u0301", "ﬁ", "Ａ"]),
+    st.sampled_from(["\u200b", "\u00ad", "\x14", "\x85", "🏽", "\u200d", "한", "\u1100\u1161"]),
+    st.sampled_from(list("abcdefghij .,!?")),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.lists(_CHARS, max_size=16).map("".join))
+def test_fuzz_offsets_exact_or_refused(toks, text):
+    """Fast's offsets wherever our ids are fast's; otherwise a refusal naming return_offsets_mapping (or, where the
+    ids differ, offsets of our own tokens)."""
+    ours, _, fast = toks
+    want = fast(text, return_offsets_mapping=True)
+    try:
+        got = ours(text, return_offsets_mapping=True)
+    except UnsupportedArgument as exc:
+        assert "return_offsets_mapping" in str(exc)
+        return
+    if got["input_ids"] == want["input_ids"]:
+        assert plain(got["offset_mapping"]) == plain(want["offset_mapping"]), text
+    assert len(got["offset_mapping"]) == len(got["input_ids"])

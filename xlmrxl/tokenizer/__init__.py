@@ -1,5 +1,6 @@
 """XLM-RoBERTa tokenizer on ``sentencepiece``, id-for-id equal to transformers' slow one (contract: tokenizer.py)."""
 
+from .checks import UnsupportedArgument
 from .encoding import BatchEncoding
 from .files import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, VOCAB_FILE
 from .tokenizer import XLMRobertaTokenizer, clean_up_tokenization
@@ -9,6 +10,7 @@ __all__ = [
     "CORPUS_PATH",
     "SPECIAL_TOKENS_MAP_FILE",
     "TOKENIZER_CONFIG_FILE",
+    "UnsupportedArgument",
     "VOCAB_FILE",
     "BatchEncoding",
     "XLMRobertaTokenizer",

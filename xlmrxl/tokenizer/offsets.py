@@ -14,7 +14,7 @@ from .checks import UnsupportedArgument
 
 SPIECE_UNDERLINE = "\u2581"
 # Unicode White_Space (Rust's char::is_whitespace, used by the fast tokenizer's Strip)
-WHITE_SPACE = set("\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {chr(c) for c in range(0x2000, 0x200B)}
+WHITE_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(chr(c) for c in range(0x2000, 0x200B))
 
 
 class Normalizer:
@@ -35,8 +35,17 @@ class Normalizer:
         return out
 
 
+def _control(c: str) -> bool:
+    cat = unicodedata.category(c)
+    return cat in ("Cc", "Zl", "Zp") or (cat == "Cf" and c not in "\u200c\u200d")
+
+
 def _extends(c: str, prev: str) -> bool:
     """Whether ``c`` continues the grapheme cluster of ``prev`` (marks, joiners, selectors, skin tones, CR LF)."""
+    if c == "\n" and prev == "\r":
+        return True
+    if _control(prev) or _control(c):  # nothing joins a control char (CR, LF, Cc, Zl, Zp, Cf but the joiners)
+        return False
     o = ord(c)
     return (
         unicodedata.category(c).startswith("M")
@@ -44,7 +53,6 @@ def _extends(c: str, prev: str) -> bool:
         or 0xFE00 <= o <= 0xFE0F
         or 0xE0100 <= o <= 0xE01EF
         or 0x1F3FB <= o <= 0x1F3FF
-        or (c == "\n" and prev == "\r")
         or 0x1160 <= o <= 0x11FF  # Hangul jamo vowels / finals join the syllable before them
     )
 
@@ -68,40 +76,52 @@ def _clusters(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def _entry(norm: Normalizer, cluster: str) -> str | None:
+    """The shortest prefix of ``cluster`` the character map has an entry for (None: none, map char by char)."""
+    if norm(cluster[0]) != cluster[0]:
+        return cluster[0]
+    for j in range(2, len(cluster) + 1):
+        p = cluster[:j]
+        if norm(p) != "".join(norm(x) for x in p):
+            return p
+    return None
+
+
 def fast_normalized(norm: Normalizer, text: str, where: str) -> tuple[list[str], list[tuple[int, int]]]:
     """The fast tokenizer's normalized ``text`` (a list of chars) and each char's ``(start, end)`` in ``text``.
 
-    The fast tokenizer maps a cluster under 6 bytes as a whole, by the first entry of the map that is a prefix of
-    it (so a CR LF becomes the one space CR maps to, e + U+0301 becomes é); a longer one, and a lone char, char
-    by char. Output char i
-    of an input of n chars is aligned to input char min(i, n - 1); a char mapped to nothing is dropped."""
-    chars: list[str] = []
-    align: list[tuple[int, int]] = []
-    expanded = False  # whether the last output char is an insertion (the fast tokenizer's "+1" change)
-    units: list[tuple[int, int, str]] = []  # (start, stop, the map entry that replaces text[start:stop])
+    As the fast tokenizer does: a cluster under 6 bytes is replaced as a whole by the map's entry for its shortest
+    mapped prefix (a CR LF becomes the one space CR maps to, e + U+0301 becomes é); anything else char by char.
+    Each replacement of n chars by m chars is a list of changes (the last m - n chars are insertions; a shrink is
+    booked on the last change made so far, even one of an earlier replacement) which then consume the input chars
+    in order: a char takes the alignment of the input char it consumes, an insertion that of the one before. A
+    char mapped to nothing at the very start is never consumed, which shifts the alignments after it by one (the
+    fast tokenizer's own quirk, reproduced)."""
+    changes: list[list] = []  # [char, change]: 0 replaces one input char, 1 is inserted, -k also removes k more
     for start, stop in _clusters(text):
         cluster = text[start:stop]
-        if stop - start == 1 or len(cluster.encode("utf-8")) >= 6:
-            units += [(k, k + 1, text[k]) for k in range(start, stop)]
-        elif norm(cluster[0]) != cluster[0]:
-            units.append((start, stop, cluster[0]))
-        elif norm(cluster[1]) == cluster[1] and norm(cluster[:2]) != cluster[:2]:  # a 2-char entry (e + U+0301)
-            units.append((start, stop, cluster[:2]))
-        elif norm(cluster) == cluster and all(norm(x) == x for x in cluster):
-            units += [(k, k + 1, text[k]) for k in range(start, stop)]
+        key = _entry(norm, cluster) if stop - start > 1 and len(cluster.encode("utf-8")) < 6 else None
+        parts = [(cluster, norm(key))] if key is not None else [(c, norm(c)) for c in cluster]
+        for old, new in parts:
+            changes.extend([c, 0] for c in new)
+            diff = len(new) - len(old)
+            if diff > 0:
+                for ch in changes[-diff:]:
+                    ch[1] = 1
+            elif diff < 0 and changes:
+                changes[-1][1] += diff
+    chars: list[str] = []
+    align: list[tuple[int, int]] = []
+    cursor = 0
+    for c, change in changes:
+        if change > 0:
+            align.append((cursor - 1, cursor) if cursor else (0, 0))
         else:
-            raise _refuse(where, f"the character cluster {cluster!r} at position {start} is normalized as a whole")
-    for start, stop, key in units:
-        n = norm(key)
-        if not n:
-            if not chars or expanded:
-                raise _refuse(where, f"the character {text[start]!r} at position {start} is removed by normalization")
-            continue
-        for i, x in enumerate(n):
-            k = start + min(i, stop - start - 1)
-            chars.append(x)
-            align.append((k, k + 1))
-        expanded = len(n) > stop - start
+            if cursor >= len(text):
+                raise _refuse(where, "its normalization consumes more characters than it has")
+            align.append((cursor, cursor + 1))
+            cursor += 1 - change
+        chars.append(c)
     while chars and chars[-1] in WHITE_SPACE:  # Strip(right)
         chars.pop()
         align.pop()

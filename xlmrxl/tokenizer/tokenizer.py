@@ -20,6 +20,17 @@ Contract
   including its defaults: ``max_length`` without ``truncation`` (and without padding) truncates ``longest_first``;
   ``truncation``/``padding="max_length"`` without ``max_length`` use ``model_max_length`` when one is set.
 - ``decode`` joins the pieces, turns ``▁`` into spaces and strips the ends (the slow tokenizer's rule).
+- Keywords (calls.py): every one transformers takes is honoured with its result or refused by name with
+  ``UnsupportedArgument`` (a TypeError, and a ValueError); none is dropped. Honoured: ``padding_side`` per call,
+  ``text_target`` / ``text_pair_target`` (encoded with the same settings into ``labels``), ``stride`` with
+  ``return_overflowing_tokens``, ``return_offsets_mapping``, ``return_tensors`` None / ``'pt'`` / ``'np'``,
+  ``is_split_into_words``, ``split_special_tokens``, ``verbose``, ``return_special_tokens_mask``,
+  ``return_length``, ``return_token_type_ids``, ``return_attention_mask``, ``add_special_tokens``; ``encode``,
+  ``encode_plus``, ``batch_encode_plus``, ``pad``, ``decode`` / ``batch_decode`` (``spaces_between_special_tokens``
+  and ``use_source_tokenizer`` change nothing without added tokens, as in transformers), ``tokenize`` (with
+  ``pair`` / ``add_special_tokens`` as the fast tokenizer's). Constructor / ``from_pretrained`` keywords: loading
+  options are accepted, special tokens and ``sp_model_kwargs`` only at XLM-R's values. Refused: ``return_tensors``
+  'tf' / 'jax' / 'mlx', offsets with ``is_split_into_words``, any keyword we do not know.
 - Bad input is refused with an error naming it (both of transformers' tokenizers fail on these with messages that
   name neither): a text holding a lone surrogate (ValueError with the input, e.g. ``text_pair[3]``, and the
   position; transformers' slow tokenizer raises pybind11's "Unable to cast"), a non-str text (TypeError naming its
@@ -39,6 +50,13 @@ each point):
   length, a batch its unpadded ones).
 - ``decode(..., skip_special_tokens=True)`` where a skipped ``<unk>`` follows a space: slow strips the ends
   (``"ok"``), fast keeps the space (``"ok "``).
+- ``split_special_tokens=True``: slow honours it for one input but drops it for a batch, fast ignores it; we honour
+  it everywhere (a batch gives what its inputs give one by one).
+- What only fast does, we do as fast: ``return_overflowing_tokens=True`` gives every window (each overlapping the
+  last by ``stride``; slow gives one window plus ``overflowing_tokens``), batched, with
+  ``overflow_to_sample_mapping`` and padded ``length``s; a pair under ``longest_first`` is refused as slow refuses
+  it (fast multiplies the two sides' windows). ``return_offsets_mapping=True`` (slow raises) gives fast's character
+  offsets (offsets.py); refused for the rare text whose normalization fast makes otherwise than sentencepiece.
 Everything else matches both: multilingual text, tabs, runs of spaces, leading/trailing spaces, NBSP, zero-width
 spaces, full-width forms, special tokens in text, pairs, padding, batches.
 """
@@ -63,7 +81,7 @@ from .files import (
     read_settings,
     write_files,
 )
-from .offsets import Normalizer, piece_offsets
+from .offsets import WHITE_SPACE, Normalizer, piece_offsets
 from .strategies import VERY_LARGE_INTEGER
 
 logger = logging.getLogger("xlmrxl")
@@ -348,14 +366,14 @@ class XLMRobertaTokenizer(EncodeMixin):
             special = i % 2 == 1 and not split_special_tokens
             if special:
                 start = pos
-                if part in self._lstrip:  # the whitespace before it belongs to it
-                    start -= len(parts[i - 1]) - len(parts[i - 1].rstrip())
+                if part in self._lstrip:  # the whitespace before it belongs to it (Unicode White_Space, as fast)
+                    start -= len(parts[i - 1]) - len(parts[i - 1].rstrip(WHITE_SPACE))
                 ids.append(self.fairseq_tokens_to_ids[part])
                 offs.append((start, pos + len(part)))
             elif part:
                 chunk = part
                 if i + 1 < len(parts) and parts[i + 1] in self._lstrip and not split_special_tokens:
-                    chunk = part.rstrip()
+                    chunk = part.rstrip(WHITE_SPACE)
                 if self._normalizer is None:
                     self._normalizer = Normalizer(self.vocab_file)
                 for sp_id, (s, e) in piece_offsets(self._normalizer, self.sp_model, chunk, f"text {text!r:.60}"):
