@@ -240,6 +240,8 @@ KWARGS = st.fixed_dictionaries(
         "return_special_tokens_mask": st.booleans(),
         "return_length": st.booleans(),
         "return_tensors": st.sampled_from([None, None, "pt", "np"]),
+        "padding_side": st.sampled_from([None, "left", "right"]),
+        "verbose": st.booleans(),
     },
 )
 

@@ -224,6 +224,9 @@ def test_overflow_refusals(toks):
         ours(LONG[0], truncation=True, max_length=8, stride=6, return_overflowing_tokens=True)
     with pytest.raises(ValueError, match="text_pair"):
         ours(LONG[0], truncation="only_second", max_length=8, return_overflowing_tokens=True)
+    with pytest.raises(ValueError, match="stride=9"):  # fast checks it even where nothing overflows
+        ours("short", truncation=True, max_length=10, stride=9, return_overflowing_tokens=True)
+    assert len(ours("short", truncation=True, max_length=10, stride=8, return_overflowing_tokens=True).input_ids) == 1
     with pytest.raises(ValueError, match="stride=-1 is out of range"):
         ours(LONG[0], truncation=True, max_length=8, stride=-1, return_overflowing_tokens=True)
 

@@ -228,6 +228,13 @@ class EncodeMixin:
                     + (" alone; " if need else "no tokens would be left; ")
                     + f"pass max_length >= {max(need, 1)} (XLM-R models take up to 512), or truncation=False"
                 )
+        if return_overflowing_tokens and trunc != "do_not_truncate" and max_length is not None:
+            room = max_length - self.num_special_tokens_to_add(False)
+            if stride > room:  # the fast tokenizer's check, made whether or not an input overflows
+                raise ValueError(
+                    f"stride={stride} is more than the {room} tokens a window of max_length={max_length} holds "
+                    f"(after 2 special tokens); pass a stride below {max(room, 1)} or a larger max_length"
+                )
         if trunc == "only_second" and any(p is None for p in pairs) and verbose and not return_overflowing_tokens:
             # transformers silently keeps such inputs whole; say so once
             logger.warning("xlmrxl: truncation='only_second' does not truncate inputs that have no text_pair")
