@@ -6,6 +6,7 @@ only the fast one does (overflowing windows with ``overflow_to_sample_mapping``,
 
 import inspect
 import logging
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -312,6 +313,8 @@ def test_text_target(toks):
             same(got, tok(LONG[0], SHORT[0], text_target=LONG[1], text_pair_target=SHORT[1], **kw), kw)
     with pytest.raises(ValueError, match="text_target"):
         ours()
+    with pytest.raises(ValueError, match="text_pair_target"):  # transformers drops it silently
+        ours(LONG[0], text_pair_target=SHORT[0])
 
 
 def test_pad(toks):
@@ -334,6 +337,12 @@ def test_pad(toks):
             same(ours.pad(data, **kw), slow.pad(data, **kw), kw)
     tensors = ours(LONG[:2], padding=True, return_tensors="pt")
     same(ours.pad(tensors), slow.pad(tensors), "tensors in")
+    for data in ({"input_ids": []}, [{"input_ids": [0, 5, 2], "labels": [1, 2]}, {"input_ids": [0, 2], "labels": [3]}]):
+        for kw in (dict(), dict(return_attention_mask=True), dict(padding="max_length", max_length=6)):
+            same(ours.pad(data, **kw), slow.pad(data, **kw), (data, kw))
+    limited = XLMRobertaTokenizer.from_pretrained(ours.vocab_file, model_max_length=40)
+    slow40 = transformers.XLMRobertaTokenizer.from_pretrained(str(Path(ours.vocab_file).parent), model_max_length=40)
+    same(limited.pad(rows, padding="max_length"), slow40.pad(rows, padding="max_length"), "model_max_length")
 
 
 def test_decode_kwargs(toks):

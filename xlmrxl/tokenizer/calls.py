@@ -88,6 +88,8 @@ class EncodeMixin:
             raise ValueError("pass text (the input) or text_target (the labels), or both")
         if text is None and text_pair is not None:
             raise ValueError("text_pair was given without text; pass text too")
+        if text_target is None and text_pair_target is not None:  # transformers drops it silently
+            raise ValueError("text_pair_target was given without text_target; pass text_target too")
         enc = self._encode(text, text_pair, **opts) if text is not None else None
         if text_target is None:
             return enc
@@ -178,6 +180,7 @@ class EncodeMixin:
             check_tensors(return_tensors),
             self.pad_token_id,
             self.pad_token_type_id,
+            self.model_max_length,
         )
 
     # -- the work -----------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def pad_encoded(
     return_tensors: str | None,
     pad_id: int,
     pad_type_id: int,
-):
+    model_max_length: int = int(1e30),
+) -> BatchEncoding:
     """transformers' ``tokenizer.pad``: one encoded input (a dict of lists), a batch (a dict of lists of lists) or
     a list of encoded inputs, padded to the longest (``padding=True``) or to ``max_length``; tensors in give
     tensors of the same kind out unless ``return_tensors`` says otherwise."""
@@ -75,9 +76,9 @@ def pad_encoded(
     data = {k: _plain(v) for k, v in encoded.items()}
     ids = data["input_ids"]
     want_mask = True if return_attention_mask is None else bool(return_attention_mask)
-    pad, _, max_length = resolve_strategies(padding, False, max_length, pad_to_multiple_of, int(1e30))
+    pad, _, max_length = resolve_strategies(padding, False, max_length, pad_to_multiple_of, model_max_length)
     if not ids:
-        if want_mask:
+        if return_attention_mask:  # an explicit True only, as transformers
             data["attention_mask"] = []
         return BatchEncoding(data)
     single = not isinstance(ids[0], (list, tuple))
