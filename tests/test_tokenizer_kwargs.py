@@ -317,6 +317,20 @@ def test_text_target(toks):
         ours(LONG[0], text_pair_target=SHORT[0])
 
 
+def test_transformers5_keywords(toks):
+    """transformers 5's ``tokenizer_kwargs`` (a dict of more keywords, winning over the others) and
+    ``max_target_length`` (the labels' max_length; 4.56 ignores it): as 5.x does them."""
+    ours, slow, _ = toks
+    for kw in (dict(padding="max_length", max_length=40), dict(truncation=True, max_length=9, padding_side="left")):
+        same(ours(LONG[:3], padding=True, tokenizer_kwargs=kw), slow(LONG[:3], **dict(dict(padding=True), **kw)), kw)
+    with pytest.raises(TypeError, match="not_a_kwarg"):
+        ours(LONG[0], tokenizer_kwargs={"not_a_kwarg": 1})
+    for kw in (dict(truncation=True, max_length=12), dict(padding="max_length", truncation=True, max_length=12), {}):
+        got = ours(LONG[:2], text_target=LONG[2:4], max_target_length=7, **kw)
+        labels = [r[:6] + [2] if kw else r for r in slow(LONG[2:4])["input_ids"]]  # no truncation asked: none
+        same(got, dict(slow(LONG[:2], **kw), labels=labels), kw)
+
+
 def test_pad(toks):
     ours, slow, _ = toks
     rows = ours(LONG[:4], return_special_tokens_mask=True, return_token_type_ids=True)

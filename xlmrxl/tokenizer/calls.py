@@ -58,10 +58,14 @@ class EncodeMixin:
         return_length: bool = False,
         verbose: bool = True,
         split_special_tokens: bool | None = None,
+        max_target_length: int | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> BatchEncoding:
         """Encode one text, a pair, or a batch (list) of texts / pairs; ``text_target`` (and ``text_pair_target``)
-        are encoded with the same settings into ``labels``. See tokenizer.py's docstring for the rules."""
+        are encoded with the same settings (``max_length=max_target_length`` when given) into ``labels``.
+        ``tokenizer_kwargs`` (transformers 5) is a dict of more keywords, which win over the others as there. See
+        tokenizer.py's docstring for the rules."""
         refuse_unknown("XLMRobertaTokenizer.__call__", kwargs)
         if split_special_tokens is None:
             split_special_tokens = self.split_special_tokens
@@ -84,6 +88,12 @@ class EncodeMixin:
             verbose=verbose,
             split_special_tokens=split_special_tokens,
         )
+        if tokenizer_kwargs:
+            if not isinstance(tokenizer_kwargs, dict):
+                raise TypeError(f"tokenizer_kwargs must be a dict, got {type(tokenizer_kwargs).__name__}")
+            more = dict(opts, max_target_length=max_target_length, **kwargs)
+            more.update(tokenizer_kwargs)
+            return self(text, text_pair, text_target, text_pair_target, **more)
         if text is None and text_target is None:
             raise ValueError("pass text (the input) or text_target (the labels), or both")
         if text is None and text_pair is not None:
@@ -93,6 +103,11 @@ class EncodeMixin:
         enc = self._encode(text, text_pair, **opts) if text is not None else None
         if text_target is None:
             return enc
+        if max_target_length is not None:  # the strategies come from the input's settings, the length differs
+            pad, trunc, max_length = resolve_strategies(
+                padding, truncation, max_length, pad_to_multiple_of, self.model_max_length, False
+            )
+            opts.update(padding=pad, truncation=trunc, max_length=check_int("max_target_length", max_target_length, 0))
         target = self._encode(text_target, text_pair_target, **opts)
         if enc is None:
             return target
