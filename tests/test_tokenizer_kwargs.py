@@ -39,6 +39,7 @@ HELPERS = [
     "create_token_type_ids_from_sequences",
     "convert_ids_to_tokens",
     "from_pretrained",
+    "save_pretrained",
 ]
 # keywords transformers reads from **kwargs (documented, not in the signatures)
 HIDDEN = {
@@ -49,7 +50,8 @@ HIDDEN = {
     "tokenize": ["split_special_tokens", "is_split_into_words"],
 }
 POSITIONAL = {"self", "kwargs", "text", "text_pair", "batch_text_or_text_pairs", "encoded_inputs", "token_ids"}
-POSITIONAL |= {"sequences", "token_ids_0", "token_ids_1", "ids", "pretrained_model_name_or_path", "init_inputs"}
+POSITIONAL |= {"save_directory", "sequences", "token_ids_0", "token_ids_1", "ids", "init_inputs"}
+POSITIONAL |= {"pretrained_model_name_or_path"}
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +424,21 @@ def test_constructor_kwargs(spm_dir):
         assert ours(t, split_special_tokens=False)["input_ids"] == slow(t, split_special_tokens=False)["input_ids"]
 
 
+def test_save_pretrained_kwargs(toks, tmp_path):
+    ours, _, _ = toks
+    ours.save_pretrained(tmp_path / "a", legacy_format=True)
+    ours.save_pretrained(tmp_path / "b", legacy_format=None, push_to_hub=False)
+    assert (tmp_path / "a" / "sentencepiece.bpe.model").is_file()
+    assert (tmp_path / "b" / "tokenizer_config.json").is_file()
+    for bad in (dict(legacy_format=False), dict(filename_prefix="x"), dict(push_to_hub=True), dict(repo_id="me/x")):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            ours.save_pretrained(tmp_path / "c", **bad)
+
+
 SPECIAL = {
+    "legacy_format": test_save_pretrained_kwargs,
+    "filename_prefix": test_save_pretrained_kwargs,
+    "push_to_hub": test_save_pretrained_kwargs,
     "already_has_special_tokens": test_special_token_helpers,
     **{k: test_constructor_kwargs for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")},
     "trust_remote_code": test_constructor_kwargs,

@@ -72,6 +72,7 @@ from typing import Any
 
 from .calls import EncodeMixin
 from .checks import check_init_kwargs, check_int, check_text, refuse_unknown
+from .decoding import DecodeMixin, to_py
 from .files import (
     SPECIAL_TOKEN_ATTRS,
     VOCAB_FILE,
@@ -89,7 +90,7 @@ logger = logging.getLogger("xlmrxl")
 SPIECE_UNDERLINE = "\u2581"
 
 
-class XLMRobertaTokenizer(EncodeMixin):
+class XLMRobertaTokenizer(EncodeMixin, DecodeMixin):
     """SentencePiece-backed XLM-RoBERTa tokenizer with transformers' API (see the module docstring)."""
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -161,9 +162,30 @@ class XLMRobertaTokenizer(EncodeMixin):
         config.update(kwargs)
         return cls(vocab, **config)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        legacy_format: bool | None = None,
+        filename_prefix: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> tuple:
         """Write ``sentencepiece.bpe.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` (the files
-        transformers writes, so ``transformers.XLMRobertaTokenizer.from_pretrained`` reads them too)."""
+        transformers writes, so ``transformers.XLMRobertaTokenizer.from_pretrained`` reads them too). These are
+        the legacy (slow) files, so ``legacy_format=False``, a ``filename_prefix`` and ``push_to_hub`` are refused."""
+        bad = dict(kwargs)
+        if legacy_format is False:
+            bad["legacy_format"] = legacy_format
+        if filename_prefix is not None:
+            bad["filename_prefix"] = filename_prefix
+        if push_to_hub:
+            bad["push_to_hub"] = push_to_hub
+        refuse_unknown(
+            "XLMRobertaTokenizer.save_pretrained",
+            bad,
+            "it writes the sentencepiece files under their usual names, to a local directory; upload with "
+            "huggingface_hub, or save with transformers' fast tokenizer for tokenizer.json",
+        )
         config = {
             "added_tokens_decoder": {
                 str(i): added_token(t, t in self._lstrip)
@@ -288,7 +310,7 @@ class XLMRobertaTokenizer(EncodeMixin):
         return [self._token_to_id(t) for t in tokens]
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        ids = _to_py(ids)
+        ids = to_py(ids)
         if isinstance(ids, int):
             return self._id_to_token(ids)
         special = set(self.all_special_ids) if skip_special_tokens else set()
@@ -417,73 +439,3 @@ class XLMRobertaTokenizer(EncodeMixin):
     @staticmethod
     def num_special_tokens_to_add(pair: bool = False) -> int:
         return 4 if pair else 2
-
-    # -- ids -> text --------------------------------------------------------------------------------------------
-    def decode(
-        self,
-        token_ids,
-        skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: bool | None = None,
-        spaces_between_special_tokens: bool = True,
-        use_source_tokenizer: bool = False,
-        **kwargs: Any,
-    ) -> str:
-        """Text of ``token_ids`` (int, list or tensor): pieces joined, ``▁`` -> space, ends stripped.
-        ``spaces_between_special_tokens`` and ``use_source_tokenizer`` only concern added (non-special) tokens,
-        which this tokenizer has none of: they change nothing, as in transformers."""
-        refuse_unknown("XLMRobertaTokenizer.decode", kwargs)
-        ids = _to_py(token_ids)
-        if isinstance(ids, int):
-            ids = [ids]
-        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
-        text = self.convert_tokens_to_string(tokens) if tokens else ""
-        clean = (
-            self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
-        )
-        return clean_up_tokenization(text) if clean else text
-
-    def batch_decode(
-        self,
-        sequences,
-        skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: bool | None = None,
-        **kwargs: Any,
-    ) -> list[str]:
-        """``decode`` of each sequence (the keywords are ``decode``'s)."""
-        seqs = _to_py(sequences)
-        return [
-            self.decode(
-                s,
-                skip_special_tokens=skip_special_tokens,
-                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-                **kwargs,
-            )
-            for s in seqs
-        ]
-
-
-def clean_up_tokenization(text: str) -> str:
-    """transformers' ``clean_up_tokenization``: drop the space before punctuation and English contractions."""
-    for a, b in (
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ):
-        text = text.replace(a, b)
-    return text
-
-
-def _to_py(x):
-    """Tensors / numpy arrays / nested lists -> python ints and lists."""
-    if hasattr(x, "tolist"):
-        x = x.tolist()
-    if isinstance(x, (list, tuple)):
-        return [_to_py(v) for v in x]
-    return int(x)
