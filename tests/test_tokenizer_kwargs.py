@@ -40,6 +40,7 @@ HELPERS = [
     "convert_ids_to_tokens",
     "from_pretrained",
     "save_pretrained",
+    "prepare_for_model",
 ]
 # keywords transformers reads from **kwargs (documented, not in the signatures)
 HIDDEN = {
@@ -51,7 +52,7 @@ HIDDEN = {
 }
 POSITIONAL = {"self", "kwargs", "text", "text_pair", "batch_text_or_text_pairs", "encoded_inputs", "token_ids"}
 POSITIONAL |= {"save_directory", "sequences", "token_ids_0", "token_ids_1", "ids", "init_inputs"}
-POSITIONAL |= {"pretrained_model_name_or_path"}
+POSITIONAL |= {"pretrained_model_name_or_path", "pair_ids"}
 
 
 @pytest.fixture(scope="module")
@@ -424,6 +425,26 @@ def test_constructor_kwargs(spm_dir):
         assert ours(t, split_special_tokens=False)["input_ids"] == slow(t, split_special_tokens=False)["input_ids"]
 
 
+def test_prepare_for_model(toks):
+    ours, slow, _ = toks
+    a = ours(LONG[0], add_special_tokens=False)["input_ids"]
+    b = ours(SHORT[1], add_special_tokens=False)["input_ids"]
+    cases = [
+        dict(),
+        dict(truncation=True, max_length=8),
+        dict(padding="max_length", max_length=60, return_tensors="pt"),
+        dict(return_tensors="np", prepend_batch_axis=True),
+        dict(return_special_tokens_mask=True, return_length=True, add_special_tokens=False),
+        dict(truncation="only_first", max_length=22, padding_side="left", padding="max_length"),
+    ]
+    for kw in cases:
+        for args in ((a,), (a, b)):
+            same(ours.prepare_for_model(*args, **kw), slow.prepare_for_model(*args, **kw), (kw, len(args)))
+    for bad in ("return_overflowing_tokens", "return_offsets_mapping", "not_a_kwarg"):
+        with pytest.raises(TypeError, match=bad):
+            ours.prepare_for_model(a, **{bad: True})
+
+
 def test_save_pretrained_kwargs(toks, tmp_path):
     ours, _, _ = toks
     ours.save_pretrained(tmp_path / "a", legacy_format=True)
@@ -436,6 +457,7 @@ def test_save_pretrained_kwargs(toks, tmp_path):
 
 
 SPECIAL = {
+    "prepend_batch_axis": test_prepare_for_model,
     "legacy_format": test_save_pretrained_kwargs,
     "filename_prefix": test_save_pretrained_kwargs,
     "push_to_hub": test_save_pretrained_kwargs,

@@ -21,6 +21,10 @@ logger = logging.getLogger("xlmrxl")
 TENSOR_TYPES = (None, "pt", "np")
 
 
+class _Ids(list):
+    """Token ids given to ``prepare_for_model``: a text already tokenized."""
+
+
 def check_tensors(return_tensors: Any) -> str | None:
     """``return_tensors`` if we can make it (None, 'pt', 'np'); refused by name otherwise ('tf', 'jax', 'mlx')."""
     if return_tensors not in TENSOR_TYPES:
@@ -198,6 +202,45 @@ class EncodeMixin:
             self.model_max_length,
         )
 
+    def prepare_for_model(
+        self,
+        ids: Sequence[int],
+        pair_ids: Sequence[int] | None = None,
+        *,
+        prepend_batch_axis: bool = False,
+        return_overflowing_tokens: bool = False,
+        return_offsets_mapping: bool = False,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        """Ids (and pair ids) already tokenized, made a model input as ``__call__`` makes one text's (special
+        tokens, truncation, padding, tensors: 1-D unless ``prepend_batch_axis``). Overflow and offsets are refused:
+        transformers gives its slow layout (``overflowing_tokens``) here, and has no offsets for ids."""
+        if return_overflowing_tokens or return_offsets_mapping:
+            refuse_unknown(
+                "prepare_for_model",
+                {
+                    k: True
+                    for k, v in (
+                        ("return_overflowing_tokens", return_overflowing_tokens),
+                        ("return_offsets_mapping", return_offsets_mapping),
+                    )
+                    if v
+                },
+                "call the tokenizer on the text for overflowing windows or offsets",
+            )
+        for k in ("text_target", "text_pair_target", "is_split_into_words", "tokenizer_kwargs", "max_target_length"):
+            if k in kwargs:
+                refuse_unknown("prepare_for_model", {k: kwargs[k]})
+        for name, value in (("ids", ids), ("pair_ids", pair_ids)):
+            if value is not None and not all(isinstance(i, int) or hasattr(i, "__index__") for i in value):
+                raise TypeError(f"prepare_for_model takes {name} as a list of token ids (int)")
+        a = _Ids(int(i) for i in ids)
+        b = _Ids(int(i) for i in pair_ids) if pair_ids is not None else None
+        enc = self(a, b, **kwargs)
+        if kwargs.get("return_tensors") is not None and not prepend_batch_axis:
+            enc = BatchEncoding({k: v[0] for k, v in enc.items()})
+        return enc
+
     # -- the work -----------------------------------------------------------------------------------------------
     def _encode(
         self,
@@ -225,7 +268,9 @@ class EncodeMixin:
         check_tensors(return_tensors)
         side = self._check_side("padding_side", padding_side) if padding_side is not None else self.padding_side
         stride = check_int("stride", stride, 0)
-        if is_split_into_words:
+        if isinstance(text, _Ids):  # prepare_for_model: ids already
+            batched, texts, pairs, names, paired = False, [text], [text_pair], ["ids"], text_pair is not None
+        elif is_split_into_words:
             if return_offsets_mapping:
                 raise UnsupportedArgument(
                     "return_offsets_mapping=True with is_split_into_words=True is not supported; join the words "
@@ -296,6 +341,8 @@ class EncodeMixin:
 
     def _pieces(self, text, split_special_tokens: bool, offsets: bool) -> tuple[list[int], list | None]:
         """Ids of one text (a list of words: their ids joined) and, when asked, each token's character offsets."""
+        if isinstance(text, _Ids):
+            return list(text), None
         if isinstance(text, list):
             return [i for w in text for i in self._encode_text(w, split_special_tokens)], None
         if offsets:
