@@ -238,7 +238,9 @@ class EncodeMixin:
         b = _Ids(int(i) for i in pair_ids) if pair_ids is not None else None
         enc = self(a, b, **kwargs)
         if kwargs.get("return_tensors") is not None and not prepend_batch_axis:
-            enc = BatchEncoding({k: v[0] for k, v in enc.items()})
+            one = BatchEncoding({k: v[0] for k, v in enc.items()})
+            one.set_sequence_ids([enc.sequence_ids(0)])
+            return one
         return enc
 
     # -- the work -----------------------------------------------------------------------------------------------
@@ -321,13 +323,17 @@ class EncodeMixin:
             rows += new
             mapping += [i] * len(new)
         target = pad_target([len(e["input_ids"]) for e in rows], pad, max_length, pad_to_multiple_of)
-        padded = []
+        padded, seq_ids = [], []
         for e in rows:
             n = len(e["input_ids"])
+            sid = e.pop("_sequence_ids")
             if target is not None:
                 e = pad_row(e, target, want_mask, side, self.pad_token_id, self.pad_token_type_id)
+                gap = [None] * (len(e["input_ids"]) - n)
+                sid = sid + gap if side == "right" else gap + sid
             elif want_mask:
                 e = dict(e, attention_mask=[1] * n)
+            seq_ids.append(sid)
             if return_length:
                 # as the slow tokenizer: a batch reports unpadded lengths, a single input its padded one; with
                 # overflowing windows (the fast tokenizer's layout) every window reports its padded length
@@ -336,8 +342,11 @@ class EncodeMixin:
         if return_overflowing_tokens:
             out = collate(padded, want_mask, None, True)
             out["overflow_to_sample_mapping"] = mapping
-            return convert(out, return_tensors)
-        return collate(padded, want_mask, return_tensors, batched)
+            out = convert(out, return_tensors)
+        else:
+            out = collate(padded, want_mask, return_tensors, batched)
+        out.set_sequence_ids(seq_ids)
+        return out
 
     def _pieces(self, text, split_special_tokens: bool, offsets: bool) -> tuple[list[int], list | None]:
         """Ids of one text (a list of words: their ids joined) and, when asked, each token's character offsets."""
@@ -360,6 +369,12 @@ class EncodeMixin:
             seq = first + (second or [])
             special = [0] * len(seq)
         out = {"input_ids": seq}
+        if flags["special"]:
+            out["_sequence_ids"] = [None, *[0] * len(first), None] + (
+                [None, *[1] * len(second), None] if second is not None else []
+            )
+        else:
+            out["_sequence_ids"] = [0] * len(first) + [1] * len(second or [])
         if flags["tt"]:
             out["token_type_ids"] = [0] * len(seq)
         if flags["stm"]:

@@ -18,6 +18,23 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(f"BatchEncoding has no field {name!r}; it has {', '.join(self.keys())}") from None
 
+    def set_sequence_ids(self, rows: list[list[int | None]]) -> None:
+        """Record which sequence each token of each row comes from (the tokenizer does)."""
+        self.__dict__["_sequence_ids"] = rows
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """As transformers' fast ``BatchEncoding.sequence_ids``: per token of row ``batch_index``, 0 for the text,
+        1 for the pair, None for special and padding tokens (what question answering needs with overflow)."""
+        rows = self.__dict__.get("_sequence_ids")
+        if rows is None:
+            raise ValueError(
+                "sequence_ids() is known only on the tokenizer's own output (not after pad() or a copy); "
+                "call the tokenizer again"
+            )
+        if not -len(rows) <= batch_index < len(rows):
+            raise IndexError(f"batch_index={batch_index} is out of range for {len(rows)} row(s)")
+        return list(rows[batch_index])
+
     def to(self, device) -> BatchEncoding:
         """Move every tensor to ``device`` (in place; returns self, like transformers)."""
         for k, v in self.items():
