@@ -28,9 +28,11 @@ Contract
   ``return_length``, ``return_token_type_ids``, ``return_attention_mask``, ``add_special_tokens``; ``encode``,
   ``encode_plus``, ``batch_encode_plus``, ``pad``, ``decode`` / ``batch_decode`` (``spaces_between_special_tokens``
   and ``use_source_tokenizer`` change nothing without added tokens, as in transformers), ``tokenize`` (with
-  ``pair`` / ``add_special_tokens`` as the fast tokenizer's). Constructor / ``from_pretrained`` keywords: loading
-  options are accepted, special tokens and ``sp_model_kwargs`` only at XLM-R's values. Refused: ``return_tensors``
-  'tf' / 'jax' / 'mlx', offsets with ``is_split_into_words``, any keyword we do not know.
+  ``pair`` / ``add_special_tokens`` as the fast tokenizer's), ``prepare_for_model`` (``prepend_batch_axis``),
+  transformers 5's ``tokenizer_kwargs`` and ``max_target_length``; ``BatchEncoding.sequence_ids(i)`` as fast's.
+  Constructor / ``from_pretrained`` keywords: loading options are accepted, special tokens and ``sp_model_kwargs``
+  only at XLM-R's values. Refused: ``return_tensors`` 'tf' / 'jax' / 'mlx', offsets with ``is_split_into_words``,
+  ``save_pretrained(legacy_format=False / filename_prefix / push_to_hub)``, any keyword we do not know.
 - Bad input is refused with an error naming it (both of transformers' tokenizers fail on these with messages that
   name neither): a text holding a lone surrogate (ValueError with the input, e.g. ``text_pair[3]``, and the
   position; transformers' slow tokenizer raises pybind11's "Unable to cast"), a non-str text (TypeError naming its
