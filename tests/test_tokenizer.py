@@ -280,7 +280,7 @@ def test_bad_arguments(toks):
     with pytest.raises(ValueError, match="truncation="):
         ours("x", truncation="middle")
     with pytest.raises(ValueError, match="return_tensors"):
-        ours("x", return_tensors="np")
+        ours("x", return_tensors="tf")
     with pytest.raises(ValueError, match="same length"):
         ours(["a", "b"], text_pair=["c"])
     with pytest.raises(TypeError, match="str"):

@@ -240,6 +240,8 @@ KWARGS = st.fixed_dictionaries(
         "return_special_tokens_mask": st.booleans(),
         "return_length": st.booleans(),
         "return_tensors": st.sampled_from([None, None, "pt", "np"]),
+        "padding_side": st.sampled_from([None, "left", "right"]),
+        "verbose": st.booleans(),
     },
 )
 
@@ -257,7 +259,7 @@ def _valid_text(x) -> bool:
 
 
 def _plain(enc) -> dict:
-    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in dict(enc).items()}
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in dict(enc).items()}
 
 
 def _lengths(ids) -> list[int]:

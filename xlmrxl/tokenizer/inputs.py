@@ -43,3 +43,31 @@ def split_inputs(
         if paired or (batched and text_pair is not None):
             check_text(p, pname)
     return batched, texts, pairs, names, paired
+
+
+def _words(x, where: str) -> list[str]:
+    if not isinstance(x, (list, tuple)):
+        raise TypeError(
+            f"{where} is {type(x).__name__} ({x!r:.40}); with is_split_into_words=True each text is a list of "
+            "words (str)"
+        )
+    return [check_text(w, f"{where}[{j}]") for j, w in enumerate(x)]
+
+
+def split_words(
+    text: Sequence, text_pair: None | Sequence
+) -> tuple[bool, list[list[str]], list[list[str] | None], list[str], bool]:
+    """``split_inputs`` for ``is_split_into_words=True``: a text is a list of words, a batch a list of such lists
+    (transformers' rule: a batch when the first item is itself a list)."""
+    batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
+    if not batched:
+        texts = [_words(text, "text")]
+        pairs = [_words(text_pair, "text_pair") if text_pair is not None else None]
+        return False, texts, pairs, ["text"], pairs[0] is not None
+    texts = [_words(t, f"text[{i}]") for i, t in enumerate(text)]
+    if text_pair is None:
+        return True, texts, [None] * len(texts), [f"text[{i}]" for i in range(len(texts))], False
+    if not isinstance(text_pair, (list, tuple)) or len(text_pair) != len(texts):
+        raise ValueError(f"text is a batch of {len(texts)} word lists, so text_pair must be a list of as many")
+    pairs = [_words(p, f"text_pair[{i}]") for i, p in enumerate(text_pair)]
+    return True, texts, pairs, [f"text[{i}]" for i in range(len(texts))], True

@@ -18,10 +18,16 @@ _TRUNCATION = ("longest_first", "only_first", "only_second", "do_not_truncate")
 
 
 def resolve_strategies(
-    padding: Any, truncation: Any, max_length: Any, pad_to_multiple_of: Any, model_max_length: int
+    padding: Any,
+    truncation: Any,
+    max_length: Any,
+    pad_to_multiple_of: Any,
+    model_max_length: int,
+    verbose: bool = True,
 ) -> tuple[str, str, int | None]:
     """``(pad, trunc, max_length)``: pad in ``_PADDING``, trunc in ``_TRUNCATION``; ``max_length`` falls back to
-    ``model_max_length`` when a strategy needs a length and none was given (and a limit is set)."""
+    ``model_max_length`` when a strategy needs a length and none was given (and a limit is set); ``verbose=False``
+    silences the warnings, as in transformers."""
     if pad_to_multiple_of is not None:
         pad_to_multiple_of = check_int("pad_to_multiple_of", pad_to_multiple_of, 1)
     if max_length is not None and padding is False and truncation is None:
@@ -47,19 +53,21 @@ def resolve_strategies(
     if max_length is None:
         if pad == "max_length":
             if model_max_length > LARGE_INTEGER:
-                logger.warning(
-                    "xlmrxl: padding='max_length' without max_length, and the tokenizer has no "
-                    "model_max_length: not padding. Pass max_length=N to pad."
-                )
+                if verbose:
+                    logger.warning(
+                        "xlmrxl: padding='max_length' without max_length, and the tokenizer has no "
+                        "model_max_length: not padding. Pass max_length=N to pad."
+                    )
                 pad = "do_not_pad"
             else:
                 max_length = model_max_length
         if trunc != "do_not_truncate":
             if model_max_length > LARGE_INTEGER:
-                logger.warning(
-                    "xlmrxl: truncation without max_length, and the tokenizer has no "
-                    "model_max_length: not truncating. Pass max_length=N to truncate."
-                )
+                if verbose:
+                    logger.warning(
+                        "xlmrxl: truncation without max_length, and the tokenizer has no "
+                        "model_max_length: not truncating. Pass max_length=N to truncate."
+                    )
                 trunc = "do_not_truncate"
             else:
                 max_length = model_max_length

@@ -20,6 +20,19 @@ Contract
   including its defaults: ``max_length`` without ``truncation`` (and without padding) truncates ``longest_first``;
   ``truncation``/``padding="max_length"`` without ``max_length`` use ``model_max_length`` when one is set.
 - ``decode`` joins the pieces, turns ``▁`` into spaces and strips the ends (the slow tokenizer's rule).
+- Keywords (calls.py): every one transformers takes is honoured with its result or refused by name with
+  ``UnsupportedArgument`` (a TypeError, and a ValueError); none is dropped. Honoured: ``padding_side`` per call,
+  ``text_target`` / ``text_pair_target`` (encoded with the same settings into ``labels``), ``stride`` with
+  ``return_overflowing_tokens``, ``return_offsets_mapping``, ``return_tensors`` None / ``'pt'`` / ``'np'``,
+  ``is_split_into_words``, ``split_special_tokens``, ``verbose``, ``return_special_tokens_mask``,
+  ``return_length``, ``return_token_type_ids``, ``return_attention_mask``, ``add_special_tokens``; ``encode``,
+  ``encode_plus``, ``batch_encode_plus``, ``pad``, ``decode`` / ``batch_decode`` (``spaces_between_special_tokens``
+  and ``use_source_tokenizer`` change nothing without added tokens, as in transformers), ``tokenize`` (with
+  ``pair`` / ``add_special_tokens`` as the fast tokenizer's), ``prepare_for_model`` (``prepend_batch_axis``),
+  transformers 5's ``tokenizer_kwargs`` and ``max_target_length``; ``BatchEncoding.sequence_ids(i)`` as fast's.
+  Constructor / ``from_pretrained`` keywords: loading options are accepted, special tokens and ``sp_model_kwargs``
+  only at XLM-R's values. Refused: ``return_tensors`` 'tf' / 'jax' / 'mlx', offsets with ``is_split_into_words``,
+  ``save_pretrained(legacy_format=False / filename_prefix / push_to_hub)``, any keyword we do not know.
 - Bad input is refused with an error naming it (both of transformers' tokenizers fail on these with messages that
   name neither): a text holding a lone surrogate (ValueError with the input, e.g. ``text_pair[3]``, and the
   position; transformers' slow tokenizer raises pybind11's "Unable to cast"), a non-str text (TypeError naming its
@@ -39,6 +52,13 @@ each point):
   length, a batch its unpadded ones).
 - ``decode(..., skip_special_tokens=True)`` where a skipped ``<unk>`` follows a space: slow strips the ends
   (``"ok"``), fast keeps the space (``"ok "``).
+- ``split_special_tokens=True``: slow honours it for one input but drops it for a batch, fast ignores it; we honour
+  it everywhere (a batch gives what its inputs give one by one).
+- What only fast does, we do as fast: ``return_overflowing_tokens=True`` gives every window (each overlapping the
+  last by ``stride``; slow gives one window plus ``overflowing_tokens``), batched, with
+  ``overflow_to_sample_mapping`` and padded ``length``s; a pair under ``longest_first`` is refused as slow refuses
+  it (fast multiplies the two sides' windows). ``return_offsets_mapping=True`` (slow raises) gives fast's character
+  offsets (offsets.py); refused for the rare text whose normalization fast makes otherwise than sentencepiece.
 Everything else matches both: multilingual text, tabs, runs of spaces, leading/trailing spaces, NBSP, zero-width
 spaces, full-width forms, special tokens in text, pairs, padding, batches.
 """
@@ -52,8 +72,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checks import check_int, check_text
-from .encoding import BatchEncoding, collate
+from .calls import EncodeMixin
+from .checks import check_init_kwargs, check_int, check_text, refuse_unknown
+from .decoding import DecodeMixin, to_py
 from .files import (
     SPECIAL_TOKEN_ATTRS,
     VOCAB_FILE,
@@ -63,17 +84,15 @@ from .files import (
     read_settings,
     write_files,
 )
-from .inputs import split_inputs
-from .padding import pad_row, pad_target
-from .strategies import VERY_LARGE_INTEGER, resolve_strategies
-from .truncation import truncate
+from .offsets import WHITE_SPACE, Normalizer, piece_offsets
+from .strategies import VERY_LARGE_INTEGER
 
 logger = logging.getLogger("xlmrxl")
 
 SPIECE_UNDERLINE = "\u2581"
 
 
-class XLMRobertaTokenizer:
+class XLMRobertaTokenizer(EncodeMixin, DecodeMixin):
     """SentencePiece-backed XLM-RoBERTa tokenizer with transformers' API (see the module docstring)."""
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -96,6 +115,7 @@ class XLMRobertaTokenizer:
         padding_side: str = "right",
         truncation_side: str = "right",
         clean_up_tokenization_spaces: bool = False,
+        split_special_tokens: bool = False,
         **kwargs: Any,
     ):
         path = Path(vocab_file)
@@ -108,7 +128,11 @@ class XLMRobertaTokenizer:
         self.padding_side = self._check_side("padding_side", padding_side)
         self.truncation_side = self._check_side("truncation_side", truncation_side)
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.init_kwargs = dict(kwargs)
+        self.split_special_tokens = bool(split_special_tokens)  # the default of every call, as in transformers
+        fixed = dict(self.special_tokens_map, sp_model_kwargs={}, model_input_names=self.model_input_names)
+        fixed.update(additional_special_tokens=[], added_tokens_decoder=None, extra_special_tokens={})
+        fixed.update(tokenizer_class="XLMRobertaTokenizer", add_prefix_space=None, name_or_path=None)
+        self.init_kwargs = check_init_kwargs(kwargs, fixed)
 
         self.fairseq_tokens_to_ids = {
             "<s>": 0,
@@ -122,6 +146,7 @@ class XLMRobertaTokenizer:
         specials = sorted(self.fairseq_tokens_to_ids, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
         self._lstrip = {"<mask>"}  # transformers gives <mask> lstrip=True; the others strip nothing
+        self._normalizer = None  # built on the first return_offsets_mapping=True
 
     @staticmethod
     def _check_side(name: str, value: str) -> str:
@@ -139,9 +164,30 @@ class XLMRobertaTokenizer:
         config.update(kwargs)
         return cls(vocab, **config)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        legacy_format: bool | None = None,
+        filename_prefix: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> tuple:
         """Write ``sentencepiece.bpe.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` (the files
-        transformers writes, so ``transformers.XLMRobertaTokenizer.from_pretrained`` reads them too)."""
+        transformers writes, so ``transformers.XLMRobertaTokenizer.from_pretrained`` reads them too). These are
+        the legacy (slow) files, so ``legacy_format=False``, a ``filename_prefix`` and ``push_to_hub`` are refused."""
+        bad = dict(kwargs)
+        if legacy_format is False:
+            bad["legacy_format"] = legacy_format
+        if filename_prefix is not None:
+            bad["filename_prefix"] = filename_prefix
+        if push_to_hub:
+            bad["push_to_hub"] = push_to_hub
+        refuse_unknown(
+            "XLMRobertaTokenizer.save_pretrained",
+            bad,
+            "it writes the sentencepiece files under their usual names, to a local directory; upload with "
+            "huggingface_hub, or save with transformers' fast tokenizer for tokenizer.json",
+        )
         config = {
             "added_tokens_decoder": {
                 str(i): added_token(t, t in self._lstrip)
@@ -266,7 +312,7 @@ class XLMRobertaTokenizer:
         return [self._token_to_id(t) for t in tokens]
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        ids = _to_py(ids)
+        ids = to_py(ids)
         if isinstance(ids, int):
             return self._id_to_token(ids)
         special = set(self.all_special_ids) if skip_special_tokens else set()
@@ -284,28 +330,47 @@ class XLMRobertaTokenizer:
                 parts[i - 1] = parts[i - 1].rstrip()
         return parts
 
-    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
-        """The pieces of ``text`` (special tokens written in the text stay whole), without ``<s>``/``</s>``."""
-        if kwargs:
-            logger.warning("xlmrxl: tokenize() ignores keyword arguments %s", sorted(kwargs))
+    def tokenize(
+        self,
+        text: str,
+        pair: str | None = None,
+        add_special_tokens: bool = False,
+        *,
+        split_special_tokens: bool | None = None,
+        is_split_into_words: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
+        """The pieces of ``text`` (special tokens written in the text stay whole unless ``split_special_tokens``);
+        with ``pair`` and ``add_special_tokens=True`` the pieces of the model input, as the fast tokenizer gives.
+        ``is_split_into_words`` changes nothing here (one text is one word), as in transformers."""
+        refuse_unknown("XLMRobertaTokenizer.tokenize", kwargs)
         check_text(text, "text")
+        if split_special_tokens is None:
+            split_special_tokens = self.split_special_tokens
+        if pair is not None or add_special_tokens:  # the fast tokenizer's tokenize(text, pair, add_special_tokens)
+            first = self.tokenize(text, split_special_tokens=split_special_tokens)
+            second = None if pair is None else self.tokenize(pair, split_special_tokens=split_special_tokens)
+            if not add_special_tokens:
+                return first + (second or [])
+            out = [self.cls_token] + first + [self.sep_token]
+            return out + ([self.sep_token] + second + [self.sep_token] if second is not None else [])
         out: list[str] = []
-        for part in self._split_special(text):
+        for part in [text] if split_special_tokens else self._split_special(text):
             if not part:
                 continue
-            if part in self.fairseq_tokens_to_ids:
+            if part in self.fairseq_tokens_to_ids and not split_special_tokens:
                 out.append(part)
             else:
                 out.extend(self.sp_model.encode(part, out_type=str))
         return out
 
-    def _encode_text(self, text: str) -> list[int]:
+    def _encode_text(self, text: str, split_special_tokens: bool = False) -> list[int]:
         check_text(text, "text")
         ids: list[int] = []
-        for part in self._split_special(text):
+        for part in [text] if split_special_tokens else self._split_special(text):
             if not part:
                 continue
-            tid = self.fairseq_tokens_to_ids.get(part)
+            tid = None if split_special_tokens else self.fairseq_tokens_to_ids.get(part)
             if tid is not None:
                 ids.append(tid)
             else:
@@ -313,185 +378,66 @@ class XLMRobertaTokenizer:
                 ids.extend(i + self.fairseq_offset if i else self.unk_token_id for i in self.sp_model.encode(part))
         return ids
 
-    def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        if pair_ids is None:
-            return [self.cls_token_id] + list(ids) + [self.sep_token_id]
-        return [self.cls_token_id] + list(ids) + [self.sep_token_id] * 2 + list(pair_ids) + [self.sep_token_id]
+    def _encode_offsets(self, text: str, split_special_tokens: bool = False) -> tuple[list[int], list]:
+        """Ids of ``text`` and each token's ``(start, end)`` character offsets, as transformers' fast tokenizer
+        gives them (a special token written in the text spans the whitespace its ``lstrip`` took)."""
+        check_text(text, "text")
+        ids: list[int] = []
+        offs: list[tuple[int, int]] = []
+        pos = 0
+        parts = [text] if split_special_tokens else self._special_re.split(text)
+        for i, part in enumerate(parts):
+            special = i % 2 == 1 and not split_special_tokens
+            if special:
+                start = pos
+                if part in self._lstrip:  # the whitespace before it belongs to it (Unicode White_Space, as fast)
+                    start -= len(parts[i - 1]) - len(parts[i - 1].rstrip(WHITE_SPACE))
+                ids.append(self.fairseq_tokens_to_ids[part])
+                offs.append((start, pos + len(part)))
+            elif part:
+                chunk = part
+                if i + 1 < len(parts) and parts[i + 1] in self._lstrip and not split_special_tokens:
+                    chunk = part.rstrip(WHITE_SPACE)
+                if self._normalizer is None:
+                    self._normalizer = Normalizer(self.vocab_file)
+                for sp_id, (s, e) in piece_offsets(self._normalizer, self.sp_model, chunk, f"text {text!r:.60}"):
+                    ids.append(sp_id + self.fairseq_offset if sp_id else self.unk_token_id)
+                    offs.append((pos + s, pos + e))
+            pos += len(part)
+        return ids, offs
 
-    def get_special_tokens_mask(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        if pair_ids is None:
-            return [1] + [0] * len(ids) + [1]
-        return [1] + [0] * len(ids) + [1, 1] + [0] * len(pair_ids) + [1]
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
+        if token_ids_1 is None:
+            return [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
+        sep = [self.sep_token_id]
+        return [self.cls_token_id] + list(token_ids_0) + sep + sep + list(token_ids_1) + sep
+
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
+        """1 where ``build_inputs_with_special_tokens`` puts a special token; with ``already_has_special_tokens``,
+        1 at every special id of ``token_ids_0`` (transformers' rule)."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError(
+                    "already_has_special_tokens=True takes one sequence that already holds its special tokens; "
+                    "pass token_ids_1=None"
+                )
+            special = set(self.all_special_ids)
+            return [1 if t in special else 0 for t in token_ids_0]
+        if token_ids_1 is None:
+            return [1] + [0] * len(token_ids_0) + [1]
+        return [1] + [0] * len(token_ids_0) + [1, 1] + [0] * len(token_ids_1) + [1]
+
+    def create_token_type_ids_from_sequences(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """All zeros, one per token of the model input (XLM-R does not use token types)."""
+        return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
 
     @staticmethod
     def num_special_tokens_to_add(pair: bool = False) -> int:
         return 4 if pair else 2
-
-    # -- strategies (transformers' rules) -----------------------------------------------------------------------
-    def _prepare(self, ids, pair_ids, add_special_tokens, trunc, max_length, want_tt, want_special, name="the input"):
-        total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
-        if add_special_tokens:
-            total += self.num_special_tokens_to_add(pair_ids is not None)
-        if trunc != "do_not_truncate" and max_length is not None and total > max_length:
-            ids, pair_ids = truncate(ids, pair_ids, total - max_length, trunc, self.truncation_side, name)
-        if add_special_tokens:
-            seq = self.build_inputs_with_special_tokens(ids, pair_ids)
-            special = self.get_special_tokens_mask(ids, pair_ids)
-        else:
-            seq = ids + (pair_ids or [])
-            special = [0] * len(seq)
-        out = {"input_ids": seq}
-        if want_tt:
-            out["token_type_ids"] = [0] * len(seq)
-        if want_special:
-            out["special_tokens_mask"] = special
-        if max_length is None and len(seq) > self.model_max_length:
-            logger.warning(
-                "xlmrxl: sequence of %d tokens is longer than model_max_length=%d; the model will fail "
-                "on it. Pass truncation=True.",
-                len(seq),
-                self.model_max_length,
-            )
-        return out
-
-    # -- the main entry -----------------------------------------------------------------------------------------
-    def __call__(
-        self,
-        text: str | Sequence[str],
-        text_pair: None | str | Sequence[str] = None,
-        *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: None | bool | str = None,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool | None = True,
-        return_token_type_ids: bool | None = False,
-        return_special_tokens_mask: bool = False,
-        return_length: bool = False,
-        **kwargs: Any,
-    ) -> BatchEncoding:
-        """Encode one text, a pair, or a batch (list) of texts / pairs; see the module docstring for the rules."""
-        if kwargs.pop("is_split_into_words", False):
-            raise NotImplementedError("is_split_into_words=True is not supported; pass plain strings")
-        if kwargs:
-            logger.warning("xlmrxl: the tokenizer ignores keyword arguments %s", sorted(kwargs))
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use None (lists) or 'pt'")
-        batched, texts, pairs, names, paired = split_inputs(text, text_pair)
-        pad, trunc, max_length = resolve_strategies(
-            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
-        )
-        if trunc != "do_not_truncate" and max_length is not None and texts:
-            need = self.num_special_tokens_to_add(paired) if add_special_tokens else 0
-            if max_length < max(need, 1):
-                raise ValueError(
-                    f"truncation to max_length={max_length} is impossible: "
-                    + (f"{'a pair' if paired else 'a text'} takes {need} special tokens" if need else "")
-                    + (" alone; " if need else "no tokens would be left; ")
-                    + f"pass max_length >= {max(need, 1)} (XLM-R models take up to 512), or truncation=False"
-                )
-        if trunc == "only_second" and any(p is None for p in pairs):
-            # transformers silently keeps such inputs whole; say so once
-            logger.warning("xlmrxl: truncation='only_second' does not truncate inputs that have no text_pair")
-        want_mask = bool(return_attention_mask) if return_attention_mask is not None else True
-        want_tt = bool(return_token_type_ids)
-
-        encs = [
-            self._prepare(
-                self._encode_text(t),
-                self._encode_text(p) if p is not None else None,
-                add_special_tokens,
-                trunc,
-                max_length,
-                want_tt,
-                return_special_tokens_mask,
-                names[i] if batched else "the input",
-            )
-            for i, (t, p) in enumerate(zip(texts, pairs))
-        ]
-        target = pad_target([len(e["input_ids"]) for e in encs], pad, max_length, pad_to_multiple_of)
-        padded = []
-        for e in encs:
-            n = len(e["input_ids"])
-            if target is not None:
-                e = pad_row(e, target, want_mask, self.padding_side, self.pad_token_id, self.pad_token_type_id)
-            elif want_mask:
-                e = dict(e, attention_mask=[1] * n)
-            if return_length:  # as the slow tokenizer: a batch reports unpadded lengths, a single input its padded one
-                e["length"] = n if batched else len(e["input_ids"])
-            padded.append(e)
-        return collate(padded, want_mask, return_tensors, batched)
-
-    def encode(
-        self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs: Any
-    ) -> list[int]:
-        """Ids of one text (or pair), as a list (or a (1, L) tensor with ``return_tensors='pt'``)."""
-        if isinstance(text, (list, tuple)):
-            raise TypeError("encode() takes one text; call the tokenizer itself on a list of texts")
-        kwargs.pop("return_attention_mask", None)
-        return self(text, text_pair, add_special_tokens=add_special_tokens, return_attention_mask=False, **kwargs)[
-            "input_ids"
-        ]
-
-    # -- ids -> text --------------------------------------------------------------------------------------------
-    def decode(
-        self,
-        token_ids,
-        skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: bool | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Text of ``token_ids`` (int, list or tensor): pieces joined, ``▁`` -> space, ends stripped."""
-        ids = _to_py(token_ids)
-        if isinstance(ids, int):
-            ids = [ids]
-        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
-        text = self.convert_tokens_to_string(tokens) if tokens else ""
-        clean = (
-            self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
-        )
-        return clean_up_tokenization(text) if clean else text
-
-    def batch_decode(
-        self,
-        sequences,
-        skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: bool | None = None,
-        **kwargs: Any,
-    ) -> list[str]:
-        seqs = _to_py(sequences)
-        return [
-            self.decode(
-                s, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
-            )
-            for s in seqs
-        ]
-
-
-def clean_up_tokenization(text: str) -> str:
-    """transformers' ``clean_up_tokenization``: drop the space before punctuation and English contractions."""
-    for a, b in (
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ):
-        text = text.replace(a, b)
-    return text
-
-
-def _to_py(x):
-    """Tensors / numpy arrays / nested lists -> python ints and lists."""
-    if hasattr(x, "tolist"):
-        x = x.tolist()
-    if isinstance(x, (list, tuple)):
-        return [_to_py(v) for v in x]
-    return int(x)
