@@ -123,6 +123,16 @@ class QuantLinear(nn.Module):
         out.backend = first.backend
         return out
 
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        """The buffers as they are, except strided views (the fused q/k/v's ``scales`` / ``zeros`` column slices,
+        see ``concat``): a contiguous copy of those, so ``state_dict`` never hands out a view that overlaps another
+        layer's (transformers' ``save_pretrained`` measures each tensor's extent with ``view(-1)``)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in ("qweight", "scales", "zeros"):
+            t = destination.get(prefix + name)
+            if t is not None and not t.is_contiguous():
+                destination[prefix + name] = t.detach().contiguous()
+
     def dequantize(self) -> torch.Tensor:
         """The full-precision weight ``(out_features, in_features)`` this layer computes with."""
         from xlmrxl_kernels.reference.int4 import dequantize_int4_ref
