@@ -14,8 +14,9 @@
   unchanged, memory not doubled), and runs attention/add+LayerNorm/GELU FFN through
   ``xlmrxl.backend.Backend(backend)``: Triton kernels on CUDA, PyTorch references elsewhere. ``quantization="int4"``
   first swaps the encoder's linear layers for ``xlmrxl.quantization.QuantLinear`` (int4 group-128 weights); such a
-  model saved with transformers' ``save_pretrained`` reloads (bit for bit) with xlmrxl's ``from_pretrained``, not with
-  transformers'.
+  model saved with transformers' ``save_pretrained`` (before or after a forward: the same bytes) reloads bit for bit
+  with xlmrxl's ``from_pretrained``; transformers refuses it (its ``quantization_config`` has no ``quant_method``).
+  Asking for int4 again keeps the int4 layers as they are (idempotent).
 - The padding mask: transformers hands its encoder an already-expanded mask (4D additive float, 4D bool, 2D, or None,
   depending on version and attention implementation). A forward pre-hook on the base model captures the user's 2D
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
