@@ -63,7 +63,7 @@ from ..masks import check_binary_mask
 from ..modeling import XLMRobertaXLPreTrainedModel
 from ..modeling.base import first_token_padded_reason, labels_on_padding
 from ..outputs import real_rows
-from ..quantization import QuantLinear, quantize
+from ..quantization import quantize
 from .signature import CACHE_NAMES, output_cache_field, signature
 
 logger = logging.getLogger("xlmrxl")
@@ -271,6 +271,8 @@ def deaccelerate(hf_model: nn.Module) -> nn.Module:
 def _quantize(model: nn.Module) -> None:
     """int4 (group 128), once: a model that already has int4 layers (an earlier ``accelerate(..., "int4")``, an int4
     checkpoint) is kept as it is, so calling ``accelerate`` again is idempotent."""
+    from ..quantization import QuantLinear  # (here: keeps the module's import block as it was)
+
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         logger.info("xlmrxl: %s is already int4; kept as it is", type(model).__name__)
         return
