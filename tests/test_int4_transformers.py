@@ -29,6 +29,17 @@ def _int4_dir(tmp_path, name="int4", **save):
     return tmp_path / name, m
 
 
+def _edit_config(d, edit):
+    """Edit ``d/config.json`` as a user would, and drop the digest of the saved config that xlmrxl records in the
+    weights' metadata (the weights re-written as a plain transformers-style file), so the edit itself is loaded."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((d / "config.json").read_text())
+    edit(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+    save_file(load_file(str(d / "model.safetensors")), str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _refused_by_transformers(d):
     for load in (transformers.AutoModelForMaskedLM, transformers.XLMRobertaXLForMaskedLM, transformers.AutoModel):
         with pytest.raises(ValueError, match="quant_method"):
@@ -70,11 +81,13 @@ def test_accelerated_transformers_int4_save_is_refused_by_transformers(tmp_path)
 
 def test_records_written_before_still_load(tmp_path):
     d, m = _int4_dir(tmp_path)
-    cfg = json.loads((d / "config.json").read_text())
-    qc = cfg["quantization_config"]
-    qc.pop("format"), qc.pop("loader")
-    qc["quant_method"] = "xlmrxl_int4"  # the record as xlmrxl wrote it before issue 18
-    (d / "config.json").write_text(json.dumps(cfg))
+
+    def old_record(cfg):
+        qc = cfg["quantization_config"]
+        qc.pop("format"), qc.pop("loader")
+        qc["quant_method"] = "xlmrxl_int4"  # the record as xlmrxl wrote it before issue 18
+
+    _edit_config(d, old_record)
     back = xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(d, backend="reference")
     sd = m.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in back.state_dict().items())
@@ -97,9 +110,7 @@ def test_records_written_before_still_load(tmp_path):
 )
 def test_bogus_quantization_config_gets_a_clear_message(tmp_path, bogus, words):
     d, _ = _int4_dir(tmp_path)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = bogus
-    (d / "config.json").write_text(json.dumps(cfg))
+    _edit_config(d, lambda cfg: cfg.__setitem__("quantization_config", bogus))
     with pytest.raises(ValueError, match=words) as exc:
         xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(d, backend="reference")
     assert "multiple of" not in str(exc.value) and "QuantLinear" not in str(exc.value)  # not a group-size message

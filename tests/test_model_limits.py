@@ -68,9 +68,13 @@ def test_absurd_sizes_refused_by_from_pretrained(tmp_path):
     for override in ({"num_hidden_layers": 10**12}, {"hidden_size": 10**12}):
         with pytest.raises(ValueError, match="cannot be built"):
             xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(tmp_path, **override)
+    from safetensors.torch import load_file, save_file
+
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["num_hidden_layers"] = 10**12
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    weights = str(tmp_path / "model.safetensors")  # re-written without the saved config's digest: the edit loads
+    save_file(load_file(weights), weights, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="num_hidden_layers=1000000000000"):
         xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(tmp_path)
 
