@@ -45,6 +45,23 @@ def test_compile_fullgraph_accelerated_gives_transformers_numbers(head, backend)
     assert err <= 1e-5, f"{head} compiled ({backend}): max err {err:.3g} vs transformers on an unseen padding"
 
 
+def test_compile_fullgraph_accelerated_int4():
+    """int4 layers under full-graph compile: the same numbers as the uncompiled int4 model on an unseen padding."""
+    cfg = _hf_cfg(hidden_size=128, intermediate_size=256)
+    m = random_model(transformers.XLMRobertaXLForMaskedLM, cfg)
+    seen = make_inputs(cfg, batch=3, seq=9, seed=1, fully_padded_row=False)
+    unseen = make_inputs(cfg, batch=3, seq=9, seed=2, fully_padded_row=False)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        xlmrxl.accelerate(m, quantization="int4")
+        ref = m(**unseen).logits
+        g = torch.compile(m, fullgraph=True, backend="eager")
+        g(**seen)
+        got = g(**unseen).logits
+    where = unseen["attention_mask"].bool()
+    assert (got - ref)[where].abs().max().item() <= 1e-5
+
+
 # -- int4: save after a forward, accelerate twice -------------------------------------------------------------------
 def _int4_hf_model():
     cfg = transformers.XLMRobertaXLConfig(

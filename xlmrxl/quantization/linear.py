@@ -140,10 +140,16 @@ class QuantLinear(nn.Module):
         return dequantize_int4_ref(self.qweight, self.scales, self.zeros, self.group_size)
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        backend = self.backend if self.backend is not None else _default_backend()
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
+        if torch.compiler.is_compiling():  # the backend's per-call choice (its logged reasons) is not traceable
+            from xlmrxl_kernels.reference.int4 import int4_matmul_ref
+
+            return int4_matmul_ref(
+                x, self.qweight, self.scales, self.zeros, group_size=self.group_size, bias=bias, activation=activation
+            )
+        backend = self.backend if self.backend is not None else _default_backend()
         return backend.int4_matmul(
             x, self.qweight, self.scales, self.zeros, group_size=self.group_size, bias=bias, activation=activation
         )
