@@ -407,8 +407,11 @@ def test_fused_qkv_costs_no_memory():
             warnings.simplefilter("ignore")
             for t in gc.get_objects():
                 if isinstance(t, torch.Tensor) and not t.is_meta:
-                    st = t.untyped_storage()
-                    storages[st.data_ptr()] = st.nbytes()
+                    try:
+                        st = t.untyped_storage()
+                        storages[st.data_ptr()] = st.nbytes()
+                    except RuntimeError:  # FakeTensors an earlier test's torch.compile left behind: no storage
+                        continue
         return sum(storages.values())
 
     for int4 in (False, True):

@@ -104,7 +104,7 @@ def test_quantize_model_accuracy_and_bytes():
     assert isinstance(model.lm_head.dense, nn.Linear) and isinstance(model.lm_head.decoder, nn.Linear)
     assert model.lm_head.decoder.weight is model.roberta.embeddings.word_embeddings.weight, "tie kept"
     qc = model.config.quantization_config
-    assert qc["quant_method"] == "xlmrxl_int4" and qc["bits"] == 4 and qc["group_size"] == 128
+    assert qc["format"] == "xlmrxl_int4" and "quant_method" not in qc and qc["bits"] == 4 and qc["group_size"] == 128
     assert qc["zero_point_domain"] == "float" and len(qc["modules"]) == len(qs)
     out = _logits(model, ids, mask)
     assert out.shape == ref.shape and out.dtype == ref.dtype
@@ -150,7 +150,7 @@ def test_save_load_bit_for_bit(tmp_path, dtype):
     ref = _logits(model, ids, mask)
     model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["quantization_config"]["quant_method"] == "xlmrxl_int4"
+    assert cfg["quantization_config"]["format"] == "xlmrxl_int4"
     loaded = XLMRobertaXLForMaskedLM.from_pretrained(tmp_path, dtype=dtype)
     qs = {n: m for n, m in loaded.named_modules() if isinstance(m, QuantLinear)}
     assert len(qs) == N_LAYERS * LINEARS_PER_LAYER

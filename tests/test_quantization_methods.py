@@ -93,7 +93,7 @@ def test_rtn_is_the_plain_min_max_bit_for_bit():
                 assert got.dtype == exp.dtype and torch.equal(got, exp), f"{name}.{what} differs from min-max"
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     qc = a.config.quantization_config
-    assert qc["method"] == "rtn" and qc["method_options"] == {} and qc["quant_method"] == "xlmrxl_int4"
+    assert qc["method"] == "rtn" and qc["method_options"] == {} and qc["format"] == "xlmrxl_int4"
     old_form = quantize(copy.deepcopy(base), 128, True)  # quantize(model, group_size, include_lm_head) still works
     assert isinstance(old_form.lm_head.dense, QuantLinear)
 

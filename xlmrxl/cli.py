@@ -344,10 +344,8 @@ def _print_info(info: dict[str, Any]) -> None:
     )
     if info["quantized"]:
         q = info.get("quantization_config") or {}
-        w(
-            f"  quantized    yes: {q.get('quant_method', 'int4')}, {q.get('bits', 4)} bits, group size "
-            f"{q.get('group_size', 128)}\n"
-        )
+        fmt = q.get("format", q.get("quant_method", "int4"))
+        w(f"  quantized    yes: {fmt}, {q.get('bits', 4)} bits, group size {q.get('group_size', 128)}\n")
         if "quantized_linear_bytes" in info:
             qb, bf = info["quantized_linear_bytes"], info["quantized_linear_bf16_bytes"]
             w(

@@ -170,9 +170,11 @@ class XLMRobertaXLConfig:
         kwargs.pop("transformers_version", None)
         kwargs.pop("_commit_hash", None)
         self.attn_implementation = attn_implementation or kwargs.pop("_attn_implementation", None)
-        # Unknown keys are kept (and written back on save), as transformers does
+        # Unknown keys are kept (and written back on save), as transformers does: any string, "my-key" included
+        # (read back with getattr(config, "my-key")); only names that would shadow the config's own methods and
+        # properties, or dunder names, are refused
         for key, value in kwargs.items():
-            if not isinstance(key, str) or not key.isidentifier() or key.startswith("__") or hasattr(type(self), key):
+            if not isinstance(key, str) or not key or key.startswith("__") or hasattr(type(self), key):
                 raise ValueError(
                     f"config key {key!r} cannot be set: it is not a field name (or it names a method or a read-only "
                     "property of the config); remove it from config.json / the keyword arguments"

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import quantization as quant_mod
+from .. import sizing
 from ..parsing import AUTO, DeviceArg, DtypeArg, parse_device, parse_dtype
 from ..progress import resolve as resolve_progress
 from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file
@@ -242,6 +243,8 @@ def load_pretrained(
     try:
         config = _load_config(cls, directory, options, overrides, ckpt.record)
         target = _resolve_dtype(dtype, config, ckpt)
+        int4 = quantization is not None or getattr(config, "quantization_config", None) is not None
+        sizing.check_fits(config, device, target, 128 if int4 else None, what=cls.__name__)  # before anything is read
         previous = torch.get_default_dtype()
         torch.set_default_dtype(target)  # modules create floating tensors in the target dtype ...
         try:

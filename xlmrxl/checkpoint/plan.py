@@ -81,12 +81,14 @@ class Plan:
         for ck, mk in mapping.items():
             by_model_key.setdefault(mk, ck)
         aliases = alias_names(model)
+        preferred = set(getattr(model, "_load_preferred_keys", ()) or ())  # transformers' winner of a tie
         self.source: dict[int, str | None] = {}
         missing, mismatched = [], []
         for tid, members in self.groups.items():
             names = [m[0] for m in members]
             present = [n for n in names if n in by_model_key]
-            present.sort(key=lambda n: n in aliases)  # prefer the tie's source over its alias
+            # prefer the tie's source over its alias, except where transformers keeps the alias (the decoder bias)
+            present.sort(key=lambda n: (n not in preferred, n in aliases))
             if not present:
                 self.source[tid] = None
                 missing.extend(names)

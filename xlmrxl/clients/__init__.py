@@ -6,7 +6,9 @@
 - a ``Client``: ``client.model`` is the transformers XLM-RoBERTa-XL model to accelerate in place, then
   ``client.attach(backend)`` adds what the client needs on top (COMET: the packed layer mix), and
   ``client.detach()`` undoes it;
-- ``TypeError`` naming what was found, when ``obj`` is such a client but its encoder is not XLM-RoBERTa-XL.
+- a ``Client`` with ``supported=False`` when the client is built on another transformers model (BERT, XLM-R):
+  ``accelerate`` warns and returns it unchanged, as for a bare ``BertModel``;
+- ``TypeError`` naming what was found, when ``obj`` is such a client but holds no transformers model at all.
 
 A client is recognised by the modules its class comes from, so neither ``comet`` nor ``sentence_transformers`` (both
 optional extras, never needed to import xlmrxl) is imported here.

@@ -17,12 +17,14 @@ def _nothing(*_args) -> None:
 @dataclass
 class Client:
     """``kind``: what was found (for messages); ``model``: the transformers XLM-RoBERTa-XL model to accelerate;
-    ``attach(backend)`` / ``detach()``: the client's own patches on top (idempotent; no-ops by default)."""
+    ``attach(backend)`` / ``detach()``: the client's own patches on top (idempotent; no-ops by default);
+    ``supported``: False when ``model`` is another transformers model (BERT, XLM-R): the client is left unchanged."""
 
     kind: str
     model: nn.Module
     attach: Callable = _nothing
     detach: Callable = _nothing
+    supported: bool = True
 
 
 def describe(obj: object) -> str:

@@ -35,10 +35,14 @@ _PATCH = "_xlmrxl_comet"  # on the encoder wrapper: the _EncoderForward installe
 
 
 def find_encoder(metric: nn.Module) -> Client:
-    """The ``Client`` of a COMET model whose encoder is XLM-RoBERTa-XL; TypeError naming what was found otherwise."""
+    """The ``Client`` of a COMET model whose encoder is XLM-RoBERTa-XL (an unsupported one, ``supported=False``, when
+    it wraps another transformers model); TypeError naming what was found when it wraps none."""
     wrapper = getattr(metric, "encoder", None)
     model = getattr(wrapper, "model", None)
     kind = f"COMET {type(metric).__name__}"
+    if isinstance(model, nn.Module) and hasattr(model, "config") and not is_xlmrxl_model(model):
+        # another transformers encoder (XLM-R base/large, BERT): accelerate() warns and returns the model unchanged
+        return Client(kind=f"{kind} ({type(model).__name__})", model=model, supported=False)
     if model is None or not is_xlmrxl_model(model):
         what = (
             f"{type(wrapper).__name__} wrapping {describe(model)}" if wrapper is not None else "no .encoder attribute"

@@ -14,8 +14,9 @@
   unchanged, memory not doubled), and runs attention/add+LayerNorm/GELU FFN through
   ``xlmrxl.backend.Backend(backend)``: Triton kernels on CUDA, PyTorch references elsewhere. ``quantization="int4"``
   first swaps the encoder's linear layers for ``xlmrxl.quantization.QuantLinear`` (int4 group-128 weights); such a
-  model saved with transformers' ``save_pretrained`` reloads (bit for bit) with xlmrxl's ``from_pretrained``, not with
-  transformers'.
+  model saved with transformers' ``save_pretrained`` (before or after a forward: the same bytes) reloads bit for bit
+  with xlmrxl's ``from_pretrained``; transformers refuses it (its ``quantization_config`` has no ``quant_method``).
+  Asking for int4 again keeps the int4 layers as they are (idempotent).
 - The padding mask: transformers hands its encoder an already-expanded mask (4D additive float, 4D bool, 2D, or None,
   depending on version and attention implementation). A forward pre-hook on the base model captures the user's 2D
   mask for the call; without it (the encoder called directly) the 2D mask is recovered from the 4D one and checked
@@ -37,14 +38,14 @@
 - The encoder's cache argument is read under the name its signature declares (``cache`` from transformers 5.24,
   ``past_key_values`` before; the other name is accepted as the deprecated alias) and returned under the output
   class's field name, so no deprecation warning fires and the cache passed in is the one driven.
-- A model whose ``config.model_type`` is not ``xlm-roberta-xl`` (``BertModel``, ``XLMRobertaModel``) is left
+- A model whose ``config.model_type`` is not ``xlm-roberta-xl`` (``BertModel``, ``XLMRobertaModel``), or a client built
+  on one (a SentenceTransformer with BERT, a COMET model on XLM-R large), is left
   unchanged, with a warning, and is not marked accelerated.
 - ``deaccelerate(model)`` restores the original forward (the fused q/k/v views stay: they are ordinary parameters).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import warnings
@@ -64,6 +65,7 @@ from ..modeling.base import first_token_padded_reason, labels_on_padding
 from ..outputs import real_rows
 from ..quantization import quantize
 from .inputs import capture_state, fill_hidden_states, new_cache, padding_mask
+from .signature import CACHE_NAMES, output_cache_field, signature
 
 logger = logging.getLogger("xlmrxl")
 
@@ -73,38 +75,7 @@ _STATE = "_xlmrxl_accel"
 _MODEL_TYPE = "xlm-roberta-xl"  # transformers' config.model_type of the models accelerate() takes
 
 
-_SIGNATURES: dict = {}
 _LOCAL = threading.local()  # per-thread captured masks, keyed by id(state): one model may serve several threads
-
-
-# The names transformers has given the encoder's cache argument (and its output field), newest first: 5.24 renamed
-# ``past_key_values`` to ``cache`` (keeping a deprecated alias). The patch reads whichever the installed version's
-# signature declares, so a call is never served with a cache other than the one passed in.
-_CACHE_NAMES = ("cache", "past_key_values")
-
-
-def _signature(cls):
-    """(signature, name of its **kwargs or None, legacy 4.x layout?, the cache argument's name) of ``cls.forward``
-    (through transformers' deprecation wrappers), computed once per class."""
-    sig = _SIGNATURES.get(cls)
-    if sig is None:
-        s = inspect.signature(cls.forward)
-        params = list(s.parameters.values())[1:]  # drop self
-        var_kw = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
-        cache_kw = next((n for n in _CACHE_NAMES if n in s.parameters), None)
-        if cache_kw is None:
-            raise TypeError(
-                f"{cls.__module__}.{cls.__name__}.forward{s} takes none of the cache arguments xlmrxl knows "
-                f"({', '.join(_CACHE_NAMES)}); this transformers version is not supported by xlmrxl.accelerate"
-            )
-        sig = _SIGNATURES[cls] = (s, var_kw, "output_hidden_states" in s.parameters, cache_kw)
-    return sig
-
-
-def _output_cache_field(output_cls: type) -> str:
-    """The field under which ``output_cls`` (a transformers output dataclass) holds the cache in this version."""
-    names = getattr(output_cls, "__dataclass_fields__", {})
-    return next((n for n in _CACHE_NAMES if n in names), "past_key_values")
 
 
 class _AccelState:
@@ -200,6 +171,8 @@ def is_accelerated(model: nn.Module) -> bool:
     """True if ``model`` (a transformers model or a client holding one) has been passed through ``accelerate``."""
     try:
         client = find_encoder(model)  # COMET / sentence-transformers: the encoder inside
+        if client is not None and not client.supported:
+            return False
         model = model if client is None else client.model
         return hasattr(_base_model(model).encoder, _STATE)
     except TypeError:
@@ -217,6 +190,9 @@ def accelerate(
     if quantization not in (None, "int4"):
         raise ValueError(f"quantization={quantization!r} is not supported; use None or 'int4'")
     client = find_encoder(hf_model)  # a COMET model / SentenceTransformer / CrossEncoder: its XL encoder inside
+    if client is not None and not client.supported:  # built on BERT / XLM-R: left unchanged, like a BertModel
+        _warn_unchanged(client.model, f"{type(hf_model).__name__} holding ")
+        return hf_model
     if client is not None:
         accelerate(client.model, be, quantization)
         client.attach(be)
@@ -228,13 +204,7 @@ def accelerate(
         return hf_model
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
     if model_type is not None and model_type != _MODEL_TYPE:
-        # e.g. BertModel or XLMRobertaModel: laid out alike, but another model (learned positions, post-LayerNorm)
-        msg = (
-            f"xlmrxl.accelerate: {type(hf_model).__name__} (model_type={model_type!r}) is not an XLM-RoBERTa-XL "
-            f"model (model_type={_MODEL_TYPE!r}); it was left unchanged and is not accelerated"
-        )
-        logger.warning(msg)
-        warnings.warn(msg, UserWarning, stacklevel=2)
+        _warn_unchanged(hf_model)
         return hf_model
     base = _base_model(hf_model)
     enc = base.encoder
@@ -264,9 +234,22 @@ def accelerate(
     return hf_model
 
 
+def _warn_unchanged(model: nn.Module, holder: str = "") -> None:
+    """e.g. BertModel or XLMRobertaModel: laid out alike, but another model (learned positions, post-LayerNorm)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    msg = (
+        f"xlmrxl.accelerate: {holder}{type(model).__name__} (model_type={model_type!r}) is not an XLM-RoBERTa-XL "
+        f"model (model_type={_MODEL_TYPE!r}); it was left unchanged and is not accelerated"
+    )
+    logger.warning(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
 def deaccelerate(hf_model: nn.Module) -> nn.Module:
     """Undo ``accelerate``: the encoder runs transformers' own forward again. Returns the same object."""
     client = find_encoder(hf_model)
+    if client is not None and not client.supported:
+        return hf_model
     if client is not None:
         client.detach()
         deaccelerate(client.model)
@@ -286,7 +269,14 @@ def deaccelerate(hf_model: nn.Module) -> nn.Module:
     return hf_model
 
 
-def _quantize(model: nn.Module):
+def _quantize(model: nn.Module) -> None:
+    """int4 (group 128), once: a model that already has int4 layers (an earlier ``accelerate(..., "int4")``, an int4
+    checkpoint) is kept as it is, so calling ``accelerate`` again is idempotent."""
+    from ..quantization import QuantLinear  # (here: keeps the module's import block as it was)
+
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        logger.info("xlmrxl: %s is already int4; kept as it is", type(model).__name__)
+        return
     quantize(model, group_size=128)
 
 
@@ -354,13 +344,12 @@ def _first_padded(mask: torch.Tensor) -> bool:
 def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
     state: _AccelState = getattr(self, _STATE)
     original = type(self).forward
-    signature, var_kw, legacy, cache_kw = _signature(type(self))
-    try:
-        bound = signature.bind(self, hidden_states, *args, **kwargs)
-    except TypeError:  # arguments transformers' own forward does not take: let it raise its own error
+    spec, cache_kw = signature(type(self))
+    legacy = spec.legacy
+    bound = spec.bind((hidden_states, *args), kwargs)
+    if bound is None:  # arguments transformers' own forward does not take: let it raise its own error
         return original(self, hidden_states, *args, **kwargs)
-    a = dict(bound.arguments)
-    extra = a.pop(var_kw, {}) if var_kw else {}
+    a, extra = bound
 
     def get(name: str, default: Any = None):
         return a[name] if name in a else extra.get(name, default)
@@ -369,7 +358,7 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
     B, S = hidden_states.shape[:2]
     pkv = get(cache_kw)
     if pkv is None:  # an older name passed to a newer transformers (its deprecation alias, in **kwargs)
-        pkv = next((extra[n] for n in _CACHE_NAMES if n != cache_kw and extra.get(n) is not None), None)
+        pkv = next((extra[n] for n in CACHE_NAMES if n != cache_kw and extra.get(n) is not None), None)
     use_cache = bool(get("use_cache"))
     causal = is_causal(self)  # per call: a later change of config.is_decoder is seen
     caller_reasons = []
@@ -424,5 +413,5 @@ def _accelerated_encoder_forward(self, hidden_states: torch.Tensor, *args: Any, 
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=last, past_key_values=pkv, hidden_states=all_hs, attentions=None, cross_attentions=None
         )
-    field = _output_cache_field(BaseModelOutputWithPastAndCrossAttentions)
+    field = output_cache_field(BaseModelOutputWithPastAndCrossAttentions)
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last, **{field: pkv if use_cache else None})

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import sizing
 from ..backend import Backend
 from ..checkpoint import load_pretrained, save_pretrained
 from ..config import XLMRobertaXLConfig
@@ -50,6 +51,8 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
                 config = XLMRobertaXLConfig.from_dict(config.to_dict())
             else:
                 raise TypeError(f"config must be an XLMRobertaXLConfig (or its dict), got {type(config).__name__}")
+        if not _SKIP_INIT[0]:  # the outermost model: absurd sizes are refused before any module is built
+            sizing.check_fits(config, torch.get_default_device(), torch.get_default_dtype(), what=type(self).__name__)
         self.config = config
         self.backend = Backend()
 

@@ -75,6 +75,12 @@ class XLMRobertaXLEmbeddings(nn.Module):
         past_key_values_length: int = 0,
     ) -> torch.Tensor:
         if position_ids is None and self.position_embedding_type == "absolute":
+            if self.padding_idx is None:
+                raise ValueError(
+                    "config.pad_token_id is None, but XLM-RoBERTa-XL counts its absolute position ids from the "
+                    "padding id (pad_token_id + 1 + position); set pad_token_id in config.json (1 for the published "
+                    "checkpoints) or pass position_ids"
+                )
             if input_ids is not None:
                 # xlmrxl.masks.create_position_ids_from_input_ids (fairseq's make_positions), inline
                 real = input_ids.ne(self.padding_idx).int()

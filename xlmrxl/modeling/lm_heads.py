@@ -30,6 +30,10 @@ _LM_TIED = {
 
 class _LMHeadModel(XLMRobertaXLPreTrainedModel):
     _tied_weights_keys = dict(_LM_TIED)
+    # Checkpoint keys that win over the rest of their tie when a checkpoint stores several with different values:
+    # transformers 4.56.2 loads both bias keys, then ``_tie_weights`` re-points ``lm_head.bias`` at the decoder's,
+    # so ``lm_head.decoder.bias`` is the one kept (the decoder weight's tie keeps its source, the embeddings).
+    _load_preferred_keys = ("lm_head.decoder.bias",)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head.decoder

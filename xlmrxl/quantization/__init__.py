@@ -22,8 +22,12 @@ Methods (one format, one loader, the same kernels; ``config.quantization_config`
 - ``gptq``: calibrated on texts (a file, one per line, or a list; the model's tokenizer), layer by layer with the
   Hessian of each linear's real-token inputs, group-wise, no act-order (``gptq.py``, ``calibration.py``).
 
-``config.quantization_config`` = ``{"quant_method": "xlmrxl_int4", "bits": 4, "group_size": G,
-"zero_point_domain": "float", "include_lm_head": bool, "method": m, "method_options": {...}, "modules": [names]}``.
+``config.quantization_config`` = ``{"format": "xlmrxl_int4", "loader": <how to load it>, "bits": 4, "group_size": G,
+"zero_point_domain": "float", "include_lm_head": bool, "method": m, "method_options": {...}, "modules": [names]}``:
+no ``quant_method``, so transformers refuses the checkpoint (a ValueError about the missing ``quant_method``) instead
+of loading it with random linear layers (it skips an unknown ``quant_method`` with only a warning). Records written
+before that (``quant_method: "xlmrxl_int4"``) still load; anything else in ``quantization_config`` is an error
+(``checkpoint_record``).
 Loading a directory whose config has it rebuilds the ``QuantLinear`` modules on the meta device first
 (``prepare_quantized_model``), so the loader fills their buffers straight from the file. ``load_hook`` is the
 loader's seam for quantize-while-loading (rtn / mse: each linear is quantized right after its full-precision weight
@@ -35,6 +39,7 @@ int4: ``xlmrxl.memory`` (it builds models on meta, so it sits above this package
 from .api import (
     QUANT_METHOD,
     calibration_ids,
+    checkpoint_record,
     finish_loading,
     load_hook,
     prepare_quantized_model,
@@ -60,6 +65,7 @@ __all__ = [
     "QUANT_METHOD",
     "QuantLinear",
     "calibration_ids",
+    "checkpoint_record",
     "final_hidden_states",
     "finish_loading",
     "gptq_matrix",

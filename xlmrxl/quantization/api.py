@@ -26,7 +26,18 @@ from .report import final_hidden_states, hidden_cosine, weight_errors
 
 logger = logging.getLogger("xlmrxl")
 
-QUANT_METHOD = "xlmrxl_int4"
+QUANT_METHOD = "xlmrxl_int4"  # the record's "format" (checkpoints before issue 18: its "quant_method")
+# Why the record has no "quant_method": transformers (4.56 and 5.x) skips a quant_method it does not know, with a
+# warning, and then loads the int4 checkpoint with randomly initialised linear layers. A quantization_config without
+# one is refused instead (ValueError: "... has no `quant_method` attribute ..."), before any weight is read.
+LOADER_NOTE = (
+    "xlmrxl int4 weights (qweight / scales / zeros): load with xlmrxl, e.g. "
+    "xlmrxl.XLMRobertaXLForMaskedLM.from_pretrained(path); transformers cannot load this format and refuses it"
+)
+_RECORD_KEYS = frozenset(
+    {"format", "quant_method", "loader", "bits", "group_size", "zero_point_domain", "include_lm_head", "method"}
+    | {"method_options", "modules"}
+)
 _ENCODER_LINEAR = re.compile(r"(^|\.)encoder\.layer\.\d+\.")
 _HEAD_LINEAR = re.compile(r"(^|\.)(lm_head|pooler|classifier|qa_outputs)(\.|$)")
 _LAYER = re.compile(r"^(.*?encoder\.layer\.\d+)\.")
@@ -78,6 +89,14 @@ def target_linears(model: nn.Module, include_lm_head: bool) -> list[str]:
     return names
 
 
+def _check_group_size(group_size: Any) -> None:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 2 or group_size % 2:
+        raise ValueError(
+            f"group_size={group_size!r} is not supported: it must be an even integer >= 2 that divides the "
+            "layers' in_features (128, the default, fits XL and XXL)"
+        )
+
+
 def _checktarget_linears(model: nn.Module, names: Sequence[str], group_size: int) -> None:
     for name in names:
         m = model.get_submodule(name)
@@ -114,17 +133,23 @@ def _parse(quantization) -> dict:
             )
         return {"group_size": 128, "include_lm_head": False, "method": None, "method_options": None}
     if isinstance(quantization, dict):
-        method = quantization.get("quant_method", QUANT_METHOD)
+        for key in ("format", "quant_method"):
+            if quantization.get(key, QUANT_METHOD) != QUANT_METHOD:
+                raise ValueError(
+                    f"quantization config {quantization!r}: {key}={quantization[key]!r} is not supported; xlmrxl "
+                    f"loads and writes only its own int4 format ({key}={QUANT_METHOD!r}, bits=4)"
+                )
         bits = quantization.get("bits", 4)
-        if method != QUANT_METHOD or bits != 4:
-            raise ValueError(
-                f"quantization config {quantization!r}: only quant_method={QUANT_METHOD!r} with bits=4 is supported"
-            )
+        if bits != 4 or isinstance(bits, bool):
+            raise ValueError(f"quantization config {quantization!r}: bits={bits!r} is not supported; only bits=4 is")
         if quantization.get("zero_point_domain", "float") != "float":
             raise ValueError(f"zero_point_domain={quantization['zero_point_domain']!r}: only 'float' is supported")
         group = quantization.get("group_size", 128)
-        if not isinstance(group, int) or group < 2 or group % 2:
-            raise ValueError(f"group_size={group!r} must be an even integer (128 is the usual choice)")
+        if not isinstance(group, int) or isinstance(group, bool) or group < 2 or group % 2:
+            raise ValueError(
+                f"group_size={group!r} is not supported: it must be an even integer >= 2 that divides the layers' "
+                "in_features (128, the default, fits XL and XXL)"
+            )
         return {
             "group_size": group,
             "include_lm_head": bool(quantization.get("include_lm_head", False)),
@@ -142,7 +167,8 @@ def _record(
     if config is None:
         return
     config.quantization_config = {
-        "quant_method": QUANT_METHOD,
+        "format": QUANT_METHOD,
+        "loader": LOADER_NOTE,
         "bits": 4,
         "group_size": group_size,
         "zero_point_domain": "float",
@@ -202,6 +228,7 @@ def quantize(
     layer on stderr, every method (None: when stderr is a terminal or ``XLMRXL_PROGRESS=on``; ``xlmrxl.progress``)."""
     if isinstance(method, bool):  # the old positional form quantize(model, group_size, include_lm_head)
         method, include_lm_head = "rtn", method
+    _check_group_size(group_size)
     options = _method_options(method, method_options)
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise ValueError("the model is already quantized (it has QuantLinear modules)")
@@ -272,10 +299,49 @@ def calibration_ids(
     return seqs, {"calibration_texts": len(seqs), "calibration_tokens": int(sum(len(s) for s in seqs))}
 
 
+def checkpoint_record(quantization_config: Any) -> dict:
+    """The options of a checkpoint's ``config.quantization_config``, checked strictly: it must be xlmrxl's int4
+    record (``format`` or, before issue 18, ``quant_method`` = ``xlmrxl_int4``), with known keys only; anything
+    else (another tool's quantization, a hand-edited record) is an error naming the value and what to do."""
+    fix = (
+        "quantize the full-precision checkpoint with `xlmrxl quantize`, or delete quantization_config from "
+        "config.json if the weights are full precision"
+    )
+    if not isinstance(quantization_config, dict):
+        raise ValueError(
+            f"config.json's quantization_config={quantization_config!r} is not xlmrxl's int4 record (a JSON object "
+            f"with format={QUANT_METHOD!r}); {fix}"
+        )
+    marker = quantization_config.get("format", quantization_config.get("quant_method"))
+    if marker != QUANT_METHOD:
+        other = quantization_config.get("quant_method")
+        what = f"quant_method={other!r} (another tool's quantization)" if other is not None else "no format"
+        raise ValueError(
+            f"config.json's quantization_config {quantization_config!r} has {what}: xlmrxl loads only its own int4 "
+            f"checkpoints (format={QUANT_METHOD!r}); {fix}"
+        )
+    unknown = sorted(set(quantization_config) - _RECORD_KEYS)
+    if unknown:
+        raise ValueError(
+            f"config.json's quantization_config has unknown key(s) {unknown}; xlmrxl's int4 record holds only "
+            f"{sorted(_RECORD_KEYS)}: {fix}"
+        )
+    opts = _parse(quantization_config)
+    modules = opts.get("modules")
+    if modules is not None and (not isinstance(modules, list) or not all(isinstance(n, str) for n in modules)):
+        raise ValueError(f"config.json's quantization_config: modules={modules!r} must be a list of module names")
+    if opts.get("method") is not None and opts["method"] not in METHODS:
+        raise ValueError(
+            f"config.json's quantization_config: method={opts['method']!r} is not one of {', '.join(METHODS)}"
+        )
+    return opts
+
+
 def prepare_quantized_model(model: nn.Module, quantization_config: dict) -> nn.Module:
     """Swap in empty ``QuantLinear`` modules (on the weights' device, usually meta) for the layers the config
-    names, so that a quantized checkpoint's ``qweight`` / ``scales`` / ``zeros`` load straight into them."""
-    opts = _parse(quantization_config)
+    names, so that a quantized checkpoint's ``qweight`` / ``scales`` / ``zeros`` load straight into them.
+    ``quantization_config`` is checked strictly (``checkpoint_record``)."""
+    opts = checkpoint_record(quantization_config)
     names = opts.get("modules") or target_linears(model, opts["include_lm_head"])
     for name in names:
         try:
@@ -420,6 +486,7 @@ def quantize_checkpoint(
     quantized in place (gptq calibrates on the texts) and the hidden states compared. ``report``: ``method``,
     ``linears``, ``weight_error`` (mean ``||W - Wq||_F / ||W||_F``), ``weight_error_max``, and with texts
     ``texts`` and ``hidden_cosine`` (``{"mean", "min", "tokens"}``); ``report.quality_lines`` prints it."""
+    _check_group_size(group_size)
     _method_options(method, method_options)  # a wrong method / option fails before anything is read
     if method == "gptq" and calibration is None:
         raise ValueError("method 'gptq' needs calibration texts (xlmrxl quantize --calibration FILE, one per line)")

@@ -123,6 +123,16 @@ class QuantLinear(nn.Module):
         out.backend = first.backend
         return out
 
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        """The buffers as they are, except strided views (the fused q/k/v's ``scales`` / ``zeros`` column slices,
+        see ``concat``): a contiguous copy of those, so ``state_dict`` never hands out a view that overlaps another
+        layer's (transformers' ``save_pretrained`` measures each tensor's extent with ``view(-1)``)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in ("qweight", "scales", "zeros"):
+            t = destination.get(prefix + name)
+            if t is not None and not t.is_contiguous():
+                destination[prefix + name] = t.detach().contiguous()
+
     def dequantize(self) -> torch.Tensor:
         """The full-precision weight ``(out_features, in_features)`` this layer computes with."""
         from xlmrxl_kernels.reference.int4 import dequantize_int4_ref
@@ -130,10 +140,16 @@ class QuantLinear(nn.Module):
         return dequantize_int4_ref(self.qweight, self.scales, self.zeros, self.group_size)
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        backend = self.backend if self.backend is not None else _default_backend()
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
+        if torch.compiler.is_compiling():  # the backend's per-call choice (its logged reasons) is not traceable
+            from xlmrxl_kernels.reference.int4 import int4_matmul_ref
+
+            return int4_matmul_ref(
+                x, self.qweight, self.scales, self.zeros, group_size=self.group_size, bias=bias, activation=activation
+            )
+        backend = self.backend if self.backend is not None else _default_backend()
         return backend.int4_matmul(
             x, self.qweight, self.scales, self.zeros, group_size=self.group_size, bias=bias, activation=activation
         )
