@@ -33,8 +33,11 @@ from tqdm.auto import tqdm
 
 from .. import quantization as quant_mod
 from ..parsing import AUTO, DeviceArg, DtypeArg, parse_device, parse_dtype
+from . import journal
+from .errors import CheckpointError
 from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file
 from .plan import NoRandomInitOnMeta, Plan, materialise
+from .record import config_mismatch
 
 logger = logging.getLogger("xlmrxl")
 
@@ -173,6 +176,31 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
     return config
 
 
+def _open_checkpoint(directory: str, options: dict) -> Checkpoint:
+    """The live weights of ``directory``, after an interrupted save was rolled forward (:mod:`.journal`), checked
+    against the digest of ``config.json`` that they record. Files of two saves (a save running meanwhile) are read
+    once more after that save has finished; still two saves: a ``CheckpointError`` naming both files."""
+    journal.roll_forward(directory)
+    for attempt in (0, 1):
+        try:
+            ckpt = Checkpoint(directory, options.get("use_safetensors"))
+        except (CheckpointError, FileNotFoundError):
+            if attempt:
+                raise
+            journal.roll_forward(directory, wait=True)
+            continue
+        if options.get("config") is not None:
+            return ckpt
+        problem = config_mismatch(directory, ckpt, resolve_config_file(directory, ckpt.record))
+        if problem is None:
+            return ckpt
+        ckpt.close()
+        if attempt:
+            raise CheckpointError(problem)
+        journal.roll_forward(directory, wait=True)
+    raise AssertionError("unreachable")
+
+
 def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:
     if progress is None:
         progress = total_bytes > _PROGRESS_MIN_BYTES and sys.stderr is not None and sys.stderr.isatty()
@@ -237,7 +265,7 @@ def load_pretrained(
         logger.debug("xlmrxl: from_pretrained ignores %s (transformers options with no effect here)", ignored)
     if options.get("config") is None and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
         _load_config(cls, directory, options, overrides, {})  # the "no config.json" error, before the weights
-    ckpt = Checkpoint(directory, options.get("use_safetensors"))
+    ckpt = _open_checkpoint(directory, options)
     try:
         config = _load_config(cls, directory, options, overrides, ckpt.record)
         target = _resolve_dtype(dtype, config, ckpt)

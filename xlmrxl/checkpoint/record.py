@@ -1,0 +1,77 @@
+"""What an xlmrxl save records beside its weights: the digest of its ``config.json``, and the files it owns.
+
+The sha256 of the ``config.json`` written by a save is recorded with its weights: in the safetensors metadata of a
+single ``model.safetensors``, in the ``metadata`` of an index, and in an extra record of the zip archive of a single
+``pytorch_model.bin`` (``torch.load`` and transformers read only their own records). A load whose ``config.json``
+does not match is refused with both file names (:func:`config_mismatch`).
+
+A save deletes only files that an earlier xlmrxl save recorded as its own (:func:`owned_files`): the shards listed,
+with their sizes, in the xlmrxl record of an index; never another file an index names.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .files import (
+    CONFIG_SHA_KEY,
+    INDEX_FILES,
+    SHARD_NAME,
+    SHARD_SIZES_KEY,
+    Checkpoint,
+    read_index,
+    sha256_of,
+)
+
+
+def recorded_config_sha(directory: str, ckpt: Checkpoint) -> tuple[str | None, str]:
+    """(the config digest recorded with the live weights or None, the file that records it)."""
+    if ckpt.kind in INDEX_FILES:
+        return ckpt.record.get(CONFIG_SHA_KEY), os.path.join(directory, ckpt.kind)
+    meta = getattr(ckpt.files[0], "metadata", {}) if ckpt.files else {}
+    return meta.get(CONFIG_SHA_KEY), os.path.join(directory, ckpt.kind)
+
+
+def config_mismatch(directory: str, ckpt: Checkpoint, config_path: str) -> str | None:
+    """None when ``config_path`` is the config saved with the live weights (or nothing was recorded); else the
+    message naming both files and what to do."""
+    want, where = recorded_config_sha(directory, ckpt)
+    if not isinstance(want, str) or not want:
+        return None
+    got = sha256_of(config_path)
+    if got == want:
+        return None
+    return (
+        f"{config_path} is not the config saved with the weights: {where} records the sha256 of its config.json "
+        f"({want[:16]}...), {os.path.basename(config_path)} has {str(got)[:16]}.... The directory mixes files of two "
+        "saves, or config.json was edited after the save. Restore the config.json saved with these weights (or save "
+        "the model again); if the edit is on purpose, load with config=<YourConfigClass>.from_pretrained(directory) "
+        "and save again, which records the new config"
+    )
+
+
+def owned_files(directory: str) -> set[str]:
+    """Files of ``directory`` that an earlier xlmrxl save recorded as its own: the shards in the xlmrxl record of a
+    present index (standard shard names, still of the recorded size)."""
+    out = set()
+    for index_name in INDEX_FILES:
+        path = os.path.join(directory, index_name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            index = read_index(path)
+        except (OSError, ValueError):
+            continue
+        sizes = index["metadata"].get(SHARD_SIZES_KEY)
+        named = set(index["weight_map"].values())
+        for shard, size in (sizes if isinstance(sizes, dict) else {}).items():
+            shard_path = os.path.join(directory, shard)
+            if (
+                shard in named
+                and SHARD_NAME.match(shard)
+                and os.path.isfile(shard_path)
+                and not os.path.islink(shard_path)
+                and os.path.getsize(shard_path) == size
+            ):
+                out.add(shard)
+    return out
