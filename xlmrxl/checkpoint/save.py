@@ -186,8 +186,10 @@ def _write_failed(exc: BaseException, target: str, what: str, need: int) -> Save
     text = str(exc)
     code = getattr(exc, "errno", None)
     full = code in (errno.ENOSPC, errno.EDQUOT) or any(
-        s in text for s in ("No space left", "StorageFull", "Disk quota", "file write failed", "inline_container")
+        s in text for s in ("No space left", "StorageFull", "Disk quota", "os error 28", "os error 122")
     )
+    if not full and ("inline_container" in text or "file write failed" in text):  # torch.save's zip writer
+        full = free is not None and free < need + (1 << 20)  # says only "unexpected pos": judged by the free space
     kept = f"the checkpoint already in {target} is unchanged and nothing of this save was kept"
     if full:
         space = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
