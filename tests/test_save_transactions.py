@@ -144,7 +144,7 @@ def test_kill_9_at_every_step_loads_old_or_new_in_xlmrxl_and_transformers(
         which = _which(loaded.state_dict(), loaded.config.id2label[0], old, new)
         seen.setdefault(which, k)
         assert not os.path.exists(d / journal_mod.JOURNAL_NAME), f"step {k}: the load did not roll forward"
-        assert not [f for f in os.listdir(d) if f.startswith(journal_mod.TEMP_PREFIX)], (k, os.listdir(d))
+        assert not [f for f in os.listdir(d) if f.startswith(".")], f"step {k}: left {os.listdir(d)}"
         theirs, info = transformers.XLMRobertaXLForMaskedLM.from_pretrained(d, output_loading_info=True)
         assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), (k, info)
         assert _which(theirs.state_dict(), theirs.config.id2label[0], old, new) == which, f"step {k}: transformers"
@@ -181,7 +181,7 @@ def test_a_load_rolls_a_committed_save_forward_and_a_writing_one_back(tmp_path, 
         assert json.loads((d / journal_mod.JOURNAL_NAME).read_text())["state"] == state
         loaded = load_pretrained(CLS, d)
         assert _which(loaded.state_dict(), loaded.config.id2label[0], _state(old_model), _state(new_model)) == want
-        assert sorted(f for f in os.listdir(d) if f.startswith(".")) in ([], [lock_mod.LOCK_NAME]), os.listdir(d)
+        assert not [f for f in os.listdir(d) if f.startswith(".")], os.listdir(d)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -418,3 +418,63 @@ def test_a_really_full_disk_during_a_bin_save(tmp_path):
         assert load_pretrained(CLS, d).config.id2label[0] == "old-a"
     finally:
         os.system(f"umount {mnt}")
+
+
+def test_kill_9_at_every_step_of_a_first_save_leaves_nothing_or_the_new_checkpoint(tmp_path, monkeypatch):
+    new_model = _model(1, "new")
+    with monkeypatch.context() as m:
+        steps = _Steps(m, at=-1)
+        save_pretrained(new_model, tmp_path / "count", max_shard_size="200KB")
+    seen = set()
+    for k in range(1, steps.n + 1):
+        d = tmp_path / f"k{k}"
+
+        def crash(d=d, k=k):
+            _Steps(monkeypatch, k)
+            save_pretrained(new_model, d, max_shard_size="200KB")
+
+        assert os.WIFSIGNALED(_in_child(crash)), k
+        try:
+            loaded = load_pretrained(CLS, d)
+        except FileNotFoundError:
+            seen.add("nothing")
+            assert not d.exists() or os.listdir(d) == [], f"step {k}: left {os.listdir(d)}"
+        else:
+            assert _same(_state(new_model), loaded.state_dict()) and loaded.config.id2label[0] == "new-a", k
+            assert not [f for f in os.listdir(d) if f.startswith(".")], f"step {k}: left {os.listdir(d)}"
+            seen.add("new")
+    assert seen == {"nothing", "new"}, seen
+
+
+def test_loads_during_saves_see_one_save(tmp_path):
+    """A load while another process saves: never the weights of one save with the config of the other."""
+    a, b = _model(0, "old"), _model(1, "new")
+    sa, sb = _state(a), _state(b)
+    d = tmp_path / "busy"
+    save_pretrained(a, d)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            os.close(r)
+            for i in range(12):
+                save_pretrained(b if i % 2 == 0 else a, d, **LAYOUTS[("sharded", "single", "bin")[i % 3]])
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.set_blocking(r, False)
+    loads = 0
+    while True:
+        try:
+            done = os.read(r, 1) == b""
+        except BlockingIOError:
+            done = False
+        loaded = load_pretrained(CLS, d)
+        _which(loaded.state_dict(), loaded.config.id2label[0], sa, sb)
+        loads += 1
+        if done:
+            break
+    os.close(r)
+    assert os.waitpid(pid, 0)[1] == 0 and loads > 1

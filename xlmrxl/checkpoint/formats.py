@@ -134,13 +134,34 @@ def _resident_budget(size: int) -> int:
     return max(_MIN_RESIDENT_BUDGET, size // 32)
 
 
+class _Pin:
+    """An open descriptor of a weights file: every (re)opening reads the file that was opened first, through
+    ``/proc/self/fd``, even when a save renames another file over its name meanwhile."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")  # noqa: SIM115 (held until close)
+        self.size = os.fstat(self._file.fileno()).st_size
+        self._path = path
+
+    def path(self) -> str:
+        if not self._file.closed:
+            proc = f"/proc/self/fd/{self._file.fileno()}"
+            if os.path.exists(proc):
+                return proc
+        return self._path
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class SafetensorsFile:
     """One ``.safetensors`` file, opened with ``safe_open``; tensors are read on demand, chunk by chunk."""
 
     def __init__(self, path: str):
         check_weights_file(path)
         self.path = path
-        self.size = os.path.getsize(path)
+        self._pin = _Pin(path)
+        self.size = self._pin.size
         self._budget = _resident_budget(self.size)
         self._handle = None
         self._since_open = 0
@@ -164,7 +185,7 @@ class SafetensorsFile:
 
     def _open(self):
         try:
-            self._handle = safe_open(self.path, framework="pt", device="cpu")
+            self._handle = safe_open(self._pin.path(), framework="pt", device="cpu")
         except SafetensorError as exc:
             raise _diagnose(self.path, str(exc)) from None
         except OSError as exc:
@@ -192,6 +213,7 @@ class SafetensorsFile:
 
     def close(self) -> None:
         self._handle = None
+        self._pin.close()
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -272,13 +294,14 @@ class BinFile:
     def __init__(self, path: str):
         check_weights_file(path)
         self.path = path
-        self.size = os.path.getsize(path)
-        head = _head(path)
+        self._pin = _Pin(path)
+        self.size = self._pin.size
+        head = _head(self._pin.path())
         plain = _not_a_weights_file(path, head, "PyTorch")
         if plain is not None:
             raise plain
         zipped = head.startswith(b"PK\x03\x04")
-        self.mapped = zipped and zipfile.is_zipfile(path)
+        self.mapped = zipped and zipfile.is_zipfile(self._pin.path())
         if zipped and not self.mapped:
             raise CheckpointError(
                 f"{path} could not be read as a PyTorch checkpoint: it is truncated or corrupted (a zip archive "
@@ -296,12 +319,12 @@ class BinFile:
         self.entries = {
             k: Entry(k, v.dtype, tuple(v.shape), v.numel() * v.element_size(), self) for k, v in state.items()
         }
-        self.metadata: dict[str, str] = _bin_metadata(path) if self.mapped else {}
+        self.metadata: dict[str, str] = _bin_metadata(self._pin.path()) if self.mapped else {}
 
     def _load(self) -> dict:
         path = self.path
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=self.mapped)
+            state = torch.load(self._pin.path(), map_location="cpu", weights_only=True, mmap=self.mapped)
         except pickle.UnpicklingError as exc:
             lines = str(exc).strip().splitlines()
             detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), None)
@@ -353,6 +376,7 @@ class BinFile:
 
     def close(self) -> None:
         self._state = None
+        self._pin.close()
 
 
 # =====================================================================================================================

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from .errors import CheckpointError
-from .lock import LOCK_NAME, locked
+from .lock import LOCK_NAME, clear_stale, locked
 
 logger = logging.getLogger("xlmrxl")
 
@@ -151,7 +151,10 @@ def roll_forward(directory: str, *, wait: bool = False) -> None:
     """For a load: finish an interrupted save when ``directory`` holds a journal (under the lock). ``wait=True``
     also waits for a save in progress (when a load found the files of two saves)."""
     pending = any(os.path.lexists(os.path.join(directory, n)) for n in (JOURNAL_NAME, _JOURNAL_NEW))
-    if not pending and not (wait and os.path.lexists(os.path.join(directory, LOCK_NAME))):
+    has_lock = os.path.lexists(os.path.join(directory, LOCK_NAME))
+    if not pending and not (wait and has_lock):
+        if has_lock:
+            clear_stale(directory)
         return
     try:
         with locked(directory):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import inspect
 import logging
 import os
@@ -35,7 +36,7 @@ from .. import quantization as quant_mod
 from ..parsing import AUTO, DeviceArg, DtypeArg, parse_device, parse_dtype
 from . import journal
 from .errors import CheckpointError
-from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file
+from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file, sha256_of
 from .plan import NoRandomInitOnMeta, Plan, materialise
 from .record import config_mismatch
 
@@ -155,7 +156,7 @@ def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
     return options, init_kwargs, kwargs
 
 
-def _load_config(cls: type, directory: str, options: dict, overrides: dict, record: dict) -> Any:
+def _load_config(cls: type, directory: str, options: dict, overrides: dict, config_file: str | None = None) -> Any:
     """``config.json`` (or a copy of ``config=``), then each override set as an attribute, after the file's values,
     as transformers does (so ``num_labels=5`` rebuilds ``id2label`` even when the file lists 3 labels); then the
     whole config is validated."""
@@ -165,7 +166,7 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
             raise FileNotFoundError(
                 f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config saved with its weights"
             )
-        config = cls.config_class.from_pretrained(resolve_config_file(directory, record))
+        config = cls.config_class.from_pretrained(config_file or os.path.join(directory, CONFIG_NAME))
         config._name_or_path = str(directory)  # as transformers: the directory loaded (its tokenizer lives there)
     else:
         config = copy.deepcopy(config)
@@ -176,29 +177,43 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
     return config
 
 
-def _open_checkpoint(directory: str, options: dict) -> Checkpoint:
-    """The live weights of ``directory``, after an interrupted save was rolled forward (:mod:`.journal`), checked
-    against the digest of ``config.json`` that they record. Files of two saves (a save running meanwhile) are read
-    once more after that save has finished; still two saves: a ``CheckpointError`` naming both files."""
-    journal.roll_forward(directory)
-    for attempt in (0, 1):
+def _open_checkpoint(cls: type, directory: str, options: dict, overrides: dict) -> tuple[Checkpoint, Any]:
+    """The live weights of ``directory`` and the config, after an interrupted save was rolled forward
+    (:mod:`.journal`), the config checked against the digest the weights record. Files of two saves (a save ran
+    meanwhile) are read once more after that save has finished; still two saves: a ``CheckpointError`` naming both
+    files."""
+    problem = None
+    for attempt in range(3):
+        if attempt:
+            journal.roll_forward(directory, wait=True)
         try:
             ckpt = Checkpoint(directory, options.get("use_safetensors"))
         except (CheckpointError, FileNotFoundError):
-            if attempt:
+            if attempt == 2:
                 raise
-            journal.roll_forward(directory, wait=True)
             continue
-        if options.get("config") is not None:
-            return ckpt
-        problem = config_mismatch(directory, ckpt, resolve_config_file(directory, ckpt.record))
-        if problem is None:
-            return ckpt
+        try:
+            if options.get("config") is not None:
+                return ckpt, _load_config(cls, directory, options, overrides)
+            config_file = resolve_config_file(directory, ckpt.record)
+            # one version of the config, hashed and parsed: saves replace config.json by a rename, never in place
+            with open(config_file, "rb") as pinned:
+                digest = hashlib.sha256(pinned.read()).hexdigest()
+                problem = config_mismatch(directory, ckpt, config_file, digest)
+                if problem is None:
+                    proc = f"/proc/self/fd/{pinned.fileno()}"
+                    same = os.path.exists(proc)
+                    try:
+                        config = _load_config(cls, directory, options, overrides, proc if same else config_file)
+                    except ValueError as exc:
+                        raise ValueError(str(exc).replace(proc, config_file)) from None
+                    if same or sha256_of(config_file) == digest:  # not replaced by a save while it was read
+                        return ckpt, config
+        except BaseException:
+            ckpt.close()
+            raise
         ckpt.close()
-        if attempt:
-            raise CheckpointError(problem)
-        journal.roll_forward(directory, wait=True)
-    raise AssertionError("unreachable")
+    raise CheckpointError(problem or f"{directory}: another save kept replacing the checkpoint while it was read")
 
 
 def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:
@@ -263,11 +278,11 @@ def load_pretrained(
     ignored = sorted(k for k in options if k not in _USED_OPTIONS)
     if ignored:
         logger.debug("xlmrxl: from_pretrained ignores %s (transformers options with no effect here)", ignored)
+    journal.roll_forward(directory)  # an interrupted save of the first checkpoint here may still owe its config.json
     if options.get("config") is None and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-        _load_config(cls, directory, options, overrides, {})  # the "no config.json" error, before the weights
-    ckpt = _open_checkpoint(directory, options)
+        _load_config(cls, directory, options, overrides)  # the "no config.json" error, before the weights
+    ckpt, config = _open_checkpoint(cls, directory, options, overrides)
     try:
-        config = _load_config(cls, directory, options, overrides, ckpt.record)
         target = _resolve_dtype(dtype, config, ckpt)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(target)  # modules create floating tensors in the target dtype ...

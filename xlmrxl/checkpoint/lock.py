@@ -92,6 +92,21 @@ def release(directory: str, fd: int) -> None:
         os.close(fd)
 
 
+def clear_stale(directory: str) -> None:
+    """Remove a lock file that no process holds (left by a save killed after its last step); never waits."""
+    path = os.path.join(directory, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a save holds it
+        os.close(fd)
+        return
+    release(directory, fd)
+
+
 @contextlib.contextmanager
 def locked(directory: str, timeout: float | None = None, *, create: bool = False) -> Iterator[None]:
     """``with locked(directory, timeout):`` holds the save lock of ``directory``."""

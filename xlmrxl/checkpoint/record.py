@@ -32,13 +32,14 @@ def recorded_config_sha(directory: str, ckpt: Checkpoint) -> tuple[str | None, s
     return meta.get(CONFIG_SHA_KEY), os.path.join(directory, ckpt.kind)
 
 
-def config_mismatch(directory: str, ckpt: Checkpoint, config_path: str) -> str | None:
-    """None when ``config_path`` is the config saved with the live weights (or nothing was recorded); else the
-    message naming both files and what to do."""
+def config_mismatch(directory: str, ckpt: Checkpoint, config_path: str, got: str | None = None) -> str | None:
+    """None when ``config_path`` (whose sha256 is ``got`` when given) is the config saved with the live weights (or
+    nothing was recorded); else the message naming both files and what to do."""
     want, where = recorded_config_sha(directory, ckpt)
     if not isinstance(want, str) or not want:
         return None
-    got = sha256_of(config_path)
+    if got is None:
+        got = sha256_of(config_path)
     if got == want:
         return None
     return (

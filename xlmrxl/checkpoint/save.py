@@ -45,6 +45,7 @@ from .files import (
     INDEX_FILES,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
+    SAVE_ID_KEY,
     SHARD_SIZES_KEY,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
@@ -255,7 +256,8 @@ def _save_locked(
         names = [primary]
     text = config_text(model).encode("utf-8")
     config_sha = hashlib.sha256(text).hexdigest()
-    record = {CONFIG_SHA_KEY: config_sha}  # in the weights file (single file) or the index (sharded)
+    # in the weights file (single file) or the index (sharded), whose shards record the save's id
+    record = {CONFIG_SHA_KEY: config_sha} if not sharded else {SAVE_ID_KEY: uuid.uuid4().hex}
     config_changed = sha256_of(os.path.join(target, CONFIG_NAME)) != config_sha
     finals = names + ([primary] if sharded else [])
     finals += [CONFIG_NAME] if config_changed else []
@@ -272,9 +274,9 @@ def _save_locked(
             what = fname
             tensors = {n: state[n] for n in part}
             if safe:
-                write_safetensors(path(fname), tensors, {"format": "pt", **({} if sharded else record)})
+                write_safetensors(path(fname), tensors, {"format": "pt", **record})
             else:
-                write_bin(path(fname), tensors, None if sharded else record)
+                write_bin(path(fname), tensors, record)
             sizes[fname] = os.path.getsize(path(fname))
         if sharded:
             what = primary
@@ -284,6 +286,7 @@ def _save_locked(
                     "total_size": sum(t.numel() * t.element_size() for t in state.values()),
                     "total_parameters": sum(t.numel() for t in state.values()),
                     CONFIG_SHA_KEY: config_sha,
+                    **record,
                     SHARD_SIZES_KEY: sizes,
                 },
                 "weight_map": dict(sorted(weight_map.items())),
