@@ -73,8 +73,9 @@ def read(directory: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} cannot be read ({exc}); it is not a journal of an xlmrxl save") from None
     token = entry.get("token") if isinstance(entry, dict) else None
+    lists = isinstance(entry, dict) and all(isinstance(entry.get(k, []), list) for k in ("temps", "renames", "deletes"))
     ok = (
-        isinstance(entry, dict)
+        lists
         and entry.get("format") == _FORMAT
         and entry.get("state") in ("writing", "commit")
         and isinstance(token, str)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import time
 from collections.abc import Iterator
 
 from .errors import SaveLockTimeout
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; saves are not serialised there (each is still a transaction)
+    fcntl = None
 
 LOCK_NAME = ".xlmrxl-save.lock"
 _POLL_S = 0.02
@@ -45,9 +49,15 @@ def acquire(directory: str, timeout: float | None = None, *, create: bool = Fals
         raise ValueError(f"timeout={timeout!r}: pass the seconds to wait for another save (>= 0), or None to wait")
     path = os.path.join(directory, LOCK_NAME)
     deadline = None if timeout is None else time.monotonic() + timeout
+    if fcntl is None:
+        return -1
     while True:
+        flags = os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o666)
+            except PermissionError:  # another user's lock file in a shared directory: locking needs no write
+                fd = os.open(path, os.O_RDONLY | flags)
         except FileNotFoundError:  # the directory went away (a failed save removed the one it created)
             if not create:
                 raise
@@ -75,14 +85,17 @@ def acquire(directory: str, timeout: float | None = None, *, create: bool = Fals
             os.close(fd)
             raise
         if _same_file(fd, path):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            with contextlib.suppress(OSError):  # who holds it, for the message of a save that times out
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
             return fd
         os.close(fd)  # the previous holder removed the file we waited on: lock the current one
 
 
 def release(directory: str, fd: int) -> None:
     """Remove the lock file (still holding the lock, so nobody else can be using it), then let go."""
+    if fd < 0:
+        return
     try:
         path = os.path.join(directory, LOCK_NAME)
         if _same_file(fd, path):
@@ -95,8 +108,10 @@ def release(directory: str, fd: int) -> None:
 def clear_stale(directory: str) -> None:
     """Remove a lock file that no process holds (left by a save killed after its last step); never waits."""
     path = os.path.join(directory, LOCK_NAME)
+    if fcntl is None:
+        return
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return
     try:
