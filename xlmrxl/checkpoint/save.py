@@ -193,12 +193,13 @@ def _write_failed(exc: BaseException, target: str, what: str, need: int) -> Save
         full = free is not None and free < need + (1 << 20)  # says only "unexpected pos": judged by the free space
     kept = f"the checkpoint already in {target} is unchanged and nothing of this save was kept"
     if full:
+        # the OS's words when they are clear; torch.save's zip writer only says "enforce fail ... unexpected pos"
+        detail = f"; {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
         space = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
         return SaveFailedError(
             errno.ENOSPC,
             f"saving into {target} failed while writing {what}: the file system is full ({space}; this save needs "
-            f"about {need / 1e6:.1f} MB; {type(exc).__name__}: {text.strip()[:200]}). Free some space there, or save "
-            f"into another directory; {kept}",
+            f"about {need / 1e6:.1f} MB{detail}). Free some space there, or save into another directory; {kept}",
         )
     return SaveFailedError(
         code or errno.EIO,
