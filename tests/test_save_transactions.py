@@ -339,6 +339,27 @@ def test_a_save_deletes_only_files_our_saves_recorded(tmp_path):
     )
 
 
+def test_weights_files_of_other_tools_stay_unless_they_would_hide_the_save(tmp_path):
+    from safetensors.torch import save_file
+
+    d = tmp_path / "w"
+    d.mkdir()
+    torch.save({"x": torch.ones(2)}, d / "pytorch_model.bin")  # another tool's, looked at after model.safetensors
+    theirs = (d / "pytorch_model.bin").read_bytes()
+    model = _model(0)
+    save_pretrained(model, d)
+    assert (d / "pytorch_model.bin").read_bytes() == theirs
+    assert _same(_state(model), load_pretrained(CLS, d).state_dict())
+    save_pretrained(model, d, safe_serialization=False)  # the save replaces pytorch_model.bin, and ours goes
+    assert not (d / "model.safetensors").exists()
+    save_pretrained(model, d, max_shard_size="200KB")  # our .bin goes too
+    assert not (d / "pytorch_model.bin").exists()
+    save_file({"x": torch.ones(2)}, str(d / "model.safetensors"))  # another tool's, which would hide a .bin save
+    save_pretrained(model, d, safe_serialization=False)
+    assert not (d / "model.safetensors").exists() and not (d / "model.safetensors.index.json").exists()
+    assert _same(_state(model), load_pretrained(CLS, d).state_dict())
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # failed saves: clear errors, nothing left
 # ---------------------------------------------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ class BinFile:
         self.entries = {
             k: Entry(k, v.dtype, tuple(v.shape), v.numel() * v.element_size(), self) for k, v in state.items()
         }
-        self.metadata: dict[str, str] = _bin_metadata(self._pin.path()) if self.mapped else {}
+        self.metadata: dict[str, str] = bin_metadata(self._pin.path()) if self.mapped else {}
 
     def _load(self) -> dict:
         path = self.path
@@ -440,7 +440,7 @@ def _sort_metadata(path: str) -> None:
 BIN_METADATA = "xlmrxl_metadata.json"  # an extra record of the zip archive (torch.load reads only its own)
 
 
-def _bin_metadata(path: str) -> dict[str, str]:
+def bin_metadata(path: str) -> dict[str, str]:
     """The metadata an xlmrxl save stored in a ``.bin`` zip archive (``<archive>/xlmrxl_metadata.json``), else {}."""
     try:
         with zipfile.ZipFile(path) as z:

@@ -6,22 +6,29 @@ single ``model.safetensors``, in the ``metadata`` of an index, and in an extra r
 does not match is refused with both file names (:func:`config_mismatch`).
 
 A save deletes only files that an earlier xlmrxl save recorded as its own (:func:`owned_files`): the shards listed,
-with their sizes, in the xlmrxl record of an index; never another file an index names.
+with their sizes, in the xlmrxl record of an index; never another file an index names. Of the standard weights files
+it replaces those of xlmrxl saves, and those the loader would prefer to the new one (:func:`replaced_files`).
 """
 
 from __future__ import annotations
 
 import os
 
+from safetensors import SafetensorError, safe_open
+
 from .files import (
     CONFIG_SHA_KEY,
     INDEX_FILES,
+    SAFE_WEIGHTS_NAME,
     SHARD_NAME,
     SHARD_SIZES_KEY,
+    WEIGHTS_FILES,
     Checkpoint,
+    present_weights_files,
     read_index,
     sha256_of,
 )
+from .formats import bin_metadata
 
 
 def recorded_config_sha(directory: str, ckpt: Checkpoint) -> tuple[str | None, str]:
@@ -76,3 +83,29 @@ def owned_files(directory: str) -> set[str]:
             ):
                 out.add(shard)
     return out
+
+
+def _ours(directory: str, name: str) -> bool:
+    """True when the weights file ``name`` was written by an xlmrxl save (it carries our record)."""
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    try:
+        if name in INDEX_FILES:
+            return SHARD_SIZES_KEY in read_index(path)["metadata"]
+        if name == SAFE_WEIGHTS_NAME:
+            with safe_open(path, framework="pt") as fh:
+                return CONFIG_SHA_KEY in (fh.metadata() or {})
+        return CONFIG_SHA_KEY in bin_metadata(path)
+    except (OSError, ValueError, SafetensorError):
+        return False
+
+
+def replaced_files(directory: str, primary: str) -> set[str]:
+    """The weights files (of :data:`WEIGHTS_FILES`) that a save whose live file is ``primary`` removes: those the
+    loader would prefer to it (else the save would not be the checkpoint), and those an xlmrxl save wrote. A weights
+    file of another tool that the loader looks at after ours stays."""
+    rank = WEIGHTS_FILES.index
+    return {
+        n for n in present_weights_files(directory) if n != primary and (rank(n) < rank(primary) or _ours(directory, n))
+    }

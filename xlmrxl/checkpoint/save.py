@@ -57,7 +57,7 @@ from .files import (
 from .formats import write_bin, write_safetensors
 from .journal import TEMP_PREFIX
 from .plan import alias_names, tensor_slots
-from .record import owned_files
+from .record import owned_files, replaced_files
 
 logger = logging.getLogger("xlmrxl")
 
@@ -301,7 +301,7 @@ def _save_locked(
         order = names + ([CONFIG_NAME] if config_changed else [])
         order += [primary] if sharded else []
         keep = set(finals) | {CONFIG_NAME}
-        stale = (set(present_weights_files(target)) | owned_files(target)) - keep
+        stale = (replaced_files(target, primary) | owned_files(target)) - keep
         what = "the journal"
         commit = dict(entry, state="commit", renames=[[tmp[f], f] for f in order], deletes=sorted(stale))
         journal.write(target, commit)
