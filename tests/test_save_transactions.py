@@ -499,3 +499,24 @@ def test_loads_during_saves_see_one_save(tmp_path):
             break
     os.close(r)
     assert os.waitpid(pid, 0)[1] == 0 and loads > 1
+
+
+def test_a_save_that_cannot_write_its_journal_leaves_nothing(tmp_path, monkeypatch):
+    d = tmp_path / "j"
+    save_pretrained(_model(0, "old"), d)
+    before = _snapshot(d)
+    real_open = open
+
+    def full_open(path, *args, **kwargs):
+        if str(path).endswith(".journal.new"):
+            fh = real_open(path, *args, **kwargs)
+            fh.write("{")
+            fh.close()
+            raise OSError(28, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(SaveFailedError, match=r"failed while writing the journal: the file system is full"):
+        save_pretrained(_model(1, "new"), d)
+    monkeypatch.undo()
+    assert _snapshot(d) == before and sorted(os.listdir(d)) == sorted(before)

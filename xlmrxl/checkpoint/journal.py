@@ -104,6 +104,8 @@ def _remove_temp(path: str) -> None:
 
 
 def _finish(directory: str, entry: dict[str, Any]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, _JOURNAL_NEW))
     for t in entry.get("temps", []):
         _remove_temp(os.path.join(directory, t))
     fsync_dir(directory)

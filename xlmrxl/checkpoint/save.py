@@ -266,9 +266,9 @@ def _save_locked(
     scratch = [tmp[n] + ".d" for n in names] if safe else []  # write_safetensors' scratch directories
     entry: dict[str, Any] = {"state": "writing", "token": token, "temps": sorted(tmp.values()) + scratch}
     need = sum(t.numel() * t.element_size() for t in state.values()) + len(text)
-    journal.write(target, entry)
     what = "the journal"
     try:
+        journal.write(target, entry)
         path = lambda name: os.path.join(target, tmp[name])  # noqa: E731
         sizes = {}
         for fname, part in zip(names, shards):
