@@ -520,3 +520,17 @@ def test_a_save_that_cannot_write_its_journal_leaves_nothing(tmp_path, monkeypat
         save_pretrained(_model(1, "new"), d)
     monkeypatch.undo()
     assert _snapshot(d) == before and sorted(os.listdir(d)) == sorted(before)
+
+
+def test_a_file_system_without_locks_still_saves_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_mod.fcntl, "flock", no_flock)
+    model = _model(0)
+    save_pretrained(model, tmp_path / "nfs")
+    assert "cannot lock files" in caplog.text
+    assert _same(_state(model), load_pretrained(CLS, tmp_path / "nfs").state_dict())
+    assert not [f for f in os.listdir(tmp_path / "nfs") if f.startswith(".")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -22,6 +23,18 @@ except ImportError:  # Windows: no flock; saves are not serialised there (each i
 
 LOCK_NAME = ".xlmrxl-save.lock"
 _POLL_S = 0.02
+# file systems without flock (some network mounts): saves there are not serialised, but still transactions
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOSYS", errno.EOPNOTSUPP)}
+logger = logging.getLogger("xlmrxl")
+
+
+def _warn_no_locks(directory: str, exc: OSError) -> None:
+    logger.warning(
+        "%s: the file system cannot lock files (%s); two saves into it at once are not serialised, so save from "
+        "one process at a time",
+        directory,
+        exc.strerror,
+    )
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -65,13 +78,22 @@ def acquire(directory: str, timeout: float | None = None, *, create: bool = Fals
             continue
         try:
             if deadline is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as exc:
+                    if exc.errno not in _NO_LOCKS:
+                        raise
+                    _warn_no_locks(directory, exc)
+                    return fd
             else:
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except OSError as exc:
+                        if exc.errno in _NO_LOCKS:
+                            _warn_no_locks(directory, exc)
+                            return fd
                         if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                             raise
                     if time.monotonic() >= deadline:
