@@ -121,7 +121,7 @@ def release(directory: str, fd: int) -> None:
     try:
         path = os.path.join(directory, LOCK_NAME)
         if _same_file(fd, path):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or a directory this process cannot write
                 os.unlink(path)
     finally:
         os.close(fd)
