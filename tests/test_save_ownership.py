@@ -12,8 +12,8 @@ from _save_helpers import CLS, LAYOUTS, _model, _same, _snapshot, _state
 from conftest import tiny_config_kwargs
 
 import xlmrxl
-from xlmrxl.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from xlmrxl.checkpoint import formats as formats_mod
+from xlmrxl.checkpoint import load_pretrained, save_pretrained
 from xlmrxl.checkpoint.errors import SaveFailedError
 
 
@@ -29,19 +29,21 @@ from xlmrxl.checkpoint.errors import SaveFailedError
         ("bin-sharded", "pytorch_model.bin.index.json"),
     ],
 )
-def test_a_config_of_another_save_is_refused_naming_both_files(tmp_path, layout, weights):
+def test_a_config_of_another_save_is_named_with_the_weights_and_used(tmp_path, caplog, layout, weights):
+    """config.json copied from another save (or edited): used as it is, as transformers does, with a warning naming
+    both files; the next save records it."""
     d, other = tmp_path / "d", tmp_path / "other"
     save_pretrained(_model(0, "old"), d, **LAYOUTS[layout])
     save_pretrained(_model(0, "new"), other, **LAYOUTS[layout])  # same shapes, other labels
     shutil.copy(other / "config.json", d / "config.json")
-    with pytest.raises(CheckpointError) as err:
-        load_pretrained(CLS, d)
-    msg = str(err.value)
-    assert str(d / "config.json") in msg and str(d / weights) in msg and "config=" in msg, msg
-    on_purpose = load_pretrained(CLS, d, config=xlmrxl.XLMRobertaXLConfig.from_pretrained(d))
-    assert on_purpose.config.id2label[0] == "new-a"
-    save_pretrained(on_purpose, d, **LAYOUTS[layout])  # records the new config
+    loaded = load_pretrained(CLS, d)
+    assert loaded.config.id2label[0] == "new-a"
+    msg = caplog.text
+    assert str(d / "config.json") in msg and str(d / weights) in msg and "save the model again" in msg, msg
+    caplog.clear()
+    save_pretrained(loaded, d, **LAYOUTS[layout])  # records the new config
     assert load_pretrained(CLS, d).config.id2label[0] == "new-a"
+    assert "not the config saved" not in caplog.text
 
 
 def test_the_digest_keeps_single_file_saves_byte_identical(tmp_path):

@@ -150,6 +150,11 @@ def recover(directory: str) -> bool:
     return True
 
 
+def busy(directory: str) -> bool:
+    """True when a save into ``directory`` may be running or unfinished (its lock file or journal is there)."""
+    return any(os.path.lexists(os.path.join(directory, n)) for n in (LOCK_NAME, JOURNAL_NAME, _JOURNAL_NEW))
+
+
 def roll_forward(directory: str, *, wait: bool = False) -> None:
     """For a load: finish an interrupted save when ``directory`` holds a journal (under the lock). ``wait=True``
     also waits for a save in progress (when a load found the files of two saves)."""

@@ -180,8 +180,8 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, conf
 def _open_checkpoint(cls: type, directory: str, options: dict, overrides: dict) -> tuple[Checkpoint, Any]:
     """The live weights of ``directory`` and the config, after an interrupted save was rolled forward
     (:mod:`.journal`), the config checked against the digest the weights record. Files of two saves (a save ran
-    meanwhile) are read once more after that save has finished; still two saves: a ``CheckpointError`` naming both
-    files."""
+    meanwhile) are read once more after that save has finished. A ``config.json`` that is not the one saved with the
+    weights (edited by hand, copied from elsewhere) is used, as transformers does, with a warning naming both files."""
     problem = None
     for attempt in range(3):
         if attempt:
@@ -200,20 +200,32 @@ def _open_checkpoint(cls: type, directory: str, options: dict, overrides: dict) 
             with open(config_file, "rb") as pinned:
                 digest = hashlib.sha256(pinned.read()).hexdigest()
                 problem = config_mismatch(directory, ckpt, config_file, digest)
-                if problem is None:
+                # a mismatch is read twice (the second time after any save running meanwhile) before it is believed
+                if problem is None or attempt == 2 or (attempt == 1 and not journal.busy(directory)):
                     proc = f"/proc/self/fd/{pinned.fileno()}"
                     same = os.path.exists(proc)
                     try:
                         config = _load_config(cls, directory, options, overrides, proc if same else config_file)
-                    except ValueError as exc:
-                        raise ValueError(str(exc).replace(proc, config_file)) from None
+                    except ValueError as exc:  # its message names config.json, not the descriptor
+                        if proc not in str(exc):
+                            raise
+                        raise _renamed(exc, str(exc).replace(proc, config_file)) from None
                     if same or sha256_of(config_file) == digest:  # not replaced by a save while it was read
+                        if problem is not None:  # edited by hand, or copied from elsewhere: used, as transformers
+                            logger.warning(problem)
                         return ckpt, config
         except BaseException:
             ckpt.close()
             raise
         ckpt.close()
-    raise CheckpointError(problem or f"{directory}: another save kept replacing the checkpoint while it was read")
+    raise CheckpointError(f"{directory}: another save kept replacing the checkpoint while it was read; load it again")
+
+
+def _renamed(exc: ValueError, message: str) -> ValueError:
+    try:
+        return type(exc)(message)
+    except Exception:  # an exception class with another constructor
+        return ValueError(message)
 
 
 def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:

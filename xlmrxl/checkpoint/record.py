@@ -3,7 +3,7 @@
 The sha256 of the ``config.json`` written by a save is recorded with its weights: in the safetensors metadata of a
 single ``model.safetensors``, in the ``metadata`` of an index, and in an extra record of the zip archive of a single
 ``pytorch_model.bin`` (``torch.load`` and transformers read only their own records). A load whose ``config.json``
-does not match is refused with both file names (:func:`config_mismatch`).
+does not match gets a warning naming both files (:func:`config_mismatch`); it is used, as transformers does.
 
 A save deletes only files that an earlier xlmrxl save recorded as its own (:func:`owned_files`): the shards listed,
 with their sizes, in the xlmrxl record of an index; never another file an index names. Of the standard weights files
@@ -41,7 +41,7 @@ def recorded_config_sha(directory: str, ckpt: Checkpoint) -> tuple[str | None, s
 
 def config_mismatch(directory: str, ckpt: Checkpoint, config_path: str, got: str | None = None) -> str | None:
     """None when ``config_path`` (whose sha256 is ``got`` when given) is the config saved with the live weights (or
-    nothing was recorded); else the message naming both files and what to do."""
+    nothing was recorded); else the warning naming both files and what to do."""
     want, where = recorded_config_sha(directory, ckpt)
     if not isinstance(want, str) or not want:
         return None
@@ -51,10 +51,10 @@ def config_mismatch(directory: str, ckpt: Checkpoint, config_path: str, got: str
         return None
     return (
         f"{config_path} is not the config saved with the weights: {where} records the sha256 of its config.json "
-        f"({want[:16]}...), {os.path.basename(config_path)} has {str(got)[:16]}.... The directory mixes files of two "
-        "saves, or config.json was edited after the save. Restore the config.json saved with these weights (or save "
-        "the model again); if the edit is on purpose, load with config=<YourConfigClass>.from_pretrained(directory) "
-        "and save again, which records the new config"
+        f"({want[:16]}...), {os.path.basename(config_path)} has {str(got)[:16]}.... It was edited or copied from "
+        "elsewhere after the save, so the directory may mix two checkpoints; it is used as it is (as transformers "
+        "does). If the edit is on purpose, save the model again (that records the new config); if not, restore the "
+        "config.json saved with these weights"
     )
 
 

@@ -13,10 +13,11 @@ mounted inside it; it is created only when missing, so a mount point or a non-wr
    forward by the next xlmrxl save or load; a crash before it leaves the old checkpoint, config included.
 
 The weights record the sha256 of the ``config.json`` of their save (:mod:`.record`); a load that finds another
-config refuses it. New shards never take the name of a file that is present (``model-0000i-of-0000N.1`` while the
-standard names are live), so the old checkpoint stays whole until the commit. A save deletes only the files an earlier
-xlmrxl save recorded as its own, and the standard weights files it replaces: tokenizer files, a README,
-sub-directories, files an index names that we did not write, and files that merely look like ours are never touched.
+config warns, naming both files. New shards never take the name of a file that is present
+(``model-0000i-of-0000N.1`` while the standard names are live), so the old checkpoint stays whole until the commit.
+A save deletes only the files an earlier xlmrxl save recorded as its own, and the standard weights files it replaces
+(:func:`.record.replaced_files`): tokenizer files, a README, sub-directories, files an index names that we did not
+write, and files that merely look like ours are never touched.
 """
 
 from __future__ import annotations
