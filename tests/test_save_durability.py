@@ -218,7 +218,9 @@ def test_directory_keeps_inode_mode_xattrs_and_foreign_files(tmp_path, monkeypat
         pytest.skip("the file system refuses user.* xattrs; inode, mode and files were checked")
 
 
-def test_temp_files_of_a_crashed_save_are_removed_by_the_next(tmp_path):
+def test_temp_files_of_a_crashed_save_are_removed_by_the_next(tmp_path, monkeypatch):
+    """The next save removes exactly the temporary files its journal lists (safetensors' own ``.tmpXXXXXX`` in our
+    scratch directory included); files that merely look like ours stay."""
     out = tmp_path / "c"
     model = _model(0)
     save_pretrained(model, out)
@@ -226,27 +228,48 @@ def test_temp_files_of_a_crashed_save_are_removed_by_the_next(tmp_path):
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)  # a pid that is surely gone
-    dead = out / f".xlmrxl-tmp.{pid}.0123abcd.model-00001-of-00002.safetensors"
-    dead.write_bytes(b"half a shard")
-    live = out / ".xlmrxl-tmp.1.0123abcd.model.safetensors"  # pid 1 is alive: a save still running
-    live.write_bytes(b"in progress")
-    mine = out / ".xlmrxl-tmp-not-ours"
-    mine.write_bytes(b"user file")
-    # safetensors writes through its own .tmpXXXXXX file: ours sits in a scratch directory of the dead save
-    scratch = out / f".xlmrxl-tmp.{pid}.0123abcd.model-00002-of-00002.safetensors.d"
-    scratch.mkdir()
-    (scratch / ".tmpAbC123").write_bytes(b"half written by safetensors")
-    theirs = out / ".tmpXyZ789"  # not in a scratch directory of ours: the user's, left alone
-    theirs.write_bytes(b"user file")
+    lookalikes = [
+        out / f".xlmrxl-tmp.{pid}.0123abcd.model-00001-of-00002.safetensors",
+        out / ".xlmrxl-tmp.1.0123abcd.model.safetensors",
+        out / ".xlmrxl-tmp-not-ours",
+        out / ".tmpXyZ789",
+    ]
+    for f in lookalikes:
+        f.write_bytes(b"user file")
+    lookalike_dir = out / f".xlmrxl-tmp.{pid}.0123abcd.model-00002-of-00002.safetensors.d"
+    lookalike_dir.mkdir()
+    (lookalike_dir / ".tmpAbC123").write_bytes(b"user file")
+    real_save_file = formats_mod.save_file
+
+    def save_file_then_die(tensors, path, metadata=None):  # a shard half-written by safetensors, then kill -9
+        real_save_file(tensors, path, metadata=metadata)
+        os.replace(path, os.path.join(os.path.dirname(path), ".tmpAbC123"))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    child = os.fork()
+    if child == 0:
+        try:
+            monkeypatch.setattr(formats_mod, "save_file", save_file_then_die)
+            save_pretrained(_model(1), out, max_shard_size=SHARD)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status), status
+    left = [f for f in os.listdir(out) if f.startswith(".xlmrxl-") and f.endswith(".d")]
+    assert len(left) == 2, os.listdir(out)  # the crashed save's scratch directory, and the user's
+    assert _same(_state(model), load_pretrained(CLS, out)), "the crash left the old checkpoint"
     save_pretrained(model, out)
-    assert not dead.exists() and live.exists() and mine.exists()
-    assert not scratch.exists() and theirs.exists()
-    assert not [f for f in os.listdir(out) if f.endswith(".d")], "a save leaves no scratch directory behind"
+    assert all(f.read_bytes() == b"user file" for f in lookalikes)
+    assert (lookalike_dir / ".tmpAbC123").read_bytes() == b"user file"
+    assert sorted(f for f in os.listdir(out) if f.startswith(".")) == sorted(
+        f.name for f in [*lookalikes, lookalike_dir]
+    ), "a save leaves no temporary file behind"
 
 
 def test_index_config_digest_rolls_forward(tmp_path, caplog):
-    """Weights committed, config not yet renamed (the crash window of a sharded save): loads use the pending config,
-    the next save renames it; a config edited by hand after a save wins."""
+    """Weights committed, config not yet renamed (the crash window of a sharded save of xlmrxl before the journal):
+    loads use the pending config, the next save renames it; a config edited by hand after a save wins (with a
+    warning naming both files)."""
     out = tmp_path / "r"
     model = _model(0)
     save_pretrained(model, out, max_shard_size=SHARD)
@@ -260,7 +283,9 @@ def test_index_config_digest_rolls_forward(tmp_path, caplog):
     save_mod._recover(str(out))
     assert not pending.exists() and json.loads((out / "config.json").read_text()) == cfg
     (out / "config.json").write_text(json.dumps(dict(cfg, output_past="edited by hand")))
+    caplog.clear()
     assert load_pretrained(CLS, out).config.output_past == "edited by hand"
+    assert "is not the config saved with the weights" in caplog.text and "model.safetensors.index.json" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,3 +9,11 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A ``.bin`` file holding pickled objects other than tensors; it was refused, not executed."""
+
+
+class SaveLockTimeout(TimeoutError):
+    """Another save into the same directory held its lock for longer than ``save_pretrained(timeout=...)``."""
+
+
+class SaveFailedError(OSError):
+    """A save could not write its files (full disk, no permission); the checkpoint already there is unchanged."""

@@ -5,7 +5,8 @@ Weights files, in the order of preference (the first present is *live*): ``model
 shards. An index must be a JSON object whose ``weight_map`` maps tensor names (strings) to shard file names (plain
 names inside the directory: no path separators, no ``..``, not absolute). Shards are checked against the index: each
 must hold the tensors the index assigns to it; an index written by xlmrxl also records each shard's size, and a
-shard holding other tensors or of another size (a shard of another save) is refused.
+shard holding other tensors, of another size or written by another save (the save id the index and each shard
+record) is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SHARD_NAME = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}(\.\d+)?\.(safete
 # keys of the xlmrxl commit record (in the index "metadata")
 SHARD_SIZES_KEY = "xlmrxl_shard_sizes"  # in the index: shard name -> file size
 CONFIG_SHA_KEY = "xlmrxl_config_sha256"  # the sha256 of the config.json written by the same save
+SAVE_ID_KEY = "xlmrxl_save_id"  # in the index and in each of its shards: which save wrote them
 PENDING_CONFIG = re.compile(r"^\.xlmrxl-tmp\.\d+\.[0-9a-f]+\.config\.json$")  # a save's config, before its rename
 _MAX_INDEX_BYTES = 256 << 20  # an XXL index is ~100 KB: anything this big is not an index
 
@@ -174,6 +176,12 @@ class Checkpoint:
             if shard not in sizes:
                 continue  # an index written by another tool: the key check above is all there is
             extra = sorted(set(f.entries) - names)
+            save_id = meta.get(SAVE_ID_KEY)
+            if save_id is not None and f.metadata.get(SAVE_ID_KEY) != save_id:
+                raise CheckpointError(
+                    f"{path} does not belong to the save that wrote {index_path} (save {save_id!r} wrote the index, "
+                    f"{f.metadata.get(SAVE_ID_KEY)!r} the shard); the directory mixes two saves: save the model again"
+                )
             if sizes[shard] != f.size or extra:
                 raise CheckpointError(
                     f"{path} does not belong to the save that wrote {index_path} ({f.size} bytes vs "

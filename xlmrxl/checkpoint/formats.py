@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass
 
@@ -132,13 +134,34 @@ def _resident_budget(size: int) -> int:
     return max(_MIN_RESIDENT_BUDGET, size // 32)
 
 
+class _Pin:
+    """An open descriptor of a weights file: every (re)opening reads the file that was opened first, through
+    ``/proc/self/fd``, even when a save renames another file over its name meanwhile."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")  # noqa: SIM115 (held until close)
+        self.size = os.fstat(self._file.fileno()).st_size
+        self._path = path
+
+    def path(self) -> str:
+        if not self._file.closed:
+            proc = f"/proc/self/fd/{self._file.fileno()}"
+            if os.path.exists(proc):
+                return proc
+        return self._path
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class SafetensorsFile:
     """One ``.safetensors`` file, opened with ``safe_open``; tensors are read on demand, chunk by chunk."""
 
     def __init__(self, path: str):
         check_weights_file(path)
         self.path = path
-        self.size = os.path.getsize(path)
+        self._pin = _Pin(path)
+        self.size = self._pin.size
         self._budget = _resident_budget(self.size)
         self._handle = None
         self._since_open = 0
@@ -162,7 +185,7 @@ class SafetensorsFile:
 
     def _open(self):
         try:
-            self._handle = safe_open(self.path, framework="pt", device="cpu")
+            self._handle = safe_open(self._pin.path(), framework="pt", device="cpu")
         except SafetensorError as exc:
             raise _diagnose(self.path, str(exc)) from None
         except OSError as exc:
@@ -190,6 +213,7 @@ class SafetensorsFile:
 
     def close(self) -> None:
         self._handle = None
+        self._pin.close()
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -270,13 +294,14 @@ class BinFile:
     def __init__(self, path: str):
         check_weights_file(path)
         self.path = path
-        self.size = os.path.getsize(path)
-        head = _head(path)
+        self._pin = _Pin(path)
+        self.size = self._pin.size
+        head = _head(self._pin.path())
         plain = _not_a_weights_file(path, head, "PyTorch")
         if plain is not None:
             raise plain
         zipped = head.startswith(b"PK\x03\x04")
-        self.mapped = zipped and zipfile.is_zipfile(path)
+        self.mapped = zipped and zipfile.is_zipfile(self._pin.path())
         if zipped and not self.mapped:
             raise CheckpointError(
                 f"{path} could not be read as a PyTorch checkpoint: it is truncated or corrupted (a zip archive "
@@ -294,12 +319,12 @@ class BinFile:
         self.entries = {
             k: Entry(k, v.dtype, tuple(v.shape), v.numel() * v.element_size(), self) for k, v in state.items()
         }
-        self.metadata: dict[str, str] = {}
+        self.metadata: dict[str, str] = bin_metadata(self._pin.path()) if self.mapped else {}
 
     def _load(self) -> dict:
         path = self.path
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=self.mapped)
+            state = torch.load(self._pin.path(), map_location="cpu", weights_only=True, mmap=self.mapped)
         except pickle.UnpicklingError as exc:
             lines = str(exc).strip().splitlines()
             detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), None)
@@ -351,6 +376,7 @@ class BinFile:
 
     def close(self) -> None:
         self._state = None
+        self._pin.close()
 
 
 # =====================================================================================================================
@@ -380,14 +406,58 @@ def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dic
     scratch = path + ".d"
     os.mkdir(scratch)
     inner = os.path.join(scratch, "weights.safetensors")
-    save_file({name: _standalone(t) for name, t in tensors.items()}, inner, metadata=metadata)
-    _fsync_path(inner)
-    os.replace(inner, path)
+    try:
+        save_file({name: _standalone(t) for name, t in tensors.items()}, inner, metadata=metadata)
+        _sort_metadata(inner)
+        _fsync_path(inner)
+        os.replace(inner, path)
+    except BaseException:
+        for entry in os.scandir(scratch):  # safetensors' own half-written .tmpXXXXXX, our file: nothing is left
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+        os.rmdir(scratch)
+        raise
     os.rmdir(scratch)
 
 
-def write_bin(path: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Write ``tensors`` to ``path`` with ``torch.save`` (each tensor stored alone, not its whole storage), fsync."""
+def _sort_metadata(path: str) -> None:
+    """Put the ``__metadata__`` keys of the header in sorted order, in place (safetensors writes them in a random
+    order: two saves of the same tensors and metadata would differ). The header keeps its length."""
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = fh.read(n)
+        m = re.search(rb'"__metadata__":(\{[^{}]*\})', header)
+        if m is None:
+            return
+        meta = json.loads(m.group(1))
+        canonical = json.dumps(dict(sorted(meta.items())), separators=(",", ":"), ensure_ascii=False).encode()
+        if len(canonical) != len(m.group(1)) or json.loads(canonical) != meta:
+            return  # not the compact form we expect: leave it as written
+        fh.seek(8 + m.start(1))
+        fh.write(canonical)
+
+
+BIN_METADATA = "xlmrxl_metadata.json"  # an extra record of the zip archive (torch.load reads only its own)
+
+
+def bin_metadata(path: str) -> dict[str, str]:
+    """The metadata an xlmrxl save stored in a ``.bin`` zip archive (``<archive>/xlmrxl_metadata.json``), else {}."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            name = f"{names[0].split('/')[0]}/{BIN_METADATA}" if names else ""
+            if name not in names or z.getinfo(name).file_size > 1 << 16:
+                return {}
+            meta = json.loads(z.read(name).decode("utf-8"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return {}
+    ok = isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    return meta if ok else {}
+
+
+def write_bin(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` with ``torch.save`` (each tensor stored alone, not its whole storage), then
+    ``metadata`` as an extra record of the zip archive, then fsync."""
     out = {}
     for name, t in tensors.items():
         t = t.detach().to("cpu")
@@ -397,5 +467,9 @@ def write_bin(path: str, tensors: dict[str, torch.Tensor]) -> None:
         out[name] = t
     with open(path, "wb") as fh:
         torch.save(out, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    if metadata:
+        with zipfile.ZipFile(path, "a") as z:
+            prefix = z.namelist()[0].split("/")[0]
+            info = zipfile.ZipInfo(f"{prefix}/{BIN_METADATA}", date_time=(1980, 1, 1, 0, 0, 0))
+            z.writestr(info, json.dumps(dict(sorted(metadata.items()))))
+    _fsync_path(path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import inspect
 import logging
 import os
@@ -35,8 +36,11 @@ from .. import quantization as quant_mod
 from .. import sizing
 from ..parsing import AUTO, DeviceArg, DtypeArg, parse_device, parse_dtype
 from ..progress import resolve as resolve_progress
-from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file
+from . import journal
+from .errors import CheckpointError
+from .files import CONFIG_NAME, WEIGHTS_FILES, Checkpoint, resolve_config_file, sha256_of
 from .plan import NoRandomInitOnMeta, Plan, materialise
+from .record import config_mismatch
 
 logger = logging.getLogger("xlmrxl")
 
@@ -154,7 +158,7 @@ def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
     return options, init_kwargs, kwargs
 
 
-def _load_config(cls: type, directory: str, options: dict, overrides: dict, record: dict) -> Any:
+def _load_config(cls: type, directory: str, options: dict, overrides: dict, config_file: str | None = None) -> Any:
     """``config.json`` (or a copy of ``config=``), then each override set as an attribute, after the file's values,
     as transformers does (so ``num_labels=5`` rebuilds ``id2label`` even when the file lists 3 labels); then the
     whole config is validated."""
@@ -164,7 +168,7 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
             raise FileNotFoundError(
                 f"no {CONFIG_NAME} in {directory!r}; a checkpoint directory needs the config saved with its weights"
             )
-        config = cls.config_class.from_pretrained(resolve_config_file(directory, record))
+        config = cls.config_class.from_pretrained(config_file or os.path.join(directory, CONFIG_NAME))
         config._name_or_path = str(directory)  # as transformers: the directory loaded (its tokenizer lives there)
     else:
         config = copy.deepcopy(config)
@@ -173,6 +177,57 @@ def _load_config(cls: type, directory: str, options: dict, overrides: dict, reco
     if hasattr(config, "validate"):
         config.validate()
     return config
+
+
+def _open_checkpoint(cls: type, directory: str, options: dict, overrides: dict) -> tuple[Checkpoint, Any]:
+    """The live weights of ``directory`` and the config, after an interrupted save was rolled forward
+    (:mod:`.journal`), the config checked against the digest the weights record. Files of two saves (a save ran
+    meanwhile) are read once more after that save has finished. A ``config.json`` that is not the one saved with the
+    weights (edited by hand, copied from elsewhere) is used, as transformers does, with a warning naming both files."""
+    problem = None
+    for attempt in range(3):
+        if attempt:
+            journal.roll_forward(directory, wait=True)
+        try:
+            ckpt = Checkpoint(directory, options.get("use_safetensors"))
+        except (CheckpointError, FileNotFoundError):
+            if attempt == 2:
+                raise
+            continue
+        try:
+            if options.get("config") is not None:
+                return ckpt, _load_config(cls, directory, options, overrides)
+            config_file = resolve_config_file(directory, ckpt.record)
+            # one version of the config, hashed and parsed: saves replace config.json by a rename, never in place
+            with open(config_file, "rb") as pinned:
+                digest = hashlib.sha256(pinned.read()).hexdigest()
+                problem = config_mismatch(directory, ckpt, config_file, digest)
+                # a mismatch is read twice (the second time after any save running meanwhile) before it is believed
+                if problem is None or attempt == 2 or (attempt == 1 and not journal.busy(directory)):
+                    proc = f"/proc/self/fd/{pinned.fileno()}"
+                    same = os.path.exists(proc)
+                    try:
+                        config = _load_config(cls, directory, options, overrides, proc if same else config_file)
+                    except ValueError as exc:  # its message names config.json, not the descriptor
+                        if proc not in str(exc):
+                            raise
+                        raise _renamed(exc, str(exc).replace(proc, config_file)) from None
+                    if same or sha256_of(config_file) == digest:  # not replaced by a save while it was read
+                        if problem is not None:  # edited by hand, or copied from elsewhere: used, as transformers
+                            logger.warning(problem)
+                        return ckpt, config
+        except BaseException:
+            ckpt.close()
+            raise
+        ckpt.close()
+    raise CheckpointError(f"{directory}: another save kept replacing the checkpoint while it was read; load it again")
+
+
+def _renamed(exc: ValueError, message: str) -> ValueError:
+    try:
+        return type(exc)(message)
+    except Exception:  # an exception class with another constructor
+        return ValueError(message)
 
 
 def _progress_bar(progress: bool | None, total_bytes: int, n: int) -> Any:
@@ -237,11 +292,11 @@ def load_pretrained(
     ignored = sorted(k for k in options if k not in _USED_OPTIONS)
     if ignored:
         logger.debug("xlmrxl: from_pretrained ignores %s (transformers options with no effect here)", ignored)
+    journal.roll_forward(directory)  # an interrupted save of the first checkpoint here may still owe its config.json
     if options.get("config") is None and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-        _load_config(cls, directory, options, overrides, {})  # the "no config.json" error, before the weights
-    ckpt = Checkpoint(directory, options.get("use_safetensors"))
+        _load_config(cls, directory, options, overrides)  # the "no config.json" error, before the weights
+    ckpt, config = _open_checkpoint(cls, directory, options, overrides)
     try:
-        config = _load_config(cls, directory, options, overrides, ckpt.record)
         target = _resolve_dtype(dtype, config, ckpt)
         int4 = quantization is not None or getattr(config, "quantization_config", None) is not None
         sizing.check_fits(config, device, target, 128 if int4 else None, what=cls.__name__)  # before anything is read

@@ -1,37 +1,34 @@
-"""Durable ``save_pretrained``: new files written beside the old ones, fsynced, renamed into place, commit point last.
+"""Transactional ``save_pretrained``: under the directory's lock, every file written beside the old ones, one commit.
 
 The target directory is never replaced, moved or re-created (it keeps its inode, owner, mode, xattrs and whatever is
 mounted inside it; it is created only when missing, so a mount point or a non-writable parent is fine). A save:
 
-1. finishes a previous save that was interrupted after its commit point (renames its fsynced config into place) and
-   removes the temporary files of saves whose process is gone (``.xlmrxl-tmp.<pid>.<token>.<name>``);
-2. writes every new file under a temporary name in the directory (shards with ``safetensors.torch.save_file``, each
-   tensor that is a view copied to a contiguous tensor at write time), flushes and fsyncs it;
-3. renames the shards to names the live checkpoint does not use (the standard ``model-0000i-of-0000N`` names, or
-   ``model-0000i-of-0000N.1`` while those are live), fsyncs the directory;
-4. **commit point**: renames the index (or the single weights file) into place; when a weights file of another
-   layout that the loader prefers is present, the commit is the removal of that file, after the new one is in place;
-5. renames the new ``config.json`` into place and removes the shards and weights files of the previous save, then
-   fsyncs the directory. A sharded save's index records the sha256 of its config, so a load between 4 and 5 uses the
-   fsynced config of the same save (and the next save finishes the rename). A single weights file keeps the
-   safetensors metadata ``{"format": "pt"}`` alone (more keys would come out in random order: two saves of the same
-   weights would differ), so there the config is renamed just before the commit point, and a crash between those
-   two renames leaves the new config beside the old weights; when the config is unchanged (the usual re-save) it is
-   not rewritten at all.
+1. takes the directory's lock (:mod:`.lock`: a second save waits, or fails after ``timeout`` seconds) and finishes or
+   undoes a save that was interrupted (:mod:`.journal`);
+2. writes the journal of its temporary names, then every new file under such a name
+   (``.xlmrxl-tmp.<pid>.<token>.<name>``), flushed and fsynced: shards with ``safetensors.torch.save_file`` (each
+   tensor that is a view copied to a contiguous tensor at write time), ``config.json``, the index;
+3. **commit point**: replaces the journal by one listing the renames into place and the deletions of the previous
+   save's files; then does them, fsyncs the directory, removes the journal. A crash after the commit point is rolled
+   forward by the next xlmrxl save or load; a crash before it leaves the old checkpoint, config included.
 
-A crash at any point leaves a directory that loads the old checkpoint or the new one: the shards of an xlmrxl index are
-checked against the tensors and sizes it records. Files that are not part of a checkpoint (tokenizer files, a README,
-sub-directories) are never touched.
+The weights record the sha256 of the ``config.json`` of their save (:mod:`.record`); a load that finds another
+config warns, naming both files. New shards never take the name of a file that is present
+(``model-0000i-of-0000N.1`` while the standard names are live), so the old checkpoint stays whole until the commit.
+A save deletes only the files an earlier xlmrxl save recorded as its own, and the standard weights files it replaces
+(:func:`.record.replaced_files`): tokenizer files, a README, sub-directories, files an index names that we did not
+write, and files that merely look like ours are never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
-import re
+import shutil
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -41,16 +38,16 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..parsing import parse_size
-from .errors import CheckpointError
+from . import journal, lock
+from .errors import CheckpointError, SaveFailedError
 from .files import (
     CONFIG_NAME,
     CONFIG_SHA_KEY,
     INDEX_FILES,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
-    SHARD_NAME,
+    SAVE_ID_KEY,
     SHARD_SIZES_KEY,
-    WEIGHTS_FILES,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
     pending_config,
@@ -59,12 +56,13 @@ from .files import (
     sha256_of,
 )
 from .formats import write_bin, write_safetensors
+from .journal import TEMP_PREFIX
 from .plan import alias_names, tensor_slots
+from .record import owned_files, replaced_files
 
 logger = logging.getLogger("xlmrxl")
 
-TEMP_PREFIX = ".xlmrxl-tmp."
-_TEMP = re.compile(r"^\.xlmrxl-tmp\.(\d+)\.([0-9a-f]+)\.(.+)$")
+__all__ = ["TEMP_PREFIX", "config_text", "save_pretrained", "split_shards", "state_to_save"]
 
 
 # =====================================================================================================================
@@ -120,61 +118,25 @@ def config_text(model: nn.Module) -> str:
 # =====================================================================================================================
 # the directory
 # =====================================================================================================================
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory; the renames are still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _live_record(directory: str) -> dict[str, Any]:
-    """The xlmrxl commit record of the live weights file (empty when unreadable or written by another tool)."""
-    present = present_weights_files(directory)
-    if not present:
-        return {}
-    path = os.path.join(directory, present[0])
-    try:
-        if present[0] in INDEX_FILES:
-            return dict(read_index(path)["metadata"])
-    except (CheckpointError, SafetensorError, OSError):
-        pass
-    return {}
-
-
 def _recover(directory: str) -> None:
-    """Finish an interrupted save whose weights were committed, then remove temporary files of dead saves."""
+    """With the lock held: finish or undo an interrupted save (its journal); then the config of an interrupted save
+    of an older xlmrxl (weights committed, config fsynced under a temporary name) is renamed into place."""
+    journal.recover(directory)
     pending = pending_config(directory, _live_record(directory))
     if pending is not None:
         os.replace(pending, os.path.join(directory, CONFIG_NAME))
         logger.info("finished the interrupted save in %s (its config.json)", directory)
-    for entry in os.scandir(directory):
-        m = _TEMP.match(entry.name)
-        if m is None or entry.is_symlink() or _pid_alive(int(m.group(1))):
-            continue
-        with contextlib.suppress(OSError):  # cleaning up is best effort: it never fails a save
-            if entry.is_dir(follow_symlinks=False):  # a safetensors scratch directory (formats.write_safetensors):
-                for inner in os.scandir(entry.path):  # only the files safetensors writes there, never deeper
-                    if inner.is_file(follow_symlinks=False):
-                        os.unlink(inner.path)
-                os.rmdir(entry.path)
-            else:
-                os.unlink(entry.path)
-            logger.info("removed %s, left by an interrupted save", entry.path)
+
+
+def _live_record(directory: str) -> dict[str, Any]:
+    """The xlmrxl commit record of the live index (empty when there is none, or it was written by another tool)."""
+    present = present_weights_files(directory)
+    if not present or present[0] not in INDEX_FILES:
+        return {}
+    try:
+        return dict(read_index(os.path.join(directory, present[0]))["metadata"])
+    except (CheckpointError, SafetensorError, OSError):
+        return {}
 
 
 def _referenced(directory: str) -> set[str]:
@@ -197,11 +159,53 @@ def _free_name(stem: str, i: int, n: int, ext: str, taken: set[str]) -> str:
     return name
 
 
-def _unlink(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        return  # never a directory
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def _target(save_directory: Any) -> str:
+    """The real path of ``save_directory``, refused when it is empty or a file."""
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(
+            f"save_directory={save_directory!r} ({type(save_directory).__name__}); pass a directory path (str or "
+            "os.PathLike)"
+        )
+    raw = os.fspath(save_directory)
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw.strip():
+        raise ValueError(
+            f"save_directory={raw!r} is empty; pass the directory to save into, e.g. save_pretrained('my-model') "
+            "(use '.' to save into the current directory on purpose)"
+        )
+    target = os.path.realpath(raw)  # a symlinked directory is updated where it lives
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise NotADirectoryError(f"save_directory {target!r} is a file; pass a directory path")
+    return target
+
+
+def _write_failed(exc: BaseException, target: str, what: str, need: int) -> SaveFailedError:
+    """A clear error for a write that failed (full disk above all), saying that the old checkpoint is unchanged."""
+    free = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(target).free
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or any(
+        s in text for s in ("No space left", "StorageFull", "Disk quota", "os error 28", "os error 122")
+    )
+    if not full and ("inline_container" in text or "file write failed" in text):  # torch.save's zip writer
+        full = free is not None and free < need + (1 << 20)  # says only "unexpected pos": judged by the free space
+    kept = f"the checkpoint already in {target} is unchanged and nothing of this save was kept"
+    if full:
+        # the OS's words when they are clear; torch.save's zip writer only says "enforce fail ... unexpected pos"
+        detail = f"; {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
+        space = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+        return SaveFailedError(
+            errno.ENOSPC,
+            f"saving into {target} failed while writing {what}: the file system is full ({space}; this save needs "
+            f"about {need / 1e6:.1f} MB{detail}). Free some space there, or save into another directory; {kept}",
+        )
+    return SaveFailedError(
+        code or errno.EIO,
+        f"saving into {target} failed while writing {what} ({type(exc).__name__}: {text[:300]}); {kept}",
+    )
 
 
 # =====================================================================================================================
@@ -213,124 +217,107 @@ def save_pretrained(
     *,
     max_shard_size: int | str = "50GB",
     safe_serialization: bool = True,
+    timeout: float | None = None,
 ) -> list[str]:
-    """Write ``config.json`` and the weights of ``model`` into ``save_directory`` durably (see the module docstring).
+    """Write ``config.json`` and the weights of ``model`` into ``save_directory`` as one transaction (see the module
+    docstring). ``timeout``: seconds to wait for another save into the same directory (None: as long as it takes).
     Returns the weights files written."""
     max_bytes = parse_size(max_shard_size)
-    target = os.path.realpath(os.fspath(save_directory))  # a symlinked directory is updated where it lives
-    if os.path.lexists(target) and not os.path.isdir(target):
-        raise NotADirectoryError(f"save_directory {target!r} is a file; pass a directory path")
+    target = _target(save_directory)
     created = not os.path.exists(target)
     os.makedirs(target, exist_ok=True)  # only when missing: an existing directory is used as it is
-    state = state_to_save(model)
-    shards = split_shards(state, max_bytes)
+    try:
+        state = state_to_save(model)
+        shards = split_shards(state, max_bytes)
+        with lock.locked(target, timeout, create=True):
+            written = _save_locked(model, target, state, shards, safe_serialization)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # a directory this failed save created, still empty
+                os.rmdir(target)
+        raise
+    logger.info(f"saved {type(model).__name__} to {target} ({', '.join(written)})")
+    return written
+
+
+def _save_locked(
+    model: nn.Module, target: str, state: OrderedDict[str, torch.Tensor], shards: list[list[str]], safe: bool
+) -> list[str]:
     _recover(target)
     token = f"{os.getpid()}.{uuid.uuid4().hex[:16]}"
-    temps: list[str] = []
-
-    def temp(name: str) -> str:
-        path = os.path.join(target, f"{TEMP_PREFIX}{token}.{name}")
-        temps.append(path)
-        return path
-
-    ext, stem = (".safetensors", "model") if safe_serialization else (".bin", "pytorch_model")
+    ext, stem = (".safetensors", "model") if safe else (".bin", "pytorch_model")
     sharded = len(shards) > 1
     if sharded:
-        primary = SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME
+        primary = SAFE_WEIGHTS_INDEX_NAME if safe else WEIGHTS_INDEX_NAME
+        taken = set(os.listdir(target)) | _referenced(target)  # never rename over a file that is present
+        names = []
+        for i in range(1, len(shards) + 1):
+            names.append(_free_name(stem, i, len(shards), ext, taken | set(names)))
     else:
-        primary = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
-    old_files = _referenced(target)
-    present = present_weights_files(target)
-    committed = False
-    config_tmp = None
+        primary = SAFE_WEIGHTS_NAME if safe else WEIGHTS_NAME
+        names = [primary]
+    text = config_text(model).encode("utf-8")
+    config_sha = hashlib.sha256(text).hexdigest()
+    # in the weights file (single file) or the index (sharded), whose shards record the save's id
+    record = {CONFIG_SHA_KEY: config_sha} if not sharded else {SAVE_ID_KEY: uuid.uuid4().hex}
+    config_changed = sha256_of(os.path.join(target, CONFIG_NAME)) != config_sha
+    finals = names + ([primary] if sharded else [])
+    finals += [CONFIG_NAME] if config_changed else []
+    tmp = {f: journal.temp_name(token, f) for f in finals}
+    scratch = [tmp[n] + ".d" for n in names] if safe else []  # write_safetensors' scratch directories
+    entry: dict[str, Any] = {"state": "writing", "token": token, "temps": sorted(tmp.values()) + scratch}
+    need = sum(t.numel() * t.element_size() for t in state.values()) + len(text)
+    what = "the journal"
     try:
-        # -- 2. every new file under a temporary name, fsynced ------------------------------------------------------
-        text = config_text(model).encode("utf-8")
-        config_path = os.path.join(target, CONFIG_NAME)
-        record: dict[str, Any] = {CONFIG_SHA_KEY: hashlib.sha256(text).hexdigest()}
-        if sha256_of(config_path) != record[CONFIG_SHA_KEY]:
-            config_tmp = temp(CONFIG_NAME)
-            with open(config_tmp, "wb") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-        placed: list[tuple[str, str]] = []  # (temporary path, final name)
-        written: list[str] = []
+        journal.write(target, entry)
+        path = lambda name: os.path.join(target, tmp[name])  # noqa: E731
+        sizes = {}
+        for fname, part in zip(names, shards):
+            what = fname
+            tensors = {n: state[n] for n in part}
+            if safe:
+                write_safetensors(path(fname), tensors, {"format": "pt", **record})
+            else:
+                write_bin(path(fname), tensors, record)
+            sizes[fname] = os.path.getsize(path(fname))
         if sharded:
-            weight_map, sizes = {}, {}
-            for i, names in enumerate(shards, 1):
-                fname = _free_name(stem, i, len(shards), ext, old_files | set(written))
-                path = temp(fname)
-                part = {n: state[n] for n in names}
-                if safe_serialization:
-                    write_safetensors(path, part, {"format": "pt"})
-                else:
-                    write_bin(path, part)
-                sizes[fname] = os.path.getsize(path)
-                placed.append((path, fname))
-                written.append(fname)
-                weight_map.update({n: fname for n in names})
+            what = primary
+            weight_map = {n: fname for fname, part in zip(names, shards) for n in part}
             index = {
                 "metadata": {
                     "total_size": sum(t.numel() * t.element_size() for t in state.values()),
                     "total_parameters": sum(t.numel() for t in state.values()),
+                    CONFIG_SHA_KEY: config_sha,
                     **record,
                     SHARD_SIZES_KEY: sizes,
                 },
                 "weight_map": dict(sorted(weight_map.items())),
             }
-            primary_tmp = temp(primary)
-            with open(primary_tmp, "w", encoding="utf-8") as fh:
-                json.dump(index, fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        else:
-            primary_tmp = temp(primary)
-            if safe_serialization:
-                write_safetensors(primary_tmp, dict(state), {"format": "pt"})
-            else:
-                write_bin(primary_tmp, dict(state))
-            written.append(primary)
-        _fsync_dir(target)
-        # -- 3. shards into names the live checkpoint does not use ------------------------------------------------
-        for path, fname in placed:
-            os.replace(path, os.path.join(target, fname))
-        _fsync_dir(target)
-        # -- 4. the commit point ------------------------------------------------------------------------------------
-        rank = WEIGHTS_FILES.index
-        shadowing = sorted((f for f in present if rank(f) < rank(primary)), key=rank, reverse=True)
-        os.replace(primary_tmp, os.path.join(target, primary))
-        for f in shadowing[:-1]:  # weights files the loader prefers, the live one last: its removal is the commit
-            _unlink(os.path.join(target, f))
-        record_kept = sharded  # the committed index holds the config's digest
-        if config_tmp is not None and not record_kept:
-            os.replace(config_tmp, config_path)
-        if shadowing:
-            _unlink(os.path.join(target, shadowing[-1]))
-        committed = True
-        _fsync_dir(target)
-        # -- 5. config, then the previous save's files ----------------------------------------------------------------
-        if config_tmp is not None and record_kept:
-            os.replace(config_tmp, config_path)
-            _fsync_dir(target)
-        keep = set(written) | {primary, CONFIG_NAME}
-        # only weights files: an index (ours or crafted) naming README.md must not get it deleted
-        stale = {f for f in old_files | set(present) if f not in keep and f.endswith((".safetensors", ".bin", ".json"))}
-        stale -= {f for f in stale if f.endswith(".json") and f not in WEIGHTS_FILES}
-        stale |= {e.name for e in os.scandir(target) if SHARD_NAME.match(e.name) and e.name not in keep}
-        stale |= {f for f in WEIGHTS_FILES if f != primary and os.path.lexists(os.path.join(target, f))}
-        for f in sorted(stale):
-            _unlink(os.path.join(target, f))
-        _fsync_dir(target)
-    finally:
-        if committed and config_tmp is not None and os.path.exists(config_tmp):
-            with contextlib.suppress(OSError):  # the weights are committed: their config must follow
-                os.replace(config_tmp, os.path.join(target, CONFIG_NAME))
-        for path in temps:
-            _unlink(path)
-        if created and not committed:
-            with contextlib.suppress(OSError):  # a directory this failed save created, still empty
-                os.rmdir(target)
-    logger.info(f"saved {type(model).__name__} to {target} ({', '.join(written)})")
-    return written
+            _write_text(path(primary), json.dumps(index, indent=2) + "\n")
+        if config_changed:
+            what = CONFIG_NAME
+            _write_text(path(CONFIG_NAME), text.decode("utf-8"))
+        journal.fsync_dir(target)
+        # -- the commit point: renames in this order, then the previous save's files that the new one does not use
+        order = names + ([CONFIG_NAME] if config_changed else [])
+        order += [primary] if sharded else []
+        keep = set(finals) | {CONFIG_NAME}
+        stale = (replaced_files(target, primary) | owned_files(target)) - keep
+        what = "the journal"
+        commit = dict(entry, state="commit", renames=[[tmp[f], f] for f in order], deletes=sorted(stale))
+        journal.write(target, commit)
+    except BaseException as exc:
+        with contextlib.suppress(OSError, CheckpointError):
+            journal.discard(target, entry)
+        if isinstance(exc, (OSError, RuntimeError, SafetensorError)) and not isinstance(exc, SaveFailedError):
+            raise _write_failed(exc, target, what, need) from exc
+        raise
+    journal.apply(target, commit)
+    return names
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())

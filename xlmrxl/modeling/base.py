@@ -218,11 +218,21 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         return loaded
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "50GB", safe_serialization: bool = True
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str = "50GB",
+        safe_serialization: bool = True,
+        timeout: float | None = None,
     ) -> Any:
-        """Write config.json and safetensors weights loadable by transformers; see ``xlmrxl.checkpoint``."""
+        """Write config.json and safetensors weights loadable by transformers, as one transaction (another save into
+        the same directory waits for it; ``timeout`` seconds at most when given); see ``xlmrxl.checkpoint``."""
         return save_pretrained(
-            self, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
+            self,
+            save_directory,
+            max_shard_size=max_shard_size,
+            safe_serialization=safe_serialization,
+            timeout=timeout,
         )
 
     # -- shared forward helpers ---------------------------------------------------------------------------------
