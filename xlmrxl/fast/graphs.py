@@ -82,8 +82,7 @@ from typing import Any
 
 import torch
 
-from xlmrxl_kernels import env
-
+from .. import env
 from .buckets import (
     PackedBucket,
     ceil_bucket,

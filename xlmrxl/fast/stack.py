@@ -16,8 +16,8 @@ What one packed forward does (``T`` = number of real tokens):
    ``x = x + u @ Wd^T + bd`` (``linear_residual``). Residual adds live in the GEMM epilogues. int4 ``QuantLinear``
    projections (``backend.int4_matmul``: bias and GELU in its epilogue, no residual) leave their output pending and
    the next ``add_layernorm`` fuses the residual add with the following LayerNorm, across the layer boundary too.
-   Where the backend resolves attention to the PyTorch reference (CPU, ``backend="reference"``), attention runs as
-   torch SDPA per sequence (the same maths; the reference oracle keeps masks and fp32 copies).
+   Where no kernel is chosen (CPU, ``backend="reference"``), the op table's rule runs attention as torch SDPA per
+   sequence from the host lengths (the same maths; the reference oracle keeps masks and fp32 copies).
 3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
    ``return_packed=True``, the ``(T, H)`` outputs with their ``Packing``.
 
@@ -25,7 +25,8 @@ What one packed forward does (``T`` = number of real tokens):
 through a per-bucket ``PackedGraphRunner`` when the encoder's mode says so (``set_graph_mode``); a one-token
 decode step against ``StaticCache`` through a ``DecodeGraphRunner``. **Lean**: the per-layer plans
 (``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the ops are resolved once per
-backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and imports nothing.
+backend and device (``xlmrxl.fast.layer.Sites``: one bound callable per call site and token bucket), so a layer
+reads no ``nn.Module`` attribute, builds no dict or key and imports nothing.
 
 Hidden states, when asked, have transformers' semantics: entry 0 is the embeddings exactly as given, entries 1..L-1 the
 residual stream after layers 0..L-2, the last entry the final LayerNorm output (zeros at padded positions except entry
@@ -39,7 +40,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from xlmrxl_kernels.attention import check_host_seqlens
 
 from ..backend import Backend
 from ..cache import DynamicCache
@@ -55,7 +57,7 @@ from .graphs import (
     resolve_mode,
     token_buckets,
 )
-from .layer import Ops, Stream, ops_for, packed_attention, run_layer
+from .layer import Ops, Stream, ops_for, run_layer
 from .packing import PackedEncoderOutput, Packing, pack
 from .routing import is_causal
 from .structure import Plans, layer_plans
@@ -138,11 +140,15 @@ def _stack(
     output_hidden_states: bool,
     layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    st = Stream(x, ops)
-    kernel = ops.kernel("attention_varlen")
+    lens = packing.lengths or None  # host lengths (the graph runners have none: their tail is a padding bucket)
+    if lens is not None:  # validated once per forward, on the host (no device sync)
+        check_host_seqlens(x, x, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen, lens)
+    fns = ops.sites(x.shape[0], x.dtype, lens is not None)
+    st = Stream(x, fns)
+    cu, ms = packing.cu_seqlens, packing.max_seqlen
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer_idx: int):
-        return packed_attention(ops, kernel, q, k, v, packing, scale, causal, layer_idx == 0)
+        return fns.attn(q, k, v, cu, cu, ms, ms, scale=scale, causal=causal, seqlens_q=lens, seqlens_k=lens)
 
     if output_hidden_states or layer_callback is not None:
         collected = [x] if output_hidden_states else None
@@ -386,11 +392,10 @@ def _decoder_forward(
             f"positions, got {tuple(attention_mask.shape)}"
         )
     x = hidden_states.reshape(B * S, H)
-    ops = ops_for(be, x.device)
-    st = Stream(x, ops)
+    fns = ops_for(be, x.device).sites(B * S, x.dtype)
+    st = Stream(x, fns)
     compact = not _copies_states(cache, past)
     extra = () if cache_position is None else ({"cache_position": cache_position},)
-    sdpa = None if ops.kernel("attention") else _SdpaCausal(attention_mask, B, S, past, x.device)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, layer_idx: int):
         T, nh, d = q.shape
@@ -398,10 +403,7 @@ def _decoder_forward(
         if compact:  # the cache keeps what it is given: hand it compact K/V, not views pinning the QKV buffer
             k4, v4 = k4.contiguous(), v4.contiguous()
         keys, values = cache.update(k4, v4, layer_idx, *extra)
-        if sdpa is not None:
-            o = sdpa(q4, keys, values, scale)
-        else:
-            o = ops.attention(q4, keys, values, attention_mask, scale=scale, causal=True)
+        o = fns.cached_attn(q4, keys, values, attention_mask, scale=scale, causal=True)
         return o.transpose(1, 2).reshape(T, nh, d)
 
     collected = [hidden_states] if output_hidden_states else None
@@ -415,34 +417,6 @@ def _decoder_forward(
         collected.append(last)
         return last, tuple(collected)
     return last, None
-
-
-class _SdpaCausal:
-    """Where the backend picks the PyTorch reference for ``attention`` (CPU, ``backend="reference"``), the cached
-    causal attention runs as torch SDPA with a boolean keep mask built once per forward (not per layer):
-    ``attention_ref`` is an oracle (fp32 copies of the whole cache, explicit masks) and SDPA is the same maths, as the
-    exact path computes it. No mask at all for a one-token step without padding; ``is_causal`` for a prefill without
-    padding. A query row that would see no key (a pad position of a left-padded prefill) is let see its own key, so
-    no SDPA backend can return NaN for it; no real position ever reads a pad position's output."""
-
-    def __init__(
-        self, mask2d: torch.Tensor | None, B: int, S: int, past: int, device: torch.device | str | None
-    ) -> None:
-        self.is_causal = mask2d is None and S > 1 and past == 0
-        keep = None
-        if mask2d is not None or (S > 1 and past > 0):
-            K = past + S
-            i = torch.arange(S, device=device)[:, None]
-            keep = torch.arange(K, device=device)[None, :] <= i + past  # (S, K) causal, aligned to the end
-            if mask2d is not None:
-                keep = keep[None, None] & (mask2d != 0)[:, None, None, :]  # (B, 1, S, K)
-                own = torch.zeros_like(keep[0, 0])
-                own[:, past:] = torch.eye(S, dtype=torch.bool, device=device)
-                keep = keep | (own & ~keep.any(dim=-1, keepdim=True))
-        self.keep = keep
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, is_causal=self.is_causal, scale=scale)
 
 
 def _copies_states(cache: Any, past: int) -> bool:
