@@ -96,17 +96,12 @@ def _triton(op: str) -> Entry:
 
 
 def _lean(op: str) -> Callable | None:
-    """The kernel's lean binder (``xlmrxl_kernels.<module>.lean_<op>``), None without Triton."""
-    import importlib
-
-    for module in ("linear_gelu", "add_layernorm", "attention", "int4"):
-        try:
-            fn = getattr(importlib.import_module(f"xlmrxl_kernels.{module}"), f"lean_{op}", None)
-        except ImportError:
-            return None
-        if fn is not None:
-            return fn
-    return None
+    """The kernel's lean binder (``xlmrxl_kernels.lean``), None without Triton or for an op without one."""
+    try:
+        from .lean import BINDERS
+    except ImportError:
+        return None
+    return BINDERS.get(op)
 
 
 # -- GEMM + epilogue --------------------------------------------------------------------------------------------------
