@@ -103,19 +103,19 @@ def _patched(pairs):
 
 
 def _innermost(device: str):
-    """The innermost launch stubbed (module docstring); returns (context, what was stubbed)."""
+    """The innermost launch stubbed (module docstring); returns (context factory, what was stubbed)."""
     if device == "cpu":
         from triton.runtime.interpreter import InterpretedFunction
 
-        return _patched([(InterpretedFunction, "run", _noop)]), "InterpretedFunction.run"
+        return (lambda: _patched([(InterpretedFunction, "run", _noop)])), "InterpretedFunction.run"
     try:
         from triton.compiler.compiler import CompiledKernel
 
         if isinstance(CompiledKernel.__dict__.get("run"), property):
-            return _patched([(CompiledKernel, "run", property(lambda self: _noop))]), "CompiledKernel.run"
+            return (lambda: _patched([(CompiledKernel, "run", property(lambda self: _noop))])), "CompiledKernel.run"
     except ImportError:  # pragma: no cover - depends on the Triton version
         pass
-    return contextlib.nullcontext(), "nothing (real launches)"
+    return contextlib.nullcontext, "nothing (real launches)"
 
 
 def _whole_launch():
@@ -129,20 +129,23 @@ def _whole_launch():
                                                                       getitem)])  # fmt: skip
 
 
-def _time(models: dict, ids, mask, rep: int, warmup: int, device: str) -> dict:
-    """{layers: [us per forward]}, depths interleaved call by call (machine noise hits both alike)."""
-    out = {L: [] for L in models}
+def _time(models: dict, ids, mask, rep: int, warmup: int, device: str) -> tuple[dict, dict]:
+    """({layers: [wall us per forward]}, {layers: [thread CPU us per forward]}), depths interleaved call by call
+    (machine noise hits both alike)."""
+    wall = {L: [] for L in models}
+    cpu = {L: [] for L in models}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for i in range(warmup + rep):
         for L, model in models.items():
             sync()
-            t0 = time.perf_counter_ns()
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             model(ids, attention_mask=mask)
             sync()
-            dt = (time.perf_counter_ns() - t0) / 1e3
+            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
             if i >= warmup:
-                out[L].append(dt)
-    return out
+                wall[L].append((t1 - t0) / 1e3)
+                cpu[L].append((c1 - c0) / 1e3)
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = {L: _build(L, device) for L in (SHALLOW, LAYERS)}
     inner, stubbed = _innermost(device)
-    methods = {"innermost": inner, "whole-launch": _whole_launch()}
+    methods = {"innermost": inner, "whole-launch": _whole_launch}
     rows = []
     with torch.inference_mode():
         for kind, lengths in INPUTS.items():
@@ -168,23 +171,25 @@ def main(argv: list[str] | None = None) -> int:
             for model in models.values():
                 model(ids, attention_mask=mask)  # real launches once: compiles, autotunes, binds every call site
             for method, ctx in methods.items():
-                with ctx:
-                    times = _time(models, ids, mask, rep, args.warmup, device)
-                lo, hi = statistics.median(times[SHALLOW]), statistics.median(times[LAYERS])
-                slope = (hi - lo) / (LAYERS - SHALLOW)
-                rows.append(
-                    dict(
-                        input=kind,
-                        method=method,
-                        us_per_forward_over_layers=hi / LAYERS,
-                        us_per_layer_slope=slope,
-                        us_fixed_per_forward=lo - SHALLOW * slope,
-                        us_forward_36=hi,
-                        us_forward_2=lo,
-                        target_us_per_layer=TARGET_US_PER_LAYER,
-                        target_us_fixed=TARGET_US_FIXED,
+                with ctx():
+                    wall, cpu = _time(models, ids, mask, rep, args.warmup, device)
+                for clock, times in (("wall", wall), ("thread-cpu", cpu)):
+                    lo, hi = statistics.median(times[SHALLOW]), statistics.median(times[LAYERS])
+                    slope = (hi - lo) / (LAYERS - SHALLOW)
+                    rows.append(
+                        dict(
+                            input=kind,
+                            method=method,
+                            clock=clock,
+                            us_per_forward_over_layers=hi / LAYERS,
+                            us_per_layer_slope=slope,
+                            us_fixed_per_forward=lo - SHALLOW * slope,
+                            us_forward_36=hi,
+                            us_forward_2=lo,
+                            target_us_per_layer=TARGET_US_PER_LAYER,
+                            target_us_fixed=TARGET_US_FIXED,
+                        )
                     )
-                )
     extra = dict(
         config=CONFIG,
         layers=LAYERS,
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs=INPUTS,
         rep=rep,
         threads=args.threads,
-        timer="time.perf_counter_ns (wall clock per forward)",
+        timer="time.perf_counter_ns (wall clock) and time.thread_time_ns (this thread's CPU time), per forward",
+        load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
         innermost_stub=stubbed,
         note=(
             "innermost: only the innermost launch stubbed (CPU: the interpreter's InterpretedFunction.run; GPU: the "
@@ -205,14 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "host_overhead.md", "a") as f:
         f.write(
             f"\nModel: {LAYERS} layers, hidden 80 (one head of 80), FFN 320, fp32, backend='triton', CUDA graphs off, "
-            f"{args.threads} thread(s), {rep} forwards per cell (median, wall clock). `innermost`: only {stubbed} "
+            f"{args.threads} thread(s), {rep} forwards per cell (median; `wall`: wall clock, `thread-cpu`: this "
+            "thread's CPU time, which a loaded machine inflates less; load average at the end "
+            f"{extra['load_average']}). `innermost`: only {stubbed} "
             "stubbed (Triton's autotuner and JIT dispatch, our code and every torch op run); `whole-launch`: "
             "Triton's `kernel[grid]` stubbed (the method of the older figures). Targets: <= "
             f"{TARGET_US_PER_LAYER} us per layer, <= {TARGET_US_FIXED} us fixed per forward.\n"
         )
     for r in rows:
         print(
-            f"{r['input']:>11} {r['method']:>13}: {r['us_per_forward_over_layers']:7.1f} us/layer (forward / 36), "
+            f"{r['input']:>11} {r['method']:>13} {r['clock']:>10}: {r['us_per_forward_over_layers']:7.1f} us/layer "
+            "(forward / 36), "
             f"slope {r['us_per_layer_slope']:.1f} us/layer, fixed {r['us_fixed_per_forward']:.0f} us/forward"
         )
     print(f"results: {out}")

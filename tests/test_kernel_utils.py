@@ -177,7 +177,7 @@ def test_launch_autotuned_under_capture_runs_default(monkeypatch, caplog):
     x = torch.randn(20)
     y = torch.full((20,), float("nan"))
     monkeypatch.setattr(_utils, "_capturing", lambda device: True)
-    with caplog.at_level(logging.WARNING, logger="xlmrxl"):
+    with caplog.at_level(logging.WARNING, logger="xlmrxl_kernels"):
         _utils.launch_autotuned(tuner, (1,), (x, y, 20), {}, lambda named: tuner.configs[1])
     assert calls == [], "no benchmarking during capture"
     torch.testing.assert_close(y, x)  # BLOCK=32 (the default) covers all 20; BLOCK=16 would leave NaNs

@@ -123,8 +123,13 @@ class Backend:
         ``.bind(args, kwargs)`` gives the callable to store for calls like it."""
         if op not in OPS:
             raise KeyError(f"unknown op {op!r}; known: {', '.join(OPS)}")
-        if self.name == "triton":
-            self.kernel_not_supported(op, _device_of(args))  # (raises on CPU tensors outside the interpreter)
+        if self.name != "reference":
+            why = self.kernel_not_supported(op, _device_of(args))  # (raises: backend='triton' on CPU, no interpreter)
+            if why:
+                level = logging.WARNING if self.name == "triton" else logging.INFO
+                what = op if op in self.disabled else "every op"  # a device-wide reason: one line, not one per op
+                log_once(f"xlmrxl: {what} runs the PyTorch reference (or its maths) instead of Triton: {describe(why)}",
+                         level)  # fmt: skip
         tuner = self.tuner or _tuning.default_tuner()
         return tuner.choose(op, args, kwargs, backend=self.name, disabled=self.disabled)
 

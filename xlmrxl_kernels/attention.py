@@ -35,7 +35,6 @@ Oracles: ``xlmrxl_kernels.reference.attention_ref`` / ``attention_varlen_ref`` (
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -69,8 +68,6 @@ from ._utils import (
     plan_cache,
 )
 from .reference.attention import attention_ref, attention_varlen_ref
-
-logger = logging.getLogger("xlmrxl")
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256

@@ -28,8 +28,6 @@ band of ``weight`` stays in L2 while several row tiles use it. Oracles: ``xlmrxl
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import triton
 import triton.language as tl
@@ -51,8 +49,6 @@ from ._utils import (
     plan_cache,
 )
 from .reference.linear_gelu import linear_gelu_ref, linear_residual_ref
-
-logger = logging.getLogger("xlmrxl")
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _EPI_NONE, _EPI_GELU, _EPI_RESIDUAL = 0, 1, 2
