@@ -14,7 +14,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_LINES = 600
-# Files being split by parallel work on issue 9 (checkpoint package, tokenizer, attention kernels). Each entry must
+# Files allowed over the limit while being split. Each entry must
 # still be over the limit: once a file is split the test fails until its entry is removed here.
 PENDING_SPLIT: set[str] = set()  # files allowed over the limit while being split (none left)
 
@@ -190,7 +190,7 @@ def test_every_module_says_its_role():
     assert not missing, f"modules without a docstring (first line: the module's role): {missing}"
 
 
-# the model layer's files (issue 9); files other work owns join this list as they are annotated
+# the model layer's files; other files join this list as they are annotated
 TYPED = (
     "modeling",
     "fast",

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis, bounded) of the kernels' launchers' input validation (issue 10).
+"""Property-based fuzzing (hypothesis, bounded) of the kernels' launchers' input validation.
 
 ``attention_varlen`` (cu_seqlens offsets, max_seqlen, shapes, dtypes) and ``add_layernorm`` (shapes, dtypes, missing
 parts) with random, sometimes corrupted arguments: each call either equals the PyTorch reference (fp32) or raises a
