@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         row_counts = [16384] if args.quick else [8192, 16384, 32768, 65536]
         copy_gbs = harness.copy_bandwidth_gbs()
 
-    from xlmrxl_kernels.add_layernorm import add_layernorm
+    from xlmrxl_kernels.norm import add_layernorm
 
     dev = _RUN["device"]
     compiled = None if args.no_compile else torch.compile(_eager)

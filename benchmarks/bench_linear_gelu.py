@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         token_counts = [8192] if args.quick else [4096, 8192, 16384]
         peak = harness.matmul_tflops()
 
-    from xlmrxl_kernels.linear_gelu import _EPI_NONE, _launch, linear_gelu, linear_residual
+    from xlmrxl_kernels.gemm import _EPI_NONE, _launch, linear_gelu, linear_residual
 
     dev = _RUN["device"]
     comp_gelu = None if args.no_compile else torch.compile(_eager_gelu)

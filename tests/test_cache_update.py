@@ -1,4 +1,4 @@
-"""The compiled KV-cache ops (xlmrxl_kernels._C via xlmrxl_kernels.cache_update) against their PyTorch references.
+"""The compiled KV-cache ops (xlmrxl_kernels._C via xlmrxl_kernels.kv_cache) against their PyTorch references.
 
 Caches start as fresh random values (the sentinel): after an op, written slots must equal the new K/V bit for bit
 (a copy has no rounding) and every other slot must be unchanged.
@@ -14,7 +14,7 @@ from xlmrxl_kernels import logs
 from xlmrxl_kernels._utils import env_flag, refresh
 from xlmrxl_kernels.reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
 
-cu = importlib.import_module("xlmrxl_kernels.cache_update")  # the module (xlmrxl_kernels.cache_update is the function)
+cu = importlib.import_module("xlmrxl_kernels.kv_cache")  # the module (xlmrxl_kernels.kv_cache is the function)
 
 HAS_CUDA = torch.cuda.is_available()
 REQUIRE = env_flag("XLMRXL_REQUIRE_EXT")

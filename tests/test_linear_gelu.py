@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import HAS_CUDA, INTERPRETING
 
 from xlmrxl.backend import Backend
-from xlmrxl_kernels.linear_gelu import (
+from xlmrxl_kernels.gemm import (
     linear_gelu,
     linear_gelu_not_supported,
     linear_residual,
@@ -195,7 +195,7 @@ def test_split_k(M, N, K, split, epi, dtype, device):
     K not a multiple of the chunk (300, 640 / 3) covers the short last chunk and the masked K loads."""
     import importlib
 
-    G = importlib.import_module("xlmrxl_kernels.linear_gelu")
+    G = importlib.import_module("xlmrxl_kernels.gemm")
     x, w, b = _inputs(M, N, K, dtype, device, bias=epi != "none")
     r = torch.randn(M, N, device=device, dtype=dtype)
     if epi == "gelu":
@@ -224,7 +224,7 @@ def test_split_k(M, N, K, split, epi, dtype, device):
 def test_split_k_heuristic(monkeypatch):
     import importlib
 
-    G = importlib.import_module("xlmrxl_kernels.linear_gelu")
+    G = importlib.import_module("xlmrxl_kernels.gemm")
     monkeypatch.setattr(G, "num_sms", lambda device: 132)
     cuda = torch.device("cuda", 0)
     assert G._split_k(cuda, 128, 2560, 2560, 64, 128) == 2  # 40 tiles: split, capped by partial-sum traffic
@@ -240,7 +240,7 @@ def test_small_m_takes_split_k_automatically(device):
     """At few tokens the public functions split K by themselves (the interpreter reports 4 SMs)."""
     import importlib
 
-    G = importlib.import_module("xlmrxl_kernels.linear_gelu")
+    G = importlib.import_module("xlmrxl_kernels.gemm")
     G._WORKSPACES.clear()
     x, w, b = _inputs(2, 40, 1024, torch.float32, device)
     out = linear_gelu(x, w, b)

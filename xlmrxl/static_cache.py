@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from xlmrxl_kernels.cache_update import cache_reorder, cache_reset, cache_update
+from xlmrxl_kernels import cache_reorder, cache_reset, cache_update
 
 from .cache import Cache
 

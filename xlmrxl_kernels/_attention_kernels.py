@@ -1,5 +1,5 @@
-"""The Triton kernels of ``xlmrxl_kernels.attention`` (tiled flash attention, one-row decode, split-KV merge) and
-their autotune configs; the launchers, checks and contract are in ``xlmrxl_kernels.attention``."""
+"""The Triton kernels of ``xlmrxl_kernels.flash`` (tiled flash attention, one-row decode, split-KV merge) and
+their autotune configs; the launchers, checks and contract are in ``xlmrxl_kernels.flash``."""
 
 from __future__ import annotations
 

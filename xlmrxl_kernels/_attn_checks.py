@@ -1,4 +1,4 @@
-"""The checks of ``xlmrxl_kernels.attention``'s launchers: argument layouts (once per layout), host sequence lengths
+"""The checks of ``xlmrxl_kernels.flash``'s launchers: argument layouts (once per layout), host sequence lengths
 (O(B) Python, no device sync) and, on CPU or with ``XLMRXL_DEBUG_CHECKS=1``, the values of ``cu_seqlens``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one-row-per-program decode kernel and the split-KV merge of ``xlmrxl_kernels.attention`` (the tiled kernel
+"""The one-row-per-program decode kernel and the split-KV merge of ``xlmrxl_kernels.flash`` (the tiled kernel
 and the configs are in ``xlmrxl_kernels._attention_kernels``)."""
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def _config_kwargs(kernel) -> dict | None:
 # -- linear_gelu / linear_residual --------------------------------------------------------------------------------
 def _linear_binder(epilogue: int, public: Callable) -> Callable:
     def bind(args: tuple, kwargs: dict) -> Callable:
-        lg = _module("linear_gelu")
+        lg = _module("gemm")
         x, weight = args[0], args[1]
         if x.dim() != 2 or weight.dim() != 2 or x.dtype == torch.float64 or weight.shape[1] == 0 or not _servable(x):
             return public
@@ -109,7 +109,7 @@ def _linear_binder(epilogue: int, public: Callable) -> Callable:
 # -- add_layernorm ------------------------------------------------------------------------------------------------
 def lean_add_layernorm(args: tuple, kwargs: dict) -> Callable:
     """The lean ``add_layernorm`` for calls like ``args`` (2-D rows, the one-pass kernel)."""
-    aln = _module("add_layernorm")
+    aln = _module("norm")
     x, residual, weight, bias = args[:4]
     public = aln.add_layernorm
     if x.dim() != 2 or x.dtype == torch.float64 or x.shape[-1] > aln.MAX_FUSED_N or not _servable(x):
@@ -153,7 +153,7 @@ def lean_add_layernorm(args: tuple, kwargs: dict) -> Callable:
 def lean_attention_varlen(args: tuple, kwargs: dict) -> Callable:
     """The lean ``attention_varlen`` for calls like ``args``: no host-length or ``cu_seqlens`` check per call (the
     caller validates once per forward), the tiled kernel's config bound."""
-    att = _module("attention")
+    att = _module("flash")
     public = att.attention_varlen
     q = args[0]
     if q.dim() != 3 or q.dtype == torch.float64 or not _servable(q) or kwargs.get("scale") is None:
@@ -203,7 +203,7 @@ def lean_attention_varlen(args: tuple, kwargs: dict) -> Callable:
 
 
 def _binders() -> dict[str, Callable]:
-    lg = _module("linear_gelu")
+    lg = _module("gemm")
     return {
         "linear_gelu": _linear_binder(1, lg.linear_gelu),
         "linear_residual": _linear_binder(2, lg.linear_residual),

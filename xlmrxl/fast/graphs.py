@@ -455,7 +455,7 @@ class _CacheView:
         return self.kb - 1  # one new query aligned to the end of the Kb-slot view; the mask hides the unwritten
 
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
-        from xlmrxl_kernels.cache_update import cache_update
+        from xlmrxl_kernels import cache_update
 
         keys, values = self.cache.keys[layer_idx], self.cache.values[layer_idx]
         cache_update(keys, values, key_states, value_states, self.positions)

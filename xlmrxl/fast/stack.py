@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from xlmrxl_kernels.attention import check_host_seqlens
+from xlmrxl_kernels.flash import check_host_seqlens
 
 from ..backend import Backend
 from ..cache import DynamicCache
