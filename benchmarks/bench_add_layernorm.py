@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     roof = harness.peaks()  # the lease's probe (or measured now); None on a CPU without a probe
     copy_gbs = roof.gbs if roof else harness.measured_copy_gbs(1 << 20)
 
-    from xlmrxl_kernels.add_layernorm import add_layernorm
+    from xlmrxl_kernels.norm import add_layernorm
 
     dev = _RUN["device"]
     compiled = None if args.no_compile else torch.compile(_eager)

@@ -81,7 +81,7 @@ def _lengths(B, S, seed=0):
 
 
 def prefill_rows(dtype, dname, D, B=32, S=512, H=32, quick=False):
-    from xlmrxl_kernels.attention import attention, attention_varlen
+    from xlmrxl_kernels.flash import attention, attention_varlen
 
     lens = _lengths(B, S)
     dev = _RUN["device"]
@@ -140,7 +140,7 @@ def prefill_rows(dtype, dname, D, B=32, S=512, H=32, quick=False):
 
 
 def decode_rows(dtype, dname, B, D=80, S_k=512, H=32):
-    from xlmrxl_kernels.attention import attention
+    from xlmrxl_kernels.flash import attention
 
     dev = _RUN["device"]
     q = torch.randn(B, H, 1, D, device=dev, dtype=dtype)

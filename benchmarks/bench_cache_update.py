@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (script check; numbers mean nothing)")
     args = p.parse_args(argv)
 
-    from xlmrxl_kernels.cache_update import cache_extension_unavailable_reason, cache_update
+    from xlmrxl_kernels.kv_cache import cache_extension_unavailable_reason, cache_update
 
     if args.tiny:
         _RUN.update(device="cpu", warmup=0, rep=2)

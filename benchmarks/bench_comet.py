@@ -1,4 +1,4 @@
-"""COMET benchmark (issue 12): segments per second of ``metric.predict`` with and without ``xlmrxl.accelerate``, on
+"""COMET benchmark: segments per second of ``metric.predict`` with and without ``xlmrxl.accelerate``, on
 the same model object and the same data, with the scores compared.
 
 Models (random weights, COMET's own heads, built offline by ``benchmarks.clients_models``):

@@ -1,4 +1,4 @@
-"""Corpus throughput benchmark (issue "Corpus scale"): ``xlmrxl.corpus.run`` (local engine; Ray engine with 1 and 2
+"""Corpus throughput benchmark: ``xlmrxl.corpus.run`` (local engine; Ray engine with 1 and 2
 workers) against naive loops over ``transformers.pipeline("feature-extraction")`` and ``xlmrxl.pipeline`` on the
 same rows, all embedding with mean pooling.
 

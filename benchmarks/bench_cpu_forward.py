@@ -1,4 +1,4 @@
-"""CPU forward benchmark (issue "Foundation"): xlmrxl's reference backend (the padding-free fast path with the PyTorch
+"""CPU forward benchmark: xlmrxl's reference backend (the padding-free fast path with the PyTorch
 reference ops) against transformers 4.56.2 (SDPA, its default) on the same weights.
 
 Model: hidden 512, 4 layers, 8 heads, intermediate 2048 (fp32, eval, inference_mode, one thread by default).

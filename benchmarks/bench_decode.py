@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     import transformers
 
     import xlmrxl
-    from xlmrxl_kernels.cache_update import cache_extension_unavailable_reason
+    from xlmrxl_kernels.kv_cache import cache_extension_unavailable_reason
 
     if args.tiny:
         cfg, dtype, device, warmup, rep = TINY, torch.float32, "cpu", 1, 3

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     roof = harness.peaks()  # the probe's numbers in a lease (or measured now); None on a CPU without a probe
     peak = roof.tflops if roof else None
 
-    from xlmrxl_kernels.linear_gelu import _EPI_NONE, _launch, linear_gelu, linear_residual
+    from xlmrxl_kernels.gemm import _EPI_NONE, _launch, linear_gelu, linear_residual
 
     dev = _RUN["device"]
     comp_gelu = None if args.no_compile else torch.compile(_eager_gelu)

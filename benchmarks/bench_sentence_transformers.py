@@ -1,4 +1,4 @@
-"""sentence-transformers benchmark (issue 12): sentences per second of ``SentenceTransformer.encode`` (mean pooling,
+"""sentence-transformers benchmark: sentences per second of ``SentenceTransformer.encode`` (mean pooling,
 normalised) with and without ``xlmrxl.accelerate``, on the same model object and the same sentences, with the
 embeddings compared.
 

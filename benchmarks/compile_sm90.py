@@ -99,9 +99,9 @@ def _attn_types(dt: str) -> dict:
 
 
 def jobs(quick: bool) -> list[tuple]:
-    A = importlib.import_module("xlmrxl_kernels.attention")
-    G = importlib.import_module("xlmrxl_kernels.linear_gelu")
-    L = importlib.import_module("xlmrxl_kernels.add_layernorm")
+    A = importlib.import_module("xlmrxl_kernels.flash")
+    G = importlib.import_module("xlmrxl_kernels.gemm")
+    L = importlib.import_module("xlmrxl_kernels.norm")
     I4 = importlib.import_module("xlmrxl_kernels.int4")
     out = []
     dts = ["bf16"] if quick else ["bf16", "fp16"]

@@ -26,7 +26,7 @@ GPU_BENCHMARKS = [
     "bench_cache_update",
     "bench_e2e",
     "bench_decode",
-    # the clients (issue 12): they need unbabel-comet / sentence-transformers, i.e. the .venv-clients python of
+    # the clients: they need unbabel-comet / sentence-transformers, i.e. the .venv-clients python of
     # `make test-clients` (PYTHONPATH=<checkout>); in an environment without them they say so and exit 0
     "bench_comet",
     "bench_sentence_transformers",

@@ -81,6 +81,6 @@ def spm_dir(tmp_path_factory):
 @pytest.fixture
 def fresh_log(monkeypatch):
     """Fallback reasons are logged once per process; this test sees them logged afresh."""
-    import xlmrxl.backend
+    from xlmrxl_kernels import logs
 
-    monkeypatch.setattr(xlmrxl.backend, "_LOGGED", set())
+    monkeypatch.setattr(logs, "_LOGGED", set())

@@ -14,7 +14,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_LINES = 600
-# Files being split by parallel work on issue 9 (checkpoint package, tokenizer, attention kernels). Each entry must
+# Files allowed over the limit while being split. Each entry must
 # still be over the limit: once a file is split the test fails until its entry is removed here.
 PENDING_SPLIT: set[str] = set()  # files allowed over the limit while being split (none left)
 
@@ -129,6 +129,46 @@ def test_kernels_never_import_xlmrxl():
             assert not bad, f"{name} (line {node.lineno}) imports {bad}: xlmrxl_kernels must not depend on xlmrxl"
 
 
+# names a "why not" may never call: a clock, a benchmark or a lookup of measured choices (speed is the measured
+# choice's business, xlmrxl_kernels.tuning; an entry's not_supported states hard limits only)
+_TIMING = ("time", "perf_counter", "perf_counter_ns", "monotonic", "thread_time", "thread_time_ns", "process_time",
+           "measure", "bench", "do_bench", "elapsed_time", "Event", "timer", "choose", "default_tuner", "cuda_timer",
+           "_disk_lookup", "_shipped", "_slower_than_reference")  # fmt: skip
+
+
+def _called_names(fn: ast.AST) -> set[str]:
+    out = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            f = node.func
+            out.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update(a.name.split(".")[0] for a in node.names)
+            if isinstance(node, ast.ImportFrom) and node.module:
+                out.add(node.module.split(".")[-1])
+    return out
+
+
+def test_no_not_supported_reads_timing():
+    """Every ``*not_supported`` / ``*_reasons`` function of the kernels package (the op table's hard limits) calls no
+    clock, benchmark or tuning lookup."""
+    seen = 0
+    for name, path in _modules("xlmrxl_kernels").items():
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if not (fn.name.endswith("not_supported") or fn.name.endswith("_reasons")):
+                continue
+            seen += 1
+            bad = sorted(n for n in _called_names(fn) if n in _TIMING or "tuning" in n or "bench" in n)
+            assert not bad, f"{name}.{fn.name} (line {fn.lineno}) calls {bad}: a not_supported states hard limits only"
+    assert seen >= 10  # the kernels' and the table's entries were found
+    # the scan sees a clock read and a tuning lookup where they would be
+    probe = ast.parse("def x_not_supported(a):\n    t = time.perf_counter()\n    return tuning.choose('op', a)\n")
+    assert {"perf_counter", "choose"} <= _called_names(probe.body[0])
+
+
 def test_files_are_small():
     too_long = {}
     for package in ("xlmrxl", "xlmrxl_kernels"):
@@ -151,7 +191,7 @@ def test_every_module_says_its_role():
     assert not missing, f"modules without a docstring (first line: the module's role): {missing}"
 
 
-# the model layer's files (issue 9); files other work owns join this list as they are annotated
+# the model layer's files; other files join this list as they are annotated
 TYPED = (
     "modeling",
     "fast",

@@ -11,7 +11,7 @@ import torch
 
 from xlmrxl_kernels.reference import attention_ref, attention_varlen_ref
 
-ak = pytest.importorskip("xlmrxl_kernels.attention")
+ak = pytest.importorskip("xlmrxl_kernels.flash")
 
 pytestmark = pytest.mark.triton
 
@@ -258,7 +258,7 @@ def test_decode_launch_shape_is_a_heuristic(monkeypatch):
     alone (no autotuning at each new power of two of S_k, and nothing to tune inside CUDA-graph capture)."""
     import importlib
 
-    A = importlib.import_module("xlmrxl_kernels.attention")
+    A = importlib.import_module("xlmrxl_kernels.flash")
     assert not hasattr(A._attn_decode_kernel, "configs"), "the decode kernel must not be autotuned"
     monkeypatch.setattr(A, "interpreting", lambda: False)
     for block_d, block_n in ((16, 128), (64, 128), (128, 64), (256, 32)):
@@ -320,8 +320,8 @@ import importlib, json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-A = importlib.import_module("xlmrxl_kernels.attention")
-L = importlib.import_module("xlmrxl_kernels.add_layernorm")
+A = importlib.import_module("xlmrxl_kernels.flash")
+L = importlib.import_module("xlmrxl_kernels.norm")
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 if not os.path.exists(tool):

@@ -1,8 +1,8 @@
 """The measured choice through the model layer (``Backend("auto")`` -> ``xlmrxl_kernels.tuning``) with fake timings,
 and the one environment parser (``xlmrxl_kernels.env``) as the model sees it.
 
-CPU never times anything for real: these tests let the backend treat the CPU as a measured device
-(``backend.MEASURED_DEVICES``) and give the process-wide tuner a fake timer, so the model runs whatever the fake
+CPU never times anything for real: these tests give the process-wide tuner a fake timer and let it treat the CPU as a
+measured device (``Tuner(measure_devices=("cpu",))``), so the model runs whatever the fake
 timings make fastest (Triton candidates under ``TRITON_INTERPRET=1``, PyTorch ones natively).
 """
 
@@ -14,16 +14,15 @@ from _oracle import FastPathSpy, make_inputs, random_model
 from conftest import tiny_config_kwargs
 
 import xlmrxl
-from xlmrxl import backend as backend_mod
-from xlmrxl import reasons
-from xlmrxl.backend import Backend, MeasuredOp, tuning_reasons
+from xlmrxl import env, reasons
+from xlmrxl.backend import Backend
 from xlmrxl.fast import stack
-from xlmrxl_kernels import env, tuning
+from xlmrxl_kernels import logs, tuning
 
 TOL = 1e-4  # fp32: Triton (interpreted) vs the PyTorch reference
 # fake ms per candidate: the PyTorch candidates beat Triton, addmm loses to plain cuBLAS
-FAKE_MS = {"triton": 3.0, "cublas": 1.0, "cublas-addmm": 2.0, "torch": 0.5}
-MULTI = ("linear_gelu", "linear_residual", "add_layernorm")  # ops with more than one candidate on a CPU
+FAKE_MS = {"triton": 3.0, "cublas": 1.0, "cublas-addmm": 2.0, "torch": 0.5, "sdpa-seq": 9.0}
+MULTI = ("linear_gelu", "linear_residual", "add_layernorm", "attention_varlen")  # several entries on a CPU
 
 
 class _Fake:
@@ -41,7 +40,7 @@ class _Fake:
             for c in cands:
                 fn = self._counting(op, c.name, c.fn)
                 self.names[fn] = (op, c.name)
-                new.append(dataclasses.replace(c, fn=fn))
+                new.append(dataclasses.replace(c, fn=fn, lean=None))  # (counted: the public launcher)
             self.tuner.table[op] = tuple(new)
 
     def _counting(self, op, name, fn):
@@ -61,7 +60,6 @@ class _Fake:
 def fake(monkeypatch, tmp_path):
     f = _Fake(tmp_path)
     monkeypatch.setattr(tuning, "_DEFAULT", [f.tuner])
-    monkeypatch.setattr(backend_mod, "MEASURED_DEVICES", ("cuda", "cpu"))
     return f
 
 
@@ -82,10 +80,9 @@ def _err(a, b, mask):
     return (a[keep] - b[keep]).abs().max().item()
 
 
-def _measured(m, op) -> MeasuredOp:
-    fn = stack.ops_for(m.backend, torch.device("cpu")).impls[op].fn
-    assert isinstance(fn, MeasuredOp)
-    return fn
+def _choices(fake, op) -> list:
+    """The tuner's kept choices for ``op`` (one per shape bucket)."""
+    return [c for k, c in fake.tuner._memory.items() if k[1] == op and k[3] == "auto"]
 
 
 def test_model_runs_what_the_tuner_measured_fastest(fake, monkeypatch):
@@ -98,19 +95,19 @@ def test_model_runs_what_the_tuner_measured_fastest(fake, monkeypatch):
     layers = m.config.num_hidden_layers
     expect = {"linear_gelu": "cublas", "linear_residual": "cublas", "add_layernorm": "torch"}
     for op, name in expect.items():
-        choices = _measured(m, op).choices.values()  # one per shape bucket (two linear_residual: K = H and I)
+        choices = _choices(fake, op)  # one per shape bucket (two linear_residual: K = H and I)
         assert choices and all(c.name == name and c.source == "measured" for c in choices)
         assert fake.ran.get((op, "triton"), 0) == 0  # the Triton candidate lost and never ran in the model
     assert fake.ran[("linear_residual", "cublas")] == 2 * layers  # attention output + FFN output per layer
     assert fake.ran[("linear_gelu", "cublas")] == layers
     assert ("linear_residual", "cublas-addmm") in fake.timed
-    # attention_varlen has one eligible candidate on a CPU (the flash ones are CUDA-only): never timed, Triton runs
-    (att,) = _measured(m, "attention_varlen").choices.values()
-    assert att.name == "triton" and not any(op == "attention_varlen" for op, _ in fake.timed)
+    # attention_varlen on a CPU: Triton against SDPA per sequence (the flash ones are CUDA-only); Triton wins here
+    (att,) = _choices(fake, "attention_varlen")
+    assert att.name == "triton" and att.reasons["sdpa-seq"].code == reasons.SLOWER
     assert fake.ran[("attention_varlen", "triton")] == layers
     # the reasons speak the one vocabulary
-    lr = next(iter(_measured(m, "linear_residual").choices.values()))
-    why = {r.split(":")[0]: r.code for r in tuning_reasons(lr)}
+    lr = _choices(fake, "linear_residual")[0]
+    why = {r.split(":")[0]: r.code for r in lr.why_not()}
     assert why == {"triton": reasons.SLOWER, "cublas-addmm": reasons.SLOWER}
     # chosen once: a second forward times nothing and reads the in-memory choice; the disk cache holds it
     n = len(fake.timed)
@@ -120,17 +117,17 @@ def test_model_runs_what_the_tuner_measured_fastest(fake, monkeypatch):
 
 
 def test_choice_logged_once_at_info(fake, caplog, monkeypatch):
-    monkeypatch.setattr(backend_mod, "_LOGGED", set())
+    monkeypatch.setattr(logs, "_LOGGED", set())
     m, inputs = _setup()
     m.set_backend("auto")
-    with caplog.at_level("INFO", logger="xlmrxl"):
+    with caplog.at_level("INFO", logger="xlmrxl_kernels"):
         _run(m, inputs)
         _run(m, inputs)
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
-    gelu = [s for s in msgs if s.startswith("xlmrxl: linear_gelu (")]
+    gelu = [s for s in msgs if s.startswith("xlmrxl_kernels: linear_gelu (")]
     assert len(gelu) == 1 and "cublas (cublas 1.0000 ms, triton 3.0000 ms)" in gelu[0]  # measured: with timings
-    att = [s for s in msgs if s.startswith("xlmrxl: attention_varlen (")]
-    assert len(att) == 1 and "triton (default)" in att[0]  # the only eligible candidate: not timed, logged once
+    att = [s for s in msgs if s.startswith("xlmrxl_kernels: attention_varlen (")]
+    assert len(att) == 1 and "triton (triton 3.0000 ms, sdpa-seq 9.0000 ms)" in att[0]  # logged once
 
 
 def test_tuning_off_uses_the_defaults(fake, monkeypatch):
@@ -142,9 +139,10 @@ def test_tuning_off_uses_the_defaults(fake, monkeypatch):
     assert _err(got, want, inputs["attention_mask"]) <= TOL
     assert fake.timed == []
     for op in MULTI:
-        for choice in _measured(m, op).choices.values():
+        for choice in _choices(fake, op):
             assert choice.name == "triton" and choice.source == "default"  # the first eligible candidate
-            assert {r.code for r in tuning_reasons(choice)} == {reasons.TUNING_OFF}
+            got = {r.code for r in choice.why_not()}  # (plus the CUDA-only entries: device)
+            assert reasons.TUNING_OFF in got and got <= {reasons.TUNING_OFF, reasons.DEVICE}
 
 
 def test_nothing_is_tuned_inside_capture(fake, monkeypatch):
@@ -153,29 +151,29 @@ def test_nothing_is_tuned_inside_capture(fake, monkeypatch):
     monkeypatch.setattr(tuning, "_capturing", lambda device: True)  # every call looks like a CUDA-graph capture
     want = _run(m, inputs)
     assert fake.timed == []
-    for op in MULTI:  # a stand-in for the capture only: neither the backend nor the tuner keeps it
-        assert _measured(m, op).choices == {}
+    # a stand-in for the capture only: neither the layer's bound sites nor the tuner keep it
     assert not any(k[1] in MULTI for k in fake.tuner._memory)
     assert fake.ran[("linear_residual", "triton")] > 0  # the default ran meanwhile
     monkeypatch.undo()
     monkeypatch.setattr(tuning, "_DEFAULT", [fake.tuner])
-    monkeypatch.setattr(backend_mod, "MEASURED_DEVICES", ("cuda", "cpu"))
     got = _run(m, inputs)  # outside capture: measured now
     assert {op for op, _ in fake.timed} == set(MULTI)
     assert _err(got, want, inputs["attention_mask"]) <= TOL
 
 
-def test_cpu_auto_is_the_reference_and_times_nothing(monkeypatch, tmp_path):
+def test_cpu_auto_is_the_rule_and_times_nothing(monkeypatch, tmp_path):
     f = _Fake(tmp_path)
+    f.tuner.measure_devices = ("cuda",)  # the default: nothing is timed on a CPU
     monkeypatch.setattr(tuning, "_DEFAULT", [f.tuner])
-    be = Backend("auto")
-    for op in backend_mod.KERNEL_MODULES:
-        impl = be.resolve(op, torch.device("cpu"))
-        assert not impl.kernel and not isinstance(impl.fn, MeasuredOp)
-    assert isinstance(be.resolve("linear_gelu", torch.device("cuda")).fn, MeasuredOp)  # (not called: no GPU needed)
-    for name in ("triton", "reference"):  # explicit backends keep their meaning, never measured
-        assert not isinstance(Backend(name).resolve("linear_gelu", torch.device("cuda")).fn, MeasuredOp)
+    m, inputs = _setup()
+    got = _run(m.set_backend("auto"), inputs)
+    want = _run(m.set_backend("reference"), inputs)
+    assert torch.equal(got, want)  # the same rule: the reference maths (SDPA per sequence for attention)
     assert f.timed == []
+    for (_device, op, _key, backend, _off), c in f.tuner._memory.items():
+        assert c.source == "rule" and c.candidate.kind != "triton", (op, backend, c.name)
+        if backend == "auto" and "triton" in c.reasons:
+            assert c.reasons["triton"].code == reasons.NOT_MEASURED
 
 
 # -- one environment parser ------------------------------------------------------------------------------------------
@@ -207,25 +205,25 @@ def test_backend_and_disable_kernels_come_from_the_parser(monkeypatch):
     assert Backend().name == "auto"
 
 
-# -- the packed stack hands its host lengths to attention_varlen -----------------------------------------------------
+# -- the packed stack validates its host lengths once per forward -----------------------------------------------------
 def test_packed_stack_validates_host_lengths_without_sync(monkeypatch):
     from xlmrxl.fast import pack
 
     m, inputs = _setup(seed=5)
     m.set_backend("triton")  # CPU: the Triton kernels under TRITON_INTERPRET=1
     seen = []
-    real = stack.packed_attention
+    real = stack.check_host_seqlens
 
     def spy(*a, **k):
-        seen.append(a[-1])  # check_lengths
+        seen.append(a[-1])  # the host lengths
         return real(*a, **k)
 
-    monkeypatch.setattr(stack, "packed_attention", spy)
+    monkeypatch.setattr(stack, "check_host_seqlens", spy)
     with torch.inference_mode():
         hidden = m.embeddings(input_ids=inputs["input_ids"])
         x, packing = pack(hidden, inputs["attention_mask"])
         good, _ = stack.packed_stack(m.encoder, x, packing, m.backend, causal=False)
-        assert seen == [True] + [False] * (m.config.num_hidden_layers - 1)  # checked once per forward
+        assert seen == [packing.lengths]  # checked once per forward, not per layer
         lens = list(packing.lengths)
         bad_cases = {
             "sum to": [lens[0] + 100, *lens[1:]],  # more rows than the packed tensor has

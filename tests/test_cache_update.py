@@ -1,4 +1,4 @@
-"""The compiled KV-cache ops (xlmrxl_kernels._C via xlmrxl_kernels.cache_update) against their PyTorch references.
+"""The compiled KV-cache ops (xlmrxl_kernels._C via xlmrxl_kernels.kv_cache) against their PyTorch references.
 
 Caches start as fresh random values (the sentinel): after an op, written slots must equal the new K/V bit for bit
 (a copy has no rounding) and every other slot must be unchanged.
@@ -10,10 +10,11 @@ import logging
 import pytest
 import torch
 
+from xlmrxl_kernels import logs
 from xlmrxl_kernels._utils import env_flag, refresh
 from xlmrxl_kernels.reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
 
-cu = importlib.import_module("xlmrxl_kernels.cache_update")  # the module (xlmrxl_kernels.cache_update is the function)
+cu = importlib.import_module("xlmrxl_kernels.kv_cache")  # the module (xlmrxl_kernels.kv_cache is the function)
 
 HAS_CUDA = torch.cuda.is_available()
 REQUIRE = env_flag("XLMRXL_REQUIRE_EXT")
@@ -305,12 +306,12 @@ def test_missing_extension_falls_back_with_one_logged_reason(monkeypatch, caplog
     assert mod is None and "xlmrxl_kernels._C_does_not_exist is not available" in reason
     monkeypatch.setattr(cu, "_C", None)
     monkeypatch.setattr(cu, "_REASON", reason)
-    monkeypatch.setattr(cu, "_LOGGED", set())
+    monkeypatch.setattr(logs, "_LOGGED", set())
     B, H, L, D, T = 2, 2, 6, 8, 2
     k_cache, v_cache = _caches(B, H, L, D, torch.float32)
     k_new, v_new = torch.randn(B, H, T, D), torch.randn(B, H, T, D)
     want_k, want_v = _naive_update(k_cache, v_cache, k_new, v_new, torch.tensor([1, 4]))
-    with caplog.at_level(logging.INFO, logger="xlmrxl"):
+    with caplog.at_level(logging.INFO, logger="xlmrxl_kernels"):
         cu.cache_update(k_cache, v_cache, k_new, v_new, torch.tensor([1, 4]))
         cu.cache_update(k_cache.clone(), v_cache.clone(), k_new, v_new, torch.tensor([0, 0]))
         cu.cache_reset(k_cache.clone(), v_cache.clone(), 2)

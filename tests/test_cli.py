@@ -14,6 +14,7 @@ from test_pipelines import make_checkpoint
 
 import xlmrxl
 from xlmrxl.cli import checkpoint_info, main
+from xlmrxl_kernels import logs
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +45,10 @@ def test_fill_mask_from_stdin_json(ckpt, capsys, monkeypatch):
 
 
 def test_fill_mask_error_and_verbose_logging(ckpt, capsys):
-    from xlmrxl import backend
-
     assert main(["fill-mask", "no mask", "--model", str(ckpt)]) == 1
     err = capsys.readouterr().err
     assert "no <mask> token" in err and "Traceback" not in err
-    backend._LOGGED.clear()  # fallback reasons are logged once per process
+    logs.forget()  # fallback reasons are logged once per process
     assert main(["-v", "fill-mask", "a <mask>", "--model", str(ckpt), "--backend", "auto", "--device", "cpu"]) == 0
     assert "PyTorch reference" in capsys.readouterr().err
 

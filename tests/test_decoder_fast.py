@@ -35,6 +35,7 @@ from xlmrxl.fast import decode as fast_decode
 from xlmrxl.fast import layer
 from xlmrxl.generation import generate
 from xlmrxl.modeling import create_position_ids_from_input_ids
+from xlmrxl_kernels import table
 
 TOL = 1e-5
 NO_EOS = -1  # never stop early: random weights would hit </s> at random steps
@@ -244,7 +245,7 @@ def test_step_work_qkv_gemm_cache_update_prefix_attention(monkeypatch):
         updates.append(tuple(kn.shape))
         return real_update(kc, vc, kn, vn, positions, lengths)
 
-    monkeypatch.setattr(fast_decode, "F", proxy)  # the cached path's SDPA
+    monkeypatch.setattr(table, "F", proxy)  # the cached path's SDPA (the op table's sdpa-causal entry)
     monkeypatch.setattr(layer, "F", proxy)  # the fused layer's GEMMs
     monkeypatch.setattr(xstatic, "cache_update", cache_update)
     with torch.no_grad():

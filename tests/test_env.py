@@ -66,7 +66,7 @@ def test_read_once_then_cached(monkeypatch):
 
 def test_check_all_warns_about_unknown_names(monkeypatch, caplog):
     monkeypatch.setenv("XLMRXL_TUNNING", "off")
-    with caplog.at_level(logging.WARNING, logger="xlmrxl"):
+    with caplog.at_level(logging.WARNING, logger="xlmrxl_kernels"):
         values = env.check_all()
         env.check_all()
     assert values["XLMRXL_TUNING"] in ("on", "off")

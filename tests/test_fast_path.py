@@ -364,10 +364,16 @@ def test_route_reads_is_decoder_per_call():
         assert route(model.encoder, Call(hidden_states=h)).causal
 
 
-def test_backend_says_which_implementation_it_resolved():
+def test_backend_says_which_implementation_it_chose():
     be = xlmrxl.Backend("reference")
-    impl = be.resolve("attention_varlen", torch.device("cpu"))
-    assert not impl.kernel and impl.fn.__name__ == "attention_varlen_ref"
+    q = torch.randn(5, 2, 8)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    choice = be.choose("attention_varlen", (q, q, q, cu, cu, 3, 3))
+    assert choice.name == "reference" and choice.fn.__name__ == "attention_varlen_ref"
+    assert codes([choice.reasons["triton"]]) == [reasons.BACKEND]
+    lens = [2, 3]  # with the host lengths the rule takes SDPA per sequence (the reference's maths)
+    choice = be.choose("attention_varlen", (q, q, q, cu, cu, 3, 3), {"seqlens_q": lens, "seqlens_k": lens})
+    assert choice.name == "sdpa-seq" and choice.candidate.rule and choice.source == "rule"
     assert codes(be.kernel_not_supported("attention", torch.device("cpu"))) == [reasons.BACKEND]
     assert codes(xlmrxl.Backend("auto").kernel_not_supported("attention", torch.device("cpu"))) in (
         [reasons.DEVICE],

@@ -1,4 +1,4 @@
-"""Issue 10's remaining faults, one test each: ``accelerate`` on a model that is not XLM-RoBERTa-XL, CUDA asked of a
+"""Remaining faults, one test each: ``accelerate`` on a model that is not XLM-RoBERTa-XL, CUDA asked of a
 CPU-only torch (every model class and the pipeline), int4 checkpoints saved before and after a forward (ours and
 transformers' ``save_pretrained`` of an accelerated model: same bytes), and a model dispatched by the real
 ``accelerate`` package (``cpu_offload``: ``AlignDevicesHook`` on its modules) taking the exact path."""

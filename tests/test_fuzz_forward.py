@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis, bounded) of the model forward's input validation (issue 10).
+"""Property-based fuzzing (hypothesis, bounded) of the model forward's input validation.
 
 Random shapes, dtypes, mask values, ids out of range, position ids, token type ids and inputs_embeds, alone and in
 combination, on a tiny model under ``no_grad``. Every call either returns what the exact path returns on real tokens

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis, bounded) of the kernels' launchers' input validation (issue 10).
+"""Property-based fuzzing (hypothesis, bounded) of the kernels' launchers' input validation.
 
 ``attention_varlen`` (cu_seqlens offsets, max_seqlen, shapes, dtypes) and ``add_layernorm`` (shapes, dtypes, missing
 parts) with random, sometimes corrupted arguments: each call either equals the PyTorch reference (fp32) or raises a
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from xlmrxl_kernels.reference import add_layernorm_ref, attention_varlen_ref
 
-ak = pytest.importorskip("xlmrxl_kernels.attention")
-aln = pytest.importorskip("xlmrxl_kernels.add_layernorm")
+ak = pytest.importorskip("xlmrxl_kernels.flash")
+aln = pytest.importorskip("xlmrxl_kernels.norm")
 pytest.importorskip("triton")
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -193,7 +193,7 @@ def test_host_seqlens_never_sync(monkeypatch):
 
     from xlmrxl_kernels import attention as _  # noqa: F401  (the module is loaded)
 
-    A = importlib.import_module("xlmrxl_kernels.attention")
+    A = importlib.import_module("xlmrxl_kernels.flash")
     (q, k, v), cu = _packed([3, 2])
 
     def no_sync(*a, **kw):
@@ -211,7 +211,7 @@ def test_bad_cu_seqlens_cannot_read_or_write_out_of_bounds(monkeypatch):
     garbage rows, never an access outside q / k / v / out (the interpreter raises on one)."""
     import importlib
 
-    A = importlib.import_module("xlmrxl_kernels.attention")
+    A = importlib.import_module("xlmrxl_kernels.flash")
     monkeypatch.setattr(A, "_check_cu_seqlens", lambda *a, **k: None)
     (q, k, v), _ = _packed([3, 2])
     for bad in ([0, 9, 5], [7, 2, 5], [0, -4, 5], [-9, 40, 60]):

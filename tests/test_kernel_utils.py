@@ -59,8 +59,8 @@ def test_env_flag(value, expected, monkeypatch):
 def test_flags_use_env_flag(monkeypatch):
     from xlmrxl import backend
 
-    attention = importlib.import_module("xlmrxl_kernels.attention")  # the package exports functions by these names
-    cache_update = importlib.import_module("xlmrxl_kernels.cache_update")
+    attention = importlib.import_module("xlmrxl_kernels.flash")  # the package exports functions by these names
+    cache_update = importlib.import_module("xlmrxl_kernels.kv_cache")
 
     monkeypatch.setenv("TRITON_INTERPRET", "false")
     _utils.refresh()  # switches are read once and cached
@@ -177,7 +177,7 @@ def test_launch_autotuned_under_capture_runs_default(monkeypatch, caplog):
     x = torch.randn(20)
     y = torch.full((20,), float("nan"))
     monkeypatch.setattr(_utils, "_capturing", lambda device: True)
-    with caplog.at_level(logging.WARNING, logger="xlmrxl"):
+    with caplog.at_level(logging.WARNING, logger="xlmrxl_kernels"):
         _utils.launch_autotuned(tuner, (1,), (x, y, 20), {}, lambda named: tuner.configs[1])
     assert calls == [], "no benchmarking during capture"
     torch.testing.assert_close(y, x)  # BLOCK=32 (the default) covers all 20; BLOCK=16 would leave NaNs
@@ -192,7 +192,7 @@ def test_launch_autotuned_under_capture_runs_default(monkeypatch, caplog):
 
 
 def test_num_sms_is_the_single_helper():
-    attention = importlib.import_module("xlmrxl_kernels.attention")
+    attention = importlib.import_module("xlmrxl_kernels.flash")
     int4 = importlib.import_module("xlmrxl_kernels.int4")
     assert not hasattr(attention, "_num_sms") and not hasattr(_utils, "triton_available")
     assert int4._num_sms(torch.device("cpu")) == 4  # the interpreter's stand-in

@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _INSPECT = """
 import importlib, json
-A = importlib.import_module("xlmrxl_kernels.attention")
-G = importlib.import_module("xlmrxl_kernels.linear_gelu")
-L = importlib.import_module("xlmrxl_kernels.add_layernorm")
+A = importlib.import_module("xlmrxl_kernels.flash")
+G = importlib.import_module("xlmrxl_kernels.gemm")
+L = importlib.import_module("xlmrxl_kernels.norm")
 I = importlib.import_module("xlmrxl_kernels.int4")
 
 def dns(k):
@@ -60,7 +60,7 @@ def test_dynamic_integers_are_not_specialised():
 
 
 def test_decode_split_count_ignores_the_cache_length(monkeypatch):
-    A = importlib.import_module("xlmrxl_kernels.attention")
+    A = importlib.import_module("xlmrxl_kernels.flash")
     monkeypatch.setattr(A, "num_sms", lambda device: 132)
     cuda = torch.device("cuda", 0)
     splits = {A._num_splits(cuda, 32, None) for _ in (1, 65, 1000, 4096)}
@@ -73,7 +73,7 @@ def test_decode_with_more_splits_than_keys_is_exact():
     """Splits past the cached keys are empty; the merge ignores them (what decode now does from the first step)."""
     from xlmrxl_kernels.reference import attention_ref
 
-    A = importlib.import_module("xlmrxl_kernels.attention")
+    A = importlib.import_module("xlmrxl_kernels.flash")
     q = torch.randn(2, 2, 1, 16)
     k = torch.randn(2, 2, 3, 16)
     v = torch.randn(2, 2, 3, 16)
@@ -85,7 +85,7 @@ def test_decode_with_more_splits_than_keys_is_exact():
 def test_linear_checks_once_per_layout(monkeypatch):
     """The GEMM launcher validates and builds its launch arguments once per argument layout (shape, strides,
     dtypes, devices); later calls with that layout go straight to the launch."""
-    G = importlib.import_module("xlmrxl_kernels.linear_gelu")
+    G = importlib.import_module("xlmrxl_kernels.gemm")
     G._PLANS.clear()
     x, w, b = torch.randn(3, 16), torch.randn(8, 16), torch.randn(8)
     first = G.linear_gelu(x, w, b)

@@ -1,4 +1,4 @@
-"""What a head reads at padded positions (issue 10): the packed path never computes padded positions (hidden states
+"""What a head reads at padded positions: the packed path never computes padded positions (hidden states
 and masked-LM logits there are 0), so a head whose output is computed from one — sequence classification and
 multiple choice read position 0 (``<s>``), which is padding in a left-padded row — sends the call to the exact path
 with a logged reason and equals transformers 4.56.2 (fp32, 1e-5); outputs at padded positions (hidden states, token

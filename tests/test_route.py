@@ -1,4 +1,4 @@
-"""The route's calls that must not take the fused path, or must give the exact path's answer (issue 10's route items).
+"""The route's calls that must not take the fused path, or must give the exact path's answer.
 
 - tracing, export and full-graph compilation: correct for a batch with another padding pattern than the traced one;
 - losses that read padded positions (question answering, masked-LM / causal-LM labels on padding) equal transformers';

@@ -1,4 +1,4 @@
-"""The measured choice (xlmrxl_kernels.tuning) and its candidates (xlmrxl_kernels.candidates).
+"""The one choice (xlmrxl_kernels.tuning) over the op table (xlmrxl_kernels.table).
 
 Candidates: each one that runs on CPU gives the reference's result on tiny shapes (Triton under the interpreter).
 Dispatcher: fake timings through an injected timer on CPU tensors: it picks the fastest, caches in memory and on
@@ -11,9 +11,10 @@ import logging
 import pytest
 import torch
 
-from xlmrxl_kernels import candidates as C
 from xlmrxl_kernels import env, tuning
+from xlmrxl_kernels import reasons as W
 from xlmrxl_kernels import reference as R
+from xlmrxl_kernels import table as C
 
 
 def _linear_args():
@@ -78,7 +79,8 @@ def test_every_cpu_candidate_matches_the_reference(dtype):
 
 def test_candidate_lists_and_reasons():
     names = {op: [c.name for c in cands] for op, cands in tuning.candidates().items()}
-    assert all(n[0] == "triton" for n in names.values()), names
+    assert all(n[0] == "triton" and n[-1] == "reference" for n in names.values()), names
+    assert "sdpa-seq" in names["attention_varlen"] and "sdpa-causal" in names["attention"]
     assert "flash-varlen" in names["attention_varlen"] and "sdpa" in names["attention"]
     q = torch.randn(1, 2, 3, 16)
     sdpa = next(c for c in tuning.candidates("attention") if c.name == "sdpa")
@@ -125,11 +127,11 @@ def no_interpreter(monkeypatch):
 def test_picks_the_fastest_and_caches_in_memory_and_on_disk(tmp_path, no_interpreter, caplog):
     t, timer = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": 0.2})
     args = _residual_args()
-    with caplog.at_level(logging.INFO, logger="xlmrxl"):
+    with caplog.at_level(logging.INFO, logger="xlmrxl_kernels"):
         c = t.choose("linear_residual", args)
     assert (c.name, c.source) == ("cublas-addmm", "measured") and sorted(timer.calls) == ["cublas", "cublas-addmm"]
-    assert c.reasons["cublas"].startswith(tuning.Reason.SLOWER) and "0.5000 ms" in c.reasons["cublas"]
-    assert c.why_not_triton.startswith(tuning.Reason.NOT_SUPPORTED) and "CUDA" in c.why_not_triton
+    assert c.reasons["cublas"].code == W.SLOWER and "0.5000 ms" in c.reasons["cublas"]
+    assert c.why_not_triton.code == W.DEVICE and "CUDA" in c.why_not_triton
     assert sum("linear_residual" in r.getMessage() and "cublas-addmm" in r.getMessage() for r in caplog.records) == 1
     torch.testing.assert_close(c(*args), R.linear_residual_ref(*args))
     # same bucket (M 5 -> 8 rows), no new timing
@@ -138,7 +140,7 @@ def test_picks_the_fastest_and_caches_in_memory_and_on_disk(tmp_path, no_interpr
     # the disk cache: keyed by device and versions, read back by a fresh tuner without timing
     data = json.loads((tmp_path / "tuning.json").read_text())
     ((ctx, recs),) = data["entries"].items()
-    assert ctx.startswith("cpu|torch=") and "triton=" in ctx and "xlmrxl=" in ctx
+    assert ctx.startswith("cpu|torch=") and "triton=" in ctx and f"xlmrxl_kernels={tuning.VERSION}" in ctx
     assert recs["linear_residual|8|12|16|float32|float32|float32|float32"]["choice"] == "cublas-addmm"
     t2, timer2 = _tuner(tmp_path, {"cublas": 0.1, "cublas-addmm": 9.0})
     c2 = t2.choose("linear_residual", args)
@@ -155,7 +157,7 @@ def test_tuning_off_uses_fixed_defaults(tmp_path, no_interpreter, monkeypatch):
         t, timer = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": 0.2})
         c = t.choose("linear_residual", _residual_args())
         assert (c.name, c.source, timer.calls) == ("cublas", "default", [])
-        assert c.reasons["cublas-addmm"] == tuning.Reason.TUNING_OFF
+        assert c.reasons["cublas-addmm"].code == W.TUNING_OFF
         assert not (tmp_path / "tuning.json").exists()
         # shipped defaults apply when tuning is off (or cannot run)
         shipped = {"cpu": {"linear_residual|8|12|16|float32|float32|float32|float32": "cublas-addmm"}}
@@ -175,8 +177,8 @@ def test_never_times_inside_capture(tmp_path, no_interpreter, monkeypatch):
     monkeypatch.setattr(tuning, "_capturing", lambda device: True)
     t, timer = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": 0.2})
     c = t.choose("linear_residual", _residual_args())
-    assert timer.calls == [] and (c.name, c.source) == ("cublas", "default")
-    assert c.reasons["cublas-addmm"] == tuning.Reason.CAPTURING
+    assert timer.calls == [] and (c.name, c.source) == ("cublas", "capture")
+    assert c.reasons["cublas-addmm"].code == W.CAPTURE
     monkeypatch.setattr(tuning, "_capturing", lambda device: False)
     t.clear_memory()
     assert t.choose("linear_residual", _residual_args()).source == "measured"
@@ -189,7 +191,7 @@ def test_never_times_inside_capture(tmp_path, no_interpreter, monkeypatch):
 def test_a_failing_candidate_is_dropped(tmp_path, no_interpreter):
     t, timer = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": None})
     c = t.choose("linear_residual", _residual_args())
-    assert c.name == "cublas" and c.reasons["cublas-addmm"].startswith(tuning.Reason.FAILED)
+    assert c.name == "cublas" and c.reasons["cublas-addmm"].code == W.MEASURE_FAILED
 
 
 def test_no_candidate_falls_back_to_the_reference(tmp_path, no_interpreter):
@@ -197,7 +199,7 @@ def test_no_candidate_falls_back_to_the_reference(tmp_path, no_interpreter):
     x = torch.randn(2, 8)
     args = (x.to(torch.int32), torch.randn(4, 8), None, torch.randn(2, 4))
     c = t.choose("linear_residual", args)
-    assert c.source == "fallback" and c.name == "reference" and c.reasons["*"] == tuning.Reason.FALLBACK
+    assert c.source == "fallback" and c.name == "reference" and c.reasons["*"].code == W.NO_CANDIDATE
 
 
 def test_disabled_kernels_reason(tmp_path, monkeypatch):
@@ -207,7 +209,7 @@ def test_disabled_kernels_reason(tmp_path, monkeypatch):
     try:
         t, _ = _tuner(tmp_path, {"cublas": 0.5, "cublas-addmm": 0.2})
         c = t.choose("linear_residual", _residual_args())
-        assert c.why_not_triton.startswith(tuning.Reason.DISABLED)
+        assert c.why_not_triton.code == W.DISABLED
         monkeypatch.setenv("XLMRXL_DISABLE_KERNELS", "linear_residual,attenton")
         env.refresh()
         with pytest.raises(env.EnvError, match="attenton"):
@@ -239,7 +241,9 @@ def test_merge_ships_measured_choices(tmp_path, no_interpreter):
     exec(defaults.read_text(), ns)
     assert ns["TUNED_DEFAULTS"] == {"cpu": {"linear_residual|8|12|16|float32|float32|float32|float32": "cublas-addmm"}}
     # a cold tuner with those defaults and tuning off picks them
-    t2 = tuning.Tuner(mode="off", defaults=ns["TUNED_DEFAULTS"], cache_path=tmp_path / "none.json")
+    t2 = tuning.Tuner(
+        mode="off", defaults=ns["TUNED_DEFAULTS"], cache_path=tmp_path / "none.json", measure_devices=("cpu",)
+    )
     assert t2.choose("linear_residual", _residual_args()).source == "tuned_defaults"
 
 

@@ -44,10 +44,9 @@ from typing import Any, TextIO
 
 import torch
 
-from xlmrxl_kernels import env
 from xlmrxl_kernels._utils import interpreting as _interpreting
 
-from . import pipelines
+from . import env, pipelines
 from .backend import triton_not_supported
 from .config import XLMRobertaXLConfig
 from .modeling import XLMRobertaXLForMaskedLM, XLMRobertaXLModel

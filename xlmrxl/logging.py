@@ -22,7 +22,7 @@ import logging as _logging
 import os
 import sys
 
-from xlmrxl_kernels import env
+from . import env
 
 CRITICAL = _logging.CRITICAL
 FATAL = _logging.FATAL

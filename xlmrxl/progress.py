@@ -42,7 +42,7 @@ def resolve(enabled: bool | None) -> bool:
     """Whether a bar is shown: ``enabled`` when given, else ``XLMRXL_PROGRESS`` (auto: stderr is a terminal)."""
     if enabled is not None:
         return bool(enabled)
-    from xlmrxl_kernels import env
+    from . import env
 
     mode = env.get("XLMRXL_PROGRESS")
     return stderr_is_tty() if mode == "auto" else mode == "on"

@@ -1,10 +1,9 @@
 """xlmrxl_kernels: Triton kernels for XLM-RoBERTa-XL, each with a pure-PyTorch reference in
 ``xlmrxl_kernels.reference``, plus the Python face of the compiled KV-cache extension.
 
-Every public name is bound here, eagerly, to its function: ``xlmrxl_kernels.attention`` is the function whatever was
-imported before (the submodule of the same name stays reachable as ``sys.modules["xlmrxl_kernels.attention"]`` /
-``importlib.import_module``; ``from xlmrxl_kernels.attention import attention`` works too). Write
-``import xlmrxl_kernels.attention as m`` nowhere: Python resolves that through the package attribute, the function.
+Every public name is bound here to its function; no submodule is named like one (the kernels live in ``norm``,
+``flash``, ``gemm``, ``int4`` and ``kv_cache``; the op table in ``table``, the one choice in ``tuning``, the lean
+launchers in ``lean``), so ``xlmrxl_kernels.<name>`` is the function whatever was imported before.
 
 Importing this package never needs a GPU, and never needs Triton or the compiled extension: without Triton the
 kernel names are bound to stubs that raise ImportError saying so (their ``*_not_supported`` give that reason, so
@@ -13,10 +12,8 @@ a dispatcher runs the references), and the KV-cache ops fall back to their refer
 
 from __future__ import annotations
 
-import types as _types
-
 from . import env, reference
-from .cache_update import (
+from .kv_cache import (
     cache_extension_available,
     cache_extension_unavailable_reason,
     cache_reorder,
@@ -42,10 +39,10 @@ _TRITON_NAMES = (
 )
 
 try:
-    from .add_layernorm import add_layernorm, add_layernorm_not_supported
-    from .attention import attention, attention_not_supported, attention_varlen, attention_varlen_not_supported
+    from .flash import attention, attention_not_supported, attention_varlen, attention_varlen_not_supported
+    from .gemm import linear_gelu, linear_gelu_not_supported, linear_residual, linear_residual_not_supported
     from .int4 import int4_matmul, int4_matmul_not_supported
-    from .linear_gelu import linear_gelu, linear_gelu_not_supported, linear_residual, linear_residual_not_supported
+    from .norm import add_layernorm, add_layernorm_not_supported
 
     TRITON_UNAVAILABLE_REASON: str | None = None
 except ImportError as _exc:  # no Triton on this machine: the references still work
@@ -72,12 +69,6 @@ except ImportError as _exc:  # no Triton on this machine: the references still w
     del _name
 
 from . import tuning  # noqa: E402  (after the kernels: its candidates name them)
-
-# the package attributes must be the functions, whatever the import machinery bound while loading the submodules
-for _name in ("add_layernorm", "attention", "attention_varlen", "linear_gelu", "cache_update"):
-    if isinstance(globals()[_name], _types.ModuleType):  # pragma: no cover - a regression of the binding above
-        raise ImportError(f"xlmrxl_kernels.{_name} is bound to a module, not the function")
-del _name
 
 __all__ = [
     "TRITON_UNAVAILABLE_REASON",

@@ -1,4 +1,4 @@
-"""Triton device helpers shared by the GEMM-shaped kernels (linear_gelu, int4)."""
+"""Triton device helpers shared by the kernels: the GEMM tile order (linear_gelu, int4), attention's dynamic args."""
 
 import triton
 import triton.language as tl
@@ -16,3 +16,7 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     pid_m = first_m + (pid % num_in_group) % group_rows
     pid_n = (pid % num_in_group) // group_rows
     return pid_m, pid_n
+
+
+# the attention kernels' arguments that follow the batch (not specialised on their values: one binary for every batch)
+_DYNAMIC = ("max_seqlen_q", "S_q", "S_k", "T_q", "T_k", "stride_lb", "SEQ_Q_KEY", "SEQ_K_KEY")

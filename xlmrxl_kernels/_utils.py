@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import env
-
-logger = logging.getLogger("xlmrxl")
+from .logs import log_once
 
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -125,16 +124,11 @@ def launch_autotuned(
     config = default(named)
     name = getattr(getattr(kernel, "base_fn", None), "__name__", "kernel")
     msg = (
-        f"xlmrxl: {name} was first launched inside CUDA-graph capture, where Triton cannot autotune; it runs the "
-        f"default config {config} instead. Run one eager warm-up call before capturing to use the tuned one."
+        f"xlmrxl_kernels: {name} was first launched inside CUDA-graph capture, where Triton cannot autotune; it runs "
+        f"the default config {config} instead. Run one eager warm-up call before capturing to use the tuned one."
     )
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        logger.warning(msg)
+    log_once(msg, logging.WARNING)
     kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
-
-
-_WARNED: set = set()
 
 
 def _first_device(args: tuple) -> torch.device:

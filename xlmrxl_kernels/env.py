@@ -1,4 +1,6 @@
-"""The one parser of every ``XLMRXL_*`` environment switch: strict values, read once, cached.
+"""The one parser of every ``XLMRXL_*`` environment switch (strict values, read once, cached), and the kernels'
+own switches: kernels (``XLMRXL_DISABLE_KERNELS``), tuning, debug checks, poison, the compiled extension. The model
+package registers its switches (backend, CUDA graphs, caches, corpus fault hooks) from ``xlmrxl.env``.
 
 Each variable has a kind and a fixed set of allowed values; an unknown value raises :class:`EnvError` (a
 ``ValueError``) naming the variable, the value and the allowed values, e.g.::
@@ -20,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-logger = logging.getLogger("xlmrxl")
+logger = logging.getLogger("xlmrxl_kernels")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -50,21 +52,6 @@ VARIABLES: dict[str, Variable] = {
     v.name: v
     for v in (
         Variable(
-            "XLMRXL_BACKEND",
-            "choice",
-            "auto",
-            "kernels or references: auto, triton, reference",
-            ("auto", "triton", "reference"),
-        ),
-        Variable(
-            "XLMRXL_CUDA_GRAPHS",
-            "choice",
-            "auto",
-            "CUDA graphs of the packed layer stack: auto, on, off, emulate (static-buffer path without capture)",
-            ("auto", "on", "off", "emulate"),
-            (("1", "on"), ("true", "on"), ("yes", "on"), ("0", "off"), ("false", "off"), ("no", "off")),
-        ),
-        Variable(
             "XLMRXL_TUNING",
             "choice",
             "on",
@@ -72,36 +59,22 @@ VARIABLES: dict[str, Variable] = {
             ("on", "off"),
             (("1", "on"), ("true", "on"), ("yes", "on"), ("auto", "on"), ("0", "off"), ("false", "off"), ("no", "off")),
         ),
-        Variable(
-            "XLMRXL_PROGRESS",
-            "choice",
-            "auto",
-            "progress bars on stderr (quantize, stdin batch commands, COMET predict): auto (when stderr is a "
-            "terminal), on, off",
-            ("auto", "on", "off"),
-            (("1", "on"), ("true", "on"), ("yes", "on"), ("0", "off"), ("false", "off"), ("no", "off")),
-        ),
         Variable("XLMRXL_TUNING_CACHE", "path", "", "file of measured choices (default ~/.cache/xlmrxl/tuning.json)"),
         Variable("XLMRXL_DISABLE_KERNELS", "ops", frozenset(), "comma-separated ops that always run PyTorch"),
         Variable("XLMRXL_DEBUG_CHECKS", "bool", False, "validate cu_seqlens on the device too (a sync per call)"),
         Variable("XLMRXL_POISON", "bool", False, "fill kernel outputs with NaN before launch (tests)"),
         Variable("XLMRXL_REQUIRE_EXT", "bool", False, "a missing compiled extension is an ImportError (CI)"),
-        Variable(
-            "XLMRXL_VERBOSITY",
-            "choice",
-            "warning",
-            "level of what xlmrxl logs to stderr (xlmrxl.logging): debug, info, warning, error, critical",
-            ("debug", "info", "warning", "error", "critical"),
-            (("warn", "warning"), ("fatal", "critical")),
-        ),
-        Variable("XLMRXL_CACHE", "path", "", "cache directory of the demo assets (default ~/.cache/xlmrxl)"),
-        Variable("XLMRXL_CORPUS_FAULT", "path", "", "tests only: <block_id>:<marker file> kills a corpus worker once"),
-        Variable("XLMRXL_API_KEY", "path", "", "xlmrxl serve: the API key clients must send (as --api-key)"),
-        Variable("XLMRXL_SERVE_TEST_DELAY", "path", "", "tests only: serve sleeps this per batch (10x at warm-up)"),
         Variable("XLMRXL_BUILD_EXT", "bool", True, "setup.py: build the compiled extension"),
         Variable("XLMRXL_CUDA", "bool", True, "setup.py: build the CUDA part of the extension"),
     )
 }
+
+
+def register(*variables: Variable) -> None:
+    """Add switches parsed by this module (the model package's, from ``xlmrxl.env``)."""
+    for v in variables:
+        VARIABLES[v.name] = v
+
 
 _CACHE: dict[str, object] = {}
 _WARNED: set[str] = set()
@@ -176,6 +149,8 @@ def check_all() -> dict[str, object]:
         if key.startswith("XLMRXL_") and key not in VARIABLES and key not in _WARNED:
             _WARNED.add(key)
             logger.warning(
-                "xlmrxl: the environment variable %s is not read by xlmrxl (known: %s)", key, ", ".join(VARIABLES)
+                "xlmrxl_kernels: the environment variable %s is not read by xlmrxl (known: %s)",
+                key,
+                ", ".join(VARIABLES),
             )
     return {name: get(name) for name in VARIABLES}

@@ -39,8 +39,6 @@ Oracle: ``xlmrxl_kernels.reference.int4.int4_matmul_ref``.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import triton
 import triton.language as tl
@@ -69,8 +67,6 @@ from .reference.int4 import (
     quantize_int4_ref,
     unpack_int4,
 )
-
-logger = logging.getLogger("xlmrxl")
 
 __all__ = [
     "quantize_int4",

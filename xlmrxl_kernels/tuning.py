@@ -1,30 +1,32 @@
-"""Measured choice of implementation per op, device and shape bucket: never slower than the best candidate here.
+"""The one place that chooses an implementation per op, device, dtype and shape bucket, from the op table
+(``xlmrxl_kernels.table``: Triton first, PyTorch's own, the reference last).
 
-The model layer asks once per call::
+The model layer asks once per (op, device, shape bucket) and stores the bound callable it gets::
 
-    choice = tuning.choose("linear_gelu", (x, weight, bias))      # a Choice; cheap after the first call
-    y = choice(x, weight, bias)                                     # runs the chosen candidate
-    choice.name, choice.source, choice.why_not_triton              # what runs, why (Reason vocabulary)
+    choice = tuning.choose("linear_gelu", (x, weight, bias), backend="auto")  # a Choice
+    fn = choice.bind((x, weight, bias), {})                                  # what a layer calls from then on
+    choice.name, choice.source, choice.reasons                               # what runs, why not the others
 
-(``tuning.run(op, *args, **kwargs)`` does both.) Candidates per op are in ``xlmrxl_kernels.candidates``: our
-Triton kernel first, then PyTorch implementations of the same maths, then the reference as a last resort.
+The policy, first match wins (``backend``: "auto", "triton" or "reference", from the caller):
 
-How a choice is made for ``(device, op, shape key)`` (keys bucket the token counts to powers of two, see
-``shape_key``), first match wins:
+- ``XLMRXL_DISABLE_KERNELS`` names the op: its Triton entry does not take part (reason ``DISABLED``).
+- ``backend="reference"``: the rule (below) picks, without Triton or a measured PyTorch entry (``BACKEND``).
+- ``backend="triton"``: the Triton entry when its hard limits take the call, else the rule (logged as a warning).
+- ``backend="auto"`` on a measured device (CUDA): in memory; then the disk cache, a JSON file keyed by device name
+  and torch / triton / xlmrxl_kernels versions (``XLMRXL_TUNING_CACHE``, default
+  ``~/.cache/xlmrxl/tuning.json``) unless ``XLMRXL_TUNING=off``; then, outside CUDA-graph capture and with tuning
+  on, measure every entry that can take the call (one warm-up call, which also compiles / autotunes Triton, then a
+  few timed calls with CUDA events, about 2 ms per entry; the fastest wins, is written to the disk cache and logged
+  once at INFO on the ``xlmrxl_kernels`` logger); otherwise the shipped ``tuned_defaults`` for this device, else
+  the first entry that can take the call (Triton when it can).
+- ``backend="auto"`` elsewhere (CPU): the rule.
+- The rule: the first entry marked ``rule`` that can take the call (the PyTorch maths of the reference, then the
+  reference itself).
 
-1. in memory (this process already chose);
-2. the disk cache, a JSON file keyed by device name and torch / triton / xlmrxl versions (``XLMRXL_TUNING_CACHE``,
-   default ``~/.cache/xlmrxl/tuning.json``), unless ``XLMRXL_TUNING=off``;
-3. measure: on a CUDA device, outside CUDA-graph capture, with ``XLMRXL_TUNING`` on (the default), every eligible
-   candidate runs on the call's own inputs (one warm-up call, which also compiles / autotunes Triton, then a few
-   timed calls with CUDA events, about 2 ms per candidate); the fastest wins, is written to the disk cache, and
-   the choice is logged once at INFO on the ``xlmrxl`` logger;
-4. otherwise (tuning off, inside capture, CPU): the shipped ``tuned_defaults`` for this device when they name an
-   eligible candidate, else the first eligible candidate (Triton when it can take the call).
-
-Eligibility is per call (dtype, device, mask/causal combinations, ``XLMRXL_DISABLE_KERNELS``), so a cached choice
-that cannot take a call is skipped for that call with its reason. A candidate that raises while being measured is
-dropped for that key (reason ``Reason.FAILED``). Nothing here imports Triton or ``xlmrxl``.
+Keys bucket the token counts to powers of two (``shape_key``) and end with every tensor argument's dtype; the
+entries' hard limits are functions of the key and the device, so one check per key serves every call of it.
+Every entry not chosen carries its ``Reason`` (one vocabulary, ``xlmrxl_kernels.reasons``). Nothing here imports
+Triton or ``xlmrxl``.
 """
 
 from __future__ import annotations
@@ -41,31 +43,41 @@ from pathlib import Path
 
 import torch
 
-from . import candidates as _candidates
 from . import env
+from . import reasons as R
+from . import table as _table
+from .logs import log_once, logger
+from .reasons import Reason, describe
 from .tuned_defaults import TUNED_DEFAULTS
 
-logger = logging.getLogger("xlmrxl")
+__all__ = ["Choice", "Tuner", "choose", "run", "shape_key", "candidates", "default_tuner", "cuda_timer", "VERSION"]
 
-__all__ = ["Choice", "Reason", "Tuner", "choose", "run", "shape_key", "candidates", "default_tuner", "cuda_timer"]
-
-
-class Reason:
-    """The vocabulary of "why not this candidate" (prefixes; the text after ": " gives the detail)."""
-
-    CHOSEN = "chosen"
-    SLOWER = "measured slower"  # "measured slower: 0.31 ms vs cublas 0.22 ms"
-    NOT_SUPPORTED = "cannot take this call"  # "cannot take this call: x has dtype float64 ..."
-    DISABLED = "disabled by XLMRXL_DISABLE_KERNELS"
-    TUNING_OFF = "XLMRXL_TUNING=off: fixed default"
-    CAPTURING = "inside CUDA-graph capture: cached choice or fixed default, never timed"
-    NOT_MEASURED = "not measured on this device"  # CPU, or a device measurement is not enabled for
-    DEFAULT_ORDER = "a candidate earlier in the default order can take the call"
-    FAILED = "raised while being measured"
-    FALLBACK = "no candidate can take this call: the reference runs"
+VERSION = "2"  # this package's version in the tuning cache key: bump when an entry's maths or name changes
 
 
-_SOURCES = ("memory", "disk", "measured", "tuned_defaults", "default", "fallback")
+# the message of each "why not" code, before ": <detail>"
+TEXT = {
+    R.SLOWER: "measured slower",
+    R.KERNEL: "cannot take this call",
+    R.DEVICE: "cannot take this call",
+    R.TRITON: "cannot take this call",
+    R.DISABLED: "disabled by XLMRXL_DISABLE_KERNELS",
+    R.BACKEND: "backend='reference'",
+    R.TUNING_OFF: "XLMRXL_TUNING=off: fixed default",
+    R.CAPTURE: "inside CUDA-graph capture: cached choice or fixed default, never timed",
+    R.NOT_MEASURED: "not measured on this device: the rule chose",
+    R.DEFAULT_ORDER: "an entry earlier in the table's order can take the call",
+    R.MEASURE_FAILED: "raised while being measured",
+    R.NO_CANDIDATE: "no entry can take this call: the reference runs",
+}
+
+
+def why(code: str, detail: str | None = None) -> Reason:
+    """A ``Reason`` with ``code``, its message ``TEXT[code]`` and an optional detail."""
+    return Reason(code, TEXT[code] + (f": {detail}" if detail else ""))
+
+
+_SOURCES = ("disk", "measured", "tuned_defaults", "default", "capture", "backend", "rule", "fallback")
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,9 @@ class Choice:
 
     op: str
     key: tuple
-    candidate: _candidates.Candidate
+    candidate: _table.Entry
     source: str  # one of _SOURCES
-    reasons: dict = field(default_factory=dict)  # candidate name -> why it was not chosen (Reason + detail)
+    reasons: dict = field(default_factory=dict)  # entry name -> why it was not chosen (a Reason)
     timings_ms: dict = field(default_factory=dict)
 
     def __call__(self, *args, **kwargs):
@@ -87,9 +99,22 @@ class Choice:
         return self.candidate.name
 
     @property
-    def why_not_triton(self) -> str | None:
+    def fn(self):
+        """The chosen entry's function."""
+        return self.candidate.fn
+
+    def bind(self, args: tuple, kwargs: dict):
+        """The callable to store for calls like this one (a lean launcher for Triton; see ``Entry.bind``)."""
+        return self.candidate.bind(args, kwargs)
+
+    @property
+    def why_not_triton(self) -> Reason | None:
         """None when Triton runs; else the reason it does not."""
-        return None if self.name == "triton" else self.reasons.get("triton", Reason.DEFAULT_ORDER)
+        return None if self.name == "triton" else self.reasons.get("triton", why(R.DEFAULT_ORDER))
+
+    def why_not(self) -> list[Reason]:
+        """Why each entry other than the chosen one does not run."""
+        return [Reason(r.code, f"{name}: {r}") for name, r in self.reasons.items()]
 
 
 # -- shape keys -------------------------------------------------------------------------------------------------------
@@ -131,7 +156,8 @@ def shape_key(op: str, args: Sequence, kwargs: dict | None = None) -> tuple:
         mq = a[5] if len(a) > 5 else kw.get("max_seqlen_q", 0)
         mk = a[6] if len(a) > 6 else kw.get("max_seqlen_k", 0)
         dense = q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
-        key = (_b(q.shape[0]), q.shape[1], q.shape[2], _b(mq), _b(mk), bool(kw.get("causal", False)), dense)
+        host = kw.get("seqlens_q") is not None  # the host lengths are handed over (an entry may need them)
+        key = (_b(q.shape[0]), q.shape[1], q.shape[2], _b(mq), _b(mk), bool(kw.get("causal", False)), dense, host)
     elif op == "int4_matmul":
         x, qw = a[0], a[1]
         group = a[4] if len(a) > 4 else kw.get("group_size", 128)
@@ -202,13 +228,7 @@ def _versions() -> str:
         tv = triton.__version__
     except ImportError:
         tv = "none"
-    try:
-        from importlib.metadata import version
-
-        xv = version("xlmrxl")
-    except Exception:
-        xv = "unknown"
-    return f"torch={torch.__version__}|triton={tv}|xlmrxl={xv}"
+    return f"torch={torch.__version__}|triton={tv}|xlmrxl_kernels={VERSION}"
 
 
 def default_cache_path() -> Path:
@@ -239,9 +259,8 @@ class Tuner:
         self._mode = mode
         self.measure_devices = tuple(measure_devices)
         self.defaults = TUNED_DEFAULTS if defaults is None else defaults
-        self.table = _candidates.build()
-        self._fallbacks = {op: _candidates.fallback(op) for op in self.table}
-        self._memory: dict = {}  # (device name, op, key) -> Choice
+        self.table = _table.build()
+        self._memory: dict = {}  # (device, op, key, backend, disabled) -> Choice
         self._disk: dict | None = None  # context -> {key text: record}, loaded once
         self._lock = threading.Lock()
 
@@ -257,88 +276,125 @@ class Tuner:
         return f"{device_name(device)}|{_versions()}"
 
     # -- the one call -------------------------------------------------------------------------------------------------
-    def choose(self, op: str, args: Sequence, kwargs: dict | None = None) -> Choice:
-        """The implementation for this call (see the module docstring for the order of sources)."""
+    def choose(
+        self, op: str, args: Sequence, kwargs: dict | None = None, *, backend: str = "auto", disabled=None
+    ) -> Choice:
+        """The implementation for this call (see the module docstring for the policy). ``disabled``: the ops whose
+        Triton entry does not take part (default ``XLMRXL_DISABLE_KERNELS``)."""
         kwargs = kwargs or {}
+        if disabled is None:
+            disabled = env.get("XLMRXL_DISABLE_KERNELS")
         device = _device_of(args)
         key = shape_key(op, args, kwargs)
-        mem_key = (device, op, key)
+        mem_key = (device, op, key, backend, op in disabled)
         hit = self._memory.get(mem_key)
-        if hit is not None:  # the hot path: one key and one dict lookup
+        if hit is not None:
             return hit
         with self._lock:
-            choice = self._decide(op, key, device, tuple(args), kwargs)
-        if Reason.CAPTURING not in choice.reasons.values():  # a stand-in made inside capture is not kept
+            choice = self._decide(op, key, device, tuple(args), kwargs, backend, op in disabled)
+        if choice.source != "capture":  # a stand-in made inside capture is not kept
             self._memory[mem_key] = choice
+            self._log(choice, backend)
         return choice
 
-    def _decide(self, op: str, key: tuple, device: torch.device, args: tuple, kwargs: dict) -> Choice:
-        cands = self.table[op]
-        reasons = {}
-        eligible = []
-        for c in cands:
-            why = c.reasons(device, args, kwargs)
-            if why:
-                prefix = Reason.DISABLED if "XLMRXL_DISABLE_KERNELS" in why[0] else Reason.NOT_SUPPORTED
-                reasons[c.name] = f"{prefix}: {'; '.join(why)}"
+    def _decide(self, op, key, device, args, kwargs, backend: str, disabled: bool) -> Choice:
+        reasons: dict = {}
+        able = []
+        for e in self.table[op]:
+            r = e.reasons(device, args, kwargs)
+            if not r and disabled and e.kind == "triton":
+                r = [why(R.DISABLED, f"{op} is disabled by XLMRXL_DISABLE_KERNELS")]
+            if r:
+                reasons[e.name] = r[0] if len(r) == 1 else Reason(r[0].code, describe(r))
             else:
-                eligible.append(c)
-        if not eligible:
-            return Choice(op, key, self._fallbacks[op], "fallback", {**reasons, "*": Reason.FALLBACK})
-        if len(eligible) == 1:
-            return self._pick(op, key, eligible[0], "default", reasons, eligible, Reason.NOT_SUPPORTED)
+                able.append(e)
+        if backend == "reference":
+            return self._rule(op, key, able, reasons, why(R.BACKEND))
+        if backend == "triton":
+            kernel = next((e for e in able if e.kind == "triton"), None)
+            if kernel is not None:
+                return self._pick(op, key, kernel, "backend", reasons, able, why(R.DEFAULT_ORDER))
+            return self._rule(op, key, able, reasons, why(R.DEFAULT_ORDER))
+        if device.type not in self.measure_devices:
+            return self._rule(op, key, able, reasons, why(R.NOT_MEASURED, f"tensors on {device.type}"))
+        timed = [e for e in able if e.kind != "reference"]
+        if not timed:
+            return self._fallback(op, key, reasons)
+        if len(timed) == 1:
+            return self._pick(op, key, timed[0], "default", reasons, able, why(R.NO_CANDIDATE))
         tuning_on = self.mode == "on"
         text = _key_text(op, key)
-        if tuning_on and device.type in self.measure_devices:
+        if tuning_on:
             stored = self._disk_lookup(device, text)
-            chosen = next((c for c in eligible if c.name == stored), None)
+            chosen = next((e for e in timed if e.name == stored), None)
             if chosen is not None:
-                return self._pick(op, key, chosen, "disk", reasons, eligible, Reason.SLOWER)
+                return self._pick(op, key, chosen, "disk", reasons, able, why(R.SLOWER, "on disk"))
             if not _capturing(device):
-                return self._measure(op, key, device, args, kwargs, eligible, reasons)
-            why_default = Reason.CAPTURING
+                return self._measure(op, key, device, args, kwargs, timed, able, reasons)
+            why_default, source = why(R.CAPTURE), "capture"
         else:
-            why_default = Reason.TUNING_OFF if not tuning_on else Reason.NOT_MEASURED
+            why_default, source = why(R.TUNING_OFF), "default"
         shipped = self._shipped(device, text)
-        chosen = next((c for c in eligible if c.name == shipped), None)
+        chosen = next((e for e in timed if e.name == shipped), None)
         if chosen is not None:
-            return self._pick(op, key, chosen, "tuned_defaults", reasons, eligible, why_default)
-        return self._pick(op, key, eligible[0], "default", reasons, eligible, why_default)
+            return self._pick(op, key, chosen, "tuned_defaults" if source == "default" else source, reasons, able,
+                              why_default)  # fmt: skip
+        return self._pick(op, key, timed[0], source, reasons, able, why_default)
+
+    def _rule(self, op, key, able, reasons, because: Reason) -> Choice:
+        chosen = next((e for e in able if e.rule), None)
+        if chosen is None:
+            return self._fallback(op, key, reasons)
+        return self._pick(op, key, chosen, "rule", reasons, able, because)
+
+    def _fallback(self, op, key, reasons) -> Choice:
+        ref = self.table[op][-1]
+        return Choice(op, key, ref, "fallback", {**reasons, "*": why(R.NO_CANDIDATE)})
 
     @staticmethod
-    def _pick(op, key, chosen, source, reasons, eligible, why) -> Choice:
+    def _pick(op, key, chosen, source, reasons, able, because: Reason) -> Choice:
         reasons = dict(reasons)
-        for c in eligible:
-            if c is not chosen:
-                reasons[c.name] = why
+        for e in able:
+            if e is not chosen and e.kind != "reference":
+                reasons[e.name] = because
         return Choice(op, key, chosen, source, reasons)
 
-    def _measure(self, op, key, device, args, kwargs, eligible, reasons) -> Choice:
+    def _measure(self, op, key, device, args, kwargs, timed, able, reasons) -> Choice:
         reasons = dict(reasons)
         timings = {}
-        for c in eligible:
+        for e in timed:
             try:
-                timings[c.name] = float(self.timer(c.fn, args, kwargs))
+                timings[e.name] = float(self.timer(e.fn, args, kwargs))
             except Exception as exc:  # e.g. a PyTorch backend that rejects this shape at run time
-                reasons[c.name] = f"{Reason.FAILED}: {type(exc).__name__}: {str(exc)[:200]}"
+                reasons[e.name] = why(R.MEASURE_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}")
         if not timings:
-            return Choice(op, key, self._fallbacks[op], "fallback", {**reasons, "*": Reason.FALLBACK})
+            return self._fallback(op, key, reasons)
         best_name = min(timings, key=timings.get)
-        best = next(c for c in eligible if c.name == best_name)
+        best = next(e for e in timed if e.name == best_name)
         for name, ms in timings.items():
             if name != best_name:
-                reasons[name] = f"{Reason.SLOWER}: {ms:.4f} ms vs {best_name} {timings[best_name]:.4f} ms"
+                reasons[name] = why(R.SLOWER, f"{ms:.4f} ms vs {best_name} {timings[best_name]:.4f} ms")
         choice = Choice(op, key, best, "measured", reasons, timings)
         self._disk_store(device, _key_text(op, key), best_name, timings)
-        logger.info(
-            "xlmrxl: %s %s on %s: %s (%s)",
-            op,
-            key,
-            device_name(device),
-            best_name,
-            ", ".join(f"{n} {ms:.4f} ms" for n, ms in sorted(timings.items(), key=lambda kv: kv[1])),
-        )
         return choice
+
+    @staticmethod
+    def _log(choice: Choice, backend: str) -> None:
+        """Each choice once, at INFO with the reasons the other entries lost (WARNING where backend='triton' got no
+        kernel); backend='reference' is silent (it asked for exactly that)."""
+        if backend == "reference":
+            return
+        if choice.source == "measured":
+            times = ", ".join(f"{n} {ms:.4f} ms" for n, ms in sorted(choice.timings_ms.items(), key=lambda kv: kv[1]))
+            log_once(f"xlmrxl_kernels: {choice.op} {choice.key}: {choice.name} ({times})")
+            return
+        lost = choice.why_not()
+        level = logging.WARNING if backend == "triton" and choice.candidate.kind != "triton" else logging.INFO
+        log_once(
+            f"xlmrxl_kernels: {choice.op} {choice.key}: {choice.name} ({choice.source})"
+            + (f"; not chosen: {describe(lost)}" if lost else ""),
+            level,
+        )
 
     # -- shipped defaults ---------------------------------------------------------------------------------------------
     def _shipped(self, device: torch.device, text: str) -> str | None:
@@ -361,7 +417,7 @@ class Tuner:
             except FileNotFoundError:
                 pass
             except (OSError, ValueError) as exc:
-                logger.warning("xlmrxl: ignoring the unreadable tuning cache %s (%s)", path, exc)
+                logger.warning("xlmrxl_kernels: ignoring the unreadable tuning cache %s (%s)", path, exc)
         return self._disk
 
     def _disk_lookup(self, device: torch.device, text: str) -> str | None:
@@ -393,7 +449,8 @@ class Tuner:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            logger.warning("xlmrxl: could not write the tuning cache %s (%s); choices stay in memory", path, exc)
+            logger.warning("xlmrxl_kernels: could not write the tuning cache %s (%s); choices stay in memory", path,
+                           exc)  # fmt: skip
 
     def clear_memory(self) -> None:
         """Forget the in-memory choices (the disk cache is re-read on next use)."""
@@ -411,9 +468,9 @@ def default_tuner() -> Tuner:
     return _DEFAULT[0]
 
 
-def choose(op: str, args: Sequence, kwargs: dict | None = None) -> Choice:
+def choose(op: str, args: Sequence, kwargs: dict | None = None, *, backend: str = "auto") -> Choice:
     """The implementation of ``op`` for these arguments (module docstring). Cheap after the first call per key."""
-    return default_tuner().choose(op, args, kwargs)
+    return default_tuner().choose(op, args, kwargs, backend=backend)
 
 
 def run(op: str, *args, **kwargs):
@@ -422,50 +479,16 @@ def run(op: str, *args, **kwargs):
 
 
 def candidates(op: str | None = None):
-    """Every op's candidate list (or one op's), in default order."""
+    """Every op's entries (or one op's), in the table's order."""
     table = default_tuner().table
     return table if op is None else table[op]
 
 
-# -- shipping measured choices ----------------------------------------------------------------------------------------
-def merge_into_defaults(cache_file: str | os.PathLike, defaults_file: str | os.PathLike | None = None) -> dict:
-    """Copy the measured choices of a tuning cache (as ``benchmarks/lease.sh`` leaves it) into
-    ``tuned_defaults.py``, one entry per device name (the newest versions' choice wins); returns the new table."""
-    data = json.loads(Path(cache_file).read_text())
-    table = {dev: dict(keys) for dev, keys in TUNED_DEFAULTS.items()}
-    for ctx in sorted(data.get("entries", {})):
-        dev = ctx.split("|", 1)[0]
-        for text, rec in data["entries"][ctx].items():
-            if isinstance(rec, dict) and "choice" in rec:
-                table.setdefault(dev, {})[text] = rec["choice"]
-    target = Path(defaults_file) if defaults_file else Path(__file__).with_name("tuned_defaults.py")
-    src = target.read_text()
-    head = src[: src.index("TUNED_DEFAULTS")]
-    body = json.dumps({d: dict(sorted(k.items())) for d, k in sorted(table.items())}, indent=4)
-    body = body.replace("true", "True").replace("false", "False").replace("null", "None")
-    target.write_text(f"{head}TUNED_DEFAULTS: dict[str, dict[str, str]] = {body}\n")
-    return table
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m xlmrxl_kernels.tuning merge CACHE.json`` (ship measured choices) or ``show`` (print the cache)."""
-    import argparse
+    from .shipping import main as _main
 
-    p = argparse.ArgumentParser(prog="python -m xlmrxl_kernels.tuning", description=main.__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("merge", help="copy a tuning cache's choices into xlmrxl_kernels/tuned_defaults.py")
-    m.add_argument("cache", type=Path)
-    m.add_argument("--defaults", type=Path, default=None, help="the file to rewrite (default: the shipped one)")
-    sub.add_parser("show", help="print the tuning cache of this machine")
-    args = p.parse_args(argv)
-    if args.cmd == "merge":
-        table = merge_into_defaults(args.cache, args.defaults)
-        print(f"{sum(len(v) for v in table.values())} choices for {len(table)} device(s)")
-    else:
-        path = default_cache_path()
-        print(path)
-        print(path.read_text() if path.exists() else "(no cache yet)")
-    return 0
+    return _main(argv)
 
 
 if __name__ == "__main__":

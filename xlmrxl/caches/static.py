@@ -6,7 +6,7 @@
 Per layer it holds K and V buffers of shape (batch_size, num_heads, max_length, head_dim), allocated once:
 eagerly when ``dtype`` or ``device`` is given, else at a layer's first ``update`` with the dtype and device of the
 states it receives. ``update`` writes the step's (B, H, T, D) states into slots ``[n, n + T)`` with
-``xlmrxl_kernels.cache_update`` (one call per layer, no host sync, K and V together) and returns the **filled
+``xlmrxl_kernels.cache_update()`` (one call per layer, no host sync, K and V together) and returns the **filled
 prefix views** ``keys[:, :, :n + T]`` / ``values[:, :, :n + T]`` (no copy), so attention only ever sees cached
 tokens and the attention mask keeps its usual (B, n + T) shape.
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from xlmrxl_kernels.cache_update import cache_reorder, cache_reset, cache_update
+from xlmrxl_kernels import cache_reorder, cache_reset, cache_update
 
 from .dynamic import Cache
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from xlmrxl_kernels.cache_update import cache_update
+from xlmrxl_kernels import cache_update
 
 __all__ = ["cached_length", "cached_layer", "CacheView", "advance_to"]
 

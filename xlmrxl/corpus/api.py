@@ -38,8 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xlmrxl_kernels import env
-
+from .. import env
 from . import inputs, store, tasks
 from .local import run_local
 from .ray_engine import import_ray, run_ray

@@ -380,7 +380,7 @@ class CometTask(Task):
     def __init__(self, model: str, options: dict[str, Any], dtype=None, device=None, backend: str = "auto"):
         super().__init__(options)
         require_comet()
-        import xlmrxl.comet  # the COMET client (issue 12): needs the optional unbabel-comet package
+        import xlmrxl.comet  # the COMET client: needs the optional unbabel-comet package
 
         self.device = parse_device(device)
         self.model = xlmrxl.comet.load(model, dtype=dtype, device=self.device)

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import record
 from ..backend import Backend
@@ -121,10 +120,10 @@ def _decoder_forward(
     x = hidden_states.reshape(B * S, H)
     ops = ops_for(be, x.device)
     record.OPS[ops] += 1
-    st = Stream(x, ops)
+    fns = ops.sites(B * S, x.dtype)
+    st = Stream(x, fns)
     compact = not _copies_states(cache, past)
     extra = () if cache_position is None else ({"cache_position": cache_position},)
-    sdpa = None if ops.kernel("attention") else _SdpaCausal(attention_mask, B, S, past, x.device)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, layer_idx: int):
         T, nh, d = q.shape
@@ -132,10 +131,7 @@ def _decoder_forward(
         if compact:  # the cache keeps what it is given: hand it compact K/V, not views pinning the QKV buffer
             k4, v4 = k4.contiguous(), v4.contiguous()
         keys, values = cache.update(k4, v4, layer_idx, *extra)
-        if sdpa is not None:
-            o = sdpa(q4, keys, values, scale)
-        else:
-            o = ops.attention(q4, keys, values, attention_mask, scale=scale, causal=True)
+        o = fns.cached_attn(q4, keys, values, attention_mask, scale=scale, causal=True)
         return o.transpose(1, 2).reshape(T, nh, d)
 
     collected = [hidden_states] if output_hidden_states else None
@@ -149,34 +145,6 @@ def _decoder_forward(
         collected.append(last)
         return last, tuple(collected)
     return last, None
-
-
-class _SdpaCausal:
-    """Where the backend picks the PyTorch reference for ``attention`` (CPU, ``backend="reference"``), the cached
-    causal attention runs as torch SDPA with a boolean keep mask built once per forward (not per layer):
-    ``attention_ref`` is an oracle (fp32 copies of the whole cache, explicit masks) and SDPA is the same maths, as the
-    exact path computes it. No mask at all for a one-token step without padding; ``is_causal`` for a prefill without
-    padding. A query row that would see no key (a pad position of a left-padded prefill) is let see its own key, so
-    no SDPA backend can return NaN for it; no real position ever reads a pad position's output."""
-
-    def __init__(
-        self, mask2d: torch.Tensor | None, B: int, S: int, past: int, device: torch.device | str | None
-    ) -> None:
-        self.is_causal = mask2d is None and S > 1 and past == 0
-        keep = None
-        if mask2d is not None or (S > 1 and past > 0):
-            K = past + S
-            i = torch.arange(S, device=device)[:, None]
-            keep = torch.arange(K, device=device)[None, :] <= i + past  # (S, K) causal, aligned to the end
-            if mask2d is not None:
-                keep = keep[None, None] & (mask2d != 0)[:, None, None, :]  # (B, 1, S, K)
-                own = torch.zeros_like(keep[0, 0])
-                own[:, past:] = torch.eye(S, dtype=torch.bool, device=device)
-                keep = keep | (own & ~keep.any(dim=-1, keepdim=True))
-        self.keep = keep
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, is_causal=self.is_causal, scale=scale)
 
 
 def _copies_states(cache: Any, past: int) -> bool:

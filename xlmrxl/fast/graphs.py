@@ -71,9 +71,8 @@ from typing import Any
 
 import torch
 
-from xlmrxl_kernels import env
-
-from .. import record
+from .. import env, record
+from ..backend import log_once
 from .buckets import (
     PackedBucket,
     ceil_bucket,
@@ -119,15 +118,8 @@ _SPELLINGS: dict[str, bool | str] = {
     "no": False,
 }
 MODE_VALUES = ("auto", "on", "off", "emulate")
-_LOGGED: set[str] = set()
 _DATA_PTR = torch.Tensor.data_ptr
 _CAPTURING = 0  # > 0 while one of our captures (or warm-ups before it) runs
-
-
-def _log_once(message: str, level: int = logging.INFO) -> None:
-    if message not in _LOGGED:
-        _LOGGED.add(message)
-        logger.log(level, message)
 
 
 def resolve_mode(mode: bool | str | None = None) -> bool | str:
@@ -413,7 +405,7 @@ class PackedGraphRunner(_GraphBase):
             or T == 0
         ):
             if self.mode is True and bucket is None:
-                _log_once(
+                log_once(
                     f"xlmrxl: a call with {T} tokens in {B} sequences exceeds the CUDA-graph buckets "
                     f"(max_tokens={self.ladder[-1]}, max_segments={self.max_segments}); it runs eagerly"
                 )

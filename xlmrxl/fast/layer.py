@@ -1,6 +1,6 @@
-"""One fused encoder layer on packed tokens: the op table of a (backend, device), the residual stream with its
-fused add + LayerNorm, the attention call (kernel or per-sequence reference), and the layer itself (q/k/v GEMM,
-attention, output projection + residual, GELU FFN + residual). ``xlmrxl.fast.stack`` runs it layer after layer."""
+"""One fused encoder layer on packed tokens: the op choices of a (backend, device) bound per call site, the residual
+stream with its fused add + LayerNorm, and the layer itself (q/k/v GEMM, attention, output projection + residual,
+GELU FFN + residual). ``xlmrxl.fast.stack`` runs it layer after layer."""
 
 from __future__ import annotations
 
@@ -12,32 +12,74 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backend import Backend, Impl
-from .packing import Packing
+from ..backend import Backend
 from .structure import LayerPlan, is_int4
+
+# call site -> op: each site of a layer gets its own bound callable (the o and down projections differ in K)
+SITES = {
+    "norm": "add_layernorm",  # LayerNorm without a pending residual
+    "norm_add": "add_layernorm",  # residual add + LayerNorm
+    "attn": "attention_varlen",  # packed self-attention
+    "cached_attn": "attention",  # decode / prefill against a KV cache
+    "o": "linear_residual",
+    "up": "linear_gelu",
+    "down": "linear_residual",
+    "qkv4": "int4_matmul",
+    "o4": "int4_matmul",
+    "up4": "int4_matmul",
+    "down4": "int4_matmul",
+}
+
+
+class Sites:
+    """The bound callables of one (backend, device, token bucket, dtype, host lengths): an attribute per call site
+    (``SITES``). A site's first call asks the op table (``Backend.choose``) with its real arguments and replaces
+    the attribute with the bound callable (a lean launcher for a Triton kernel), so every later call of that site
+    goes straight to it: no predicate, no key."""
+
+    def __init__(self, be: Backend) -> None:
+        self._be = be
+
+    def __getattr__(self, site: str) -> Callable:
+        op = SITES.get(site)
+        if op is None:
+            raise AttributeError(site)
+        be = self._be
+
+        def first_call(*args: Any, **kwargs: Any) -> Any:
+            choice = be.choose(op, args, kwargs)
+            fn = choice.bind(args, kwargs)
+            if choice.source != "capture":  # a stand-in chosen inside CUDA-graph capture is not kept
+                setattr(self, site, fn)
+            return fn(*args, **kwargs)
+
+        return first_call
 
 
 class Ops:
-    """The op functions for one (backend, device), resolved through the backend once (``ops_for``: cached on the
-    backend), not once per layer or call; ``ops.kernel(name)`` says whether ``name`` resolved to its kernel."""
+    """The op choices of one (backend, device) (``ops_for``: made once per backend object and device):
+    ``ops.sites(tokens, dtype, host_lengths)`` gives the per-site bound callables of that token bucket;
+    ``ops.kernel(op)`` says whether the backend lets ``op`` run a Triton kernel on this device at all."""
 
     def __init__(self, be: Backend, device: torch.device) -> None:
         self.be, self.device = be, device
-        self.impls: dict[str, Impl] = {}
+        self._sites: dict[tuple, Sites] = {}
+        self._kernel: dict[str, bool] = {}
 
-    def kernel(self, name: str) -> bool:
-        return self._impl(name).kernel
+    def kernel(self, op: str) -> bool:
+        k = self._kernel.get(op)
+        if k is None:
+            k = self._kernel[op] = not self.be.kernel_not_supported(op, self.device)
+        return k
 
-    def _impl(self, name: str) -> Impl:
-        impl = self.impls.get(name)
-        if impl is None:
-            impl = self.impls[name] = self.be.resolve(name, self.device)
-        return impl
-
-    def __getattr__(self, name: str) -> Callable:
-        fn = self._impl(name).fn
-        setattr(self, name, fn)
-        return fn
+    def sites(self, tokens: int, dtype: torch.dtype, host_lengths: bool = False) -> Sites:
+        """The bound callables for a forward of ``tokens`` rows (bucketed to a power of two) in ``dtype``;
+        ``host_lengths``: the forward hands the sequence lengths as host integers to attention."""
+        key = (1 << (tokens - 1).bit_length() if tokens > 0 else 0, dtype, host_lengths)
+        s = self._sites.get(key)
+        if s is None:
+            s = self._sites[key] = Sites(self.be)
+        return s
 
 
 _OPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> {device: Ops} (not on the backend:
@@ -45,7 +87,7 @@ _OPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> {dev
 
 
 def ops_for(be: Backend, device: torch.device) -> Ops:
-    """The resolved ops of ``be`` on ``device``, made once per backend object and device."""
+    """The op choices of ``be`` on ``device``, made once per backend object and device."""
     cache = _OPS.get(be)
     if cache is None:
         cache = _OPS[be] = {}
@@ -60,31 +102,35 @@ class Stream:
     residual add to the next LayerNorm. LayerNorms come as ``(weight, bias, eps)``, dense projections as
     ``(weight, bias)`` (``LayerPlan``: no ``nn.Module`` attribute is read per call)."""
 
-    __slots__ = ("x", "pending", "ops", "add_layernorm", "linear_residual")
+    __slots__ = ("x", "pending", "fns")
 
-    def __init__(self, x: torch.Tensor, ops: Ops) -> None:
+    def __init__(self, x: torch.Tensor, fns: Sites) -> None:
         self.x = x
         self.pending: torch.Tensor | None = None
-        self.ops = ops
-        self.add_layernorm, self.linear_residual = ops.add_layernorm, ops.linear_residual
+        self.fns = fns
 
     def norm(self, ln: tuple) -> torch.Tensor:
         w, b, eps = ln
         if self.pending is not None:
-            h, self.x = self.add_layernorm(self.pending, self.x, w, b, eps)
+            h, self.x = self.fns.norm_add(self.pending, self.x, w, b, eps)
             self.pending = None
         else:
-            h, _ = self.add_layernorm(self.x, None, w, b, eps)
+            h, _ = self.fns.norm(self.x, None, w, b, eps)
         return h
 
-    def add_projection(self, inp: torch.Tensor, proj: Any, int4: bool) -> None:
-        """x <- x + proj(inp); ``proj``: an int4 module, or the ``(weight, bias)`` of a dense one."""
+    def add_projection(self, inp: torch.Tensor, proj: Any, int4: bool, site: str) -> None:
+        """x <- x + proj(inp); ``proj``: an int4 module, or the ``(weight, bias)`` of a dense one; ``site``: "o" or
+        "down"."""
         if self.pending is not None:
             self.materialize()
         if int4:
-            self.pending = int4_linear(self.ops, inp, proj, proj.bias)
+            m = proj
+            fn = getattr(self.fns, site + "4")
+            self.pending = fn(inp, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=m.bias, activation=None)
+        elif site == "o":
+            self.x = self.fns.o(inp, proj[0], proj[1], self.x)
         else:
-            self.x = self.linear_residual(inp, proj[0], proj[1], self.x)
+            self.x = self.fns.down(inp, proj[0], proj[1], self.x)
 
     def materialize(self) -> torch.Tensor:
         if self.pending is not None:
@@ -94,53 +140,10 @@ class Stream:
 
 
 def int4_linear(
-    ops: Ops, x: torch.Tensor, m: nn.Module, bias: torch.Tensor | None, activation: str | None = None
+    fn: Callable, x: torch.Tensor, m: nn.Module, bias: torch.Tensor | None, activation: str | None = None
 ) -> torch.Tensor:
-    """``x @ W.T + bias`` (then ``activation``) through the int4 matmul of ``m`` (a ``QuantLinear``)."""
-    return ops.int4_matmul(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
-
-
-def packed_attention(
-    ops: Ops,
-    kernel: bool,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    packing: Packing,
-    scale: float,
-    causal: bool,
-    check_lengths: bool = False,
-) -> torch.Tensor:
-    """Varlen attention on the packed (T, heads, D) views (``kernel``: the backend resolved ``attention_varlen`` to
-    its kernel). Where the backend picks the PyTorch reference (CPU, or backend='reference'), the same maths runs as
-    torch SDPA per sequence instead: ``attention_varlen_ref`` is an oracle (masks, fp32 copies, a host sync per call)
-    and would cost more than all the GEMMs on a CPU.
-
-    ``check_lengths`` (the first layer of a forward: every layer shares the packing) hands the packing's host
-    lengths to the op as ``seqlens_q`` / ``seqlens_k``, which validates them against ``cu_seqlens``' shape, the
-    packed rows and ``max_seqlen`` in Python, without a device sync (so also inside CUDA-graph capture; the graph
-    runners pass no host lengths: their tail sequence is a padding bucket)."""
-    if kernel or not packing.lengths:
-        ms = packing.max_seqlen
-        cu = packing.cu_seqlens
-        lens = packing.lengths if check_lengths and packing.lengths else None
-        return ops.attention_varlen(q, k, v, cu, cu, ms, ms, scale=scale, causal=causal, seqlens_q=lens, seqlens_k=lens)
-    T, nh, d = q.shape
-    B, S = packing.batch, packing.seqlen
-    if packing.indices is None and B * S == T:  # equal lengths: one batched call on (B, heads, S, D) views
-        qs, ks, vs = (t.reshape(B, S, nh, d).transpose(1, 2) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and S > 1)
-        return o.transpose(1, 2).reshape(T, nh, d)
-    out = q.new_empty((T, nh, d))
-    start = 0
-    for n in packing.lengths:
-        if n:
-            sl = slice(start, start + n)
-            qs, ks, vs = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-            o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, is_causal=causal and n > 1)
-            out[sl] = o[0].transpose(0, 1)
-        start += n
-    return out
+    """``x @ W.T + bias`` (then ``activation``) through ``fn`` (a bound int4 matmul) on ``m`` (a ``QuantLinear``)."""
+    return fn(x, m.qweight, m.scales, m.zeros, group_size=m.group_size, bias=bias, activation=activation)
 
 
 def run_layer(plan: LayerPlan, st: Stream, attend: Callable[..., torch.Tensor], layer_idx: int) -> None:
@@ -154,19 +157,20 @@ def run_layer(plan: LayerPlan, st: Stream, attend: Callable[..., torch.Tensor], 
         qkv = F.linear(h, W, b)
     elif kind == "int4":
         cat = plan.qkv
-        qkv = int4_linear(st.ops, h, cat, cat.bias)
+        qkv = int4_linear(st.fns.qkv4, h, cat, cat.bias)
     else:
-        o = st.ops
+        fns = st.fns
         qkv = torch.cat(
-            [int4_linear(o, h, m, m.bias) if is_int4(m) else F.linear(h, m.weight, m.bias) for m in plan.qkv], -1
+            [int4_linear(fns.qkv4, h, m, m.bias) if is_int4(m) else F.linear(h, m.weight, m.bias) for m in plan.qkv],
+            -1,
         )
     q, k, v = qkv.view(T, 3, plan.heads, plan.head_dim).unbind(1)  # one op for the three strided views
     a = attend(q, k, v, plan.scale, layer_idx)
-    st.add_projection(a.reshape(T, plan.width), plan.o, plan.o_int4)
+    st.add_projection(a.reshape(T, plan.width), plan.o, plan.o_int4, "o")
     h = st.norm(plan.ln_ffn)
     if plan.up_int4:
         up = plan.up
-        u = int4_linear(st.ops, h, up, up.bias, "gelu")
+        u = int4_linear(st.fns.up4, h, up, up.bias, "gelu")
     else:
-        u = st.ops.linear_gelu(h, *plan.up)
-    st.add_projection(u, plan.down, plan.down_int4)
+        u = st.fns.up(h, *plan.up)
+    st.add_projection(u, plan.down, plan.down_int4, "down")

@@ -16,8 +16,8 @@ What one packed forward does (``T`` = number of real tokens):
    ``x = x + u @ Wd^T + bd`` (``linear_residual``). Residual adds live in the GEMM epilogues. int4 ``QuantLinear``
    projections (``backend.int4_matmul``: bias and GELU in its epilogue, no residual) leave their output pending and
    the next ``add_layernorm`` fuses the residual add with the following LayerNorm, across the layer boundary too.
-   Where the backend resolves attention to the PyTorch reference (CPU, ``backend="reference"``), attention runs as
-   torch SDPA per sequence (the same maths; the reference oracle keeps masks and fp32 copies).
+   Where no kernel is chosen (CPU, ``backend="reference"``), the op table's rule runs attention as torch SDPA per
+   sequence from the host lengths (the same maths; the reference oracle keeps masks and fp32 copies).
 3. **Final LayerNorm**, then scatter back to ``(B, S, H)`` (zeros at padding) only at the output, or, with
    ``return_packed=True``, the ``(T, H)`` outputs with their ``Packing``.
 
@@ -25,8 +25,8 @@ What one packed forward does (``T`` = number of real tokens):
 mix as further outputs of the graph, when asked) run through a per-bucket ``PackedGraphRunner`` when the encoder's
 mode says so (``set_graph_mode``); a one-token decode step against ``StaticCache`` through a ``DecodeGraphRunner``.
 **Lean**: the per-layer plans (``xlmrxl.fast.structure.LayerPlan``) hold the tensors each layer runs with and the
-ops are resolved once per backend and device, so a layer reads no ``nn.Module`` attribute, builds no dict and
-imports nothing.
+ops are resolved once per backend and device (``xlmrxl.fast.layer.Sites``: one bound callable per call site and
+token bucket), so a layer reads no ``nn.Module`` attribute, builds no dict or key and imports nothing.
 
 Hidden states, when asked, have transformers' semantics: entry 0 is the embeddings exactly as given, entries 1..L-1 the
 residual stream after layers 0..L-2, the last entry the final LayerNorm output (zeros at padded positions except entry
@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from xlmrxl_kernels.flash import check_host_seqlens
 
 from .. import record
 from ..backend import Backend
@@ -57,7 +59,7 @@ from .graphs import (  # noqa: F401  (the encoder's graph API, here too)
     module_tensors,
     set_graph_mode,
 )
-from .layer import Ops, Stream, ops_for, packed_attention, run_layer
+from .layer import Ops, Stream, ops_for, run_layer
 from .packing import PackedEncoderOutput, Packing
 from .routing import CACHED, EXACT, Route, is_causal
 from .structure import _DATA_PTR, VERSION, Plans, layer_plans
@@ -242,11 +244,15 @@ def _stack(
     output_hidden_states: bool,
     layer_callback: LayerCallback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    st = Stream(x, ops)
-    kernel = ops.kernel("attention_varlen")
+    lens = packing.lengths or None  # host lengths (the graph runners have none: their tail is a padding bucket)
+    if lens is not None:  # validated once per forward, on the host (no device sync)
+        check_host_seqlens(x, x, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen, lens)
+    fns = ops.sites(x.shape[0], x.dtype, lens is not None)
+    st = Stream(x, fns)
+    cu, ms = packing.cu_seqlens, packing.max_seqlen
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer_idx: int):
-        return packed_attention(ops, kernel, q, k, v, packing, scale, causal, layer_idx == 0)
+        return fns.attn(q, k, v, cu, cu, ms, ms, scale=scale, causal=causal, seqlens_q=lens, seqlens_k=lens)
 
     if output_hidden_states or layer_callback is not None:
         collected = [x] if output_hidden_states else None

@@ -1,4 +1,4 @@
-"""Reference for ``xlmrxl_kernels.add_layernorm``: residual add fused with the next LayerNorm (pre-LN layer).
+"""Reference for ``xlmrxl_kernels.norm``: residual add fused with the next LayerNorm (pre-LN layer).
 
     h = x + residual            (in the input dtype, as transformers adds residuals; h is x itself if residual is None)
     y = (h - mean(h)) / sqrt(var(h) + eps) * weight + bias      (over the last dim, biased variance)

@@ -1,4 +1,4 @@
-"""References for ``xlmrxl_kernels.attention`` and ``attention_varlen``: softmax(q kᵀ · scale + mask) v.
+"""References for ``xlmrxl_kernels.flash`` and ``attention_varlen``: softmax(q kᵀ · scale + mask) v.
 
 ``attention_ref(q, k, v, attention_mask=None, *, scale=None, causal=False, upcast=True)``
     q ``(B, H, S_q, D)``, k / v ``(B, H, S_k, D)`` (S_k may exceed S_q: cache or cross-attention).

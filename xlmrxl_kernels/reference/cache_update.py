@@ -1,4 +1,4 @@
-"""Pure-PyTorch oracles of the KV-cache ops of ``xlmrxl_kernels.cache_update`` (same signatures, same semantics).
+"""Pure-PyTorch oracles of the KV-cache ops of ``xlmrxl_kernels.kv_cache`` (same signatures, same semantics).
 
 - ``cache_update_ref(k_cache, v_cache, k_new, v_new, positions, lengths=None)``:
   ``k_cache[b, :, positions[b] + t] = k_new[b, :, t]`` for ``t < lengths[b]`` (default: all T), same for V.

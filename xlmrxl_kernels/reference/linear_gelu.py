@@ -1,4 +1,4 @@
-"""PyTorch oracles of the GEMM-epilogue kernels in ``xlmrxl_kernels.linear_gelu``.
+"""PyTorch oracles of the GEMM-epilogue kernels in ``xlmrxl_kernels.gemm``.
 
 - ``linear_gelu_ref(x, weight, bias)``          = ``gelu(x @ weight.T + bias)`` with exact erf GELU;
 - ``linear_residual_ref(x, weight, bias, residual)`` = ``residual + x @ weight.T + bias``.

@@ -19,8 +19,6 @@ normalise), which re-reads h once. Oracle: ``xlmrxl_kernels.reference.add_layern
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import triton
 import triton.language as tl
@@ -39,8 +37,6 @@ from ._utils import (
     plan_cache,
 )
 from .reference.add_layernorm import add_layernorm_ref
-
-logger = logging.getLogger("xlmrxl")
 
 MAX_FUSED_N = 16384  # widest row kept whole in registers (64 KiB of fp32 per program)
 _LOOP_BLOCK_N = 4096  # chunk width of the two-pass kernel for wider rows

@@ -40,11 +40,11 @@ tensors also falls back, with its own logged reason. Oracle: ``cache_update_ref`
 from __future__ import annotations
 
 import importlib
-import logging
 
 import torch
 
 from ._utils import env_flag
+from .logs import log_once
 from .reference.cache_update import cache_reorder_ref, cache_reset_ref, cache_update_ref
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "cache_extension_unavailable_reason",
 ]
 
-logger = logging.getLogger("xlmrxl")
 
 _BUILD_HINT = "build it with `pip install -e . --no-build-isolation` (or `python setup.py build_ext --inplace`)"
 
@@ -76,13 +75,6 @@ def _load(module: str = "xlmrxl_kernels._C") -> tuple[object | None, str | None]
 
 
 _C, _REASON = _load()
-_LOGGED: set = set()
-
-
-def _log_once(message: str) -> None:
-    if message not in _LOGGED:
-        _LOGGED.add(message)
-        logger.info(message)
 
 
 def cache_extension_available() -> bool:
@@ -106,7 +98,7 @@ def _op(name: str, device: torch.device):
     reason = cache_extension_unavailable_reason(device)
     if reason is None:
         return getattr(_C, name)
-    _log_once(f"xlmrxl: KV-cache ops run the PyTorch reference: {reason}")
+    log_once(f"xlmrxl_kernels: KV-cache ops run the PyTorch reference: {reason}")
     return {"cache_update": cache_update_ref, "cache_reorder": cache_reorder_ref, "cache_reset": cache_reset_ref}[name]
 
 

@@ -8,9 +8,9 @@
 The product accumulates in fp32, bias / GELU / residual run in fp32 on the accumulator, and the result is rounded
 once to the output dtype (PyTorch's unfused ``F.gelu(F.linear(...))`` rounds twice). fp32 inputs use IEEE fp32
 products (no TF32), so fp32 results match PyTorch's to accumulation order. On a GPU those exact-fp32 dots run on the
-FP32 units, far slower than cuBLAS, so ``*_not_supported`` reports float32 CUDA inputs and the dispatcher runs the
-reference (``F.linear`` + a separate epilogue) for them; calling the kernel directly still works. Under the
-interpreter (CPU) fp32 runs through the kernel, which is how CI checks its logic exactly.
+FP32 units, slower than cuBLAS: the op table's measured choice (``xlmrxl_kernels.tuning``) takes cuBLAS for them
+there, never a speed test in ``*_not_supported`` (which states hard limits only). Under the interpreter (CPU) fp32
+runs through the kernel, which is how CI checks its logic exactly.
 Launchers make the tensors' GPU current; under CUDA-graph capture an untuned shape runs a default config instead of
 autotuning (warm up once before capturing).
 
@@ -27,8 +27,6 @@ band of ``weight`` stays in L2 while several row tiles use it. Oracles: ``xlmrxl
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 import triton
@@ -51,8 +49,6 @@ from ._utils import (
     plan_cache,
 )
 from .reference.linear_gelu import linear_gelu_ref, linear_residual_ref
-
-logger = logging.getLogger("xlmrxl")
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _EPI_NONE, _EPI_GELU, _EPI_RESIDUAL = 0, 1, 2
@@ -80,10 +76,6 @@ _SPLIT_TILE_INTERPRET = (32, 32, 32)
 _SPLIT_CONFIGS = [triton.Config({}, num_warps=4, num_stages=s) for s in (3, 4, 5)]
 # Under the interpreter: one small config so that K, N and M all cross block edges at tiny test shapes.
 _INTERPRET_CONFIG = _config(32, 32, 32, 4, 1, group_m=2)
-_FP32_CUDA_REASON = (
-    "float32 on CUDA: cuBLAS + a separate epilogue is faster than Triton's exact-fp32 dot; "
-    "use bf16/fp16 for the fused kernel"
-)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -290,23 +282,16 @@ def _not_supported(x, weight, bias, residual=None) -> list[str]:
     return reasons
 
 
-def _slower_than_reference(x) -> list[str]:
-    """Calls the kernel can run but should not: the reference is faster."""
-    return [_FP32_CUDA_REASON] if x.dtype == torch.float32 and x.device.type == "cuda" else []
-
-
 def linear_gelu_not_supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> list[str]:
-    """Reasons (possibly none) the kernel cannot or should not take this call (float32 on CUDA: the reference is
-    faster); the dispatcher then runs the reference."""
-    return _not_supported(x, weight, bias) + _slower_than_reference(x)
+    """The hard limits (dtype, shapes) that keep the kernel from this call; empty: it can take it."""
+    return _not_supported(x, weight, bias)
 
 
 def linear_residual_not_supported(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
 ) -> list[str]:
-    """Reasons (possibly none) the kernel cannot or should not take this call (float32 on CUDA: the reference is
-    faster); the dispatcher then runs the reference."""
-    return _not_supported(x, weight, bias, residual) + _slower_than_reference(x)
+    """The hard limits (dtype, shapes) that keep the kernel from this call; empty: it can take it."""
+    return _not_supported(x, weight, bias, residual)
 
 
 # (shapes, strides, dtypes, devices, epilogue, split) -> _Plan: a call's checks and launch arguments, computed once
