@@ -135,4 +135,4 @@ def test_every_logger_is_the_librarys():
                 continue
             names |= set(re.findall(r"logging\.getLogger\(([^)]*)\)", path.read_text(encoding="utf-8")))
     names -= {'"transformers"', ""}  # demo.py quiets transformers' own logger; getLogger() is the root
-    assert names == {'"xlmrxl"'}, names
+    assert names <= {'"xlmrxl"', '"xlmrxl_kernels"'}, names  # both configured by xlmrxl.logging

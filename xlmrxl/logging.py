@@ -33,7 +33,9 @@ INFO = _logging.INFO
 DEBUG = _logging.DEBUG
 NOTSET = _logging.NOTSET
 
-ROOT = "xlmrxl"  # the one logger name of xlmrxl and xlmrxl_kernels
+ROOT = "xlmrxl"  # the library's logger
+KERNELS = "xlmrxl_kernels"  # the kernels' own logger (that package never imports xlmrxl): configured alongside
+NAMES = (ROOT, KERNELS)
 ENV = "XLMRXL_VERBOSITY"
 LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR, "critical": CRITICAL}
 DEFAULT_LEVEL = WARNING
@@ -123,15 +125,17 @@ def _level_from_env() -> int | None:
 
 def _configure() -> None:
     global _handler
-    logger = _logging.getLogger(ROOT)
     if _handler is None:
         _handler = _StderrHandler()
-        logger.addHandler(_handler)
+        for name in NAMES:
+            _logging.getLogger(name).addHandler(_handler)
     level = _level_from_env()
-    if level is not None:
-        logger.setLevel(level)
-    elif logger.level == NOTSET:
-        logger.setLevel(DEFAULT_LEVEL)
+    for name in NAMES:
+        logger = _logging.getLogger(name)
+        if level is not None:
+            logger.setLevel(level)
+        elif logger.level == NOTSET:
+            logger.setLevel(DEFAULT_LEVEL)
 
 
 def get_logger(name: str | None = None) -> _logging.Logger:
@@ -148,7 +152,9 @@ def get_verbosity() -> int:
 
 def set_verbosity(verbosity: int | str) -> None:
     """Set the level of everything xlmrxl and its kernels log: ``logging.INFO`` or ``"info"``, ``"debug"``, ..."""
-    _logging.getLogger(ROOT).setLevel(_parse(verbosity))
+    level = _parse(verbosity)
+    for name in NAMES:
+        _logging.getLogger(name).setLevel(level)
 
 
 def set_verbosity_debug() -> None:
@@ -174,13 +180,15 @@ def set_verbosity_error() -> None:
 def disable_default_handler() -> None:
     """Remove the stderr handler (the records still propagate to the application's own handlers)."""
     if _handler is not None:
-        _logging.getLogger(ROOT).removeHandler(_handler)
+        for name in NAMES:
+            _logging.getLogger(name).removeHandler(_handler)
 
 
 def enable_default_handler() -> None:
     """Put the stderr handler back."""
     _configure()
-    _logging.getLogger(ROOT).addHandler(_handler)
+    for name in NAMES:
+        _logging.getLogger(name).addHandler(_handler)
 
 
 _configure()

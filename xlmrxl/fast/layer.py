@@ -61,6 +61,8 @@ class Ops:
     ``ops.sites(tokens, dtype, host_lengths)`` gives the per-site bound callables of that token bucket;
     ``ops.kernel(op)`` says whether the backend lets ``op`` run a Triton kernel on this device at all."""
 
+    op_names = tuple(sorted(set(SITES.values())))  # (what ``xlmrxl.stats()`` counts per op)
+
     def __init__(self, be: Backend, device: torch.device) -> None:
         self.be, self.device = be, device
         self._sites: dict[tuple, Sites] = {}
