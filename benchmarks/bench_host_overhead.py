@@ -155,11 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer forwards (30)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<device>)")
+    ap.add_argument("--tiny", action="store_true", help="4 layers, 3 forwards (a script check)")
     args = ap.parse_args(argv)
-    rep = 30 if args.quick else args.rep
+    rep = 3 if args.tiny else 30 if args.quick else args.rep
+    deep = 4 if args.tiny else LAYERS
+    name = "host_overhead_tiny_cpu" if args.tiny else "host_overhead"
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    models = {L: _build(L, device) for L in (SHALLOW, LAYERS)}
+    models = {L: _build(L, device) for L in (SHALLOW, deep)}
     inner, stubbed = _innermost(device)
     methods = {"innermost": inner, "whole-launch": _whole_launch}
     rows = []
@@ -174,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
                 with ctx():
                     wall, cpu = _time(models, ids, mask, rep, args.warmup, device)
                 for clock, times in (("wall", wall), ("thread-cpu", cpu)):
-                    lo, hi = statistics.median(times[SHALLOW]), statistics.median(times[LAYERS])
-                    slope = (hi - lo) / (LAYERS - SHALLOW)
+                    lo, hi = statistics.median(times[SHALLOW]), statistics.median(times[deep])
+                    slope = (hi - lo) / (deep - SHALLOW)
                     rows.append(
                         dict(
                             input=kind,
                             method=method,
                             clock=clock,
-                            us_per_forward_over_layers=hi / LAYERS,
+                            us_per_forward_over_layers=hi / deep,
                             us_per_layer_slope=slope,
                             us_fixed_per_forward=lo - SHALLOW * slope,
                             us_forward_36=hi,
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
     extra = dict(
         config=CONFIG,
-        layers=LAYERS,
+        layers=deep,
         shallow=SHALLOW,
         inputs=INPUTS,
         rep=rep,
@@ -207,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             "fixed: between 2 and 36 layers."
         ),
     )
-    out = harness.write_results("host_overhead", rows, extra=extra, out_dir=args.out)
-    with open(out / "host_overhead.md", "a") as f:
+    out = harness.write_results(name, rows, extra=extra, out_dir=args.out)
+    with open(out / f"{name}.md", "a") as f:
         f.write(
-            f"\nModel: {LAYERS} layers, hidden 80 (one head of 80), FFN 320, fp32, backend='triton', CUDA graphs off, "
+            f"\nModel: {deep} layers, hidden 80 (one head of 80), FFN 320, fp32, backend='triton', CUDA graphs off, "
             f"{args.threads} thread(s), {rep} forwards per cell (median; `wall`: wall clock, `thread-cpu`: this "
             "thread's CPU time, which a loaded machine inflates less; load average at the end "
             f"{extra['load_average']}). `innermost`: only {stubbed} "

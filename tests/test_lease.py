@@ -62,13 +62,16 @@ def test_dry_run_core_steps_fit_480_of_540_seconds():
 
 def test_every_step_calls_python3_with_flags_its_script_has():
     _, steps = _plan()
-    for name, _, cmd in steps:
+    plan_lines = re.findall(r'^  "([\w-]+)\|(.*)"$', LEASE.read_text(), re.M)  # device and rehearsal commands
+    assert {n for n, _ in plan_lines} == {n for n, _, _ in steps}
+    for name, cmd in [(n, c) for n, _, c in steps] + plan_lines:
         assert "$OUT" not in cmd, f"{name} writes to the device tool's $OUT directly"
         assert not re.search(r"(^|\s)python\s", cmd), f"{name} calls `python` (the device has python3)"
         for mod, args in re.findall(r"-m benchmarks\.(\w+)((?: --?[\w-]+(?: [^-&$'][^ &']*)*)*)", cmd):
             path = ROOT / "benchmarks" / f"{mod}.py"
             if not path.exists():
-                assert "(if benchmarks/" in cmd, f"{name}: {path} is missing and the step is not conditional"
+                conditional = "(if benchmarks/" in cmd or f"|benchmarks/{mod}.py|" in cmd
+                assert conditional, f"{name}: {path} is missing and the step is not conditional"
                 continue
             src = path.read_text()
             for flag in re.findall(r"(--[\w-]+)", args):
