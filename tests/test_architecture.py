@@ -13,7 +13,7 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MAX_LINES = 600
+MAX_LINES = 500
 # Files allowed over the limit while being split. Each entry must
 # still be over the limit: once a file is split the test fails until its entry is removed here.
 PENDING_SPLIT: set[str] = set()  # files allowed over the limit while being split (none left)
@@ -171,7 +171,7 @@ def test_no_not_supported_reads_timing():
 
 def test_files_are_small():
     too_long = {}
-    for package in ("xlmrxl", "xlmrxl_kernels"):
+    for package in ("xlmrxl", "xlmrxl_kernels", "benchmarks", "tests"):
         for path in _modules(package).values():
             n = len(path.read_text().splitlines())
             if n > MAX_LINES:

@@ -1,11 +1,6 @@
-"""The padding-free fast path (``xlmrxl.fast``) against the exact path and transformers 4.56.2.
-
-fp32 on real tokens (attention_mask == 1): fast path vs exact path vs transformers <= 1e-5, for every head, with
-padding, a fully padded row, length-1 rows and no padding; with the references (backend "reference") and with the
-Triton kernels under the interpreter (marked ``triton``, tiny shapes). Also: packing, the fused QKV views (shared
-storage, state_dict unchanged, re-fused after ``.to()``), ``output_hidden_states`` semantics, ``return_packed``, and
-every fallback reason choosing the exact path with one log line.
-"""
+"""The padding-free fast path (``xlmrxl.fast``) against the exact path and transformers 4.56.2: fp32 on real tokens,
+<= 1e-5, every head, with padding, a fully padded row, length-1 rows and none; references and Triton kernels under the
+interpreter. Also packing, fused QKV views, ``output_hidden_states``, ``return_packed`` and every fallback reason."""
 
 import logging
 

@@ -10,7 +10,9 @@ tqdm installed, or when disabled, it returns a no-op object with the same ``upda
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -57,3 +59,34 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool |
     except ImportError:
         return _NoBar()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=0.2)
+
+
+_LAYER = re.compile(r"^(.*?encoder\.layer\.\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """The encoder layer a linear belongs to (``roberta.encoder.layer.3``), or the name itself (a head)."""
+    m = _LAYER.match(name)
+    return m.group(1) if m else name
+
+
+class LayerBar:
+    """A progress bar that moves by one when the last of a layer's linears is quantized (``xlmrxl.progress``)."""
+
+    def __init__(self, names: Sequence[str], method: str, progress: bool | None) -> None:
+        self.left: dict[str, int] = {}
+        for n in names:
+            self.left[layer_of(n)] = self.left.get(layer_of(n), 0) + 1
+        self.bar = progress_bar(len(self.left), f"xlmrxl quantize {method}", "layer", progress)
+
+    def done(self, name: str) -> None:
+        layer = layer_of(name)
+        self.left[layer] -= 1
+        if self.left[layer] == 0:
+            self.bar.update(1)
+            del self.left[layer]
+            if not self.left:
+                self.bar.close()
+
+    def close(self) -> None:
+        self.bar.close()

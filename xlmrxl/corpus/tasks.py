@@ -211,15 +211,7 @@ class EncoderTask(Task):
 
     def packed(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Final hidden states of the real tokens (T, H), ``cu_seqlens`` (B+1,) and the packed ids (T,)."""
-        lengths = [len(x) for x in batch]
-        ids = torch.full((len(batch), max(lengths)), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, row in enumerate(batch):  # right padding: positions equal those of the row alone
-            ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[b, : len(row)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cu = torch.zeros(len(batch) + 1, dtype=torch.long)
-        cu[1:] = torch.tensor(lengths).cumsum(0)
+        ids, mask, cu = right_padded(batch, self.tokenizer.pad_token_id, self.device)
         flat_ids = ids[mask.bool()]
         try:
             out = self.backbone.forward_packed(input_ids=ids, attention_mask=mask)
@@ -230,6 +222,19 @@ class EncoderTask(Task):
                 self._fallback_logged = True
             hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
             return hidden[mask.bool()], cu.to(self.device), flat_ids
+
+
+def right_padded(batch: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows as a right-padded (B, S) batch (positions as each row alone), its 0/1 mask, and host ``cu_seqlens``."""
+    lengths = [len(x) for x in batch]
+    ids = torch.full((len(batch), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(batch):
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, : len(row)] = 1
+    cu = torch.zeros(len(batch) + 1, dtype=torch.long)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    return ids.to(device), mask.to(device), cu
 
 
 class EmbedTask(EncoderTask):

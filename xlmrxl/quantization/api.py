@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..progress import progress_bar
+from ..progress import LayerBar
 from .calibration import encode, find_tokenizer, load_texts
 from .gptq import GPTQ_DEFAULTS, gptq_quantize
 from .linear import ERRORS_ATTR, QuantLinear
@@ -40,35 +40,6 @@ _RECORD_KEYS = frozenset(
 )
 _ENCODER_LINEAR = re.compile(r"(^|\.)encoder\.layer\.\d+\.")
 _HEAD_LINEAR = re.compile(r"(^|\.)(lm_head|pooler|classifier|qa_outputs)(\.|$)")
-_LAYER = re.compile(r"^(.*?encoder\.layer\.\d+)\.")
-
-
-def _layer_of(name: str) -> str:
-    """The encoder layer a linear belongs to (``roberta.encoder.layer.3``), or the name itself (a head)."""
-    m = _LAYER.match(name)
-    return m.group(1) if m else name
-
-
-class _LayerBar:
-    """A progress bar that moves by one when the last of a layer's linears is quantized (``xlmrxl.progress``)."""
-
-    def __init__(self, names: Sequence[str], method: str, progress: bool | None) -> None:
-        self.left: dict[str, int] = {}
-        for n in names:
-            self.left[_layer_of(n)] = self.left.get(_layer_of(n), 0) + 1
-        self.bar = progress_bar(len(self.left), f"xlmrxl quantize {method}", "layer", progress)
-
-    def done(self, name: str) -> None:
-        layer = _layer_of(name)
-        self.left[layer] -= 1
-        if self.left[layer] == 0:
-            self.bar.update(1)
-            del self.left[layer]
-            if not self.left:
-                self.bar.close()
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _gptq_defaults() -> dict:
@@ -258,7 +229,7 @@ def quantize(
         rest = [n for n in names if n not in errors]
         if rest:
             options["heads"] = "mse"  # linears outside the encoder layers (heads): data-free
-    bar = _LayerBar(rest, method if method != "gptq" else "mse (heads)", progress)
+    bar = LayerBar(rest, method if method != "gptq" else "mse (heads)", progress)
     try:
         for name in rest:
             lin = model.get_submodule(name)
@@ -420,7 +391,7 @@ def load_hook(
     for k in ("calibration", "tokenizer"):
         options.pop(k, None)
     _record(model, targets, group, opts["include_lm_head"], method, options)
-    bar = _LayerBar(targets, method, progress)  # moves as the loader reads each layer's weights
+    bar = LayerBar(targets, method, progress)  # moves as the loader reads each layer's weights
     names = set(targets)
     errors: dict[str, float] = {}
     setattr(model, ERRORS_ATTR, errors)

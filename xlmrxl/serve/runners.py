@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import xlmrxl
-from xlmrxl.corpus.tasks import CometTask, parse_device, parse_dtype
+from xlmrxl.corpus.tasks import CometTask, parse_device, parse_dtype, right_padded
 
 logger = logging.getLogger("xlmrxl")
 
@@ -201,15 +201,7 @@ class Runner:
     # -- a batch of rows --------------------------------------------------------------------------------------------
     def packed(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Final hidden states of the real tokens (T, H), ``cu_seqlens`` (B+1,) and the packed ids (T,)."""
-        lengths = [len(x) for x in batch]
-        ids = torch.full((len(batch), max(lengths)), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, row in enumerate(batch):  # right padding: positions equal those of the row alone
-            ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[b, : len(row)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cu = torch.zeros(len(batch) + 1, dtype=torch.long)
-        cu[1:] = torch.tensor(lengths).cumsum(0)
+        ids, mask, cu = right_padded(batch, self.tokenizer.pad_token_id, self.device)
         out = self.backbone.forward_packed(input_ids=ids, attention_mask=mask)
         return out.last_hidden_state, cu.to(self.device), ids[mask.bool()]
 
