@@ -305,3 +305,13 @@ def test_few_files_from_forward_to_the_first_kernel(monkeypatch):
     if len(files) > MAX_FILES_TO_FIRST_LAUNCH and hasattr(xlmrxl.backend, "_GuardedKernel"):
         pytest.xfail(f"the per-call kernel guard and its re-checks are still on the path (issue 19 item 1): {files}")
     assert len(files) <= MAX_FILES_TO_FIRST_LAUNCH, f"{len(files)} files before the first launch: {files}"
+
+
+def test_xlmrxl_imports_without_triton():
+    """The client environments (torch's CPU wheel) have no Triton: importing the model package must not need it."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['triton'] = None; import xlmrxl, xlmrxl.fast, xlmrxl.serve; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

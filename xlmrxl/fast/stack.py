@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from xlmrxl_kernels.flash import check_host_seqlens
+from xlmrxl_kernels._attn_checks import check_host_seqlens
 
 from .. import record
 from ..backend import Backend
