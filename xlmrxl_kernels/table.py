@@ -97,6 +97,10 @@ def _triton(op: str) -> Entry:
 
 def _lean(op: str) -> Callable | None:
     """The kernel's lean binder (``xlmrxl_kernels.lean``), None without Triton or for an op without one."""
+    import xlmrxl_kernels as pkg
+
+    if pkg.TRITON_UNAVAILABLE_REASON:  # no kernel modules to bind (the stubs refuse every call)
+        return None
     try:
         from .lean import BINDERS
     except ImportError:
