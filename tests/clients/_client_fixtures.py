@@ -24,8 +24,9 @@ def tiny_xl_dir(tmp_path_factory) -> Path:
 
 def xlmrxl_records(monkeypatch, caplog):
     """The ``xlmrxl`` log records of this test (INFO and up), with once-per-process reasons logged afresh."""
-    import xlmrxl.backend
+    from xlmrxl_kernels import logs
 
-    monkeypatch.setattr(xlmrxl.backend, "_LOGGED", set())
+    monkeypatch.setattr(logs, "_LOGGED", set())
     caplog.set_level(logging.INFO, logger="xlmrxl")
-    return lambda: [r for r in caplog.records if r.name == "xlmrxl"]
+    caplog.set_level(logging.INFO, logger="xlmrxl_kernels")
+    return lambda: [r for r in caplog.records if r.name in ("xlmrxl", "xlmrxl_kernels")]
