@@ -13,10 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from conftest import tiny_config_kwargs
+from _tiny_checkpoint import make_checkpoint  # noqa: F401  (re-exported to the tests that import it here)
 
-import xlmrxl
 from xlmrxl.tokenizer import CORPUS_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,21 +25,6 @@ pytest.importorskip("prometheus_client")
 
 
 LINES = [ln for ln in CORPUS_PATH.read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
-def make_checkpoint(directory, spm_dir, cls_name="XLMRobertaXLForMaskedLM", seed=1, **overrides) -> Path:
-    """A tiny random checkpoint (weights perturbed so outputs are not near-uniform) + tokenizer."""
-    tok = xlmrxl.XLMRobertaTokenizer.from_pretrained(spm_dir)
-    cfg = xlmrxl.XLMRobertaXLConfig(**tiny_config_kwargs(vocab_size=len(tok), **overrides))
-    torch.manual_seed(seed)
-    model = getattr(xlmrxl, cls_name)(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return Path(directory)
 
 
 def texts(n: int, start: int = 0, mask: bool = False) -> list[str]:
